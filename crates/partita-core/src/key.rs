@@ -1,0 +1,153 @@
+//! Task keys: Dask-style `(name, i, j, ...)`.
+//!
+//! Keys exist for people (errors, diagnostics, the dashboard) and for naming results across
+//! processes; inside a [`Graph`](crate::Graph) tasks are dense integer ids. A key is an
+//! `Arc<str>` name shared by every task of a collection plus up to three inline indices, so
+//! cloning one is a reference-count increment and a copy, and building a million keys for one
+//! collection allocates the name once.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
+
+/// The name and index of a task, like Dask's `("x-1f2e", 0, 3)`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    name: Arc<str>,
+    index: SmallVec<[u32; 3]>,
+}
+
+impl Key {
+    /// A key with a name and an index, e.g. `Key::new("x", [0, 3])`.
+    pub fn new(name: impl Into<Arc<str>>, index: impl IntoIterator<Item = u32>) -> Key {
+        Key {
+            name: name.into(),
+            index: index.into_iter().collect(),
+        }
+    }
+
+    /// A key that is just a name, like Dask's `"add-1f2e"`.
+    pub fn named(name: impl Into<Arc<str>>) -> Key {
+        Key {
+            name: name.into(),
+            index: SmallVec::new(),
+        }
+    }
+
+    /// A key sharing an existing name allocation (the cheap way to key many chunks).
+    pub fn indexed(name: &Arc<str>, index: &[u32]) -> Key {
+        Key {
+            name: Arc::clone(name),
+            index: SmallVec::from_slice(index),
+        }
+    }
+
+    /// A name no other call in this process returns: `"{prefix}-{n}"`.
+    pub fn unique_name(prefix: &str) -> Arc<str> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{n}").into()
+    }
+
+    /// The name part.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The shared name allocation.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The index part (empty for plain names).
+    pub fn index(&self) -> &[u32] {
+        &self.index
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.index.is_empty() {
+            return write!(f, "'{}'", self.name);
+        }
+        write!(f, "('{}'", self.name)?;
+        for i in &self.index {
+            write!(f, ", {i}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(name: &str) -> Key {
+        Key::named(name)
+    }
+}
+
+impl From<String> for Key {
+    fn from(name: String) -> Key {
+        Key::named(name)
+    }
+}
+
+impl<const N: usize> From<(&str, [u32; N])> for Key {
+    fn from((name, index): (&str, [u32; N])) -> Key {
+        Key::new(name, index)
+    }
+}
+
+impl Serialize for Key {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&*self.name, self.index.as_slice()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        let (name, index): (String, Vec<u32>) = Deserialize::deserialize(d)?;
+        Ok(Key::new(name, index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_reads_like_dask() {
+        assert_eq!(Key::new("x", [0, 3]).to_string(), "('x', 0, 3)");
+        assert_eq!(Key::named("add-1").to_string(), "'add-1'");
+    }
+
+    #[test]
+    fn keys_with_shared_names_compare_by_value() {
+        let name: Arc<str> = "x".into();
+        let a = Key::indexed(&name, &[1, 2]);
+        let b = Key::new("x", [1, 2]);
+        assert_eq!(a, b);
+        assert_ne!(a, Key::new("x", [2, 1]));
+        assert!(Arc::ptr_eq(a.name_arc(), &name));
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(Key::unique_name("add"), Key::unique_name("add"));
+    }
+
+    #[test]
+    fn msgpack_round_trip() {
+        let k = Key::new("x", [4, 5, 6, 7]);
+        let bytes = rmp_serde::to_vec(&k).unwrap();
+        let back: Key = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(k, back);
+    }
+}

@@ -1,0 +1,554 @@
+//! Values: what flows between tasks.
+//!
+//! A [`Value`] is an `Arc<dyn Data>`: cloning one never copies data, and a task's inputs are
+//! clones of its dependencies' results. Every value knows its size in bytes (the schedulers'
+//! memory accounting, later spilling and locality) and how to encode itself for the wire and
+//! for spill files.
+//!
+//! Key decision: the value type is *open*. partita-core knows scalars, strings, byte buffers,
+//! flat numeric vectors and lists; partita-array adds chunk types and partita-frame adds polars
+//! partitions by implementing [`Data`] and registering a [`Codec`] with [`register_codec!`].
+//! Bulk data is encoded as raw little-endian buffers (or Arrow IPC for frames), never
+//! element by element through MessagePack.
+//!
+//! Encoded layout: `[version: u8 = 1][codec name length: u16 LE][codec name][payload]`.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+const ENCODING_VERSION: u8 = 1;
+
+/// Data that can be a task's result.
+///
+/// Contract for implementations:
+/// - `nbytes` is the memory the value keeps alive (its buffers), used for accounting; it must
+///   be cheap to call.
+/// - `codec` names a [`Codec`] registered with [`register_codec!`] whose `decode` inverts
+///   `encode`. A value that cannot leave its process returns an error from `encode` saying so.
+/// - Values are immutable once made: they are shared between tasks and threads.
+pub trait Data: Any + Send + Sync + fmt::Debug {
+    /// Bytes held by this value.
+    fn nbytes(&self) -> usize;
+    /// Name of the codec that decodes what `encode` writes.
+    fn codec(&self) -> &'static str;
+    /// Append the encoded payload to `out`.
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()>;
+    /// Rust type name, for error messages.
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
+}
+
+/// Decoder for one kind of [`Data`], registered with [`register_codec!`].
+#[derive(Debug)]
+pub struct Codec {
+    /// Name written in front of the payload.
+    pub name: &'static str,
+    /// Turns a payload back into a value. `Bytes` lets decoders keep slices without copying.
+    pub decode: fn(Bytes) -> Result<Value>,
+}
+
+inventory::collect!(Codec);
+
+/// Register a codec: `register_codec!("f64", decode_f64);`.
+#[macro_export]
+macro_rules! register_codec {
+    ($name:expr, $decode:expr) => {
+        $crate::inventory::submit! { $crate::Codec { name: $name, decode: $decode } }
+    };
+}
+
+fn codec_table() -> &'static HashMap<&'static str, &'static Codec> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static Codec>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        inventory::iter::<Codec>
+            .into_iter()
+            .map(|c| (c.name, c))
+            .collect()
+    })
+}
+
+/// A task's result, shared by reference count.
+#[derive(Clone)]
+pub struct Value(Arc<dyn Data>);
+
+impl Value {
+    /// Wrap data in a value.
+    pub fn new<T: Data>(data: T) -> Value {
+        Value(Arc::new(data))
+    }
+
+    /// Wrap already shared data.
+    pub fn from_arc(data: Arc<dyn Data>) -> Value {
+        Value(data)
+    }
+
+    /// Bytes held by this value.
+    pub fn nbytes(&self) -> usize {
+        self.0.nbytes()
+    }
+
+    /// Rust type name of the data inside.
+    pub fn type_name(&self) -> &'static str {
+        self.0.type_name()
+    }
+
+    /// The data, if it is a `T`.
+    pub fn downcast_ref<T: Data>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.0;
+        any.downcast_ref::<T>()
+    }
+
+    /// The data as a `T`, or a type error naming both types.
+    pub fn get<T: Data>(&self) -> Result<&T> {
+        self.downcast_ref::<T>().ok_or_else(|| {
+            Error::Type(format!(
+                "expected a value of type {}, got {}",
+                std::any::type_name::<T>(),
+                self.type_name()
+            ))
+        })
+    }
+
+    /// The shared data.
+    pub fn as_arc(&self) -> &Arc<dyn Data> {
+        &self.0
+    }
+
+    /// Whether two values share the same allocation.
+    pub fn ptr_eq(&self, other: &Value) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Encode for the wire or disk.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.nbytes() + 32);
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Encode, appending to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        let name = self.0.codec();
+        let len = u16::try_from(name.len())
+            .map_err(|_| Error::Codec(format!("codec name too long: {name}")))?;
+        out.push(ENCODING_VERSION);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        self.0.encode(out)
+    }
+
+    /// Decode what [`Value::encode`] wrote.
+    pub fn decode(bytes: impl Into<Bytes>) -> Result<Value> {
+        let bytes: Bytes = bytes.into();
+        if bytes.len() < 3 {
+            return Err(Error::Codec(format!(
+                "encoded value too short: {} bytes",
+                bytes.len()
+            )));
+        }
+        if bytes[0] != ENCODING_VERSION {
+            return Err(Error::Codec(format!(
+                "unsupported value encoding version {} (this build reads version {ENCODING_VERSION})",
+                bytes[0]
+            )));
+        }
+        let len = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
+        let name = bytes
+            .get(3..3 + len)
+            .ok_or_else(|| Error::Codec("encoded value truncated inside its codec name".into()))?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| Error::Codec("codec name is not utf-8".into()))?;
+        let codec = codec_table().get(name).ok_or_else(|| {
+            Error::Codec(format!(
+                "unknown value codec '{name}' (is the crate that defines it linked in?)"
+            ))
+        })?;
+        (codec.decode)(bytes.slice(3 + len..))
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Turn a Rust value into a [`Value`].
+pub trait IntoValue {
+    /// Wrap `self`.
+    fn into_value(self) -> Value;
+}
+
+impl<T: Data> IntoValue for T {
+    fn into_value(self) -> Value {
+        Value::new(self)
+    }
+}
+
+impl IntoValue for Value {
+    fn into_value(self) -> Value {
+        self
+    }
+}
+
+/// Get a Rust value out of a [`Value`] (a clone: values are shared).
+pub trait FromValue: Sized {
+    /// Extract, or a type error naming both types.
+    fn from_value(value: &Value) -> Result<Self>;
+}
+
+impl<T: Data + Clone> FromValue for T {
+    fn from_value(value: &Value) -> Result<T> {
+        value.get::<T>().cloned()
+    }
+}
+
+impl FromValue for Value {
+    fn from_value(value: &Value) -> Result<Value> {
+        Ok(value.clone())
+    }
+}
+
+fn take_exact<const N: usize>(payload: &[u8], what: &str) -> Result<[u8; N]> {
+    payload.try_into().map_err(|_| {
+        Error::Codec(format!(
+            "{what} payload must be {N} bytes, got {}",
+            payload.len()
+        ))
+    })
+}
+
+macro_rules! scalar_data {
+    ($($ty:ty => $name:literal, $decode:ident;)*) => {$(
+        impl Data for $ty {
+            fn nbytes(&self) -> usize {
+                std::mem::size_of::<$ty>()
+            }
+            fn codec(&self) -> &'static str {
+                $name
+            }
+            fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+                out.extend_from_slice(&self.to_le_bytes());
+                Ok(())
+            }
+        }
+        fn $decode(payload: Bytes) -> Result<Value> {
+            Ok(Value::new(<$ty>::from_le_bytes(take_exact(&payload, $name)?)))
+        }
+        register_codec!($name, $decode);
+    )*};
+}
+
+scalar_data! {
+    i64 => "i64", decode_i64;
+    u64 => "u64", decode_u64;
+    f64 => "f64", decode_f64;
+    i32 => "i32", decode_i32;
+    f32 => "f32", decode_f32;
+}
+
+impl Data for bool {
+    fn nbytes(&self) -> usize {
+        1
+    }
+    fn codec(&self) -> &'static str {
+        "bool"
+    }
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.push(u8::from(*self));
+        Ok(())
+    }
+}
+
+fn decode_bool(payload: Bytes) -> Result<Value> {
+    match take_exact::<1>(&payload, "bool")? {
+        [0] => Ok(Value::new(false)),
+        [1] => Ok(Value::new(true)),
+        [b] => Err(Error::Codec(format!(
+            "bool payload must be 0 or 1, got {b}"
+        ))),
+    }
+}
+register_codec!("bool", decode_bool);
+
+impl Data for () {
+    fn nbytes(&self) -> usize {
+        0
+    }
+    fn codec(&self) -> &'static str {
+        "unit"
+    }
+    fn encode(&self, _out: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn decode_unit(payload: Bytes) -> Result<Value> {
+    take_exact::<0>(&payload, "unit")?;
+    Ok(Value::new(()))
+}
+register_codec!("unit", decode_unit);
+
+impl Data for String {
+    fn nbytes(&self) -> usize {
+        self.len()
+    }
+    fn codec(&self) -> &'static str {
+        "str"
+    }
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(self.as_bytes());
+        Ok(())
+    }
+}
+
+fn decode_str(payload: Bytes) -> Result<Value> {
+    let s = String::from_utf8(payload.to_vec())
+        .map_err(|e| Error::Codec(format!("string value is not utf-8: {e}")))?;
+    Ok(Value::new(s))
+}
+register_codec!("str", decode_str);
+
+impl Data for Bytes {
+    fn nbytes(&self) -> usize {
+        self.len()
+    }
+    fn codec(&self) -> &'static str {
+        "bytes"
+    }
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(self);
+        Ok(())
+    }
+}
+
+fn decode_bytes(payload: Bytes) -> Result<Value> {
+    Ok(Value::new(payload))
+}
+register_codec!("bytes", decode_bytes);
+
+macro_rules! vec_data {
+    ($($ty:ty => $name:literal, $decode:ident;)*) => {$(
+        impl Data for Vec<$ty> {
+            fn nbytes(&self) -> usize {
+                std::mem::size_of_val(self.as_slice())
+            }
+            fn codec(&self) -> &'static str {
+                $name
+            }
+            fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+                out.reserve(self.nbytes());
+                for x in self {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                Ok(())
+            }
+        }
+        fn $decode(payload: Bytes) -> Result<Value> {
+            const W: usize = std::mem::size_of::<$ty>();
+            if payload.len() % W != 0 {
+                return Err(Error::Codec(format!(
+                    "{} payload of {} bytes is not a whole number of {W}-byte elements",
+                    $name,
+                    payload.len()
+                )));
+            }
+            let v: Vec<$ty> = payload
+                .chunks_exact(W)
+                .map(|c| <$ty>::from_le_bytes(c.try_into().expect("chunks_exact gives W bytes")))
+                .collect();
+            Ok(Value::new(v))
+        }
+        register_codec!($name, $decode);
+    )*};
+}
+
+vec_data! {
+    f64 => "vec-f64", decode_vec_f64;
+    i64 => "vec-i64", decode_vec_i64;
+}
+
+/// A list of values, e.g. the partial results handed to a combine task.
+#[derive(Clone, Debug, Default)]
+pub struct ValueList(pub Vec<Value>);
+
+impl Data for ValueList {
+    fn nbytes(&self) -> usize {
+        self.0.iter().map(Value::nbytes).sum()
+    }
+    fn codec(&self) -> &'static str {
+        "list"
+    }
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+        for v in &self.0 {
+            let start = out.len();
+            out.extend_from_slice(&[0; 8]);
+            v.encode_into(out)?;
+            let len = (out.len() - start - 8) as u64;
+            out[start..start + 8].copy_from_slice(&len.to_le_bytes());
+        }
+        Ok(())
+    }
+}
+
+fn decode_list(payload: Bytes) -> Result<Value> {
+    let read_u64 = |at: usize| -> Result<u64> {
+        let b = payload
+            .get(at..at + 8)
+            .ok_or_else(|| Error::Codec("list payload truncated".into()))?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let n = read_u64(0)?;
+    let mut at = 8;
+    // Each element takes at least 8 bytes, which bounds a hostile count.
+    if n > (payload.len() / 8) as u64 {
+        return Err(Error::Codec(format!(
+            "list claims {n} elements in {} bytes",
+            payload.len()
+        )));
+    }
+    let mut items = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = usize::try_from(read_u64(at)?)
+            .map_err(|_| Error::Codec("list element length overflows".into()))?;
+        at += 8;
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= payload.len())
+            .ok_or_else(|| Error::Codec("list element runs past the end of the payload".into()))?;
+        items.push(Value::decode(payload.slice(at..end))?);
+        at = end;
+    }
+    if at != payload.len() {
+        return Err(Error::Codec(format!(
+            "list payload has {} trailing bytes",
+            payload.len() - at
+        )));
+    }
+    Ok(Value::new(ValueList(items)))
+}
+register_codec!("list", decode_list);
+
+/// Wraps any Rust value for local-only use in a graph (for example in a delayed function).
+///
+/// It reports `size_of::<T>()` bytes and refuses to be encoded, with an error naming its type.
+#[derive(Clone, Debug)]
+pub struct Local<T>(pub T);
+
+impl<T: Send + Sync + fmt::Debug + 'static> Data for Local<T> {
+    fn nbytes(&self) -> usize {
+        std::mem::size_of::<T>()
+    }
+    fn codec(&self) -> &'static str {
+        "local"
+    }
+    fn encode(&self, _out: &mut Vec<u8>) -> Result<()> {
+        Err(Error::Codec(format!(
+            "a value of type {} is local-only and cannot be sent or spilled",
+            std::any::type_name::<T>()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(v: Value) -> Value {
+        Value::decode(v.encode().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn scalars_round_trip() {
+        assert_eq!(*round_trip(Value::new(-5i64)).get::<i64>().unwrap(), -5);
+        assert_eq!(*round_trip(Value::new(2.5f64)).get::<f64>().unwrap(), 2.5);
+        assert!(*round_trip(Value::new(true)).get::<bool>().unwrap());
+        assert_eq!(
+            round_trip(Value::new("héllo".to_string()))
+                .get::<String>()
+                .unwrap(),
+            "héllo"
+        );
+        round_trip(Value::new(())).get::<()>().unwrap();
+    }
+
+    #[test]
+    fn buffers_are_raw_little_endian() {
+        let v = Value::new(vec![1.0f64, -2.0]);
+        let enc = v.encode().unwrap();
+        let header = 3 + "vec-f64".len();
+        assert_eq!(enc.len(), header + 16);
+        assert_eq!(&enc[header..header + 8], &1.0f64.to_le_bytes());
+        assert_eq!(round_trip(v).get::<Vec<f64>>().unwrap(), &vec![1.0, -2.0]);
+        assert_eq!(Value::new(vec![1i64, 2, 3]).nbytes(), 24);
+    }
+
+    #[test]
+    fn nested_lists_round_trip() {
+        let inner = Value::new(ValueList(vec![
+            Value::new(1i64),
+            Value::new("a".to_string()),
+        ]));
+        let v = Value::new(ValueList(vec![
+            inner,
+            Value::new(Bytes::from_static(b"xyz")),
+        ]));
+        let back = round_trip(v.clone());
+        let list = back.get::<ValueList>().unwrap();
+        assert_eq!(list.0.len(), 2);
+        assert_eq!(list.0[1].get::<Bytes>().unwrap().as_ref(), b"xyz");
+        assert_eq!(back.nbytes(), v.nbytes());
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        assert!(Value::decode(Vec::new()).is_err());
+        assert!(
+            Value::decode(vec![9, 0, 0])
+                .unwrap_err()
+                .to_string()
+                .contains("version 9")
+        );
+        let mut unknown = vec![1, 3, 0];
+        unknown.extend_from_slice(b"zzz");
+        assert!(
+            Value::decode(unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown value codec 'zzz'")
+        );
+        let mut enc = Value::new(7i64).encode().unwrap();
+        enc.pop();
+        assert!(Value::decode(enc).is_err());
+        let mut list = Value::new(ValueList(vec![Value::new(1i64)]))
+            .encode()
+            .unwrap();
+        list.truncate(list.len() - 3);
+        assert!(Value::decode(list).is_err());
+        let mut huge = vec![1, 4, 0];
+        huge.extend_from_slice(b"list");
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Value::decode(huge).is_err());
+    }
+
+    #[test]
+    fn local_values_refuse_to_encode_by_name() {
+        let v = Value::new(Local(std::collections::BTreeMap::<u8, u8>::new()));
+        let err = v.encode().unwrap_err().to_string();
+        assert!(err.contains("BTreeMap"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_both_types() {
+        let err = Value::new(1i64).get::<f64>().unwrap_err().to_string();
+        assert!(err.contains("f64") && err.contains("i64"), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! partita's integration tests: one binary, one module per area.
+
+mod delayed;
+mod graph;
+mod memory;
+mod optimizer;
+mod properties;
+mod schedulers;
+mod wire;

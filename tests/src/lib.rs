@@ -1,0 +1,230 @@
+//! Support for partita's integration tests: serializable test ops, random DAGs, a naive
+//! reference evaluator, and helpers that run one graph on every scheduler.
+//!
+//! The reference evaluator is deliberately simple (recursion with a memo, no optimizer, no
+//! threads) so that agreeing with it means something.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use partita::{
+    ComputeOptions, Error, Graph, GraphBuilder, Key, LocalScheduler, Op, OptimizeOptions, Result,
+    Scheduler, SyncScheduler, Value, compute_with,
+};
+use serde::{Deserialize, Serialize};
+
+/// `salt + sum(inputs) * 31`, wrapping: cheap, deterministic, and sensitive to every input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mix {
+    pub salt: i64,
+}
+
+#[typetag::serde(name = "test-mix")]
+impl Op for Mix {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let mut acc = self.salt;
+        for v in inputs {
+            acc = acc.wrapping_add(v.get::<i64>()?.wrapping_mul(31));
+        }
+        Ok(Value::new(acc))
+    }
+    fn name(&self) -> &str {
+        "mix"
+    }
+}
+
+/// A vector of `len` f64s filled with `seed`, its index and the sum of its inputs' firsts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Blob {
+    pub len: usize,
+    pub seed: f64,
+}
+
+#[typetag::serde(name = "test-blob")]
+impl Op for Blob {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let mut base = self.seed;
+        for v in inputs {
+            base += v.get::<Vec<f64>>()?.first().copied().unwrap_or(0.0);
+        }
+        Ok(Value::new(
+            (0..self.len).map(|i| base + i as f64).collect::<Vec<f64>>(),
+        ))
+    }
+    fn name(&self) -> &str {
+        "blob"
+    }
+}
+
+/// Element-wise sum of equally long f64 vectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddVectors;
+
+#[typetag::serde(name = "test-add-vectors")]
+impl Op for AddVectors {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| Error::Graph("add needs inputs".into()))?;
+        let mut out = first.get::<Vec<f64>>()?.clone();
+        for v in &inputs[1..] {
+            let v = v.get::<Vec<f64>>()?;
+            if v.len() != out.len() {
+                return Err(Error::Shape(format!(
+                    "cannot add lengths {} and {}",
+                    out.len(),
+                    v.len()
+                )));
+            }
+            out.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+        }
+        Ok(Value::new(out))
+    }
+    fn name(&self) -> &str {
+        "add-vectors"
+    }
+}
+
+/// The sum of an f64 vector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SumVector;
+
+#[typetag::serde(name = "test-sum-vector")]
+impl Op for SumVector {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        partita::op::expect_inputs("sum-vector", inputs, 1)?;
+        Ok(Value::new(inputs[0].get::<Vec<f64>>()?.iter().sum::<f64>()))
+    }
+    fn name(&self) -> &str {
+        "sum-vector"
+    }
+}
+
+/// Always fails with `message`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fail {
+    pub message: String,
+}
+
+#[typetag::serde(name = "test-fail")]
+impl Op for Fail {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        Err(Error::Type(self.message.clone()))
+    }
+    fn name(&self) -> &str {
+        "fail"
+    }
+}
+
+/// Always panics with `message`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Panic {
+    pub message: String,
+}
+
+#[typetag::serde(name = "test-panic")]
+impl Op for Panic {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        panic!("{}", self.message)
+    }
+    fn name(&self) -> &str {
+        "panic"
+    }
+}
+
+/// A DAG described by plain data, so proptest can generate and shrink it.
+#[derive(Debug, Clone)]
+pub struct DagSpec {
+    /// `deps[i]` lists earlier task indices (repeats allowed).
+    pub deps: Vec<Vec<usize>>,
+    /// Indices of requested outputs (repeats allowed).
+    pub outputs: Vec<usize>,
+}
+
+impl DagSpec {
+    /// The key of task `i`.
+    pub fn key(i: usize) -> Key {
+        Key::new("t", [i as u32])
+    }
+
+    /// Build the graph, adding tasks in reverse so dependencies are named before they exist.
+    pub fn graph(&self) -> Graph {
+        let mut b = GraphBuilder::new();
+        for i in (0..self.deps.len()).rev() {
+            let deps: Vec<Key> = self.deps[i].iter().map(|&d| DagSpec::key(d)).collect();
+            b.add_task(DagSpec::key(i), Arc::new(Mix { salt: i as i64 + 1 }), &deps);
+        }
+        b.build().expect("generated DAGs are valid")
+    }
+
+    /// Output keys.
+    pub fn output_keys(&self) -> Vec<Key> {
+        self.outputs.iter().map(|&i| DagSpec::key(i)).collect()
+    }
+
+    /// The reference: evaluate each output by plain recursion with a memo.
+    pub fn reference(&self) -> Vec<i64> {
+        fn eval(spec: &DagSpec, i: usize, memo: &mut HashMap<usize, i64>) -> i64 {
+            if let Some(&v) = memo.get(&i) {
+                return v;
+            }
+            let mut acc = i as i64 + 1;
+            for &d in &spec.deps[i] {
+                acc = acc.wrapping_add(eval(spec, d, memo).wrapping_mul(31));
+            }
+            memo.insert(i, acc);
+            acc
+        }
+        let mut memo = HashMap::new();
+        self.outputs
+            .iter()
+            .map(|&o| eval(self, o, &mut memo))
+            .collect()
+    }
+}
+
+/// The schedulers every semantic test runs on.
+pub fn schedulers() -> Vec<Box<dyn Scheduler>> {
+    vec![
+        Box::new(SyncScheduler),
+        Box::new(LocalScheduler::with_threads(1)),
+        Box::new(LocalScheduler::with_threads(4)),
+    ]
+}
+
+/// Compute on every scheduler, with and without optimization; all must agree, and the
+/// values of the first run are returned.
+pub fn compute_everywhere(graph: &Graph, outputs: &[Key]) -> Result<Vec<Value>> {
+    let mut first: Option<Vec<Value>> = None;
+    for scheduler in schedulers() {
+        for (cull, fuse) in [(true, true), (false, false), (true, false)] {
+            let options = ComputeOptions {
+                optimize: OptimizeOptions { cull, fuse },
+                ..Default::default()
+            };
+            let values = compute_with(graph.clone(), outputs, scheduler.as_ref(), &options)?.values;
+            match &first {
+                None => first = Some(values),
+                Some(f) => {
+                    let a: Vec<String> = f.iter().map(|v| format!("{v:?}")).collect();
+                    let b: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+                    assert_eq!(
+                        a,
+                        b,
+                        "scheduler {} (cull={cull}, fuse={fuse}) disagrees",
+                        scheduler.name()
+                    );
+                }
+            }
+        }
+    }
+    Ok(first.unwrap_or_default())
+}
+
+/// The i64s inside values.
+pub fn as_i64s(values: &[Value]) -> Vec<i64> {
+    values
+        .iter()
+        .map(|v| *v.get::<i64>().expect("an i64 value"))
+        .collect()
+}
