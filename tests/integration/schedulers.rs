@@ -267,3 +267,33 @@ fn the_thread_count_is_respected() {
             .is_some_and(|n| n.starts_with("partita-local-"))
     }));
 }
+
+#[test]
+fn slow_tasks_are_shared_between_threads() {
+    // One tiny task first lets a worker start reserving a batch; the slow ones that follow
+    // must still be spread over both threads rather than hoarded.
+    let ran_on = Arc::new(Mutex::new(Vec::new()));
+    let mut b = GraphBuilder::new();
+    b.add_task(Key::named("tiny"), Arc::new(Literal(Value::new(0i64))), &[]);
+    let mut keys = vec![Key::named("tiny")];
+    for i in 0..8 {
+        let ran_on = Arc::clone(&ran_on);
+        let op = FnOp::new("slow", move |_| {
+            std::thread::sleep(Duration::from_millis(20));
+            ran_on
+                .lock()
+                .push(std::thread::current().name().map(str::to_owned));
+            Ok(Value::new(()))
+        });
+        b.add_task(Key::new("slow", [i]), Arc::new(op), &[]);
+        keys.push(Key::new("slow", [i]));
+    }
+    compute(b.build().unwrap(), &keys, &LocalScheduler::with_threads(2)).unwrap();
+    let ran_on = ran_on.lock();
+    let mut per_thread = std::collections::HashMap::new();
+    for name in ran_on.iter() {
+        *per_thread.entry(name.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(per_thread.len(), 2, "{per_thread:?}");
+    assert!(per_thread.values().all(|&n| n >= 2), "{per_thread:?}");
+}

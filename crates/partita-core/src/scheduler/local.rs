@@ -1,9 +1,11 @@
 //! The local scheduler: a rayon thread pool running ready tasks by priority.
 //!
 //! Key decisions:
-//! - **One lock per task.** Ready tasks sit in a binary heap keyed by the plan's priority
-//!   (its depth-first order). A worker that finishes a task takes the lock once to push the
-//!   dependents it made ready and pop its next task. Dependency and use counts are atomics.
+//! - **At most one lock per task.** Ready tasks sit in a binary heap keyed by the plan's
+//!   priority (its depth-first order); tasks without dependencies wait in a list already in
+//!   priority order. A worker that finishes a task takes the lock once to push the dependents
+//!   it made ready and pop its next task; while tasks are tiny it reserves a few at a time.
+//!   Dependency and use counts are atomics.
 //! - **No blocking inside the pool.** A worker whose heap runs dry exits instead of waiting;
 //!   whoever makes tasks ready later spawns workers again, up to the thread count. Ops may
 //!   therefore use rayon themselves without starving the pool, and cancellation needs no
@@ -15,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use smallvec::SmallVec;
@@ -89,7 +91,7 @@ impl Scheduler for LocalScheduler {
             pool.scope(|scope| {
                 let starters = {
                     let mut q = run.queue.lock();
-                    let n = run.threads.min(q.ready.len());
+                    let n = run.threads.min(q.len());
                     q.active = n;
                     n
                 };
@@ -132,11 +134,43 @@ impl Scheduler for LocalScheduler {
     }
 }
 
+/// Tasks shorter than this are "tiny": a worker then takes several per lock acquisition.
+const TINY_TASK: Duration = Duration::from_micros(25);
+/// How many tasks a worker may hold while tasks are tiny.
+const MAX_BATCH: usize = 8;
+
 struct Queue {
+    /// Ready tasks that had dependencies, by priority.
     ready: BinaryHeap<Reverse<(u32, u32)>>,
+    /// Tasks without dependencies in priority order; `roots[next_root..]` have not started.
+    /// Kept out of the heap so a million roots cost a sorted list, not a million-entry heap.
+    roots: Vec<u32>,
+    next_root: usize,
     /// Workers running or spawned and about to pop.
     active: usize,
     error: Option<Error>,
+}
+
+impl Queue {
+    /// The ready task with the smallest priority.
+    fn pop(&mut self, priority: &[u32]) -> Option<u32> {
+        let root = self.roots.get(self.next_root).copied();
+        match (self.ready.peek(), root) {
+            (Some(&Reverse((p, _))), Some(r)) if p < priority[r as usize] => {
+                self.ready.pop().map(|Reverse((_, t))| t)
+            }
+            (_, Some(r)) => {
+                self.next_root += 1;
+                Some(r)
+            }
+            (Some(_), None) => self.ready.pop().map(|Reverse((_, t))| t),
+            (None, None) => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ready.len() + self.roots.len() - self.next_root
+    }
 }
 
 /// The shared state of one run.
@@ -163,12 +197,12 @@ impl<'p> Run<'p> {
     fn new(plan: &'p ExecutionPlan, ctx: &'p ExecutionContext, threads: usize) -> Run<'p> {
         let g = &plan.graph;
         let total = g.len();
-        let mut ready = BinaryHeap::new();
-        for id in g.ids() {
-            if g.dependencies(id).is_empty() {
-                ready.push(Reverse((plan.priority[id.index()], id.0)));
-            }
-        }
+        let roots = plan
+            .order
+            .iter()
+            .filter(|t| g.dependencies(**t).is_empty())
+            .map(|t| t.0)
+            .collect();
         Run {
             plan,
             ctx,
@@ -186,7 +220,9 @@ impl<'p> Run<'p> {
                 .map(|t| AtomicU32::new(g.dependents(t).len() as u32))
                 .collect(),
             queue: Mutex::new(Queue {
-                ready,
+                ready: BinaryHeap::new(),
+                roots,
+                next_root: 0,
                 active: 0,
                 error: None,
             }),
@@ -196,24 +232,45 @@ impl<'p> Run<'p> {
     }
 
     /// Pop and run tasks until there are none ready or the run failed.
+    ///
+    /// `batch` holds the tasks this worker has reserved, best priority last. While tasks are
+    /// tiny a worker reserves up to [`MAX_BATCH`], and runs them without touching the lock
+    /// unless one makes other tasks ready; byte and progress accounting is kept per worker
+    /// and published whenever the lock is taken. As soon as a task takes longer the worker
+    /// gives all reserved tasks but one back, so slow tasks are never hoarded.
     fn worker<'s>(&'s self, scope: &rayon::Scope<'s>) {
-        let mut next = {
+        let priority = &self.plan.priority;
+        let exact = self.ctx.observer.is_some();
+        let mut batch: SmallVec<[u32; MAX_BATCH]> = SmallVec::new();
+        let mut pending = Tally::default();
+        {
             let mut q = self.queue.lock();
-            match q.ready.pop() {
-                Some(Reverse((_, t))) if q.error.is_none() => t,
+            match q.pop(priority) {
+                Some(t) if q.error.is_none() => batch.push(t),
                 _ => {
                     q.active -= 1;
                     return;
                 }
             }
-        };
-        loop {
+        }
+        while let Some(task) = batch.pop() {
+            let started = Instant::now();
             let outcome = if self.ctx.cancel.is_cancelled() {
                 Err(Error::Cancelled)
             } else {
-                self.run_one(TaskId(next))
+                self.run_one(TaskId(task), &mut pending)
             };
+            let tiny = started.elapsed() < TINY_TASK;
+            if let Ok(ready) = &outcome
+                && ready.is_empty()
+                && tiny
+                && !batch.is_empty()
+                && !exact
+            {
+                continue;
+            }
             let mut q = self.queue.lock();
+            let done = self.publish(&mut pending);
             let ready = match outcome {
                 Ok(ready) if q.error.is_none() => ready,
                 Ok(_) => {
@@ -226,28 +283,93 @@ impl<'p> Run<'p> {
                     return;
                 }
             };
-            for t in ready {
-                q.ready.push(Reverse((self.plan.priority[t as usize], t)));
+            if let Some(o) = &self.ctx.observer {
+                o.task_finished(
+                    TaskId(task),
+                    self.plan.graph.key(TaskId(task)),
+                    pending.last_nbytes,
+                    self.live.live(),
+                );
             }
-            let Some(Reverse((_, t))) = q.ready.pop() else {
+            for t in ready {
+                q.ready.push(Reverse((priority[t as usize], t)));
+            }
+            if tiny {
+                while batch.len() < MAX_BATCH {
+                    let Some(t) = q.pop(priority) else { break };
+                    let at =
+                        batch.partition_point(|&b| priority[b as usize] > priority[t as usize]);
+                    batch.insert(at, t);
+                }
+            } else {
+                // Keep only the best reserved task; give the rest back for idle workers.
+                let keep = batch.pop();
+                for t in batch.drain(..) {
+                    q.ready.push(Reverse((priority[t as usize], t)));
+                }
+                batch.extend(keep);
+                if let Some(t) = q.pop(priority) {
+                    let at =
+                        batch.partition_point(|&b| priority[b as usize] > priority[t as usize]);
+                    batch.insert(at, t);
+                    // The heap's best may beat the kept one; run the better, return the other.
+                    if batch.len() > 1 {
+                        let worse = batch.remove(0);
+                        q.ready.push(Reverse((priority[worse as usize], worse)));
+                    }
+                }
+            }
+            let exit = batch.is_empty();
+            let helpers = if exit {
                 q.active -= 1;
-                return;
+                0
+            } else {
+                let h = (self.threads - q.active).min(q.len());
+                q.active += h;
+                h
             };
-            next = t;
-            let helpers = (self.threads - q.active).min(q.ready.len());
-            q.active += helpers;
             drop(q);
+            self.report_progress(done);
+            if exit {
+                return;
+            }
             for _ in 0..helpers {
                 scope.spawn(|s| self.worker(s));
             }
         }
+        // Unreachable in practice (the loop exits by returning), but keep the count right.
+        self.queue.lock().active -= 1;
+    }
+
+    /// Fold a worker's tally into the run's; returns `(done before, done after)`.
+    fn publish(&self, t: &mut Tally) -> (usize, usize) {
+        if t.added > 0 {
+            self.live.add(t.added);
+        }
+        if t.released > 0 {
+            self.live.sub(t.released);
+        }
+        let before = self.done.fetch_add(t.done, Ordering::AcqRel);
+        let after = before + t.done;
+        t.added = 0;
+        t.released = 0;
+        t.done = 0;
+        (before, after)
+    }
+
+    fn report_progress(&self, (before, after): (usize, usize)) {
+        if let Some(p) = &self.ctx.progress
+            && (before / self.step != after / self.step || (after == self.total && before != after))
+        {
+            p.advanced(after, self.total);
+        }
     }
 
     /// Run one task, store its result, release spent inputs; return newly ready tasks.
-    fn run_one(&self, id: TaskId) -> Result<Ready> {
+    fn run_one(&self, id: TaskId, tally: &mut Tally) -> Result<Ready> {
         let g = &self.plan.graph;
         let deps = g.dependencies(id);
-        let inputs: SmallVec<[Value; 4]> = deps
+        let inputs: SmallVec<[Value; 8]> = deps
             .iter()
             .map(|d| {
                 self.slots[d.index()].lock().clone().ok_or_else(|| {
@@ -262,10 +384,11 @@ impl<'p> Run<'p> {
         let value = run_task(g, id, &inputs)?;
         drop(inputs);
         let nbytes = value.nbytes() as u64;
-        self.live.add(nbytes);
+        tally.added += nbytes;
+        tally.last_nbytes = nbytes;
         let dependents = g.dependents(id);
         if dependents.is_empty() && !self.is_output[id.index()] {
-            self.live.sub(nbytes);
+            tally.released += nbytes;
             drop(value);
         } else {
             *self.slots[id.index()].lock() = Some(value);
@@ -275,7 +398,7 @@ impl<'p> Run<'p> {
                 && !self.is_output[d.index()]
                 && let Some(v) = self.slots[d.index()].lock().take()
             {
-                self.live.sub(v.nbytes() as u64);
+                tally.released += v.nbytes() as u64;
             }
         }
         let mut ready = Ready::new();
@@ -284,15 +407,16 @@ impl<'p> Run<'p> {
                 ready.push(c.0);
             }
         }
-        let done = self.done.fetch_add(1, Ordering::AcqRel) + 1;
-        if let Some(o) = &self.ctx.observer {
-            o.task_finished(id, g.key(id), nbytes, self.live.live());
-        }
-        if let Some(p) = &self.ctx.progress
-            && (done.is_multiple_of(self.step) || done == self.total)
-        {
-            p.advanced(done, self.total);
-        }
+        tally.done += 1;
         Ok(ready)
     }
+}
+
+/// A worker's accounting not yet folded into the run's.
+#[derive(Default)]
+struct Tally {
+    added: u64,
+    released: u64,
+    done: usize,
+    last_nbytes: u64,
 }

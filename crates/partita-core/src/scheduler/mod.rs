@@ -9,7 +9,7 @@ mod sync;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use local::LocalScheduler;
@@ -150,25 +150,27 @@ pub(crate) fn run_task(graph: &Graph, id: TaskId, inputs: &[Value]) -> Result<Va
 }
 
 /// Live-result accounting shared by the schedulers.
+///
+/// Signed because the local scheduler publishes each worker's tally in batches: a release
+/// by one worker can be published before the matching addition by another.
 #[derive(Debug, Default)]
 pub(crate) struct LiveBytes {
-    live: AtomicU64,
+    live: AtomicI64,
     peak: AtomicU64,
 }
 
 impl LiveBytes {
-    pub(crate) fn add(&self, n: u64) -> u64 {
-        let now = self.live.fetch_add(n, Ordering::Relaxed) + n;
-        self.peak.fetch_max(now, Ordering::Relaxed);
-        now
+    pub(crate) fn add(&self, n: u64) {
+        let now = self.live.fetch_add(n as i64, Ordering::Relaxed) + n as i64;
+        self.peak.fetch_max(now.max(0) as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn sub(&self, n: u64) {
-        self.live.fetch_sub(n, Ordering::Relaxed);
+        self.live.fetch_sub(n as i64, Ordering::Relaxed);
     }
 
     pub(crate) fn live(&self) -> u64 {
-        self.live.load(Ordering::Relaxed)
+        self.live.load(Ordering::Relaxed).max(0) as u64
     }
 
     pub(crate) fn peak(&self) -> u64 {

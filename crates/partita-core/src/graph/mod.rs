@@ -9,9 +9,11 @@
 //!   have smaller ids.** Passes and schedulers rely on that.
 //! - A dependency listed twice is two edges; inputs arrive in declaration order.
 
-use std::sync::Arc;
+mod key_index;
 
-use rustc_hash::FxHashMap;
+use std::sync::{Arc, OnceLock};
+
+use key_index::KeyIndex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -57,7 +59,9 @@ pub struct Graph {
     deps: Vec<TaskId>,
     dependent_start: Vec<u32>,
     dependents: Vec<TaskId>,
-    index: FxHashMap<Key, TaskId>,
+    /// Key -> id. Built graphs inherit the builder's; graphs made by optimizer passes build
+    /// it on first use, since schedulers never look keys up.
+    index: OnceLock<KeyIndex>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -119,7 +123,10 @@ impl Graph {
 
     /// The id of a key, if it is in the graph.
     pub fn id_of(&self, key: &Key) -> Option<TaskId> {
-        self.index.get(key).copied()
+        self.index
+            .get_or_init(|| KeyIndex::build(&self.keys))
+            .get(&self.keys, key)
+            .map(TaskId)
     }
 
     /// Ids of keys, or an error naming the first key that is not in the graph.
@@ -139,7 +146,10 @@ impl Graph {
             + self.ops.capacity() * size_of::<Arc<dyn Op>>()
             + (self.dep_start.capacity() + self.dependent_start.capacity()) * 4
             + (self.deps.capacity() + self.dependents.capacity()) * 4
-            + self.index.capacity() * (size_of::<Key>() + size_of::<TaskId>() + 1)
+            + self
+                .index
+                .get()
+                .map_or(0, |i| i.capacity() * (size_of::<u32>() + 1))
     }
 
     /// Encode the graph as MessagePack, ops as their `typetag` form.
@@ -237,7 +247,7 @@ pub struct GraphBuilder {
     deps: Vec<u32>,
     /// Positions in `deps` naming keys not yet added when their dependent was.
     pending: Vec<(u32, Key)>,
-    index: FxHashMap<Key, TaskId>,
+    index: KeyIndex,
     duplicate: Option<Key>,
     error: Option<Error>,
 }
@@ -265,7 +275,7 @@ impl GraphBuilder {
             ops: Vec::with_capacity(tasks),
             dep_start,
             deps: Vec::with_capacity(tasks),
-            index: FxHashMap::with_capacity_and_hasher(tasks, Default::default()),
+            index: KeyIndex::with_capacity(tasks),
             ..Default::default()
         }
     }
@@ -282,12 +292,12 @@ impl GraphBuilder {
 
     /// Whether a task with this key has been added.
     pub fn contains(&self, key: &Key) -> bool {
-        self.index.contains_key(key)
+        self.index.get(&self.keys, key).is_some()
     }
 
     /// The builder id of a key added earlier.
     pub fn id_of(&self, key: &Key) -> Option<TaskId> {
-        self.index.get(key).copied()
+        self.index.get(&self.keys, key).map(TaskId)
     }
 
     fn push(&mut self, key: Key) -> Option<u32> {
@@ -297,16 +307,12 @@ impl GraphBuilder {
                 .get_or_insert(Error::Graph("graph exceeds 2^32 - 1 tasks".into()));
             return None;
         }
-        match self.index.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.duplicate.get_or_insert(key);
-                return None;
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(TaskId(id));
-            }
-        }
         self.keys.push(key);
+        if !self.index.insert(&self.keys, id) {
+            let key = self.keys.pop().expect("just pushed");
+            self.duplicate.get_or_insert(key);
+            return None;
+        }
         Some(id)
     }
 
@@ -319,8 +325,8 @@ impl GraphBuilder {
         };
         self.ops.push(op);
         for dep in deps {
-            match self.index.get(dep) {
-                Some(&d) => self.deps.push(d.0),
+            match self.index.get(&self.keys, dep) {
+                Some(d) => self.deps.push(d),
                 None => {
                     self.pending.push((self.deps.len() as u32, dep.clone()));
                     self.deps.push(UNRESOLVED);
@@ -371,8 +377,8 @@ impl GraphBuilder {
             return Err(Error::DuplicateKey { key });
         }
         for (pos, key) in std::mem::take(&mut self.pending) {
-            match self.index.get(&key) {
-                Some(&d) => self.deps[pos as usize] = d.0,
+            match self.index.get(&self.keys, &key) {
+                Some(d) => self.deps[pos as usize] = d,
                 None => {
                     let owner = self.owner_of_edge(pos);
                     return Err(Error::MissingDependency {
@@ -462,9 +468,7 @@ impl GraphBuilder {
         }
         let (dependent_start, dependents) = invert(n, &dep_start, &deps);
         let mut index = self.index;
-        for v in index.values_mut() {
-            *v = TaskId(new_id[v.index()]);
-        }
+        index.remap(&new_id);
         Graph {
             keys,
             ops,
@@ -472,7 +476,7 @@ impl GraphBuilder {
             deps: deps.into_iter().map(TaskId).collect(),
             dependent_start,
             dependents: dependents.into_iter().map(TaskId).collect(),
-            index,
+            index: OnceLock::from(index),
         }
     }
 }
@@ -515,10 +519,6 @@ impl Graph {
         }));
         let n = keys.len();
         let (dependent_start, dependents) = invert(n, &dep_start, &deps);
-        let mut index = FxHashMap::with_capacity_and_hasher(n, Default::default());
-        for (i, k) in keys.iter().enumerate() {
-            index.insert(k.clone(), TaskId(i as u32));
-        }
         Graph {
             keys,
             ops,
@@ -526,7 +526,7 @@ impl Graph {
             deps: deps.into_iter().map(TaskId).collect(),
             dependent_start,
             dependents: dependents.into_iter().map(TaskId).collect(),
-            index,
+            index: OnceLock::new(),
         }
     }
 }
