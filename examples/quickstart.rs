@@ -52,7 +52,7 @@ fn tree_sum(mut level: Vec<Delayed<i64>>) -> Delayed<i64> {
 
 fn main() -> partita::Result<()> {
     let samples: Vec<Delayed<i64>> = (0..TASKS)
-        .map(|i| delayed::value(i).map("sample", |seed| hits(seed as u64, SAMPLES_PER_TASK)))
+        .map(|i| delayed::value(i).map("sample", |seed| hits(seed, SAMPLES_PER_TASK)))
         .collect();
     let inside = tree_sum(samples);
     let pi = inside.map("estimate", |n| {
