@@ -2,9 +2,10 @@
 # partita's whole test suite, as the README's second command and CI (.ci/run) run it.
 #
 # Formatting and lints first (cheap, and they fail fast), then the quickstart example as a
-# smoke test of the README's first command, then every Rust test: unit, integration (one
-# binary, tests/integration) and doc tests. The Python suite joins here when
-# python-bindings/ lands. The last lines printed are cargo test's own summaries.
+# smoke test of the README's first command, then doc tests (including the README's), then
+# every other Rust test: unit and integration (one binary, tests/integration). The Python
+# suite joins here when python-bindings/ lands. The last lines printed are the test
+# runner's own summary (cargo-nextest where installed, cargo test otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +21,12 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== quickstart example"
 cargo run --locked --quiet --bin quickstart
 
-echo "== cargo test"
-cargo test --locked --workspace
+echo "== doc tests"
+cargo test --locked --workspace --doc
+
+echo "== unit and integration tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --workspace --no-fail-fast
+else
+    cargo test --locked --workspace --lib --bins --tests --no-fail-fast
+fi

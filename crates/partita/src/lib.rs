@@ -16,3 +16,8 @@
 /// The core crate, for paths like `partita::core::optimize::fuse`.
 pub use partita_core as core;
 pub use partita_core::*;
+
+/// The README's examples, compiled and run as doc tests so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
