@@ -466,18 +466,12 @@ impl GraphBuilder {
             deps.extend(self.deps[range].iter().map(|&d| new_id[d as usize]));
             dep_start.push(deps.len() as u32);
         }
-        let (dependent_start, dependents) = invert(n, &dep_start, &deps);
         let mut index = self.index;
         index.remap(&new_id);
-        Graph {
-            keys,
-            ops,
-            dep_start,
-            deps: deps.into_iter().map(TaskId).collect(),
-            dependent_start,
-            dependents: dependents.into_iter().map(TaskId).collect(),
-            index: OnceLock::from(index),
-        }
+        let graph = Graph::from_topological_parts(keys, ops, dep_start, deps);
+        // The builder's index is already here; reuse it rather than rehash every key.
+        let _ = graph.index.set(index);
+        graph
     }
 }
 

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use super::{Execution, ExecutionContext, LiveBytes, RunStats, Scheduler, progress_step, run_task};
+use super::{
+    Execution, ExecutionContext, LiveBytes, RunStats, Scheduler, missing_input, progress_step,
+    run_task,
+};
 use crate::error::{Error, Result};
 use crate::graph::TaskId;
 use crate::optimize::ExecutionPlan;
@@ -372,13 +375,10 @@ impl<'p> Run<'p> {
         let inputs: SmallVec<[Value; 8]> = deps
             .iter()
             .map(|d| {
-                self.slots[d.index()].lock().clone().ok_or_else(|| {
-                    Error::Internal(format!(
-                        "input {} of task {} is not available",
-                        g.key(*d),
-                        g.key(id)
-                    ))
-                })
+                self.slots[d.index()]
+                    .lock()
+                    .clone()
+                    .ok_or_else(|| missing_input(g, *d, id))
             })
             .collect::<Result<_>>()?;
         let value = run_task(g, id, &inputs)?;

@@ -149,6 +149,15 @@ pub(crate) fn run_task(graph: &Graph, id: TaskId, inputs: &[Value]) -> Result<Va
     }
 }
 
+/// The error for a task input that should have been computed but is not there (a bug).
+pub(crate) fn missing_input(graph: &Graph, input: TaskId, task: TaskId) -> Error {
+    Error::Internal(format!(
+        "input {} of task {} is not available",
+        graph.key(input),
+        graph.key(task)
+    ))
+}
+
 /// Live-result accounting shared by the schedulers.
 ///
 /// Signed because the local scheduler publishes each worker's tally in batches: a release

@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use super::{Execution, ExecutionContext, LiveBytes, RunStats, Scheduler, progress_step, run_task};
+use super::{
+    Execution, ExecutionContext, LiveBytes, RunStats, Scheduler, missing_input, progress_step,
+    run_task,
+};
 use crate::error::{Error, Result};
 use crate::optimize::ExecutionPlan;
 use crate::value::Value;
@@ -44,13 +47,9 @@ impl Scheduler for SyncScheduler {
                 let inputs: SmallVec<[Value; 4]> = deps
                     .iter()
                     .map(|d| {
-                        slots[d.index()].clone().ok_or_else(|| {
-                            Error::Internal(format!(
-                                "input {} of task {} is not available",
-                                graph.key(*d),
-                                graph.key(id)
-                            ))
-                        })
+                        slots[d.index()]
+                            .clone()
+                            .ok_or_else(|| missing_input(graph, *d, id))
                     })
                     .collect::<Result<_>>()?;
                 let value = run_task(graph, id, &inputs)?;
