@@ -114,3 +114,26 @@ fn long_delayed_chains_do_not_overflow_the_stack() {
     }
     assert_eq!(x.compute(&LocalScheduler::with_threads(2)).unwrap(), 50_000);
 }
+
+#[test]
+fn arc_arguments_share_the_buffer_instead_of_copying_it() {
+    let data = delayed::value((0..1_000_000).map(f64::from).collect::<Vec<f64>>());
+    let addr = |(v,): (Arc<Vec<f64>>,)| Arc::as_ptr(&v) as usize as i64;
+    let a = delayed::call("addr", addr, (&data.shared(),));
+    let b = delayed::call("addr", addr, (&data.shared(),));
+    let sum = delayed::call(
+        "sum",
+        |(v,): (Arc<Vec<f64>>,)| v.iter().sum::<f64>(),
+        (&data.shared(),),
+    );
+    for s in schedulers() {
+        let both = delayed::compute_all(&[a.clone(), b.clone()], s.as_ref()).unwrap();
+        assert_eq!(
+            both[0],
+            both[1],
+            "both readers saw the same buffer on {}",
+            s.name()
+        );
+        assert_eq!(sum.compute(s.as_ref()).unwrap(), 499_999_500_000.0);
+    }
+}

@@ -118,3 +118,15 @@ fn an_empty_request_computes_nothing() {
         assert!(compute(g.clone(), &[], s.as_ref()).unwrap().is_empty());
     }
 }
+
+#[test]
+fn a_refused_by_id_duplicate_does_not_poison_the_build() {
+    let mut b = GraphBuilder::new();
+    let x = b.add_task_by_id(Key::named("x"), lit(1), &[]).unwrap();
+    let err = b.add_task_by_id(Key::named("x"), lit(2), &[]).unwrap_err();
+    assert_eq!(err.to_string(), "duplicate key in graph: 'x'");
+    b.add_task_by_id(Key::named("y"), Arc::new(Identity), &[x])
+        .unwrap();
+    let g = b.build().unwrap();
+    assert_eq!(g.len(), 2);
+}

@@ -1,5 +1,6 @@
 //! partita's integration tests: one binary, one module per area.
 
+mod array;
 mod delayed;
 mod graph;
 mod memory;

@@ -112,6 +112,29 @@ fn an_error_inside_a_fused_chain_names_the_inner_task() {
 }
 
 #[test]
+fn a_panic_inside_a_fused_chain_names_the_inner_task() {
+    let mut b = GraphBuilder::new();
+    b.add_task(Key::new("p", [0]), Arc::new(Literal(Value::new(1i64))), &[]);
+    b.add_task(
+        Key::new("p", [1]),
+        Arc::new(partita_tests::Panic {
+            message: "boom".into(),
+        }),
+        &[Key::new("p", [0])],
+    );
+    b.add_task(
+        Key::new("p", [2]),
+        Arc::new(Mix { salt: 0 }),
+        &[Key::new("p", [1])],
+    );
+    let g = b.build().unwrap();
+    for s in partita_tests::schedulers() {
+        let err = partita::compute(g.clone(), &[Key::new("p", [2])], s.as_ref()).unwrap_err();
+        assert_eq!(err.to_string(), "task ('p', 1) panicked: boom");
+    }
+}
+
+#[test]
 fn order_finishes_a_branch_before_starting_the_next_root() {
     // Two-level tree: s_j = mix(l_2j, l_2j+1). Each s_j must come right after its leaves.
     let mut b = GraphBuilder::new();

@@ -228,3 +228,55 @@ pub fn as_i64s(values: &[Value]) -> Vec<i64> {
         .map(|v| *v.get::<i64>().expect("an i64 value"))
         .collect()
 }
+
+/// Compute `array` on every scheduler and compare with `expected` (same shape, dtype and
+/// values; floats within `rtol` relative / `rtol` absolute, NaN equal to NaN).
+pub fn assert_array_eq<T>(array: &partita::array::Array, expected: &ndarray::ArrayD<T>, rtol: f64)
+where
+    T: partita::array::Element + ApproxEq,
+{
+    assert_eq!(array.shape(), expected.shape(), "shape of {array:?}");
+    assert_eq!(array.dtype(), T::DTYPE, "dtype of {array:?}");
+    for scheduler in schedulers() {
+        let got = array
+            .compute::<T>(scheduler.as_ref())
+            .unwrap_or_else(|e| panic!("computing {array:?} on {}: {e}", scheduler.name()));
+        assert_eq!(got.shape(), expected.shape());
+        for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
+            assert!(
+                g.approx_eq(*e, rtol),
+                "{array:?} on {}: element {i} is {g:?}, expected {e:?}",
+                scheduler.name()
+            );
+        }
+    }
+}
+
+/// Equality within a tolerance for floats, exact otherwise.
+pub trait ApproxEq: Copy + std::fmt::Debug {
+    /// Whether `self` is close enough to `other`.
+    fn approx_eq(self, other: Self, rtol: f64) -> bool;
+}
+
+macro_rules! exact_eq {
+    ($($t:ty),*) => {$(
+        impl ApproxEq for $t {
+            fn approx_eq(self, other: Self, _rtol: f64) -> bool {
+                self == other
+            }
+        }
+    )*};
+}
+exact_eq!(bool, u8, i32, i64);
+
+macro_rules! float_eq {
+    ($($t:ty),*) => {$(
+        impl ApproxEq for $t {
+            fn approx_eq(self, other: Self, rtol: f64) -> bool {
+                let (a, b) = (self as f64, other as f64);
+                (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= rtol * (1.0 + b.abs())
+            }
+        }
+    )*};
+}
+float_eq!(f32, f64);

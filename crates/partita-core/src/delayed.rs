@@ -11,6 +11,9 @@
 //! assert_eq!(doubled.compute(&LocalScheduler::new()).unwrap(), 84);
 //! ```
 //!
+//! Functions receive their arguments by value (a clone of each input; cheap for scalars).
+//! For large values, read the node through [`Delayed::shared`] and take `Arc<T>`: no copy.
+//!
 //! Each call adds one task in a new [`Layer`] that points at its arguments' layers, so nodes
 //! share sub-graphs: computing `a` and `b` together runs their common ancestors once. Functions
 //! are closures, so delayed graphs run locally; use serializable [`Op`](crate::Op)s for
@@ -77,6 +80,19 @@ impl<T> Delayed<T> {
     /// The key of this node's task.
     pub fn key(&self) -> &Key {
         &self.key
+    }
+
+    /// The same node, read as `Arc<T>`: functions taking it share the result's buffer
+    /// instead of receiving a clone (use it for large values read by several tasks).
+    pub fn shared(&self) -> Delayed<Arc<T>>
+    where
+        T: crate::value::Data,
+    {
+        Delayed {
+            layer: Arc::clone(&self.layer),
+            key: self.key.clone(),
+            _type: PhantomData,
+        }
     }
 }
 

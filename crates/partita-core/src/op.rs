@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panic_message};
 use crate::key::Key;
 use crate::value::{Value, ValueList};
 
@@ -33,6 +33,19 @@ pub trait Op: Send + Sync + fmt::Debug {
 
     /// A short name for diagnostics and progress displays.
     fn name(&self) -> &str;
+}
+
+/// Run `op` as the task `key`: its errors are wrapped to name the task (unless they
+/// already name an inner one) and a panic becomes [`Error::Panic`] naming the task.
+pub fn execute_guarded(key: &Key, op: &dyn Op, inputs: &[Value]) -> Result<Value> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.execute(inputs))) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.in_task(key)),
+        Err(payload) => Err(Error::Panic {
+            key: key.clone(),
+            message: panic_message(&*payload),
+        }),
+    }
 }
 
 /// Check the number of inputs an op got.
@@ -177,11 +190,9 @@ impl Op for FusedChain {
         let Some(((first_key, first), rest)) = self.steps.split_first() else {
             return Err(Error::Internal("empty fused chain".into()));
         };
-        let mut value = first.execute(inputs).map_err(|e| e.in_task(first_key))?;
+        let mut value = execute_guarded(first_key, first.as_ref(), inputs)?;
         for (key, op) in rest {
-            value = op
-                .execute(std::slice::from_ref(&value))
-                .map_err(|e| e.in_task(key))?;
+            value = execute_guarded(key, op.as_ref(), std::slice::from_ref(&value))?;
         }
         Ok(value)
     }

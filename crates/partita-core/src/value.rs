@@ -116,6 +116,12 @@ impl Value {
         })
     }
 
+    /// The shared data as an `Arc<T>`, without copying it.
+    pub fn downcast_arc<T: Data>(&self) -> Option<Arc<T>> {
+        let any: Arc<dyn Any + Send + Sync> = self.0.clone();
+        any.downcast::<T>().ok()
+    }
+
     /// The shared data.
     pub fn as_arc(&self) -> &Arc<dyn Data> {
         &self.0
@@ -207,6 +213,20 @@ pub trait FromValue: Sized {
 impl<T: Data + Clone> FromValue for T {
     fn from_value(value: &Value) -> Result<T> {
         value.get::<T>().cloned()
+    }
+}
+
+/// Zero-copy access: a delayed function taking `Arc<Vec<f64>>` shares its input's buffer
+/// instead of cloning it.
+impl<T: Data> FromValue for Arc<T> {
+    fn from_value(value: &Value) -> Result<Arc<T>> {
+        value.downcast_arc::<T>().ok_or_else(|| {
+            Error::Type(format!(
+                "expected a value of type {}, got {}",
+                std::any::type_name::<T>(),
+                value.type_name()
+            ))
+        })
     }
 }
 
@@ -399,7 +419,38 @@ impl Data for ValueList {
     }
 }
 
+/// Lists nest at most this deep; deeper input is refused rather than overflowing the stack.
+pub const MAX_LIST_DEPTH: u32 = 64;
+
+thread_local! {
+    static LIST_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one level of list nesting for as long as it lives.
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter() -> Result<DepthGuard> {
+        LIST_DEPTH.with(|d| {
+            if d.get() >= MAX_LIST_DEPTH {
+                return Err(Error::Codec(format!(
+                    "lists nested more than {MAX_LIST_DEPTH} deep"
+                )));
+            }
+            d.set(d.get() + 1);
+            Ok(DepthGuard)
+        })
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        LIST_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
 fn decode_list(payload: Bytes) -> Result<Value> {
+    let _depth = DepthGuard::enter()?;
     let read_u64 = |at: usize| -> Result<u64> {
         let b = payload
             .get(at..at + 8)
@@ -415,7 +466,8 @@ fn decode_list(payload: Bytes) -> Result<Value> {
             payload.len()
         )));
     }
-    let mut items = Vec::with_capacity(n as usize);
+    // Grow as elements actually decode rather than trusting the count up front.
+    let mut items = Vec::with_capacity((n as usize).min(1024));
     for _ in 0..n {
         let len = usize::try_from(read_u64(at)?)
             .map_err(|_| Error::Codec("list element length overflows".into()))?;
@@ -537,6 +589,30 @@ mod tests {
         huge.extend_from_slice(b"list");
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(Value::decode(huge).is_err());
+    }
+
+    #[test]
+    fn deeply_nested_lists_are_refused_not_a_stack_overflow() {
+        // Hand-build 100,000 levels of one-element lists: ~2 MB of hostile input. Each level
+        // is a 23-byte header (version, codec name, count, inner length) around the next.
+        let leaf = Value::new(1i64).encode().unwrap();
+        let levels = 100_000usize;
+        let mut inner = Vec::with_capacity(levels * 23 + leaf.len());
+        for level in 0..levels {
+            let below = (levels - level - 1) * 23 + leaf.len();
+            inner.extend_from_slice(&[1u8, 4, 0]);
+            inner.extend_from_slice(b"list");
+            inner.extend_from_slice(&1u64.to_le_bytes());
+            inner.extend_from_slice(&(below as u64).to_le_bytes());
+        }
+        inner.extend_from_slice(&leaf);
+        let err = Value::decode(inner).unwrap_err().to_string();
+        assert!(err.contains("nested more than 64"), "{err}");
+        // The depth count unwinds: a legitimate list still decodes afterwards.
+        let ok = Value::new(ValueList(vec![Value::new(ValueList(vec![Value::new(
+            2i64,
+        )]))]));
+        assert!(Value::decode(ok.encode().unwrap()).is_ok());
     }
 
     #[test]

@@ -17,6 +17,10 @@
 pub use partita_core as core;
 pub use partita_core::*;
 
+/// Chunked n-d arrays (feature `array`, on by default).
+#[cfg(feature = "array")]
+pub use partita_array as array;
+
 /// The README's examples, compiled and run as doc tests so they cannot go stale.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

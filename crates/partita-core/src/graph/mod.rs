@@ -320,6 +320,9 @@ impl GraphBuilder {
     ///
     /// A duplicate key or a dependency nobody produces is reported by [`GraphBuilder::build`].
     pub fn add_task(&mut self, key: Key, op: Arc<dyn Op>, deps: &[Key]) -> TaskId {
+        if !self.room_for_edges(deps.len()) {
+            return TaskId(UNRESOLVED);
+        }
         let Some(id) = self.push(key) else {
             return TaskId(UNRESOLVED);
         };
@@ -345,8 +348,21 @@ impl GraphBuilder {
                 bad.0
             )));
         }
-        let Some(id) = self.push(key.clone()) else {
+        if self.contains(&key) {
+            // Reported here, and not again by `build`: the caller knows.
             return Err(Error::DuplicateKey { key });
+        }
+        if !self.room_for_edges(deps.len()) {
+            return Err(self
+                .error
+                .take()
+                .unwrap_or_else(|| Error::Graph("too many edges".into())));
+        }
+        let Some(id) = self.push(key) else {
+            return Err(self
+                .error
+                .take()
+                .unwrap_or_else(|| Error::Graph("too many tasks".into())));
         };
         self.ops.push(op);
         self.deps.extend(deps.iter().map(|d| d.0));
@@ -360,6 +376,17 @@ impl GraphBuilder {
         if !self.contains(&task.key) {
             self.add_task(task.key.clone(), Arc::clone(&task.op), &task.deps);
         }
+    }
+
+    /// Edge offsets are `u32`; refuse (recording an error for `build`) past that.
+    fn room_for_edges(&mut self, more: usize) -> bool {
+        if self.deps.len() + more >= u32::MAX as usize {
+            self.error.get_or_insert(Error::Graph(
+                "graph exceeds 2^32 - 1 dependency edges".into(),
+            ));
+            return false;
+        }
+        true
     }
 
     fn owner_of_edge(&self, edge: u32) -> usize {

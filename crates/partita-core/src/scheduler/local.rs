@@ -23,8 +23,8 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 use super::{
-    Execution, ExecutionContext, LiveBytes, RunStats, Scheduler, missing_input, progress_step,
-    run_task,
+    Execution, ExecutionContext, LiveBytes, RunStats, Scheduler, guard, missing_input,
+    progress_step, run_task,
 };
 use crate::error::{Error, Result};
 use crate::graph::TaskId;
@@ -192,6 +192,9 @@ struct Run<'p> {
     queue: Mutex<Queue>,
     live: LiveBytes,
     done: AtomicUsize,
+    /// The highest count handed to the progress sink; held while reporting so reports
+    /// arrive in order.
+    reported: Mutex<usize>,
 }
 
 type Ready = SmallVec<[u32; 8]>;
@@ -231,6 +234,7 @@ impl<'p> Run<'p> {
             }),
             live: LiveBytes::default(),
             done: AtomicUsize::new(0),
+            reported: Mutex::new(0),
         }
     }
 
@@ -261,7 +265,9 @@ impl<'p> Run<'p> {
             let outcome = if self.ctx.cancel.is_cancelled() {
                 Err(Error::Cancelled)
             } else {
-                self.run_one(TaskId(task), &mut pending)
+                guard(&self.plan.graph, TaskId(task), || {
+                    self.run_one(TaskId(task), &mut pending)
+                })
             };
             let tiny = started.elapsed() < TINY_TASK;
             if let Ok(ready) = &outcome
@@ -287,12 +293,16 @@ impl<'p> Run<'p> {
                 }
             };
             if let Some(o) = &self.ctx.observer {
-                o.task_finished(
-                    TaskId(task),
-                    self.plan.graph.key(TaskId(task)),
-                    pending.last_nbytes,
-                    self.live.live(),
-                );
+                let (id, graph) = (TaskId(task), &self.plan.graph);
+                let observed = guard(graph, id, || {
+                    o.task_finished(id, graph.key(id), pending.last_nbytes, self.live.live());
+                    Ok(())
+                });
+                if let Err(e) = observed {
+                    q.error.get_or_insert(e);
+                    q.active -= 1;
+                    return;
+                }
             }
             for t in ready {
                 q.ready.push(Reverse((priority[t as usize], t)));
@@ -332,7 +342,9 @@ impl<'p> Run<'p> {
                 h
             };
             drop(q);
-            self.report_progress(done);
+            if let Err(e) = self.report_progress(done) {
+                self.queue.lock().error.get_or_insert(e);
+            }
             if exit {
                 return;
             }
@@ -360,12 +372,26 @@ impl<'p> Run<'p> {
         (before, after)
     }
 
-    fn report_progress(&self, (before, after): (usize, usize)) {
+    /// Report progress if `after` crossed a step, never going backwards: workers report
+    /// after releasing the lock, so a later count may arrive first.
+    fn report_progress(&self, (before, after): (usize, usize)) -> Result<()> {
         if let Some(p) = &self.ctx.progress
             && (before / self.step != after / self.step || (after == self.total && before != after))
         {
-            p.advanced(after, self.total);
+            let mut reported = self.reported.lock();
+            if *reported >= after {
+                return Ok(());
+            }
+            *reported = after;
+            let sink = std::panic::AssertUnwindSafe(|| p.advanced(after, self.total));
+            std::panic::catch_unwind(sink).map_err(|payload| {
+                Error::Internal(format!(
+                    "the progress callback panicked: {}",
+                    crate::error::panic_message(&*payload)
+                ))
+            })?;
         }
+        Ok(())
     }
 
     /// Run one task, store its result, release spent inputs; return newly ready tasks.

@@ -138,15 +138,18 @@ pub fn compute_with(
 
 /// Run one task's op, turning errors and panics into errors that name the task.
 pub(crate) fn run_task(graph: &Graph, id: TaskId, inputs: &[Value]) -> Result<Value> {
-    let op = graph.op(id);
-    match catch_unwind(AssertUnwindSafe(|| op.execute(inputs))) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.in_task(graph.key(id))),
-        Err(payload) => Err(Error::Panic {
+    crate::op::execute_guarded(graph.key(id), graph.op(id).as_ref(), inputs)
+}
+
+/// Run `f` (scheduler bookkeeping that calls user code: `nbytes`, drops, observers), turning
+/// a panic into an error naming the task it was about.
+pub(crate) fn guard<T>(graph: &Graph, id: TaskId, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(Error::Panic {
             key: graph.key(id).clone(),
             message: panic_message(&*payload),
-        }),
-    }
+        })
+    })
 }
 
 /// The error for a task input that should have been computed but is not there (a bug).

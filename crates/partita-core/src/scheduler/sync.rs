@@ -6,8 +6,8 @@ use std::time::Instant;
 use smallvec::SmallVec;
 
 use super::{
-    Execution, ExecutionContext, LiveBytes, RunStats, Scheduler, missing_input, progress_step,
-    run_task,
+    Execution, ExecutionContext, LiveBytes, RunStats, Scheduler, guard, missing_input,
+    progress_step, run_task,
 };
 use crate::error::{Error, Result};
 use crate::optimize::ExecutionPlan;
@@ -43,42 +43,51 @@ impl Scheduler for SyncScheduler {
                 if ctx.cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                let deps = graph.dependencies(id);
-                let inputs: SmallVec<[Value; 4]> = deps
-                    .iter()
-                    .map(|d| {
-                        slots[d.index()]
-                            .clone()
-                            .ok_or_else(|| missing_input(graph, *d, id))
-                    })
-                    .collect::<Result<_>>()?;
-                let value = run_task(graph, id, &inputs)?;
-                drop(inputs);
-                let nbytes = value.nbytes() as u64;
-                live.add(nbytes);
-                slots[id.index()] = Some(value);
-                for d in deps {
-                    let left = &mut uses_left[d.index()];
-                    *left -= 1;
-                    if *left == 0
-                        && !is_output[d.index()]
-                        && let Some(v) = slots[d.index()].take()
-                    {
-                        live.sub(v.nbytes() as u64);
+                let nbytes = guard(graph, id, || {
+                    let deps = graph.dependencies(id);
+                    let inputs: SmallVec<[Value; 4]> = deps
+                        .iter()
+                        .map(|d| {
+                            slots[d.index()]
+                                .clone()
+                                .ok_or_else(|| missing_input(graph, *d, id))
+                        })
+                        .collect::<Result<_>>()?;
+                    let value = run_task(graph, id, &inputs)?;
+                    drop(inputs);
+                    let nbytes = value.nbytes() as u64;
+                    live.add(nbytes);
+                    slots[id.index()] = Some(value);
+                    for d in deps {
+                        let left = &mut uses_left[d.index()];
+                        *left -= 1;
+                        if *left == 0
+                            && !is_output[d.index()]
+                            && let Some(v) = slots[d.index()].take()
+                        {
+                            live.sub(v.nbytes() as u64);
+                        }
                     }
-                }
-                if uses_left[id.index()] == 0 && !is_output[id.index()] {
-                    slots[id.index()] = None;
-                    live.sub(nbytes);
-                }
+                    if uses_left[id.index()] == 0 && !is_output[id.index()] {
+                        slots[id.index()] = None;
+                        live.sub(nbytes);
+                    }
+                    Ok(nbytes)
+                })?;
                 done += 1;
                 if let Some(o) = &ctx.observer {
-                    o.task_finished(id, graph.key(id), nbytes, live.live());
+                    guard(graph, id, || {
+                        o.task_finished(id, graph.key(id), nbytes, live.live());
+                        Ok(())
+                    })?;
                 }
                 if let Some(p) = &ctx.progress
                     && (done % step == 0 || done == n)
                 {
-                    p.advanced(done, n);
+                    guard(graph, id, || {
+                        p.advanced(done, n);
+                        Ok(())
+                    })?;
                 }
             }
             plan.outputs

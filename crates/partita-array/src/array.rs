@@ -1,0 +1,271 @@
+//! `Array`: a lazy, chunked n-d array.
+
+use std::sync::{Arc, OnceLock};
+
+use ndarray::{ArrayD, IxDyn, Slice};
+use partita_core::{
+    Collection, ComputeOptions, Error, Key, Layer, Literal, Result, Scheduler, Task, Value,
+    compute_collections,
+};
+
+use crate::chunk::{Chunk, Element};
+use crate::dtype::DType;
+use crate::elementwise::Elementwise;
+use crate::grid::ChunkGrid;
+
+/// A lazy n-d array cut into chunks; every operation adds tasks, `compute` runs them.
+///
+/// Cloning is cheap (a reference count).
+#[derive(Clone)]
+pub struct Array(Arc<Inner>);
+
+struct Inner {
+    name: Arc<str>,
+    grid: ChunkGrid,
+    dtype: DType,
+    source: Source,
+    layer: OnceLock<Arc<Layer>>,
+}
+
+pub(crate) enum Source {
+    /// A layer holding a task `(name, i, j, ...)` for every block.
+    Tasks(Arc<Layer>),
+    /// An elementwise expression over other arrays, turned into tasks only when consumed.
+    Elementwise(Elementwise),
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Array<{}, shape={:?}, chunks={:?}, dtype={}>",
+            self.0.name,
+            self.shape(),
+            self.chunks(),
+            self.dtype()
+        )
+    }
+}
+
+impl Array {
+    /// An array whose blocks are the tasks `(name, i, j, ...)` of `layer` (one per block of
+    /// `grid`, each producing a [`Chunk`] of `dtype` and the block's shape).
+    ///
+    /// This is how other crates add operations; the layer's tasks are trusted to match.
+    pub fn from_layer(name: Arc<str>, grid: ChunkGrid, dtype: DType, layer: Arc<Layer>) -> Array {
+        Array(Arc::new(Inner {
+            name,
+            grid,
+            dtype,
+            source: Source::Tasks(layer),
+            layer: OnceLock::new(),
+        }))
+    }
+
+    pub(crate) fn from_elementwise(
+        name: Arc<str>,
+        grid: ChunkGrid,
+        dtype: DType,
+        e: Elementwise,
+    ) -> Array {
+        Array(Arc::new(Inner {
+            name,
+            grid,
+            dtype,
+            source: Source::Elementwise(e),
+            layer: OnceLock::new(),
+        }))
+    }
+
+    /// Build an array from one task per block: `make(block index) -> (op, dependency keys)`.
+    pub fn from_blocks(
+        prefix: &str,
+        grid: ChunkGrid,
+        dtype: DType,
+        dependencies: Vec<Arc<Layer>>,
+        mut make: impl FnMut(&[usize]) -> (Arc<dyn partita_core::Op>, Vec<Key>),
+    ) -> Array {
+        let name = Key::unique_name(prefix);
+        let tasks = grid
+            .blocks()
+            .map(|idx| {
+                let (op, deps) = make(&idx);
+                Task::new(block_key(&name, &idx), op, deps)
+            })
+            .collect();
+        let layer = Layer::new(Arc::clone(&name), tasks, dependencies);
+        Array::from_layer(name, grid, dtype, layer)
+    }
+
+    pub(crate) fn source(&self) -> &Source {
+        &self.0.source
+    }
+
+    pub(crate) fn ptr_eq(&self, other: &Array) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The name shared by this array's block keys.
+    pub fn name(&self) -> &Arc<str> {
+        &self.0.name
+    }
+
+    /// The chunk grid.
+    pub fn grid(&self) -> &ChunkGrid {
+        &self.0.grid
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        self.0.grid.shape()
+    }
+
+    /// Chunk sizes per axis (Dask's `.chunks`).
+    pub fn chunks(&self) -> &[Vec<usize>] {
+        self.0.grid.chunks()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+
+    /// Number of axes.
+    pub fn ndim(&self) -> usize {
+        self.0.grid.ndim()
+    }
+
+    /// Number of elements.
+    pub fn size(&self) -> usize {
+        self.0.grid.len()
+    }
+
+    /// Bytes the whole array would take in memory.
+    pub fn nbytes(&self) -> usize {
+        self.size() * self.dtype().size()
+    }
+
+    /// Number of blocks (Dask's `npartitions`).
+    pub fn npartitions(&self) -> usize {
+        self.0.grid.num_blocks()
+    }
+
+    /// The key of one block.
+    pub fn block_key(&self, idx: &[usize]) -> Key {
+        block_key(&self.0.name, idx)
+    }
+
+    /// Compute into an `ndarray::ArrayD<T>`; `T` must match the dtype.
+    pub fn compute<T: Element>(&self, scheduler: &dyn Scheduler) -> Result<ArrayD<T>> {
+        self.compute_with::<T>(scheduler, &ComputeOptions::default())
+    }
+
+    /// [`Array::compute`] with options (progress, cancellation).
+    pub fn compute_with<T: Element>(
+        &self,
+        scheduler: &dyn Scheduler,
+        options: &ComputeOptions,
+    ) -> Result<ArrayD<T>> {
+        if T::DTYPE != self.dtype() {
+            return Err(Error::Type(format!(
+                "cannot compute a {} array as {}; cast it with astype first",
+                self.dtype(),
+                T::DTYPE
+            )));
+        }
+        let (mut values, _) = compute_collections(&[self], scheduler, options)?;
+        assemble::<T>(self.grid(), &values.pop().unwrap_or_default())
+    }
+
+    /// Compute into a dtype-erased [`Chunk`] holding the whole array.
+    pub fn compute_chunk(&self, scheduler: &dyn Scheduler) -> Result<Chunk> {
+        fn go<T: Element>(a: &Array, s: &dyn Scheduler) -> Result<Chunk> {
+            a.compute::<T>(s).map(Chunk::new)
+        }
+        match self.dtype() {
+            DType::Bool => go::<bool>(self, scheduler),
+            DType::U8 => go::<u8>(self, scheduler),
+            DType::I32 => go::<i32>(self, scheduler),
+            DType::I64 => go::<i64>(self, scheduler),
+            DType::F32 => go::<f32>(self, scheduler),
+            DType::F64 => go::<f64>(self, scheduler),
+        }
+    }
+
+    /// Compute every block now and return an array backed by the results (Dask's
+    /// `persist`): later graphs start from these values instead of recomputing.
+    pub fn persist(&self, scheduler: &dyn Scheduler) -> Result<Array> {
+        let (mut values, _) = compute_collections(&[self], scheduler, &ComputeOptions::default())?;
+        let values = values.pop().unwrap_or_default();
+        if values.len() != self.npartitions() {
+            return Err(Error::Internal(format!(
+                "persist got {} blocks of {}",
+                values.len(),
+                self.npartitions()
+            )));
+        }
+        let mut values = values.into_iter();
+        Ok(Array::from_blocks(
+            "persist",
+            self.grid().clone(),
+            self.dtype(),
+            Vec::new(),
+            |_| {
+                let v = values.next().unwrap_or_else(|| Value::new(()));
+                (Arc::new(Literal(v)), Vec::new())
+            },
+        ))
+    }
+}
+
+impl Collection for Array {
+    fn layer(&self) -> &Arc<Layer> {
+        self.0.layer.get_or_init(|| match &self.0.source {
+            Source::Tasks(layer) => Arc::clone(layer),
+            Source::Elementwise(e) => e.materialize(&self.0.name, &self.0.grid),
+        })
+    }
+
+    fn output_keys(&self) -> Vec<Key> {
+        self.grid()
+            .blocks()
+            .map(|idx| self.block_key(&idx))
+            .collect()
+    }
+}
+
+/// The key of block `idx` of the array called `name`.
+pub fn block_key(name: &Arc<str>, idx: &[usize]) -> Key {
+    let idx: smallvec::SmallVec<[u32; 4]> = idx.iter().map(|&i| i as u32).collect();
+    Key::indexed(name, &idx)
+}
+
+/// Put computed blocks (C order) together into one array.
+pub(crate) fn assemble<T: Element>(grid: &ChunkGrid, blocks: &[Value]) -> Result<ArrayD<T>> {
+    let mut out = ArrayD::<T>::default(IxDyn(grid.shape()));
+    if blocks.len() != grid.num_blocks() {
+        return Err(Error::Internal(format!(
+            "{} blocks for a grid of {}",
+            blocks.len(),
+            grid.num_blocks()
+        )));
+    }
+    for (idx, value) in grid.blocks().zip(blocks) {
+        let chunk = Chunk::from_value(value)?.typed::<T>()?;
+        let offset = grid.block_offset(&idx);
+        let shape = grid.block_shape(&idx);
+        if chunk.shape() != shape.as_slice() {
+            return Err(Error::Shape(format!(
+                "block {:?} has shape {:?} but the grid says {shape:?}",
+                idx.as_slice(),
+                chunk.shape()
+            )));
+        }
+        out.slice_each_axis_mut(|ax| {
+            let a = ax.axis.index();
+            Slice::from(offset[a]..offset[a] + shape[a])
+        })
+        .assign(chunk);
+    }
+    Ok(out)
+}

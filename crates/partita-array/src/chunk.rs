@@ -1,0 +1,315 @@
+//! `Chunk`: one block of an array, the value that flows between array tasks.
+//!
+//! A chunk is an `ArcArray<T, IxDyn>` for one of the supported dtypes: cloning it shares the
+//! buffer. Its wire and spill form is a small header (dtype, ndim, shape) followed by the
+//! elements as raw little-endian bytes in C order.
+
+use bytes::Bytes;
+use ndarray::{ArcArray, ArrayD, IxDyn};
+use partita_core::{Data, Error, Result, Value, register_codec};
+
+use crate::dtype::DType;
+
+/// One block of an array.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Chunk {
+    /// bool elements
+    Bool(ArcArray<bool, IxDyn>),
+    /// u8 elements
+    U8(ArcArray<u8, IxDyn>),
+    /// i32 elements
+    I32(ArcArray<i32, IxDyn>),
+    /// i64 elements
+    I64(ArcArray<i64, IxDyn>),
+    /// f32 elements
+    F32(ArcArray<f32, IxDyn>),
+    /// f64 elements
+    F64(ArcArray<f64, IxDyn>),
+}
+
+/// Run `$body` with `$a` bound to the typed array inside a chunk.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_chunk {
+    ($chunk:expr, $a:ident => $body:expr) => {
+        match $chunk {
+            $crate::Chunk::Bool($a) => $body,
+            $crate::Chunk::U8($a) => $body,
+            $crate::Chunk::I32($a) => $body,
+            $crate::Chunk::I64($a) => $body,
+            $crate::Chunk::F32($a) => $body,
+            $crate::Chunk::F64($a) => $body,
+        }
+    };
+}
+
+/// Rust types that can be array elements.
+pub trait Element: Copy + Send + Sync + std::fmt::Debug + PartialEq + Default + 'static {
+    /// The dtype of this type.
+    const DTYPE: DType;
+    /// Wrap an array of this type.
+    fn into_chunk(a: ArcArray<Self, IxDyn>) -> Chunk;
+    /// Borrow the array if the chunk holds this type.
+    fn chunk_ref(c: &Chunk) -> Option<&ArcArray<Self, IxDyn>>;
+    /// Little-endian bytes of one element.
+    fn write_le(self, out: &mut Vec<u8>);
+    /// Read one element from exactly `DTYPE.size()` little-endian bytes.
+    fn read_le(b: &[u8]) -> Result<Self>;
+}
+
+macro_rules! element {
+    ($t:ty, $variant:ident) => {
+        impl Element for $t {
+            const DTYPE: DType = DType::$variant;
+            fn into_chunk(a: ArcArray<Self, IxDyn>) -> Chunk {
+                Chunk::$variant(a)
+            }
+            fn chunk_ref(c: &Chunk) -> Option<&ArcArray<Self, IxDyn>> {
+                match c {
+                    Chunk::$variant(a) => Some(a),
+                    _ => None,
+                }
+            }
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn read_le(b: &[u8]) -> Result<Self> {
+                Ok(<$t>::from_le_bytes(b.try_into().map_err(|_| {
+                    Error::Codec(format!(
+                        "{} element needs {} bytes",
+                        DType::$variant,
+                        DType::$variant.size()
+                    ))
+                })?))
+            }
+        }
+    };
+}
+
+element!(u8, U8);
+element!(i32, I32);
+element!(i64, I64);
+element!(f32, F32);
+element!(f64, F64);
+
+impl Element for bool {
+    const DTYPE: DType = DType::Bool;
+    fn into_chunk(a: ArcArray<Self, IxDyn>) -> Chunk {
+        Chunk::Bool(a)
+    }
+    fn chunk_ref(c: &Chunk) -> Option<&ArcArray<Self, IxDyn>> {
+        match c {
+            Chunk::Bool(a) => Some(a),
+            _ => None,
+        }
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.push(u8::from(self));
+    }
+    fn read_le(b: &[u8]) -> Result<Self> {
+        match b {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            _ => Err(Error::Codec(format!(
+                "bool element must be one byte 0 or 1, got {b:?}"
+            ))),
+        }
+    }
+}
+
+impl Chunk {
+    /// A chunk from an owned array.
+    pub fn new<T: Element>(a: ArrayD<T>) -> Chunk {
+        T::into_chunk(a.into_shared())
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Chunk::Bool(_) => DType::Bool,
+            Chunk::U8(_) => DType::U8,
+            Chunk::I32(_) => DType::I32,
+            Chunk::I64(_) => DType::I64,
+            Chunk::F32(_) => DType::F32,
+            Chunk::F64(_) => DType::F64,
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        with_chunk!(self, a => a.shape())
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        with_chunk!(self, a => a.len())
+    }
+
+    /// Whether the chunk has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The typed array, or a type error naming both dtypes.
+    pub fn typed<T: Element>(&self) -> Result<&ArcArray<T, IxDyn>> {
+        T::chunk_ref(self).ok_or_else(|| {
+            Error::Type(format!(
+                "expected a {} chunk, got {}",
+                T::DTYPE,
+                self.dtype()
+            ))
+        })
+    }
+
+    /// The chunk inside a task value, or a type error.
+    pub fn from_value(v: &Value) -> Result<&Chunk> {
+        v.get::<Chunk>()
+    }
+}
+
+impl Data for Chunk {
+    fn nbytes(&self) -> usize {
+        self.len() * self.dtype().size()
+    }
+    fn codec(&self) -> &'static str {
+        "array-chunk"
+    }
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.push(self.dtype() as u8);
+        let shape = self.shape();
+        out.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for &d in shape {
+            out.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        out.reserve(self.nbytes());
+        with_chunk!(self, a => {
+            // Iteration is in logical (C) order whatever the memory layout.
+            for &x in a.iter() {
+                x.write_le(out);
+            }
+        });
+        Ok(())
+    }
+}
+
+fn decode_typed<T: Element>(shape: Vec<usize>, data: &[u8]) -> Result<Chunk> {
+    let size = T::DTYPE.size();
+    let values = data
+        .chunks_exact(size)
+        .map(T::read_le)
+        .collect::<Result<Vec<T>>>()?;
+    let a = ArrayD::from_shape_vec(IxDyn(&shape), values)
+        .map_err(|e| Error::Codec(format!("chunk of shape {shape:?}: {e}")))?;
+    Ok(Chunk::new(a))
+}
+
+fn decode_chunk(payload: Bytes) -> Result<Value> {
+    let bad = |what: &str| Error::Codec(format!("array chunk: {what}"));
+    let (&tag, rest) = payload.split_first().ok_or_else(|| bad("empty payload"))?;
+    let dtype = *DType::ALL
+        .get(tag as usize)
+        .ok_or_else(|| bad(&format!("unknown dtype tag {tag}")))?;
+    let ndim_bytes = rest.get(..4).ok_or_else(|| bad("truncated header"))?;
+    let ndim = u32::from_le_bytes(ndim_bytes.try_into().expect("4 bytes")) as usize;
+    if ndim > 64 {
+        return Err(bad(&format!("{ndim} dimensions is more than 64")));
+    }
+    let dims = rest
+        .get(4..4 + 8 * ndim)
+        .ok_or_else(|| bad("truncated shape"))?;
+    let shape: Vec<usize> = dims
+        .chunks_exact(8)
+        .map(|b| usize::try_from(u64::from_le_bytes(b.try_into().expect("8 bytes"))))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad("dimension does not fit in memory"))?;
+    let data = &rest[4 + 8 * ndim..];
+    let expected = shape
+        .iter()
+        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(&format!("shape {shape:?} overflows")))?;
+    if data.len() != expected {
+        return Err(bad(&format!(
+            "shape {shape:?} of {dtype} needs {expected} bytes, got {}",
+            data.len()
+        )));
+    }
+    let chunk = match dtype {
+        DType::Bool => decode_typed::<bool>(shape, data)?,
+        DType::U8 => decode_typed::<u8>(shape, data)?,
+        DType::I32 => decode_typed::<i32>(shape, data)?,
+        DType::I64 => decode_typed::<i64>(shape, data)?,
+        DType::F32 => decode_typed::<f32>(shape, data)?,
+        DType::F64 => decode_typed::<f64>(shape, data)?,
+    };
+    Ok(Value::new(chunk))
+}
+register_codec!("array-chunk", decode_chunk);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array, ShapeBuilder};
+
+    #[test]
+    fn every_dtype_round_trips() {
+        let chunks = [
+            Chunk::new(Array::from_shape_fn(IxDyn(&[2, 3]), |i| {
+                (i[0] + i[1]) % 2 == 0
+            })),
+            Chunk::new(Array::from_shape_fn(IxDyn(&[4]), |i| i[0] as u8 * 60)),
+            Chunk::new(Array::from_shape_fn(IxDyn(&[2, 2, 2]), |i| -(i[2] as i32))),
+            Chunk::new(Array::from_shape_fn(IxDyn(&[3, 1]), |i| {
+                i64::MIN + i[0] as i64
+            })),
+            Chunk::new(Array::from_shape_fn(IxDyn(&[0, 5]), |_| 1.5f32)),
+            Chunk::new(Array::from_shape_fn(IxDyn(&[]), |_| std::f64::consts::PI)),
+        ];
+        for c in chunks {
+            let v = Value::new(c.clone());
+            let back = Value::decode(v.encode().unwrap()).unwrap();
+            assert_eq!(back.get::<Chunk>().unwrap(), &c);
+            assert_eq!(v.nbytes(), c.len() * c.dtype().size());
+        }
+    }
+
+    #[test]
+    fn fortran_order_chunks_encode_in_c_order() {
+        let f = Array::from_shape_vec(IxDyn(&[2, 2]).f(), vec![1.0f64, 3.0, 2.0, 4.0]).unwrap();
+        let v = Value::new(Chunk::new(f));
+        let back = Value::decode(v.encode().unwrap()).unwrap();
+        let a = back.get::<Chunk>().unwrap().typed::<f64>().unwrap().clone();
+        assert_eq!(
+            a.iter().copied().collect::<Vec<_>>(),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn hostile_payloads_are_errors() {
+        let good = Value::new(Chunk::new(Array::from_elem(IxDyn(&[3]), 7i64)))
+            .encode()
+            .unwrap();
+        for cut in 0..good.len() {
+            assert!(Value::decode(good[..cut].to_vec()).is_err());
+        }
+        let header = 3 + "array-chunk".len();
+        let mut huge = good[..header].to_vec();
+        huge.push(DType::F64 as u8);
+        huge.extend_from_slice(&2u32.to_le_bytes());
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        let err = Value::decode(huge).unwrap_err().to_string();
+        assert!(
+            err.contains("overflows") || err.contains("does not fit"),
+            "{err}"
+        );
+        let mut bad_bool = good[..header].to_vec();
+        bad_bool.extend_from_slice(&[0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert!(
+            Value::decode(bad_bool)
+                .unwrap_err()
+                .to_string()
+                .contains("bool")
+        );
+    }
+}

@@ -1,0 +1,928 @@
+//! Elementwise programs: many elementwise operations run as one pass over a chunk.
+//!
+//! A [`Program`] is a list of typed nodes (inputs, scalars, unary and binary operations,
+//! `where`, casts), each referring only to earlier nodes. [`Program::eval`] broadcasts its
+//! input chunks against each other (NumPy rules) and evaluates the nodes over tiles of
+//! [`TILE`] elements: every node's tile buffer stays in cache, and the only chunk-sized
+//! allocation is the result. The builder resolves dtypes up front, so at run time every
+//! binary operation sees two operands of the same dtype.
+
+use ndarray::{ArrayD, IxDyn};
+use partita_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{Chunk, Element};
+use crate::dtype::DType;
+
+/// Elements per tile.
+pub const TILE: usize = 1024;
+
+/// Operations on one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Sign,
+    Square,
+    /// Logical not for bool, bitwise not for integers.
+    Not,
+    Exp,
+    Expm1,
+    Log,
+    Log1p,
+    Log2,
+    Log10,
+    Sqrt,
+    Sin,
+    Cos,
+    Tan,
+    Arcsin,
+    Arccos,
+    Arctan,
+    Sinh,
+    Cosh,
+    Tanh,
+    Floor,
+    Ceil,
+    /// Round half to even, like NumPy.
+    Round,
+    Trunc,
+    IsNan,
+    IsInf,
+    IsFinite,
+}
+
+/// Operations on two operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    /// True division (always floating point).
+    Div,
+    /// Floor division, rounding toward negative infinity like Python.
+    FloorDiv,
+    /// Remainder with the sign of the divisor, like Python and NumPy.
+    Rem,
+    Pow,
+    /// Elementwise minimum; NaN wins, like `numpy.minimum`.
+    Minimum,
+    Maximum,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    /// Logical for bool, bitwise for integers.
+    And,
+    Or,
+    Xor,
+    Atan2,
+    Hypot,
+}
+
+impl BinaryOp {
+    /// Comparisons produce bool.
+    pub fn is_comparison(self) -> bool {
+        use BinaryOp::*;
+        matches!(self, Eq | Ne | Lt | Le | Gt | Ge)
+    }
+}
+
+/// A constant in a program.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Scalar {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+}
+
+impl Scalar {
+    /// The dtype NumPy gives a Python scalar of this kind on its own.
+    pub fn natural_dtype(self) -> DType {
+        match self {
+            Scalar::Bool(_) => DType::Bool,
+            Scalar::Int(_) => DType::I64,
+            Scalar::Float(_) => DType::F64,
+        }
+    }
+}
+
+impl From<f64> for Scalar {
+    fn from(x: f64) -> Scalar {
+        Scalar::Float(x)
+    }
+}
+impl From<f32> for Scalar {
+    fn from(x: f32) -> Scalar {
+        Scalar::Float(f64::from(x))
+    }
+}
+impl From<i64> for Scalar {
+    fn from(x: i64) -> Scalar {
+        Scalar::Int(x)
+    }
+}
+impl From<i32> for Scalar {
+    fn from(x: i32) -> Scalar {
+        Scalar::Int(i64::from(x))
+    }
+}
+impl From<u8> for Scalar {
+    fn from(x: u8) -> Scalar {
+        Scalar::Int(i64::from(x))
+    }
+}
+impl From<bool> for Scalar {
+    fn from(x: bool) -> Scalar {
+        Scalar::Bool(x)
+    }
+}
+
+/// What a node computes; operands are indices of earlier nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum NodeKind {
+    /// The task's `n`th input chunk.
+    Input(u32),
+    Scalar(Scalar),
+    Unary(UnaryOp, u32),
+    Binary(BinaryOp, u32, u32),
+    /// `where(cond, a, b)`.
+    Where(u32, u32, u32),
+    /// Convert to the node's dtype.
+    Cast(u32),
+}
+
+/// One step of a program and the dtype it produces.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// What it computes.
+    pub kind: NodeKind,
+    /// The dtype of its result.
+    pub dtype: DType,
+}
+
+/// A typed elementwise expression; the last node is the result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    /// Nodes in evaluation order.
+    pub nodes: Vec<Node>,
+}
+
+fn unsupported(what: &str, dtype: DType) -> Error {
+    Error::Type(format!("{what} is not supported for {dtype}"))
+}
+
+impl Program {
+    /// Append a node, returning its index.
+    pub fn push(&mut self, kind: NodeKind, dtype: DType) -> u32 {
+        self.nodes.push(Node { kind, dtype });
+        (self.nodes.len() - 1) as u32
+    }
+
+    /// The dtype of node `i`.
+    pub fn dtype(&self, i: u32) -> DType {
+        self.nodes[i as usize].dtype
+    }
+
+    /// The result's dtype.
+    pub fn result_dtype(&self) -> Option<DType> {
+        self.nodes.last().map(|n| n.dtype)
+    }
+
+    /// `x` as `dtype` (no node when it already is).
+    pub fn cast(&mut self, x: u32, dtype: DType) -> u32 {
+        if self.dtype(x) == dtype {
+            x
+        } else {
+            self.push(NodeKind::Cast(x), dtype)
+        }
+    }
+
+    /// Add a unary operation with NumPy's typing; errors name the operation and dtype.
+    pub fn unary(&mut self, op: UnaryOp, x: u32) -> Result<u32> {
+        use UnaryOp::*;
+        let t = self.dtype(x);
+        Ok(match op {
+            Neg | Abs | Sign | Square => {
+                if t == DType::Bool {
+                    return Err(unsupported(&format!("{op:?}"), t));
+                }
+                self.push(NodeKind::Unary(op, x), t)
+            }
+            Not => {
+                if t.is_float() {
+                    return Err(unsupported("logical/bitwise not", t));
+                }
+                self.push(NodeKind::Unary(op, x), t)
+            }
+            IsNan | IsInf | IsFinite => self.push(NodeKind::Unary(op, x), DType::Bool),
+            Floor | Ceil | Round | Trunc if t.is_int() => x,
+            _ => {
+                let f = t.float_result();
+                let x = self.cast(x, f);
+                self.push(NodeKind::Unary(op, x), f)
+            }
+        })
+    }
+
+    /// Add a binary operation with NumPy's typing and promotion.
+    pub fn binary(&mut self, op: BinaryOp, a: u32, b: u32) -> Result<u32> {
+        use BinaryOp::*;
+        let t = DType::promote(self.dtype(a), self.dtype(b));
+        let (operand, result) = match op {
+            Div | Atan2 | Hypot => (t.float_result(), t.float_result()),
+            Eq | Ne | Lt | Le | Gt | Ge => (t, DType::Bool),
+            And | Or | Xor => {
+                if t.is_float() {
+                    return Err(unsupported(&format!("{op:?}"), t));
+                }
+                (t, t)
+            }
+            Add | Mul | Minimum | Maximum => (t, t),
+            // NumPy has no bool subtraction; bool powers and divisions compute in integers.
+            Sub | FloorDiv | Rem | Pow if t == DType::Bool => (DType::I64, DType::I64),
+            Sub | FloorDiv | Rem | Pow => (t, t),
+        };
+        let a = self.cast(a, operand);
+        let b = self.cast(b, operand);
+        Ok(self.push(NodeKind::Binary(op, a, b), result))
+    }
+
+    /// Add `where(cond, a, b)`.
+    pub fn select(&mut self, cond: u32, a: u32, b: u32) -> u32 {
+        let t = DType::promote(self.dtype(a), self.dtype(b));
+        let cond = self.cast(cond, DType::Bool);
+        let a = self.cast(a, t);
+        let b = self.cast(b, t);
+        self.push(NodeKind::Where(cond, a, b), t)
+    }
+
+    /// Append `other`'s nodes, mapping its input `i` to `inputs[i]` (a node of `self`).
+    /// Returns the index of `other`'s result in `self`.
+    pub fn inline(&mut self, other: &Program, inputs: &[u32]) -> u32 {
+        let mut map: Vec<u32> = Vec::with_capacity(other.nodes.len());
+        for node in &other.nodes {
+            let m = |i: u32| map[i as usize];
+            let idx = match node.kind {
+                NodeKind::Input(i) => inputs[i as usize],
+                NodeKind::Scalar(s) => self.push(NodeKind::Scalar(s), node.dtype),
+                NodeKind::Unary(op, x) => self.push(NodeKind::Unary(op, m(x)), node.dtype),
+                NodeKind::Binary(op, a, b) => {
+                    self.push(NodeKind::Binary(op, m(a), m(b)), node.dtype)
+                }
+                NodeKind::Where(c, a, b) => {
+                    self.push(NodeKind::Where(m(c), m(a), m(b)), node.dtype)
+                }
+                NodeKind::Cast(x) => self.push(NodeKind::Cast(m(x)), node.dtype),
+            };
+            map.push(idx);
+        }
+        *map.last().expect("programs are not empty")
+    }
+
+    /// Evaluate over `inputs`, broadcast against each other.
+    pub fn eval(&self, inputs: &[&Chunk]) -> Result<Chunk> {
+        let Some(result) = self.nodes.last() else {
+            return Err(Error::Internal("empty elementwise program".into()));
+        };
+        let shape = broadcast_shapes(inputs.iter().map(|c| c.shape()))?;
+        let n: usize = shape.iter().product();
+        let mut readers = Vec::with_capacity(inputs.len());
+        for (i, c) in inputs.iter().enumerate() {
+            readers.push(Reader::new(c, &shape).ok_or_else(|| {
+                Error::Shape(format!(
+                    "input {i} of shape {:?} does not broadcast to {shape:?}",
+                    c.shape()
+                ))
+            })?);
+        }
+        for node in &self.nodes {
+            if let NodeKind::Input(i) = node.kind {
+                let got = inputs
+                    .get(i as usize)
+                    .ok_or_else(|| {
+                        Error::Graph(format!(
+                            "elementwise program reads input {i} of {}",
+                            inputs.len()
+                        ))
+                    })?
+                    .dtype();
+                if got != node.dtype {
+                    return Err(Error::Type(format!(
+                        "elementwise input {i} should be {}, got {got}",
+                        node.dtype
+                    )));
+                }
+            }
+        }
+        let mut tiles: Vec<Buf> = self
+            .nodes
+            .iter()
+            .map(|nd| Buf::zeros(nd.dtype, TILE.min(n.max(1))))
+            .collect();
+        for (tile, node) in tiles.iter_mut().zip(&self.nodes) {
+            if let NodeKind::Scalar(s) = node.kind {
+                tile.fill(s);
+            }
+        }
+        let mut out = Buf::zeros(result.dtype, n);
+        let mut start = 0;
+        while start < n {
+            let len = TILE.min(n - start);
+            for i in 0..self.nodes.len() {
+                let (done, rest) = tiles.split_at_mut(i);
+                let tile = &mut rest[0];
+                match self.nodes[i].kind {
+                    NodeKind::Input(k) => readers[k as usize].fill(start, len, tile)?,
+                    NodeKind::Scalar(_) => {}
+                    NodeKind::Unary(op, x) => unary(op, &done[x as usize], tile, len)?,
+                    NodeKind::Binary(op, a, b) => {
+                        binary(op, &done[a as usize], &done[b as usize], tile, len)?
+                    }
+                    NodeKind::Where(c, a, b) => select(
+                        &done[c as usize],
+                        &done[a as usize],
+                        &done[b as usize],
+                        tile,
+                        len,
+                    )?,
+                    NodeKind::Cast(x) => cast(&done[x as usize], tile, len),
+                }
+            }
+            out.copy_from(start, &tiles[self.nodes.len() - 1], len)?;
+            start += len;
+        }
+        out.into_chunk(&shape)
+    }
+}
+
+/// NumPy broadcasting of several shapes; the error names them all.
+pub fn broadcast_shapes<'a>(shapes: impl IntoIterator<Item = &'a [usize]>) -> Result<Vec<usize>> {
+    let shapes: Vec<&[usize]> = shapes.into_iter().collect();
+    let ndim = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = vec![1usize; ndim];
+    for s in &shapes {
+        for (k, &d) in s.iter().rev().enumerate() {
+            let o = &mut out[ndim - 1 - k];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err(Error::Shape(format!(
+                    "shapes {shapes:?} cannot be broadcast together"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A tile-sized (or result-sized) buffer of one dtype.
+pub(crate) enum Buf {
+    Bool(Vec<bool>),
+    U8(Vec<u8>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+macro_rules! with_buf {
+    ($buf:expr, $v:ident => $body:expr) => {
+        match $buf {
+            Buf::Bool($v) => $body,
+            Buf::U8($v) => $body,
+            Buf::I32($v) => $body,
+            Buf::I64($v) => $body,
+            Buf::F32($v) => $body,
+            Buf::F64($v) => $body,
+        }
+    };
+}
+
+impl Buf {
+    fn zeros(dtype: DType, n: usize) -> Buf {
+        match dtype {
+            DType::Bool => Buf::Bool(vec![false; n]),
+            DType::U8 => Buf::U8(vec![0; n]),
+            DType::I32 => Buf::I32(vec![0; n]),
+            DType::I64 => Buf::I64(vec![0; n]),
+            DType::F32 => Buf::F32(vec![0.0; n]),
+            DType::F64 => Buf::F64(vec![0.0; n]),
+        }
+    }
+
+    fn fill(&mut self, s: Scalar) {
+        with_buf!(self, v => {
+            let x = match s {
+                Scalar::Bool(b) => Prim::from_prim(b),
+                Scalar::Int(i) => Prim::from_prim(i),
+                Scalar::Float(f) => Prim::from_prim(f),
+            };
+            v.iter_mut().for_each(|e| *e = x);
+        })
+    }
+
+    fn copy_from(&mut self, start: usize, tile: &Buf, len: usize) -> Result<()> {
+        macro_rules! arm {
+            ($($V:ident),*) => {
+                match (self, tile) {
+                    $((Buf::$V(o), Buf::$V(t)) => o[start..start + len].copy_from_slice(&t[..len]),)*
+                    _ => return Err(Error::Internal("elementwise result dtype mismatch".into())),
+                }
+            };
+        }
+        arm!(Bool, U8, I32, I64, F32, F64);
+        Ok(())
+    }
+
+    fn into_chunk(self, shape: &[usize]) -> Result<Chunk> {
+        fn make<T: Element>(v: Vec<T>, shape: &[usize]) -> Result<Chunk> {
+            ArrayD::from_shape_vec(IxDyn(shape), v)
+                .map(Chunk::new)
+                .map_err(|e| Error::Internal(format!("elementwise result of shape {shape:?}: {e}")))
+        }
+        with_buf!(self, v => make(v, shape))
+    }
+}
+
+/// Reads one input chunk, broadcast to the result shape, in C order.
+enum Reader<'a> {
+    Bool(TypedReader<'a, bool>),
+    U8(TypedReader<'a, u8>),
+    I32(TypedReader<'a, i32>),
+    I64(TypedReader<'a, i64>),
+    F32(TypedReader<'a, f32>),
+    F64(TypedReader<'a, f64>),
+}
+
+enum TypedReader<'a, T> {
+    /// Same shape, standard layout: read straight from the buffer.
+    Slice(&'a [T]),
+    /// Broadcast or strided: walk a view in logical order.
+    Walk(ndarray::iter::Iter<'a, T, IxDyn>),
+}
+
+impl<'a, T: Element> TypedReader<'a, T> {
+    fn new(a: &'a ndarray::ArcArray<T, IxDyn>, shape: &[usize]) -> Option<TypedReader<'a, T>> {
+        if a.shape() == shape
+            && let Some(s) = a.as_slice()
+        {
+            return Some(TypedReader::Slice(s));
+        }
+        let view = a.broadcast(IxDyn(shape))?;
+        Some(TypedReader::Walk(view.into_iter()))
+    }
+
+    fn fill(&mut self, start: usize, out: &mut [T]) {
+        match self {
+            TypedReader::Slice(s) => out.copy_from_slice(&s[start..start + out.len()]),
+            TypedReader::Walk(it) => {
+                for (o, x) in out.iter_mut().zip(it.by_ref()) {
+                    *o = *x;
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Reader<'a> {
+    fn new(c: &'a Chunk, shape: &[usize]) -> Option<Reader<'a>> {
+        Some(match c {
+            Chunk::Bool(a) => Reader::Bool(TypedReader::new(a, shape)?),
+            Chunk::U8(a) => Reader::U8(TypedReader::new(a, shape)?),
+            Chunk::I32(a) => Reader::I32(TypedReader::new(a, shape)?),
+            Chunk::I64(a) => Reader::I64(TypedReader::new(a, shape)?),
+            Chunk::F32(a) => Reader::F32(TypedReader::new(a, shape)?),
+            Chunk::F64(a) => Reader::F64(TypedReader::new(a, shape)?),
+        })
+    }
+
+    fn fill(&mut self, start: usize, len: usize, tile: &mut Buf) -> Result<()> {
+        macro_rules! arm {
+            ($($V:ident),*) => {
+                match (self, tile) {
+                    $((Reader::$V(r), Buf::$V(t)) => r.fill(start, &mut t[..len]),)*
+                    _ => return Err(Error::Internal("elementwise input dtype mismatch".into())),
+                }
+            };
+        }
+        arm!(Bool, U8, I32, I64, F32, F64);
+        Ok(())
+    }
+}
+
+/// Conversions between element types with NumPy's `astype` semantics (wrapping between
+/// integers, saturating float to integer, nonzero to `true`).
+pub(crate) trait Prim: Copy {
+    const FLOAT: bool;
+    fn to_f64(self) -> f64;
+    fn to_i64(self) -> i64;
+    fn from_prim<S: Prim>(x: S) -> Self;
+}
+
+macro_rules! prim_int {
+    ($($t:ty),*) => {$(
+        impl Prim for $t {
+            const FLOAT: bool = false;
+            fn to_f64(self) -> f64 { self as f64 }
+            fn to_i64(self) -> i64 { self as i64 }
+            fn from_prim<S: Prim>(x: S) -> Self {
+                if S::FLOAT { x.to_f64() as $t } else { x.to_i64() as $t }
+            }
+        }
+    )*};
+}
+prim_int!(u8, i32, i64);
+
+macro_rules! prim_float {
+    ($($t:ty),*) => {$(
+        impl Prim for $t {
+            const FLOAT: bool = true;
+            fn to_f64(self) -> f64 { self as f64 }
+            fn to_i64(self) -> i64 { self as i64 }
+            fn from_prim<S: Prim>(x: S) -> Self {
+                if S::FLOAT { x.to_f64() as $t } else { x.to_i64() as $t }
+            }
+        }
+    )*};
+}
+prim_float!(f32, f64);
+
+impl Prim for bool {
+    const FLOAT: bool = false;
+    fn to_f64(self) -> f64 {
+        f64::from(u8::from(self))
+    }
+    fn to_i64(self) -> i64 {
+        i64::from(self)
+    }
+    fn from_prim<S: Prim>(x: S) -> Self {
+        if S::FLOAT {
+            x.to_f64() != 0.0
+        } else {
+            x.to_i64() != 0
+        }
+    }
+}
+
+fn cast(a: &Buf, out: &mut Buf, len: usize) {
+    fn conv<S: Prim, D: Prim>(a: &[S], o: &mut [D]) {
+        for (o, &x) in o.iter_mut().zip(a) {
+            *o = D::from_prim(x);
+        }
+    }
+    with_buf!(a, a => with_buf!(out, o => conv(&a[..len], &mut o[..len])))
+}
+
+/// Arithmetic with NumPy's semantics per type.
+trait Num: Prim + PartialOrd {
+    fn add(a: Self, b: Self) -> Self;
+    fn sub(a: Self, b: Self) -> Self;
+    fn mul(a: Self, b: Self) -> Self;
+    fn floordiv(a: Self, b: Self) -> Self;
+    fn rem(a: Self, b: Self) -> Self;
+    /// `None` for a negative integer exponent (an error in NumPy too).
+    fn pow(a: Self, b: Self) -> Option<Self>;
+    fn minimum(a: Self, b: Self) -> Self;
+    fn maximum(a: Self, b: Self) -> Self;
+    fn neg(a: Self) -> Self;
+    fn abs(a: Self) -> Self;
+    fn sign(a: Self) -> Self;
+    fn is_nan(a: Self) -> bool;
+    fn is_inf(a: Self) -> bool;
+}
+
+macro_rules! num_int {
+    ($($t:ty),*) => {$(
+        impl Num for $t {
+            fn add(a: Self, b: Self) -> Self { a.wrapping_add(b) }
+            fn sub(a: Self, b: Self) -> Self { a.wrapping_sub(b) }
+            fn mul(a: Self, b: Self) -> Self { a.wrapping_mul(b) }
+            fn floordiv(a: Self, b: Self) -> Self {
+                if b == 0 { return 0; }
+                let q = a.wrapping_div(b);
+                #[allow(unused_comparisons)]
+                if (a.wrapping_rem(b) != 0) && ((a < 0) != (b < 0)) { q.wrapping_sub(1) } else { q }
+            }
+            fn rem(a: Self, b: Self) -> Self {
+                if b == 0 { return 0; }
+                let r = a.wrapping_rem(b);
+                #[allow(unused_comparisons)]
+                if r != 0 && ((r < 0) != (b < 0)) { r.wrapping_add(b) } else { r }
+            }
+            fn pow(a: Self, b: Self) -> Option<Self> {
+                #[allow(unused_comparisons)]
+                if b < 0 { return None; }
+                Some(a.wrapping_pow(b as u32))
+            }
+            fn minimum(a: Self, b: Self) -> Self { if b < a { b } else { a } }
+            fn maximum(a: Self, b: Self) -> Self { if b > a { b } else { a } }
+            fn neg(a: Self) -> Self { (0 as $t).wrapping_sub(a) }
+            #[allow(unused_comparisons)]
+            fn abs(a: Self) -> Self { if a < 0 { Self::neg(a) } else { a } }
+            #[allow(unused_comparisons)]
+            fn sign(a: Self) -> Self { if a > 0 { 1 } else if a < 0 { Self::neg(1) } else { 0 } }
+            fn is_nan(_: Self) -> bool { false }
+            fn is_inf(_: Self) -> bool { false }
+        }
+    )*};
+}
+num_int!(u8, i32, i64);
+
+macro_rules! num_float {
+    ($($t:ty),*) => {$(
+        impl Num for $t {
+            fn add(a: Self, b: Self) -> Self { a + b }
+            fn sub(a: Self, b: Self) -> Self { a - b }
+            fn mul(a: Self, b: Self) -> Self { a * b }
+            fn floordiv(a: Self, b: Self) -> Self { (a / b).floor() }
+            fn rem(a: Self, b: Self) -> Self {
+                let r = a % b;
+                if r != 0.0 && ((r < 0.0) != (b < 0.0)) { r + b } else { r }
+            }
+            fn pow(a: Self, b: Self) -> Option<Self> { Some(a.powf(b)) }
+            fn minimum(a: Self, b: Self) -> Self { if a.is_nan() || b.is_nan() { <$t>::NAN } else { a.min(b) } }
+            fn maximum(a: Self, b: Self) -> Self { if a.is_nan() || b.is_nan() { <$t>::NAN } else { a.max(b) } }
+            fn neg(a: Self) -> Self { -a }
+            fn abs(a: Self) -> Self { a.abs() }
+            fn sign(a: Self) -> Self { if a > 0.0 { 1.0 } else if a < 0.0 { -1.0 } else { a } }
+            fn is_nan(a: Self) -> bool { a.is_nan() }
+            fn is_inf(a: Self) -> bool { a.is_infinite() }
+        }
+    )*};
+}
+num_float!(f32, f64);
+
+fn zip2<A: Copy, B: Copy, O>(a: &[A], b: &[B], o: &mut [O], mut f: impl FnMut(A, B) -> O) {
+    for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+        *o = f(x, y);
+    }
+}
+
+fn map1<A: Copy, O>(a: &[A], o: &mut [O], f: impl Fn(A) -> O) {
+    for (o, &x) in o.iter_mut().zip(a) {
+        *o = f(x);
+    }
+}
+
+fn arith<T: Num>(op: BinaryOp, a: &[T], b: &[T], o: &mut [T]) -> Result<()> {
+    use BinaryOp::*;
+    match op {
+        Add => zip2(a, b, o, T::add),
+        Sub => zip2(a, b, o, T::sub),
+        Mul => zip2(a, b, o, T::mul),
+        FloorDiv => zip2(a, b, o, T::floordiv),
+        Rem => zip2(a, b, o, T::rem),
+        Minimum => zip2(a, b, o, T::minimum),
+        Maximum => zip2(a, b, o, T::maximum),
+        Pow => {
+            let mut negative = false;
+            zip2(a, b, o, |x, y| {
+                T::pow(x, y).unwrap_or_else(|| {
+                    negative = true;
+                    x
+                })
+            });
+            if negative {
+                return Err(Error::Type(
+                    "integers to negative integer powers are not allowed".into(),
+                ));
+            }
+        }
+        _ => {
+            return Err(Error::Internal(format!(
+                "{op:?} reached the arithmetic kernel"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn compare<T: PartialOrd + Copy>(op: BinaryOp, a: &[T], b: &[T], o: &mut [bool]) -> Result<()> {
+    use BinaryOp::*;
+    match op {
+        Eq => zip2(a, b, o, |x, y| x == y),
+        Ne => zip2(a, b, o, |x, y| x != y),
+        Lt => zip2(a, b, o, |x, y| x < y),
+        Le => zip2(a, b, o, |x, y| x <= y),
+        Gt => zip2(a, b, o, |x, y| x > y),
+        Ge => zip2(a, b, o, |x, y| x >= y),
+        _ => {
+            return Err(Error::Internal(format!(
+                "{op:?} reached the comparison kernel"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn bits<T>(op: BinaryOp, a: &[T], b: &[T], o: &mut [T]) -> Result<()>
+where
+    T: Copy
+        + std::ops::BitAnd<Output = T>
+        + std::ops::BitOr<Output = T>
+        + std::ops::BitXor<Output = T>,
+{
+    match op {
+        BinaryOp::And => zip2(a, b, o, |x, y| x & y),
+        BinaryOp::Or => zip2(a, b, o, |x, y| x | y),
+        BinaryOp::Xor => zip2(a, b, o, |x, y| x ^ y),
+        _ => {
+            return Err(Error::Internal(format!(
+                "{op:?} reached the bitwise kernel"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn float2<T: num_float_ops::FloatOps>(op: BinaryOp, a: &[T], b: &[T], o: &mut [T]) -> Result<()> {
+    match op {
+        BinaryOp::Div => zip2(a, b, o, T::div),
+        BinaryOp::Atan2 => zip2(a, b, o, T::atan2),
+        BinaryOp::Hypot => zip2(a, b, o, T::hypot),
+        _ => arith(op, a, b, o)?,
+    }
+    Ok(())
+}
+
+fn binary(op: BinaryOp, a: &Buf, b: &Buf, out: &mut Buf, len: usize) -> Result<()> {
+    use BinaryOp::*;
+    macro_rules! int_arms {
+        ($($V:ident),*) => {
+            match (a, b, out) {
+                $(
+                    (Buf::$V(a), Buf::$V(b), Buf::Bool(o)) if op.is_comparison() => compare(op, &a[..len], &b[..len], &mut o[..len]),
+                    (Buf::$V(a), Buf::$V(b), Buf::$V(o)) if matches!(op, And | Or | Xor) => bits(op, &a[..len], &b[..len], &mut o[..len]),
+                    (Buf::$V(a), Buf::$V(b), Buf::$V(o)) => arith(op, &a[..len], &b[..len], &mut o[..len]),
+                )*
+                (Buf::F32(a), Buf::F32(b), Buf::Bool(o)) => compare(op, &a[..len], &b[..len], &mut o[..len]),
+                (Buf::F64(a), Buf::F64(b), Buf::Bool(o)) => compare(op, &a[..len], &b[..len], &mut o[..len]),
+                (Buf::F32(a), Buf::F32(b), Buf::F32(o)) => float2(op, &a[..len], &b[..len], &mut o[..len]),
+                (Buf::F64(a), Buf::F64(b), Buf::F64(o)) => float2(op, &a[..len], &b[..len], &mut o[..len]),
+                (Buf::Bool(a), Buf::Bool(b), Buf::Bool(o)) => {
+                    let (a, b, o) = (&a[..len], &b[..len], &mut o[..len]);
+                    match op {
+                        Eq => zip2(a, b, o, |x, y| x == y),
+                        Ne | Xor => zip2(a, b, o, |x, y| x != y),
+                        Lt => zip2(a, b, o, |x, y| !x & y),
+                        Le => zip2(a, b, o, |x, y| !x | y),
+                        Gt => zip2(a, b, o, |x, y| x & !y),
+                        Ge => zip2(a, b, o, |x, y| x | !y),
+                        And | Mul | Minimum => zip2(a, b, o, |x, y| x & y),
+                        Or | Add | Maximum => zip2(a, b, o, |x, y| x | y),
+                        _ => return Err(unsupported(&format!("{op:?}"), DType::Bool)),
+                    }
+                    Ok(())
+                }
+                _ => Err(Error::Internal(format!("{op:?} got operands of mixed dtypes"))),
+            }
+        };
+    }
+    int_arms!(U8, I32, I64)
+}
+
+mod num_float_ops {
+    /// Floating-point functions, over f32 and f64.
+    pub(super) trait FloatOps: super::Num {
+        fn div(a: Self, b: Self) -> Self;
+        fn atan2(a: Self, b: Self) -> Self;
+        fn hypot(a: Self, b: Self) -> Self;
+        fn apply(op: super::UnaryOp, a: Self) -> Self;
+    }
+
+    macro_rules! float_ops {
+        ($($t:ty),*) => {$(
+            impl FloatOps for $t {
+                fn div(a: Self, b: Self) -> Self { a / b }
+                fn atan2(a: Self, b: Self) -> Self { a.atan2(b) }
+                fn hypot(a: Self, b: Self) -> Self { a.hypot(b) }
+                fn apply(op: super::UnaryOp, a: Self) -> Self {
+                    use super::UnaryOp::*;
+                    match op {
+                        Exp => a.exp(),
+                        Expm1 => a.exp_m1(),
+                        Log => a.ln(),
+                        Log1p => a.ln_1p(),
+                        Log2 => a.log2(),
+                        Log10 => a.log10(),
+                        Sqrt => a.sqrt(),
+                        Sin => a.sin(),
+                        Cos => a.cos(),
+                        Tan => a.tan(),
+                        Arcsin => a.asin(),
+                        Arccos => a.acos(),
+                        Arctan => a.atan(),
+                        Sinh => a.sinh(),
+                        Cosh => a.cosh(),
+                        Tanh => a.tanh(),
+                        Floor => a.floor(),
+                        Ceil => a.ceil(),
+                        Round => a.round_ties_even(),
+                        Trunc => a.trunc(),
+                        _ => a,
+                    }
+                }
+            }
+        )*};
+    }
+    float_ops!(f32, f64);
+}
+
+fn num_unary<T: Num>(op: UnaryOp, a: &[T], o: &mut [T]) -> Result<()> {
+    match op {
+        UnaryOp::Neg => map1(a, o, T::neg),
+        UnaryOp::Abs => map1(a, o, T::abs),
+        UnaryOp::Sign => map1(a, o, T::sign),
+        UnaryOp::Square => map1(a, o, |x| T::mul(x, x)),
+        _ => {
+            return Err(Error::Internal(format!(
+                "{op:?} reached the numeric kernel"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn unary(op: UnaryOp, a: &Buf, out: &mut Buf, len: usize) -> Result<()> {
+    use UnaryOp::*;
+    macro_rules! predicates {
+        ($($V:ident),*) => {
+            match (a, &mut *out) {
+                $((Buf::$V(a), Buf::Bool(o)) => {
+                    let (a, o) = (&a[..len], &mut o[..len]);
+                    match op {
+                        IsNan => map1(a, o, Num::is_nan),
+                        IsInf => map1(a, o, Num::is_inf),
+                        _ => map1(a, o, |x| !Num::is_nan(x) && !Num::is_inf(x)),
+                    }
+                    return Ok(());
+                })*
+                (Buf::Bool(a), Buf::Bool(o)) => {
+                    let (a, o) = (&a[..len], &mut o[..len]);
+                    match op {
+                        IsNan | IsInf => map1(a, o, |_| false),
+                        IsFinite => map1(a, o, |_| true),
+                        _ => map1(a, o, |x: bool| !x),
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+        };
+    }
+    predicates!(U8, I32, I64, F32, F64);
+    match (a, out) {
+        (Buf::U8(a), Buf::U8(o)) if op == Not => map1(&a[..len], &mut o[..len], |x| !x),
+        (Buf::I32(a), Buf::I32(o)) if op == Not => map1(&a[..len], &mut o[..len], |x| !x),
+        (Buf::I64(a), Buf::I64(o)) if op == Not => map1(&a[..len], &mut o[..len], |x| !x),
+        (Buf::U8(a), Buf::U8(o)) => num_unary(op, &a[..len], &mut o[..len])?,
+        (Buf::I32(a), Buf::I32(o)) => num_unary(op, &a[..len], &mut o[..len])?,
+        (Buf::I64(a), Buf::I64(o)) => num_unary(op, &a[..len], &mut o[..len])?,
+        (Buf::F32(a), Buf::F32(o)) => float_unary(op, &a[..len], &mut o[..len])?,
+        (Buf::F64(a), Buf::F64(o)) => float_unary(op, &a[..len], &mut o[..len])?,
+        _ => {
+            return Err(Error::Internal(format!(
+                "{op:?} got an operand of the wrong dtype"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn float_unary<T: num_float_ops::FloatOps>(op: UnaryOp, a: &[T], o: &mut [T]) -> Result<()> {
+    use UnaryOp::*;
+    match op {
+        Neg | Abs | Sign | Square => num_unary(op, a, o)?,
+        _ => map1(a, o, |x| T::apply(op, x)),
+    }
+    Ok(())
+}
+
+fn select(c: &Buf, a: &Buf, b: &Buf, out: &mut Buf, len: usize) -> Result<()> {
+    let Buf::Bool(c) = c else {
+        return Err(Error::Internal("where condition is not bool".into()));
+    };
+    macro_rules! arms {
+        ($($V:ident),*) => {
+            match (a, b, out) {
+                $((Buf::$V(a), Buf::$V(b), Buf::$V(o)) => {
+                    for (((o, &c), &x), &y) in o[..len].iter_mut().zip(&c[..len]).zip(&a[..len]).zip(&b[..len]) {
+                        *o = if c { x } else { y };
+                    }
+                })*
+                _ => return Err(Error::Internal("where operands of mixed dtypes".into())),
+            }
+        };
+    }
+    arms!(Bool, U8, I32, I64, F32, F64);
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Arrays: every operation compared with ndarray computed directly on the same data, on
+//! every scheduler.
+
+mod creation;
+mod elementwise;
