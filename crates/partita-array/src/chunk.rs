@@ -161,6 +161,15 @@ impl Chunk {
         })
     }
 
+    /// The elements converted to `T` with `astype` semantics (shared, not copied, when the
+    /// chunk already is `T`).
+    pub fn to_typed<T: Element + crate::kernel::Prim>(&self) -> ArcArray<T, IxDyn> {
+        if let Some(a) = T::chunk_ref(self) {
+            return a.clone();
+        }
+        with_chunk!(self, a => a.mapv(T::from_prim).into_shared())
+    }
+
     /// The chunk inside a task value, or a type error.
     pub fn from_value(v: &Value) -> Result<&Chunk> {
         v.get::<Chunk>()

@@ -521,7 +521,8 @@ impl<'a> Reader<'a> {
 
 /// Conversions between element types with NumPy's `astype` semantics (wrapping between
 /// integers, saturating float to integer, nonzero to `true`).
-pub(crate) trait Prim: Copy {
+#[allow(missing_docs)]
+pub trait Prim: Copy {
     const FLOAT: bool;
     fn to_f64(self) -> f64;
     fn to_i64(self) -> i64;

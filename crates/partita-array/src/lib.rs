@@ -29,6 +29,7 @@ pub mod dtype;
 pub mod elementwise;
 pub mod grid;
 pub mod kernel;
+pub mod reduction;
 
 pub use array::Array;
 pub use chunk::{Chunk, Element};
@@ -37,3 +38,4 @@ pub use dtype::DType;
 pub use elementwise::{Operand, astype, where_};
 pub use grid::{ChunkGrid, Chunks};
 pub use kernel::{BinaryOp, Scalar, UnaryOp};
+pub use reduction::{Axes, ReduceOptions, Reduction};

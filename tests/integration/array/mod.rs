@@ -3,3 +3,4 @@
 
 mod creation;
 mod elementwise;
+mod reduction;
