@@ -16,6 +16,7 @@ use crate::chunk::Chunk;
 use crate::dtype::DType;
 use crate::grid::ChunkGrid;
 use crate::kernel::{BinaryOp, NodeKind, Program, Scalar, UnaryOp, broadcast_shapes};
+use crate::rechunk::{align_to, common_chunks};
 
 /// Programs longer than this are not inlined further: the input is read as chunks instead,
 /// which keeps building a long chain of operations linear.
@@ -148,7 +149,8 @@ struct Builder {
 }
 
 impl Builder {
-    /// Plan the output of an operation over `arrays`: broadcast shape and aligned chunks.
+    /// Plan the output of an operation over `arrays`: the broadcast shape, and chunks every
+    /// operand is rechunked to where they differ (the union of their boundaries).
     fn new(op_name: &str, arrays: &[&Array]) -> Result<Builder> {
         let shape = broadcast_shapes(arrays.iter().map(|a| a.shape())).map_err(|_| {
             let shapes: Vec<&[usize]> = arrays.iter().map(|a| a.shape()).collect();
@@ -156,32 +158,7 @@ impl Builder {
                 "{op_name}: operands of shapes {shapes:?} cannot be broadcast together"
             ))
         })?;
-        let ndim = shape.len();
-        let mut chunks: Vec<Option<Vec<usize>>> = vec![None; ndim];
-        for a in arrays {
-            let offset = ndim - a.ndim();
-            for (axis, c) in a.chunks().iter().enumerate() {
-                let out_axis = axis + offset;
-                if a.shape()[axis] != shape[out_axis] {
-                    continue; // broadcast along this axis
-                }
-                match &chunks[out_axis] {
-                    None => chunks[out_axis] = Some(c.clone()),
-                    Some(existing) if existing == c => {}
-                    Some(existing) => {
-                        return Err(Error::Shape(format!(
-                            "{op_name}: chunks {existing:?} and {c:?} along axis {out_axis} differ; \
-                             rechunk one operand to match the other"
-                        )));
-                    }
-                }
-            }
-        }
-        let chunks = chunks
-            .into_iter()
-            .zip(&shape)
-            .map(|(c, &d)| c.unwrap_or_else(|| vec![d]))
-            .collect();
+        let chunks = common_chunks(&shape, arrays);
         Ok(Builder {
             program: Program::default(),
             inputs: Vec::new(),
@@ -192,7 +169,8 @@ impl Builder {
 
     /// A node for an array operand: inline its expression when it is elementwise over the
     /// same shape, else read its chunks.
-    fn array(&mut self, a: &Array) -> u32 {
+    fn array(&mut self, a: &Array) -> Result<u32> {
+        let a = &align_to(a, &self.shape, &self.chunks)?;
         if let Source::Elementwise(e) = a.source()
             && a.shape() == self.shape.as_slice()
             && a.chunks() == self.chunks.as_slice()
@@ -203,7 +181,7 @@ impl Builder {
                 .iter()
                 .map(|i| self.input(&i.array, i.map.clone()))
                 .collect();
-            return self.program.inline(&e.program, &nodes);
+            return Ok(self.program.inline(&e.program, &nodes));
         }
         let offset = self.shape.len() - a.ndim();
         let map = (0..a.ndim())
@@ -215,7 +193,7 @@ impl Builder {
                 }
             })
             .collect();
-        self.input(a, map)
+        Ok(self.input(a, map))
     }
 
     fn input(&mut self, a: &Array, map: Vec<AxisMap>) -> u32 {
@@ -242,13 +220,13 @@ impl Builder {
         self.program.push(NodeKind::Input(k as u32), a.dtype())
     }
 
-    fn operand(&mut self, o: &Operand, other: DType) -> u32 {
-        match o {
-            Operand::Array(a) => self.array(a),
+    fn operand(&mut self, o: &Operand, other: DType) -> Result<u32> {
+        Ok(match o {
+            Operand::Array(a) => self.array(a)?,
             Operand::Scalar(s) => self
                 .program
                 .push(NodeKind::Scalar(*s), weak_scalar_dtype(*s, other)),
-        }
+        })
     }
 
     fn finish(self, prefix: &str) -> Result<Array> {
@@ -298,8 +276,8 @@ pub fn binary(op: BinaryOp, a: impl Into<Operand>, b: impl Into<Operand>) -> Res
     }
     let mut builder = Builder::new(&name, &arrays)?;
     let (da, db) = (operand_dtype(&a), operand_dtype(&b));
-    let x = builder.operand(&a, db.or(da).unwrap_or(DType::F64));
-    let y = builder.operand(&b, da.or(db).unwrap_or(DType::F64));
+    let x = builder.operand(&a, db.or(da).unwrap_or(DType::F64))?;
+    let y = builder.operand(&b, da.or(db).unwrap_or(DType::F64))?;
     let out = builder
         .program
         .binary(op, x, y)
@@ -322,7 +300,7 @@ fn describe(o: &Operand) -> String {
 pub fn unary(op: UnaryOp, a: &Array) -> Result<Array> {
     let name = format!("{op:?}").to_lowercase();
     let mut builder = Builder::new(&name, &[a])?;
-    let x = builder.array(a);
+    let x = builder.array(a)?;
     builder.program.unary(op, x).map_err(|e| Error::Context {
         context: format!("{name} of a {} array", a.dtype()),
         source: Box::new(e),
@@ -345,9 +323,9 @@ pub fn where_(
     }
     let mut builder = Builder::new("where", &arrays)?;
     let (da, db) = (operand_dtype(&a), operand_dtype(&b));
-    let cn = builder.operand(&c, DType::Bool);
-    let x = builder.operand(&a, db.or(da).unwrap_or(DType::F64));
-    let y = builder.operand(&b, da.or(db).unwrap_or(DType::F64));
+    let cn = builder.operand(&c, DType::Bool)?;
+    let x = builder.operand(&a, db.or(da).unwrap_or(DType::F64))?;
+    let y = builder.operand(&b, da.or(db).unwrap_or(DType::F64))?;
     builder.program.select(cn, x, y);
     builder.finish("where")
 }
@@ -358,7 +336,7 @@ pub fn astype(a: &Array, dtype: DType) -> Result<Array> {
         return Ok(a.clone());
     }
     let mut builder = Builder::new("astype", &[a])?;
-    let x = builder.array(a);
+    let x = builder.array(a)?;
     builder.program.push(NodeKind::Cast(x), dtype);
     builder.finish("astype")
 }

@@ -29,6 +29,7 @@ pub mod dtype;
 pub mod elementwise;
 pub mod grid;
 pub mod kernel;
+pub mod rechunk;
 pub mod reduction;
 
 pub use array::Array;

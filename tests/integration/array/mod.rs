@@ -3,4 +3,5 @@
 
 mod creation;
 mod elementwise;
+mod layout;
 mod reduction;

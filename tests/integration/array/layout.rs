@@ -1,0 +1,98 @@
+//! Rechunking and axis permutations.
+
+use ndarray::{ArrayD, IxDyn};
+use partita::array::{Axes, Chunks, from_ndarray, random};
+use partita::{Collection, SyncScheduler};
+use partita_tests::assert_array_eq;
+use proptest::prelude::*;
+
+fn iota(shape: &[usize]) -> ArrayD<i64> {
+    let n: usize = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(shape), (0..n as i64).collect()).unwrap()
+}
+
+#[test]
+fn rechunk_to_any_chunking() {
+    let d = iota(&[13, 9, 4]);
+    let x = from_ndarray(&d, [5, 2, 4]).unwrap();
+    for chunks in [
+        Chunks::Size(3),
+        Chunks::Shape(vec![13, 9, 1]),
+        Chunks::Explicit(vec![vec![1, 12], vec![9], vec![2, 1, 1]]),
+    ] {
+        let y = x.rechunk(chunks.clone()).unwrap();
+        assert_array_eq(&y, &d, 0.0);
+    }
+    // Rechunking to the same chunks is free.
+    assert_eq!(
+        x.rechunk(Chunks::Shape(vec![5, 2, 4])).unwrap().name(),
+        x.name()
+    );
+    assert!(x.rechunk(Chunks::Shape(vec![5, 2])).is_err());
+}
+
+#[test]
+fn rechunk_never_builds_a_task_bigger_than_its_overlap() {
+    let x = from_ndarray(&iota(&[100, 100]), [10, 100]).unwrap();
+    let y = x.rechunk([100, 10]).unwrap();
+    // Each new column block reads the 10 row blocks it overlaps, and nothing else.
+    for task in y.layer().tasks() {
+        assert_eq!(task.deps.len(), 10);
+    }
+    assert_array_eq(&y, &iota(&[100, 100]), 0.0);
+}
+
+#[test]
+fn transpose_and_swapaxes_match_ndarray() {
+    let d = iota(&[4, 6, 5]);
+    let x = from_ndarray(&d, [3, 4, 2]).unwrap();
+    assert_array_eq(&x.t().unwrap(), &d.t().to_owned(), 0.0);
+    assert_eq!(
+        x.t().unwrap().chunks(),
+        &[vec![2, 2, 1], vec![4, 2], vec![3, 1]]
+    );
+    let p = x.transpose(Some(&[1, 2, 0])).unwrap();
+    assert_array_eq(&p, &d.clone().permuted_axes(IxDyn(&[1, 2, 0])), 0.0);
+    let s = x.swapaxes(0, 2).unwrap();
+    let mut want = d.clone();
+    want.swap_axes(0, 2);
+    assert_array_eq(&s, &want, 0.0);
+    let err = x.transpose(Some(&[0, 0, 1])).unwrap_err().to_string();
+    assert!(err.contains("not a permutation"), "{err}");
+}
+
+#[test]
+fn x_plus_its_transpose() {
+    let x = random::random(&[50, 50], [20, 20], 11).unwrap();
+    let xd = x.compute::<f64>(&SyncScheduler).unwrap();
+    let y = (&x + &x.t().unwrap()).unwrap().mean(0).unwrap();
+    let want = (&xd + &xd.t()).mean_axis(ndarray::Axis(0)).unwrap();
+    assert_array_eq(&y, &want, 1e-14);
+    // Non-square chunks align to the union of boundaries.
+    let z = random::random(&[30, 30], [7, 11], 2).unwrap();
+    let zd = z.compute::<f64>(&SyncScheduler).unwrap();
+    assert_array_eq(
+        &(&z - &z.t().unwrap()).unwrap().sum(Axes::All).unwrap(),
+        &ArrayD::from_elem(IxDyn(&[]), (&zd - &zd.t()).sum()),
+        1e-12,
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rechunk_round_trips(
+        shape in prop::collection::vec(1usize..9, 1..4),
+        a in 1usize..5,
+        b in 1usize..5,
+    ) {
+        let d = iota(&shape);
+        let x = from_ndarray(&d, a).unwrap().rechunk(b).unwrap();
+        for (axis, c) in x.chunks().iter().enumerate() {
+            prop_assert!(c.iter().all(|&s| s <= b));
+            prop_assert_eq!(c.iter().sum::<usize>(), shape[axis]);
+        }
+        assert_array_eq(&x, &d, 0.0);
+    }
+}
