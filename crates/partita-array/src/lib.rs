@@ -28,6 +28,7 @@ pub mod creation;
 pub mod dtype;
 pub mod elementwise;
 pub mod grid;
+pub mod indexing;
 pub mod kernel;
 pub mod rechunk;
 pub mod reduction;
@@ -38,5 +39,6 @@ pub use creation::{arange, eye, from_ndarray, full, linspace, ones, random, zero
 pub use dtype::DType;
 pub use elementwise::{Operand, astype, where_};
 pub use grid::{ChunkGrid, Chunks};
+pub use indexing::{Index, concatenate, stack};
 pub use kernel::{BinaryOp, Scalar, UnaryOp};
 pub use reduction::{Axes, ReduceOptions, Reduction};

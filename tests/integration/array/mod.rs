@@ -3,5 +3,6 @@
 
 mod creation;
 mod elementwise;
+mod indexing;
 mod layout;
 mod reduction;
