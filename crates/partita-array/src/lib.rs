@@ -30,6 +30,7 @@ pub mod elementwise;
 pub mod grid;
 pub mod indexing;
 pub mod kernel;
+pub mod linalg;
 pub mod rechunk;
 pub mod reduction;
 
@@ -41,4 +42,5 @@ pub use elementwise::{Operand, astype, where_};
 pub use grid::{ChunkGrid, Chunks};
 pub use indexing::{Index, concatenate, stack};
 pub use kernel::{BinaryOp, Scalar, UnaryOp};
+pub use linalg::matmul;
 pub use reduction::{Axes, ReduceOptions, Reduction};

@@ -5,4 +5,5 @@ mod creation;
 mod elementwise;
 mod indexing;
 mod layout;
+mod linalg;
 mod reduction;

@@ -1,0 +1,157 @@
+//! Matrix products.
+//!
+//! Key decision: one task per output block computes the whole contraction
+//! `C[i, j] = sum_k A[i, k] @ B[k, j]`, accumulating into its output with
+//! `general_mat_mul(beta = 1)`. There are no per-`k` product blocks to store and add up
+//! later, so a product's memory is its inputs plus one output block per running task.
+//! The kernel is ndarray's `general_mat_mul`, which for f32/f64 is the `matrixmultiply`
+//! crate: blocked, SIMD (AVX2/FMA where available), pure Rust, no system BLAS to install.
+//! Parallelism comes from running output blocks on all threads.
+
+use std::sync::Arc;
+
+use ndarray::{Array2, ArrayView2, Ix2, IxDyn, linalg::general_mat_mul};
+use partita_core::{Collection, Error, Op, Result, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::array::Array;
+use crate::chunk::{Chunk, Element};
+use crate::dtype::DType;
+use crate::grid::{ChunkGrid, Chunks};
+use crate::indexing::Index;
+
+/// One output block of a matrix product: inputs are `A[i, 0..K]` then `B[0..K, j]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MatMulBlock {
+    /// Number of contraction blocks `K`.
+    pub k_blocks: usize,
+}
+
+fn as2<T: Element>(c: &Chunk) -> Result<ArrayView2<'_, T>> {
+    c.typed::<T>()?
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| Error::Shape(format!("matmul block of shape {:?}: {e}", c.shape())))
+}
+
+fn matmul_typed<T>(a: &[&Chunk], b: &[&Chunk]) -> Result<Chunk>
+where
+    T: Element + ndarray::LinalgScalar,
+{
+    let (m, n) = (a[0].shape()[0], b[0].shape()[1]);
+    let mut out = Array2::<T>::zeros((m, n));
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (as2::<T>(x)?, as2::<T>(y)?);
+        if x.ncols() != y.nrows() || x.nrows() != m || y.ncols() != n {
+            return Err(Error::Shape(format!(
+                "matmul blocks of shapes {:?} and {:?}",
+                x.shape(),
+                y.shape()
+            )));
+        }
+        general_mat_mul(T::one(), &x, &y, T::one(), &mut out);
+    }
+    Ok(Chunk::new(
+        out.into_dimensionality::<IxDyn>().expect("2-d is n-d"),
+    ))
+}
+
+#[typetag::serde(name = "array-matmul")]
+impl Op for MatMulBlock {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        partita_core::op::expect_inputs("matmul", inputs, 2 * self.k_blocks)?;
+        let chunks = inputs
+            .iter()
+            .map(Chunk::from_value)
+            .collect::<Result<Vec<_>>>()?;
+        let (a, b) = chunks.split_at(self.k_blocks);
+        let out = match a[0].dtype() {
+            DType::F64 => matmul_typed::<f64>(a, b)?,
+            DType::F32 => matmul_typed::<f32>(a, b)?,
+            DType::I64 => matmul_typed::<i64>(a, b)?,
+            DType::I32 => matmul_typed::<i32>(a, b)?,
+            d => return Err(Error::Type(format!("matmul is not supported for {d}"))),
+        };
+        Ok(Value::new(out))
+    }
+    fn name(&self) -> &str {
+        "matmul"
+    }
+}
+
+/// Matrix product with NumPy's `matmul` rules for 1-d and 2-d operands (a 1-d left operand
+/// is a row, a 1-d right operand a column, and that axis is dropped from the result).
+pub fn matmul(a: &Array, b: &Array) -> Result<Array> {
+    match (a.ndim(), b.ndim()) {
+        (1, _) => {
+            let row = a.index(&[Index::NewAxis, Index::Full])?;
+            matmul(&row, b)?.index(&[Index::At(0)])
+        }
+        (_, 1) => {
+            let col = b.index(&[Index::Full, Index::NewAxis])?;
+            matmul(a, &col)?.index(&[Index::Full, Index::At(0)])
+        }
+        (2, 2) => matmul2(a, b),
+        (x, y) => Err(Error::NotImplemented(format!(
+            "matmul of {x}-d and {y}-d arrays (1-d and 2-d operands are supported)"
+        ))),
+    }
+}
+
+fn matmul2(a: &Array, b: &Array) -> Result<Array> {
+    let (m, k) = (a.shape()[0], a.shape()[1]);
+    let (k2, n) = (b.shape()[0], b.shape()[1]);
+    if k != k2 {
+        return Err(Error::Shape(format!(
+            "matmul: shapes {:?} and {:?} do not line up ({k} != {k2})",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    let dtype = match DType::promote(a.dtype(), b.dtype()) {
+        DType::Bool | DType::U8 => DType::I64,
+        d => d,
+    };
+    // Cut the contraction axis the same way in both operands.
+    let mut bounds: Vec<usize> = a
+        .grid()
+        .starts(1)
+        .iter()
+        .chain(b.grid().starts(0))
+        .copied()
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let kc: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+    let kc = if kc.is_empty() { vec![k] } else { kc };
+    let a = a
+        .astype(dtype)?
+        .rechunk(Chunks::Explicit(vec![a.chunks()[0].clone(), kc.clone()]))?;
+    let b = b
+        .astype(dtype)?
+        .rechunk(Chunks::Explicit(vec![kc.clone(), b.chunks()[1].clone()]))?;
+    let grid =
+        ChunkGrid::from_explicit(&[m, n], vec![a.chunks()[0].clone(), b.chunks()[1].clone()])?;
+    let k_blocks = kc.len();
+    let op: Arc<dyn Op> = Arc::new(MatMulBlock { k_blocks });
+    let layers = vec![Arc::clone(a.layer()), Arc::clone(b.layer())];
+    Ok(Array::from_blocks("matmul", grid, dtype, layers, |idx| {
+        let deps = (0..k_blocks)
+            .map(|kk| a.block_key(&[idx[0], kk]))
+            .chain((0..k_blocks).map(|kk| b.block_key(&[kk, idx[1]])))
+            .collect();
+        (Arc::clone(&op), deps)
+    }))
+}
+
+impl Array {
+    /// Matrix product (`self @ other`).
+    pub fn matmul(&self, other: &Array) -> Result<Array> {
+        matmul(self, other)
+    }
+
+    /// NumPy's `dot` for 1-d and 2-d operands (the same as `matmul` there).
+    pub fn dot(&self, other: &Array) -> Result<Array> {
+        matmul(self, other)
+    }
+}
