@@ -329,9 +329,12 @@ pub mod random {
         mix(key.wrapping_add(g.wrapping_mul(GAMMA)))
     }
 
+    /// Uniform on `[0, 1)` with 52 random bits: the top bits become the mantissa of a
+    /// number in `[1, 2)`. Unlike an integer-to-float conversion this vectorizes on every
+    /// x86-64, which makes generation about twice as fast.
     #[inline]
     fn unit(x: u64) -> f64 {
-        (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        f64::from_bits(0x3FF0_0000_0000_0000 | (x >> 12)) - 1.0
     }
 
     /// Which distribution a block draws from.

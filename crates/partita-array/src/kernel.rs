@@ -466,16 +466,57 @@ enum Reader<'a> {
 enum TypedReader<'a, T> {
     /// Same shape, standard layout: read straight from the buffer.
     Slice(&'a [T]),
-    /// Broadcast or strided: walk a view in logical order.
+    /// Same shape, other layout (a transposed block): copied once into C order with a
+    /// cache-blocked transpose, which beats walking a strided view element by element.
+    Owned(Vec<T>),
+    /// A contiguous input broadcast only along leading axes (a row against a matrix):
+    /// element `f` of the result is element `f % len` of the input.
+    Cyclic(&'a [T]),
+    /// Broadcast in any other way: walk a view in logical order.
     Walk(ndarray::iter::Iter<'a, T, IxDyn>),
+}
+
+/// C-order copy of a 2-d view in 64x64 tiles, so reads and writes each stay within a few
+/// cache lines at a time whatever the view's strides.
+fn blocked_copy_2d<T: Copy>(v: &ndarray::ArrayView2<'_, T>) -> Vec<T> {
+    const B: usize = 64;
+    let (rows, cols) = v.dim();
+    let Some(&fill) = v.iter().next() else {
+        return Vec::new();
+    };
+    let mut out = vec![fill; rows * cols];
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for c in c0..(c0 + B).min(cols) {
+                for r in r0..(r0 + B).min(rows) {
+                    out[r * cols + c] = v[[r, c]];
+                }
+            }
+        }
+    }
+    out
 }
 
 impl<'a, T: Element> TypedReader<'a, T> {
     fn new(a: &'a ndarray::ArcArray<T, IxDyn>, shape: &[usize]) -> Option<TypedReader<'a, T>> {
-        if a.shape() == shape
+        if a.shape() == shape {
+            if let Some(s) = a.as_slice() {
+                return Some(TypedReader::Slice(s));
+            }
+            if let Ok(v2) = a.view().into_dimensionality::<ndarray::Ix2>() {
+                return Some(TypedReader::Owned(blocked_copy_2d(&v2)));
+            }
+            return Some(TypedReader::Owned(a.iter().copied().collect()));
+        }
+        // Broadcast only along leading axes (missing, or of length one before the first
+        // real axis) with the rest equal: the input repeats cyclically.
+        let lead = shape.len().checked_sub(a.ndim())?;
+        let first_real = a.shape().iter().position(|&d| d != 1).unwrap_or(a.ndim());
+        if a.shape()[first_real..] == shape[lead + first_real..]
             && let Some(s) = a.as_slice()
+            && !s.is_empty()
         {
-            return Some(TypedReader::Slice(s));
+            return Some(TypedReader::Cyclic(s));
         }
         let view = a.broadcast(IxDyn(shape))?;
         Some(TypedReader::Walk(view.into_iter()))
@@ -484,6 +525,18 @@ impl<'a, T: Element> TypedReader<'a, T> {
     fn fill(&mut self, start: usize, out: &mut [T]) {
         match self {
             TypedReader::Slice(s) => out.copy_from_slice(&s[start..start + out.len()]),
+            TypedReader::Owned(v) => out.copy_from_slice(&v[start..start + out.len()]),
+            TypedReader::Cyclic(s) => {
+                let len = s.len();
+                let mut pos = start % len;
+                let mut done = 0;
+                while done < out.len() {
+                    let n = (len - pos).min(out.len() - done);
+                    out[done..done + n].copy_from_slice(&s[pos..pos + n]);
+                    done += n;
+                    pos = 0;
+                }
+            }
             TypedReader::Walk(it) => {
                 for (o, x) in out.iter_mut().zip(it.by_ref()) {
                     *o = *x;

@@ -242,8 +242,9 @@ where
     if axes.len() == a.ndim() {
         return ArrayD::from_elem(IxDyn(&shape), a.sum());
     }
-    let mut cur = a.to_owned();
-    for &ax in axes.iter().rev() {
+    let (&last, rest) = axes.split_last().expect("some axes");
+    let mut cur = a.sum_axis(Axis(last));
+    for &ax in rest.iter().rev() {
         cur = cur.sum_axis(Axis(ax));
     }
     cur.into_shape_with_order(IxDyn(&shape))
@@ -258,8 +259,14 @@ fn fold_keep<T: Clone>(
     f: impl Fn(&T, &T) -> T + Copy,
 ) -> ArrayD<T> {
     let shape = keep_shape(a.shape(), axes);
-    let mut cur = a.to_owned();
-    for &ax in axes.iter().rev() {
+    let Some((&last, rest)) = axes.split_last() else {
+        return a
+            .to_owned()
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("same shape");
+    };
+    let mut cur = a.fold_axis(Axis(last), init.clone(), |acc, x| f(acc, x));
+    for &ax in rest.iter().rev() {
         cur = cur.fold_axis(Axis(ax), init.clone(), |acc, x| f(acc, x));
     }
     cur.into_shape_with_order(IxDyn(&shape))
@@ -274,13 +281,20 @@ fn reduce_lanes_keep<T: Clone>(
     f: impl Fn(&T, &T) -> T + Copy,
 ) -> ArrayD<T> {
     let shape = keep_shape(a.shape(), axes);
-    let mut cur = a.to_owned();
-    for &ax in axes.iter().rev() {
-        cur = cur.map_axis(Axis(ax), |lane| {
-            let mut it = lane.iter();
-            let first = it.next().expect("reduced axes are not empty").clone();
-            it.fold(first, |acc, x| f(&acc, x))
-        });
+    let lane_fold = |lane: ndarray::ArrayViewD<'_, T>| {
+        let mut it = lane.iter();
+        let first = it.next().expect("reduced axes are not empty").clone();
+        it.fold(first, |acc, x| f(&acc, x))
+    };
+    let Some((&last, rest)) = axes.split_last() else {
+        return a
+            .to_owned()
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("same shape");
+    };
+    let mut cur = a.map_axis(Axis(last), |lane| lane_fold(lane.into_dyn()));
+    for &ax in rest.iter().rev() {
+        cur = cur.map_axis(Axis(ax), |lane| lane_fold(lane.into_dyn()));
     }
     cur.into_shape_with_order(IxDyn(&shape))
         .expect("same number of elements")

@@ -193,36 +193,87 @@ pub fn fuse(graph: Graph, outputs: &mut [TaskId]) -> Graph {
     Graph::from_topological_parts(keys, ops, dep_start, deps)
 }
 
+/// Inputs read by more tasks than this are not scanned for ready siblings (keeps `order`
+/// linear on graphs with wide fan-out).
+const SIBLING_SCAN_LIMIT: usize = 64;
+
 /// A memory-friendly execution order: depth-first post-order from the outputs (in request
-/// order), dependencies in declaration order. Tasks no output needs come last, in id order.
+/// order), dependencies in declaration order; and, each time a task is placed, any task
+/// that reads its result or one of its inputs and now has every input available is placed
+/// right away. So a value read by two tasks (block `(i, j)` of `x` in `x + x.T`) is used by
+/// both and freed, instead of waiting for a far-away second reader. Tasks no output needs
+/// come last, in id order.
 pub fn order(graph: &Graph, outputs: &[TaskId]) -> Vec<TaskId> {
     let n = graph.len();
     let mut placed = vec![false; n];
+    let mut unplaced_deps: Vec<u32> = graph
+        .ids()
+        .map(|t| graph.dependencies(t).len() as u32)
+        .collect();
     let mut order = Vec::with_capacity(n);
     let mut stack: Vec<(TaskId, u32)> = Vec::new();
-    let mut visit = |root: TaskId, placed: &mut Vec<bool>, order: &mut Vec<TaskId>| {
-        if placed[root.index()] {
-            return;
-        }
-        stack.push((root, 0));
-        while let Some((task, next)) = stack.pop() {
-            let deps = graph.dependencies(task);
-            if let Some(&dep) = deps.get(next as usize) {
-                stack.push((task, next + 1));
-                if !placed[dep.index()] {
-                    stack.push((dep, 0));
+    let mut ready_siblings: Vec<TaskId> = Vec::new();
+
+    let mut place =
+        |t: TaskId, placed: &mut Vec<bool>, unplaced: &mut Vec<u32>, order: &mut Vec<TaskId>| {
+            ready_siblings.push(t);
+            while let Some(t) = ready_siblings.pop() {
+                if placed[t.index()] || unplaced[t.index()] != 0 {
+                    continue;
                 }
-            } else if !placed[task.index()] {
-                placed[task.index()] = true;
-                order.push(task);
+                placed[t.index()] = true;
+                order.push(t);
+                let readers = graph.dependents(t);
+                for c in readers {
+                    unplaced[c.index()] -= 1;
+                }
+                // Readers of this result that can run now: running them next consumes it.
+                if readers.len() <= SIBLING_SCAN_LIMIT {
+                    for &c in readers.iter().rev() {
+                        if !placed[c.index()] && unplaced[c.index()] == 0 {
+                            ready_siblings.push(c);
+                        }
+                    }
+                }
+                for d in graph.dependencies(t) {
+                    let readers = graph.dependents(*d);
+                    if readers.len() <= SIBLING_SCAN_LIMIT {
+                        for &c in readers.iter().rev() {
+                            if !placed[c.index()] && unplaced[c.index()] == 0 {
+                                ready_siblings.push(c);
+                            }
+                        }
+                    }
+                }
             }
-        }
-    };
+        };
+
+    let mut visit =
+        |root: TaskId, placed: &mut Vec<bool>, unplaced: &mut Vec<u32>, order: &mut Vec<TaskId>| {
+            if placed[root.index()] {
+                return;
+            }
+            stack.push((root, 0));
+            while let Some((task, next)) = stack.pop() {
+                if placed[task.index()] {
+                    continue;
+                }
+                let deps = graph.dependencies(task);
+                if let Some(&dep) = deps.get(next as usize) {
+                    stack.push((task, next + 1));
+                    if !placed[dep.index()] {
+                        stack.push((dep, 0));
+                    }
+                } else {
+                    place(task, placed, unplaced, order);
+                }
+            }
+        };
     for &o in outputs {
-        visit(o, &mut placed, &mut order);
+        visit(o, &mut placed, &mut unplaced_deps, &mut order);
     }
     for id in graph.ids() {
-        visit(id, &mut placed, &mut order);
+        visit(id, &mut placed, &mut unplaced_deps, &mut order);
     }
     order
 }

@@ -96,3 +96,24 @@ proptest! {
         assert_array_eq(&x, &d, 0.0);
     }
 }
+
+#[test]
+fn x_plus_transpose_streams_instead_of_holding_half_the_matrix() {
+    // 64 blocks of 80 kB. Block (i, j) of x is read by two tasks far apart in a
+    // column-by-column order; the order must run them together so both can free it.
+    let x = random::random(&[800, 800], [100, 100], 1).unwrap();
+    let y = (&x + &x.t().unwrap()).unwrap().mean(0).unwrap();
+    let block = 100 * 100 * 8;
+    for s in [
+        &SyncScheduler as &dyn partita::Scheduler,
+        &partita::LocalScheduler::with_threads(1),
+    ] {
+        let (_, stats) = partita::compute_collections(&[&y], s, &Default::default()).unwrap();
+        assert!(
+            stats.peak_live_bytes <= 6 * block,
+            "{}: peak {} blocks alive",
+            s.name(),
+            stats.peak_live_bytes as f64 / block as f64
+        );
+    }
+}
