@@ -31,6 +31,8 @@ pub mod grid;
 pub mod indexing;
 pub mod kernel;
 pub mod linalg;
+pub mod map_blocks;
+pub mod npy;
 pub mod rechunk;
 pub mod reduction;
 
@@ -43,4 +45,6 @@ pub use grid::{ChunkGrid, Chunks};
 pub use indexing::{Index, concatenate, stack};
 pub use kernel::{BinaryOp, Scalar, UnaryOp};
 pub use linalg::matmul;
+pub use map_blocks::map_blocks;
+pub use npy::read_npy;
 pub use reduction::{Axes, ReduceOptions, Reduction};

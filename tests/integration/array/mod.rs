@@ -7,3 +7,4 @@ mod indexing;
 mod layout;
 mod linalg;
 mod reduction;
+mod storage;
