@@ -35,6 +35,7 @@ pub mod map_blocks;
 pub mod npy;
 pub mod rechunk;
 pub mod reduction;
+pub mod reshape;
 
 pub use array::Array;
 pub use chunk::{Chunk, Element};

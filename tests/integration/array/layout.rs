@@ -117,3 +117,85 @@ fn x_plus_transpose_streams_instead_of_holding_half_the_matrix() {
         );
     }
 }
+
+#[test]
+fn reshape_matches_ndarray() {
+    let d = iota(&[6, 4, 5]);
+    let x = from_ndarray(&d, [4, 3, 2]).unwrap();
+    let cases: [&[isize]; 6] = [
+        &[24, 5],
+        &[6, 20],
+        &[2, 3, 4, 5],
+        &[120],
+        &[-1, 10],
+        &[6, 1, 4, 5, 1],
+    ];
+    for shape in cases {
+        let y = x.reshape(shape).unwrap();
+        let want_shape: Vec<usize> = y.shape().to_vec();
+        let want = d.clone().into_shape_with_order(IxDyn(&want_shape)).unwrap();
+        assert_array_eq(&y, &want, 0.0);
+    }
+    let err = x.reshape(&[7, -1]).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot reshape an array of shape [6, 4, 5] (120 elements) into [7, -1]"),
+        "{err}"
+    );
+    assert!(x.reshape(&[-1, -1]).is_err());
+    let empty = from_ndarray(&iota(&[0, 4]), 2)
+        .unwrap()
+        .reshape(&[2, 0, 2])
+        .unwrap();
+    assert_eq!(empty.shape(), &[2, 0, 2]);
+}
+
+fn factorizations(total: usize) -> impl Strategy<Value = Vec<usize>> {
+    // Split `total` into up to four factors, then sprinkle in length-one axes.
+    let mut primes = Vec::new();
+    let mut n = total;
+    let mut p = 2;
+    while n > 1 {
+        while n % p == 0 {
+            primes.push(p);
+            n /= p;
+        }
+        p += 1;
+    }
+    (
+        prop::collection::vec(0usize..4, primes.len()),
+        prop::collection::vec(0usize..5, 0..2),
+    )
+        .prop_map(move |(bins, ones)| {
+            let mut dims = vec![1usize; 4];
+            for (f, b) in primes.iter().zip(bins) {
+                dims[b] *= f;
+            }
+            let mut dims: Vec<usize> = dims.into_iter().filter(|&d| d > 1).collect();
+            if dims.is_empty() {
+                dims.push(1);
+            }
+            for o in ones {
+                dims.insert(o.min(dims.len()), 1);
+            }
+            dims
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reshape_any_refactoring(
+        (shape, chunk, target) in prop::collection::vec(1usize..6, 1..4).prop_flat_map(|shape| {
+            let total: usize = shape.iter().product();
+            (Just(shape), 1usize..4, factorizations(total))
+        })
+    ) {
+        let d = iota(&shape);
+        let x = from_ndarray(&d, chunk).unwrap();
+        let target_i: Vec<isize> = target.iter().map(|&t| t as isize).collect();
+        let y = x.reshape(&target_i).unwrap();
+        prop_assert_eq!(y.shape(), target.as_slice());
+        assert_array_eq(&y, &d.clone().into_shape_with_order(IxDyn(&target)).unwrap(), 0.0);
+    }
+}
