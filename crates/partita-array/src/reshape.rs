@@ -123,14 +123,14 @@ impl Array {
             .iter()
             .map(|&d| {
                 if d == -1 {
-                    if known == 0 { 0 } else { size / known }
+                    size.checked_div(known).unwrap_or(0)
                 } else {
                     d as usize
                 }
             })
             .collect();
         if out_shape.iter().product::<usize>() != size
-            || (unknown == 1 && known > 0 && size % known != 0)
+            || (unknown == 1 && known > 0 && !size.is_multiple_of(known))
         {
             return Err(Error::Shape(format!(
                 "reshape: cannot reshape an array of shape {:?} ({size} elements) into {shape:?}",

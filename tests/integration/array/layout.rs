@@ -155,7 +155,7 @@ fn factorizations(total: usize) -> impl Strategy<Value = Vec<usize>> {
     let mut n = total;
     let mut p = 2;
     while n > 1 {
-        while n % p == 0 {
+        while n.is_multiple_of(p) {
             primes.push(p);
             n /= p;
         }
