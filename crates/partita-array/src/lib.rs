@@ -45,7 +45,7 @@ pub use elementwise::{Operand, astype, where_};
 pub use grid::{ChunkGrid, Chunks};
 pub use indexing::{Index, concatenate, stack};
 pub use kernel::{BinaryOp, Scalar, UnaryOp};
-pub use linalg::matmul;
+pub use linalg::{matmul, tensordot};
 pub use map_blocks::map_blocks;
 pub use npy::read_npy;
 pub use reduction::{Axes, ReduceOptions, Reduction};

@@ -155,3 +155,53 @@ impl Array {
         matmul(self, other)
     }
 }
+
+/// Contract `a`'s axes `axes_a` with `b`'s axes `axes_b` (NumPy's `tensordot`): the result
+/// has `a`'s remaining axes followed by `b`'s. Computed as a transpose, a reshape to a
+/// matrix product, and a reshape back.
+pub fn tensordot(a: &Array, b: &Array, axes_a: &[usize], axes_b: &[usize]) -> Result<Array> {
+    if axes_a.len() != axes_b.len() {
+        return Err(Error::Shape(format!(
+            "tensordot: {axes_a:?} and {axes_b:?} contract different numbers of axes"
+        )));
+    }
+    let check = |x: &Array, axes: &[usize], which: &str| -> Result<Vec<usize>> {
+        let mut seen = vec![false; x.ndim()];
+        for &ax in axes {
+            if ax >= x.ndim() || std::mem::replace(&mut seen[ax], true) {
+                return Err(Error::Shape(format!(
+                    "tensordot: axes {axes:?} of {which} (shape {:?}) are out of range or repeated",
+                    x.shape()
+                )));
+            }
+        }
+        Ok((0..x.ndim()).filter(|k| !seen[*k]).collect())
+    };
+    let free_a = check(a, axes_a, "a")?;
+    let free_b = check(b, axes_b, "b")?;
+    for (&x, &y) in axes_a.iter().zip(axes_b) {
+        if a.shape()[x] != b.shape()[y] {
+            return Err(Error::Shape(format!(
+                "tensordot: axis {x} of a (length {}) does not match axis {y} of b (length {})",
+                a.shape()[x],
+                b.shape()[y]
+            )));
+        }
+    }
+    let len =
+        |x: &Array, axes: &[usize]| axes.iter().map(|&k| x.shape()[k]).product::<usize>() as isize;
+    let perm_a: Vec<usize> = free_a.iter().chain(axes_a).copied().collect();
+    let perm_b: Vec<usize> = axes_b.iter().chain(&free_b).copied().collect();
+    let a2 = a
+        .transpose(Some(&perm_a))?
+        .reshape(&[len(a, &free_a), len(a, axes_a)])?;
+    let b2 = b
+        .transpose(Some(&perm_b))?
+        .reshape(&[len(b, axes_b), len(b, &free_b)])?;
+    let out_shape: Vec<isize> = free_a
+        .iter()
+        .map(|&k| a.shape()[k] as isize)
+        .chain(free_b.iter().map(|&k| b.shape()[k] as isize))
+        .collect();
+    matmul2(&a2, &b2)?.reshape(&out_shape)
+}

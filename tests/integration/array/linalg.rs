@@ -87,3 +87,43 @@ fn m_times_m_transpose_summed() {
         1e-12,
     );
 }
+
+#[test]
+fn tensordot_matches_an_explicit_sum() {
+    let a = ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]), |ix| {
+        (ix[0] * 20 + ix[1] * 5 + ix[2]) as f64 * 0.1
+    });
+    let b = ArrayD::from_shape_fn(IxDyn(&[5, 4, 2]), |ix| {
+        (ix[0] as f64 - ix[1] as f64) * 0.5 + ix[2] as f64
+    });
+    let x = from_ndarray(&a, [2, 3, 2]).unwrap();
+    let y = from_ndarray(&b, [3, 2, 1]).unwrap();
+    // Contract a's axes (1, 2) with b's axes (1, 0): out[i, k] = sum_{j, l} a[i, j, l] b[l, j, k].
+    let t = partita::array::tensordot(&x, &y, &[1, 2], &[1, 0]).unwrap();
+    let want = ArrayD::from_shape_fn(IxDyn(&[3, 2]), |ix| {
+        let mut s = 0.0;
+        for j in 0..4 {
+            for l in 0..5 {
+                s += a[[ix[0], j, l]] * b[[l, j, ix[1]]];
+            }
+        }
+        s
+    });
+    assert_array_eq(&t, &want, 1e-12);
+    // No contraction: the outer product.
+    let outer = partita::array::tensordot(&x, &y, &[], &[]).unwrap();
+    assert_eq!(outer.shape(), &[3, 4, 5, 5, 4, 2]);
+    let err = partita::array::tensordot(&x, &y, &[0], &[0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("axis 0 of a (length 3) does not match axis 0 of b (length 5)"),
+        "{err}"
+    );
+    assert!(
+        partita::array::tensordot(&x, &y, &[1, 1], &[1, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("repeated")
+    );
+}
