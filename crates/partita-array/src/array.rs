@@ -182,14 +182,7 @@ impl Array {
         fn go<T: Element>(a: &Array, s: &dyn Scheduler) -> Result<Chunk> {
             a.compute::<T>(s).map(Chunk::new)
         }
-        match self.dtype() {
-            DType::Bool => go::<bool>(self, scheduler),
-            DType::U8 => go::<u8>(self, scheduler),
-            DType::I32 => go::<i32>(self, scheduler),
-            DType::I64 => go::<i64>(self, scheduler),
-            DType::F32 => go::<f32>(self, scheduler),
-            DType::F64 => go::<f64>(self, scheduler),
-        }
+        crate::with_dtype!(self.dtype(), T => go::<T>(self, scheduler))
     }
 
     /// Compute every block now and return an array backed by the results (Dask's

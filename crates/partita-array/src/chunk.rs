@@ -43,6 +43,40 @@ macro_rules! with_chunk {
     };
 }
 
+/// Run `$body` with `$T` bound to the Rust element type of a [`DType`] value.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_dtype {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::Bool => {
+                type $T = bool;
+                $body
+            }
+            $crate::DType::U8 => {
+                type $T = u8;
+                $body
+            }
+            $crate::DType::I32 => {
+                type $T = i32;
+                $body
+            }
+            $crate::DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+
 /// Rust types that can be array elements.
 pub trait Element: Copy + Send + Sync + std::fmt::Debug + PartialEq + Default + 'static {
     /// The dtype of this type.
@@ -242,14 +276,7 @@ fn decode_chunk(payload: Bytes) -> Result<Value> {
             data.len()
         )));
     }
-    let chunk = match dtype {
-        DType::Bool => decode_typed::<bool>(shape, data)?,
-        DType::U8 => decode_typed::<u8>(shape, data)?,
-        DType::I32 => decode_typed::<i32>(shape, data)?,
-        DType::I64 => decode_typed::<i64>(shape, data)?,
-        DType::F32 => decode_typed::<f32>(shape, data)?,
-        DType::F64 => decode_typed::<f64>(shape, data)?,
-    };
+    let chunk = crate::with_dtype!(dtype, T => decode_typed::<T>(shape, data)?);
     Ok(Value::new(chunk))
 }
 register_codec!("array-chunk", decode_chunk);

@@ -21,25 +21,6 @@ fn filled<T: Element + Prim>(shape: &[usize], value: Scalar) -> Chunk {
     Chunk::new(ArrayD::from_elem(IxDyn(shape), x))
 }
 
-/// Makes a block from its shape and offset; the block ops of the creation functions.
-fn dispatch<F>(dtype: DType, f: F) -> Chunk
-where
-    F: DtypeFn,
-{
-    match dtype {
-        DType::Bool => f.call::<bool>(),
-        DType::U8 => f.call::<u8>(),
-        DType::I32 => f.call::<i32>(),
-        DType::I64 => f.call::<i64>(),
-        DType::F32 => f.call::<f32>(),
-        DType::F64 => f.call::<f64>(),
-    }
-}
-
-trait DtypeFn {
-    fn call<T: Element + Prim>(self) -> Chunk;
-}
-
 /// A block of one value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FullBlock {
@@ -55,16 +36,18 @@ pub struct FullBlock {
 impl Op for FullBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         partita_core::op::expect_inputs("full", inputs, 0)?;
-        struct F<'a>(&'a FullBlock);
-        impl DtypeFn for F<'_> {
-            fn call<T: Element + Prim>(self) -> Chunk {
-                filled::<T>(&self.0.shape, self.0.value)
-            }
-        }
-        Ok(Value::new(dispatch(self.dtype, F(self))))
+        Ok(Value::new(
+            crate::with_dtype!(self.dtype, T => self.block::<T>()),
+        ))
     }
     fn name(&self) -> &str {
         "full"
+    }
+}
+
+impl FullBlock {
+    fn block<T: Element + Prim>(&self) -> Chunk {
+        filled::<T>(&self.shape, self.value)
     }
 }
 
@@ -125,29 +108,31 @@ pub struct RangeBlock {
 #[typetag::serde(name = "array-range")]
 impl Op for RangeBlock {
     fn execute(&self, _inputs: &[Value]) -> Result<Value> {
-        struct F<'a>(&'a RangeBlock);
-        impl DtypeFn for F<'_> {
-            fn call<T: Element + Prim>(self) -> Chunk {
-                let r = self.0;
-                let v: Vec<T> = (0..r.len)
-                    .map(|i| {
-                        let g = r.offset + i;
-                        match r.exact_last {
-                            Some((last, x)) if g == last => T::from_prim(x),
-                            _ if !T::FLOAT && r.start.fract() == 0.0 && r.step.fract() == 0.0 => {
-                                T::from_prim(r.start as i64 + g as i64 * r.step as i64)
-                            }
-                            _ => T::from_prim(r.start + g as f64 * r.step),
-                        }
-                    })
-                    .collect();
-                Chunk::new(ArrayD::from_shape_vec(IxDyn(&[r.len]), v).expect("len elements"))
-            }
-        }
-        Ok(Value::new(dispatch(self.dtype, F(self))))
+        Ok(Value::new(
+            crate::with_dtype!(self.dtype, T => self.block::<T>()),
+        ))
     }
     fn name(&self) -> &str {
         "range"
+    }
+}
+
+impl RangeBlock {
+    fn block<T: Element + Prim>(&self) -> Chunk {
+        let r = self;
+        let v: Vec<T> = (0..r.len)
+            .map(|i| {
+                let g = r.offset + i;
+                match r.exact_last {
+                    Some((last, x)) if g == last => T::from_prim(x),
+                    _ if !T::FLOAT && r.start.fract() == 0.0 && r.step.fract() == 0.0 => {
+                        T::from_prim(r.start as i64 + g as i64 * r.step as i64)
+                    }
+                    _ => T::from_prim(r.start + g as f64 * r.step),
+                }
+            })
+            .collect();
+        Chunk::new(ArrayD::from_shape_vec(IxDyn(&[r.len]), v).expect("len elements"))
     }
 }
 
@@ -239,21 +224,23 @@ pub struct EyeBlock {
 #[typetag::serde(name = "array-eye")]
 impl Op for EyeBlock {
     fn execute(&self, _inputs: &[Value]) -> Result<Value> {
-        struct F<'a>(&'a EyeBlock);
-        impl DtypeFn for F<'_> {
-            fn call<T: Element + Prim>(self) -> Chunk {
-                let e = self.0;
-                Chunk::new(ArrayD::from_shape_fn(IxDyn(&e.shape), |ix| {
-                    let row = (e.offset[0] + ix[0]) as i64;
-                    let col = (e.offset[1] + ix[1]) as i64;
-                    T::from_prim(col - row == e.k)
-                }))
-            }
-        }
-        Ok(Value::new(dispatch(self.dtype, F(self))))
+        Ok(Value::new(
+            crate::with_dtype!(self.dtype, T => self.block::<T>()),
+        ))
     }
     fn name(&self) -> &str {
         "eye"
+    }
+}
+
+impl EyeBlock {
+    fn block<T: Element + Prim>(&self) -> Chunk {
+        let e = self;
+        Chunk::new(ArrayD::from_shape_fn(IxDyn(&e.shape), |ix| {
+            let row = (e.offset[0] + ix[0]) as i64;
+            let col = (e.offset[1] + ix[1]) as i64;
+            T::from_prim(col - row == e.k)
+        }))
     }
 }
 

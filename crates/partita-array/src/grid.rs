@@ -259,6 +259,29 @@ impl ChunkGrid {
     }
 }
 
+/// Call `f` with every index in the box `ranges` (C order).
+pub(crate) fn for_each_index(ranges: &[std::ops::Range<usize>], mut f: impl FnMut(&[usize])) {
+    if ranges.iter().any(|r| r.is_empty()) {
+        return;
+    }
+    let mut idx: Vec<usize> = ranges.iter().map(|r| r.start).collect();
+    loop {
+        f(&idx);
+        let mut a = ranges.len();
+        loop {
+            if a == 0 {
+                return;
+            }
+            a -= 1;
+            idx[a] += 1;
+            if idx[a] < ranges[a].end {
+                break;
+            }
+            idx[a] = ranges[a].start;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

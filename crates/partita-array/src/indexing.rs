@@ -484,14 +484,7 @@ impl Op for TakeBlock {
             .ok_or_else(|| Error::Graph("take without inputs".into()))?
             .dtype();
         let (a, p) = (self.axis, &self.picks);
-        let out = match dtype {
-            DType::Bool => take_typed::<bool>(&chunks, a, p)?,
-            DType::U8 => take_typed::<u8>(&chunks, a, p)?,
-            DType::I32 => take_typed::<i32>(&chunks, a, p)?,
-            DType::I64 => take_typed::<i64>(&chunks, a, p)?,
-            DType::F32 => take_typed::<f32>(&chunks, a, p)?,
-            DType::F64 => take_typed::<f64>(&chunks, a, p)?,
-        };
+        let out = crate::with_dtype!(dtype, T => take_typed::<T>(&chunks, a, p)?);
         Ok(Value::new(out))
     }
     fn name(&self) -> &str {

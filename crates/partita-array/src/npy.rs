@@ -181,14 +181,7 @@ pub fn read_npy(path: impl AsRef<Path>, chunks: impl Into<Chunks>) -> Result<Arr
             ),
         ));
     }
-    let chunk = match h.dtype {
-        DType::Bool => read_typed::<bool>(path, &h, data)?,
-        DType::U8 => read_typed::<u8>(path, &h, data)?,
-        DType::I32 => read_typed::<i32>(path, &h, data)?,
-        DType::I64 => read_typed::<i64>(path, &h, data)?,
-        DType::F32 => read_typed::<f32>(path, &h, data)?,
-        DType::F64 => read_typed::<f64>(path, &h, data)?,
-    };
+    let chunk = crate::with_dtype!(h.dtype, T => read_typed::<T>(path, &h, data)?);
     let chunks = chunks.into();
     crate::with_chunk!(chunk, a => from_ndarray(&a.into_owned(), chunks))
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::array::Array;
 use crate::chunk::{Chunk, Element};
-use crate::grid::{ChunkGrid, Chunks};
+use crate::grid::{ChunkGrid, Chunks, for_each_index};
 
 /// A piece of one input block copied into the output block.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,14 +61,8 @@ impl Op for RechunkBlock {
             .first()
             .ok_or_else(|| Error::Graph("rechunk block without inputs".into()))?;
         let (shape, pieces) = (&self.shape, &self.pieces);
-        let out = match first.dtype() {
-            crate::DType::Bool => assemble_typed::<bool>(shape, pieces, &chunks)?,
-            crate::DType::U8 => assemble_typed::<u8>(shape, pieces, &chunks)?,
-            crate::DType::I32 => assemble_typed::<i32>(shape, pieces, &chunks)?,
-            crate::DType::I64 => assemble_typed::<i64>(shape, pieces, &chunks)?,
-            crate::DType::F32 => assemble_typed::<f32>(shape, pieces, &chunks)?,
-            crate::DType::F64 => assemble_typed::<f64>(shape, pieces, &chunks)?,
-        };
+        let out =
+            crate::with_dtype!(first.dtype(), T => assemble_typed::<T>(shape, pieces, &chunks)?);
         Ok(Value::new(out))
     }
     fn name(&self) -> &str {
@@ -119,8 +113,8 @@ impl Array {
                     .collect();
                 let mut pieces = Vec::new();
                 let mut deps: Vec<Key> = Vec::new();
-                let mut choice = vec![0usize; ndim];
-                'outer: loop {
+                let choices: Vec<Range<usize>> = per_axis.iter().map(|p| 0..p.len()).collect();
+                for_each_index(&choices, |choice| {
                     let src_idx: Vec<usize> = (0..ndim).map(|a| per_axis[a][choice[a]].0).collect();
                     deps.push(self.block_key(&src_idx));
                     pieces.push(Piece {
@@ -131,19 +125,7 @@ impl Array {
                             .map(|a| per_axis[a][choice[a]].2.clone())
                             .collect(),
                     });
-                    let mut a = ndim;
-                    loop {
-                        if a == 0 {
-                            break 'outer;
-                        }
-                        a -= 1;
-                        choice[a] += 1;
-                        if choice[a] < per_axis[a].len() {
-                            break;
-                        }
-                        choice[a] = 0;
-                    }
-                }
+                });
                 (
                     Arc::new(RechunkBlock { shape, pieces }) as Arc<dyn Op>,
                     deps,

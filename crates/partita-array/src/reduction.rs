@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::array::{Array, block_key};
 use crate::chunk::{Chunk, Element};
 use crate::dtype::DType;
-use crate::grid::ChunkGrid;
+use crate::grid::{ChunkGrid, for_each_index};
 use crate::kernel::Prim;
 
 /// What to reduce with.
@@ -726,14 +726,7 @@ fn finalize(red: Reduction, p: Partial, out_dtype: DType, out_shape: &[usize]) -
 }
 
 fn cast_chunk(c: &Chunk, dtype: DType) -> Chunk {
-    match dtype {
-        DType::Bool => Chunk::Bool(c.to_typed()),
-        DType::U8 => Chunk::U8(c.to_typed()),
-        DType::I32 => Chunk::I32(c.to_typed()),
-        DType::I64 => Chunk::I64(c.to_typed()),
-        DType::F32 => Chunk::F32(c.to_typed()),
-        DType::F64 => Chunk::F64(c.to_typed()),
-    }
+    crate::with_dtype!(dtype, T => T::into_chunk(c.to_typed::<T>()))
 }
 
 fn reshape_chunk(c: Chunk, shape: &[usize]) -> Result<Chunk> {
@@ -956,29 +949,6 @@ pub fn reduce(
         vec![Arc::clone(array.layer())],
     );
     Ok(Array::from_layer(out_name, out_grid, out_dtype, layer))
-}
-
-/// Call `f` with every index in the box `ranges` (C order).
-fn for_each_index(ranges: &[std::ops::Range<usize>], mut f: impl FnMut(&[usize])) {
-    if ranges.iter().any(|r| r.is_empty()) {
-        return;
-    }
-    let mut idx: Vec<usize> = ranges.iter().map(|r| r.start).collect();
-    loop {
-        f(&idx);
-        let mut a = ranges.len();
-        loop {
-            if a == 0 {
-                return;
-            }
-            a -= 1;
-            idx[a] += 1;
-            if idx[a] < ranges[a].end {
-                break;
-            }
-            idx[a] = ranges[a].start;
-        }
-    }
 }
 
 macro_rules! reduction_methods {
