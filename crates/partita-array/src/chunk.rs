@@ -77,6 +77,26 @@ macro_rules! with_dtype {
     };
 }
 
+/// The largest block an op may allocate from its own description (a shape it was given
+/// rather than inputs it received). Dask's chunks are around 128 MiB; this bound turns an
+/// absurd request, say from a corrupted or hostile graph, into an error instead of an
+/// allocation failure that would abort the process.
+pub const MAX_BLOCK_BYTES: usize = 8 << 30;
+
+/// Elements in a block of `shape`, or an error if it exceeds [`MAX_BLOCK_BYTES`].
+pub fn checked_block_len(shape: &[usize], dtype: DType) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|n| n.saturating_mul(dtype.size()) <= MAX_BLOCK_BYTES)
+        .ok_or_else(|| {
+            Error::Shape(format!(
+                "a block of shape {shape:?} and dtype {dtype} is larger than {} GiB",
+                MAX_BLOCK_BYTES >> 30
+            ))
+        })
+}
+
 /// Rust types that can be array elements.
 pub trait Element: Copy + Send + Sync + std::fmt::Debug + PartialEq + Default + 'static {
     /// The dtype of this type.

@@ -7,7 +7,7 @@ use partita_core::{Error, Literal, Op, Result, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::array::Array;
-use crate::chunk::{Chunk, Element};
+use crate::chunk::{Chunk, Element, checked_block_len};
 use crate::dtype::DType;
 use crate::grid::{ChunkGrid, Chunks};
 use crate::kernel::{Prim, Scalar};
@@ -36,6 +36,7 @@ pub struct FullBlock {
 impl Op for FullBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         partita_core::op::expect_inputs("full", inputs, 0)?;
+        checked_block_len(&self.block_shape(), self.dtype)?;
         Ok(Value::new(
             crate::with_dtype!(self.dtype, T => self.block::<T>()),
         ))
@@ -46,6 +47,10 @@ impl Op for FullBlock {
 }
 
 impl FullBlock {
+    fn block_shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+
     fn block<T: Element + Prim>(&self) -> Chunk {
         filled::<T>(&self.shape, self.value)
     }
@@ -108,6 +113,7 @@ pub struct RangeBlock {
 #[typetag::serde(name = "array-range")]
 impl Op for RangeBlock {
     fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        checked_block_len(&self.block_shape(), self.dtype)?;
         Ok(Value::new(
             crate::with_dtype!(self.dtype, T => self.block::<T>()),
         ))
@@ -118,6 +124,10 @@ impl Op for RangeBlock {
 }
 
 impl RangeBlock {
+    fn block_shape(&self) -> Vec<usize> {
+        vec![self.len]
+    }
+
     fn block<T: Element + Prim>(&self) -> Chunk {
         let r = self;
         let v: Vec<T> = (0..r.len)
@@ -224,6 +234,7 @@ pub struct EyeBlock {
 #[typetag::serde(name = "array-eye")]
 impl Op for EyeBlock {
     fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        checked_block_len(&self.block_shape(), self.dtype)?;
         Ok(Value::new(
             crate::with_dtype!(self.dtype, T => self.block::<T>()),
         ))
@@ -234,6 +245,10 @@ impl Op for EyeBlock {
 }
 
 impl EyeBlock {
+    fn block_shape(&self) -> Vec<usize> {
+        self.shape.to_vec()
+    }
+
     fn block<T: Element + Prim>(&self) -> Chunk {
         let e = self;
         Chunk::new(ArrayD::from_shape_fn(IxDyn(&e.shape), |ix| {
@@ -427,7 +442,21 @@ pub mod random {
     #[typetag::serde(name = "array-random")]
     impl Op for RandomBlock {
         fn execute(&self, _inputs: &[Value]) -> Result<Value> {
-            let n: usize = self.shape.iter().product();
+            let n = checked_block_len(&self.shape, DType::F64)?;
+            let nd = self.shape.len();
+            if self.array_shape.len() != nd
+                || self.offset.len() != nd
+                || (0..nd).any(|a| {
+                    self.offset[a]
+                        .checked_add(self.shape[a])
+                        .is_none_or(|end| end > self.array_shape[a])
+                })
+            {
+                return Err(Error::Shape(format!(
+                    "random block of shape {:?} at {:?} does not fit an array of shape {:?}",
+                    self.shape, self.offset, self.array_shape
+                )));
+            }
             let key = self.key;
             let shape_err = |e: ndarray::ShapeError| Error::Internal(e.to_string());
             let chunk = match self.dist {

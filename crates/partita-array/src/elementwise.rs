@@ -248,6 +248,28 @@ impl Builder {
     }
 }
 
+/// The dtype a scalar operand adopts next to `partner`; an integer that does not fit
+/// `partner` is an error for arithmetic (NumPy 2's OverflowError) and compares as int64.
+fn scalar_partner(op: BinaryOp, name: &str, o: &Operand, partner: Option<DType>) -> Result<DType> {
+    let partner = partner.unwrap_or(DType::F64);
+    if let Operand::Scalar(Scalar::Int(v)) = o {
+        let fits = match partner {
+            DType::U8 => u8::try_from(*v).is_ok(),
+            DType::I32 => i32::try_from(*v).is_ok(),
+            _ => true,
+        };
+        if !fits {
+            if op.is_comparison() {
+                return Ok(DType::I64);
+            }
+            return Err(Error::Type(format!(
+                "{name}: integer {v} is out of bounds for {partner}"
+            )));
+        }
+    }
+    Ok(partner)
+}
+
 fn operand_dtype(o: &Operand) -> Option<DType> {
     match o {
         Operand::Array(a) => Some(a.dtype()),
@@ -276,8 +298,8 @@ pub fn binary(op: BinaryOp, a: impl Into<Operand>, b: impl Into<Operand>) -> Res
     }
     let mut builder = Builder::new(&name, &arrays)?;
     let (da, db) = (operand_dtype(&a), operand_dtype(&b));
-    let x = builder.operand(&a, db.or(da).unwrap_or(DType::F64))?;
-    let y = builder.operand(&b, da.or(db).unwrap_or(DType::F64))?;
+    let x = builder.operand(&a, scalar_partner(op, &name, &a, db.or(da))?)?;
+    let y = builder.operand(&b, scalar_partner(op, &name, &b, da.or(db))?)?;
     let out = builder
         .program
         .binary(op, x, y)
@@ -322,10 +344,16 @@ pub fn where_(
         ));
     }
     let mut builder = Builder::new("where", &arrays)?;
+    // Two scalar branches keep their own kinds: where(c, 1, 2) is int64.
+    let natural = |o: &Operand| match o {
+        Operand::Array(a) => a.dtype(),
+        Operand::Scalar(s) => s.natural_dtype(),
+    };
     let (da, db) = (operand_dtype(&a), operand_dtype(&b));
+    let both = DType::promote(natural(&a), natural(&b));
     let cn = builder.operand(&c, DType::Bool)?;
-    let x = builder.operand(&a, db.or(da).unwrap_or(DType::F64))?;
-    let y = builder.operand(&b, da.or(db).unwrap_or(DType::F64))?;
+    let x = builder.operand(&a, db.or(da).unwrap_or(both))?;
+    let y = builder.operand(&b, da.or(db).unwrap_or(both))?;
     builder.program.select(cn, x, y);
     builder.finish("where")
 }

@@ -67,16 +67,26 @@ pub struct ChunkGrid {
     starts: Vec<Vec<usize>>,
 }
 
-fn regular(dim: usize, size: usize) -> Vec<usize> {
+/// More blocks than this along one axis is refused rather than attempted.
+pub const MAX_BLOCKS_PER_AXIS: usize = 1 << 24;
+
+fn regular(dim: usize, size: usize) -> Result<Vec<usize>> {
     if dim == 0 {
-        return vec![0];
+        return Ok(vec![0]);
     }
     let size = size.clamp(1, dim);
+    if dim / size >= MAX_BLOCKS_PER_AXIS {
+        return Err(Error::Shape(format!(
+            "chunks of {size} along an axis of length {dim} make {} blocks, more than \
+             {MAX_BLOCKS_PER_AXIS}; use larger chunks",
+            dim.div_ceil(size)
+        )));
+    }
     let mut out = vec![size; dim / size];
     if !dim.is_multiple_of(size) {
         out.push(dim % size);
     }
-    out
+    Ok(out)
 }
 
 /// Dask-like "auto": spend the element budget on the smallest axes whole, then split the
@@ -109,12 +119,15 @@ impl ChunkGrid {
                 .iter()
                 .zip(shape)
                 .map(|(&s, &d)| regular(d, s))
-                .collect(),
+                .collect::<Result<_>>()?,
             Chunks::Size(n) => {
                 if *n == 0 {
                     return Err(Error::Shape("chunk size must be positive, got 0".into()));
                 }
-                shape.iter().map(|&d| regular(d, *n)).collect()
+                shape
+                    .iter()
+                    .map(|&d| regular(d, *n))
+                    .collect::<Result<_>>()?
             }
             Chunks::Shape(sizes) => {
                 if sizes.len() != shape.len() {
@@ -133,7 +146,7 @@ impl ChunkGrid {
                     .iter()
                     .zip(sizes)
                     .map(|(&d, &s)| regular(d, s))
-                    .collect()
+                    .collect::<Result<_>>()?
             }
             Chunks::Explicit(c) => c.clone(),
         };
@@ -149,8 +162,25 @@ impl ChunkGrid {
                 shape.len()
             )));
         }
+        // Every element must be addressable: the count (and its bytes at 8 per element)
+        // must fit in memory's address space, whatever the chunking.
+        let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if elements.is_none_or(|n| n > isize::MAX as usize / 8) {
+            return Err(Error::Shape(format!(
+                "shape {shape:?} has more elements than can exist"
+            )));
+        }
         for (axis, (c, &d)) in chunks.iter().zip(shape).enumerate() {
-            let total: usize = c.iter().sum();
+            if c.len() > MAX_BLOCKS_PER_AXIS {
+                return Err(Error::Shape(format!(
+                    "{} chunks along axis {axis} is more than {MAX_BLOCKS_PER_AXIS}",
+                    c.len()
+                )));
+            }
+            let total = c
+                .iter()
+                .try_fold(0usize, |acc, &x| acc.checked_add(x))
+                .unwrap_or(usize::MAX);
             if total != d {
                 return Err(Error::Shape(format!(
                     "chunks {c:?} along axis {axis} add up to {total}, not the axis length {d}"

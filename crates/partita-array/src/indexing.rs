@@ -79,18 +79,15 @@ fn slice_indices(
             stop.map_or(-1, |s| norm(s, -1, n - 1)),
         )
     };
-    let count = if step > 0 {
-        if stop > start {
-            (stop - start + step - 1) / step
-        } else {
-            0
-        }
-    } else if start > stop {
-        (start - stop + (-step) - 1) / (-step)
+    // (distance - 1) / |step| + 1, in unsigned arithmetic so no step can overflow.
+    let count = if step > 0 && stop > start {
+        (stop - start - 1) as usize / step.unsigned_abs() + 1
+    } else if step < 0 && start > stop {
+        (start - stop - 1) as usize / step.unsigned_abs() + 1
     } else {
         0
     };
-    Ok((start, count as usize))
+    Ok((start, count))
 }
 
 /// How one output axis reads its input block.
@@ -129,36 +126,47 @@ impl Op for SliceBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         partita_core::op::expect_inputs("slice", inputs, 1)?;
         let chunk = Chunk::from_value(&inputs[0])?;
+        // start + (count - 1) * step, checked: the fields may come from another process.
+        let span = |start: usize, count: usize, step: isize| -> Result<isize> {
+            (count as isize - 1)
+                .checked_mul(step)
+                .and_then(|d| d.checked_add(start as isize))
+                .ok_or_else(|| {
+                    Error::Shape(format!("slice of {count} by {step} from {start} overflows"))
+                })
+        };
         let elems: Vec<SliceInfoElem> = self
             .sel
             .iter()
-            .map(|s| match *s {
-                LocalSel::Range { count: 0, .. } => SliceInfoElem::Slice {
-                    start: 0,
-                    end: Some(0),
-                    step: 1,
-                },
-                LocalSel::Range { start, count, step } if step > 0 => {
-                    let end = start as isize + (count as isize - 1) * step + 1;
-                    SliceInfoElem::Slice {
-                        start: start as isize,
-                        end: Some(end),
-                        step,
+            .map(|s| -> Result<SliceInfoElem> {
+                Ok(match *s {
+                    LocalSel::Range { count: 0, .. } => SliceInfoElem::Slice {
+                        start: 0,
+                        end: Some(0),
+                        step: 1,
+                    },
+                    LocalSel::Range { start, count, step } if step > 0 => {
+                        let end = span(start, count, step)? + 1;
+                        SliceInfoElem::Slice {
+                            start: start as isize,
+                            end: Some(end),
+                            step,
+                        }
                     }
-                }
-                LocalSel::Range { start, count, step } => {
-                    // ndarray walks a negative step from the end of [lo, hi).
-                    let lo = start as isize + (count as isize - 1) * step;
-                    SliceInfoElem::Slice {
-                        start: lo,
-                        end: Some(start as isize + 1),
-                        step,
+                    LocalSel::Range { start, count, step } => {
+                        // ndarray walks a negative step from the end of [lo, hi).
+                        let lo = span(start, count, step)?;
+                        SliceInfoElem::Slice {
+                            start: lo,
+                            end: Some(start as isize + 1),
+                            step,
+                        }
                     }
-                }
-                LocalSel::At(i) => SliceInfoElem::Index(i as isize),
-                LocalSel::NewAxis => SliceInfoElem::NewAxis,
+                    LocalSel::At(i) => SliceInfoElem::Index(i as isize),
+                    LocalSel::NewAxis => SliceInfoElem::NewAxis,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let out = crate::with_chunk!(chunk, a => slice_typed(a, elems)?);
         Ok(Value::new(out))
     }
@@ -413,17 +421,22 @@ fn plan_axis(
     let mut out: Vec<(usize, LocalSel, usize)> = Vec::new();
     let mut i = 0usize;
     while i < count {
-        let pos = (first + i as isize * step) as usize;
+        // Only the first position can be reached with a step beyond the axis length.
+        let pos = if i == 0 {
+            first as usize
+        } else {
+            (first + i as isize * step) as usize
+        };
         let block = starts.partition_point(|&s| s <= pos) - 1;
         let (lo, hi) = (starts[block] as isize, starts[block + 1] as isize);
         // How many more selected positions stay inside this block.
         let p = pos as isize;
         let room = if step > 0 {
-            (hi - 1 - p) / step + 1
+            (hi - 1 - p) as usize / step.unsigned_abs() + 1
         } else {
-            (p - lo) / (-step) + 1
+            (p - lo) as usize / step.unsigned_abs() + 1
         };
-        let n = (room as usize).min(count - i);
+        let n = room.min(count - i);
         out.push((
             block,
             LocalSel::Range {

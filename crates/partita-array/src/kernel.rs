@@ -293,6 +293,20 @@ impl Program {
         let Some(result) = self.nodes.last() else {
             return Err(Error::Internal("empty elementwise program".into()));
         };
+        // A program from the wire may be malformed: operands must come before their users.
+        for (i, node) in self.nodes.iter().enumerate() {
+            let operands: &[u32] = match &node.kind {
+                NodeKind::Unary(_, x) | NodeKind::Cast(x) => std::slice::from_ref(x),
+                NodeKind::Binary(_, a, b) => &[*a, *b],
+                NodeKind::Where(c, a, b) => &[*c, *a, *b],
+                NodeKind::Input(_) | NodeKind::Scalar(_) => &[],
+            };
+            if operands.iter().any(|&x| x as usize >= i) {
+                return Err(Error::Graph(format!(
+                    "elementwise program node {i} reads a later node"
+                )));
+            }
+        }
         let shape = broadcast_shapes(inputs.iter().map(|c| c.shape()))?;
         let n: usize = shape.iter().product();
         let mut readers = Vec::with_capacity(inputs.len());
@@ -675,7 +689,16 @@ macro_rules! num_int {
             fn pow(a: Self, b: Self) -> Option<Self> {
                 #[allow(unused_comparisons)]
                 if b < 0 { return None; }
-                Some(a.wrapping_pow(b as u32))
+                // Square-and-multiply over the full exponent, wrapping like NumPy.
+                let (mut base, mut e, mut acc) = (a, b as u64, 1 as $t);
+                while e > 0 {
+                    if e & 1 == 1 {
+                        acc = acc.wrapping_mul(base);
+                    }
+                    base = base.wrapping_mul(base);
+                    e >>= 1;
+                }
+                Some(acc)
             }
             fn minimum(a: Self, b: Self) -> Self { if b < a { b } else { a } }
             fn maximum(a: Self, b: Self) -> Self { if b > a { b } else { a } }
@@ -697,7 +720,23 @@ macro_rules! num_float {
             fn add(a: Self, b: Self) -> Self { a + b }
             fn sub(a: Self, b: Self) -> Self { a - b }
             fn mul(a: Self, b: Self) -> Self { a * b }
-            fn floordiv(a: Self, b: Self) -> Self { (a / b).floor() }
+            fn floordiv(a: Self, b: Self) -> Self {
+                // NumPy's divmod: derive the quotient from fmod so that
+                // a == floordiv(a, b) * b + rem(a, b) holds (1.0 // 0.1 is 9, not 10).
+                if b == 0.0 {
+                    return a / b;
+                }
+                let m = a % b;
+                let mut div = (a - m) / b;
+                if m != 0.0 && ((b < 0.0) != (m < 0.0)) {
+                    div -= 1.0;
+                }
+                if div == 0.0 {
+                    return (0.0 as $t).copysign(a / b);
+                }
+                let f = div.floor();
+                if div - f > 0.5 { f + 1.0 } else { f }
+            }
             fn rem(a: Self, b: Self) -> Self {
                 let r = a % b;
                 if r != 0.0 && ((r < 0.0) != (b < 0.0)) { r + b } else { r }

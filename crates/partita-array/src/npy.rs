@@ -59,7 +59,7 @@ struct Header {
 fn parse_header(path: &Path, text: &str) -> Result<Header> {
     let d = field(text, "descr").ok_or_else(|| bad(path, "header has no 'descr'"))?;
     let d = d.trim_matches(|c| c == '\'' || c == '"');
-    let (order, code) = d.split_at(d.len().min(1));
+    let (order, code) = d.split_at_checked(1).unwrap_or(("", d));
     let big_endian = match order {
         "<" | "|" | "=" => false,
         ">" => true,

@@ -53,6 +53,28 @@ fn assemble_typed<T: Element>(
 impl Op for RechunkBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         partita_core::op::expect_inputs("rechunk", inputs, self.pieces.len())?;
+        let nd = self.shape.len();
+        let fits = |r: &[Range<usize>], bounds: &[usize]| {
+            r.len() == nd
+                && bounds.len() == nd
+                && r.iter()
+                    .zip(bounds)
+                    .all(|(r, &b)| r.start <= r.end && r.end <= b)
+        };
+        for (piece, input) in self.pieces.iter().zip(inputs) {
+            let src = Chunk::from_value(input)?.shape();
+            let same_extent = piece
+                .src
+                .iter()
+                .zip(&piece.dst)
+                .all(|(s, d)| s.len() == d.len());
+            if !fits(&piece.src, src) || !fits(&piece.dst, &self.shape) || !same_extent {
+                return Err(Error::Shape(format!(
+                    "rechunk piece {piece:?} does not fit its input {src:?} and output {:?}",
+                    self.shape
+                )));
+            }
+        }
         let chunks = inputs
             .iter()
             .map(Chunk::from_value)
@@ -60,6 +82,7 @@ impl Op for RechunkBlock {
         let first = chunks
             .first()
             .ok_or_else(|| Error::Graph("rechunk block without inputs".into()))?;
+        crate::chunk::checked_block_len(&self.shape, first.dtype())?;
         let (shape, pieces) = (&self.shape, &self.pieces);
         let out =
             crate::with_dtype!(first.dtype(), T => assemble_typed::<T>(shape, pieces, &chunks)?);

@@ -242,7 +242,12 @@ where
     if axes.len() == a.ndim() {
         return ArrayD::from_elem(IxDyn(&shape), a.sum());
     }
-    let (&last, rest) = axes.split_last().expect("some axes");
+    let Some((&last, rest)) = axes.split_last() else {
+        return a
+            .to_owned()
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("same shape");
+    };
     let mut cur = a.sum_axis(Axis(last));
     for &ax in rest.iter().rev() {
         cur = cur.sum_axis(Axis(ax));
@@ -477,9 +482,6 @@ fn block_partial(
             macro_rules! ext {
                 ($a:expr) => {{
                     let a = $a;
-                    if a.is_empty() {
-                        return Err(Error::Internal("empty block in min/max".into()));
-                    }
                     Chunk::new(if red == Reduction::Min {
                         reduce_lanes_keep(a.view(), axes, nan_min)
                     } else {
@@ -674,7 +676,8 @@ fn merge(red: Reduction, x: Partial, y: &Partial) -> Result<Partial> {
                         .and(vy)
                         .and(iy)
                         .for_each(|v, i, &bv, &bi| {
-                            if better(bv, *v, min) || (!is_nan(*v) && bv == *v && bi < *i) {
+                            let tie = (is_nan(*v) && is_nan(bv)) || (!is_nan(*v) && bv == *v);
+                            if better(bv, *v, min) || (tie && bi < *i) {
                                 *v = bv;
                                 *i = bi;
                             }
@@ -709,10 +712,10 @@ fn finalize(red: Reduction, p: Partial, out_dtype: DType, out_shape: &[usize]) -
         Reduction::Var { ddof } | Reduction::Std { ddof } => {
             let m2 =
                 p.b.ok_or_else(|| Error::Internal("var partial without M2".into()))?;
-            let denom = p.count as f64 - f64::from(ddof);
+            let denom = (p.count as f64 - f64::from(ddof)).max(0.0);
             let std = matches!(red, Reduction::Std { .. });
             Chunk::new(m2.typed::<f64>()?.mapv(|q| {
-                let v = if denom > 0.0 { q / denom } else { f64::NAN };
+                let v = q / denom;
                 if std { v.sqrt() } else { v }
             }))
         }
@@ -805,7 +808,7 @@ pub fn reduce(
         source: Box::new(e),
     })?;
     let arg = reduction.is_arg();
-    if arg && axes.len() > 1 && axes.len() != array.ndim() {
+    if arg && (axes.is_empty() || (axes.len() > 1 && axes.len() != array.ndim())) {
         return Err(Error::Shape(format!(
             "{name} takes one axis or none, got {axes:?}"
         )));

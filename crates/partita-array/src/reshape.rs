@@ -40,6 +40,7 @@ impl Op for ReshapeBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         partita_core::op::expect_inputs("reshape", inputs, 1)?;
         let chunk = Chunk::from_value(&inputs[0])?;
+        crate::chunk::checked_block_len(&self.shape, chunk.dtype())?;
         let out = crate::with_chunk!(chunk, a => reshape_typed(a, &self.shape)?);
         Ok(Value::new(out))
     }
@@ -114,11 +115,16 @@ impl Array {
                 "reshape: invalid shape {shape:?} (one -1 at most, no other negatives)"
             )));
         }
-        let known: usize = shape
+        let overflow = || {
+            Error::Shape(format!(
+                "reshape: shape {shape:?} has more elements than can exist"
+            ))
+        };
+        let known = shape
             .iter()
             .filter(|&&d| d >= 0)
-            .map(|&d| d as usize)
-            .product();
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+            .ok_or_else(overflow)?;
         let out_shape: Vec<usize> = shape
             .iter()
             .map(|&d| {
@@ -129,9 +135,11 @@ impl Array {
                 }
             })
             .collect();
-        if out_shape.iter().product::<usize>() != size
-            || (unknown == 1 && known > 0 && !size.is_multiple_of(known))
-        {
+        let out_size = out_shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(overflow)?;
+        if out_size != size || (unknown == 1 && known > 0 && !size.is_multiple_of(known)) {
             return Err(Error::Shape(format!(
                 "reshape: cannot reshape an array of shape {:?} ({size} elements) into {shape:?}",
                 self.shape()

@@ -2,6 +2,7 @@
 //! every scheduler.
 
 mod creation;
+mod edge_cases;
 mod elementwise;
 mod indexing;
 mod layout;
