@@ -36,6 +36,7 @@ pub mod npy;
 pub mod rechunk;
 pub mod reduction;
 pub mod reshape;
+pub mod zarr;
 
 pub use array::Array;
 pub use chunk::{Chunk, Element};
@@ -49,3 +50,4 @@ pub use linalg::{matmul, tensordot};
 pub use map_blocks::map_blocks;
 pub use npy::read_npy;
 pub use reduction::{Axes, ReduceOptions, Reduction};
+pub use zarr::read_zarr;

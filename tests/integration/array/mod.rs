@@ -9,3 +9,4 @@ mod layout;
 mod linalg;
 mod reduction;
 mod storage;
+mod zarr;
