@@ -64,6 +64,11 @@ impl Op for MatMulBlock {
             .iter()
             .map(Chunk::from_value)
             .collect::<Result<Vec<_>>>()?;
+        if self.k_blocks == 0 {
+            return Err(Error::Graph(
+                "matmul block without contraction blocks".into(),
+            ));
+        }
         let (a, b) = chunks.split_at(self.k_blocks);
         let out = match a[0].dtype() {
             DType::F64 => matmul_typed::<f64>(a, b)?,
@@ -108,8 +113,13 @@ fn matmul2(a: &Array, b: &Array) -> Result<Array> {
             b.shape()
         )));
     }
-    let dtype = match DType::promote(a.dtype(), b.dtype()) {
-        DType::Bool | DType::U8 => DType::I64,
+    let promoted = DType::promote(a.dtype(), b.dtype());
+    if promoted == DType::Bool {
+        // NumPy: a logical or of ands. Count in integers, then test for nonzero.
+        return matmul2(&a.astype(DType::I64)?, &b.astype(DType::I64)?)?.not_equal(0);
+    }
+    let dtype = match promoted {
+        DType::U8 => DType::I64,
         d => d,
     };
     // Cut the contraction axis the same way in both operands.

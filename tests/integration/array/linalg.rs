@@ -127,3 +127,20 @@ fn tensordot_matches_an_explicit_sum() {
             .contains("repeated")
     );
 }
+
+#[test]
+fn boolean_products_are_boolean_like_numpy() {
+    let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![true, false, true, false, false, false])
+        .unwrap();
+    let b = ArrayD::from_shape_vec(IxDyn(&[3, 2]), vec![false, true, false, false, true, false])
+        .unwrap();
+    let (x, y) = (from_ndarray(&a, 2).unwrap(), from_ndarray(&b, 2).unwrap());
+    let p = x.matmul(&y).unwrap();
+    assert_eq!(p.dtype(), DType::Bool);
+    // numpy: [[True, True], [False, False]]
+    assert_array_eq(
+        &p,
+        &ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![true, true, false, false]).unwrap(),
+        0.0,
+    );
+}

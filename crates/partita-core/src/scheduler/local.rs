@@ -35,7 +35,7 @@ use crate::value::Value;
 #[derive(Clone, Debug)]
 pub struct LocalScheduler {
     threads: usize,
-    pool: Arc<OnceLock<std::result::Result<rayon::ThreadPool, String>>>,
+    pool: Arc<OnceLock<rayon::ThreadPool>>,
 }
 
 impl Default for LocalScheduler {
@@ -64,17 +64,22 @@ impl LocalScheduler {
         self.threads
     }
 
+    /// The pool, started on first use. A failure to start is reported and not remembered,
+    /// so a later run tries again (the scheduler stays usable).
     fn pool(&self) -> Result<&rayon::ThreadPool> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads)
+            .thread_name(|i| format!("partita-local-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the local thread pool: {e}")))?;
+        // Another thread may have won the race; either pool is fine.
+        let _ = self.pool.set(pool);
         self.pool
-            .get_or_init(|| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(self.threads)
-                    .thread_name(|i| format!("partita-local-{i}"))
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| Error::Internal(format!("cannot start the local thread pool: {e}")))
+            .get()
+            .ok_or_else(|| Error::Internal("thread pool vanished".into()))
     }
 }
 
