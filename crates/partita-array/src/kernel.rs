@@ -347,7 +347,9 @@ impl Program {
                 tile.fill(s);
             }
         }
-        let mut out = Buf::zeros(result.dtype, n);
+        // Grown tile by tile rather than zero-filled and overwritten: for a chunk-sized
+        // result the fill alone was an eighth of the time.
+        let mut out = Buf::with_capacity(result.dtype, n);
         let mut start = 0;
         while start < n {
             let len = TILE.min(n - start);
@@ -371,7 +373,7 @@ impl Program {
                     NodeKind::Cast(x) => cast(&done[x as usize], tile, len),
                 }
             }
-            out.copy_from(start, &tiles[self.nodes.len() - 1], len)?;
+            out.append(&tiles[self.nodes.len() - 1], len)?;
             start += len;
         }
         out.into_chunk(&shape)
@@ -444,11 +446,22 @@ impl Buf {
         })
     }
 
-    fn copy_from(&mut self, start: usize, tile: &Buf, len: usize) -> Result<()> {
+    fn with_capacity(dtype: DType, n: usize) -> Buf {
+        match dtype {
+            DType::Bool => Buf::Bool(Vec::with_capacity(n)),
+            DType::U8 => Buf::U8(Vec::with_capacity(n)),
+            DType::I32 => Buf::I32(Vec::with_capacity(n)),
+            DType::I64 => Buf::I64(Vec::with_capacity(n)),
+            DType::F32 => Buf::F32(Vec::with_capacity(n)),
+            DType::F64 => Buf::F64(Vec::with_capacity(n)),
+        }
+    }
+
+    fn append(&mut self, tile: &Buf, len: usize) -> Result<()> {
         macro_rules! arm {
             ($($V:ident),*) => {
                 match (self, tile) {
-                    $((Buf::$V(o), Buf::$V(t)) => o[start..start + len].copy_from_slice(&t[..len]),)*
+                    $((Buf::$V(o), Buf::$V(t)) => o.extend_from_slice(&t[..len]),)*
                     _ => return Err(Error::Internal("elementwise result dtype mismatch".into())),
                 }
             };
