@@ -3,7 +3,8 @@
 //!
 //! Reading is lazy: every block is a task that opens the store and reads its region, so
 //! the graph stays serializable and blocks are read in parallel, only when computed.
-//! Writing computes the array block by block straight into a store built in a temporary
+//! Writing compresses chunks with zstd (Python's zarr default) and computes the array block
+//! by block straight into a store built in a temporary
 //! directory next to the target, which is renamed into place at the end: a failed write
 //! leaves nothing at the target path.
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use partita_core::{Collection, Error, FnOp, Key, Layer, Op, Result, Scheduler, Task, Value};
 use serde::{Deserialize, Serialize};
 use zarrs::array::builder::ArrayBuilderFillValue;
+use zarrs::array::codec::bytes_to_bytes::zstd::ZstdCodec;
 use zarrs::array::{
     Array as ZarrArray, ArrayBuilder, ArraySubset, DataType as ZarrType, data_type,
 };
@@ -195,9 +197,11 @@ impl Array {
                 DType::F32 => 0f32.into(),
                 DType::F64 => 0f64.into(),
             };
-            let z = ArrayBuilder::new(shape, chunk_shape, zarr_type(source.dtype()), fill)
-                .build(store, "/")
-                .map_err(|e| zarr_error(&tmp, e))?;
+            // zstd like Python's zarr by default; level 3 is zstd's own default trade-off.
+            let mut builder =
+                ArrayBuilder::new(shape, chunk_shape, zarr_type(source.dtype()), fill);
+            builder.bytes_to_bytes_codecs(vec![Arc::new(ZstdCodec::new(3, false))]);
+            let z = builder.build(store, "/").map_err(|e| zarr_error(&tmp, e))?;
             z.store_metadata().map_err(|e| zarr_error(&tmp, e))?;
             let z = Arc::new(z);
             // One write task per block, reading that block; the run returns nothing.

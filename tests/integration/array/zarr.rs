@@ -86,6 +86,39 @@ fn every_dtype_round_trips() {
 }
 
 #[test]
+fn chunks_are_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zeros.zarr");
+    partita::array::zeros(&[1000, 1000], DType::F64, 250)
+        .unwrap()
+        .to_zarr(&path, &SyncScheduler)
+        .unwrap();
+    let mut bytes = 0;
+    for entry in walk(&path) {
+        bytes += std::fs::metadata(entry).unwrap().len();
+    }
+    assert!(bytes < 100_000, "8 MB of zeros took {bytes} bytes on disk");
+    assert_array_eq(
+        &read_zarr(&path, None).unwrap(),
+        &ArrayD::<f64>::zeros(IxDyn(&[1000, 1000])),
+        0.0,
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+#[test]
 fn irregular_chunks_are_made_regular_for_zarr() {
     let dir = tempfile::tempdir().unwrap();
     let d = ArrayD::from_shape_fn(IxDyn(&[10]), |ix| ix[0] as f64);
