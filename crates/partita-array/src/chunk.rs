@@ -224,6 +224,11 @@ impl Chunk {
         with_chunk!(self, a => a.mapv(T::from_prim).into_shared())
     }
 
+    /// The chunks inside task inputs, or a type error naming the first that is not one.
+    pub fn from_values(values: &[Value]) -> Result<Vec<&Chunk>> {
+        values.iter().map(Chunk::from_value).collect()
+    }
+
     /// The chunk inside a task value, or a type error.
     pub fn from_value(v: &Value) -> Result<&Chunk> {
         v.get::<Chunk>()

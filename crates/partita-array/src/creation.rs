@@ -21,6 +21,22 @@ fn filled<T: Element + Prim>(shape: &[usize], value: Scalar) -> Chunk {
     Chunk::new(ArrayD::from_elem(IxDyn(shape), x))
 }
 
+/// An op that makes its block from its own description, without inputs.
+trait Generator {
+    fn dtype(&self) -> DType;
+    fn block_shape(&self) -> Vec<usize>;
+    fn block<T: Element + Prim>(&self) -> Chunk;
+}
+
+/// The `execute` of every generator: no inputs, a bounded size, then the block.
+fn generate(g: &impl Generator, name: &str, inputs: &[Value]) -> Result<Value> {
+    partita_core::op::expect_inputs(name, inputs, 0)?;
+    checked_block_len(&g.block_shape(), g.dtype())?;
+    Ok(Value::new(
+        crate::with_dtype!(g.dtype(), T => g.block::<T>()),
+    ))
+}
+
 /// A block of one value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FullBlock {
@@ -35,18 +51,18 @@ pub struct FullBlock {
 #[typetag::serde(name = "array-full")]
 impl Op for FullBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
-        partita_core::op::expect_inputs("full", inputs, 0)?;
-        checked_block_len(&self.block_shape(), self.dtype)?;
-        Ok(Value::new(
-            crate::with_dtype!(self.dtype, T => self.block::<T>()),
-        ))
+        generate(self, "full", inputs)
     }
     fn name(&self) -> &str {
         "full"
     }
 }
 
-impl FullBlock {
+impl Generator for FullBlock {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     fn block_shape(&self) -> Vec<usize> {
         self.shape.clone()
     }
@@ -112,18 +128,19 @@ pub struct RangeBlock {
 
 #[typetag::serde(name = "array-range")]
 impl Op for RangeBlock {
-    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
-        checked_block_len(&self.block_shape(), self.dtype)?;
-        Ok(Value::new(
-            crate::with_dtype!(self.dtype, T => self.block::<T>()),
-        ))
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        generate(self, "range", inputs)
     }
     fn name(&self) -> &str {
         "range"
     }
 }
 
-impl RangeBlock {
+impl Generator for RangeBlock {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     fn block_shape(&self) -> Vec<usize> {
         vec![self.len]
     }
@@ -233,18 +250,19 @@ pub struct EyeBlock {
 
 #[typetag::serde(name = "array-eye")]
 impl Op for EyeBlock {
-    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
-        checked_block_len(&self.block_shape(), self.dtype)?;
-        Ok(Value::new(
-            crate::with_dtype!(self.dtype, T => self.block::<T>()),
-        ))
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        generate(self, "eye", inputs)
     }
     fn name(&self) -> &str {
         "eye"
     }
 }
 
-impl EyeBlock {
+impl Generator for EyeBlock {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     fn block_shape(&self) -> Vec<usize> {
         self.shape.to_vec()
     }

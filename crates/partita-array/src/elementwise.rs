@@ -88,10 +88,7 @@ pub struct ElementwiseKernel {
 #[typetag::serde(name = "array-elementwise")]
 impl Op for ElementwiseKernel {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
-        let chunks = inputs
-            .iter()
-            .map(Chunk::from_value)
-            .collect::<Result<Vec<_>>>()?;
+        let chunks = Chunk::from_values(inputs)?;
         self.program.eval(&chunks).map(Value::new)
     }
     fn name(&self) -> &str {
@@ -300,14 +297,13 @@ pub fn binary(op: BinaryOp, a: impl Into<Operand>, b: impl Into<Operand>) -> Res
     let (da, db) = (operand_dtype(&a), operand_dtype(&b));
     let x = builder.operand(&a, scalar_partner(op, &name, &a, db.or(da))?)?;
     let y = builder.operand(&b, scalar_partner(op, &name, &b, da.or(db))?)?;
-    let out = builder
+    builder
         .program
         .binary(op, x, y)
         .map_err(|e| Error::Context {
             context: format!("{name} of {} and {}", describe(&a), describe(&b)),
             source: Box::new(e),
         })?;
-    let _ = out;
     builder.finish(&name)
 }
 

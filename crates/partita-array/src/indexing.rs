@@ -488,10 +488,7 @@ fn take_typed<T: Element>(
 #[typetag::serde(name = "array-take")]
 impl Op for TakeBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
-        let chunks = inputs
-            .iter()
-            .map(Chunk::from_value)
-            .collect::<Result<Vec<_>>>()?;
+        let chunks = Chunk::from_values(inputs)?;
         let dtype = chunks
             .first()
             .ok_or_else(|| Error::Graph("take without inputs".into()))?

@@ -23,6 +23,7 @@
 //! ```
 
 pub mod array;
+mod atomic;
 pub mod chunk;
 pub mod creation;
 pub mod dtype;

@@ -60,10 +60,7 @@ where
 impl Op for MatMulBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         partita_core::op::expect_inputs("matmul", inputs, 2 * self.k_blocks)?;
-        let chunks = inputs
-            .iter()
-            .map(Chunk::from_value)
-            .collect::<Result<Vec<_>>>()?;
+        let chunks = Chunk::from_values(inputs)?;
         if self.k_blocks == 0 {
             return Err(Error::Graph(
                 "matmul block without contraction blocks".into(),

@@ -72,10 +72,7 @@ pub fn map_blocks(
             let block: Vec<usize> = idx.to_vec();
             let f = Arc::clone(&f);
             let op = FnOp::new("map_blocks", move |values: &[Value]| {
-                let chunks = values
-                    .iter()
-                    .map(Chunk::from_value)
-                    .collect::<Result<Vec<_>>>()?;
+                let chunks = Chunk::from_values(values)?;
                 let out = f(&chunks)?;
                 if out.dtype() != dtype || out.shape() != expected.as_slice() {
                     return Err(Error::Shape(format!(

@@ -5,7 +5,6 @@
 //! byte order and Fortran order; writing produces version 1.0, little-endian, C order, to a
 //! temporary file renamed into place so a failed write never leaves a partial file.
 
-use std::io::Write;
 use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
@@ -186,39 +185,6 @@ pub fn read_npy(path: impl AsRef<Path>, chunks: impl Into<Chunks>) -> Result<Arr
     crate::with_chunk!(chunk, a => from_ndarray(&a.into_owned(), chunks))
 }
 
-/// Write `bytes` to `path` through a temporary file in the same directory and a rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::Io {
-        path: path.display().to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
-    })?;
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{}.{}-{n}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
 impl Array {
     /// Compute and write as a `.npy` file (version 1.0, C order, little-endian); the file
     /// appears whole or not at all.
@@ -253,6 +219,6 @@ impl Array {
                 x.write_le(&mut out);
             }
         });
-        write_atomically(path.as_ref(), &out)
+        crate::atomic::write_atomically(path.as_ref(), &out)
     }
 }

@@ -75,10 +75,7 @@ impl Op for RechunkBlock {
                 )));
             }
         }
-        let chunks = inputs
-            .iter()
-            .map(Chunk::from_value)
-            .collect::<Result<Vec<_>>>()?;
+        let chunks = Chunk::from_values(inputs)?;
         let first = chunks
             .first()
             .ok_or_else(|| Error::Graph("rechunk block without inputs".into()))?;

@@ -8,7 +8,7 @@
 //! directory next to the target, which is renamed into place at the end: a failed write
 //! leaves nothing at the target path.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use partita_core::{Collection, Error, FnOp, Key, Layer, Op, Result, Scheduler, Task, Value};
@@ -130,25 +130,6 @@ pub fn read_zarr(path: impl AsRef<Path>, chunks: Option<Chunks>) -> Result<Array
     ))
 }
 
-/// A fresh sibling path for the temporary store.
-fn temporary_sibling(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| Error::Io {
-        path: path.display().to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory path"),
-    })?;
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Ok(dir.join(format!(
-        ".{}.{}-{n}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
-}
-
 impl Array {
     /// Compute and write as a Zarr v3 array in the directory `path`, which must not exist.
     ///
@@ -180,7 +161,7 @@ impl Array {
             self.rechunk(Chunks::Shape(sizes))?
         };
         let chunk_shape: Vec<u64> = source.chunks().iter().map(|c| c[0].max(1) as u64).collect();
-        let tmp = temporary_sibling(path)?;
+        let tmp = crate::atomic::temporary_sibling(path)?;
         let io = |source| Error::Io {
             path: tmp.display().to_string(),
             source,
