@@ -2,6 +2,7 @@
 
 mod array;
 mod delayed;
+mod frame;
 mod graph;
 mod memory;
 mod optimizer;

@@ -280,3 +280,84 @@ macro_rules! float_eq {
     )*};
 }
 float_eq!(f32, f64);
+
+/// Compute `frame` on every scheduler and compare with `expected` (polars run directly on
+/// the same data): same schema, same rows. When `sort_by` is not empty both sides are
+/// sorted by those columns first (for results whose row order is not defined). Floats are
+/// equal within `rtol`, nulls equal nulls, NaN equals NaN.
+pub fn assert_frame_eq(
+    frame: &partita::frame::DataFrame,
+    expected: &partita::frame::polars::prelude::DataFrame,
+    sort_by: &[&str],
+    rtol: f64,
+) {
+    assert_eq!(
+        frame.schema().as_ref(),
+        expected.schema().as_ref(),
+        "schema known before computing"
+    );
+    for scheduler in schedulers() {
+        let got = frame
+            .compute(scheduler.as_ref())
+            .unwrap_or_else(|e| panic!("computing {frame:?} on {}: {e}", scheduler.name()));
+        assert_polars_eq(&got, expected, sort_by, rtol, scheduler.name());
+    }
+}
+
+/// Compare two polars frames as [`assert_frame_eq`] does.
+pub fn assert_polars_eq(
+    got: &partita::frame::polars::prelude::DataFrame,
+    expected: &partita::frame::polars::prelude::DataFrame,
+    sort_by: &[&str],
+    rtol: f64,
+    context: &str,
+) {
+    use partita::frame::polars::prelude::*;
+    let sort = |df: &DataFrame| -> DataFrame {
+        if sort_by.is_empty() {
+            df.clone()
+        } else {
+            df.sort(
+                sort_by.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                SortMultipleOptions::default().with_maintain_order(true),
+            )
+            .expect("sorting for comparison")
+        }
+    };
+    let (got, expected) = (sort(got), sort(expected));
+    assert_eq!(got.schema(), expected.schema(), "{context}: schema");
+    assert_eq!(
+        got.height(),
+        expected.height(),
+        "{context}: rows\ngot {got}\nexpected {expected}"
+    );
+    for (g, e) in got.columns().iter().zip(expected.columns()) {
+        let name = e.name();
+        if e.dtype().is_float() {
+            let g = g.cast(&DataType::Float64).expect("cast");
+            let e = e.cast(&DataType::Float64).expect("cast");
+            let (g, e) = (g.f64().expect("f64"), e.f64().expect("f64"));
+            for (i, (a, b)) in g.iter().zip(e.iter()).enumerate() {
+                let ok = match (a, b) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => {
+                        (a.is_nan() && b.is_nan())
+                            || a == b
+                            || (a - b).abs() <= rtol * (1.0 + b.abs())
+                    }
+                    _ => false,
+                };
+                assert!(
+                    ok,
+                    "{context}: column {name:?} row {i}: got {a:?}, expected {b:?}"
+                );
+            }
+        } else {
+            assert!(
+                g.as_materialized_series()
+                    .equals_missing(e.as_materialized_series()),
+                "{context}: column {name:?} differs\ngot {got}\nexpected {expected}"
+            );
+        }
+    }
+}

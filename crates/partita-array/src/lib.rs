@@ -23,7 +23,6 @@
 //! ```
 
 pub mod array;
-mod atomic;
 pub mod chunk;
 pub mod creation;
 pub mod dtype;

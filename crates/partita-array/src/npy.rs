@@ -219,6 +219,6 @@ impl Array {
                 x.write_le(&mut out);
             }
         });
-        crate::atomic::write_atomically(path.as_ref(), &out)
+        partita_core::atomic::write_atomically(path.as_ref(), &out)
     }
 }

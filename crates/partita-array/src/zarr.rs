@@ -137,15 +137,6 @@ impl Array {
     /// are irregular). The array appears at `path` whole or not at all.
     pub fn to_zarr(&self, path: impl AsRef<Path>, scheduler: &dyn Scheduler) -> Result<()> {
         let path = path.as_ref();
-        if path.exists() {
-            return Err(Error::Io {
-                path: path.display().to_string(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "refusing to overwrite",
-                ),
-            });
-        }
         // Zarr's grid is regular: every chunk the size of the first, the last one cut short.
         let regular = self.chunks().iter().all(|c| {
             c.len() < 2 || c[..c.len() - 1].iter().all(|&x| x == c[0]) && c[c.len() - 1] <= c[0]
@@ -161,14 +152,8 @@ impl Array {
             self.rechunk(Chunks::Shape(sizes))?
         };
         let chunk_shape: Vec<u64> = source.chunks().iter().map(|c| c[0].max(1) as u64).collect();
-        let tmp = crate::atomic::temporary_sibling(path)?;
-        let io = |source| Error::Io {
-            path: tmp.display().to_string(),
-            source,
-        };
-        std::fs::create_dir(&tmp).map_err(io)?;
-        let result = (|| {
-            let store = Arc::new(FilesystemStore::new(&tmp).map_err(|e| zarr_error(&tmp, e))?);
+        partita_core::atomic::create_directory_atomically(path, |tmp| {
+            let store = Arc::new(FilesystemStore::new(tmp).map_err(|e| zarr_error(tmp, e))?);
             let shape: Vec<u64> = source.shape().iter().map(|&d| d as u64).collect();
             let fill: ArrayBuilderFillValue = match source.dtype() {
                 DType::Bool => zarrs::array::FillValue::from(false).into(),
@@ -182,8 +167,8 @@ impl Array {
             let mut builder =
                 ArrayBuilder::new(shape, chunk_shape, zarr_type(source.dtype()), fill);
             builder.bytes_to_bytes_codecs(vec![Arc::new(ZstdCodec::new(3, false))]);
-            let z = builder.build(store, "/").map_err(|e| zarr_error(&tmp, e))?;
-            z.store_metadata().map_err(|e| zarr_error(&tmp, e))?;
+            let z = builder.build(store, "/").map_err(|e| zarr_error(tmp, e))?;
+            z.store_metadata().map_err(|e| zarr_error(tmp, e))?;
             let z = Arc::new(z);
             // One write task per block, reading that block; the run returns nothing.
             let name = Key::unique_name("to-zarr");
@@ -194,7 +179,7 @@ impl Array {
                     let start: Vec<u64> =
                         grid.block_offset(&idx).iter().map(|&o| o as u64).collect();
                     let z = Arc::clone(&z);
-                    let target = tmp.clone();
+                    let target = tmp.to_path_buf();
                     let op = FnOp::new("to-zarr", move |inputs: &[Value]| {
                         let chunk = Chunk::from_value(&inputs[0])?;
                         let shape: Vec<u64> = chunk.shape().iter().map(|&d| d as u64).collect();
@@ -216,14 +201,7 @@ impl Array {
             let layer = Layer::new(Arc::clone(&name), tasks, vec![Arc::clone(source.layer())]);
             let graph = Layer::materialize(&[layer])?;
             partita_core::compute(graph, &keys, scheduler)?;
-            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-                path: path.display().to_string(),
-                source,
-            })
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        result
+            Ok(())
+        })
     }
 }

@@ -77,6 +77,17 @@ impl<T> Delayed<T> {
         }
     }
 
+    /// The value of task `key` in `layer` (or a layer it depends on), as a `Delayed<T>`: how
+    /// collections hand out scalar results such as a frame's length. The task must produce
+    /// a `T`; computing fails with a type error otherwise.
+    pub fn from_layer(layer: Arc<Layer>, key: Key) -> Delayed<T> {
+        Delayed {
+            layer,
+            key,
+            _type: PhantomData,
+        }
+    }
+
     /// The key of this node's task.
     pub fn key(&self) -> &Key {
         &self.key

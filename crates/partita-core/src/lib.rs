@@ -30,6 +30,7 @@
 //! assert_eq!(out[0].nbytes(), 16);
 //! ```
 
+pub mod atomic;
 pub mod delayed;
 pub mod error;
 pub mod graph;

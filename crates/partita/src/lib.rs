@@ -21,6 +21,11 @@ pub use partita_core::*;
 #[cfg(feature = "array")]
 pub use partita_array as array;
 
+/// Partitioned dataframes over polars (feature `frame`, on by default); `frame::polars` is
+/// the polars version it is built with.
+#[cfg(feature = "frame")]
+pub use partita_frame as frame;
+
 /// The README's examples, compiled and run as doc tests so they cannot go stale.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -5,11 +5,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use partita_core::{Error, Result};
+use crate::error::{Error, Result};
 
 /// A fresh hidden path beside `path` (same directory, so the final rename stays on one
 /// file system).
-pub(crate) fn temporary_sibling(path: &Path) -> Result<PathBuf> {
+pub fn temporary_sibling(path: &Path) -> Result<PathBuf> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().ok_or_else(|| Error::Io {
         path: path.display().to_string(),
@@ -31,7 +31,7 @@ pub(crate) fn temporary_sibling(path: &Path) -> Result<PathBuf> {
 }
 
 /// Write `bytes` to `path` through a temporary sibling file and a rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_sibling(path)?;
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -46,4 +46,35 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// Build a directory at `path`, which must not exist, all at once: `fill` writes into a
+/// temporary sibling directory, which is renamed to `path` when `fill` succeeds and removed
+/// when it fails.
+pub fn create_directory_atomically<T>(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    if path.exists() {
+        return Err(Error::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to overwrite"),
+        });
+    }
+    let tmp = temporary_sibling(path)?;
+    std::fs::create_dir(&tmp).map_err(|source| Error::Io {
+        path: tmp.display().to_string(),
+        source,
+    })?;
+    let result = fill(&tmp).and_then(|out| {
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(out)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
 }

@@ -1,0 +1,385 @@
+//! `group_by(keys).agg(exprs)`: tree reductions of partials, or a hash shuffle.
+//!
+//! Key decision: an aggregation that **decomposes** runs in three phases, all polars
+//! group-bys: each partition aggregates to a partial (fused into the partition's plan, so it
+//! reads only the columns it needs), partials are concatenated `split_every` at a time and
+//! aggregated again, and a last step turns the partial columns into the result:
+//!
+//! | aggregation          | partial columns          | combine               | result                |
+//! |----------------------|--------------------------|-----------------------|-----------------------|
+//! | sum, count, len      | the same                 | sum                   | as is                 |
+//! | min, max, first, last| the same                 | the same              | as is                 |
+//! | mean                 | sum, non-null count      | sums                  | sum / count           |
+//! | var, std (ddof)      | count, mean, M2          | Chan's parallel merge | M2 / (n - ddof), sqrt |
+//!
+//! With many groups the partials are hash-shuffled on the keys into `split_out` partitions
+//! instead of reduced to one. An aggregation that does not decompose (median, quantile,
+//! n_unique, any expression mixing aggregates) makes the whole group-by shuffle the rows on
+//! the keys and aggregate each output partition exactly. Aggregations decompose only when
+//! their input is row-wise (columns, literals, arithmetic, casts, `when`): an input holding
+//! an aggregate of its own would be wrong per partition.
+
+use std::sync::Arc;
+
+use partita_core::op::expect_inputs;
+use partita_core::{Collection, Error, Key, Layer, Op, Result, Task, Value};
+use polars::prelude::{
+    AggExpr, DataFrame as PlFrame, DataType, Expr, IntoLazy, LazyFrame, SchemaRef, col, len, lit,
+    when,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{DataFrame, concat_frames, partition_key};
+use crate::partition::Partition;
+use crate::plan::Step;
+use crate::polars_error::from_polars;
+
+/// Partials merged per combine task when not told otherwise.
+const DEFAULT_SPLIT_EVERY: usize = 8;
+
+/// A pending group-by; see [`DataFrame::group_by`].
+#[derive(Clone, Debug)]
+pub struct GroupBy {
+    frame: DataFrame,
+    keys: Vec<String>,
+    split_out: Option<usize>,
+    split_every: usize,
+}
+
+impl DataFrame {
+    /// Group rows by the values of `keys` (column names); then [`GroupBy::agg`].
+    pub fn group_by(&self, keys: &[impl AsRef<str>]) -> Result<GroupBy> {
+        let keys: Vec<String> = keys.iter().map(|k| k.as_ref().to_string()).collect();
+        if keys.is_empty() {
+            return Err(Error::Shape("group_by needs at least one key".into()));
+        }
+        for key in &keys {
+            if self.schema().get(key).is_none() {
+                return Err(Error::Schema(format!(
+                    "group_by key {key:?} not found; the columns are {:?}",
+                    self.columns()
+                )));
+            }
+        }
+        Ok(GroupBy {
+            frame: self.clone(),
+            keys,
+            split_out: None,
+            split_every: DEFAULT_SPLIT_EVERY,
+        })
+    }
+}
+
+impl GroupBy {
+    /// Produce `n` output partitions (a hash shuffle on the keys) instead of one.
+    pub fn split_out(mut self, n: usize) -> GroupBy {
+        self.split_out = Some(n);
+        self
+    }
+
+    /// Merge this many partials per task in the tree reduction (at least 2).
+    pub fn split_every(mut self, n: usize) -> GroupBy {
+        self.split_every = n.max(2);
+        self
+    }
+
+    /// Aggregate each group with polars aggregation expressions (`col("v").sum()`, ...).
+    /// The result has the keys then one column per expression; group order is unspecified
+    /// (as in polars without `maintain_order`).
+    pub fn agg(&self, aggs: impl AsRef<[Expr]>) -> Result<DataFrame> {
+        let aggs = aggs.as_ref().to_vec();
+        let frame = &self.frame;
+        let schema = group_schema(frame.schema(), &self.keys, &aggs)?;
+        if matches!(self.split_out, Some(0)) {
+            return Err(Error::Shape("group_by split_out must be at least 1".into()));
+        }
+        let plan = decompose_all(&aggs, &schema)?;
+        match plan {
+            Some(plan) => self.tree(plan, schema),
+            None => {
+                let n = self.split_out.unwrap_or(frame.npartitions());
+                let shuffled = frame.shuffle(&self.keys, None, n)?;
+                shuffled.with_step(
+                    Step::GroupBy {
+                        keys: self.keys.clone(),
+                        aggs,
+                    },
+                    "group_by",
+                )
+            }
+        }
+    }
+
+    fn tree(&self, plan: Decomposition, schema: SchemaRef) -> Result<DataFrame> {
+        let frame = &self.frame;
+        let partials = frame.with_step(
+            Step::GroupBy {
+                keys: self.keys.clone(),
+                aggs: plan.chunk.clone(),
+            },
+            "group_by",
+        )?;
+        let combine = Combine {
+            keys: self.keys.clone(),
+            aggs: plan.combine.clone(),
+            schema: Arc::clone(partials.schema()),
+        };
+        let finish = vec![
+            Step::Select(
+                self.keys
+                    .iter()
+                    .map(|k| col(k.as_str()))
+                    .chain(plan.finish.iter().cloned())
+                    .collect(),
+            ),
+            Step::Cast(
+                schema
+                    .iter()
+                    .map(|(n, t)| (n.to_string(), t.clone()))
+                    .collect(),
+            ),
+        ];
+        let split_out = self.split_out.unwrap_or(1);
+        if split_out > 1 {
+            // Many groups: shuffle the partials so each output partition holds whole groups.
+            let shuffled = partials.shuffle(&self.keys, None, split_out)?;
+            let mut steps = vec![Step::GroupBy {
+                keys: self.keys.clone(),
+                aggs: plan.combine,
+            }];
+            steps.extend(finish);
+            let mut out = shuffled;
+            for step in steps {
+                out = out.with_step(step, "group_by")?;
+            }
+            return Ok(out);
+        }
+        // A tree of combine tasks down to one partial, then the finishing steps.
+        let name = Key::unique_name("group-by-combine");
+        let combine: Arc<dyn Op> = Arc::new(combine);
+        let mut level: Vec<Key> = partials.output_keys();
+        let mut tasks = Vec::new();
+        let mut depth = 0u32;
+        while level.len() > 1 || depth == 0 {
+            let next: Vec<Key> = level
+                .chunks(self.split_every)
+                .enumerate()
+                .map(|(i, group)| {
+                    let key = Key::new(Arc::clone(&name), [depth, i as u32]);
+                    tasks.push(Task::new(key.clone(), Arc::clone(&combine), group.to_vec()));
+                    key
+                })
+                .collect();
+            level = next;
+            depth += 1;
+        }
+        let out_name = Key::unique_name("group-by");
+        tasks.push(Task::new(
+            partition_key(&out_name, 0),
+            Arc::new(crate::plan::PartitionPlan {
+                scan: None,
+                steps: finish.into(),
+            }),
+            level,
+        ));
+        let layer = Layer::new(
+            Arc::clone(&out_name),
+            tasks,
+            vec![Arc::clone(partials.layer())],
+        );
+        DataFrame::from_layer(out_name, layer, 1, schema)
+    }
+}
+
+/// The schema polars gives `group_by(keys).agg(aggs)` on `input`.
+fn group_schema(input: &SchemaRef, keys: &[String], aggs: &[Expr]) -> Result<SchemaRef> {
+    group_by_lazy(
+        PlFrame::empty_with_arc_schema(Arc::clone(input)).lazy(),
+        keys,
+        aggs,
+    )
+    .collect_schema()
+    .map_err(|e| from_polars(e, "group_by"))
+}
+
+pub(crate) fn group_by_lazy(lf: LazyFrame, keys: &[String], aggs: &[Expr]) -> LazyFrame {
+    lf.group_by(keys.iter().map(|k| col(k.as_str())).collect::<Vec<_>>())
+        .agg(aggs)
+}
+
+/// Concatenate partials and aggregate them again.
+#[derive(Debug, Serialize, Deserialize)]
+struct Combine {
+    keys: Vec<String>,
+    aggs: Vec<Expr>,
+    schema: SchemaRef,
+}
+
+#[typetag::serde(name = "frame-group-combine")]
+impl Op for Combine {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        if inputs.is_empty() {
+            expect_inputs("frame-group-combine", inputs, 1)?;
+        }
+        let parts = inputs
+            .iter()
+            .map(|v| Partition::from_value(v).cloned())
+            .collect::<Result<Vec<_>>>()?;
+        let all = concat_frames(parts, &self.schema)?;
+        // Cast back to the partial's dtypes so every level of the tree concatenates cleanly.
+        let casts: Vec<Expr> = self
+            .schema
+            .iter()
+            .map(|(n, t)| col(n.as_str()).cast(t.clone()))
+            .collect();
+        let out = group_by_lazy(all.lazy(), &self.keys, &self.aggs)
+            .select(casts)
+            .collect()
+            .map_err(|e| from_polars(e, "combining group-by partials"))?;
+        Ok(Partition::value(out))
+    }
+    fn name(&self) -> &str {
+        "frame-group-combine"
+    }
+}
+
+/// The three phases of a decomposable aggregation list.
+struct Decomposition {
+    chunk: Vec<Expr>,
+    combine: Vec<Expr>,
+    finish: Vec<Expr>,
+}
+
+/// Decompose every aggregation, or `None` if any does not decompose.
+fn decompose_all(aggs: &[Expr], schema: &SchemaRef) -> Result<Option<Decomposition>> {
+    let mut out = Decomposition {
+        chunk: Vec::new(),
+        combine: Vec::new(),
+        finish: Vec::new(),
+    };
+    // The output columns after the keys, in order.
+    let outputs: Vec<(String, DataType)> = schema
+        .iter()
+        .skip(schema.len() - aggs.len())
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    if outputs.len() != aggs.len() {
+        return Ok(None);
+    }
+    for (i, (agg, (name, dtype))) in aggs.iter().zip(&outputs).enumerate() {
+        let Some(d) = decompose(agg, i, dtype) else {
+            return Ok(None);
+        };
+        out.chunk.extend(d.chunk);
+        out.combine.extend(d.combine);
+        out.finish.push(d.finish.alias(name.as_str()));
+    }
+    Ok(Some(out))
+}
+
+struct One {
+    chunk: Vec<Expr>,
+    combine: Vec<Expr>,
+    finish: Expr,
+}
+
+fn strip_alias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(inner, _) => strip_alias(inner),
+        _ => e,
+    }
+}
+
+/// Expressions evaluated row by row, with no aggregate, window or list function inside.
+fn row_wise(e: &Expr) -> bool {
+    match e {
+        Expr::Column(_) => true,
+        Expr::Literal(v) => v.is_scalar(),
+        Expr::Alias(x, _) => row_wise(x),
+        Expr::Cast { expr, .. } => row_wise(expr),
+        Expr::BinaryExpr { left, right, .. } => row_wise(left) && row_wise(right),
+        Expr::Ternary {
+            predicate,
+            truthy,
+            falsy,
+        } => row_wise(predicate) && row_wise(truthy) && row_wise(falsy),
+        _ => false,
+    }
+}
+
+fn decompose(agg: &Expr, i: usize, dtype: &DataType) -> Option<One> {
+    let t = |j: usize| format!("__partita_{i}_{j}");
+    let same = |chunk: Expr, combine: fn(Expr) -> Expr| {
+        let c = t(0);
+        One {
+            chunk: vec![chunk.alias(c.as_str())],
+            combine: vec![combine(col(c.as_str())).alias(c.as_str())],
+            finish: col(c.as_str()),
+        }
+    };
+    let f64 = |x: &Expr| x.clone().cast(DataType::Float64);
+    match strip_alias(agg) {
+        Expr::Len => Some(same(len(), |c| c.sum())),
+        Expr::Agg(a) => match a {
+            AggExpr::Sum(x) if row_wise(x) => Some(same(x.as_ref().clone().sum(), |c| c.sum())),
+            AggExpr::Count { input, .. } if row_wise(input) => {
+                Some(same(strip_alias(agg).clone(), |c| c.sum()))
+            }
+            AggExpr::Min { input, .. } if row_wise(input) => {
+                Some(same(strip_alias(agg).clone(), |c| c.min()))
+            }
+            AggExpr::Max { input, .. } if row_wise(input) => {
+                Some(same(strip_alias(agg).clone(), |c| c.max()))
+            }
+            AggExpr::First(x) if row_wise(x) => Some(same(strip_alias(agg).clone(), |c| c.first())),
+            AggExpr::Last(x) if row_wise(x) => Some(same(strip_alias(agg).clone(), |c| c.last())),
+            AggExpr::Mean(x) if row_wise(x) && dtype.is_float() => {
+                let (s, n) = (t(0), t(1));
+                Some(One {
+                    chunk: vec![
+                        f64(x).sum().alias(s.as_str()),
+                        x.as_ref().clone().count().alias(n.as_str()),
+                    ],
+                    combine: vec![
+                        col(s.as_str()).sum().alias(s.as_str()),
+                        col(n.as_str()).sum().alias(n.as_str()),
+                    ],
+                    finish: when(col(n.as_str()).gt(lit(0)))
+                        .then(col(s.as_str()) / col(n.as_str()).cast(DataType::Float64))
+                        .otherwise(lit(polars::prelude::Null {}))
+                        .cast(dtype.clone()),
+                })
+            }
+            AggExpr::Var(x, ddof) | AggExpr::Std(x, ddof) if row_wise(x) && dtype.is_float() => {
+                let std = matches!(a, AggExpr::Std(..));
+                let (n, m, m2) = (t(0), t(1), t(2));
+                let (cn, cm, cm2) = (col(n.as_str()), col(m.as_str()), col(m2.as_str()));
+                let nf = cn.clone().cast(DataType::Float64);
+                let total = cn.clone().sum().cast(DataType::Float64);
+                // Null (not NaN) for a group with no values yet, so it cannot poison the
+                // next level's sums.
+                let mean = when(total.clone().gt(lit(0.0)))
+                    .then((nf.clone() * cm.clone()).sum() / total.clone())
+                    .otherwise(lit(polars::prelude::Null {}));
+                let var = when(cn.clone().gt(lit(*ddof as u32)))
+                    .then(cm2.clone() / (cn.clone().cast(DataType::Float64) - lit(*ddof as f64)))
+                    .otherwise(lit(polars::prelude::Null {}));
+                Some(One {
+                    chunk: vec![
+                        x.as_ref().clone().count().alias(n.as_str()),
+                        f64(x).mean().alias(m.as_str()),
+                        (f64(x) - f64(x).mean()).pow(2).sum().alias(m2.as_str()),
+                    ],
+                    combine: vec![
+                        cn.clone().sum().alias(n.as_str()),
+                        mean.clone().alias(m.as_str()),
+                        (cm2.clone().sum() + (nf * (cm - mean).pow(2)).sum()).alias(m2.as_str()),
+                    ],
+                    finish: if std { var.sqrt() } else { var }.cast(dtype.clone()),
+                })
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}

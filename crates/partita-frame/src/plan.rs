@@ -1,0 +1,187 @@
+//! Per-partition plans: how consecutive per-partition operations fuse.
+//!
+//! Key decision: a per-partition operation (`select`, `filter`, `with_columns`, ...) does not
+//! add a task. It appends a [`Step`] to the frame's pending list; when the frame is consumed,
+//! each partition becomes ONE task running a [`PartitionPlan`]: the partition (or the scan
+//! that reads it) as a polars `LazyFrame`, every pending step, and one `collect`. Polars then
+//! optimizes the steps together, so a `select` reaches the parquet reader as a projection
+//! and a `filter` as a predicate (row groups whose statistics rule them out are skipped).
+//!
+//! The same steps applied to an empty frame with the input's schema give the output schema
+//! without reading any data: that is how a missing column or a type error is reported when
+//! the operation is written, naming the column.
+
+use std::sync::Arc;
+
+use partita_core::op::expect_inputs;
+use partita_core::{Op, Result, Value};
+use polars::prelude::{
+    DataFrame as PlFrame, DataType, ExplodeOptions, Expr, IntoLazy, LazyFrame, SchemaRef,
+    SortMultipleOptions, cols,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::io::Scan;
+use crate::partition::Partition;
+use crate::polars_error::from_polars;
+
+/// One per-partition operation, applied to a polars `LazyFrame`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Step {
+    /// `select(exprs)`.
+    Select(Vec<Expr>),
+    /// `with_columns(exprs)`.
+    WithColumns(Vec<Expr>),
+    /// `filter(predicate)`.
+    Filter(Expr),
+    /// Drop these columns (each must exist).
+    Drop(Vec<String>),
+    /// Rename `existing[i]` to `new[i]` (each must exist).
+    Rename {
+        /// Current names.
+        existing: Vec<String>,
+        /// New names.
+        new: Vec<String>,
+    },
+    /// Cast columns to dtypes (strict: a value that does not fit is an error).
+    Cast(Vec<(String, DataType)>),
+    /// Replace nulls with a value.
+    FillNull(Expr),
+    /// Drop rows with a null in any of these columns (all columns when `None`).
+    DropNulls(Option<Vec<String>>),
+    /// Explode list columns into rows.
+    Explode(Vec<String>),
+    /// Rows `offset..offset + len` of the partition (negative offsets count from the end).
+    Slice {
+        /// First row; negative counts from the end.
+        offset: i64,
+        /// Number of rows.
+        len: u64,
+    },
+    /// `group_by(keys).agg(aggs)` within the partition.
+    GroupBy {
+        /// Key columns.
+        keys: Vec<String>,
+        /// Aggregations.
+        aggs: Vec<Expr>,
+    },
+    /// Sort the partition.
+    Sort {
+        /// Columns to sort by.
+        by: Vec<String>,
+        /// Descending flag per column.
+        descending: Vec<bool>,
+        /// Whether nulls go last.
+        nulls_last: bool,
+    },
+}
+
+impl Step {
+    /// Append this step to a lazy plan.
+    pub fn apply(&self, lf: LazyFrame) -> LazyFrame {
+        match self {
+            Step::Select(exprs) => lf.select(exprs),
+            Step::WithColumns(exprs) => lf.with_columns(exprs),
+            Step::Filter(predicate) => lf.filter(predicate.clone()),
+            Step::Drop(names) => lf.drop(cols(names.iter().map(String::as_str))),
+            Step::Rename { existing, new } => lf.rename(existing, new, true),
+            Step::Cast(columns) => lf.with_columns(
+                columns
+                    .iter()
+                    .map(|(name, dtype)| {
+                        polars::prelude::col(name.as_str()).strict_cast(dtype.clone())
+                    })
+                    .collect::<Vec<Expr>>(),
+            ),
+            Step::FillNull(value) => lf.fill_null(value.clone()),
+            Step::DropNulls(subset) => lf.drop_nulls(
+                subset
+                    .as_ref()
+                    .map(|names| cols(names.iter().map(String::as_str))),
+            ),
+            Step::Explode(names) => lf.explode(
+                cols(names.iter().map(String::as_str)),
+                // polars' own defaults: an empty list or a null becomes one null row.
+                ExplodeOptions {
+                    empty_as_null: true,
+                    keep_nulls: true,
+                },
+            ),
+            Step::Slice { offset, len } => lf.slice(
+                *offset,
+                (*len).min(polars::prelude::IdxSize::MAX as u64) as _,
+            ),
+            Step::GroupBy { keys, aggs } => crate::groupby::group_by_lazy(lf, keys, aggs),
+            Step::Sort {
+                by,
+                descending,
+                nulls_last,
+            } => lf.sort(
+                by.iter().map(String::as_str).collect::<Vec<_>>(),
+                SortMultipleOptions::default()
+                    .with_order_descending_multi(descending.clone())
+                    .with_nulls_last(*nulls_last)
+                    .with_maintain_order(true),
+            ),
+        }
+    }
+}
+
+/// The schema `steps` produce from frames with schema `input`, found by planning them on an
+/// empty frame: errors (a missing column, a type error) name the column involved.
+pub fn output_schema(input: &SchemaRef, steps: &[Step], doing: &str) -> Result<SchemaRef> {
+    let mut lf = PlFrame::empty_with_arc_schema(Arc::clone(input)).lazy();
+    for step in steps {
+        lf = step.apply(lf);
+    }
+    lf.collect_schema().map_err(|e| from_polars(e, doing))
+}
+
+/// The task that produces one partition: its source (a scan, or the task's one input) plus
+/// every pending step, collected once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PartitionPlan {
+    /// Where the rows come from when the task has no input.
+    pub scan: Option<Scan>,
+    /// The fused per-partition steps.
+    pub steps: Arc<[Step]>,
+}
+
+impl PartitionPlan {
+    /// Run the plan on a polars frame (or on the scan when `input` is `None`).
+    pub fn run(&self, input: Option<&PlFrame>) -> Result<PlFrame> {
+        let mut lf = match (&self.scan, input) {
+            (Some(scan), None) => scan.lazy()?,
+            (None, Some(frame)) => frame.clone().lazy(),
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(partita_core::Error::Graph(
+                    "a partition plan needs exactly one of a scan and an input partition".into(),
+                ));
+            }
+        };
+        for step in self.steps.iter() {
+            lf = step.apply(lf);
+        }
+        lf.collect().map_err(|e| match &self.scan {
+            Some(scan) => from_polars(e, &format!("reading {scan}")),
+            None => from_polars(e, "running a partition's plan"),
+        })
+    }
+}
+
+#[typetag::serde(name = "frame-plan")]
+impl Op for PartitionPlan {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let frame = if self.scan.is_some() {
+            expect_inputs("frame-plan", inputs, 0)?;
+            self.run(None)?
+        } else {
+            expect_inputs("frame-plan", inputs, 1)?;
+            self.run(Some(Partition::from_value(&inputs[0])?))?
+        };
+        Ok(Partition::value(frame))
+    }
+    fn name(&self) -> &str {
+        "frame-plan"
+    }
+}

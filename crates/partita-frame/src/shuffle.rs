@@ -1,0 +1,313 @@
+//! Hash shuffles: rows with equal keys go to the same output partition.
+//!
+//! Each input partition is split once into `n` pieces by a hash of its key columns (a
+//! [`Pieces`] value); output partition `j` concatenates piece `j` of every split. The hash
+//! uses a fixed seed and key columns are first cast to a common dtype, so the same key value
+//! lands in the same output partition from every input, in every process: two frames
+//! shuffled to the same `n` on their join keys line up partition by partition.
+//!
+//! The split value is shared (`Arc`) by the `n` readers and freed when the last has run. A
+//! distributed run will want one small task per piece instead, so that each output fetches
+//! only its own pieces; that belongs with the distributed scheduler.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use partita_core::op::expect_inputs;
+use partita_core::{Data, Error, Key, Layer, Op, Result, Task, Value, register_codec};
+use polars::prelude::{
+    DataFrame as PlFrame, DataType, IdxCa, IdxSize, IpcReader, IpcWriter,
+    PlSeedableRandomStateQuality, SchemaRef, SeedableFromU64SeedExt, SerReader, SerWriter,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{DataFrame, concat_frames, partition_key};
+use crate::partition::Partition;
+use crate::polars_error::from_polars;
+
+/// The fixed seed of shuffle hashes (any constant works; it must never change between the
+/// processes of one computation).
+const SHUFFLE_SEED: u64 = 0x7061_7274_6974_6121;
+
+/// An input partition split into pieces, one per output partition.
+#[derive(Clone, Debug)]
+pub struct Pieces(pub Vec<PlFrame>);
+
+impl Data for Pieces {
+    fn nbytes(&self) -> usize {
+        self.0.iter().map(PlFrame::estimated_size).sum()
+    }
+    fn codec(&self) -> &'static str {
+        "frame-pieces"
+    }
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+        for piece in &self.0 {
+            let mut buf = Vec::new();
+            IpcWriter::new(&mut buf)
+                .finish(&mut piece.clone())
+                .map_err(|e| from_polars(e, "encoding a shuffle piece"))?;
+            out.extend_from_slice(&(buf.len() as u64).to_le_bytes());
+            out.extend_from_slice(&buf);
+        }
+        Ok(())
+    }
+}
+
+fn decode_pieces(mut bytes: Bytes) -> Result<Value> {
+    let bad = |what: &str| Error::Codec(format!("shuffle pieces: {what}"));
+    if bytes.remaining() < 8 {
+        return Err(bad("truncated count"));
+    }
+    let n = bytes.get_u64_le();
+    let mut pieces = Vec::new();
+    for _ in 0..n {
+        if bytes.remaining() < 8 {
+            return Err(bad("truncated length"));
+        }
+        let len = bytes.get_u64_le();
+        if (bytes.remaining() as u64) < len {
+            return Err(bad("truncated piece"));
+        }
+        let piece = bytes.split_to(len as usize);
+        let frame = IpcReader::new(Cursor::new(piece))
+            .finish()
+            .map_err(|e| bad(&e.to_string()))?;
+        pieces.push(frame);
+    }
+    Ok(Value::new(Pieces(pieces)))
+}
+register_codec!("frame-pieces", decode_pieces);
+
+/// Output partition of each row: a fixed-seed hash of the key columns (cast to `dtypes`),
+/// mapped onto `0..n`.
+pub fn partition_ids(
+    frame: &PlFrame,
+    keys: &[String],
+    dtypes: &[DataType],
+    n: usize,
+) -> Result<Vec<u32>> {
+    let seed = PlSeedableRandomStateQuality::seed_from_u64(SHUFFLE_SEED);
+    let mut hashes: Vec<u64> = Vec::with_capacity(frame.height());
+    for (i, (key, dtype)) in keys.iter().zip(dtypes).enumerate() {
+        let column = frame
+            .column(key)
+            .map_err(|e| from_polars(e, "hashing shuffle keys"))?;
+        let column = if column.dtype() == dtype {
+            column.clone()
+        } else {
+            column
+                .cast(dtype)
+                .map_err(|e| from_polars(e, &format!("casting key {key:?} to {dtype}")))?
+        };
+        let result = if i == 0 {
+            column.vec_hash(seed.clone(), &mut hashes)
+        } else {
+            column.vec_hash_combine(seed.clone(), &mut hashes)
+        };
+        result.map_err(|e| from_polars(e, &format!("hashing key {key:?}")))?;
+    }
+    if keys.is_empty() {
+        hashes.resize(frame.height(), 0);
+    }
+    // The high bits of hash * n: uniform in 0..n without a division.
+    Ok(hashes
+        .iter()
+        .map(|&h| ((h as u128 * n as u128) >> 64) as u32)
+        .collect())
+}
+
+/// Split `frame` into `n` pieces by `ids` (stable: rows keep their order within a piece).
+pub fn split_by_ids(frame: &PlFrame, ids: &[u32], n: usize) -> Result<Vec<PlFrame>> {
+    let mut counts = vec![0usize; n + 1];
+    for &id in ids {
+        counts[id as usize + 1] += 1;
+    }
+    for j in 1..=n {
+        counts[j] += counts[j - 1];
+    }
+    let starts = counts.clone();
+    let mut order = vec![0 as IdxSize; ids.len()];
+    for (row, &id) in ids.iter().enumerate() {
+        let slot = &mut counts[id as usize];
+        order[*slot] = row as IdxSize;
+        *slot += 1;
+    }
+    let gathered = frame
+        .take(&IdxCa::from_vec("".into(), order))
+        .map_err(|e| from_polars(e, "splitting a partition for a shuffle"))?;
+    Ok((0..n)
+        .map(|j| gathered.slice(starts[j] as i64, starts[j + 1] - starts[j]))
+        .collect())
+}
+
+/// Split one partition into `n` pieces by the hash of its keys.
+#[derive(Debug, Serialize, Deserialize)]
+struct HashSplit {
+    keys: Vec<String>,
+    dtypes: Vec<DataType>,
+    n: usize,
+}
+
+#[typetag::serde(name = "frame-hash-split")]
+impl Op for HashSplit {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        expect_inputs("frame-hash-split", inputs, 1)?;
+        if self.n == 0 || self.keys.len() != self.dtypes.len() {
+            return Err(Error::Graph(
+                "a hash split needs n > 0 and a dtype per key".into(),
+            ));
+        }
+        let frame = Partition::from_value(&inputs[0])?;
+        let ids = partition_ids(frame, &self.keys, &self.dtypes, self.n)?;
+        Ok(Value::new(Pieces(split_by_ids(frame, &ids, self.n)?)))
+    }
+    fn name(&self) -> &str {
+        "frame-hash-split"
+    }
+}
+
+/// Concatenate piece `index` of every input split.
+#[derive(Debug, Serialize, Deserialize)]
+struct ConcatPieces {
+    index: usize,
+    schema: SchemaRef,
+}
+
+#[typetag::serde(name = "frame-concat-pieces")]
+impl Op for ConcatPieces {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let mut parts = Vec::with_capacity(inputs.len());
+        for v in inputs {
+            let pieces = v.get::<Pieces>()?;
+            let piece = pieces.0.get(self.index).ok_or_else(|| {
+                Error::Graph(format!(
+                    "shuffle output {} reads a split with only {} pieces",
+                    self.index,
+                    pieces.0.len()
+                ))
+            })?;
+            parts.push(piece.clone());
+        }
+        Ok(Partition::value(concat_frames(parts, &self.schema)?))
+    }
+    fn name(&self) -> &str {
+        "frame-concat-pieces"
+    }
+}
+
+impl DataFrame {
+    /// Repartition into `n` partitions so that rows with equal values in `keys` share a
+    /// partition. Key columns are hashed after a cast to `dtypes` (one per key; `None` uses
+    /// each column's own dtype).
+    pub fn shuffle(
+        &self,
+        keys: &[impl AsRef<str>],
+        dtypes: Option<Vec<DataType>>,
+        n: usize,
+    ) -> Result<DataFrame> {
+        if n == 0 {
+            return Err(Error::Shape(
+                "a shuffle needs at least one output partition".into(),
+            ));
+        }
+        let keys: Vec<String> = keys.iter().map(|k| k.as_ref().to_string()).collect();
+        let mut key_dtypes = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let dtype = self.schema().get(key).ok_or_else(|| {
+                Error::Schema(format!(
+                    "shuffle key {key:?} not found; the columns are {:?}",
+                    self.columns()
+                ))
+            })?;
+            key_dtypes.push(dtype.clone());
+        }
+        let dtypes = match dtypes {
+            Some(d) if d.len() != keys.len() => {
+                return Err(Error::Shape(format!(
+                    "shuffle got {} keys and {} dtypes",
+                    keys.len(),
+                    d.len()
+                )));
+            }
+            Some(d) => d,
+            None => key_dtypes,
+        };
+        let split_name = Key::unique_name("hash-split");
+        let name = Key::unique_name("shuffle");
+        let split = Arc::new(HashSplit { keys, dtypes, n }) as Arc<dyn Op>;
+        let mut tasks: Vec<Task> = (0..self.npartitions())
+            .map(|i| {
+                Task::new(
+                    partition_key(&split_name, i),
+                    Arc::clone(&split),
+                    vec![self.partition_key(i)],
+                )
+            })
+            .collect();
+        let split_keys: Vec<Key> = tasks.iter().map(|t| t.key.clone()).collect();
+        for j in 0..n {
+            tasks.push(Task::new(
+                partition_key(&name, j),
+                Arc::new(ConcatPieces {
+                    index: j,
+                    schema: Arc::clone(self.schema()),
+                }),
+                split_keys.clone(),
+            ));
+        }
+        let layer = Layer::new(
+            Arc::clone(&name),
+            tasks,
+            vec![Arc::clone(partita_core::Collection::layer(self))],
+        );
+        DataFrame::from_layer(name, layer, n, Arc::clone(self.schema()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::prelude::*;
+
+    #[test]
+    fn equal_keys_land_together_whatever_the_partition() {
+        let a = df!("k" => [1i64, 2, 3, 1, 2, 3], "v" => [0i64, 1, 2, 3, 4, 5]).unwrap();
+        let b = df!("k" => [3i64, 1]).unwrap();
+        let keys = vec!["k".to_string()];
+        let ids_a = partition_ids(&a, &keys, &[DataType::Int64], 7).unwrap();
+        let ids_b = partition_ids(&b, &keys, &[DataType::Int64], 7).unwrap();
+        assert_eq!(ids_a[0], ids_a[3]);
+        assert_eq!(ids_a[2], ids_b[0]);
+        assert_eq!(ids_a[0], ids_b[1]);
+        // A narrower column cast to the same dtype hashes the same.
+        let c = df!("k" => [3i32, 1]).unwrap();
+        assert_eq!(
+            partition_ids(&c, &keys, &[DataType::Int64], 7).unwrap(),
+            ids_b
+        );
+    }
+
+    #[test]
+    fn splits_keep_every_row_once_in_order() {
+        let a = df!("v" => (0..100i64).collect::<Vec<_>>()).unwrap();
+        let ids: Vec<u32> = (0..100u32).map(|i| (i * 7) % 5).collect();
+        let pieces = split_by_ids(&a, &ids, 5).unwrap();
+        assert_eq!(pieces.iter().map(|p| p.height()).sum::<usize>(), 100);
+        for (j, p) in pieces.iter().enumerate() {
+            let v: Vec<i64> = p
+                .column("v")
+                .unwrap()
+                .i64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect();
+            assert!(v.windows(2).all(|w| w[0] < w[1]));
+            assert!(v.iter().all(|&x| ids[x as usize] as usize == j));
+        }
+        let value = Value::new(Pieces(pieces));
+        let back = Value::decode(value.encode().unwrap()).unwrap();
+        assert_eq!(back.get::<Pieces>().unwrap().0.len(), 5);
+    }
+}

@@ -1,0 +1,175 @@
+//! group_by + agg against polars: tree reductions, split_out shuffles, exact aggregations.
+
+use partita::frame::DataFrame;
+use partita::frame::polars;
+use partita::frame::polars::prelude::*;
+use partita_tests::assert_frame_eq;
+use proptest::prelude::*;
+
+use super::{partitioned, sample};
+
+fn decomposable() -> Vec<Expr> {
+    vec![
+        col("v").sum().alias("sum"),
+        col("n").sum().alias("nsum"),
+        col("v").mean().alias("mean"),
+        col("n").mean().alias("nmean"),
+        col("v").min().alias("min"),
+        col("n").max().alias("max"),
+        col("v").count().alias("count"),
+        len(),
+        col("v").var(1).alias("var"),
+        col("v").std(0).alias("std0"),
+        col("n").std(1).alias("nstd"),
+        col("n").first().alias("first"),
+        col("n").last().alias("last"),
+        (col("v") * lit(2.0) + col("n")).sum().alias("expr_sum"),
+    ]
+}
+
+fn polars_agg(
+    data: &polars::prelude::DataFrame,
+    keys: &[&str],
+    aggs: &[Expr],
+) -> polars::prelude::DataFrame {
+    data.clone()
+        .lazy()
+        .group_by(keys.iter().map(|k| col(*k)).collect::<Vec<_>>())
+        .agg(aggs)
+        .collect()
+        .unwrap()
+}
+
+#[test]
+fn decomposable_aggregations_match_polars_as_trees() {
+    for (data, frame) in partitioned(60, 11) {
+        for keys in [vec!["k"], vec!["k", "g"]] {
+            let expected = polars_agg(&data, &keys, &decomposable());
+            for split_every in [2, 8] {
+                let got = frame
+                    .group_by(&keys)
+                    .unwrap()
+                    .split_every(split_every)
+                    .agg(decomposable())
+                    .unwrap();
+                assert_eq!(got.npartitions(), 1);
+                assert_frame_eq(&got, &expected, &keys, 1e-9);
+            }
+        }
+    }
+}
+
+#[test]
+fn first_and_last_follow_row_order() {
+    // first/last depend on order, so compare exactly with an order-preserving frame.
+    for (data, frame) in partitioned(40, 12) {
+        let aggs = [col("n").first().alias("f"), col("n").last().alias("l")];
+        let expected = polars_agg(&data, &["k"], &aggs);
+        let got = frame
+            .group_by(&["k"])
+            .unwrap()
+            .split_every(2)
+            .agg(aggs)
+            .unwrap();
+        assert_frame_eq(&got, &expected, &["k"], 0.0);
+    }
+}
+
+#[test]
+fn split_out_spreads_groups_over_partitions() {
+    for (data, frame) in partitioned(80, 13) {
+        let expected = polars_agg(&data, &["g", "k"], &decomposable());
+        let got = frame
+            .group_by(&["g", "k"])
+            .unwrap()
+            .split_out(3)
+            .agg(decomposable())
+            .unwrap();
+        assert_eq!(got.npartitions(), 3);
+        assert_frame_eq(&got, &expected, &["g", "k"], 1e-9);
+    }
+}
+
+#[test]
+fn exact_aggregations_shuffle_the_rows() {
+    let exact = vec![
+        col("v").median().alias("median"),
+        col("n").n_unique().alias("distinct"),
+        col("v")
+            .quantile(lit(0.25), QuantileMethod::Linear)
+            .alias("q25"),
+        (col("v").sum() / col("n").sum().cast(DataType::Float64)).alias("ratio"),
+        col("v").sum().alias("sum"),
+    ];
+    for (data, frame) in partitioned(70, 14) {
+        let expected = polars_agg(&data, &["k"], &exact);
+        for split_out in [None, Some(1), Some(4)] {
+            let mut by = frame.group_by(&["k"]).unwrap();
+            if let Some(n) = split_out {
+                by = by.split_out(n);
+            }
+            let got = by.agg(exact.clone()).unwrap();
+            assert_frame_eq(&got, &expected, &["k"], 1e-9);
+        }
+    }
+}
+
+#[test]
+fn an_aggregate_inside_an_aggregation_input_is_not_split() {
+    // (v - mean(v)) per partition would differ from the global mean: must run exactly.
+    let aggs = [(col("v") - col("v").mean()).abs().sum().alias("dev")];
+    for (data, frame) in partitioned(50, 15) {
+        let expected = polars_agg(&data, &["k"], &aggs);
+        let got = frame.group_by(&["k"]).unwrap().agg(aggs.clone()).unwrap();
+        assert_frame_eq(&got, &expected, &["k"], 1e-9);
+    }
+}
+
+#[test]
+fn group_by_errors_name_the_column() {
+    let frame = DataFrame::from_polars(sample(10, 1), 2).unwrap();
+    let err = frame
+        .group_by(&["k"])
+        .unwrap()
+        .agg([col("nope").sum()])
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    let err = frame
+        .group_by(&["k"])
+        .unwrap()
+        .split_out(0)
+        .agg([len()])
+        .unwrap_err();
+    assert!(err.to_string().contains("split_out"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any data, any partitioning (empty partitions, one partition, all rows in one): the
+    /// same groups and sums as polars.
+    #[test]
+    fn group_sums_for_any_partitioning(
+        rows in 0usize..60,
+        seed in 0u64..1000,
+        parts in 1usize..12,
+        split_out in 1usize..4,
+        skew in any::<bool>(),
+    ) {
+        let data = sample(rows, seed);
+        let frame = if skew {
+            // Everything in the last partition, the others empty.
+            let mut p: Vec<polars::prelude::DataFrame> =
+                (0..parts - 1).map(|_| data.clear()).collect();
+            p.push(data.clone());
+            DataFrame::from_partitions(p).unwrap()
+        } else {
+            DataFrame::from_polars(data.clone(), parts).unwrap()
+        };
+        let aggs = [col("v").sum().alias("s"), col("v").mean().alias("m"), len()];
+        let expected = polars_agg(&data, &["k"], &aggs);
+        let got = frame.group_by(&["k"]).unwrap().split_out(split_out).agg(aggs).unwrap();
+        let out = got.compute(&partita::LocalScheduler::with_threads(2)).unwrap();
+        partita_tests::assert_polars_eq(&out, &expected, &["k"], 1e-9, "proptest");
+    }
+}
