@@ -187,6 +187,15 @@ impl DataFrame {
         }
     }
 
+    /// Whether reading partition 0 costs no more than reading its own data: a file scan,
+    /// or in-memory partitions (a layer with no inputs).
+    pub(crate) fn first_partition_is_cheap(&self) -> bool {
+        match &self.0.input {
+            Input::Scans(_) => true,
+            Input::Tasks { layer, .. } => layer.dependencies().is_empty(),
+        }
+    }
+
     /// A frame with one more pending per-partition step.
     pub(crate) fn with_step(&self, step: Step, doing: &str) -> Result<DataFrame> {
         let schema = output_schema(&self.0.schema, std::slice::from_ref(&step), doing)?;

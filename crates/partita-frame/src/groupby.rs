@@ -13,7 +13,12 @@
 //! | var, std (ddof)      | count, mean, M2          | Chan's parallel merge | M2 / (n - ddof), sqrt |
 //!
 //! With many groups the partials are hash-shuffled on the keys into `split_out` partitions
-//! instead of reduced to one. An aggregation that does not decompose (median, quantile,
+//! instead of reduced to one. Unless told, `split_out` comes from an estimate: when the
+//! frame's first partition is cheap to read (a file scan or in-memory data), its key
+//! columns are read and their distinct values counted; keys that are mostly distinct there
+//! are taken to grow with the data (about that many groups per partition), others to repeat
+//! (about that many in all), and the estimate is split into partitions of about
+//! [`GROUPS_PER_PARTITION`] groups. Otherwise the tree reduces to one partition. An aggregation that does not decompose (median, quantile,
 //! n_unique, any expression mixing aggregates) makes the whole group-by shuffle the rows on
 //! the keys and aggregate each output partition exactly. Aggregations decompose only when
 //! their input is row-wise (columns, literals, arithmetic, casts, `when`): an input holding
@@ -36,6 +41,9 @@ use crate::polars_error::from_polars;
 
 /// Partials merged per combine task when not told otherwise.
 const DEFAULT_SPLIT_EVERY: usize = 8;
+
+/// Groups per output partition that the automatic `split_out` aims for.
+pub const GROUPS_PER_PARTITION: usize = 1_000_000;
 
 /// A pending group-by; see [`DataFrame::group_by`].
 #[derive(Clone, Debug)]
@@ -94,10 +102,18 @@ impl GroupBy {
             return Err(Error::Shape("group_by split_out must be at least 1".into()));
         }
         let plan = decompose_all(&aggs, &schema)?;
+        let split_out = match self.split_out {
+            Some(n) => Some(n),
+            None => frame.estimate_groups(&self.keys)?.map(|groups| {
+                groups
+                    .div_ceil(GROUPS_PER_PARTITION)
+                    .clamp(1, frame.npartitions())
+            }),
+        };
         match plan {
-            Some(plan) => self.tree(plan, schema),
+            Some(plan) => self.tree(plan, schema, split_out.unwrap_or(1)),
             None => {
-                let n = self.split_out.unwrap_or(frame.npartitions());
+                let n = split_out.unwrap_or(frame.npartitions());
                 let shuffled = frame.shuffle(&self.keys, None, n)?;
                 shuffled.with_step(
                     Step::GroupBy {
@@ -110,7 +126,7 @@ impl GroupBy {
         }
     }
 
-    fn tree(&self, plan: Decomposition, schema: SchemaRef) -> Result<DataFrame> {
+    fn tree(&self, plan: Decomposition, schema: SchemaRef, split_out: usize) -> Result<DataFrame> {
         let frame = &self.frame;
         let partials = frame.with_step(
             Step::GroupBy {
@@ -139,7 +155,6 @@ impl GroupBy {
                     .collect(),
             ),
         ];
-        let split_out = self.split_out.unwrap_or(1);
         if split_out > 1 {
             // Many groups: shuffle the partials so each output partition holds whole groups.
             let shuffled = partials.shuffle(&self.keys, None, split_out)?;
@@ -188,6 +203,55 @@ impl GroupBy {
             vec![Arc::clone(partials.layer())],
         );
         DataFrame::from_layer(out_name, layer, 1, schema)
+    }
+}
+
+impl DataFrame {
+    /// Estimated number of distinct `keys` in the whole frame, from its first partition,
+    /// or `None` when that partition is not cheap to read (see the module docs).
+    pub fn estimate_groups(&self, keys: &[String]) -> Result<Option<usize>> {
+        if !self.first_partition_is_cheap() {
+            return Ok(None);
+        }
+        let sample = self.select_columns(keys)?;
+        let graph = Layer::materialize(&[Arc::clone(sample.layer())])?;
+        let values = partita_core::compute(
+            graph,
+            &[sample.partition_key(0)],
+            &partita_core::SyncScheduler,
+        )?;
+        let part = Partition::from_value(&values[0])?;
+        let rows = part.height();
+        let distinct = part
+            .clone()
+            .lazy()
+            .unique(None, polars::prelude::UniqueKeepStrategy::Any)
+            .collect()
+            .map_err(|e| from_polars(e, "estimating the number of groups"))?
+            .height();
+        Ok(Some(if distinct * 2 > rows {
+            distinct.saturating_mul(self.npartitions())
+        } else {
+            distinct
+        }))
+    }
+
+    /// Keep one row per distinct value of `subset` (of whole rows when `None`), which row
+    /// is unspecified. Rows are deduplicated per partition, shuffled on `subset`, and
+    /// deduplicated again; the result keeps the number of partitions.
+    pub fn unique(&self, subset: Option<&[&str]>) -> Result<DataFrame> {
+        let subset: Option<Vec<String>> = subset.map(|s| s.iter().map(|c| c.to_string()).collect());
+        let keys = subset.clone().unwrap_or_else(|| self.columns());
+        let local = self.with_step(Step::Unique(subset.clone()), "unique")?;
+        local
+            .shuffle(&keys, None, self.npartitions())?
+            .with_step(Step::Unique(subset), "unique")
+    }
+
+    /// How often each value of `column` occurs: columns `column` and `count`, one row per
+    /// distinct value (order unspecified), like polars' `value_counts`.
+    pub fn value_counts(&self, column: &str) -> Result<DataFrame> {
+        self.group_by(&[column])?.agg([len().alias("count")])
     }
 }
 

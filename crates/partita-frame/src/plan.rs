@@ -17,7 +17,7 @@ use partita_core::op::expect_inputs;
 use partita_core::{Op, Result, Value};
 use polars::prelude::{
     DataFrame as PlFrame, DataType, ExplodeOptions, Expr, IntoLazy, LazyFrame, SchemaRef,
-    SortMultipleOptions, cols,
+    SortMultipleOptions, UniqueKeepStrategy, cols,
 };
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +65,8 @@ pub enum Step {
         /// Aggregations.
         aggs: Vec<Expr>,
     },
+    /// Keep one row per distinct value of `subset` (of whole rows when `None`).
+    Unique(Option<Vec<String>>),
     /// Sort the partition.
     Sort {
         /// Columns to sort by.
@@ -112,6 +114,12 @@ impl Step {
                 (*len).min(polars::prelude::IdxSize::MAX as u64) as _,
             ),
             Step::GroupBy { keys, aggs } => crate::groupby::group_by_lazy(lf, keys, aggs),
+            Step::Unique(subset) => lf.unique(
+                subset
+                    .as_ref()
+                    .map(|names| cols(names.iter().map(String::as_str))),
+                UniqueKeepStrategy::Any,
+            ),
             Step::Sort {
                 by,
                 descending,

@@ -173,3 +173,57 @@ proptest! {
         partita_tests::assert_polars_eq(&out, &expected, &["k"], 1e-9, "proptest");
     }
 }
+
+#[test]
+fn unique_and_value_counts_match_polars() {
+    for (data, frame) in partitioned(60, 16) {
+        let all = ["k", "g", "v", "n", "flag"];
+        let expected = data
+            .clone()
+            .lazy()
+            .unique(None, UniqueKeepStrategy::Any)
+            .collect()
+            .unwrap();
+        assert_frame_eq(&frame.unique(None).unwrap(), &expected, &all, 0.0);
+        // On a subset, which row survives is unspecified: compare the subset only.
+        let got = frame
+            .unique(Some(&["k", "flag"]))
+            .unwrap()
+            .select_columns(&["k", "flag"])
+            .unwrap();
+        let expected = data
+            .clone()
+            .lazy()
+            .select([col("k"), col("flag")])
+            .unique(None, UniqueKeepStrategy::Any)
+            .collect()
+            .unwrap();
+        assert_frame_eq(&got, &expected, &["k", "flag"], 0.0);
+        let counts = frame.value_counts("g").unwrap();
+        let expected = data
+            .clone()
+            .lazy()
+            .group_by([col("g")])
+            .agg([len().alias("count")])
+            .collect()
+            .unwrap();
+        assert_frame_eq(&counts, &expected, &["g"], 0.0);
+    }
+}
+
+#[test]
+fn the_number_of_groups_is_estimated_from_the_first_partition() {
+    let rows = 1000i64;
+    let data = df!(
+        "id" => (0..rows).collect::<Vec<_>>(),
+        "few" => (0..rows).map(|i| i % 10).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let frame = DataFrame::from_polars(data.clone(), 4).unwrap();
+    // Distinct keys grow with the data; repeating keys do not.
+    assert_eq!(frame.estimate_groups(&["id".into()]).unwrap(), Some(1000));
+    assert_eq!(frame.estimate_groups(&["few".into()]).unwrap(), Some(10));
+    // After a shuffle the first partition is not cheap to read: no estimate.
+    let shuffled = frame.shuffle(&["id"], None, 3).unwrap();
+    assert_eq!(shuffled.estimate_groups(&["id".into()]).unwrap(), None);
+}
