@@ -18,6 +18,20 @@ use crate::partition::Partition;
 use crate::plan::{PartitionPlan, Step, output_schema};
 use crate::polars_error::from_polars;
 
+/// The most partitions a frame, a shuffle or a group-by's `split_out` may ask for: more is
+/// certainly a mistake, and would exhaust memory on bookkeeping before any data moved.
+pub const MAX_PARTITIONS: usize = 1 << 20;
+
+/// Error unless `1 <= n <= MAX_PARTITIONS`.
+pub(crate) fn check_partitions(n: usize, what: &str) -> Result<()> {
+    if n == 0 || n > MAX_PARTITIONS {
+        return Err(Error::Shape(format!(
+            "{what} must be between 1 and {MAX_PARTITIONS} partitions, got {n}"
+        )));
+    }
+    Ok(())
+}
+
 /// A lazy dataframe split into partitions, each a polars `DataFrame` when computed.
 ///
 /// The schema of the result is known without computing (like Dask's `meta`), so a missing
@@ -114,11 +128,7 @@ impl DataFrame {
     /// Split an in-memory polars frame into `npartitions` partitions of consecutive rows
     /// (as equal as possible; some are empty when there are more partitions than rows).
     pub fn from_polars(frame: PlFrame, npartitions: usize) -> Result<DataFrame> {
-        if npartitions == 0 {
-            return Err(Error::Shape(
-                "from_polars needs at least one partition, got npartitions = 0".into(),
-            ));
-        }
+        check_partitions(npartitions, "from_polars npartitions")?;
         let rows = frame.height();
         let parts = (0..npartitions)
             .map(|i| {

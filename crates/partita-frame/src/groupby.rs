@@ -98,8 +98,8 @@ impl GroupBy {
         let aggs = aggs.as_ref().to_vec();
         let frame = &self.frame;
         let schema = group_schema(frame.schema(), &self.keys, &aggs)?;
-        if matches!(self.split_out, Some(0)) {
-            return Err(Error::Shape("group_by split_out must be at least 1".into()));
+        if let Some(n) = self.split_out {
+            crate::frame::check_partitions(n, "group_by split_out")?;
         }
         let plan = decompose_all(&aggs, &schema)?;
         let split_out = match self.split_out {

@@ -60,7 +60,8 @@ struct JoinPartitions {
     left_on: Vec<String>,
     right_on: Vec<String>,
     how: How,
-    /// Right inputs after the first input (the left partition).
+    /// The right side's schema: the task's inputs after the first (the left partition)
+    /// are right partitions, concatenated before the join.
     right_schema: SchemaRef,
 }
 

@@ -154,9 +154,12 @@ struct HashSplit {
 impl Op for HashSplit {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         expect_inputs("frame-hash-split", inputs, 1)?;
-        if self.n == 0 || self.keys.len() != self.dtypes.len() {
+        if self.n == 0
+            || self.n > crate::frame::MAX_PARTITIONS
+            || self.keys.len() != self.dtypes.len()
+        {
             return Err(Error::Graph(
-                "a hash split needs n > 0 and a dtype per key".into(),
+                "a hash split needs 1 to MAX_PARTITIONS pieces and a dtype per key".into(),
             ));
         }
         let frame = Partition::from_value(&inputs[0])?;
@@ -207,11 +210,7 @@ impl DataFrame {
         dtypes: Option<Vec<DataType>>,
         n: usize,
     ) -> Result<DataFrame> {
-        if n == 0 {
-            return Err(Error::Shape(
-                "a shuffle needs at least one output partition".into(),
-            ));
-        }
+        crate::frame::check_partitions(n, "a shuffle's output")?;
         let keys: Vec<String> = keys.iter().map(|k| k.as_ref().to_string()).collect();
         let mut key_dtypes = Vec::with_capacity(keys.len());
         for key in &keys {

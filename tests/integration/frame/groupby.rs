@@ -141,6 +141,8 @@ fn group_by_errors_name_the_column() {
         .agg([len()])
         .unwrap_err();
     assert!(err.to_string().contains("split_out"), "{err}");
+    let err = frame.shuffle(&["k"], None, 1 << 40).unwrap_err();
+    assert!(err.to_string().contains("between 1 and"), "{err}");
 }
 
 proptest! {

@@ -14,7 +14,15 @@ fn from_polars_round_trips_for_any_partition_count() {
         assert_frame_eq(&frame, &data, &[], 0.0);
     }
     let err = DataFrame::from_polars(sample(3, 1), 0).unwrap_err();
-    assert!(err.to_string().contains("npartitions = 0"), "{err}");
+    assert!(
+        err.to_string().contains("npartitions must be between 1"),
+        "{err}"
+    );
+    let err = DataFrame::from_polars(sample(3, 1), usize::MAX).unwrap_err();
+    assert!(
+        err.to_string().contains("got 18446744073709551615"),
+        "{err}"
+    );
 }
 
 #[test]
