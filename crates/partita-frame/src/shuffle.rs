@@ -1,7 +1,7 @@
 //! Hash shuffles: rows with equal keys go to the same output partition.
 //!
 //! Each input partition is split once into `n` pieces by a hash of its key columns (a
-//! [`Pieces`] value); output partition `j` concatenates piece `j` of every split. The hash
+//! `ValueList` of partitions); output partition `j` concatenates piece `j` of every split. The hash
 //! uses a fixed seed and key columns are first cast to a common dtype, so the same key value
 //! lands in the same output partition from every input, in every process: two frames
 //! shuffled to the same `n` on their join keys line up partition by partition.
@@ -10,15 +10,13 @@
 //! distributed run will want one small task per piece instead, so that each output fetches
 //! only its own pieces; that belongs with the distributed scheduler.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
 use partita_core::op::expect_inputs;
-use partita_core::{Data, Error, Key, Layer, Op, Result, Task, Value, register_codec};
+use partita_core::{Error, Key, Layer, Op, Result, Task, Value, ValueList};
 use polars::prelude::{
-    DataFrame as PlFrame, DataType, IdxCa, IdxSize, IpcReader, IpcWriter,
-    PlSeedableRandomStateQuality, SchemaRef, SeedableFromU64SeedExt, SerReader, SerWriter,
+    DataFrame as PlFrame, DataType, IdxCa, IdxSize, PlSeedableRandomStateQuality, SchemaRef,
+    SeedableFromU64SeedExt,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,56 +27,6 @@ use crate::polars_error::from_polars;
 /// The fixed seed of shuffle hashes (any constant works; it must never change between the
 /// processes of one computation).
 const SHUFFLE_SEED: u64 = 0x7061_7274_6974_6121;
-
-/// An input partition split into pieces, one per output partition.
-#[derive(Clone, Debug)]
-pub struct Pieces(pub Vec<PlFrame>);
-
-impl Data for Pieces {
-    fn nbytes(&self) -> usize {
-        self.0.iter().map(PlFrame::estimated_size).sum()
-    }
-    fn codec(&self) -> &'static str {
-        "frame-pieces"
-    }
-    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
-        out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
-        for piece in &self.0 {
-            let mut buf = Vec::new();
-            IpcWriter::new(&mut buf)
-                .finish(&mut piece.clone())
-                .map_err(|e| from_polars(e, "encoding a shuffle piece"))?;
-            out.extend_from_slice(&(buf.len() as u64).to_le_bytes());
-            out.extend_from_slice(&buf);
-        }
-        Ok(())
-    }
-}
-
-fn decode_pieces(mut bytes: Bytes) -> Result<Value> {
-    let bad = |what: &str| Error::Codec(format!("shuffle pieces: {what}"));
-    if bytes.remaining() < 8 {
-        return Err(bad("truncated count"));
-    }
-    let n = bytes.get_u64_le();
-    let mut pieces = Vec::new();
-    for _ in 0..n {
-        if bytes.remaining() < 8 {
-            return Err(bad("truncated length"));
-        }
-        let len = bytes.get_u64_le();
-        if (bytes.remaining() as u64) < len {
-            return Err(bad("truncated piece"));
-        }
-        let piece = bytes.split_to(len as usize);
-        let frame = IpcReader::new(Cursor::new(piece))
-            .finish()
-            .map_err(|e| bad(&e.to_string()))?;
-        pieces.push(frame);
-    }
-    Ok(Value::new(Pieces(pieces)))
-}
-register_codec!("frame-pieces", decode_pieces);
 
 /// Output partition of each row: a fixed-seed hash of the key columns (cast to `dtypes`),
 /// mapped onto `0..n`.
@@ -164,7 +112,10 @@ impl Op for HashSplit {
         }
         let frame = Partition::from_value(&inputs[0])?;
         let ids = partition_ids(frame, &self.keys, &self.dtypes, self.n)?;
-        Ok(Value::new(Pieces(split_by_ids(frame, &ids, self.n)?)))
+        let pieces = split_by_ids(frame, &ids, self.n)?;
+        Ok(Value::new(ValueList(
+            pieces.into_iter().map(Partition::value).collect(),
+        )))
     }
     fn name(&self) -> &str {
         "frame-hash-split"
@@ -183,7 +134,7 @@ impl Op for ConcatPieces {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         let mut parts = Vec::with_capacity(inputs.len());
         for v in inputs {
-            let pieces = v.get::<Pieces>()?;
+            let pieces = v.get::<ValueList>()?;
             let piece = pieces.0.get(self.index).ok_or_else(|| {
                 Error::Graph(format!(
                     "shuffle output {} reads a split with only {} pieces",
@@ -191,7 +142,7 @@ impl Op for ConcatPieces {
                     pieces.0.len()
                 ))
             })?;
-            parts.push(piece.clone());
+            parts.push(Partition::from_value(piece)?.clone());
         }
         Ok(Partition::value(concat_frames(parts, &self.schema)?))
     }
@@ -305,8 +256,10 @@ mod tests {
             assert!(v.windows(2).all(|w| w[0] < w[1]));
             assert!(v.iter().all(|&x| ids[x as usize] as usize == j));
         }
-        let value = Value::new(Pieces(pieces));
+        let value = Value::new(ValueList(
+            pieces.into_iter().map(Partition::value).collect(),
+        ));
         let back = Value::decode(value.encode().unwrap()).unwrap();
-        assert_eq!(back.get::<Pieces>().unwrap().0.len(), 5);
+        assert_eq!(back.get::<ValueList>().unwrap().0.len(), 5);
     }
 }
