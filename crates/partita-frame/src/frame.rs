@@ -150,7 +150,7 @@ impl DataFrame {
             if p.schema() != &schema {
                 return Err(Error::Schema(format!(
                     "partition {i} does not have the schema of partition 0: {}",
-                    crate::io::parquet::describe_difference(&schema, p.schema())
+                    crate::io::describe_difference(&schema, p.schema())
                 )));
             }
         }
@@ -489,7 +489,7 @@ impl DataFrame {
             if f.schema() != first.schema() {
                 return Err(Error::Schema(format!(
                     "concat: frame {i} does not have the schema of frame 0: {}",
-                    crate::io::parquet::describe_difference(first.schema(), f.schema())
+                    crate::io::describe_difference(first.schema(), f.schema())
                 )));
             }
         }
@@ -573,7 +573,7 @@ pub(crate) fn check_schema(frame: &PlFrame, expected: &Schema, what: &str) -> Re
     if **frame.schema() != *expected {
         return Err(Error::Schema(format!(
             "{what} does not have the expected schema: {}",
-            crate::io::parquet::describe_difference(&Arc::new(expected.clone()), frame.schema())
+            crate::io::describe_difference(&Arc::new(expected.clone()), frame.schema())
         )));
     }
     Ok(())

@@ -24,16 +24,7 @@ pub fn read_ipc(path: impl AsRef<Path>) -> Result<DataFrame> {
         let file_schema = scan(&name)?
             .collect_schema()
             .map_err(|e| from_polars(e, &format!("reading the schema of {name}")))?;
-        match &schema {
-            None => schema = Some((file_schema, name.clone())),
-            Some((first, first_name)) if **first != *file_schema => {
-                return Err(Error::Schema(format!(
-                    "{name} does not have the schema of {first_name}: {}",
-                    super::parquet::describe_difference(first, &file_schema)
-                )));
-            }
-            Some(_) => {}
-        }
+        super::agree_on_schema(&mut schema, file_schema, &name)?;
         scans.push(Scan::Ipc { path: name });
     }
     let (schema, _) = schema.ok_or_else(|| Error::Internal("no ipc file listed".into()))?;

@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use partita_core::{Error, Result};
-use polars::prelude::LazyFrame;
+use polars::prelude::{LazyFrame, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 pub use csv::{CsvOptions, CsvRange};
@@ -170,6 +170,45 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
             }
         }
     }
+}
+
+/// How two schemas differ, for errors.
+pub(crate) fn describe_difference(a: &SchemaRef, b: &SchemaRef) -> String {
+    for (name, dtype) in a.iter() {
+        match b.get(name) {
+            None => return format!("column {name:?} is missing"),
+            Some(other) if other != dtype => {
+                return format!("column {name:?} is {other} instead of {dtype}");
+            }
+            Some(_) => {}
+        }
+    }
+    for name in b.iter_names() {
+        if a.get(name).is_none() {
+            return format!("it has an extra column {name:?}");
+        }
+    }
+    "the columns are in a different order".into()
+}
+
+/// Remember the first file's schema in `first`, or check that `schema` (of `name`) equals
+/// it, naming both files and the first difference.
+pub(crate) fn agree_on_schema(
+    first: &mut Option<(SchemaRef, String)>,
+    schema: SchemaRef,
+    name: &str,
+) -> Result<()> {
+    match first {
+        None => *first = Some((schema, name.to_string())),
+        Some((expected, first_name)) if **expected != *schema => {
+            return Err(Error::Schema(format!(
+                "{name} does not have the schema of {first_name}: {}",
+                describe_difference(expected, &schema)
+            )));
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }
 
 /// The path as a string polars accepts, or an error for paths that are not UTF-8.

@@ -46,17 +46,7 @@ pub fn read_parquet(path: impl AsRef<Path>, options: &ParquetOptions) -> Result<
         let file_schema = scan(&name, None)?
             .collect_schema()
             .map_err(|e| from_polars(e, &format!("reading the schema of {name}")))?;
-        match &schema {
-            None => schema = Some((file_schema, name.clone())),
-            Some((first, first_name)) => {
-                if **first != *file_schema {
-                    return Err(Error::Schema(format!(
-                        "{name} does not have the schema of {first_name}: {}",
-                        describe_difference(first, &file_schema)
-                    )));
-                }
-            }
-        }
+        super::agree_on_schema(&mut schema, file_schema, &name)?;
         let spans = row_group_spans(file, options.partition_bytes)?;
         if spans.len() <= 1 {
             scans.push(Scan::Parquet {
@@ -76,25 +66,6 @@ pub fn read_parquet(path: impl AsRef<Path>, options: &ParquetOptions) -> Result<
         Some(columns) => frame.select_columns(columns),
         None => Ok(frame),
     }
-}
-
-/// How two schemas differ, for errors.
-pub(crate) fn describe_difference(a: &SchemaRef, b: &SchemaRef) -> String {
-    for (name, dtype) in a.iter() {
-        match b.get(name) {
-            None => return format!("column {name:?} is missing"),
-            Some(other) if other != dtype => {
-                return format!("column {name:?} is {other} instead of {dtype}");
-            }
-            Some(_) => {}
-        }
-    }
-    for name in b.iter_names() {
-        if a.get(name).is_none() {
-            return format!("it has an extra column {name:?}");
-        }
-    }
-    "the columns are in a different order".into()
 }
 
 /// `(offset, len)` row spans of consecutive row groups holding about `target` uncompressed
