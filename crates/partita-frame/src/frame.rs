@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::io::Scan;
 use crate::partition::Partition;
+use crate::partitioning::Partitioning;
 use crate::plan::{PartitionPlan, Step, output_schema};
 use crate::polars_error::from_polars;
 
@@ -48,6 +49,8 @@ struct Inner {
     /// Pending per-partition steps, applied to the input.
     steps: Arc<[Step]>,
     schema: SchemaRef,
+    /// Which rows share a partition, when known (see [`crate::partitioning`]).
+    partitioning: Partitioning,
     layer: OnceLock<Arc<Layer>>,
 }
 
@@ -82,6 +85,25 @@ impl DataFrame {
             input,
             steps,
             schema,
+            partitioning: Partitioning::Unknown,
+            layer: OnceLock::new(),
+        }))
+    }
+
+    /// How rows are distributed over partitions, when known: after a shuffle or a sort, and
+    /// kept by per-partition steps that leave the key columns alone.
+    pub fn partitioning(&self) -> &Partitioning {
+        &self.0.partitioning
+    }
+
+    /// This frame, declared partitioned as `partitioning` (the caller guarantees it).
+    pub(crate) fn with_partitioning(&self, partitioning: Partitioning) -> DataFrame {
+        DataFrame(Arc::new(Inner {
+            name: Arc::clone(&self.0.name),
+            input: self.0.input.clone(),
+            steps: Arc::clone(&self.0.steps),
+            schema: Arc::clone(&self.0.schema),
+            partitioning,
             layer: OnceLock::new(),
         }))
     }
@@ -209,6 +231,7 @@ impl DataFrame {
     /// A frame with one more pending per-partition step.
     pub(crate) fn with_step(&self, step: Step, doing: &str) -> Result<DataFrame> {
         let schema = output_schema(&self.0.schema, std::slice::from_ref(&step), doing)?;
+        let partitioning = self.0.partitioning.after_step(&step, &self.0.schema);
         let mut steps = self.0.steps.to_vec();
         steps.push(step);
         Ok(DataFrame::new(
@@ -216,7 +239,8 @@ impl DataFrame {
             self.0.input.clone(),
             steps.into(),
             schema,
-        ))
+        )
+        .with_partitioning(partitioning))
     }
 
     /// Select (and compute) columns with polars expressions, per partition.

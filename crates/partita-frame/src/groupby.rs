@@ -101,6 +101,16 @@ impl GroupBy {
         if let Some(n) = self.split_out {
             crate::frame::check_partitions(n, "group_by split_out")?;
         }
+        if frame.partitioning().groups_stay_together(&self.keys) {
+            // Every group already lies in one partition (after a shuffle or sort on the keys).
+            return frame.with_step(
+                Step::GroupBy {
+                    keys: self.keys.clone(),
+                    aggs,
+                },
+                "group_by",
+            );
+        }
         let plan = decompose_all(&aggs, &schema)?;
         let split_out = match self.split_out {
             Some(n) => Some(n),

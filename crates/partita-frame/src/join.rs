@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::{DataFrame, concat_frames, partition_key};
 use crate::partition::Partition;
+use crate::partitioning::Partitioning;
 use crate::polars_error::from_polars;
 
 /// The most right-side partitions that are broadcast to every left partition.
@@ -168,10 +169,17 @@ impl DataFrame {
                 .collect::<Vec<_>>();
             (self.clone(), other.clone(), pairs)
         } else {
-            let n = self.npartitions().max(other.npartitions());
-            let left = self.shuffle(&left_on, Some(dtypes.clone()), n)?;
-            let right = other.shuffle(&right_on, Some(dtypes), n)?;
-            let pairs = (0..n)
+            let (left, right) = match self.co_partitioned(other, &left_on, &right_on, &dtypes)? {
+                Some(sides) => sides,
+                None => {
+                    let n = self.npartitions().max(other.npartitions());
+                    (
+                        self.shuffle(&left_on, Some(dtypes.clone()), n)?,
+                        other.shuffle(&right_on, Some(dtypes), n)?,
+                    )
+                }
+            };
+            let pairs = (0..left.npartitions())
                 .map(|i| vec![left.partition_key(i), right.partition_key(i)])
                 .collect();
             (left, right, pairs)
@@ -187,7 +195,70 @@ impl DataFrame {
             tasks,
             vec![Arc::clone(left.layer()), Arc::clone(right.layer())],
         );
-        DataFrame::from_layer(name, layer, n, schema)
+        let out = DataFrame::from_layer(name, layer, n, schema)?;
+        // Left rows stay in their partition with their keys, so the left's partitioning holds.
+        Ok(match how {
+            How::Inner | How::Left | How::Semi | How::Anti => {
+                out.with_partitioning(left.partitioning().clone())
+            }
+            How::Right | How::Full => out,
+        })
+    }
+
+    /// Both sides partitioned alike on the join keys with at most one of them moved, when
+    /// either side's partitioning allows it: a range-partitioned side lends its boundaries
+    /// to the other, a hash-partitioned side its partition count.
+    fn co_partitioned(
+        &self,
+        other: &DataFrame,
+        left_on: &[String],
+        right_on: &[String],
+        dtypes: &[DataType],
+    ) -> Result<Option<(DataFrame, DataFrame)>> {
+        let key_dtypes = |frame: &DataFrame, keys: &[String]| -> Vec<DataType> {
+            keys.iter()
+                .filter_map(|k| frame.schema().get(k).cloned())
+                .collect()
+        };
+        let same_range = |a: &Partitioning, b: &Partitioning| match (a, b) {
+            (Partitioning::Range(a), Partitioning::Range(b)) => a.key == b.key,
+            _ => false,
+        };
+        if let Partitioning::Range(range) = self.partitioning()
+            && range.keys == left_on
+        {
+            if same_range(self.partitioning(), other.partitioning())
+                && other.partitioning().keys() == Some(right_on)
+            {
+                return Ok(Some((self.clone(), other.clone())));
+            }
+            if key_dtypes(other, right_on) == range.dtypes {
+                return Ok(Some((self.clone(), other.split_by_range(range, right_on)?)));
+            }
+        }
+        if let Partitioning::Range(range) = other.partitioning()
+            && range.keys == right_on
+            && key_dtypes(self, left_on) == range.dtypes
+        {
+            return Ok(Some((self.split_by_range(range, left_on)?, other.clone())));
+        }
+        for (this, that, this_on, that_on, left_first) in [
+            (self, other, left_on, right_on, true),
+            (other, self, right_on, left_on, false),
+        ] {
+            if let Partitioning::Hash { keys, dtypes: have } = this.partitioning()
+                && keys == this_on
+                && have == dtypes
+            {
+                let moved = that.shuffle(that_on, Some(dtypes.to_vec()), this.npartitions())?;
+                return Ok(Some(if left_first {
+                    (this.clone(), moved)
+                } else {
+                    (moved, this.clone())
+                }));
+            }
+        }
+        Ok(None)
     }
 }
 

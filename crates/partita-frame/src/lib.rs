@@ -33,14 +33,18 @@
 //! assert_eq!(out.height(), 3);
 //! ```
 
+pub mod describe;
 pub mod frame;
 pub mod groupby;
 pub mod io;
 pub mod join;
 pub mod partition;
+pub mod partitioning;
 pub mod plan;
 mod polars_error;
+pub mod repartition;
 pub mod shuffle;
+pub mod sort;
 
 pub use frame::DataFrame;
 pub use groupby::GroupBy;
@@ -50,6 +54,8 @@ pub use io::parquet::{ParquetOptions, read_parquet};
 pub use io::{CsvOptions, Scan};
 pub use join::How;
 pub use partition::Partition;
+pub use partitioning::Partitioning;
 pub use plan::{PartitionPlan, Step};
 /// The polars this crate is built with (use it to write expressions and read results).
 pub use polars;
+pub use sort::SortOptions;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::{DataFrame, concat_frames, partition_key};
 use crate::partition::Partition;
+use crate::partitioning::Partitioning;
 use crate::polars_error::from_polars;
 
 /// The fixed seed of shuffle hashes (any constant works; it must never change between the
@@ -184,16 +185,42 @@ impl DataFrame {
             Some(d) => d,
             None => key_dtypes,
         };
-        let split_name = Key::unique_name("hash-split");
+        if let Partitioning::Hash {
+            keys: have,
+            dtypes: have_dtypes,
+        } = self.partitioning()
+            && *have == keys
+            && *have_dtypes == dtypes
+            && self.npartitions() == n
+        {
+            return Ok(self.clone());
+        }
+        let split = Arc::new(HashSplit {
+            keys: keys.clone(),
+            dtypes: dtypes.clone(),
+            n,
+        });
+        let out = self.exchange("hash-split", split, None, n)?;
+        Ok(out.with_partitioning(Partitioning::Hash { keys, dtypes }))
+    }
+
+    /// Split every partition with `split` (one input partition, plus the value of `extra`
+    /// when given, to a `ValueList` of `n` pieces), and make output partition `j` of piece
+    /// `j` of every split, in input order.
+    pub(crate) fn exchange(
+        &self,
+        split_name: &str,
+        split: Arc<dyn Op>,
+        extra: Option<(Key, Arc<Layer>)>,
+        n: usize,
+    ) -> Result<DataFrame> {
+        let split_name = Key::unique_name(split_name);
         let name = Key::unique_name("shuffle");
-        let split = Arc::new(HashSplit { keys, dtypes, n }) as Arc<dyn Op>;
         let mut tasks: Vec<Task> = (0..self.npartitions())
             .map(|i| {
-                Task::new(
-                    partition_key(&split_name, i),
-                    Arc::clone(&split),
-                    vec![self.partition_key(i)],
-                )
+                let mut deps = vec![self.partition_key(i)];
+                deps.extend(extra.iter().map(|(key, _)| key.clone()));
+                Task::new(partition_key(&split_name, i), Arc::clone(&split), deps)
             })
             .collect();
         let split_keys: Vec<Key> = tasks.iter().map(|t| t.key.clone()).collect();
@@ -207,11 +234,9 @@ impl DataFrame {
                 split_keys.clone(),
             ));
         }
-        let layer = Layer::new(
-            Arc::clone(&name),
-            tasks,
-            vec![Arc::clone(partita_core::Collection::layer(self))],
-        );
+        let mut deps = vec![Arc::clone(partita_core::Collection::layer(self))];
+        deps.extend(extra.map(|(_, layer)| layer));
+        let layer = Layer::new(Arc::clone(&name), tasks, deps);
         DataFrame::from_layer(name, layer, n, Arc::clone(self.schema()))
     }
 }

@@ -5,6 +5,8 @@ mod groupby;
 mod io;
 mod join;
 mod ops;
+mod reshape;
+mod sort;
 
 use partita::frame::DataFrame;
 use partita::frame::polars;
