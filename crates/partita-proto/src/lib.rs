@@ -2,6 +2,7 @@
 
 pub mod messages;
 pub mod scheduler;
+pub mod sim;
 pub mod worker;
 
 use std::fmt;

@@ -774,6 +774,16 @@ impl WorkerState {
                 self.spilled -= s.nbytes;
                 self.data.remove(&key);
                 self.out.push(WorkerAction::DeleteSpilled { key });
+            } else if s.pinned > 0 {
+                // A task started loading its inputs while this one was being written out:
+                // it needs the value back.
+                s.place = Place::Unspilling;
+                self.out.push(WorkerAction::Unspill { key: key.clone() });
+                let loading: Vec<Key> = (self.tasks.iter())
+                    .filter(|(_, t)| t.phase == Phase::LoadingInputs && t.deps.contains(&key))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                self.waiting_for.entry(key).or_default().extend(loading);
             }
         } else {
             s.place = Place::Memory;
@@ -811,10 +821,11 @@ impl WorkerState {
         for t in waiting {
             let loaded = self.tasks.get(&t).is_some_and(|task| {
                 task.phase == Phase::LoadingInputs
-                    && task
-                        .deps
-                        .iter()
-                        .all(|d| self.data.get(d).is_some_and(|s| s.place == Place::Memory))
+                    && task.deps.iter().all(|d| {
+                        self.data
+                            .get(d)
+                            .is_some_and(|s| matches!(s.place, Place::Memory | Place::Spilling))
+                    })
             });
             if loaded {
                 self.execute(t, now);
