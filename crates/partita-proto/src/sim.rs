@@ -82,7 +82,7 @@ impl Default for SimConfig {
                 heartbeat_timeout: Duration::from_millis(500),
                 ..SchedulerConfig::default()
             },
-            max_steps: 2_000_000,
+            max_steps: 500_000,
         }
     }
 }
