@@ -1,0 +1,485 @@
+//! The wire vocabulary: every control message between scheduler, workers and clients,
+//! MessagePack encoding, and length-prefixed framing.
+//!
+//! Key decisions:
+//! - **Control messages only.** Bulk values travel worker to worker on their own streams;
+//!   here there is just the header that announces them ([`DataRequest`], [`DataResponse`]).
+//! - **Named MessagePack** (`rmp_serde::to_vec_named`): a little larger than positional
+//!   encoding, but a peer that adds a field does not shift every other one. The handshake
+//!   ([`Hello`]) carries [`PROTOCOL_VERSION`] and peers with another version are refused.
+//! - **Untrusted input is an error, never a panic:** [`decode`] and [`FrameDecoder`] bound
+//!   sizes by [`MAX_CONTROL_MESSAGE_BYTES`] before allocating and name what was wrong.
+
+use std::fmt;
+
+use partita_core::{Error, Key, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Version of this vocabulary; a [`Hello`] with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest encoded control message (64 MiB): a graph of about a million small tasks.
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A worker's identity within one scheduler's lifetime, assigned by the runtime on connect.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct WorkerId(pub u32);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker-{}", self.0)
+    }
+}
+
+/// A client's identity within one scheduler's lifetime.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct ClientId(pub u32);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client-{}", self.0)
+    }
+}
+
+/// A worker and the address its peers fetch data from.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Peer {
+    /// The worker.
+    pub id: WorkerId,
+    /// Where its data server listens (e.g. `"10.0.0.7:8788"`).
+    pub address: String,
+}
+
+/// What a connecting peer is.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Role {
+    /// A worker offering `nthreads` slots, bounded to `memory_limit` bytes (0 = unlimited),
+    /// serving its data at `address`.
+    Worker {
+        nthreads: u32,
+        memory_limit: u64,
+        address: String,
+    },
+    /// A client submitting graphs.
+    Client,
+}
+
+/// The first message on every control connection.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Worker or client.
+    pub role: Role,
+    /// The cluster's shared secret, from the cluster file.
+    pub token: String,
+    /// A name for people (logs, dashboard).
+    pub name: String,
+}
+
+impl Hello {
+    /// Accept this hello if its version matches and its token equals `expected_token`.
+    pub fn check(&self, expected_token: &str) -> Result<()> {
+        if self.version != PROTOCOL_VERSION {
+            return Err(Error::Transport(format!(
+                "protocol version mismatch: peer {:?} speaks version {}, this side {}",
+                self.name, self.version, PROTOCOL_VERSION
+            )));
+        }
+        if !constant_time_eq(self.token.as_bytes(), expected_token.as_bytes()) {
+            return Err(Error::Auth(format!(
+                "peer {:?} sent a wrong token",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Compare secrets without an early exit that would leak the matching prefix's length.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A task as a client submits it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task's identity, shared across submissions and clients.
+    pub key: Key,
+    /// Keys of its inputs, in the order the op receives them.
+    pub deps: Vec<Key>,
+    /// The encoded op; opaque to the scheduler.
+    pub payload: ByteBuf,
+    /// Lower runs first (the client's optimizer order).
+    pub priority: i64,
+    /// How many times an erring task is run again before it counts as erred.
+    pub retries: u32,
+}
+
+/// Where a dependency's value can be fetched from.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DepLocation {
+    /// The dependency.
+    pub key: Key,
+    /// The workers holding it, best first.
+    pub who_has: Vec<Peer>,
+    /// Its size.
+    pub nbytes: u64,
+}
+
+/// Scheduler to worker.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run a task once its dependencies are local.
+    ComputeTask {
+        key: Key,
+        payload: ByteBuf,
+        priority: i64,
+        deps: Vec<DepLocation>,
+    },
+    /// Forget these keys: drop their values (and spill files) or pending tasks.
+    FreeKeys { keys: Vec<Key> },
+    /// Give back `key` if it has not started; answer with [`FromWorker::StealResponse`].
+    StealRequest { key: Key },
+}
+
+/// A worker's load and memory, sent periodically.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct WorkerMetrics {
+    /// Bytes of values held in memory.
+    pub managed_bytes: u64,
+    /// Bytes of values spilled to disk.
+    pub spilled_bytes: u64,
+    /// Last process memory sample.
+    pub rss: u64,
+    /// Tasks running now.
+    pub executing: u32,
+    /// Tasks waiting for a thread or for data.
+    pub pending: u32,
+    /// True while memory is above the pause threshold and no new task starts.
+    pub paused: bool,
+}
+
+/// Worker to scheduler.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// A task finished; its value (`nbytes` large) is held by the sender.
+    TaskFinished {
+        key: Key,
+        nbytes: u64,
+        compute_micros: u64,
+    },
+    /// A task's op failed.
+    TaskErred { key: Key, error: String },
+    /// The answer to a [`ToWorker::StealRequest`].
+    StealResponse { key: Key, stolen: bool },
+    /// Load and memory.
+    Heartbeat(WorkerMetrics),
+    /// The sender now also holds these values (fetched from peers), with their sizes.
+    AddKeys { keys: Vec<(Key, u64)> },
+    /// `from_worker` could not provide `key` (it does not have it, or is unreachable).
+    MissingData { key: Key, from_worker: WorkerId },
+}
+
+/// Client to scheduler.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum FromClient {
+    /// Add tasks (keys already known are shared, not replaced) and want `wanted`.
+    SubmitGraph {
+        tasks: Vec<TaskSpec>,
+        wanted: Vec<Key>,
+    },
+    /// This client no longer wants these keys.
+    ReleaseKeys { keys: Vec<Key> },
+    /// Like `ReleaseKeys`, answered with [`ToClient::Cancelled`] per key.
+    Cancel { keys: Vec<Key> },
+    /// Where are these keys held? (to gather them from workers directly)
+    WhoHas { keys: Vec<Key> },
+}
+
+/// Scheduler to client.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ToClient {
+    /// A wanted key is computed and held by `workers`.
+    KeyInMemory {
+        key: Key,
+        workers: Vec<Peer>,
+        nbytes: u64,
+    },
+    /// A wanted key failed; `error` names the task that failed first.
+    KeyErred { key: Key, error: String },
+    /// A cancelled key is no longer computed for this client.
+    Cancelled { key: Key },
+    /// A submitted graph was refused as a whole (missing dependency, cycle, ...).
+    GraphRefused { error: String },
+    /// The answer to [`FromClient::WhoHas`].
+    WhoHasReply { holders: Vec<(Key, Vec<Peer>)> },
+}
+
+/// Header of a data request to a worker's data server (worker to worker, or client).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DataRequest {
+    /// Chosen by the requester to match the response.
+    pub request_id: u64,
+    /// The value wanted.
+    pub key: Key,
+}
+
+/// Header of the answer; for `Data`, `nbytes` of encoded value follow on the stream.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum DataResponse {
+    /// The value follows.
+    Data {
+        request_id: u64,
+        key: Key,
+        nbytes: u64,
+    },
+    /// This worker does not hold the value.
+    Missing { request_id: u64, key: Key },
+}
+
+/// Encode a message as named MessagePack.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
+    let bytes = rmp_serde::to_vec_named(msg)
+        .map_err(|e| Error::Codec(format!("cannot encode control message: {e}")))?;
+    if bytes.len() > MAX_CONTROL_MESSAGE_BYTES {
+        return Err(Error::Codec(format!(
+            "control message of {} bytes exceeds the limit of {MAX_CONTROL_MESSAGE_BYTES} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Decode a message; malformed or oversized input is a codec error naming the type.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let what = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("message");
+    if bytes.len() > MAX_CONTROL_MESSAGE_BYTES {
+        return Err(Error::Codec(format!(
+            "{what} of {} bytes exceeds the limit of {MAX_CONTROL_MESSAGE_BYTES} bytes",
+            bytes.len()
+        )));
+    }
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| Error::Codec(format!("malformed {what} ({} bytes): {e}", bytes.len())))
+}
+
+/// Prefix `payload` with its length as a little-endian `u32`.
+pub fn frame(payload: &[u8]) -> Result<Vec<u8>> {
+    if payload.len() > MAX_CONTROL_MESSAGE_BYTES {
+        return Err(Error::Codec(format!(
+            "frame of {} bytes exceeds the limit of {MAX_CONTROL_MESSAGE_BYTES} bytes",
+            payload.len()
+        )));
+    }
+    let len = u32::try_from(payload.len())
+        .map_err(|_| Error::Codec(format!("frame of {} bytes is too long", payload.len())))?;
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// Splits a byte stream into frames made by [`frame`], accepting bytes in any pieces.
+///
+/// A frame declaring more than the limit poisons the decoder: the stream cannot be
+/// resynchronized, so every later call returns the same error and the connection should
+/// be closed.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    start: usize,
+    limit: usize,
+    failed: Option<String>,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::with_limit(MAX_CONTROL_MESSAGE_BYTES)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder refusing frames longer than `limit` bytes.
+    pub fn with_limit(limit: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            start: 0,
+            limit,
+            failed: None,
+        }
+    }
+
+    /// Append received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The next complete frame, `None` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>> {
+        if let Some(msg) = &self.failed {
+            return Err(Error::Codec(msg.clone()));
+        }
+        let avail = &self.buf[self.start..];
+        let Some(header) = avail.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(*header) as usize;
+        if len > self.limit {
+            let msg = format!(
+                "frame declares {len} bytes, over the limit of {} bytes",
+                self.limit
+            );
+            self.failed = Some(msg.clone());
+            self.buf = Vec::new();
+            self.start = 0;
+            return Err(Error::Codec(msg));
+        }
+        let Some(body) = avail.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let frame = body.to_vec();
+        self.start += 4 + len;
+        // Compact once the consumed prefix dominates, so memory tracks the unread part.
+        if self.start > self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_messages() -> Vec<FromClient> {
+        vec![
+            FromClient::SubmitGraph {
+                tasks: vec![TaskSpec {
+                    key: Key::new("x", [0, 3]),
+                    deps: vec![Key::named("a")],
+                    payload: ByteBuf::from(vec![1, 2, 3]),
+                    priority: -4,
+                    retries: 2,
+                }],
+                wanted: vec![Key::new("x", [0, 3])],
+            },
+            FromClient::ReleaseKeys {
+                keys: vec![Key::named("a")],
+            },
+            FromClient::WhoHas { keys: vec![] },
+        ]
+    }
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let mut stream = Vec::new();
+        for m in sample_messages() {
+            stream.extend(frame(&encode(&m).unwrap()).unwrap());
+        }
+        let mut dec = FrameDecoder::default();
+        let mut out = Vec::new();
+        // One byte at a time: frames must come out whole whatever the split.
+        for b in stream {
+            dec.push(&[b]);
+            while let Some(f) = dec.next_frame().unwrap() {
+                out.push(decode::<FromClient>(&f).unwrap());
+            }
+        }
+        assert_eq!(out, sample_messages());
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_and_poisons() {
+        let mut dec = FrameDecoder::with_limit(16);
+        dec.push(&100u32.to_le_bytes());
+        let err = dec.next_frame().unwrap_err().to_string();
+        assert!(
+            err.contains("declares 100 bytes, over the limit of 16"),
+            "{err}"
+        );
+        dec.push(&[0; 4]);
+        assert!(dec.next_frame().is_err());
+    }
+
+    #[test]
+    fn truncated_and_malformed_messages_are_errors() {
+        let bytes = encode(&sample_messages()[0]).unwrap();
+        let err = decode::<FromClient>(&bytes[..bytes.len() - 3])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("malformed FromClient"), "{err}");
+        assert!(decode::<ToWorker>(&[0xc1]).is_err());
+        let mut dec = FrameDecoder::default();
+        dec.push(&frame(b"abc").unwrap()[..5]);
+        assert_eq!(dec.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn hello_checks_version_and_token() {
+        let mut hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            token: "secret".into(),
+            name: "c".into(),
+        };
+        assert!(hello.check("secret").is_ok());
+        assert!(matches!(hello.check("secreT"), Err(Error::Auth(_))));
+        hello.version += 1;
+        assert!(matches!(hello.check("secret"), Err(Error::Transport(_))));
+    }
+
+    fn arb_key() -> impl Strategy<Value = Key> {
+        ("[a-z]{1,6}", proptest::collection::vec(any::<u32>(), 0..4))
+            .prop_map(|(n, i)| Key::new(n, i))
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<ToWorker>(&bytes);
+            let _ = decode::<FromWorker>(&bytes);
+            let _ = decode::<FromClient>(&bytes);
+            let _ = decode::<ToClient>(&bytes);
+            let _ = decode::<Hello>(&bytes);
+            let mut dec = FrameDecoder::with_limit(1024);
+            dec.push(&bytes);
+            while let Ok(Some(f)) = dec.next_frame() {
+                let _ = decode::<FromWorker>(&f);
+            }
+        }
+
+        #[test]
+        fn worker_messages_round_trip(
+            key in arb_key(),
+            nbytes in any::<u64>(),
+            error in ".{0,20}",
+            worker in any::<u32>(),
+        ) {
+            let msgs = vec![
+                FromWorker::TaskFinished { key: key.clone(), nbytes, compute_micros: nbytes / 3 },
+                FromWorker::TaskErred { key: key.clone(), error },
+                FromWorker::AddKeys { keys: vec![(key.clone(), nbytes)] },
+                FromWorker::MissingData { key, from_worker: WorkerId(worker) },
+            ];
+            for m in msgs {
+                prop_assert_eq!(decode::<FromWorker>(&encode(&m).unwrap()).unwrap(), m);
+            }
+        }
+    }
+}

@@ -1,0 +1,1424 @@
+//! The scheduler's decisions as a state machine: `handle(event, now) -> actions`.
+//!
+//! Tasks move through Dask's states: `Released` (known, nothing running, no data),
+//! `Waiting` (wanted, dependencies not all in memory), `Queued` (ready, waiting for a
+//! worker slot), `Processing` (sent to a worker), `Memory`, `Erred`; `Forgotten` tasks are
+//! dropped from the state entirely.
+//!
+//! Key decisions:
+//! - **Keys are identity.** Two submissions of the same key share one task; each client has a
+//!   wanted set, and a task lives while a client wants it or a dependent that will still run
+//!   needs its data. Data nobody needs is freed on every worker holding it; a released task
+//!   is kept (as lineage) while any dependent is known, and forgotten after.
+//! - **Root-task queuing.** Ready tasks without dependencies wait in a priority queue and are
+//!   sent only when a worker has a free slot (`ceil(nthreads * worker_saturation)`), so file
+//!   readers cannot run far ahead of their consumers. Other tasks are placed at once by
+//!   locality plus occupancy.
+//! - **Worker death is lineage.** A dead worker's running tasks go back to waiting (each gets
+//!   a `suspicious` mark; `allowed_failures` marks err it); values only it held and still
+//!   needed are recomputed, transitively through released dependencies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use partita_core::Key;
+use rustc_hash::FxHashMap;
+use serde_bytes::ByteBuf;
+
+use crate::Time;
+use crate::messages::{
+    ClientId, DepLocation, FromClient, FromWorker, Peer, TaskSpec, ToClient, ToWorker, WorkerId,
+    WorkerMetrics,
+};
+
+/// Tunables of the scheduler.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// A worker silent for this long is treated as dead.
+    pub heartbeat_timeout: Duration,
+    /// A task running on this many workers that died is erred.
+    pub allowed_failures: u32,
+    /// Root tasks in flight per worker: `ceil(nthreads * worker_saturation)`, at least 1.
+    pub worker_saturation: f64,
+    /// Move not-yet-started tasks from saturated workers to idle ones.
+    pub work_stealing: bool,
+    /// Assumed network bandwidth, bytes per second, for locality costs.
+    pub bandwidth: u64,
+    /// Duration assumed for a task whose name has never finished.
+    pub default_task_duration: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            heartbeat_timeout: Duration::from_secs(30),
+            allowed_failures: 3,
+            worker_saturation: 1.1,
+            work_stealing: true,
+            bandwidth: 100_000_000,
+            default_task_duration: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Where a task is in its life; see the module docs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TaskStatus {
+    Released,
+    Waiting,
+    Queued,
+    Processing,
+    Memory,
+    Erred,
+    Forgotten,
+}
+
+/// How important a log line is.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// What happened, as the runtime tells the scheduler.
+#[derive(Clone, Debug)]
+pub enum SchedulerEvent {
+    /// A worker completed its handshake.
+    WorkerJoined {
+        worker: WorkerId,
+        nthreads: u32,
+        memory_limit: u64,
+        address: String,
+    },
+    /// A worker's connection closed.
+    WorkerLost { worker: WorkerId, reason: String },
+    /// A worker sent a message.
+    FromWorker { worker: WorkerId, msg: FromWorker },
+    /// A client completed its handshake.
+    ClientConnected { client: ClientId },
+    /// A client's connection closed: everything it wanted is released.
+    ClientGone { client: ClientId },
+    /// A client sent a message.
+    FromClient { client: ClientId, msg: FromClient },
+    /// Time passed: check heartbeats (due at [`SchedulerState::poll_timeout`]).
+    Tick,
+}
+
+/// What the runtime must do.
+#[derive(Clone, PartialEq, Debug)]
+pub enum SchedulerAction {
+    SendToWorker(WorkerId, ToWorker),
+    SendToClient(ClientId, ToClient),
+    /// Drop the worker's connection (it was declared dead).
+    CloseWorker(WorkerId, String),
+    Log(LogLevel, String),
+}
+
+/// Counters for tests and the dashboard.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct SchedulerStats {
+    pub tasks_finished: u64,
+    /// Tasks finished again after their value had been lost.
+    pub recomputed: u64,
+    /// Values lost with the workers holding them.
+    pub lost_values: u64,
+    pub workers_lost: u64,
+    pub steal_requests: u64,
+    pub steals: u64,
+}
+
+/// What the scheduler knows of one worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSummary {
+    pub nthreads: u32,
+    pub memory_limit: u64,
+    /// Tasks sent to it and not finished.
+    pub processing: usize,
+    /// Values it holds.
+    pub held: usize,
+    pub metrics: WorkerMetrics,
+}
+
+/// Why a task erred: the task that failed first, and the message that names it.
+#[derive(Clone, Debug)]
+struct Failure {
+    origin: Key,
+    message: String,
+}
+
+#[derive(Debug)]
+struct Task {
+    payload: ByteBuf,
+    deps: Vec<Key>,
+    /// Known (not forgotten) dependents.
+    dependents: BTreeSet<Key>,
+    priority: i64,
+    seq: u64,
+    retries_left: u32,
+    status: TaskStatus,
+    who_has: BTreeSet<WorkerId>,
+    nbytes: u64,
+    processing_on: Option<WorkerId>,
+    /// Occupancy this task added to its worker, removed exactly when it leaves.
+    occupancy: u64,
+    wanted_by: BTreeSet<ClientId>,
+    suspicious: u32,
+    lost: bool,
+    failure: Option<Failure>,
+}
+
+#[derive(Debug)]
+struct WorkerInfo {
+    nthreads: u32,
+    memory_limit: u64,
+    address: String,
+    processing: BTreeSet<Key>,
+    /// Estimated microseconds of work assigned and not finished.
+    occupancy: u64,
+    has_what: BTreeSet<Key>,
+    last_seen: Time,
+    metrics: WorkerMetrics,
+}
+
+/// The scheduler: tasks, workers, clients and the decisions between them.
+#[derive(Debug)]
+pub struct SchedulerState {
+    config: SchedulerConfig,
+    tasks: FxHashMap<Key, Task>,
+    workers: BTreeMap<WorkerId, WorkerInfo>,
+    clients: BTreeMap<ClientId, BTreeSet<Key>>,
+    /// Ready tasks waiting for a slot: (priority, seq, key).
+    queue: BTreeSet<(i64, u64, Key)>,
+    /// Steal requests in flight: key -> (victim, thief).
+    steals: BTreeMap<Key, (WorkerId, WorkerId)>,
+    /// Observed durations by key name: (total micros, count).
+    durations: FxHashMap<String, (u64, u64)>,
+    next_seq: u64,
+    stats: SchedulerStats,
+    out: Vec<SchedulerAction>,
+}
+
+impl SchedulerState {
+    /// An empty scheduler.
+    pub fn new(config: SchedulerConfig) -> SchedulerState {
+        SchedulerState {
+            config,
+            tasks: FxHashMap::default(),
+            workers: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            queue: BTreeSet::new(),
+            steals: BTreeMap::new(),
+            durations: FxHashMap::default(),
+            next_seq: 0,
+            stats: SchedulerStats::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The state of `key`; `Forgotten` for keys the scheduler does not know.
+    pub fn task_status(&self, key: &Key) -> TaskStatus {
+        self.tasks
+            .get(key)
+            .map_or(TaskStatus::Forgotten, |t| t.status)
+    }
+
+    /// Workers holding `key`'s value.
+    pub fn who_has(&self, key: &Key) -> Vec<WorkerId> {
+        self.tasks
+            .get(key)
+            .map_or(Vec::new(), |t| t.who_has.iter().copied().collect())
+    }
+
+    /// The worker `key` was sent to, while it is processing.
+    pub fn processing_on(&self, key: &Key) -> Option<WorkerId> {
+        self.tasks.get(key).and_then(|t| t.processing_on)
+    }
+
+    /// The error message of an erred task.
+    pub fn error(&self, key: &Key) -> Option<&str> {
+        let t = self.tasks.get(key)?;
+        t.failure.as_ref().map(|f| f.message.as_str())
+    }
+
+    /// Connected workers.
+    pub fn workers(&self) -> Vec<WorkerId> {
+        self.workers.keys().copied().collect()
+    }
+
+    /// Number of tasks known (not forgotten).
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// A connected worker's threads, memory limit, load and last reported metrics.
+    pub fn worker(&self, id: WorkerId) -> Option<WorkerSummary> {
+        let w = self.workers.get(&id)?;
+        Some(WorkerSummary {
+            nthreads: w.nthreads,
+            memory_limit: w.memory_limit,
+            processing: w.processing.len(),
+            held: w.has_what.len(),
+            metrics: w.metrics,
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SchedulerStats {
+        self.stats
+    }
+
+    /// When the next heartbeat check is due: deliver [`SchedulerEvent::Tick`] then.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.workers
+            .values()
+            .map(|w| w.last_seen + self.config.heartbeat_timeout)
+            .min()
+    }
+
+    /// Apply one event; returns what the runtime must do, in order.
+    pub fn handle(&mut self, event: SchedulerEvent, now: Time) -> Vec<SchedulerAction> {
+        match event {
+            SchedulerEvent::WorkerJoined {
+                worker,
+                nthreads,
+                memory_limit,
+                address,
+            } => self.worker_joined(worker, nthreads, memory_limit, address, now),
+            SchedulerEvent::WorkerLost { worker, reason } => {
+                if self.workers.contains_key(&worker) {
+                    self.remove_worker(worker, &reason);
+                }
+            }
+            SchedulerEvent::FromWorker { worker, msg } => self.worker_message(worker, msg, now),
+            SchedulerEvent::ClientConnected { client } => {
+                self.clients.entry(client).or_default();
+            }
+            SchedulerEvent::ClientGone { client } => {
+                let keys = self.clients.remove(&client).unwrap_or_default();
+                self.release_keys(client, keys.into_iter().collect());
+            }
+            SchedulerEvent::FromClient { client, msg } => self.client_message(client, msg),
+            SchedulerEvent::Tick => self.check_heartbeats(now),
+        }
+        self.fill_slots();
+        if self.config.work_stealing {
+            self.balance();
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn log(&mut self, level: LogLevel, text: String) {
+        self.out.push(SchedulerAction::Log(level, text));
+    }
+
+    fn worker_joined(&mut self, id: WorkerId, nthreads: u32, limit: u64, addr: String, now: Time) {
+        if self.workers.contains_key(&id) {
+            self.log(
+                LogLevel::Warn,
+                format!("{id} joined twice; ignoring the second"),
+            );
+            return;
+        }
+        self.log(
+            LogLevel::Info,
+            format!("{id} joined with {nthreads} threads at {addr}"),
+        );
+        self.workers.insert(
+            id,
+            WorkerInfo {
+                nthreads: nthreads.max(1),
+                memory_limit: limit,
+                address: addr,
+                processing: BTreeSet::new(),
+                occupancy: 0,
+                has_what: BTreeSet::new(),
+                last_seen: now,
+                metrics: WorkerMetrics::default(),
+            },
+        );
+    }
+
+    fn check_heartbeats(&mut self, now: Time) {
+        let timeout = self.config.heartbeat_timeout;
+        let dead: Vec<WorkerId> = (self.workers.iter())
+            .filter(|(_, w)| now >= w.last_seen + timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            let reason = format!("no heartbeat for {} ms", timeout.as_millis());
+            self.out
+                .push(SchedulerAction::CloseWorker(id, reason.clone()));
+            self.remove_worker(id, &reason);
+        }
+    }
+
+    fn worker_message(&mut self, worker: WorkerId, msg: FromWorker, now: Time) {
+        let Some(info) = self.workers.get_mut(&worker) else {
+            self.log(
+                LogLevel::Warn,
+                format!("message from unknown {worker} ignored: {msg:?}"),
+            );
+            return;
+        };
+        info.last_seen = now;
+        match msg {
+            FromWorker::Heartbeat(metrics) => info.metrics = metrics,
+            FromWorker::TaskFinished {
+                key,
+                nbytes,
+                compute_micros,
+            } => self.task_finished(worker, key, nbytes, compute_micros),
+            FromWorker::TaskErred { key, error } => self.task_erred(worker, key, error),
+            FromWorker::StealResponse { key, stolen } => self.steal_response(worker, key, stolen),
+            FromWorker::AddKeys { keys } => {
+                for (key, _) in keys {
+                    match self.tasks.get_mut(&key) {
+                        Some(t) if t.status == TaskStatus::Memory => {
+                            t.who_has.insert(worker);
+                            if let Some(w) = self.workers.get_mut(&worker) {
+                                w.has_what.insert(key);
+                            }
+                        }
+                        _ => self.free_on(worker, key),
+                    }
+                }
+            }
+            FromWorker::MissingData { key, from_worker } => {
+                self.missing_data(worker, key, from_worker)
+            }
+        }
+    }
+
+    fn client_message(&mut self, client: ClientId, msg: FromClient) {
+        match msg {
+            FromClient::SubmitGraph { tasks, wanted } => self.submit(client, tasks, wanted),
+            FromClient::ReleaseKeys { keys } => self.release_keys(client, keys),
+            FromClient::Cancel { keys } => {
+                self.release_keys(client, keys.clone());
+                for key in keys {
+                    self.out.push(SchedulerAction::SendToClient(
+                        client,
+                        ToClient::Cancelled { key },
+                    ));
+                }
+            }
+            FromClient::WhoHas { keys } => {
+                let holders = keys
+                    .into_iter()
+                    .map(|k| {
+                        let peers = self.peers_holding(&k);
+                        (k, peers)
+                    })
+                    .collect();
+                let reply = ToClient::WhoHasReply { holders };
+                self.out.push(SchedulerAction::SendToClient(client, reply));
+            }
+        }
+    }
+
+    fn peers_holding(&self, key: &Key) -> Vec<Peer> {
+        let Some(t) = self.tasks.get(key) else {
+            return Vec::new();
+        };
+        (t.who_has.iter())
+            .filter_map(|id| {
+                let w = self.workers.get(id)?;
+                Some(Peer {
+                    id: *id,
+                    address: w.address.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Check a submission as a whole; `Err` is the message for the client.
+    fn validate(&self, tasks: &[TaskSpec], wanted: &[Key]) -> Result<(), partita_core::Error> {
+        use partita_core::Error;
+        let mut new: FxHashMap<&Key, &TaskSpec> = FxHashMap::default();
+        for spec in tasks {
+            if self.tasks.contains_key(&spec.key) {
+                continue;
+            }
+            if new.insert(&spec.key, spec).is_some() {
+                return Err(Error::DuplicateKey {
+                    key: spec.key.clone(),
+                });
+            }
+        }
+        for spec in new.values() {
+            if let Some(d) = spec
+                .deps
+                .iter()
+                .find(|d| !new.contains_key(d) && !self.tasks.contains_key(*d))
+            {
+                return Err(Error::MissingDependency {
+                    key: spec.key.clone(),
+                    missing: d.clone(),
+                });
+            }
+        }
+        if let Some(k) = wanted
+            .iter()
+            .find(|k| !new.contains_key(k) && !self.tasks.contains_key(*k))
+        {
+            return Err(Error::KeyNotFound { key: k.clone() });
+        }
+        // Kahn's algorithm over the new tasks only: known tasks cannot depend on new ones.
+        let mut pending: FxHashMap<&Key, usize> = FxHashMap::default();
+        let mut dependents: FxHashMap<&Key, Vec<&Key>> = FxHashMap::default();
+        for (k, spec) in &new {
+            let n = spec.deps.iter().filter(|d| new.contains_key(d)).count();
+            pending.insert(k, n);
+            for d in spec.deps.iter().filter(|d| new.contains_key(d)) {
+                dependents.entry(d).or_default().push(k);
+            }
+        }
+        let mut ready: Vec<&Key> = pending
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut done = 0;
+        while let Some(k) = ready.pop() {
+            done += 1;
+            for dep in dependents.get(k).into_iter().flatten() {
+                let n = pending.get_mut(dep).expect("every new key has a count");
+                *n -= 1;
+                if *n == 0 {
+                    ready.push(dep);
+                }
+            }
+        }
+        if done < new.len() {
+            let mut stuck: Vec<Key> = pending
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, _)| (*k).clone())
+                .collect();
+            stuck.sort();
+            return Err(Error::Cycle {
+                key: stuck[0].clone(),
+                cycle: stuck,
+            });
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, client: ClientId, specs: Vec<TaskSpec>, wanted: Vec<Key>) {
+        if let Err(e) = self.validate(&specs, &wanted) {
+            let reply = ToClient::GraphRefused {
+                error: e.to_string(),
+            };
+            self.out.push(SchedulerAction::SendToClient(client, reply));
+            return;
+        }
+        let mut added = Vec::new();
+        for spec in specs {
+            if self.tasks.contains_key(&spec.key) {
+                continue;
+            }
+            self.next_seq += 1;
+            self.tasks.insert(
+                spec.key.clone(),
+                Task {
+                    payload: spec.payload,
+                    deps: spec.deps,
+                    dependents: BTreeSet::new(),
+                    priority: spec.priority,
+                    seq: self.next_seq,
+                    retries_left: spec.retries,
+                    status: TaskStatus::Released,
+                    who_has: BTreeSet::new(),
+                    nbytes: 0,
+                    processing_on: None,
+                    occupancy: 0,
+                    wanted_by: BTreeSet::new(),
+                    suspicious: 0,
+                    lost: false,
+                    failure: None,
+                },
+            );
+            added.push(spec.key);
+        }
+        for k in &added {
+            for d in self.tasks[k].deps.clone() {
+                if let Some(dt) = self.tasks.get_mut(&d) {
+                    dt.dependents.insert(k.clone());
+                }
+            }
+        }
+        let mine = self.clients.entry(client).or_default();
+        for k in &wanted {
+            mine.insert(k.clone());
+        }
+        for k in &wanted {
+            let Some(t) = self.tasks.get_mut(k) else {
+                continue;
+            };
+            t.wanted_by.insert(client);
+            match t.status {
+                TaskStatus::Memory => {
+                    let msg = self.in_memory_msg(k);
+                    self.out.push(SchedulerAction::SendToClient(client, msg));
+                }
+                TaskStatus::Erred => {
+                    let error = self.client_error(k);
+                    let msg = ToClient::KeyErred {
+                        key: k.clone(),
+                        error,
+                    };
+                    self.out.push(SchedulerAction::SendToClient(client, msg));
+                }
+                _ => {}
+            }
+        }
+        self.activate(wanted);
+        // New tasks nobody wants (not reachable from any wanted key) are forgotten at once.
+        self.settle(added);
+    }
+
+    fn in_memory_msg(&self, key: &Key) -> ToClient {
+        ToClient::KeyInMemory {
+            key: key.clone(),
+            workers: self.peers_holding(key),
+            nbytes: self.tasks.get(key).map_or(0, |t| t.nbytes),
+        }
+    }
+
+    fn client_error(&self, key: &Key) -> String {
+        match self.tasks.get(key).and_then(|t| t.failure.as_ref()) {
+            Some(f) if &f.origin == key => f.message.clone(),
+            Some(f) => format!("task {key} could not run because {}", f.message),
+            None => format!("task {key} erred"),
+        }
+    }
+
+    fn release_keys(&mut self, client: ClientId, keys: Vec<Key>) {
+        let mut work = Vec::new();
+        for k in keys {
+            if let Some(set) = self.clients.get_mut(&client) {
+                set.remove(&k);
+            }
+            if let Some(t) = self.tasks.get_mut(&k)
+                && t.wanted_by.remove(&client)
+            {
+                work.push(k);
+            }
+        }
+        self.settle(work);
+    }
+
+    /// Will some client or some dependent that is still to run read this task's value?
+    fn is_needed(&self, key: &Key) -> bool {
+        let Some(t) = self.tasks.get(key) else {
+            return false;
+        };
+        !t.wanted_by.is_empty()
+            || t.dependents.iter().any(|d| {
+                self.tasks.get(d).is_some_and(|dt| {
+                    matches!(
+                        dt.status,
+                        TaskStatus::Waiting | TaskStatus::Queued | TaskStatus::Processing
+                    )
+                })
+            })
+    }
+
+    /// Release what is no longer needed and forget what is no longer known to matter,
+    /// starting from `work` and following dependencies (iteratively, never recursively).
+    fn settle(&mut self, mut work: Vec<Key>) {
+        while let Some(k) = work.pop() {
+            let needed = self.is_needed(&k);
+            let Some(t) = self.tasks.get_mut(&k) else {
+                continue;
+            };
+            match t.status {
+                TaskStatus::Waiting | TaskStatus::Queued if !needed => {
+                    self.queue.remove(&(t.priority, t.seq, k.clone()));
+                    t.status = TaskStatus::Released;
+                    work.extend(t.deps.iter().cloned());
+                }
+                TaskStatus::Memory if !needed => {
+                    t.status = TaskStatus::Released;
+                    let holders = std::mem::take(&mut t.who_has);
+                    for w in holders {
+                        if let Some(info) = self.workers.get_mut(&w) {
+                            info.has_what.remove(&k);
+                        }
+                        self.free_on(w, k.clone());
+                    }
+                }
+                // A processing task nobody needs is released when it finishes.
+                _ => {}
+            }
+            let t = &self.tasks[&k];
+            let forgettable = matches!(t.status, TaskStatus::Released | TaskStatus::Erred);
+            if forgettable && t.wanted_by.is_empty() && t.dependents.is_empty() {
+                let t = self.tasks.remove(&k).expect("checked above");
+                for d in t.deps {
+                    if let Some(dt) = self.tasks.get_mut(&d) {
+                        dt.dependents.remove(&k);
+                        work.push(d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tell `worker` to forget `key`, merging with a FreeKeys just sent to it.
+    fn free_on(&mut self, worker: WorkerId, key: Key) {
+        if let Some(SchedulerAction::SendToWorker(w, ToWorker::FreeKeys { keys })) =
+            self.out.last_mut()
+            && *w == worker
+        {
+            keys.push(key);
+            return;
+        }
+        let msg = ToWorker::FreeKeys { keys: vec![key] };
+        self.out.push(SchedulerAction::SendToWorker(worker, msg));
+    }
+
+    /// Move released tasks in `keys` (and, transitively, their released dependencies) to
+    /// waiting; then start, queue or err every waiting task examined.
+    fn activate(&mut self, keys: Vec<Key>) {
+        let mut stack = keys;
+        let mut seen = BTreeSet::new();
+        let mut examined = Vec::new();
+        while let Some(k) = stack.pop() {
+            let Some(t) = self.tasks.get_mut(&k) else {
+                continue;
+            };
+            match t.status {
+                TaskStatus::Released => t.status = TaskStatus::Waiting,
+                TaskStatus::Waiting => {}
+                _ => continue,
+            }
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            let deps = t.deps.clone();
+            for d in deps {
+                if self
+                    .tasks
+                    .get(&d)
+                    .is_some_and(|dt| dt.status == TaskStatus::Released)
+                {
+                    stack.push(d);
+                }
+            }
+            examined.push(k);
+        }
+        // Dependencies were discovered after their dependents: start them first.
+        for k in examined.into_iter().rev() {
+            let Some(t) = self.tasks.get(&k) else {
+                continue;
+            };
+            if t.status != TaskStatus::Waiting {
+                continue;
+            }
+            let mut all_in_memory = true;
+            let mut failed = None;
+            for d in &t.deps {
+                match self.tasks.get(d) {
+                    Some(dt) if dt.status == TaskStatus::Memory => {}
+                    Some(dt) if dt.status == TaskStatus::Erred => {
+                        failed = dt.failure.clone();
+                        break;
+                    }
+                    Some(_) => all_in_memory = false,
+                    None => {
+                        failed = Some(Failure {
+                            origin: d.clone(),
+                            message: format!("dependency {d} of task {k} was forgotten"),
+                        });
+                        break;
+                    }
+                }
+            }
+            if let Some(f) = failed {
+                self.err(k, f);
+            } else if all_in_memory {
+                self.make_ready(k);
+            }
+        }
+    }
+
+    fn make_ready(&mut self, key: Key) {
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return;
+        };
+        if t.deps.is_empty() || self.workers.is_empty() {
+            t.status = TaskStatus::Queued;
+            self.queue.insert((t.priority, t.seq, key));
+            return;
+        }
+        let candidates: Vec<WorkerId> = self.workers.keys().copied().collect();
+        if let Some(w) = self.choose_worker(&key, &candidates) {
+            self.assign(key, w);
+        }
+    }
+
+    fn estimate(&self, key: &Key) -> u64 {
+        match self.durations.get(key.name()) {
+            Some((total, n)) if *n > 0 => total / n,
+            _ => self.config.default_task_duration.as_micros() as u64,
+        }
+    }
+
+    /// Microseconds to move `key`'s dependencies that `worker` does not hold.
+    fn transfer_cost(&self, key: &Key, worker: WorkerId) -> u64 {
+        let Some(t) = self.tasks.get(key) else {
+            return 0;
+        };
+        let bytes: u64 = (t.deps.iter())
+            .filter_map(|d| self.tasks.get(d))
+            .filter(|dt| !dt.who_has.contains(&worker))
+            .map(|dt| dt.nbytes)
+            .sum();
+        let micros = u128::from(bytes) * 1_000_000 / u128::from(self.config.bandwidth.max(1));
+        u64::try_from(micros).unwrap_or(u64::MAX)
+    }
+
+    /// The candidate where the task would finish first: data to move plus queued work per
+    /// thread. Ties go to the lowest worker id.
+    fn choose_worker(&self, key: &Key, candidates: &[WorkerId]) -> Option<WorkerId> {
+        let est = self.estimate(key);
+        (candidates.iter())
+            .filter_map(|id| {
+                let w = self.workers.get(id)?;
+                let queued = (w.occupancy + est) / u64::from(w.nthreads);
+                Some((self.transfer_cost(key, *id).saturating_add(queued), *id))
+            })
+            .min()
+            .map(|(_, id)| id)
+    }
+
+    fn slots(&self, w: &WorkerInfo) -> usize {
+        let s = (f64::from(w.nthreads) * self.config.worker_saturation).ceil();
+        if s.is_finite() && s >= 1.0 {
+            s as usize
+        } else {
+            usize::MAX
+        }
+    }
+
+    fn assign(&mut self, key: Key, worker: WorkerId) {
+        let est = self.estimate(&key);
+        let deps = {
+            let t = &self.tasks[&key];
+            (t.deps.iter())
+                .map(|d| DepLocation {
+                    key: d.clone(),
+                    who_has: self.peers_holding(d),
+                    nbytes: self.tasks.get(d).map_or(0, |dt| dt.nbytes),
+                })
+                .collect()
+        };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.processing.insert(key.clone());
+        w.occupancy += est;
+        let t = self.tasks.get_mut(&key).expect("assigning a known task");
+        t.status = TaskStatus::Processing;
+        t.processing_on = Some(worker);
+        t.occupancy = est;
+        let msg = ToWorker::ComputeTask {
+            key,
+            payload: t.payload.clone(),
+            priority: t.priority,
+            deps,
+        };
+        self.out.push(SchedulerAction::SendToWorker(worker, msg));
+    }
+
+    /// Take a processing task off its worker (the task's status is the caller's business).
+    fn unassign(&mut self, key: &Key) -> Option<WorkerId> {
+        self.steals.remove(key);
+        let t = self.tasks.get_mut(key)?;
+        let w = t.processing_on.take()?;
+        if let Some(info) = self.workers.get_mut(&w) {
+            info.processing.remove(key);
+            info.occupancy = info.occupancy.saturating_sub(t.occupancy);
+        }
+        t.occupancy = 0;
+        Some(w)
+    }
+
+    /// Send queued tasks, lowest priority value first, to workers with a free slot.
+    fn fill_slots(&mut self) {
+        while let Some((_, _, key)) = self.queue.first().cloned() {
+            let open: Vec<WorkerId> = (self.workers.iter())
+                .filter(|(_, w)| !w.metrics.paused && w.processing.len() < self.slots(w))
+                .map(|(id, _)| *id)
+                .collect();
+            let Some(w) = self.choose_worker(&key, &open) else {
+                return;
+            };
+            self.queue.pop_first();
+            self.assign(key, w);
+        }
+    }
+
+    /// Ask saturated workers to hand not-yet-started tasks to idle ones.
+    fn balance(&mut self) {
+        let mut incoming: BTreeMap<WorkerId, usize> = BTreeMap::new();
+        let mut outgoing: BTreeMap<WorkerId, usize> = BTreeMap::new();
+        for (victim, thief) in self.steals.values() {
+            *outgoing.entry(*victim).or_default() += 1;
+            *incoming.entry(*thief).or_default() += 1;
+        }
+        let thieves: Vec<WorkerId> = (self.workers.iter())
+            .filter(|(id, w)| {
+                !w.metrics.paused
+                    && w.processing.len() + incoming.get(id).copied().unwrap_or(0)
+                        < w.nthreads as usize
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut exhausted = BTreeSet::new();
+        for thief in thieves {
+            loop {
+                let t_info = &self.workers[&thief];
+                let load = t_info.processing.len() + incoming.get(&thief).copied().unwrap_or(0);
+                if load >= t_info.nthreads as usize {
+                    break;
+                }
+                // The victim with the most unstarted-looking work beyond its threads.
+                let victim = (self.workers.iter())
+                    .filter(|(id, _)| **id != thief && !exhausted.contains(*id))
+                    .filter_map(|(id, w)| {
+                        let out = outgoing.get(id).copied().unwrap_or(0);
+                        let excess = w.processing.len().saturating_sub(out + w.nthreads as usize);
+                        (excess > 0).then_some((std::cmp::Reverse(excess), *id))
+                    })
+                    .min()
+                    .map(|(_, id)| id);
+                let Some(victim) = victim else { break };
+                // The task the victim would run last, if moving its inputs is cheap.
+                let candidate = (self.workers[&victim].processing.iter())
+                    .filter(|k| !self.steals.contains_key(*k))
+                    .filter(|k| self.transfer_cost(k, thief) <= self.estimate(k))
+                    .filter_map(|k| self.tasks.get(k).map(|t| (t.priority, t.seq, k)))
+                    .max()
+                    .map(|(_, _, k)| k.clone());
+                let Some(key) = candidate else {
+                    exhausted.insert(victim);
+                    continue;
+                };
+                self.steals.insert(key.clone(), (victim, thief));
+                *incoming.entry(thief).or_default() += 1;
+                *outgoing.entry(victim).or_default() += 1;
+                self.stats.steal_requests += 1;
+                let msg = ToWorker::StealRequest { key };
+                self.out.push(SchedulerAction::SendToWorker(victim, msg));
+            }
+        }
+    }
+
+    fn steal_response(&mut self, worker: WorkerId, key: Key, stolen: bool) {
+        let thief = self.steals.remove(&key).map(|(_, thief)| thief);
+        if !stolen {
+            return;
+        }
+        // The worker dropped the task: whatever we planned, it must run somewhere else.
+        if self
+            .tasks
+            .get(&key)
+            .is_none_or(|t| t.processing_on != Some(worker))
+        {
+            return;
+        }
+        self.unassign(&key);
+        self.stats.steals += 1;
+        match thief.filter(|t| self.workers.contains_key(t)) {
+            Some(thief) => self.assign(key, thief),
+            None => {
+                self.tasks.get_mut(&key).expect("checked").status = TaskStatus::Waiting;
+                self.activate(vec![key]);
+            }
+        }
+    }
+
+    fn task_finished(&mut self, worker: WorkerId, key: Key, nbytes: u64, micros: u64) {
+        let on_worker = self
+            .tasks
+            .get(&key)
+            .is_some_and(|t| t.processing_on == Some(worker));
+        if !on_worker {
+            // Not (or no longer) this worker's task: nobody will track that copy.
+            self.free_on(worker, key);
+            return;
+        }
+        self.unassign(&key);
+        let durations = self.durations.entry(key.name().to_string()).or_default();
+        durations.0 += micros;
+        durations.1 += 1;
+        self.stats.tasks_finished += 1;
+        let t = self.tasks.get_mut(&key).expect("checked");
+        t.status = TaskStatus::Memory;
+        t.nbytes = nbytes;
+        t.who_has.insert(worker);
+        if std::mem::take(&mut t.lost) {
+            self.stats.recomputed += 1;
+        }
+        let clients: Vec<ClientId> = t.wanted_by.iter().copied().collect();
+        let dependents: Vec<Key> = t.dependents.iter().cloned().collect();
+        let deps = t.deps.clone();
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.has_what.insert(key.clone());
+        }
+        if !clients.is_empty() {
+            let msg = self.in_memory_msg(&key);
+            for c in clients {
+                self.out.push(SchedulerAction::SendToClient(c, msg.clone()));
+            }
+        }
+        let waiting: Vec<Key> = (dependents.into_iter())
+            .filter(|d| {
+                self.tasks
+                    .get(d)
+                    .is_some_and(|t| t.status == TaskStatus::Waiting)
+            })
+            .collect();
+        self.activate(waiting);
+        let mut work = deps;
+        work.push(key);
+        self.settle(work);
+    }
+
+    fn task_erred(&mut self, worker: WorkerId, key: Key, error: String) {
+        if self
+            .tasks
+            .get(&key)
+            .is_none_or(|t| t.processing_on != Some(worker))
+        {
+            self.log(
+                LogLevel::Warn,
+                format!("{worker} reported {key} erred, but it is not running there"),
+            );
+            return;
+        }
+        self.unassign(&key);
+        let t = self.tasks.get_mut(&key).expect("checked");
+        if t.retries_left > 0 {
+            t.retries_left -= 1;
+            t.status = TaskStatus::Waiting;
+            self.log(
+                LogLevel::Info,
+                format!("task {key} failed on {worker}, retrying: {error}"),
+            );
+            self.activate(vec![key]);
+        } else {
+            let message = format!("task {key} failed: {error}");
+            self.err(
+                key.clone(),
+                Failure {
+                    origin: key,
+                    message,
+                },
+            );
+        }
+    }
+
+    /// Err `key` and every dependent still to run, telling the clients that want them.
+    fn err(&mut self, key: Key, failure: Failure) {
+        let mut stack = vec![key];
+        let mut settle = Vec::new();
+        while let Some(k) = stack.pop() {
+            let Some(t) = self.tasks.get(&k) else {
+                continue;
+            };
+            if !matches!(
+                t.status,
+                TaskStatus::Released
+                    | TaskStatus::Waiting
+                    | TaskStatus::Queued
+                    | TaskStatus::Processing
+            ) {
+                continue;
+            }
+            let (prio, seq) = (t.priority, t.seq);
+            self.queue.remove(&(prio, seq, k.clone()));
+            if let Some(w) = self.unassign(&k) {
+                self.free_on(w, k.clone());
+            }
+            let t = self.tasks.get_mut(&k).expect("checked");
+            t.status = TaskStatus::Erred;
+            t.failure = Some(failure.clone());
+            let clients: Vec<ClientId> = t.wanted_by.iter().copied().collect();
+            for d in &t.dependents {
+                stack.push(d.clone());
+            }
+            settle.extend(t.deps.iter().cloned());
+            settle.push(k.clone());
+            let error = self.client_error(&k);
+            for c in clients {
+                let msg = ToClient::KeyErred {
+                    key: k.clone(),
+                    error: error.clone(),
+                };
+                self.out.push(SchedulerAction::SendToClient(c, msg));
+            }
+        }
+        self.settle(settle);
+    }
+
+    fn missing_data(&mut self, reporter: WorkerId, key: Key, from: WorkerId) {
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return;
+        };
+        if t.who_has.remove(&from)
+            && let Some(w) = self.workers.get_mut(&from)
+        {
+            w.has_what.remove(&key);
+        }
+        let lost = t.status == TaskStatus::Memory && t.who_has.is_empty();
+        // The reporter's tasks reading `key` start over with fresh locations.
+        let dependents: Vec<Key> = t.dependents.iter().cloned().collect();
+        let mut retry = Vec::new();
+        for d in dependents {
+            if self
+                .tasks
+                .get(&d)
+                .is_some_and(|dt| dt.processing_on == Some(reporter))
+            {
+                self.unassign(&d);
+                self.free_on(reporter, d.clone());
+                self.tasks.get_mut(&d).expect("checked").status = TaskStatus::Waiting;
+                retry.push(d);
+            }
+        }
+        if lost {
+            self.value_lost(key);
+        }
+        self.activate(retry);
+    }
+
+    /// `key`'s last copy is gone: reset its running dependents and recompute it if needed.
+    fn value_lost(&mut self, key: Key) {
+        self.stats.lost_values += 1;
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return;
+        };
+        t.status = TaskStatus::Released;
+        t.lost = true;
+        let dependents: Vec<Key> = t.dependents.iter().cloned().collect();
+        for d in dependents {
+            if let Some(w) = self.tasks.get(&d).and_then(|dt| dt.processing_on) {
+                self.unassign(&d);
+                self.free_on(w, d.clone());
+                self.tasks.get_mut(&d).expect("known dependent").status = TaskStatus::Waiting;
+            }
+        }
+        if self.is_needed(&key) {
+            self.log(
+                LogLevel::Info,
+                format!("recomputing {key}: its only copy was lost"),
+            );
+            self.activate(vec![key]);
+        } else {
+            self.settle(vec![key]);
+        }
+    }
+
+    fn remove_worker(&mut self, id: WorkerId, reason: &str) {
+        let Some(info) = self.workers.remove(&id) else {
+            return;
+        };
+        self.stats.workers_lost += 1;
+        self.log(LogLevel::Warn, format!("{id} removed: {reason}"));
+        self.steals
+            .retain(|_, (victim, thief)| *victim != id && *thief != id);
+        let mut retry = Vec::new();
+        for k in &info.processing {
+            let Some(t) = self.tasks.get_mut(k) else {
+                continue;
+            };
+            t.processing_on = None;
+            t.occupancy = 0;
+            t.suspicious += 1;
+            if t.suspicious >= self.config.allowed_failures {
+                let message = format!(
+                    "task {k} was running on {} workers that died (the last was {id}: {reason})",
+                    t.suspicious
+                );
+                self.err(
+                    k.clone(),
+                    Failure {
+                        origin: k.clone(),
+                        message,
+                    },
+                );
+            } else {
+                t.status = TaskStatus::Waiting;
+                retry.push(k.clone());
+            }
+        }
+        for k in info.has_what {
+            let Some(t) = self.tasks.get_mut(&k) else {
+                continue;
+            };
+            t.who_has.remove(&id);
+            if t.who_has.is_empty() && t.status == TaskStatus::Memory {
+                self.value_lost(k);
+            }
+        }
+        self.activate(retry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(key: &Key, deps: &[&Key], priority: i64) -> TaskSpec {
+        TaskSpec {
+            key: key.clone(),
+            deps: deps.iter().map(|k| (*k).clone()).collect(),
+            payload: ByteBuf::new(),
+            priority,
+            retries: 0,
+        }
+    }
+
+    fn join(s: &mut SchedulerState, id: u32, nthreads: u32) {
+        let e = SchedulerEvent::WorkerJoined {
+            worker: WorkerId(id),
+            nthreads,
+            memory_limit: 0,
+            address: format!("w{id}"),
+        };
+        s.handle(e, Time::ZERO);
+    }
+
+    fn finish(s: &mut SchedulerState, w: u32, key: &Key, nbytes: u64) -> Vec<SchedulerAction> {
+        let msg = FromWorker::TaskFinished {
+            key: key.clone(),
+            nbytes,
+            compute_micros: 1000,
+        };
+        s.handle(
+            SchedulerEvent::FromWorker {
+                worker: WorkerId(w),
+                msg,
+            },
+            Time::ZERO,
+        )
+    }
+
+    fn submit(
+        s: &mut SchedulerState,
+        c: u32,
+        tasks: Vec<TaskSpec>,
+        wanted: &[&Key],
+    ) -> Vec<SchedulerAction> {
+        let msg = FromClient::SubmitGraph {
+            tasks,
+            wanted: wanted.iter().map(|k| (*k).clone()).collect(),
+        };
+        s.handle(
+            SchedulerEvent::FromClient {
+                client: ClientId(c),
+                msg,
+            },
+            Time::ZERO,
+        )
+    }
+
+    fn computes(actions: &[SchedulerAction]) -> Vec<(u32, Key)> {
+        (actions.iter())
+            .filter_map(|a| match a {
+                SchedulerAction::SendToWorker(w, ToWorker::ComputeTask { key, .. }) => {
+                    Some((w.0, key.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn large_input_pulls_its_consumer() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        join(&mut s, 1, 1);
+        let (small, big, both, only_small) = (
+            Key::named("small"),
+            Key::named("big"),
+            Key::named("both"),
+            Key::named("only-small"),
+        );
+        let tasks = vec![
+            spec(&small, &[], 0),
+            spec(&big, &[], 1),
+            spec(&both, &[&small, &big], 2),
+            spec(&only_small, &[&small], 3),
+        ];
+        let acts = submit(&mut s, 0, tasks, &[&both, &only_small]);
+        assert_eq!(computes(&acts), vec![(0, small.clone()), (1, big.clone())]);
+        finish(&mut s, 0, &small, 1024);
+        let acts = finish(&mut s, 1, &big, 100 << 20);
+        // `both` goes where 100 MiB already are, `only-small` where its 1 KiB is.
+        let placed = computes(&acts);
+        assert!(placed.contains(&(1, both.clone())), "{placed:?}");
+        assert_eq!(s.processing_on(&only_small), Some(WorkerId(0)));
+    }
+
+    #[test]
+    fn unknown_workers_and_keys_are_ignored() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        let k = Key::new("x", [1]);
+        for msg in [
+            FromWorker::TaskFinished {
+                key: k.clone(),
+                nbytes: 1,
+                compute_micros: 1,
+            },
+            FromWorker::TaskErred {
+                key: k.clone(),
+                error: "e".into(),
+            },
+            FromWorker::StealResponse {
+                key: k.clone(),
+                stolen: true,
+            },
+            FromWorker::MissingData {
+                key: k.clone(),
+                from_worker: WorkerId(9),
+            },
+            FromWorker::AddKeys {
+                keys: vec![(k.clone(), 3)],
+            },
+        ] {
+            s.handle(
+                SchedulerEvent::FromWorker {
+                    worker: WorkerId(7),
+                    msg: msg.clone(),
+                },
+                Time::ZERO,
+            );
+            join(&mut s, 7, 1);
+            s.handle(
+                SchedulerEvent::FromWorker {
+                    worker: WorkerId(7),
+                    msg,
+                },
+                Time::ZERO,
+            );
+            s.handle(
+                SchedulerEvent::WorkerLost {
+                    worker: WorkerId(7),
+                    reason: "x".into(),
+                },
+                Time::ZERO,
+            );
+        }
+        s.handle(
+            SchedulerEvent::WorkerLost {
+                worker: WorkerId(3),
+                reason: "x".into(),
+            },
+            Time::ZERO,
+        );
+        let release = FromClient::ReleaseKeys {
+            keys: vec![k.clone()],
+        };
+        s.handle(
+            SchedulerEvent::FromClient {
+                client: ClientId(4),
+                msg: release,
+            },
+            Time::ZERO,
+        );
+        assert_eq!(s.task_count(), 0);
+    }
+
+    #[test]
+    fn bad_graphs_are_refused_naming_the_key() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        let (a, b, c) = (Key::named("a"), Key::named("b"), Key::named("c"));
+        let refused = |acts: Vec<SchedulerAction>| match &acts[..] {
+            [SchedulerAction::SendToClient(_, ToClient::GraphRefused { error })] => error.clone(),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let err = refused(submit(&mut s, 0, vec![spec(&a, &[&c], 0)], &[&a]));
+        assert!(err.contains("'a' depends on 'c'"), "{err}");
+        let err = refused(submit(
+            &mut s,
+            0,
+            vec![spec(&a, &[&b], 0), spec(&b, &[&a], 0)],
+            &[&a],
+        ));
+        assert!(err.contains("cycle"), "{err}");
+        let err = refused(submit(
+            &mut s,
+            0,
+            vec![spec(&a, &[], 0), spec(&a, &[], 0)],
+            &[&a],
+        ));
+        assert!(err.contains("duplicate key"), "{err}");
+        let err = refused(submit(&mut s, 0, vec![spec(&a, &[], 0)], &[&b]));
+        assert!(err.contains("'b'"), "{err}");
+        assert_eq!(s.task_count(), 0);
+    }
+
+    #[test]
+    fn shared_key_lives_until_both_clients_release_it() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 2);
+        let x = Key::new("x", [0]);
+        submit(&mut s, 1, vec![spec(&x, &[], 0)], &[&x]);
+        submit(&mut s, 2, vec![spec(&x, &[], 0)], &[&x]);
+        let acts = finish(&mut s, 0, &x, 10);
+        let told: Vec<u32> = (acts.iter())
+            .filter_map(|a| match a {
+                SchedulerAction::SendToClient(c, ToClient::KeyInMemory { .. }) => Some(c.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told, vec![1, 2]);
+        let release = |c| SchedulerEvent::FromClient {
+            client: ClientId(c),
+            msg: FromClient::ReleaseKeys {
+                keys: vec![Key::new("x", [0])],
+            },
+        };
+        assert!(s.handle(release(1), Time::ZERO).is_empty());
+        assert_eq!(s.task_status(&x), TaskStatus::Memory);
+        let acts = s.handle(release(2), Time::ZERO);
+        assert_eq!(
+            acts,
+            vec![SchedulerAction::SendToWorker(
+                WorkerId(0),
+                ToWorker::FreeKeys {
+                    keys: vec![x.clone()]
+                }
+            )]
+        );
+        assert_eq!(s.task_status(&x), TaskStatus::Forgotten);
+    }
+
+    #[test]
+    fn root_tasks_wait_for_slots_in_priority_order() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 2);
+        let roots: Vec<Key> = (0..10).map(|i| Key::new("r", [i])).collect();
+        let tasks = roots
+            .iter()
+            .enumerate()
+            .map(|(i, k)| spec(k, &[], 10 - i as i64))
+            .collect();
+        let acts = submit(&mut s, 0, tasks, &roots.iter().collect::<Vec<_>>());
+        // ceil(2 * 1.1) = 3 slots, lowest priority value first.
+        let sent: Vec<Key> = computes(&acts).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(
+            sent,
+            vec![roots[9].clone(), roots[8].clone(), roots[7].clone()]
+        );
+        assert_eq!(s.task_status(&roots[0]), TaskStatus::Queued);
+        let acts = finish(&mut s, 0, &roots[9], 1);
+        assert_eq!(computes(&acts), vec![(0, roots[6].clone())]);
+    }
+}

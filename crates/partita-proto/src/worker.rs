@@ -1,0 +1,1231 @@
+//! A worker's decisions as a state machine: `handle(event, now) -> actions`.
+//!
+//! The worker runs tasks the scheduler sends, fetches missing inputs from peers, serves its
+//! values to peers, and bounds its memory. The runtime owns the values themselves; this
+//! machine only knows their keys and sizes and tells the runtime what to do with them.
+//!
+//! Key decisions:
+//! - **At most `nthreads` tasks run**; ready tasks wait in priority order (lowest first).
+//! - **Fetches are bounded** per peer and in total, and try the holders the scheduler named
+//!   one after the other; when all fail the scheduler hears [`FromWorker::MissingData`] per
+//!   holder and resends the task with fresh locations (or recomputes the value).
+//! - **Memory thresholds like Dask's**, as fractions of `memory_limit`: managed bytes above
+//!   `target` spill least-recently-used values until below it; process memory (reported by
+//!   [`WorkerEvent::MemorySample`]) above `spill` spills further, and above `pause` stops new
+//!   tasks until it drops. A value stays readable in memory until the runtime confirms the
+//!   spill, so a task may start on an input that is being written out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use partita_core::Key;
+use rustc_hash::FxHashMap;
+use serde_bytes::ByteBuf;
+
+use crate::Time;
+use crate::messages::{DepLocation, FromWorker, Peer, ToWorker, WorkerId, WorkerMetrics};
+use crate::scheduler::LogLevel;
+
+/// Tunables of one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: WorkerId,
+    pub nthreads: u32,
+    /// Bytes; 0 means unlimited (no spilling, no pausing).
+    pub memory_limit: u64,
+    /// Spill LRU values while managed memory is above this fraction of the limit.
+    pub target: f64,
+    /// Spill more while process memory is above this fraction.
+    pub spill: f64,
+    /// Start no new task while process memory is above this fraction.
+    pub pause: f64,
+    pub heartbeat_interval: Duration,
+    pub max_fetches_per_peer: u32,
+    pub max_fetches_total: u32,
+}
+
+impl WorkerConfig {
+    /// Dask's defaults (0.6 / 0.7 / 0.8, heartbeat every second) for a worker.
+    pub fn new(id: WorkerId, nthreads: u32, memory_limit: u64) -> WorkerConfig {
+        WorkerConfig {
+            id,
+            nthreads: nthreads.max(1),
+            memory_limit,
+            target: 0.6,
+            spill: 0.7,
+            pause: 0.8,
+            heartbeat_interval: Duration::from_secs(1),
+            max_fetches_per_peer: 2,
+            max_fetches_total: 8,
+        }
+    }
+}
+
+/// What happened, as the runtime tells the worker.
+#[derive(Clone, Debug)]
+pub enum WorkerEvent {
+    FromScheduler(ToWorker),
+    /// An `Execute` finished; the runtime holds the value (`nbytes` large).
+    ExecuteDone {
+        key: Key,
+        nbytes: u64,
+    },
+    ExecuteFailed {
+        key: Key,
+        error: String,
+    },
+    /// A `Fetch` arrived; the runtime holds the value.
+    FetchDone {
+        key: Key,
+        from: WorkerId,
+        nbytes: u64,
+    },
+    /// A `Fetch` failed (peer unreachable or without the value).
+    FetchFailed {
+        key: Key,
+        from: WorkerId,
+    },
+    /// A peer (or client) asks for a value on the data server.
+    PeerWantsData {
+        request_id: u64,
+        key: Key,
+    },
+    /// A `Spill` is written and the value dropped from memory.
+    Spilled {
+        key: Key,
+    },
+    SpillFailed {
+        key: Key,
+        error: String,
+    },
+    /// An `Unspill` is read back into memory.
+    Unspilled {
+        key: Key,
+        nbytes: u64,
+    },
+    UnspillFailed {
+        key: Key,
+        error: String,
+    },
+    /// The process's resident memory, sampled by the runtime.
+    MemorySample {
+        rss: u64,
+    },
+    /// Time passed: send a heartbeat if due ([`WorkerState::poll_timeout`]).
+    Tick,
+}
+
+/// What the runtime must do.
+#[derive(Clone, PartialEq, Debug)]
+pub enum WorkerAction {
+    SendToScheduler(FromWorker),
+    /// Run the op in `payload` on the values of `inputs` (all in memory), then report
+    /// `ExecuteDone` or `ExecuteFailed`.
+    Execute {
+        key: Key,
+        payload: ByteBuf,
+        inputs: Vec<Key>,
+    },
+    /// Fetch a value from a peer, then report `FetchDone` or `FetchFailed`.
+    Fetch {
+        key: Key,
+        from: Peer,
+        nbytes: u64,
+    },
+    /// Answer data request `request_id` with the value.
+    SendData {
+        request_id: u64,
+        key: Key,
+        nbytes: u64,
+    },
+    /// Answer data request `request_id`: not here.
+    DataMissing {
+        request_id: u64,
+        key: Key,
+    },
+    /// Write the value to disk and drop it from memory, then report `Spilled`.
+    Spill {
+        key: Key,
+    },
+    /// Read a spilled value back, then report `Unspilled`.
+    Unspill {
+        key: Key,
+    },
+    /// Remove a spilled value's file.
+    DeleteSpilled {
+        key: Key,
+    },
+    /// Drop a value held in memory.
+    DropValue {
+        key: Key,
+    },
+    Log(LogLevel, String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Some inputs are being fetched.
+    Fetching,
+    Ready,
+    /// Holding a thread while spilled inputs are read back.
+    LoadingInputs,
+    Executing,
+}
+
+#[derive(Debug)]
+struct WorkerTask {
+    payload: ByteBuf,
+    priority: i64,
+    seq: u64,
+    deps: Vec<Key>,
+    phase: Phase,
+    started: Time,
+    /// The scheduler freed it while executing: drop the result, report nothing.
+    released: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Place {
+    Memory,
+    Spilling,
+    Spilled,
+    Unspilling,
+}
+
+#[derive(Debug)]
+struct Stored {
+    nbytes: u64,
+    place: Place,
+    /// Position in the LRU order while in memory.
+    lru: u64,
+    /// Inputs of a task waiting for others to be unspilled must not be spilled meanwhile.
+    pinned: u32,
+    /// Freed while being spilled or unspilled: remove once the runtime confirms.
+    free_when_settled: bool,
+}
+
+#[derive(Debug)]
+struct Fetch {
+    nbytes: u64,
+    /// Holders not yet tried, in preference order.
+    untried: Vec<Peer>,
+    failed: Vec<WorkerId>,
+    in_flight: Option<WorkerId>,
+    priority: i64,
+    seq: u64,
+}
+
+/// One worker's tasks, values, fetches and memory.
+#[derive(Debug)]
+pub struct WorkerState {
+    config: WorkerConfig,
+    tasks: FxHashMap<Key, WorkerTask>,
+    data: FxHashMap<Key, Stored>,
+    lru: BTreeMap<u64, Key>,
+    clock: u64,
+    ready: BTreeSet<(i64, u64, Key)>,
+    /// Tasks executing or loading inputs: each holds a thread.
+    running: u32,
+    fetches: FxHashMap<Key, Fetch>,
+    fetch_queue: BTreeSet<(i64, u64, Key)>,
+    in_flight: BTreeMap<WorkerId, u32>,
+    /// Value key -> tasks waiting for it to arrive or be unspilled.
+    waiting_for: FxHashMap<Key, BTreeSet<Key>>,
+    /// Value key -> peer requests waiting for it to be unspilled.
+    peer_requests: FxHashMap<Key, Vec<u64>>,
+    managed: u64,
+    spilled: u64,
+    spilling: u64,
+    rss: u64,
+    paused: bool,
+    next_heartbeat: Time,
+    out: Vec<WorkerAction>,
+}
+
+impl WorkerState {
+    /// A worker starting at `now`; its first heartbeat is due at once.
+    pub fn new(config: WorkerConfig, now: Time) -> WorkerState {
+        WorkerState {
+            config,
+            tasks: FxHashMap::default(),
+            data: FxHashMap::default(),
+            lru: BTreeMap::new(),
+            clock: 0,
+            ready: BTreeSet::new(),
+            running: 0,
+            fetches: FxHashMap::default(),
+            fetch_queue: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
+            waiting_for: FxHashMap::default(),
+            peer_requests: FxHashMap::default(),
+            managed: 0,
+            spilled: 0,
+            spilling: 0,
+            rss: 0,
+            paused: false,
+            next_heartbeat: now,
+            out: Vec::new(),
+        }
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> WorkerId {
+        self.config.id
+    }
+
+    /// Load and memory, as sent in heartbeats.
+    pub fn metrics(&self) -> WorkerMetrics {
+        WorkerMetrics {
+            managed_bytes: self.managed,
+            spilled_bytes: self.spilled,
+            rss: self.rss,
+            executing: self.running,
+            pending: u32::try_from(self.tasks.len())
+                .unwrap_or(u32::MAX)
+                .saturating_sub(self.running),
+            paused: self.paused,
+        }
+    }
+
+    /// Is a value held, in memory or spilled?
+    pub fn holds(&self, key: &Key) -> bool {
+        self.data.contains_key(key)
+    }
+
+    /// Is a value spilled (or being read back)?
+    pub fn is_spilled(&self, key: &Key) -> bool {
+        self.data
+            .get(key)
+            .is_some_and(|s| matches!(s.place, Place::Spilled | Place::Unspilling))
+    }
+
+    /// When the next heartbeat is due: deliver [`WorkerEvent::Tick`] then.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        Some(self.next_heartbeat)
+    }
+
+    /// Apply one event; returns what the runtime must do, in order.
+    pub fn handle(&mut self, event: WorkerEvent, now: Time) -> Vec<WorkerAction> {
+        match event {
+            WorkerEvent::FromScheduler(msg) => self.scheduler_message(msg),
+            WorkerEvent::ExecuteDone { key, nbytes } => self.execute_done(key, Ok(nbytes), now),
+            WorkerEvent::ExecuteFailed { key, error } => self.execute_done(key, Err(error), now),
+            WorkerEvent::FetchDone { key, from, nbytes } => self.fetch_done(key, from, nbytes),
+            WorkerEvent::FetchFailed { key, from } => self.fetch_failed(key, from),
+            WorkerEvent::PeerWantsData { request_id, key } => self.peer_wants(request_id, key),
+            WorkerEvent::Spilled { key } => self.spilled(key, true),
+            WorkerEvent::SpillFailed { key, error } => {
+                self.log(LogLevel::Warn, format!("spilling {key} failed: {error}"));
+                self.spilled(key, false);
+            }
+            WorkerEvent::Unspilled { key, nbytes } => self.unspilled(key, nbytes, now),
+            WorkerEvent::UnspillFailed { key, error } => self.unspill_failed(key, error),
+            WorkerEvent::MemorySample { rss } => {
+                self.rss = rss;
+                self.check_memory(true);
+            }
+            WorkerEvent::Tick => {
+                if now >= self.next_heartbeat {
+                    let hb = FromWorker::Heartbeat(self.metrics());
+                    self.out.push(WorkerAction::SendToScheduler(hb));
+                    self.next_heartbeat = now + self.config.heartbeat_interval;
+                }
+            }
+        }
+        self.check_memory(false);
+        self.start_fetches();
+        self.start_tasks(now);
+        std::mem::take(&mut self.out)
+    }
+
+    fn log(&mut self, level: LogLevel, text: String) {
+        self.out.push(WorkerAction::Log(level, text));
+    }
+
+    fn send(&mut self, msg: FromWorker) {
+        self.out.push(WorkerAction::SendToScheduler(msg));
+    }
+
+    fn scheduler_message(&mut self, msg: ToWorker) {
+        match msg {
+            ToWorker::ComputeTask {
+                key,
+                payload,
+                priority,
+                deps,
+            } => self.compute_task(key, payload, priority, deps),
+            ToWorker::FreeKeys { keys } => {
+                for key in keys {
+                    self.free(key);
+                }
+            }
+            ToWorker::StealRequest { key } => {
+                let stealable = (self.tasks.get(&key))
+                    .is_some_and(|t| matches!(t.phase, Phase::Fetching | Phase::Ready));
+                if stealable {
+                    self.drop_task(&key);
+                }
+                self.send(FromWorker::StealResponse {
+                    key,
+                    stolen: stealable,
+                });
+            }
+        }
+    }
+
+    fn compute_task(&mut self, key: Key, payload: ByteBuf, priority: i64, deps: Vec<DepLocation>) {
+        if let Some(t) = self.tasks.get_mut(&key) {
+            // Freed and sent again while still running: keep the run, report its result.
+            t.released = false;
+            return;
+        }
+        if let Some(s) = self.data.get(&key) {
+            let nbytes = s.nbytes;
+            self.send(FromWorker::TaskFinished {
+                key,
+                nbytes,
+                compute_micros: 0,
+            });
+            return;
+        }
+        self.clock += 1;
+        let seq = self.clock;
+        let mut missing = false;
+        for dep in &deps {
+            if self.data.contains_key(&dep.key) {
+                continue;
+            }
+            missing = true;
+            self.waiting_for
+                .entry(dep.key.clone())
+                .or_default()
+                .insert(key.clone());
+            let me = self.config.id;
+            let holders: Vec<Peer> = dep.who_has.iter().filter(|p| p.id != me).cloned().collect();
+            let fetch = self
+                .fetches
+                .entry(dep.key.clone())
+                .or_insert_with(|| Fetch {
+                    nbytes: dep.nbytes,
+                    untried: Vec::new(),
+                    failed: Vec::new(),
+                    in_flight: None,
+                    priority,
+                    seq,
+                });
+            // Fresh locations from the scheduler supersede earlier failures.
+            for p in holders {
+                if !fetch.untried.contains(&p) && fetch.in_flight != Some(p.id) {
+                    fetch.failed.retain(|f| *f != p.id);
+                    fetch.untried.push(p);
+                }
+            }
+            if fetch.in_flight.is_none() {
+                let old = (fetch.priority, fetch.seq, dep.key.clone());
+                self.fetch_queue.remove(&old);
+                fetch.priority = fetch.priority.min(priority);
+                self.fetch_queue
+                    .insert((fetch.priority, fetch.seq, dep.key.clone()));
+            }
+        }
+        let phase = if missing {
+            Phase::Fetching
+        } else {
+            Phase::Ready
+        };
+        let deps = deps.into_iter().map(|d| d.key).collect();
+        self.tasks.insert(
+            key.clone(),
+            WorkerTask {
+                payload,
+                priority,
+                seq,
+                deps,
+                phase,
+                started: Time::ZERO,
+                released: false,
+            },
+        );
+        if !missing {
+            self.ready.insert((priority, seq, key));
+        }
+    }
+
+    /// Remove a task that has not finished (freed or stolen), giving back its thread.
+    fn drop_task(&mut self, key: &Key) {
+        let Some(t) = self.tasks.get(key) else { return };
+        if t.phase == Phase::Executing {
+            self.tasks.get_mut(key).expect("checked").released = true;
+            return;
+        }
+        let t = self.tasks.remove(key).expect("checked");
+        self.ready.remove(&(t.priority, t.seq, key.clone()));
+        if t.phase == Phase::LoadingInputs {
+            self.running -= 1;
+            for d in &t.deps {
+                if let Some(s) = self.data.get_mut(d) {
+                    s.pinned = s.pinned.saturating_sub(1);
+                }
+            }
+        }
+        for d in &t.deps {
+            if let Some(w) = self.waiting_for.get_mut(d) {
+                w.remove(key);
+                if w.is_empty() {
+                    self.waiting_for.remove(d);
+                    // Nobody needs a fetch that has not started.
+                    if let Some(f) = self.fetches.get(d)
+                        && f.in_flight.is_none()
+                    {
+                        self.fetch_queue.remove(&(f.priority, f.seq, d.clone()));
+                        self.fetches.remove(d);
+                    }
+                }
+            }
+        }
+    }
+
+    fn free(&mut self, key: Key) {
+        self.drop_task(&key);
+        let Some(s) = self.data.get_mut(&key) else {
+            return;
+        };
+        match s.place {
+            Place::Spilling | Place::Unspilling => s.free_when_settled = true,
+            Place::Memory => {
+                let s = self.data.remove(&key).expect("checked");
+                self.managed -= s.nbytes;
+                self.lru.remove(&s.lru);
+                self.out.push(WorkerAction::DropValue { key: key.clone() });
+            }
+            Place::Spilled => {
+                let s = self.data.remove(&key).expect("checked");
+                self.spilled -= s.nbytes;
+                self.out
+                    .push(WorkerAction::DeleteSpilled { key: key.clone() });
+            }
+        }
+    }
+
+    fn touch(&mut self, key: &Key) {
+        self.clock += 1;
+        if let Some(s) = self.data.get_mut(key)
+            && s.place == Place::Memory
+        {
+            self.lru.remove(&s.lru);
+            s.lru = self.clock;
+            self.lru.insert(self.clock, key.clone());
+        }
+    }
+
+    fn store(&mut self, key: Key, nbytes: u64) {
+        self.managed += nbytes;
+        let stored = Stored {
+            nbytes,
+            place: Place::Memory,
+            lru: 0,
+            pinned: 0,
+            free_when_settled: false,
+        };
+        self.data.insert(key.clone(), stored);
+        self.touch(&key);
+    }
+
+    fn execute_done(&mut self, key: Key, result: Result<u64, String>, now: Time) {
+        if self
+            .tasks
+            .get(&key)
+            .is_none_or(|t| t.phase != Phase::Executing)
+        {
+            self.log(
+                LogLevel::Warn,
+                format!("result for {key}, which is not executing, ignored"),
+            );
+            if result.is_ok() {
+                self.out.push(WorkerAction::DropValue { key });
+            }
+            return;
+        }
+        let t = self.tasks.remove(&key).expect("checked");
+        self.running -= 1;
+        match result {
+            Ok(_) if t.released => self.out.push(WorkerAction::DropValue { key }),
+            Ok(nbytes) => {
+                self.store(key.clone(), nbytes);
+                let compute_micros = now.since(t.started).as_micros() as u64;
+                self.send(FromWorker::TaskFinished {
+                    key,
+                    nbytes,
+                    compute_micros,
+                });
+            }
+            Err(_) if t.released => {}
+            Err(error) => self.send(FromWorker::TaskErred { key, error }),
+        }
+    }
+
+    fn fetch_done(&mut self, key: Key, from: WorkerId, nbytes: u64) {
+        let ours = self
+            .fetches
+            .get(&key)
+            .is_some_and(|f| f.in_flight == Some(from));
+        if !ours || self.data.contains_key(&key) {
+            self.out.push(WorkerAction::DropValue { key });
+            return;
+        }
+        self.fetches.remove(&key);
+        self.release_peer(from);
+        let waiting = self.waiting_for.remove(&key).unwrap_or_default();
+        if waiting.is_empty() {
+            self.out.push(WorkerAction::DropValue { key });
+            return;
+        }
+        self.store(key.clone(), nbytes);
+        self.send(FromWorker::AddKeys {
+            keys: vec![(key, nbytes)],
+        });
+        for t in waiting {
+            self.maybe_ready(&t);
+        }
+    }
+
+    fn maybe_ready(&mut self, key: &Key) {
+        let Some(t) = self.tasks.get_mut(key) else {
+            return;
+        };
+        if t.phase == Phase::Fetching && t.deps.iter().all(|d| self.data.contains_key(d)) {
+            t.phase = Phase::Ready;
+            self.ready.insert((t.priority, t.seq, key.clone()));
+        }
+    }
+
+    fn release_peer(&mut self, peer: WorkerId) {
+        if let Some(n) = self.in_flight.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&peer);
+            }
+        }
+    }
+
+    fn fetch_failed(&mut self, key: Key, from: WorkerId) {
+        let Some(f) = self.fetches.get_mut(&key) else {
+            return;
+        };
+        if f.in_flight != Some(from) {
+            return;
+        }
+        f.in_flight = None;
+        f.failed.push(from);
+        self.release_peer(from);
+        let f = &self.fetches[&key];
+        if !self.waiting_for.contains_key(&key) {
+            self.fetches.remove(&key);
+        } else if !f.untried.is_empty() {
+            self.fetch_queue.insert((f.priority, f.seq, key));
+        } else {
+            // Every holder failed: the scheduler sorts out where the value is now.
+            let f = self.fetches.remove(&key).expect("checked");
+            for w in f.failed {
+                self.send(FromWorker::MissingData {
+                    key: key.clone(),
+                    from_worker: w,
+                });
+            }
+        }
+    }
+
+    fn start_fetches(&mut self) {
+        let total: u32 = self.in_flight.values().sum();
+        let mut budget = self.config.max_fetches_total.saturating_sub(total);
+        let mut started = Vec::new();
+        for (_, _, key) in &self.fetch_queue {
+            if budget == 0 {
+                break;
+            }
+            let f = &self.fetches[key];
+            // The least busy holder with room, in the scheduler's order on ties.
+            let choice = (f.untried.iter().enumerate())
+                .map(|(i, p)| (self.in_flight.get(&p.id).copied().unwrap_or(0), i))
+                .filter(|(n, _)| *n < self.config.max_fetches_per_peer)
+                .min();
+            if let Some((_, i)) = choice {
+                started.push((key.clone(), i));
+                budget -= 1;
+                let peer = f.untried[i].id;
+                *self.in_flight.entry(peer).or_default() += 1;
+            }
+        }
+        for (key, i) in started {
+            let f = self.fetches.get_mut(&key).expect("queued fetches exist");
+            self.fetch_queue.remove(&(f.priority, f.seq, key.clone()));
+            let peer = f.untried.remove(i);
+            f.in_flight = Some(peer.id);
+            let nbytes = f.nbytes;
+            self.out.push(WorkerAction::Fetch {
+                key,
+                from: peer,
+                nbytes,
+            });
+        }
+    }
+
+    fn start_tasks(&mut self, now: Time) {
+        while !self.paused && self.running < self.config.nthreads {
+            let Some((_, _, key)) = self.ready.pop_first() else {
+                return;
+            };
+            let deps = self.tasks[&key].deps.clone();
+            if let Some(gone) = deps.iter().find(|d| !self.data.contains_key(*d)) {
+                // An input was freed after the task became ready; the MissingData sent
+                // then makes the scheduler resend the task with fresh locations.
+                let gone = gone.clone();
+                self.waiting_for
+                    .entry(gone)
+                    .or_default()
+                    .insert(key.clone());
+                self.tasks.get_mut(&key).expect("ready tasks exist").phase = Phase::Fetching;
+                continue;
+            }
+            self.running += 1;
+            let mut loading = false;
+            for d in &deps {
+                let Some(s) = self.data.get_mut(d) else {
+                    continue;
+                };
+                s.pinned += 1;
+                if s.place == Place::Spilled {
+                    s.place = Place::Unspilling;
+                    self.out.push(WorkerAction::Unspill { key: d.clone() });
+                }
+                if s.place == Place::Unspilling {
+                    loading = true;
+                    self.waiting_for
+                        .entry(d.clone())
+                        .or_default()
+                        .insert(key.clone());
+                }
+            }
+            self.tasks.get_mut(&key).expect("ready tasks exist").phase = Phase::LoadingInputs;
+            if !loading {
+                self.execute(key, now);
+            }
+        }
+    }
+
+    /// Emit `Execute` for a task whose inputs are all in memory.
+    fn execute(&mut self, key: Key, now: Time) {
+        let t = self.tasks.get_mut(&key).expect("loading tasks exist");
+        t.phase = Phase::Executing;
+        t.started = now;
+        let inputs = t.deps.clone();
+        let payload = t.payload.clone();
+        for d in &inputs {
+            if let Some(s) = self.data.get_mut(d) {
+                s.pinned = s.pinned.saturating_sub(1);
+            }
+            self.touch(d);
+        }
+        self.out.push(WorkerAction::Execute {
+            key,
+            payload,
+            inputs,
+        });
+    }
+
+    fn peer_wants(&mut self, request_id: u64, key: Key) {
+        let Some(s) = self.data.get_mut(&key) else {
+            self.out.push(WorkerAction::DataMissing { request_id, key });
+            return;
+        };
+        match s.place {
+            Place::Memory | Place::Spilling => {
+                let nbytes = s.nbytes;
+                self.touch(&key);
+                self.out.push(WorkerAction::SendData {
+                    request_id,
+                    key,
+                    nbytes,
+                });
+            }
+            Place::Spilled | Place::Unspilling => {
+                if s.place == Place::Spilled {
+                    s.place = Place::Unspilling;
+                    self.out.push(WorkerAction::Unspill { key: key.clone() });
+                }
+                self.peer_requests.entry(key).or_default().push(request_id);
+            }
+        }
+    }
+
+    fn spilled(&mut self, key: Key, ok: bool) {
+        let Some(s) = self.data.get_mut(&key) else {
+            return;
+        };
+        if s.place != Place::Spilling {
+            return;
+        }
+        self.spilling -= s.nbytes;
+        if ok {
+            s.place = Place::Spilled;
+            self.managed -= s.nbytes;
+            self.spilled += s.nbytes;
+            if s.free_when_settled {
+                self.spilled -= s.nbytes;
+                self.data.remove(&key);
+                self.out.push(WorkerAction::DeleteSpilled { key });
+            } else if s.pinned > 0 {
+                // A task started loading its inputs while this one was being written out:
+                // it needs the value back.
+                s.place = Place::Unspilling;
+                self.out.push(WorkerAction::Unspill { key: key.clone() });
+                let loading: Vec<Key> = (self.tasks.iter())
+                    .filter(|(_, t)| t.phase == Phase::LoadingInputs && t.deps.contains(&key))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                self.waiting_for.entry(key).or_default().extend(loading);
+            }
+        } else {
+            s.place = Place::Memory;
+            if s.free_when_settled {
+                self.managed -= s.nbytes;
+                self.data.remove(&key);
+                self.out.push(WorkerAction::DropValue { key });
+            } else {
+                // Most recent: other values are tried first next time.
+                self.touch(&key);
+            }
+        }
+    }
+
+    fn unspilled(&mut self, key: Key, nbytes: u64, now: Time) {
+        let Some(s) = self.data.get_mut(&key) else {
+            return;
+        };
+        if s.place != Place::Unspilling {
+            return;
+        }
+        self.spilled -= s.nbytes;
+        s.nbytes = nbytes;
+        s.place = Place::Memory;
+        self.managed += nbytes;
+        self.touch(&key);
+        for request_id in self.peer_requests.remove(&key).unwrap_or_default() {
+            self.out.push(WorkerAction::SendData {
+                request_id,
+                key: key.clone(),
+                nbytes,
+            });
+        }
+        let waiting = self.waiting_for.remove(&key).unwrap_or_default();
+        for t in waiting {
+            let loaded = self.tasks.get(&t).is_some_and(|task| {
+                task.phase == Phase::LoadingInputs
+                    && task.deps.iter().all(|d| {
+                        self.data
+                            .get(d)
+                            .is_some_and(|s| matches!(s.place, Place::Memory | Place::Spilling))
+                    })
+            });
+            if loaded {
+                self.execute(t, now);
+            }
+        }
+        if self.data.get(&key).is_some_and(|s| s.free_when_settled) {
+            let s = self.data.remove(&key).expect("checked");
+            self.managed -= s.nbytes;
+            self.lru.remove(&s.lru);
+            self.out.push(WorkerAction::DropValue { key });
+        }
+    }
+
+    fn unspill_failed(&mut self, key: Key, error: String) {
+        let Some(s) = self.data.get(&key) else { return };
+        if s.place != Place::Unspilling {
+            return;
+        }
+        self.log(
+            LogLevel::Error,
+            format!("reading spilled {key} back failed: {error}"),
+        );
+        let s = self.data.remove(&key).expect("checked");
+        self.spilled -= s.nbytes;
+        for request_id in self.peer_requests.remove(&key).unwrap_or_default() {
+            self.out.push(WorkerAction::DataMissing {
+                request_id,
+                key: key.clone(),
+            });
+        }
+        // The value is lost here; the scheduler resets our tasks reading it.
+        let me = self.config.id;
+        self.send(FromWorker::MissingData {
+            key,
+            from_worker: me,
+        });
+    }
+
+    /// Spill and pause as the thresholds say; process memory counts only when freshly
+    /// sampled, since spills requested after a sample are not reflected in it.
+    fn check_memory(&mut self, fresh_sample: bool) {
+        let limit = self.config.memory_limit as f64;
+        if limit == 0.0 {
+            return;
+        }
+        let target = (limit * self.config.target) as u64;
+        let mut to_free = self
+            .managed
+            .saturating_sub(self.spilling)
+            .saturating_sub(target);
+        if fresh_sample && self.rss as f64 > limit * self.config.spill {
+            to_free = to_free.max(
+                self.rss
+                    .saturating_sub(target)
+                    .saturating_sub(self.spilling),
+            );
+        }
+        let mut candidates = Vec::new();
+        for key in self.lru.values() {
+            if to_free == 0 {
+                break;
+            }
+            let s = &self.data[key];
+            if s.pinned == 0 {
+                to_free = to_free.saturating_sub(s.nbytes);
+                candidates.push(key.clone());
+            }
+        }
+        for key in candidates {
+            let s = self.data.get_mut(&key).expect("lru keys are held");
+            s.place = Place::Spilling;
+            self.spilling += s.nbytes;
+            self.lru.remove(&s.lru);
+            self.out.push(WorkerAction::Spill { key });
+        }
+        let pause = self.rss as f64 > limit * self.config.pause;
+        if pause != self.paused {
+            self.paused = pause;
+            let (what, mb) = (if pause { "paused" } else { "resumed" }, self.rss >> 20);
+            self.log(
+                LogLevel::Warn,
+                format!("{} {what} at {mb} MiB process memory", self.config.id),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn k(i: u32) -> Key {
+        Key::new("v", [i])
+    }
+
+    fn peer(i: u32) -> Peer {
+        Peer {
+            id: WorkerId(i),
+            address: format!("w{i}"),
+        }
+    }
+
+    fn compute(key: Key, priority: i64, deps: Vec<(Key, Vec<u32>)>) -> WorkerEvent {
+        let deps = (deps.into_iter())
+            .map(|(key, who)| DepLocation {
+                key,
+                who_has: who.into_iter().map(peer).collect(),
+                nbytes: MIB,
+            })
+            .collect();
+        WorkerEvent::FromScheduler(ToWorker::ComputeTask {
+            key,
+            payload: ByteBuf::new(),
+            priority,
+            deps,
+        })
+    }
+
+    fn worker(nthreads: u32, limit: u64) -> WorkerState {
+        WorkerState::new(WorkerConfig::new(WorkerId(0), nthreads, limit), Time::ZERO)
+    }
+
+    /// Run `key` (no inputs) to completion with an `nbytes` result.
+    fn produce(w: &mut WorkerState, key: Key, nbytes: u64) -> Vec<WorkerAction> {
+        w.handle(compute(key.clone(), 0, vec![]), Time::ZERO);
+        w.handle(WorkerEvent::ExecuteDone { key, nbytes }, Time::ZERO)
+    }
+
+    fn executes(acts: &[WorkerAction]) -> Vec<Key> {
+        (acts.iter())
+            .filter_map(|a| match a {
+                WorkerAction::Execute { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_nthreads_tasks_lowest_priority_first() {
+        let mut w = worker(2, 0);
+        let mut started = Vec::new();
+        for (i, prio) in [(0, 5), (1, 1), (2, 3), (3, 0)] {
+            started.extend(executes(&w.handle(compute(k(i), prio, vec![]), Time::ZERO)));
+        }
+        assert_eq!(started, vec![k(0), k(1)]);
+        let acts = w.handle(
+            WorkerEvent::ExecuteDone {
+                key: k(0),
+                nbytes: 8,
+            },
+            Time::from_millis(3),
+        );
+        assert!(
+            acts.contains(&WorkerAction::SendToScheduler(FromWorker::TaskFinished {
+                key: k(0),
+                nbytes: 8,
+                compute_micros: 3000
+            }))
+        );
+        assert_eq!(executes(&acts), vec![k(3)]);
+    }
+
+    #[test]
+    fn spills_least_recently_used_above_target_and_unspills_inputs() {
+        let mut w = worker(1, 10 * MIB);
+        for i in 0..6 {
+            produce(&mut w, k(i), MIB);
+        }
+        // 6 MiB = target: nothing spilled. Using v0 makes v1 the oldest.
+        w.handle(compute(k(10), 0, vec![(k(0), vec![])]), Time::ZERO);
+        let acts = w.handle(
+            WorkerEvent::ExecuteDone {
+                key: k(10),
+                nbytes: MIB,
+            },
+            Time::ZERO,
+        );
+        assert!(
+            acts.contains(&WorkerAction::Spill { key: k(1) }),
+            "{acts:?}"
+        );
+        // Still in memory until the runtime confirms.
+        assert_eq!(w.metrics().managed_bytes, 7 * MIB);
+        let acts = produce(&mut w, k(6), MIB);
+        assert!(
+            acts.contains(&WorkerAction::Spill { key: k(2) }),
+            "{acts:?}"
+        );
+        w.handle(WorkerEvent::Spilled { key: k(1) }, Time::ZERO);
+        w.handle(WorkerEvent::Spilled { key: k(2) }, Time::ZERO);
+        assert_eq!(
+            (w.metrics().managed_bytes, w.metrics().spilled_bytes),
+            (6 * MIB, 2 * MIB)
+        );
+        // A task reading spilled v1 holds a thread while v1 comes back, then runs.
+        let acts = w.handle(
+            compute(k(20), 0, vec![(k(1), vec![]), (k(3), vec![])]),
+            Time::ZERO,
+        );
+        assert_eq!(acts, vec![WorkerAction::Unspill { key: k(1) }]);
+        let acts = w.handle(
+            WorkerEvent::Unspilled {
+                key: k(1),
+                nbytes: MIB,
+            },
+            Time::ZERO,
+        );
+        assert_eq!(executes(&acts), vec![k(20)]);
+        // v1 and v3 were just used, so the next spill takes v4, not them.
+        assert!(
+            acts.contains(&WorkerAction::Spill { key: k(4) }),
+            "{acts:?}"
+        );
+        assert!(!w.is_spilled(&k(1)));
+    }
+
+    #[test]
+    fn free_keys_deletes_spilled_values() {
+        let mut w = worker(1, 2 * MIB);
+        produce(&mut w, k(0), MIB);
+        let acts = produce(&mut w, k(1), MIB);
+        assert!(acts.contains(&WorkerAction::Spill { key: k(0) }));
+        // Freed while the spill is being written: deleted once it is.
+        let free = |keys| WorkerEvent::FromScheduler(ToWorker::FreeKeys { keys });
+        assert!(w.handle(free(vec![k(0)]), Time::ZERO).is_empty());
+        let acts = w.handle(WorkerEvent::Spilled { key: k(0) }, Time::ZERO);
+        assert_eq!(acts, vec![WorkerAction::DeleteSpilled { key: k(0) }]);
+        assert_eq!(
+            w.handle(free(vec![k(1)]), Time::ZERO),
+            vec![WorkerAction::DropValue { key: k(1) }]
+        );
+        let m = w.metrics();
+        assert_eq!(
+            (m.managed_bytes, m.spilled_bytes, w.holds(&k(0))),
+            (0, 0, false)
+        );
+    }
+
+    #[test]
+    fn pauses_above_the_pause_fraction() {
+        let mut w = worker(1, 10 * MIB);
+        w.handle(WorkerEvent::MemorySample { rss: 9 * MIB }, Time::ZERO);
+        assert!(w.metrics().paused);
+        assert!(executes(&w.handle(compute(k(0), 0, vec![]), Time::ZERO)).is_empty());
+        let acts = w.handle(WorkerEvent::Tick, Time::ZERO);
+        assert!(
+            matches!(&acts[..], [WorkerAction::SendToScheduler(FromWorker::Heartbeat(m))] if m.paused)
+        );
+        let acts = w.handle(WorkerEvent::MemorySample { rss: MIB }, Time::ZERO);
+        assert_eq!(executes(&acts), vec![k(0)]);
+    }
+
+    #[test]
+    fn fetches_are_bounded_per_peer_and_fail_over() {
+        let mut w = worker(1, 0);
+        let deps = (1..=3).map(|i| (k(i), vec![1, 2])).collect();
+        let acts = w.handle(compute(k(0), 0, deps), Time::ZERO);
+        let fetches: Vec<(Key, u32)> = (acts.iter())
+            .filter_map(|a| match a {
+                WorkerAction::Fetch { key, from, .. } => Some((key.clone(), from.id.0)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fetches, vec![(k(1), 1), (k(2), 2), (k(3), 1)]);
+        let acts = w.handle(
+            WorkerEvent::FetchFailed {
+                key: k(1),
+                from: WorkerId(1),
+            },
+            Time::ZERO,
+        );
+        assert!(matches!(&acts[..], [WorkerAction::Fetch { from, .. }] if from.id == WorkerId(2)));
+        let acts = w.handle(
+            WorkerEvent::FetchFailed {
+                key: k(1),
+                from: WorkerId(2),
+            },
+            Time::ZERO,
+        );
+        let missing = |from| {
+            WorkerAction::SendToScheduler(FromWorker::MissingData {
+                key: k(1),
+                from_worker: WorkerId(from),
+            })
+        };
+        assert_eq!(acts, vec![missing(1), missing(2)]);
+        for (i, from) in [(2, 2), (3, 1)] {
+            w.handle(
+                WorkerEvent::FetchDone {
+                    key: k(i),
+                    from: WorkerId(from),
+                    nbytes: 4,
+                },
+                Time::ZERO,
+            );
+        }
+        // Resent with a fresh holder, the task fetches the last input and runs.
+        let acts = w.handle(compute(k(0), 0, vec![(k(1), vec![3])]), Time::ZERO);
+        assert!(
+            acts.is_empty(),
+            "a duplicate ComputeTask is ignored: {acts:?}"
+        );
+        let free = WorkerEvent::FromScheduler(ToWorker::FreeKeys { keys: vec![k(0)] });
+        w.handle(free, Time::ZERO);
+        let deps = (1..=3).map(|i| (k(i), vec![3])).collect();
+        let acts = w.handle(compute(k(0), 0, deps), Time::ZERO);
+        assert!(matches!(&acts[..], [WorkerAction::Fetch { key, .. }] if *key == k(1)));
+        let acts = w.handle(
+            WorkerEvent::FetchDone {
+                key: k(1),
+                from: WorkerId(3),
+                nbytes: 4,
+            },
+            Time::ZERO,
+        );
+        assert_eq!(executes(&acts), vec![k(0)]);
+    }
+
+    #[test]
+    fn steals_only_unstarted_tasks_and_serves_peers() {
+        let mut w = worker(1, 0);
+        w.handle(compute(k(0), 0, vec![]), Time::ZERO);
+        w.handle(compute(k(1), 1, vec![]), Time::ZERO);
+        let steal = |key| WorkerEvent::FromScheduler(ToWorker::StealRequest { key });
+        let resp =
+            |key, stolen| WorkerAction::SendToScheduler(FromWorker::StealResponse { key, stolen });
+        assert_eq!(w.handle(steal(k(0)), Time::ZERO), vec![resp(k(0), false)]);
+        assert_eq!(w.handle(steal(k(1)), Time::ZERO), vec![resp(k(1), true)]);
+        assert_eq!(w.handle(steal(k(9)), Time::ZERO), vec![resp(k(9), false)]);
+        w.handle(
+            WorkerEvent::ExecuteDone {
+                key: k(0),
+                nbytes: 5,
+            },
+            Time::ZERO,
+        );
+        let ask = |request_id, key| WorkerEvent::PeerWantsData { request_id, key };
+        assert_eq!(
+            w.handle(ask(7, k(0)), Time::ZERO),
+            vec![WorkerAction::SendData {
+                request_id: 7,
+                key: k(0),
+                nbytes: 5
+            }]
+        );
+        assert_eq!(
+            w.handle(ask(8, k(1)), Time::ZERO),
+            vec![WorkerAction::DataMissing {
+                request_id: 8,
+                key: k(1)
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_events_do_not_panic() {
+        let mut w = worker(1, MIB);
+        let key = k(42);
+        for e in [
+            WorkerEvent::ExecuteDone {
+                key: key.clone(),
+                nbytes: 1,
+            },
+            WorkerEvent::ExecuteFailed {
+                key: key.clone(),
+                error: "x".into(),
+            },
+            WorkerEvent::FetchDone {
+                key: key.clone(),
+                from: WorkerId(3),
+                nbytes: 1,
+            },
+            WorkerEvent::FetchFailed {
+                key: key.clone(),
+                from: WorkerId(3),
+            },
+            WorkerEvent::Spilled { key: key.clone() },
+            WorkerEvent::SpillFailed {
+                key: key.clone(),
+                error: "x".into(),
+            },
+            WorkerEvent::Unspilled {
+                key: key.clone(),
+                nbytes: 1,
+            },
+            WorkerEvent::UnspillFailed {
+                key: key.clone(),
+                error: "x".into(),
+            },
+            WorkerEvent::FromScheduler(ToWorker::FreeKeys {
+                keys: vec![key.clone()],
+            }),
+        ] {
+            w.handle(e, Time::ZERO);
+        }
+        assert_eq!(
+            w.metrics(),
+            WorkerState::new(WorkerConfig::new(WorkerId(0), 1, MIB), Time::ZERO).metrics()
+        );
+    }
+}

@@ -1,0 +1,444 @@
+//! Whole computations on the simulated cluster: placement, queuing, stealing, worker death,
+//! retries, shared keys and memory. Every test is deterministic and runs in milliseconds.
+
+use std::time::Duration;
+
+use partita_core::Key;
+use partita_proto::Time;
+use partita_proto::messages::{ClientId, FromClient, WorkerId};
+use partita_proto::scheduler::TaskStatus;
+use partita_proto::sim::{
+    KillMode, Outcome, Sim, SimConfig, TaskBehavior, chain, order_depth_first, spec,
+    tree_reduction, wide_map,
+};
+
+const C: ClientId = ClientId(0);
+const MIB: u64 = 1 << 20;
+
+fn assert_all_in_memory(sim: &Sim, keys: &[Key]) {
+    for k in keys {
+        assert_eq!(
+            sim.report().outcomes.get(&(C, k.clone())),
+            Some(&Outcome::InMemory),
+            "{k}"
+        );
+        assert_eq!(sim.scheduler().task_status(k), TaskStatus::Memory, "{k}");
+    }
+    assert!(
+        sim.report().violations.is_empty(),
+        "{:?}",
+        sim.report().violations
+    );
+}
+
+#[test]
+fn chain_tree_and_wide_map_finish() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (chain_tasks, last) = chain("chain", 50);
+    let (tree_tasks, root) = tree_reduction("tree", 64, 4);
+    let (map_tasks, mapped) = wide_map("map", 200);
+    sim.submit_at(Time::ZERO, C, chain_tasks, vec![last.clone()]);
+    sim.submit_at(Time::ZERO, C, tree_tasks, vec![root.clone()]);
+    sim.submit_at(Time::ZERO, C, map_tasks, mapped.clone());
+    sim.run().unwrap();
+    let mut wanted = mapped.clone();
+    wanted.extend([last, root]);
+    assert_all_in_memory(&sim, &wanted);
+    // The map spreads over all four workers.
+    let used: std::collections::BTreeSet<WorkerId> = mapped
+        .iter()
+        .flat_map(|k| sim.report().placements[k].clone())
+        .collect();
+    assert_eq!(used.len(), 4);
+    // Intermediates nobody wants any more are forgotten.
+    assert_eq!(
+        sim.scheduler().task_status(&Key::new("tree", [0, 0])),
+        TaskStatus::Released
+    );
+}
+
+fn peak_with_saturation(worker_saturation: f64) -> u64 {
+    let mut config = SimConfig::default();
+    config.scheduler.worker_saturation = worker_saturation;
+    let mut sim = Sim::new(config);
+    let (tasks, root) = tree_reduction("r", 1000, 4);
+    for t in &tasks {
+        // Roots are large, reductions small: peak memory counts root outputs held.
+        let nbytes = if t.deps.is_empty() { MIB } else { 1024 };
+        sim.set_behavior(
+            t.key.clone(),
+            TaskBehavior {
+                nbytes,
+                ..TaskBehavior::default()
+            },
+        );
+    }
+    sim.submit_at(Time::ZERO, C, tasks, vec![root.clone()]);
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, &[root]);
+    sim.report().peak_memory.values().max().copied().unwrap()
+}
+
+#[test]
+fn root_task_queuing_bounds_root_outputs() {
+    let queued = peak_with_saturation(1.1);
+    assert!(
+        queued <= 16 * MIB,
+        "a worker held {} of 1000 root outputs at once",
+        queued / MIB
+    );
+    // Sending every root at once (the workers still order them) holds more.
+    let unqueued = peak_with_saturation(f64::INFINITY);
+    assert!(queued < unqueued, "{queued} vs {unqueued}");
+}
+
+#[test]
+fn locality_runs_a_task_where_its_large_input_is() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (big, small, out) = (Key::named("big"), Key::named("small"), Key::named("out"));
+    sim.set_behavior(
+        big.clone(),
+        TaskBehavior {
+            nbytes: 500 * MIB,
+            ..TaskBehavior::default()
+        },
+    );
+    let mut tasks = vec![
+        spec(small.clone(), vec![]),
+        spec(big.clone(), vec![]),
+        spec(out.clone(), vec![small.clone(), big.clone()]),
+    ];
+    order_depth_first(&mut tasks, std::slice::from_ref(&out));
+    sim.submit_at(Time::ZERO, C, tasks, vec![out.clone()]);
+    sim.run().unwrap();
+    let r = sim.report();
+    assert_ne!(
+        r.placements[&big], r.placements[&small],
+        "inputs start on different workers"
+    );
+    assert_eq!(r.placements[&out], r.placements[&big]);
+    assert!(
+        r.transfer_bytes < MIB,
+        "only the small input moves: {}",
+        r.transfer_bytes
+    );
+}
+
+fn stealing_run(work_stealing: bool) -> (Time, u64) {
+    let mut config = SimConfig {
+        workers: 1,
+        nthreads: 1,
+        ..SimConfig::default()
+    };
+    config.scheduler.work_stealing = work_stealing;
+    let mut sim = Sim::new(config);
+    let data = Key::named("data");
+    let mut tasks = vec![spec(data.clone(), vec![])];
+    let outs: Vec<Key> = (0..40).map(|i| Key::new("use", [i])).collect();
+    for k in &outs {
+        tasks.push(spec(k.clone(), vec![data.clone()]));
+        sim.set_behavior(
+            k.clone(),
+            TaskBehavior {
+                duration: Duration::from_millis(10),
+                ..TaskBehavior::default()
+            },
+        );
+    }
+    order_depth_first(&mut tasks, &outs);
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    // Everything lands on worker 0 (the only one); worker 1 joins idle a little later.
+    sim.add_worker_at(Time::from_millis(5), WorkerId(1), 1);
+    let end = sim.run().unwrap();
+    assert_all_in_memory(&sim, &outs);
+    let on_one = outs
+        .iter()
+        .filter(|k| sim.report().placements[*k] == vec![WorkerId(1)])
+        .count();
+    (end, on_one as u64)
+}
+
+#[test]
+fn idle_worker_steals_and_finishes_sooner() {
+    let (slow, none_moved) = stealing_run(false);
+    let (fast, moved) = stealing_run(true);
+    assert_eq!(none_moved, 0);
+    assert!(moved >= 10, "only {moved} tasks were stolen");
+    assert!(
+        fast.as_micros() * 10 < slow.as_micros() * 7,
+        "{fast} vs {slow}"
+    );
+}
+
+#[test]
+fn worker_death_mid_computation_recomputes_lost_values() {
+    let mut sim = Sim::new(SimConfig::default());
+    // Three stages: 32 loads, 32 maps, a tree of sums over the maps.
+    let mut tasks = Vec::new();
+    let mut maps = Vec::new();
+    for i in 0..32 {
+        tasks.push(spec(Key::new("load", [i]), vec![]));
+        tasks.push(spec(Key::new("map", [i]), vec![Key::new("load", [i])]));
+        maps.push(Key::new("map", [i]));
+    }
+    let mut sums = Vec::new();
+    for j in 0..8u32 {
+        tasks.push(spec(
+            Key::new("sum", [j]),
+            maps[j as usize * 4..j as usize * 4 + 4].to_vec(),
+        ));
+        sums.push(Key::new("sum", [j]));
+    }
+    let total = Key::named("total");
+    tasks.push(spec(total.clone(), sums));
+    order_depth_first(&mut tasks, std::slice::from_ref(&total));
+    for t in &tasks {
+        sim.set_behavior(
+            t.key.clone(),
+            TaskBehavior {
+                duration: Duration::from_millis(2),
+                ..TaskBehavior::default()
+            },
+        );
+    }
+    sim.submit_at(Time::ZERO, C, tasks, vec![total.clone()]);
+    sim.kill_worker_at(Time::from_millis(12), WorkerId(1), KillMode::Disconnect);
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, &[total]);
+    let stats = sim.scheduler().stats();
+    assert_eq!(stats.workers_lost, 1);
+    assert!(stats.lost_values > 0 && stats.recomputed > 0, "{stats:?}");
+    let rerun = (sim.report().placements.iter())
+        .filter(|(_, ws)| ws.len() > 1 && ws.contains(&WorkerId(1)))
+        .count();
+    assert!(rerun > 0, "values lost with worker 1 were computed again");
+}
+
+#[test]
+fn heartbeat_timeout_detects_a_silent_worker() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (tasks, outs) = wide_map("m", 40);
+    for t in &tasks {
+        sim.set_behavior(
+            t.key.clone(),
+            TaskBehavior {
+                duration: Duration::from_millis(20),
+                ..TaskBehavior::default()
+            },
+        );
+    }
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    sim.kill_worker_at(Time::from_millis(10), WorkerId(2), KillMode::Silent);
+    let end = sim.run().unwrap();
+    assert_all_in_memory(&sim, &outs);
+    assert_eq!(
+        sim.scheduler().workers(),
+        vec![WorkerId(0), WorkerId(1), WorkerId(3)]
+    );
+    assert!(
+        sim.report()
+            .logs
+            .iter()
+            .any(|l| l.contains("worker-2 removed: no heartbeat"))
+    );
+    // Noticed after the 500 ms timeout, not before.
+    assert!(end > Time::from_millis(500), "{end}");
+}
+
+#[test]
+fn task_killing_three_workers_errs_and_cluster_goes_on() {
+    let mut sim = Sim::new(SimConfig::default());
+    let poison = Key::new("poison", [3]);
+    let after = Key::named("after");
+    sim.set_behavior(
+        poison.clone(),
+        TaskBehavior {
+            kills_worker: true,
+            ..TaskBehavior::default()
+        },
+    );
+    let tasks = vec![
+        spec(poison.clone(), vec![]),
+        spec(after.clone(), vec![poison.clone()]),
+    ];
+    sim.submit_at(Time::ZERO, C, tasks, vec![after.clone()]);
+    sim.run().unwrap();
+    assert_eq!(sim.report().executions(&poison), 3);
+    match &sim.report().outcomes[&(C, after.clone())] {
+        Outcome::Erred(e) => {
+            assert!(
+                e.contains("('poison', 3) was running on 3 workers that died"),
+                "{e}"
+            );
+            assert!(e.starts_with("task 'after' could not run because"), "{e}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(sim.scheduler().workers().len(), 1);
+    let (tasks, root) = tree_reduction("later", 16, 4);
+    sim.submit_at(sim.now(), C, tasks, vec![root.clone()]);
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, &[root]);
+}
+
+#[test]
+fn retries_rescue_a_task_and_errors_name_the_failing_key() {
+    for retries in [1, 0] {
+        let mut sim = Sim::new(SimConfig::default());
+        let (flaky, down) = (Key::named("flaky"), Key::named("down"));
+        sim.set_behavior(
+            flaky.clone(),
+            TaskBehavior {
+                fail_times: 1,
+                ..TaskBehavior::default()
+            },
+        );
+        let mut first = spec(flaky.clone(), vec![]);
+        first.retries = retries;
+        sim.submit_at(
+            Time::ZERO,
+            C,
+            vec![first, spec(down.clone(), vec![flaky.clone()])],
+            vec![down.clone()],
+        );
+        sim.run().unwrap();
+        let outcome = &sim.report().outcomes[&(C, down.clone())];
+        if retries == 1 {
+            assert_eq!(outcome, &Outcome::InMemory);
+            assert_eq!(sim.report().executions(&flaky), 2);
+        } else {
+            let Outcome::Erred(e) = outcome else {
+                panic!("{outcome:?}")
+            };
+            assert_eq!(
+                e,
+                "task 'down' could not run because task 'flaky' failed: simulated failure"
+            );
+        }
+    }
+}
+
+#[test]
+fn shared_key_is_freed_when_both_clients_release_it() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (c1, c2) = (ClientId(1), ClientId(2));
+    let (tasks, last) = chain("shared", 3);
+    sim.submit_at(Time::ZERO, c1, tasks.clone(), vec![last.clone()]);
+    sim.submit_at(Time::ZERO, c2, tasks, vec![last.clone()]);
+    sim.run().unwrap();
+    assert_eq!(sim.report().executions(&last), 1, "one task, shared");
+    let holder = sim.scheduler().who_has(&last)[0];
+    let release = || FromClient::ReleaseKeys {
+        keys: vec![Key::new("shared", [2])],
+    };
+    sim.client_sends_at(sim.now(), c1, release());
+    sim.run_until(sim.now() + Duration::from_millis(5));
+    assert_eq!(sim.scheduler().task_status(&last), TaskStatus::Memory);
+    assert!(sim.worker(holder).unwrap().holds(&last));
+    sim.client_sends_at(sim.now(), c2, release());
+    sim.run_until(sim.now() + Duration::from_millis(5));
+    assert_eq!(sim.scheduler().task_status(&last), TaskStatus::Forgotten);
+    assert_eq!(sim.scheduler().task_count(), 0);
+    assert!(
+        !sim.worker(holder).unwrap().holds(&last),
+        "FreeKeys reached the worker"
+    );
+    assert_eq!(sim.held_bytes(holder), (0, 0));
+}
+
+#[test]
+fn spilling_bounds_memory_and_leaves_nothing_behind() {
+    let config = SimConfig {
+        workers: 2,
+        memory_limit: 16 * MIB,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    // 64 MiB of wanted results (and as much in intermediates) on 2 x 16 MiB workers, and
+    // a tree of 1 MiB partial sums over them.
+    let (mut tasks, outs) = wide_map("big", 64);
+    let mut level = outs.clone();
+    let mut depth = 0;
+    while level.len() > 1 {
+        depth += 1;
+        let next: Vec<Key> = (0..level.len().div_ceil(4) as u32)
+            .map(|j| Key::new("sum", [depth, j]))
+            .collect();
+        for (j, k) in next.iter().enumerate() {
+            tasks.push(spec(
+                k.clone(),
+                level[j * 4..(j * 4 + 4).min(level.len())].to_vec(),
+            ));
+        }
+        level = next;
+    }
+    let total = level[0].clone();
+    for t in &tasks {
+        sim.set_behavior(
+            t.key.clone(),
+            TaskBehavior {
+                nbytes: MIB,
+                ..TaskBehavior::default()
+            },
+        );
+    }
+    let mut wanted = outs.clone();
+    wanted.push(total.clone());
+    order_depth_first(&mut tasks, &wanted);
+    sim.submit_at(Time::ZERO, C, tasks, wanted.clone());
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, &wanted);
+    let spilled: u64 = [WorkerId(0), WorkerId(1)]
+        .iter()
+        .map(|w| sim.held_bytes(*w).1)
+        .sum();
+    assert!(
+        spilled >= 32 * MIB,
+        "results beyond the target went to disk: {spilled}"
+    );
+    for (w, peak) in &sim.report().peak_memory {
+        assert!(*peak <= 16 * MIB, "{w} peaked at {} MiB", peak / MIB);
+    }
+    sim.client_sends_at(sim.now(), C, FromClient::ReleaseKeys { keys: wanted });
+    sim.run_until(sim.now() + Duration::from_millis(50));
+    for w in [WorkerId(0), WorkerId(1)] {
+        assert_eq!(
+            sim.held_bytes(w),
+            (0, 0),
+            "{w} still holds values or spill files"
+        );
+    }
+    assert!(
+        sim.report().violations.is_empty(),
+        "{:?}",
+        sim.report().violations
+    );
+}
+
+#[test]
+fn cancel_answers_and_forgets() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (tasks, last) = chain("slow", 20);
+    for t in &tasks {
+        sim.set_behavior(
+            t.key.clone(),
+            TaskBehavior {
+                duration: Duration::from_millis(5),
+                ..TaskBehavior::default()
+            },
+        );
+    }
+    sim.submit_at(Time::ZERO, C, tasks, vec![last.clone()]);
+    sim.client_sends_at(
+        Time::from_millis(12),
+        C,
+        FromClient::Cancel {
+            keys: vec![last.clone()],
+        },
+    );
+    sim.run().unwrap();
+    assert_eq!(sim.report().outcomes[&(C, last)], Outcome::Cancelled);
+    sim.run_until(sim.now() + Duration::from_millis(20));
+    assert_eq!(sim.scheduler().task_count(), 0);
+    assert!(sim.report().executions(&Key::new("slow", [10])) == 0);
+}
