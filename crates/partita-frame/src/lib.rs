@@ -33,6 +33,7 @@
 //! assert_eq!(out.height(), 3);
 //! ```
 
+pub mod arrow;
 pub mod describe;
 pub mod frame;
 pub mod groupby;

@@ -1,6 +1,7 @@
 //! Partitioned dataframes, each operation compared with polars run directly on the same
 //! data, for several partition counts (1, a few, more than rows), on every scheduler.
 
+mod arrow;
 mod groupby;
 mod io;
 mod join;
