@@ -3,9 +3,9 @@
 #
 # Formatting and lints first (cheap, and they fail fast), then the quickstart example as a
 # smoke test of the README's first command, then doc tests (including the README's), then
-# every other Rust test: unit and integration (one binary, tests/integration). The Python
-# suite joins here when python-bindings/ lands. The last lines printed are the test
-# runner's own summary (cargo-nextest where installed, cargo test otherwise).
+# every other Rust test: unit and integration (one binary, tests/integration), then the
+# Python suite (python-bindings/run-tests.sh builds the extension into a virtualenv of its
+# own with maturin and runs pytest). Each runner prints its own summary; pytest's is last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/partita/target}"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --manifest-path python-bindings/Cargo.toml --check
 
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
@@ -30,3 +31,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --locked --workspace --lib --bins --tests --no-fail-fast
 fi
+
+echo "== Python: build partita into its own virtualenv, then pytest"
+python-bindings/run-tests.sh

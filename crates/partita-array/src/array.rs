@@ -179,10 +179,19 @@ impl Array {
 
     /// Compute into a dtype-erased [`Chunk`] holding the whole array.
     pub fn compute_chunk(&self, scheduler: &dyn Scheduler) -> Result<Chunk> {
-        fn go<T: Element>(a: &Array, s: &dyn Scheduler) -> Result<Chunk> {
-            a.compute::<T>(s).map(Chunk::new)
+        self.compute_chunk_with(scheduler, &ComputeOptions::default())
+    }
+
+    /// [`Array::compute_chunk`] with options (progress, cancellation).
+    pub fn compute_chunk_with(
+        &self,
+        scheduler: &dyn Scheduler,
+        options: &ComputeOptions,
+    ) -> Result<Chunk> {
+        fn go<T: Element>(a: &Array, s: &dyn Scheduler, o: &ComputeOptions) -> Result<Chunk> {
+            a.compute_with::<T>(s, o).map(Chunk::new)
         }
-        crate::with_dtype!(self.dtype(), T => go::<T>(self, scheduler))
+        crate::with_dtype!(self.dtype(), T => go::<T>(self, scheduler, options))
     }
 
     /// Compute every block now and return an array backed by the results (Dask's

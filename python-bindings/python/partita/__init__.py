@@ -1,0 +1,82 @@
+"""partita: Dask-style lazy arrays and dataframes whose work is done in Rust.
+
+    import partita as pt
+    x = pt.random.random((4000, 4000), chunks=(1000, 1000), seed=0)
+    (x + x.T).mean(axis=0).compute()          # a numpy array
+
+    df = pt.from_polars(polars_frame, npartitions=4)
+    df.filter(pl.col("x") > 1).group_by("k").agg(pl.col("v").sum()).compute()  # polars
+"""
+
+from ._partita import (
+    AuthError,
+    CancelledError,
+    CodecError,
+    ComputeError,
+    DTypeError,
+    GraphError,
+    InternalError,
+    PartitaError,
+    PartitaIOError,
+    PartitaNotImplementedError,
+    SchemaError,
+    ShapeError,
+    TransportError,
+)
+from . import random
+from .array import (
+    Array,
+    abs,
+    arange,
+    arccos,
+    arcsin,
+    arctan,
+    arctan2,
+    asarray,
+    ceil,
+    clip,
+    concatenate,
+    cos,
+    cosh,
+    exp,
+    expm1,
+    eye,
+    floor,
+    from_numpy,
+    full,
+    hypot,
+    isfinite,
+    isinf,
+    isnan,
+    linspace,
+    log,
+    log1p,
+    log2,
+    log10,
+    matmul,
+    maximum,
+    minimum,
+    ones,
+    round,
+    sign,
+    sin,
+    sinh,
+    sqrt,
+    square,
+    stack,
+    tan,
+    tanh,
+    tensordot,
+    trunc,
+    where,
+    zeros,
+)
+from .frame import DataFrame, GroupBy, concat, from_polars, read_csv, read_ipc, read_parquet
+
+
+def compute(*collections, scheduler=None, num_workers=None):
+    """Compute several collections; returns a tuple of results (numpy arrays, polars frames)."""
+    return tuple(c.compute(scheduler=scheduler, num_workers=num_workers) for c in collections)
+
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,1047 @@
+//! `partita._partita`: the Rust half of partita's Python package.
+//!
+//! Key decisions:
+//! - **Thin and explicit.** This module exposes partita's Rust API nearly one to one
+//!   (`RustArray`, `RustFrame` and creation functions taking plain arguments); the
+//!   pure-Python package on top gives it NumPy's and polars' manners (operators, slicing
+//!   syntax, reprs, `compute(scheduler=...)`). Everything that decides or computes is Rust.
+//! - **Polars objects cross through pyo3-polars**: `polars.Expr` and `polars.DataFrame` in,
+//!   `polars.DataFrame` out (a `LazyFrame` does not cross: its plan format differs between
+//!   Python polars and Rust polars).
+//! - **Compute runs with the GIL released, on another thread**, while the calling thread
+//!   wakes every 50 ms to check for Ctrl-C; an interrupt cancels the run through its
+//!   `CancelToken` and raises `KeyboardInterrupt` once the workers have stopped.
+//! - **Errors keep their kind**: each `partita::Error` kind maps to its own exception class
+//!   under `partita.PartitaError` (a task's failure maps by its root cause), message intact.
+//! - **Python functions run where Python is**: `map_blocks`/`map_partitions` with a Python
+//!   callable become closure ops that take the GIL per call; they run on the local
+//!   schedulers and are refused, naming the task, by anything that must serialize them.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use partita::array::{self as pa, Array, Axes, Chunk, Chunks, DType, Index, Operand, Scalar};
+use partita::frame::{self as pf, CsvOptions, DataFrame, How, ParquetOptions, SortOptions};
+use partita::{CancelToken, ComputeOptions, LocalScheduler, Scheduler, SyncScheduler};
+use polars::prelude::{DataFrame as PlFrame, Expr, PolarsError};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyTuple};
+use pyo3_polars::{PyDataFrame, PyExpr};
+
+create_exception!(
+    _partita,
+    PartitaError,
+    PyException,
+    "Base class of partita's errors."
+);
+create_exception!(
+    _partita,
+    GraphError,
+    PartitaError,
+    "A malformed task graph."
+);
+create_exception!(
+    _partita,
+    ShapeError,
+    PartitaError,
+    "Shapes, chunks or partition counts that do not fit."
+);
+create_exception!(
+    _partita,
+    SchemaError,
+    PartitaError,
+    "A missing column or a schema mismatch."
+);
+create_exception!(
+    _partita,
+    DTypeError,
+    PartitaError,
+    "A dtype that an operation cannot take."
+);
+create_exception!(
+    _partita,
+    ComputeError,
+    PartitaError,
+    "A task failed or panicked."
+);
+create_exception!(
+    _partita,
+    PartitaIOError,
+    PartitaError,
+    "Reading or writing a file failed."
+);
+create_exception!(
+    _partita,
+    CodecError,
+    PartitaError,
+    "A value or graph could not be encoded or decoded."
+);
+create_exception!(
+    _partita,
+    TransportError,
+    PartitaError,
+    "The network failed."
+);
+create_exception!(
+    _partita,
+    AuthError,
+    PartitaError,
+    "A cluster refused the credentials."
+);
+create_exception!(
+    _partita,
+    CancelledError,
+    PartitaError,
+    "The computation was cancelled."
+);
+create_exception!(
+    _partita,
+    PartitaNotImplementedError,
+    PartitaError,
+    "Not implemented yet."
+);
+create_exception!(_partita, InternalError, PartitaError, "A bug in partita.");
+
+/// The Python exception for a partita error, by the kind of its root cause.
+fn to_py(e: partita::Error) -> PyErr {
+    use partita::Error as E;
+    let message = e.to_string();
+    let kind = match &e {
+        E::Panic { .. } => return ComputeError::new_err(message),
+        other => other.root_cause(),
+    };
+    match kind {
+        E::MissingDependency { .. }
+        | E::Cycle { .. }
+        | E::DuplicateKey { .. }
+        | E::KeyNotFound { .. }
+        | E::Graph(_) => GraphError::new_err(message),
+        E::Shape(_) => ShapeError::new_err(message),
+        E::Schema(_) => SchemaError::new_err(message),
+        E::Type(_) => DTypeError::new_err(message),
+        E::Io { .. } => PartitaIOError::new_err(message),
+        E::Codec(_) => CodecError::new_err(message),
+        E::Transport(_) => TransportError::new_err(message),
+        E::Auth(_) => AuthError::new_err(message),
+        E::Cancelled => CancelledError::new_err(message),
+        E::NotImplemented(_) => PartitaNotImplementedError::new_err(message),
+        E::Internal(_) => InternalError::new_err(message),
+        _ => ComputeError::new_err(message),
+    }
+}
+
+/// `Result` into `PyResult`.
+trait IntoPy<T> {
+    fn py_err(self) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for partita::Result<T> {
+    fn py_err(self) -> PyResult<T> {
+        self.map_err(to_py)
+    }
+}
+
+/// The scheduler a Python `scheduler=` argument names.
+fn scheduler(name: Option<&str>, num_workers: Option<usize>) -> PyResult<Box<dyn Scheduler>> {
+    Ok(match name.unwrap_or("threads") {
+        "sync" | "synchronous" | "single-threaded" => Box::new(SyncScheduler),
+        "threads" | "threading" | "local" => match num_workers {
+            Some(n) if n > 0 => Box::new(LocalScheduler::with_threads(n)),
+            _ => Box::new(LocalScheduler::new()),
+        },
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown scheduler {other:?}; use \"sync\" or \"threads\""
+            )));
+        }
+    })
+}
+
+/// Run `work` on another thread with the GIL released, checking for Ctrl-C meanwhile.
+fn run_interruptible<T: Send>(
+    py: Python<'_>,
+    work: impl FnOnce(&ComputeOptions) -> partita::Result<T> + Send,
+) -> PyResult<T> {
+    let cancel = CancelToken::new();
+    let mut options = ComputeOptions::default();
+    options.context.cancel = cancel.clone();
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        // The receiver is used with the GIL released, which needs it `Sync`.
+        let rx = std::sync::Mutex::new(rx);
+        let receive = |timeout: Option<Duration>| {
+            let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match timeout {
+                Some(t) => rx.recv_timeout(t),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            }
+        };
+        let options = &options;
+        scope.spawn(move || {
+            let _ = tx.send(work(options));
+        });
+        loop {
+            match py.detach(|| receive(Some(Duration::from_millis(50)))) {
+                Ok(result) => return result.py_err(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(InternalError::new_err("the compute thread vanished"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(interrupt) = py.check_signals() {
+                        cancel.cancel();
+                        // Wait for the workers to stop before raising.
+                        let _ = py.detach(|| receive(None));
+                        return Err(interrupt);
+                    }
+                }
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Arrays
+
+fn dtype(name: &str) -> PyResult<DType> {
+    DType::parse(name).ok_or_else(|| {
+        DTypeError::new_err(format!(
+            "unsupported dtype {name:?}; partita arrays hold bool, uint8, int32, int64, float32 or float64"
+        ))
+    })
+}
+
+/// `"auto"`, an int, a list of ints (per axis) or a list of lists (explicit sizes).
+fn chunks(spec: &Bound<'_, PyAny>) -> PyResult<Chunks> {
+    if spec.is_none() {
+        return Ok(Chunks::Auto);
+    }
+    if let Ok(s) = spec.extract::<String>() {
+        return match s.as_str() {
+            "auto" => Ok(Chunks::Auto),
+            other => Err(PyValueError::new_err(format!("unknown chunks {other:?}"))),
+        };
+    }
+    if let Ok(n) = spec.extract::<usize>() {
+        return Ok(Chunks::Size(n));
+    }
+    if let Ok(per_axis) = spec.extract::<Vec<usize>>() {
+        return Ok(Chunks::Shape(per_axis));
+    }
+    if let Ok(explicit) = spec.extract::<Vec<Vec<usize>>>() {
+        return Ok(Chunks::Explicit(explicit));
+    }
+    Err(PyTypeError::new_err(
+        "chunks must be \"auto\", an int, a tuple of ints or a tuple of tuples of ints",
+    ))
+}
+
+fn scalar(value: &Bound<'_, PyAny>) -> Option<Scalar> {
+    if value.is_instance_of::<PyBool>() {
+        return value.extract::<bool>().ok().map(Scalar::Bool);
+    }
+    if value.is_instance_of::<PyInt>() {
+        return value.extract::<i64>().ok().map(Scalar::Int);
+    }
+    if value.is_instance_of::<PyFloat>() {
+        return value.extract::<f64>().ok().map(Scalar::Float);
+    }
+    // NumPy scalars and 0-d arrays.
+    if let Ok(item) = value.call_method0("item")
+        && !item.is(value)
+    {
+        return scalar(&item);
+    }
+    None
+}
+
+fn operand(value: &Bound<'_, PyAny>) -> PyResult<Operand> {
+    if let Ok(a) = value.cast::<RustArray>() {
+        return Ok(Operand::Array(a.get().0.clone()));
+    }
+    scalar(value).map(Operand::Scalar).ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "cannot combine a partita array with {}",
+            value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })
+}
+
+fn binary_op(name: &str) -> PyResult<pa::BinaryOp> {
+    use pa::BinaryOp as B;
+    Ok(match name {
+        "add" => B::Add,
+        "sub" => B::Sub,
+        "mul" => B::Mul,
+        "truediv" => B::Div,
+        "floordiv" => B::FloorDiv,
+        "mod" => B::Rem,
+        "pow" => B::Pow,
+        "minimum" => B::Minimum,
+        "maximum" => B::Maximum,
+        "eq" => B::Eq,
+        "ne" => B::Ne,
+        "lt" => B::Lt,
+        "le" => B::Le,
+        "gt" => B::Gt,
+        "ge" => B::Ge,
+        "and" => B::And,
+        "or" => B::Or,
+        "xor" => B::Xor,
+        "arctan2" => B::Atan2,
+        "hypot" => B::Hypot,
+        other => return Err(PyValueError::new_err(format!("unknown operator {other:?}"))),
+    })
+}
+
+fn unary_op(name: &str) -> PyResult<pa::UnaryOp> {
+    use pa::UnaryOp as U;
+    Ok(match name {
+        "negative" => U::Neg,
+        "abs" | "absolute" => U::Abs,
+        "sign" => U::Sign,
+        "square" => U::Square,
+        "logical_not" | "invert" => U::Not,
+        "exp" => U::Exp,
+        "expm1" => U::Expm1,
+        "log" => U::Log,
+        "log1p" => U::Log1p,
+        "log2" => U::Log2,
+        "log10" => U::Log10,
+        "sqrt" => U::Sqrt,
+        "sin" => U::Sin,
+        "cos" => U::Cos,
+        "tan" => U::Tan,
+        "arcsin" => U::Arcsin,
+        "arccos" => U::Arccos,
+        "arctan" => U::Arctan,
+        "sinh" => U::Sinh,
+        "cosh" => U::Cosh,
+        "tanh" => U::Tanh,
+        "floor" => U::Floor,
+        "ceil" => U::Ceil,
+        "round" => U::Round,
+        "trunc" => U::Trunc,
+        "isnan" => U::IsNan,
+        "isinf" => U::IsInf,
+        "isfinite" => U::IsFinite,
+        other => return Err(PyValueError::new_err(format!("unknown function {other:?}"))),
+    })
+}
+
+/// A lazy chunked array (wrapped by `partita.Array`).
+#[pyclass(module = "partita._partita", frozen)]
+struct RustArray(Array);
+
+fn wrap(a: partita::Result<Array>) -> PyResult<RustArray> {
+    a.map(RustArray).py_err()
+}
+
+/// A computed chunk as a NumPy array (the buffer moves when the chunk is not shared).
+fn chunk_to_numpy(py: Python<'_>, chunk: Chunk) -> Py<PyAny> {
+    match chunk {
+        Chunk::Bool(a) => a.into_owned().into_pyarray(py).into_any().unbind(),
+        Chunk::U8(a) => a.into_owned().into_pyarray(py).into_any().unbind(),
+        Chunk::I32(a) => a.into_owned().into_pyarray(py).into_any().unbind(),
+        Chunk::I64(a) => a.into_owned().into_pyarray(py).into_any().unbind(),
+        Chunk::F32(a) => a.into_owned().into_pyarray(py).into_any().unbind(),
+        Chunk::F64(a) => a.into_owned().into_pyarray(py).into_any().unbind(),
+    }
+}
+
+#[pymethods]
+impl RustArray {
+    #[getter]
+    fn shape(&self) -> Vec<usize> {
+        self.0.shape().to_vec()
+    }
+    #[getter]
+    fn chunks(&self) -> Vec<Vec<usize>> {
+        self.0.chunks().to_vec()
+    }
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.0.dtype().name()
+    }
+    #[getter]
+    fn npartitions(&self) -> usize {
+        self.0.npartitions()
+    }
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.0.nbytes()
+    }
+    #[getter]
+    fn name(&self) -> String {
+        self.0.name().to_string()
+    }
+
+    /// `op(self, other)`, or `op(other, self)` when `reflected`.
+    #[pyo3(signature = (op, other, reflected = false))]
+    fn binary(&self, op: &str, other: &Bound<'_, PyAny>, reflected: bool) -> PyResult<RustArray> {
+        let op = binary_op(op)?;
+        let other = operand(other)?;
+        let this = Operand::Array(self.0.clone());
+        wrap(if reflected {
+            pa::elementwise::binary(op, other, this)
+        } else {
+            pa::elementwise::binary(op, this, other)
+        })
+    }
+
+    fn unary(&self, op: &str) -> PyResult<RustArray> {
+        wrap(pa::elementwise::unary(unary_op(op)?, &self.0))
+    }
+
+    fn astype(&self, dtype_name: &str) -> PyResult<RustArray> {
+        wrap(self.0.astype(dtype(dtype_name)?))
+    }
+
+    fn clip(&self, low: &Bound<'_, PyAny>, high: &Bound<'_, PyAny>) -> PyResult<RustArray> {
+        wrap(self.0.clip(operand(low)?, operand(high)?))
+    }
+
+    /// A reduction by name over `axis` (None for all).
+    #[pyo3(signature = (name, axis = None, keepdims = false, split_every = None, ddof = 0))]
+    fn reduce(
+        &self,
+        name: &str,
+        axis: Option<Vec<isize>>,
+        keepdims: bool,
+        split_every: Option<usize>,
+        ddof: u32,
+    ) -> PyResult<RustArray> {
+        let axes = axis.map_or(Axes::All, Axes::These);
+        let mut options = pa::ReduceOptions {
+            keepdims,
+            ..Default::default()
+        };
+        if let Some(n) = split_every {
+            options.split_every = n;
+        }
+        let reduction = match name {
+            "sum" => pa::Reduction::Sum,
+            "prod" => pa::Reduction::Prod,
+            "mean" => pa::Reduction::Mean,
+            "min" => pa::Reduction::Min,
+            "max" => pa::Reduction::Max,
+            "any" => pa::Reduction::Any,
+            "all" => pa::Reduction::All,
+            "var" => pa::Reduction::Var { ddof },
+            "std" => pa::Reduction::Std { ddof },
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown reduction {other:?}"
+                )));
+            }
+        };
+        wrap(pa::reduction::reduce(&self.0, reduction, axes, options))
+    }
+
+    #[pyo3(signature = (name, axis = None))]
+    fn argreduce(&self, name: &str, axis: Option<isize>) -> PyResult<RustArray> {
+        match name {
+            "argmin" => wrap(self.0.argmin(axis)),
+            "argmax" => wrap(self.0.argmax(axis)),
+            other => Err(PyValueError::new_err(format!(
+                "unknown reduction {other:?}"
+            ))),
+        }
+    }
+
+    /// Basic indexing: a list of `("at", i)`, `("slice", start, stop, step)`, `("full",)`
+    /// and `("newaxis",)` items, one per indexed axis (the Python side parses the syntax).
+    fn index(&self, items: &Bound<'_, PyList>) -> PyResult<RustArray> {
+        let mut index = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            let item = item.cast::<PyTuple>()?;
+            let kind: String = item.get_item(0)?.extract()?;
+            index.push(match kind.as_str() {
+                "at" => Index::At(item.get_item(1)?.extract()?),
+                "slice" => Index::Slice {
+                    start: item.get_item(1)?.extract()?,
+                    stop: item.get_item(2)?.extract()?,
+                    step: item.get_item(3)?.extract()?,
+                },
+                "full" => Index::Full,
+                "newaxis" => Index::NewAxis,
+                other => return Err(PyValueError::new_err(format!("unknown index {other:?}"))),
+            });
+        }
+        wrap(self.0.index(&index))
+    }
+
+    fn take(&self, indices: Vec<i64>, axis: usize) -> PyResult<RustArray> {
+        wrap(self.0.take(&indices, axis))
+    }
+
+    #[pyo3(signature = (axes = None))]
+    fn transpose(&self, axes: Option<Vec<usize>>) -> PyResult<RustArray> {
+        wrap(self.0.transpose(axes.as_deref()))
+    }
+
+    fn swapaxes(&self, a: usize, b: usize) -> PyResult<RustArray> {
+        wrap(self.0.swapaxes(a, b))
+    }
+
+    fn reshape(&self, shape: Vec<isize>) -> PyResult<RustArray> {
+        wrap(self.0.reshape(&shape))
+    }
+
+    fn rechunk(&self, spec: &Bound<'_, PyAny>) -> PyResult<RustArray> {
+        wrap(self.0.rechunk(chunks(spec)?))
+    }
+
+    fn matmul(&self, other: &RustArray) -> PyResult<RustArray> {
+        wrap(self.0.matmul(&other.0))
+    }
+
+    /// Compute into a NumPy array.
+    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    fn compute(
+        &self,
+        py: Python<'_>,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let array = self.0.clone();
+        let chunk = run_interruptible(py, |o| array.compute_chunk_with(s.as_ref(), o))?;
+        Ok(chunk_to_numpy(py, chunk))
+    }
+
+    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    fn persist(
+        &self,
+        py: Python<'_>,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<RustArray> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let array = self.0.clone();
+        run_interruptible(py, |_| array.persist(s.as_ref())).map(RustArray)
+    }
+
+    /// The number of tasks in the array's graph.
+    fn graph_size(&self) -> PyResult<usize> {
+        use partita::Collection;
+        partita::Layer::materialize(&[Arc::clone(self.0.layer())])
+            .map(|g| g.len())
+            .py_err()
+    }
+}
+
+/// A NumPy array as a partita array (its data copied into the graph).
+#[pyfunction]
+fn from_numpy(array: &Bound<'_, PyUntypedArray>, spec: &Bound<'_, PyAny>) -> PyResult<RustArray> {
+    let chunks = chunks(spec)?;
+    macro_rules! try_dtype {
+        ($($t:ty),*) => {$(
+            if let Ok(a) = array.cast::<PyArrayDyn<$t>>() {
+                let owned = a.readonly().as_array().to_owned();
+                return wrap(pa::from_ndarray(&owned, chunks));
+            }
+        )*};
+    }
+    try_dtype!(f64, f32, i64, i32, u8, bool);
+    Err(DTypeError::new_err(format!(
+        "unsupported NumPy dtype {}; partita arrays hold bool, uint8, int32, int64, float32 or float64",
+        array.dtype()
+    )))
+}
+
+#[pyfunction]
+#[pyo3(signature = (shape, value, dtype_name, spec))]
+fn full(
+    shape: Vec<usize>,
+    value: &Bound<'_, PyAny>,
+    dtype_name: &str,
+    spec: &Bound<'_, PyAny>,
+) -> PyResult<RustArray> {
+    let value = scalar(value).ok_or_else(|| PyTypeError::new_err("fill value must be a number"))?;
+    wrap(pa::full(&shape, value, dtype(dtype_name)?, chunks(spec)?))
+}
+
+#[pyfunction]
+fn arange(
+    start: f64,
+    stop: f64,
+    step: f64,
+    dtype_name: &str,
+    spec: &Bound<'_, PyAny>,
+) -> PyResult<RustArray> {
+    wrap(pa::arange(
+        start,
+        stop,
+        step,
+        dtype(dtype_name)?,
+        chunks(spec)?,
+    ))
+}
+
+#[pyfunction]
+fn linspace(
+    start: f64,
+    stop: f64,
+    num: usize,
+    endpoint: bool,
+    dtype_name: &str,
+    spec: &Bound<'_, PyAny>,
+) -> PyResult<RustArray> {
+    let a = pa::linspace(start, stop, num, endpoint, chunks(spec)?).py_err()?;
+    wrap(a.astype(dtype(dtype_name)?))
+}
+
+#[pyfunction]
+fn eye(
+    n: usize,
+    m: usize,
+    k: i64,
+    dtype_name: &str,
+    spec: &Bound<'_, PyAny>,
+) -> PyResult<RustArray> {
+    wrap(pa::eye(n, Some(m), k, dtype(dtype_name)?, chunks(spec)?))
+}
+
+#[pyfunction]
+fn random_uniform(
+    shape: Vec<usize>,
+    low: f64,
+    high: f64,
+    spec: &Bound<'_, PyAny>,
+    seed: u64,
+) -> PyResult<RustArray> {
+    wrap(pa::random::uniform(&shape, low, high, chunks(spec)?, seed))
+}
+
+#[pyfunction]
+fn random_normal(
+    shape: Vec<usize>,
+    mean: f64,
+    std: f64,
+    spec: &Bound<'_, PyAny>,
+    seed: u64,
+) -> PyResult<RustArray> {
+    wrap(pa::random::normal(&shape, mean, std, chunks(spec)?, seed))
+}
+
+#[pyfunction]
+fn random_integers(
+    shape: Vec<usize>,
+    low: i64,
+    high: i64,
+    spec: &Bound<'_, PyAny>,
+    seed: u64,
+) -> PyResult<RustArray> {
+    wrap(pa::random::integers(&shape, low, high, chunks(spec)?, seed))
+}
+
+#[pyfunction]
+fn where_(
+    condition: &RustArray,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+) -> PyResult<RustArray> {
+    wrap(pa::where_(&condition.0, operand(a)?, operand(b)?))
+}
+
+fn arrays(list: &Bound<'_, PyList>) -> PyResult<Vec<Array>> {
+    list.iter()
+        .map(|a| Ok(a.cast::<RustArray>()?.get().0.clone()))
+        .collect()
+}
+
+#[pyfunction]
+fn concatenate(list: &Bound<'_, PyList>, axis: usize) -> PyResult<RustArray> {
+    wrap(pa::concatenate(&arrays(list)?, axis))
+}
+
+#[pyfunction]
+fn stack(list: &Bound<'_, PyList>, axis: usize) -> PyResult<RustArray> {
+    wrap(pa::stack(&arrays(list)?, axis))
+}
+
+#[pyfunction]
+fn tensordot(
+    a: &RustArray,
+    b: &RustArray,
+    axes_a: Vec<usize>,
+    axes_b: Vec<usize>,
+) -> PyResult<RustArray> {
+    wrap(pa::tensordot(&a.0, &b.0, &axes_a, &axes_b))
+}
+
+// ---------------------------------------------------------------------------------------
+// DataFrames
+
+/// A lazy partitioned dataframe (wrapped by `partita.DataFrame`).
+#[pyclass(module = "partita._partita", frozen)]
+struct RustFrame(DataFrame);
+
+fn wrap_frame(f: partita::Result<DataFrame>) -> PyResult<RustFrame> {
+    f.map(RustFrame).py_err()
+}
+
+fn exprs(list: Vec<PyExpr>) -> Vec<Expr> {
+    list.into_iter().map(|e| e.0).collect()
+}
+
+fn how(name: &str) -> PyResult<How> {
+    Ok(match name {
+        "inner" => How::Inner,
+        "left" => How::Left,
+        "right" => How::Right,
+        "full" | "outer" => How::Full,
+        "semi" => How::Semi,
+        "anti" => How::Anti,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown join {other:?}; use inner, left, right, full, semi or anti"
+            )));
+        }
+    })
+}
+
+/// A Python function of a polars DataFrame as a Rust one (the GIL is taken per call).
+fn python_frame_function(
+    function: Py<PyAny>,
+) -> impl Fn(PlFrame) -> polars::prelude::PolarsResult<PlFrame> + Send + Sync + 'static {
+    move |frame: PlFrame| {
+        Python::attach(|py| {
+            let out = function
+                .call1(py, (PyDataFrame(frame),))
+                .and_then(|out| out.extract::<PyDataFrame>(py).map_err(PyErr::from));
+            match out {
+                Ok(df) => Ok(df.0),
+                Err(e) => Err(PolarsError::ComputeError(
+                    format!("the Python function raised {e}").into(),
+                )),
+            }
+        })
+    }
+}
+
+#[pymethods]
+impl RustFrame {
+    #[staticmethod]
+    fn from_polars(df: PyDataFrame, npartitions: usize) -> PyResult<RustFrame> {
+        wrap_frame(DataFrame::from_polars(df.0, npartitions))
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (path, columns = None, partition_bytes = None))]
+    fn read_parquet(
+        path: &str,
+        columns: Option<Vec<String>>,
+        partition_bytes: Option<u64>,
+    ) -> PyResult<RustFrame> {
+        let mut options = ParquetOptions {
+            columns,
+            ..Default::default()
+        };
+        if partition_bytes.is_some() {
+            options.partition_bytes = partition_bytes;
+        }
+        wrap_frame(pf::read_parquet(path, &options))
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (path, separator = ",", has_header = true, blocksize = None))]
+    fn read_csv(
+        path: &str,
+        separator: &str,
+        has_header: bool,
+        blocksize: Option<u64>,
+    ) -> PyResult<RustFrame> {
+        let separator = match separator.as_bytes() {
+            [b] => *b,
+            _ => return Err(PyValueError::new_err("separator must be one byte")),
+        };
+        let mut options = CsvOptions {
+            separator,
+            has_header,
+            ..Default::default()
+        };
+        if blocksize.is_some() {
+            options.blocksize = blocksize;
+        }
+        wrap_frame(pf::read_csv(path, &options))
+    }
+
+    #[staticmethod]
+    fn read_ipc(path: &str) -> PyResult<RustFrame> {
+        wrap_frame(pf::read_ipc(path))
+    }
+
+    #[staticmethod]
+    fn concat(frames: Vec<Bound<'_, RustFrame>>) -> PyResult<RustFrame> {
+        let frames: Vec<DataFrame> = frames.iter().map(|f| f.get().0.clone()).collect();
+        wrap_frame(DataFrame::concat(&frames))
+    }
+
+    /// An empty polars frame with the result's schema.
+    fn empty(&self) -> PyDataFrame {
+        PyDataFrame(PlFrame::empty_with_arc_schema(Arc::clone(self.0.schema())))
+    }
+
+    #[getter]
+    fn columns(&self) -> Vec<String> {
+        self.0.columns()
+    }
+    #[getter]
+    fn npartitions(&self) -> usize {
+        self.0.npartitions()
+    }
+
+    fn select(&self, e: Vec<PyExpr>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.select(exprs(e)))
+    }
+    fn with_columns(&self, e: Vec<PyExpr>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.with_columns(exprs(e)))
+    }
+    fn filter(&self, predicate: PyExpr) -> PyResult<RustFrame> {
+        wrap_frame(self.0.filter(predicate.0))
+    }
+    fn drop(&self, names: Vec<String>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.drop(&names))
+    }
+    fn rename(&self, existing: Vec<String>, new: Vec<String>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.rename(&existing, &new))
+    }
+    fn fill_null(&self, value: PyExpr) -> PyResult<RustFrame> {
+        wrap_frame(self.0.fill_null(value.0))
+    }
+    #[pyo3(signature = (subset = None))]
+    fn drop_nulls(&self, subset: Option<Vec<String>>) -> PyResult<RustFrame> {
+        let subset: Option<Vec<&str>> = subset
+            .as_ref()
+            .map(|s| s.iter().map(String::as_str).collect());
+        wrap_frame(self.0.drop_nulls(subset.as_deref()))
+    }
+    fn explode(&self, names: Vec<String>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.explode(&names))
+    }
+
+    #[pyo3(signature = (keys, aggs, split_out = None, split_every = None))]
+    fn group_by_agg(
+        &self,
+        keys: Vec<String>,
+        aggs: Vec<PyExpr>,
+        split_out: Option<usize>,
+        split_every: Option<usize>,
+    ) -> PyResult<RustFrame> {
+        let mut g = self.0.group_by(&keys).py_err()?;
+        if let Some(n) = split_out {
+            g = g.split_out(n);
+        }
+        if let Some(n) = split_every {
+            g = g.split_every(n);
+        }
+        wrap_frame(g.agg(exprs(aggs)))
+    }
+
+    fn join(
+        &self,
+        other: &RustFrame,
+        left_on: Vec<String>,
+        right_on: Vec<String>,
+        how_name: &str,
+    ) -> PyResult<RustFrame> {
+        wrap_frame(self.0.join(&other.0, &left_on, &right_on, how(how_name)?))
+    }
+
+    #[pyo3(signature = (by, descending, nulls_last = false, npartitions = None))]
+    fn sort(
+        &self,
+        by: Vec<String>,
+        descending: Vec<bool>,
+        nulls_last: bool,
+        npartitions: Option<usize>,
+    ) -> PyResult<RustFrame> {
+        let options = SortOptions {
+            descending,
+            nulls_last,
+            npartitions,
+        };
+        wrap_frame(self.0.sort(&by, options))
+    }
+
+    #[pyo3(signature = (subset = None))]
+    fn unique(&self, subset: Option<Vec<String>>) -> PyResult<RustFrame> {
+        let subset: Option<Vec<&str>> = subset
+            .as_ref()
+            .map(|s| s.iter().map(String::as_str).collect());
+        wrap_frame(self.0.unique(subset.as_deref()))
+    }
+    fn value_counts(&self, column: &str) -> PyResult<RustFrame> {
+        wrap_frame(self.0.value_counts(column))
+    }
+    fn describe(&self) -> PyResult<RustFrame> {
+        wrap_frame(self.0.describe())
+    }
+    fn repartition(&self, n: usize) -> PyResult<RustFrame> {
+        wrap_frame(self.0.repartition(n))
+    }
+    fn shuffle(&self, keys: Vec<String>, n: usize) -> PyResult<RustFrame> {
+        wrap_frame(self.0.shuffle(&keys, None, n))
+    }
+
+    /// `function(polars.DataFrame) -> polars.DataFrame` on every partition; the output
+    /// schema comes from calling it on an empty frame unless `schema_of` (an empty polars
+    /// frame) is given.
+    #[pyo3(signature = (function, schema_of = None))]
+    fn map_partitions(
+        &self,
+        function: Py<PyAny>,
+        schema_of: Option<PyDataFrame>,
+    ) -> PyResult<RustFrame> {
+        let f = python_frame_function(function);
+        wrap_frame(match schema_of {
+            Some(empty) => self.0.map_partitions_with_schema(
+                "python-map-partitions",
+                Arc::clone(empty.0.schema()),
+                f,
+            ),
+            None => self.0.map_partitions("python-map-partitions", f),
+        })
+    }
+
+    #[pyo3(signature = (n, scheduler = None, num_workers = None))]
+    fn head(
+        &self,
+        py: Python<'_>,
+        n: usize,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<PyDataFrame> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let frame = self.0.clone();
+        run_interruptible(py, |_| frame.head(n, s.as_ref())).map(PyDataFrame)
+    }
+
+    #[pyo3(signature = (n, scheduler = None, num_workers = None))]
+    fn tail(
+        &self,
+        py: Python<'_>,
+        n: usize,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<PyDataFrame> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let frame = self.0.clone();
+        run_interruptible(py, |_| frame.tail(n, s.as_ref())).map(PyDataFrame)
+    }
+
+    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    fn length(
+        &self,
+        py: Python<'_>,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<u64> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let frame = self.0.clone();
+        run_interruptible(py, |_| frame.len()?.compute(s.as_ref()))
+    }
+
+    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    fn compute(
+        &self,
+        py: Python<'_>,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<PyDataFrame> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let frame = self.0.clone();
+        run_interruptible(py, |o| frame.compute_with(s.as_ref(), o)).map(PyDataFrame)
+    }
+
+    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    fn persist(
+        &self,
+        py: Python<'_>,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<RustFrame> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let frame = self.0.clone();
+        run_interruptible(py, |_| frame.persist(s.as_ref())).map(RustFrame)
+    }
+
+    #[pyo3(signature = (path, scheduler = None, num_workers = None))]
+    fn to_parquet(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<u64> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let frame = self.0.clone();
+        run_interruptible(py, |_| frame.to_parquet(path, s.as_ref()))
+    }
+
+    #[pyo3(signature = (path, scheduler = None, num_workers = None))]
+    fn to_csv(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        scheduler: Option<&str>,
+        num_workers: Option<usize>,
+    ) -> PyResult<u64> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let frame = self.0.clone();
+        run_interruptible(py, |_| frame.to_csv(path, s.as_ref()))
+    }
+
+    /// The number of tasks in the frame's graph.
+    fn graph_size(&self) -> PyResult<usize> {
+        use partita::Collection;
+        partita::Layer::materialize(&[Arc::clone(self.0.layer())])
+            .map(|g| g.len())
+            .py_err()
+    }
+}
+
+#[pymodule]
+fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<RustArray>()?;
+    m.add_class::<RustFrame>()?;
+    m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
+    m.add_function(wrap_pyfunction!(full, m)?)?;
+    m.add_function(wrap_pyfunction!(arange, m)?)?;
+    m.add_function(wrap_pyfunction!(linspace, m)?)?;
+    m.add_function(wrap_pyfunction!(eye, m)?)?;
+    m.add_function(wrap_pyfunction!(random_uniform, m)?)?;
+    m.add_function(wrap_pyfunction!(random_normal, m)?)?;
+    m.add_function(wrap_pyfunction!(random_integers, m)?)?;
+    m.add_function(wrap_pyfunction!(where_, m)?)?;
+    m.add_function(wrap_pyfunction!(concatenate, m)?)?;
+    m.add_function(wrap_pyfunction!(stack, m)?)?;
+    m.add_function(wrap_pyfunction!(tensordot, m)?)?;
+    m.add("PartitaError", py.get_type::<PartitaError>())?;
+    m.add("GraphError", py.get_type::<GraphError>())?;
+    m.add("ShapeError", py.get_type::<ShapeError>())?;
+    m.add("SchemaError", py.get_type::<SchemaError>())?;
+    m.add("DTypeError", py.get_type::<DTypeError>())?;
+    m.add("ComputeError", py.get_type::<ComputeError>())?;
+    m.add("PartitaIOError", py.get_type::<PartitaIOError>())?;
+    m.add("CodecError", py.get_type::<CodecError>())?;
+    m.add("TransportError", py.get_type::<TransportError>())?;
+    m.add("AuthError", py.get_type::<AuthError>())?;
+    m.add("CancelledError", py.get_type::<CancelledError>())?;
+    m.add(
+        "PartitaNotImplementedError",
+        py.get_type::<PartitaNotImplementedError>(),
+    )?;
+    m.add("InternalError", py.get_type::<InternalError>())?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+"""partita dataframes against polars run directly on the same data, on every scheduler."""
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import partita as pt
+
+PARTITIONS = [1, 3, 7, 40]
+
+
+def sample(rows=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "k": rng.choice(["a", "b", "c", None], size=rows).tolist(),
+            "g": rng.integers(0, 5, size=rows),
+            "v": rng.normal(size=rows),
+            "n": rng.integers(0, 100, size=rows).astype("int32"),
+        }
+    )
+
+
+def same(got, expected, by=None):
+    if by:
+        got, expected = got.sort(by, maintain_order=True), expected.sort(by, maintain_order=True)
+    assert_frame_equal(got, expected, check_exact=False, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_per_partition_operations_match_polars(scheduler, npartitions):
+    df = sample()
+    f = pt.from_polars(df, npartitions=npartitions)
+    assert f.npartitions == npartitions
+    q = (
+        f.filter(pl.col("v") > 0)
+        .with_columns((pl.col("v") * 2).alias("w"))
+        .select("k", "g", "w")
+        .rename({"g": "group"})
+    )
+    expected = (
+        df.filter(pl.col("v") > 0).with_columns((pl.col("v") * 2).alias("w")).select("k", "g", "w").rename({"g": "group"})
+    )
+    assert q.schema == expected.schema  # known before computing
+    same(q.compute(scheduler=scheduler), expected)
+    assert len(f) == df.height
+
+
+@pytest.mark.parametrize("npartitions", PARTITIONS)
+def test_group_by_join_and_sort_match_polars(scheduler, npartitions):
+    df = sample(50, 1)
+    f = pt.from_polars(df, npartitions=npartitions)
+    aggs = [pl.col("v").sum().alias("s"), pl.col("v").mean().alias("m"), pl.col("n").median().alias("med"), pl.len()]
+    got = f.group_by("k").agg(*aggs).compute(scheduler=scheduler)
+    same(got, df.group_by("k").agg(*aggs), by="k")
+    other = pl.DataFrame({"k": ["a", "b", "z"], "city": ["Oslo", "Lima", "Pune"]})
+    for how in ["inner", "left", "full", "semi", "anti"]:
+        got = f.join(pt.from_polars(other, 2), on="k", how=how).compute(scheduler=scheduler)
+        expected = df.join(other, on="k", how=how)
+        same(got, expected, by=[c for c in expected.columns])
+    got = f.sort("g", "v", descending=[True, False]).compute(scheduler=scheduler)
+    same(got, df.sort(["g", "v"], descending=[True, False], maintain_order=True))
+
+
+def test_map_partitions_runs_python_functions(scheduler):
+    df = sample()
+    f = pt.from_polars(df, npartitions=4)
+
+    def add_total(part):
+        return part.with_columns((pl.col("v") + pl.col("n")).alias("total"))
+
+    got = f.map_partitions(add_total).compute(scheduler=scheduler)
+    same(got, add_total(df))
+
+    def broken(part):
+        raise RuntimeError("no luck")
+
+    with pytest.raises(pt.PartitaError) as info:
+        f.map_partitions(broken, schema=df.schema).compute(scheduler=scheduler)
+    assert "no luck" in str(info.value)
+
+
+def test_files_head_describe_and_pandas(tmp_path):
+    df = sample(100, 2)
+    f = pt.from_polars(df, npartitions=5)
+    assert f.to_parquet(tmp_path / "out") == 100
+    back = pt.read_parquet(tmp_path / "out")
+    assert back.npartitions == 5
+    same(back.compute(), df)
+    same(pt.read_parquet(tmp_path / "out", columns=["g"]).compute(), df.select("g"))
+    same(back.head(7), df.head(7))
+    same(back.tail(3), df.tail(3))
+    described = f.describe().compute()
+    assert described["statistic"].to_list()[:2] == ["count", "null_count"]
+    assert described["v"][0] == 100
+    pandas = f.to_pandas()
+    assert list(pandas.columns) == df.columns and len(pandas) == 100
+    f.to_csv(tmp_path / "csv")
+    csv = pt.read_csv(tmp_path / "csv")
+    assert csv.npartitions == 5
+    same(csv.compute(), df.with_columns(pl.col("n").cast(pl.Int64)))
+
+
+def test_errors_name_the_column_and_lazyframes_are_refused():
+    f = pt.from_polars(sample(), npartitions=2)
+    with pytest.raises(pt.SchemaError) as info:
+        f.select(pl.col("nope"))
+    assert "nope" in str(info.value)
+    with pytest.raises(pt.PartitaError):
+        f.group_by("missing").agg(pl.len())
+    with pytest.raises(TypeError):
+        pt.from_polars(sample().lazy())
+    with pytest.raises(pt.PartitaIOError):
+        pt.read_parquet("/nonexistent/partita/file.parquet")
+    assert "partitions" in f._repr_html_()
