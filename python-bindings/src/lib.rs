@@ -24,7 +24,9 @@ use std::time::Duration;
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use partita::array::{self as pa, Array, Axes, Chunk, Chunks, DType, Index, Operand, Scalar};
 use partita::frame::{self as pf, CsvOptions, DataFrame, How, ParquetOptions, SortOptions};
-use partita::{CancelToken, ComputeOptions, LocalScheduler, Scheduler, SyncScheduler};
+use partita::{
+    CancelToken, ComputeOptions, LocalScheduler, ProgressSink, Scheduler, SyncScheduler,
+};
 use polars::prelude::{DataFrame as PlFrame, Expr, PolarsError};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
@@ -161,14 +163,33 @@ fn scheduler(name: Option<&str>, num_workers: Option<usize>) -> PyResult<Box<dyn
     })
 }
 
-/// Run `work` on another thread with the GIL released, checking for Ctrl-C meanwhile.
+/// Progress reported to a Python callable `callback(done, total)` (taking the GIL per call;
+/// schedulers report about a thousand times per run). A failing callback is ignored.
+struct PythonProgress(Py<PyAny>);
+
+impl ProgressSink for PythonProgress {
+    fn advanced(&self, done: usize, total: usize) {
+        Python::attach(|py| {
+            let _ = self.0.call1(py, (done, total));
+        });
+    }
+    fn finished(&self, done: usize, total: usize, _ok: bool) {
+        self.advanced(done, total);
+    }
+}
+
+/// Run `work` on another thread with the GIL released, checking for Ctrl-C meanwhile;
+/// progress goes to `progress(done, total)` when given.
 fn run_interruptible<T: Send>(
     py: Python<'_>,
+    progress: Option<Py<PyAny>>,
     work: impl FnOnce(&ComputeOptions) -> partita::Result<T> + Send,
 ) -> PyResult<T> {
     let cancel = CancelToken::new();
     let mut options = ComputeOptions::default();
     options.context.cancel = cancel.clone();
+    options.context.progress =
+        progress.map(|p| Arc::new(PythonProgress(p)) as Arc<dyn ProgressSink>);
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel();
         // The receiver is used with the GIL released, which needs it `Sync`.
@@ -504,29 +525,37 @@ impl RustArray {
     }
 
     /// Compute into a NumPy array.
-    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    #[pyo3(signature = (scheduler = None, num_workers = None, progress = None))]
     fn compute(
         &self,
         py: Python<'_>,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let s = self::scheduler(scheduler, num_workers)?;
         let array = self.0.clone();
-        let chunk = run_interruptible(py, |o| array.compute_chunk_with(s.as_ref(), o))?;
+        let chunk = run_interruptible(py, progress, |o| array.compute_chunk_with(s.as_ref(), o))?;
         Ok(chunk_to_numpy(py, chunk))
     }
 
-    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    #[pyo3(signature = (scheduler = None, num_workers = None, progress = None))]
     fn persist(
         &self,
         py: Python<'_>,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<RustArray> {
         let s = self::scheduler(scheduler, num_workers)?;
         let array = self.0.clone();
-        run_interruptible(py, |_| array.persist(s.as_ref())).map(RustArray)
+        run_interruptible(py, progress, |_| array.persist(s.as_ref())).map(RustArray)
+    }
+
+    /// The task graph as Graphviz DOT text.
+    fn dot(&self) -> PyResult<String> {
+        use partita::Collection;
+        graph_dot(self.0.layer())
     }
 
     /// The number of tasks in the array's graph.
@@ -676,6 +705,143 @@ fn tensordot(
     axes_b: Vec<usize>,
 ) -> PyResult<RustArray> {
     wrap(pa::tensordot(&a.0, &b.0, &axes_a, &axes_b))
+}
+
+/// The task graph of `layer` as Graphviz DOT text (keys as labels, edges from inputs).
+fn graph_dot(layer: &Arc<partita::Layer>) -> PyResult<String> {
+    use std::fmt::Write;
+    let graph = partita::Layer::materialize(&[Arc::clone(layer)]).py_err()?;
+    let mut dot =
+        String::from("digraph partita {\n  rankdir=BT;\n  node [shape=box, fontsize=10];\n");
+    for id in graph.ids() {
+        let label = graph.key(id).to_string().replace('"', "\\\"");
+        let _ = writeln!(dot, "  t{} [label=\"{label}\"];", id.0);
+        for dep in graph.dependencies(id) {
+            let _ = writeln!(dot, "  t{} -> t{};", dep.0, id.0);
+        }
+    }
+    dot.push_str("}\n");
+    Ok(dot)
+}
+
+/// A NumPy array as a chunk of a dtype partita holds.
+fn numpy_to_chunk(array: &Bound<'_, PyAny>) -> PyResult<Chunk> {
+    macro_rules! try_dtype {
+        ($($t:ty),*) => {$(
+            if let Ok(a) = array.cast::<PyArrayDyn<$t>>() {
+                return Ok(Chunk::new(a.readonly().as_array().to_owned()));
+            }
+        )*};
+    }
+    try_dtype!(f64, f32, i64, i32, u8, bool);
+    Err(DTypeError::new_err(format!(
+        "map_blocks: the function returned {}, not a NumPy array of a dtype partita holds",
+        array
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+    )))
+}
+
+/// `function(*blocks) -> block` on matching blocks of `arrays`, blocks as NumPy arrays.
+#[pyfunction]
+#[pyo3(signature = (function, arrays, dtype_name, spec = None))]
+fn map_blocks(
+    function: Py<PyAny>,
+    arrays: &Bound<'_, PyList>,
+    dtype_name: &str,
+    spec: Option<&Bound<'_, PyAny>>,
+) -> PyResult<RustArray> {
+    let inputs = self::arrays(arrays)?;
+    let refs: Vec<&Array> = inputs.iter().collect();
+    let out_chunks = spec.map(chunks).transpose()?;
+    let kernel = move |blocks: &[&Chunk]| -> partita::Result<Chunk> {
+        Python::attach(|py| {
+            let args: Vec<Py<PyAny>> = blocks
+                .iter()
+                .map(|b| chunk_to_numpy(py, (*b).clone()))
+                .collect();
+            let out = PyTuple::new(py, args)
+                .and_then(|args| function.call1(py, args))
+                .and_then(|out| numpy_to_chunk(out.bind(py)));
+            out.map_err(|e| {
+                partita::Error::External(format!("the Python function raised {e}").into())
+            })
+        })
+    };
+    wrap(pa::map_blocks(
+        &refs,
+        dtype(dtype_name)?,
+        out_chunks,
+        kernel,
+    ))
+}
+
+/// One collection passed to [`compute`]: an array or a frame.
+enum AnyCollection {
+    Array(Array),
+    Frame(DataFrame),
+}
+
+/// What one collection computes to, before it becomes a Python object (with the GIL).
+enum Computed {
+    Chunk(Chunk),
+    Frame(PlFrame),
+}
+
+/// Compute several arrays and frames in ONE run, so work they share (a common input, a
+/// persisted parent) is done once; returns a list of NumPy arrays and polars frames.
+#[pyfunction]
+#[pyo3(signature = (collections, scheduler = None, num_workers = None, progress = None))]
+fn compute(
+    py: Python<'_>,
+    collections: &Bound<'_, PyList>,
+    scheduler: Option<&str>,
+    num_workers: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Vec<Py<PyAny>>> {
+    let items = collections
+        .iter()
+        .map(|c| {
+            if let Ok(a) = c.cast::<RustArray>() {
+                Ok(AnyCollection::Array(a.get().0.clone()))
+            } else if let Ok(f) = c.cast::<RustFrame>() {
+                Ok(AnyCollection::Frame(f.get().0.clone()))
+            } else {
+                Err(PyTypeError::new_err(format!(
+                    "compute takes partita arrays and dataframes, got {}",
+                    c.get_type().name()?
+                )))
+            }
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let s = self::scheduler(scheduler, num_workers)?;
+    let computed = run_interruptible(py, progress, |options| {
+        let refs: Vec<&dyn partita::Collection> = items
+            .iter()
+            .map(|c| match c {
+                AnyCollection::Array(a) => a as &dyn partita::Collection,
+                AnyCollection::Frame(f) => f as &dyn partita::Collection,
+            })
+            .collect();
+        let (values, _) = partita::compute_collections(&refs, s.as_ref(), options)?;
+        items
+            .iter()
+            .zip(values)
+            .map(|(c, v)| match c {
+                AnyCollection::Array(a) => a.chunk_from_values(&v).map(Computed::Chunk),
+                AnyCollection::Frame(f) => f.frame_from_values(&v).map(Computed::Frame),
+            })
+            .collect::<partita::Result<Vec<_>>>()
+    })?;
+    computed
+        .into_iter()
+        .map(|c| match c {
+            Computed::Chunk(chunk) => Ok(chunk_to_numpy(py, chunk)),
+            Computed::Frame(frame) => Ok(PyDataFrame(frame).into_pyobject(py)?.unbind()),
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -913,92 +1079,105 @@ impl RustFrame {
         })
     }
 
-    #[pyo3(signature = (n, scheduler = None, num_workers = None))]
+    #[pyo3(signature = (n, scheduler = None, num_workers = None, progress = None))]
     fn head(
         &self,
         py: Python<'_>,
         n: usize,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<PyDataFrame> {
         let s = self::scheduler(scheduler, num_workers)?;
         let frame = self.0.clone();
-        run_interruptible(py, |_| frame.head(n, s.as_ref())).map(PyDataFrame)
+        run_interruptible(py, progress, |_| frame.head(n, s.as_ref())).map(PyDataFrame)
     }
 
-    #[pyo3(signature = (n, scheduler = None, num_workers = None))]
+    #[pyo3(signature = (n, scheduler = None, num_workers = None, progress = None))]
     fn tail(
         &self,
         py: Python<'_>,
         n: usize,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<PyDataFrame> {
         let s = self::scheduler(scheduler, num_workers)?;
         let frame = self.0.clone();
-        run_interruptible(py, |_| frame.tail(n, s.as_ref())).map(PyDataFrame)
+        run_interruptible(py, progress, |_| frame.tail(n, s.as_ref())).map(PyDataFrame)
     }
 
-    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    #[pyo3(signature = (scheduler = None, num_workers = None, progress = None))]
     fn length(
         &self,
         py: Python<'_>,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<u64> {
         let s = self::scheduler(scheduler, num_workers)?;
         let frame = self.0.clone();
-        run_interruptible(py, |_| frame.len()?.compute(s.as_ref()))
+        run_interruptible(py, progress, |_| frame.len()?.compute(s.as_ref()))
     }
 
-    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    #[pyo3(signature = (scheduler = None, num_workers = None, progress = None))]
     fn compute(
         &self,
         py: Python<'_>,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<PyDataFrame> {
         let s = self::scheduler(scheduler, num_workers)?;
         let frame = self.0.clone();
-        run_interruptible(py, |o| frame.compute_with(s.as_ref(), o)).map(PyDataFrame)
+        run_interruptible(py, progress, |o| frame.compute_with(s.as_ref(), o)).map(PyDataFrame)
     }
 
-    #[pyo3(signature = (scheduler = None, num_workers = None))]
+    #[pyo3(signature = (scheduler = None, num_workers = None, progress = None))]
     fn persist(
         &self,
         py: Python<'_>,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<RustFrame> {
         let s = self::scheduler(scheduler, num_workers)?;
         let frame = self.0.clone();
-        run_interruptible(py, |_| frame.persist(s.as_ref())).map(RustFrame)
+        run_interruptible(py, progress, |_| frame.persist(s.as_ref())).map(RustFrame)
     }
 
-    #[pyo3(signature = (path, scheduler = None, num_workers = None))]
+    #[pyo3(signature = (path, scheduler = None, num_workers = None, progress = None))]
     fn to_parquet(
         &self,
         py: Python<'_>,
         path: &str,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<u64> {
         let s = self::scheduler(scheduler, num_workers)?;
         let frame = self.0.clone();
-        run_interruptible(py, |_| frame.to_parquet(path, s.as_ref()))
+        run_interruptible(py, progress, |_| frame.to_parquet(path, s.as_ref()))
     }
 
-    #[pyo3(signature = (path, scheduler = None, num_workers = None))]
+    #[pyo3(signature = (path, scheduler = None, num_workers = None, progress = None))]
     fn to_csv(
         &self,
         py: Python<'_>,
         path: &str,
         scheduler: Option<&str>,
         num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<u64> {
         let s = self::scheduler(scheduler, num_workers)?;
         let frame = self.0.clone();
-        run_interruptible(py, |_| frame.to_csv(path, s.as_ref()))
+        run_interruptible(py, progress, |_| frame.to_csv(path, s.as_ref()))
+    }
+
+    /// The task graph as Graphviz DOT text.
+    fn dot(&self) -> PyResult<String> {
+        use partita::Collection;
+        graph_dot(self.0.layer())
     }
 
     /// The number of tasks in the frame's graph.
@@ -1027,6 +1206,8 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(concatenate, m)?)?;
     m.add_function(wrap_pyfunction!(stack, m)?)?;
     m.add_function(wrap_pyfunction!(tensordot, m)?)?;
+    m.add_function(wrap_pyfunction!(map_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(compute, m)?)?;
     m.add("PartitaError", py.get_type::<PartitaError>())?;
     m.add("GraphError", py.get_type::<GraphError>())?;
     m.add("ShapeError", py.get_type::<ShapeError>())?;

@@ -188,10 +188,18 @@ impl Array {
         scheduler: &dyn Scheduler,
         options: &ComputeOptions,
     ) -> Result<Chunk> {
-        fn go<T: Element>(a: &Array, s: &dyn Scheduler, o: &ComputeOptions) -> Result<Chunk> {
-            a.compute_with::<T>(s, o).map(Chunk::new)
+        let (mut values, _) = compute_collections(&[self], scheduler, options)?;
+        self.chunk_from_values(&values.pop().unwrap_or_default())
+    }
+
+    /// Assemble this array's computed block values (in [`Collection::output_keys`] order,
+    /// as [`compute_collections`] returns them) into one [`Chunk`]; used when several
+    /// collections are computed in one run.
+    pub fn chunk_from_values(&self, values: &[Value]) -> Result<Chunk> {
+        fn go<T: Element>(a: &Array, values: &[Value]) -> Result<Chunk> {
+            assemble::<T>(a.grid(), values).map(Chunk::new)
         }
-        crate::with_dtype!(self.dtype(), T => go::<T>(self, scheduler, options))
+        crate::with_dtype!(self.dtype(), T => go::<T>(self, values))
     }
 
     /// Compute every block now and return an array backed by the results (Dask's

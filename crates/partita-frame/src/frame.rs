@@ -422,7 +422,17 @@ impl DataFrame {
         options: &ComputeOptions,
     ) -> Result<Vec<PlFrame>> {
         let (mut values, _) = compute_collections(&[self], scheduler, options)?;
-        let values = values.pop().unwrap_or_default();
+        self.partitions_from_values(&values.pop().unwrap_or_default())
+    }
+
+    /// This frame's computed partition values (in [`Collection::output_keys`] order, as
+    /// [`compute_collections`] returns them) concatenated into one polars frame; used when
+    /// several collections are computed in one run.
+    pub fn frame_from_values(&self, values: &[Value]) -> Result<PlFrame> {
+        concat_frames(self.partitions_from_values(values)?, &self.0.schema)
+    }
+
+    fn partitions_from_values(&self, values: &[Value]) -> Result<Vec<PlFrame>> {
         values
             .iter()
             .enumerate()

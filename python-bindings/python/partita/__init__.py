@@ -23,7 +23,7 @@ from ._partita import (
     ShapeError,
     TransportError,
 )
-from . import random
+from . import _partita, random
 from .array import (
     Array,
     abs,
@@ -49,6 +49,7 @@ from .array import (
     isinf,
     isnan,
     linspace,
+    map_blocks,
     log,
     log1p,
     log2,
@@ -71,12 +72,24 @@ from .array import (
     where,
     zeros,
 )
+from .diagnostics import GraphPicture, ProgressBar
 from .frame import DataFrame, GroupBy, concat, from_polars, read_csv, read_ipc, read_parquet
 
 
 def compute(*collections, scheduler=None, num_workers=None):
-    """Compute several collections; returns a tuple of results (numpy arrays, polars frames)."""
-    return tuple(c.compute(scheduler=scheduler, num_workers=num_workers) for c in collections)
+    """Compute several arrays and frames in one run, sharing the work they have in common;
+    returns a tuple of results (numpy arrays, polars frames). Other arguments pass through."""
+    from .diagnostics import run_with_progress
+
+    lazy = [i for i, c in enumerate(collections) if isinstance(c, (Array, DataFrame))]
+    if not lazy:
+        return tuple(collections)
+    rust = [collections[i]._rust for i in lazy]
+    computed = run_with_progress(lambda p: _partita.compute(rust, scheduler, num_workers, p))
+    out = list(collections)
+    for i, value in zip(lazy, computed):
+        out[i] = value
+    return tuple(out)
 
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -6,6 +6,7 @@ import numbers
 import numpy as np
 
 from . import _partita
+from .diagnostics import run_with_progress, visualize
 
 _dtype_names = {"bool", "uint8", "int32", "int64", "float32", "float64"}
 
@@ -115,11 +116,11 @@ class Array:
     # -- computing -----------------------------------------------------------------
     def compute(self, scheduler=None, num_workers=None):
         """Compute into a numpy array (scheduler: "threads", the default, or "sync")."""
-        return self._rust.compute(scheduler, num_workers)
+        return run_with_progress(lambda p: self._rust.compute(scheduler, num_workers, p))
 
     def persist(self, scheduler=None, num_workers=None):
         """Compute every block now; later graphs start from the results."""
-        return Array(self._rust.persist(scheduler, num_workers))
+        return Array(run_with_progress(lambda p: self._rust.persist(scheduler, num_workers, p)))
 
     def __array__(self, dtype=None, copy=None):
         out = self.compute()
@@ -128,6 +129,16 @@ class Array:
     def graph_size(self):
         """The number of tasks that computing this array runs (before optimization)."""
         return self._rust.graph_size()
+
+    def visualize(self, filename="mydask", format=None):
+        """Draw the task graph with Graphviz (SVG/PNG/PDF by extension or `format`); DOT
+        text when Graphviz is not installed. Returns a GraphPicture notebooks display."""
+        return visualize(self._rust.dot(), filename, format)
+
+    def map_blocks(self, function, *others, dtype=None, chunks=None):
+        """`function(block, *other_blocks) -> block` on every block (NumPy arrays in and
+        out), like dask's map_blocks; see `partita.map_blocks`."""
+        return map_blocks(function, self, *others, dtype=dtype, chunks=chunks)
 
     # -- elementwise ---------------------------------------------------------------
     def _binary(self, op, other, reflected=False):
@@ -476,3 +487,39 @@ def linspace(start, stop, num=50, endpoint=True, dtype="float64", chunks="auto")
 
 def eye(N, M=None, k=0, dtype="float64", chunks="auto"):
     return Array(_partita.eye(int(N), int(N if M is None else M), int(k), _dtype(dtype), _chunks(chunks)))
+
+
+def map_blocks(function, *arrays, dtype=None, chunks=None):
+    """Apply a Python `function` to matching blocks of `arrays` (aligned to common chunks),
+    each block a NumPy array; it must return a NumPy array of `dtype` and, by default, the
+    input block's shape.
+
+    dtype: the output dtype; when omitted it is found by calling `function` on empty blocks
+    (as dask does), falling back to the first array's dtype.
+    chunks: the output's block sizes when they differ from the inputs', one tuple of sizes
+    per axis (the same number of blocks per axis), or one size per axis for uniform blocks.
+    A block of the wrong shape or dtype fails the computation with an error naming it."""
+    if not arrays:
+        raise TypeError("map_blocks needs at least one array")
+    arrays = [a if isinstance(a, Array) else asarray(a) for a in arrays]
+    if dtype is None:
+        dtype = arrays[0].dtype
+        try:
+            probe = function(*[np.empty((0,) * a.ndim, dtype=a.dtype) for a in arrays])
+            if isinstance(probe, np.ndarray):
+                dtype = probe.dtype
+        except Exception:
+            pass
+    spec = None
+    if chunks is not None:
+        numblocks = arrays[0].numblocks
+        chunks = list(chunks)
+        if len(chunks) != len(numblocks):
+            raise _partita.ShapeError(
+                f"map_blocks: chunks {tuple(chunks)} has {len(chunks)} axes, the arrays have {len(numblocks)}"
+            )
+        spec = [
+            [int(c)] * n if isinstance(c, numbers.Integral) else [int(x) for x in c]
+            for c, n in zip(chunks, numblocks)
+        ]
+    return Array(_partita.map_blocks(function, [a._rust for a in arrays], _dtype(dtype), spec))

@@ -5,6 +5,7 @@ import re
 import polars as pl
 
 from . import _partita
+from .diagnostics import run_with_progress, visualize
 
 
 def _names(columns):
@@ -160,30 +161,41 @@ class DataFrame:
     # -- computing -----------------------------------------------------------------
     def compute(self, scheduler=None, num_workers=None):
         """Compute into a polars DataFrame (scheduler: "threads", the default, or "sync")."""
-        return self._rust.compute(scheduler, num_workers)
+        return run_with_progress(lambda p: self._rust.compute(scheduler, num_workers, p))
 
     def persist(self, scheduler=None, num_workers=None):
-        return DataFrame(self._rust.persist(scheduler, num_workers))
+        """Compute every partition now; later graphs start from the results."""
+        return DataFrame(run_with_progress(lambda p: self._rust.persist(scheduler, num_workers, p)))
 
     def head(self, n=5, scheduler=None, num_workers=None):
         """The first `n` rows, computing only the partitions needed."""
-        return self._rust.head(n, scheduler, num_workers)
+        return run_with_progress(lambda p: self._rust.head(n, scheduler, num_workers, p))
 
     def tail(self, n=5, scheduler=None, num_workers=None):
-        return self._rust.tail(n, scheduler, num_workers)
+        """The last `n` rows, computing only the partitions needed."""
+        return run_with_progress(lambda p: self._rust.tail(n, scheduler, num_workers, p))
 
     def __len__(self):
-        return self._rust.length(None, None)
+        return run_with_progress(lambda p: self._rust.length(None, None, p))
 
     def to_pandas(self, scheduler=None, num_workers=None):
         return self.compute(scheduler, num_workers).to_pandas()
 
     def to_parquet(self, path, scheduler=None, num_workers=None):
         """One parquet file per partition in directory `path` (which must not exist)."""
-        return self._rust.to_parquet(str(path), scheduler, num_workers)
+        return run_with_progress(lambda p: self._rust.to_parquet(str(path), scheduler, num_workers, p))
 
     def to_csv(self, path, scheduler=None, num_workers=None):
-        return self._rust.to_csv(str(path), scheduler, num_workers)
+        return run_with_progress(lambda p: self._rust.to_csv(str(path), scheduler, num_workers, p))
+
+    def graph_size(self):
+        """The number of tasks that computing this frame runs (before optimization)."""
+        return self._rust.graph_size()
+
+    def visualize(self, filename="mydask", format=None):
+        """Draw the task graph with Graphviz (SVG/PNG/PDF by extension or `format`); DOT
+        text when Graphviz is not installed. Returns a GraphPicture notebooks display."""
+        return visualize(self._rust.dot(), filename, format)
 
 
 class GroupBy:
