@@ -7,7 +7,7 @@ use partita::delayed::{self, Delayed};
 use partita::{
     Collection, ComputeOptions, Error, LocalScheduler, SyncScheduler, compute_collections,
 };
-use partita_tests::schedulers;
+use partita_tests::local_schedulers;
 
 #[test]
 fn functions_of_several_arguments_compose() {
@@ -19,7 +19,7 @@ fn functions_of_several_arguments_compose() {
         |(a, b, c): (i64, f64, String)| format!("{c}={}", a as f64 * b),
         (&a, &b, &c),
     );
-    for s in schedulers() {
+    for s in local_schedulers() {
         assert_eq!(d.compute(s.as_ref()).unwrap(), "x=13.5");
     }
 }
@@ -34,7 +34,7 @@ fn shared_sub_graphs_run_once() {
     });
     let left = base.map("plus1", |x| x + 1);
     let right = base.map("minus1", |x| x - 1);
-    for s in schedulers() {
+    for s in local_schedulers() {
         calls.store(0, Ordering::SeqCst);
         let both = delayed::compute_all(&[left.clone(), right.clone()], s.as_ref()).unwrap();
         assert_eq!(both, vec![21, 19]);
@@ -49,7 +49,7 @@ fn a_wide_fan_in_reduces() {
         .collect();
     let total = delayed::call("sum", |xs: Vec<i64>| xs.into_iter().sum::<i64>(), &parts);
     let expected: i64 = (0..1000i64).map(|x| x * x).sum();
-    for s in schedulers() {
+    for s in local_schedulers() {
         assert_eq!(total.compute(s.as_ref()).unwrap(), expected);
     }
 }
@@ -126,7 +126,7 @@ fn arc_arguments_share_the_buffer_instead_of_copying_it() {
         |(v,): (Arc<Vec<f64>>,)| v.iter().sum::<f64>(),
         (&data.shared(),),
     );
-    for s in schedulers() {
+    for s in local_schedulers() {
         let both = delayed::compute_all(&[a.clone(), b.clone()], s.as_ref()).unwrap();
         assert_eq!(
             both[0],

@@ -2,6 +2,7 @@
 
 mod array;
 mod delayed;
+mod distributed;
 mod frame;
 mod graph;
 mod memory;

@@ -11,7 +11,7 @@ use partita::{
     CancelToken, ComputeOptions, Error, ExecutionContext, FnOp, GraphBuilder, Key, Literal,
     LocalScheduler, ProgressBar, ProgressFn, Value, compute, compute_with,
 };
-use partita_tests::{Fail, Mix, Panic, as_i64s, compute_everywhere, schedulers};
+use partita_tests::{Fail, Mix, Panic, as_i64s, compute_everywhere, local_schedulers, schedulers};
 
 /// `width` leaves under a binary tree of `Mix`es, root key ("root",).
 fn tree(width: usize) -> partita::Graph {
@@ -103,7 +103,7 @@ fn a_panicking_task_is_caught_and_named() {
 fn the_first_error_stops_outstanding_work() {
     // 400 slow independent tasks feed one sink; the failing task has the best priority, so
     // on any scheduler it runs near the start and the rest must not all run.
-    for s in schedulers() {
+    for s in local_schedulers() {
         let ran = Arc::new(AtomicUsize::new(0));
         let mut b = GraphBuilder::new();
         b.add_task(
@@ -138,7 +138,7 @@ fn the_first_error_stops_outstanding_work() {
 
 #[test]
 fn a_run_can_be_cancelled_from_another_thread() {
-    for s in schedulers() {
+    for s in local_schedulers() {
         let token = CancelToken::new();
         let started = Arc::new(AtomicUsize::new(0));
         let mut b = GraphBuilder::new();
@@ -189,7 +189,7 @@ fn a_run_can_be_cancelled_from_another_thread() {
 
 #[test]
 fn progress_is_reported_up_to_the_total() {
-    for s in schedulers() {
+    for s in local_schedulers() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = {
             let seen = Arc::clone(&seen);
@@ -319,7 +319,7 @@ impl partita::Data for BadSize {
 
 #[test]
 fn panics_in_value_bookkeeping_are_errors_naming_the_task() {
-    for s in schedulers() {
+    for s in local_schedulers() {
         let mut b = GraphBuilder::new();
         b.add_task(
             Key::new("bad", [1]),
@@ -350,7 +350,7 @@ impl partita::TaskObserver for PanickingObserver {
 
 #[test]
 fn a_panicking_observer_fails_the_run_cleanly() {
-    for s in schedulers() {
+    for s in local_schedulers() {
         let options = ComputeOptions {
             context: ExecutionContext {
                 observer: Some(Arc::new(PanickingObserver)),

@@ -5,8 +5,10 @@
 //! threads) so that agreeing with it means something.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
+use partita::distributed::{Client, LocalCluster, LocalClusterOptions};
 use partita::{
     ComputeOptions, Error, Graph, GraphBuilder, Key, LocalScheduler, Op, OptimizeOptions, Result,
     Scheduler, SyncScheduler, Value, compute_with,
@@ -30,6 +32,24 @@ impl Op for Mix {
     }
     fn name(&self) -> &str {
         "mix"
+    }
+}
+
+/// [`Mix`] after sleeping `ms` milliseconds: work long enough to kill a worker during it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowMix {
+    pub salt: i64,
+    pub ms: u64,
+}
+
+#[typetag::serde(name = "test-slow-mix")]
+impl Op for SlowMix {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        std::thread::sleep(std::time::Duration::from_millis(self.ms));
+        Mix { salt: self.salt }.execute(inputs)
+    }
+    fn name(&self) -> &str {
+        "slow-mix"
     }
 }
 
@@ -183,13 +203,90 @@ impl DagSpec {
     }
 }
 
-/// The schedulers every semantic test runs on.
+/// Make sure this crate's ops (and the array and frame crates') are linked into a binary
+/// (the test worker), whose typetag tables are filled by link-time constructors.
+pub fn link() {
+    partita::distributed::link_collections();
+    std::hint::black_box(Mix { salt: 0 });
+}
+
+/// The schedulers every semantic test runs on: sync, local with 1 and 4 threads, and a
+/// cluster of two worker processes on this machine (see [`cluster`]).
 pub fn schedulers() -> Vec<Box<dyn Scheduler>> {
+    let mut list = local_schedulers();
+    if let Some(client) = cluster() {
+        list.push(Box::new(OnCluster(client)));
+    }
+    list
+}
+
+/// The in-process schedulers only, for graphs holding closures (which cannot leave the
+/// process).
+pub fn local_schedulers() -> Vec<Box<dyn Scheduler>> {
     vec![
         Box::new(SyncScheduler),
         Box::new(LocalScheduler::with_threads(1)),
         Box::new(LocalScheduler::with_threads(4)),
     ]
+}
+
+/// A [`Scheduler`] borrowing the shared test cluster's client.
+struct OnCluster(&'static Client);
+
+impl Scheduler for OnCluster {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn execute(
+        &self,
+        plan: &partita::ExecutionPlan,
+        ctx: &partita::ExecutionContext,
+    ) -> Result<partita::Execution> {
+        self.0.execute(plan, ctx)
+    }
+}
+
+/// The test binary's shared cluster: a scheduler and two workers (two threads each) run by
+/// the `partita-test-worker` binary of this crate, started on first use. `None` when
+/// `PARTITA_TEST_DISTRIBUTED=0`. The processes exit with the test binary (they watch a
+/// pipe from it), however it ends.
+pub fn cluster() -> Option<&'static Client> {
+    static CLUSTER: OnceLock<Option<(LocalCluster, Client)>> = OnceLock::new();
+    let entry = CLUSTER.get_or_init(|| {
+        if std::env::var("PARTITA_TEST_DISTRIBUTED").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        let options = LocalClusterOptions {
+            n_workers: 2,
+            threads_per_worker: 2,
+            binary: Some(test_worker_binary()),
+            ..LocalClusterOptions::default()
+        };
+        let cluster = LocalCluster::start(options)
+            .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        let client = (cluster.client()).unwrap_or_else(|e| panic!("cannot connect: {e}"));
+        Some((cluster, client))
+    });
+    entry.as_ref().map(|(_, client)| client)
+}
+
+/// `$PARTITA_TEST_WORKER`, else `partita-test-worker` next to the running test binary (or
+/// one folder up, from `target/*/deps`).
+pub fn test_worker_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PARTITA_TEST_WORKER") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    (exe.ancestors().skip(1).take(2))
+        .map(|dir| dir.join("partita-test-worker"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "partita-test-worker is not built next to {}; build it with \
+                 `cargo build -p partita-tests --bins` or set PARTITA_TEST_WORKER",
+                exe.display()
+            )
+        })
 }
 
 /// Compute on every scheduler, with and without optimization; all must agree, and the
@@ -238,9 +335,12 @@ where
     assert_eq!(array.shape(), expected.shape(), "shape of {array:?}");
     assert_eq!(array.dtype(), T::DTYPE, "dtype of {array:?}");
     for scheduler in schedulers() {
-        let got = array
-            .compute::<T>(scheduler.as_ref())
-            .unwrap_or_else(|e| panic!("computing {array:?} on {}: {e}", scheduler.name()));
+        let got = match array.compute::<T>(scheduler.as_ref()) {
+            Err(e) if refused_closure(scheduler.as_ref(), &e) => continue,
+            got => {
+                got.unwrap_or_else(|e| panic!("computing {array:?} on {}: {e}", scheduler.name()))
+            }
+        };
         assert_eq!(got.shape(), expected.shape());
         for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
             assert!(
@@ -250,6 +350,15 @@ where
             );
         }
     }
+}
+
+/// Graphs holding Rust closures (`map_blocks`, `map_partitions` with a closure) cannot go to
+/// a cluster: there the comparison helpers accept only the refusal that says so.
+fn refused_closure(scheduler: &dyn Scheduler, error: &Error) -> bool {
+    let text = error.to_string();
+    scheduler.name() == "distributed"
+        && text.contains("cannot run on a cluster")
+        && text.contains("is a Rust closure")
 }
 
 /// Equality within a tolerance for floats, exact otherwise.
@@ -297,9 +406,12 @@ pub fn assert_frame_eq(
         "schema known before computing"
     );
     for scheduler in schedulers() {
-        let got = frame
-            .compute(scheduler.as_ref())
-            .unwrap_or_else(|e| panic!("computing {frame:?} on {}: {e}", scheduler.name()));
+        let got = match frame.compute(scheduler.as_ref()) {
+            Err(e) if refused_closure(scheduler.as_ref(), &e) => continue,
+            got => {
+                got.unwrap_or_else(|e| panic!("computing {frame:?} on {}: {e}", scheduler.name()))
+            }
+        };
         assert_polars_eq(&got, expected, sort_by, rtol, scheduler.name());
     }
 }

@@ -172,7 +172,7 @@ pub enum FromWorker {
         compute_micros: u64,
     },
     /// A task's op failed.
-    TaskErred { key: Key, error: String },
+    TaskErred { key: Key, error: TaskFailure },
     /// The answer to a [`ToWorker::StealRequest`].
     StealResponse { key: Key, stolen: bool },
     /// Load and memory.
@@ -197,6 +197,38 @@ pub enum FromClient {
     Cancel { keys: Vec<Key> },
     /// Where are these keys held? (to gather them from workers directly)
     WhoHas { keys: Vec<Key> },
+    /// Which workers are connected? Answered with [`ToClient::Workers`].
+    ListWorkers,
+}
+
+/// Why a task failed, kept structured so a client can rebuild the error the local
+/// schedulers give (`Error::Compute` or `Error::Panic` naming the task).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// The task that failed; inside a fused chain, the inner task.
+    pub task: Key,
+    /// It panicked, rather than returning an error.
+    pub panicked: bool,
+    /// The panic message, or the error's own text (without the task prefix).
+    pub message: String,
+}
+
+impl TaskFailure {
+    /// `task` returned an error saying `message`.
+    pub fn error(task: Key, message: impl Into<String>) -> TaskFailure {
+        TaskFailure {
+            task,
+            panicked: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.panicked { "panicked" } else { "failed" };
+        write!(f, "task {} {verb}: {}", self.task, self.message)
+    }
 }
 
 /// Scheduler to client.
@@ -208,14 +240,16 @@ pub enum ToClient {
         workers: Vec<Peer>,
         nbytes: u64,
     },
-    /// A wanted key failed; `error` names the task that failed first.
-    KeyErred { key: Key, error: String },
+    /// A wanted key failed; `error` is the failure that stopped it (naming its task).
+    KeyErred { key: Key, error: TaskFailure },
     /// A cancelled key is no longer computed for this client.
     Cancelled { key: Key },
     /// A submitted graph was refused as a whole (missing dependency, cycle, ...).
     GraphRefused { error: String },
     /// The answer to [`FromClient::WhoHas`].
     WhoHasReply { holders: Vec<(Key, Vec<Peer>)> },
+    /// The answer to [`FromClient::ListWorkers`]: every live worker and its thread count.
+    Workers { workers: Vec<(Peer, u32)> },
 }
 
 /// Header of a data request to a worker's data server (worker to worker, or client).
@@ -473,7 +507,7 @@ mod tests {
         ) {
             let msgs = vec![
                 FromWorker::TaskFinished { key: key.clone(), nbytes, compute_micros: nbytes / 3 },
-                FromWorker::TaskErred { key: key.clone(), error },
+                FromWorker::TaskErred { key: key.clone(), error: TaskFailure::error(key.clone(), error) },
                 FromWorker::AddKeys { keys: vec![(key.clone(), nbytes)] },
                 FromWorker::MissingData { key, from_worker: WorkerId(worker) },
             ];

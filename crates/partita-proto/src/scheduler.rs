@@ -27,8 +27,8 @@ use serde_bytes::ByteBuf;
 
 use crate::Time;
 use crate::messages::{
-    ClientId, DepLocation, FromClient, FromWorker, Peer, TaskSpec, ToClient, ToWorker, WorkerId,
-    WorkerMetrics,
+    ClientId, DepLocation, FromClient, FromWorker, Peer, TaskFailure, TaskSpec, ToClient, ToWorker,
+    WorkerId, WorkerMetrics,
 };
 
 /// Tunables of the scheduler.
@@ -141,12 +141,8 @@ pub struct WorkerSummary {
     pub metrics: WorkerMetrics,
 }
 
-/// Why a task erred: the task that failed first, and the message that names it.
-#[derive(Clone, Debug)]
-struct Failure {
-    origin: Key,
-    message: String,
-}
+/// Why a task erred: the failure that stopped it (its own, or a dependency's).
+type Failure = TaskFailure;
 
 #[derive(Debug)]
 struct Task {
@@ -236,10 +232,9 @@ impl SchedulerState {
         self.tasks.get(key).and_then(|t| t.processing_on)
     }
 
-    /// The error message of an erred task.
-    pub fn error(&self, key: &Key) -> Option<&str> {
-        let t = self.tasks.get(key)?;
-        t.failure.as_ref().map(|f| f.message.as_str())
+    /// Why an erred task failed.
+    pub fn error(&self, key: &Key) -> Option<&TaskFailure> {
+        self.tasks.get(key)?.failure.as_ref()
     }
 
     /// Connected workers.
@@ -415,6 +410,19 @@ impl SchedulerState {
                 let reply = ToClient::WhoHasReply { holders };
                 self.out.push(SchedulerAction::SendToClient(client, reply));
             }
+            FromClient::ListWorkers => {
+                let workers = (self.workers.iter())
+                    .map(|(id, w)| {
+                        let peer = Peer {
+                            id: *id,
+                            address: w.address.clone(),
+                        };
+                        (peer, w.nthreads)
+                    })
+                    .collect();
+                let reply = ToClient::Workers { workers };
+                self.out.push(SchedulerAction::SendToClient(client, reply));
+            }
         }
     }
 
@@ -587,11 +595,12 @@ impl SchedulerState {
         }
     }
 
-    fn client_error(&self, key: &Key) -> String {
+    fn client_error(&self, key: &Key) -> TaskFailure {
         match self.tasks.get(key).and_then(|t| t.failure.as_ref()) {
-            Some(f) if &f.origin == key => f.message.clone(),
-            Some(f) => format!("task {key} could not run because {}", f.message),
-            None => format!("task {key} erred"),
+            // Like the local schedulers: a dependent's error is the failure that stopped it,
+            // which names the task that failed.
+            Some(f) => f.clone(),
+            None => TaskFailure::error(key.clone(), "erred"),
         }
     }
 
@@ -729,10 +738,10 @@ impl SchedulerState {
                     }
                     Some(_) => all_in_memory = false,
                     None => {
-                        failed = Some(Failure {
-                            origin: d.clone(),
-                            message: format!("dependency {d} of task {k} was forgotten"),
-                        });
+                        failed = Some(TaskFailure::error(
+                            k.clone(),
+                            format!("its dependency {d} was forgotten"),
+                        ));
                         break;
                     }
                 }
@@ -989,7 +998,7 @@ impl SchedulerState {
         self.settle(work);
     }
 
-    fn task_erred(&mut self, worker: WorkerId, key: Key, error: String) {
+    fn task_erred(&mut self, worker: WorkerId, key: Key, error: TaskFailure) {
         if self
             .tasks
             .get(&key)
@@ -1012,14 +1021,8 @@ impl SchedulerState {
             );
             self.activate(vec![key]);
         } else {
-            let message = format!("task {key} failed: {error}");
-            self.err(
-                key.clone(),
-                Failure {
-                    origin: key,
-                    message,
-                },
-            );
+            self.log(LogLevel::Info, format!("{error}"));
+            self.err(key, error);
         }
     }
 
@@ -1142,16 +1145,10 @@ impl SchedulerState {
             t.suspicious += 1;
             if t.suspicious >= self.config.allowed_failures {
                 let message = format!(
-                    "task {k} was running on {} workers that died (the last was {id}: {reason})",
+                    "it was running on {} workers that died (the last was {id}: {reason})",
                     t.suspicious
                 );
-                self.err(
-                    k.clone(),
-                    Failure {
-                        origin: k.clone(),
-                        message,
-                    },
-                );
+                self.err(k.clone(), TaskFailure::error(k.clone(), message));
             } else {
                 t.status = TaskStatus::Waiting;
                 retry.push(k.clone());
@@ -1278,7 +1275,7 @@ mod tests {
             },
             FromWorker::TaskErred {
                 key: k.clone(),
-                error: "e".into(),
+                error: TaskFailure::error(k.clone(), "e"),
             },
             FromWorker::StealResponse {
                 key: k.clone(),

@@ -16,7 +16,9 @@ use partita_core::{Error, Key, Result};
 use serde_bytes::ByteBuf;
 
 use crate::Time;
-use crate::messages::{ClientId, FromClient, FromWorker, TaskSpec, ToClient, WorkerId};
+use crate::messages::{
+    ClientId, FromClient, FromWorker, TaskFailure, TaskSpec, ToClient, WorkerId,
+};
 use crate::scheduler::{SchedulerAction, SchedulerConfig, SchedulerEvent, SchedulerState};
 use crate::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState};
 
@@ -368,13 +370,13 @@ impl Sim {
     fn client_hears(&mut self, c: ClientId, msg: ToClient) {
         let outcome = match msg {
             ToClient::KeyInMemory { key, .. } => Some((key, Outcome::InMemory)),
-            ToClient::KeyErred { key, error } => Some((key, Outcome::Erred(error))),
+            ToClient::KeyErred { key, error } => Some((key, Outcome::Erred(error.to_string()))),
             ToClient::Cancelled { key } => Some((key, Outcome::Cancelled)),
             ToClient::GraphRefused { error } => {
                 self.report.refused.push((c, error));
                 None
             }
-            ToClient::WhoHasReply { .. } => None,
+            ToClient::WhoHasReply { .. } | ToClient::Workers { .. } => None,
         };
         if let Some((key, outcome)) = outcome {
             self.report.outcomes.insert((c, key), outcome);
@@ -497,8 +499,8 @@ impl Sim {
                         b.fail_times -= 1;
                     }
                     WorkerEvent::ExecuteFailed {
+                        error: TaskFailure::error(key.clone(), "simulated failure"),
                         key,
-                        error: "simulated failure".into(),
                     }
                 } else {
                     WorkerEvent::ExecuteDone {

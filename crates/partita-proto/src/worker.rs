@@ -23,7 +23,9 @@ use rustc_hash::FxHashMap;
 use serde_bytes::ByteBuf;
 
 use crate::Time;
-use crate::messages::{DepLocation, FromWorker, Peer, ToWorker, WorkerId, WorkerMetrics};
+use crate::messages::{
+    DepLocation, FromWorker, Peer, TaskFailure, ToWorker, WorkerId, WorkerMetrics,
+};
 use crate::scheduler::LogLevel;
 
 /// Tunables of one worker.
@@ -72,7 +74,7 @@ pub enum WorkerEvent {
     },
     ExecuteFailed {
         key: Key,
-        error: String,
+        error: TaskFailure,
     },
     /// A `Fetch` arrived; the runtime holds the value.
     FetchDone {
@@ -531,7 +533,7 @@ impl WorkerState {
         self.touch(&key);
     }
 
-    fn execute_done(&mut self, key: Key, result: Result<u64, String>, now: Time) {
+    fn execute_done(&mut self, key: Key, result: Result<u64, TaskFailure>, now: Time) {
         if self
             .tasks
             .get(&key)
@@ -670,8 +672,19 @@ impl WorkerState {
         }
     }
 
+    /// May a task start now? Not while paused, unless nothing can bring memory down any
+    /// more (no task running, no spill in flight, nothing left to spill): the excess is
+    /// then unmanaged memory (allocator caches, libraries), waiting would never end, so
+    /// tasks run one at a time.
+    fn may_start(&self) -> bool {
+        !self.paused
+            || (self.running == 0
+                && self.spilling == 0
+                && !(self.lru.values()).any(|k| self.data.get(k).is_some_and(|s| s.pinned == 0)))
+    }
+
     fn start_tasks(&mut self, now: Time) {
-        while !self.paused && self.running < self.config.nthreads {
+        while self.may_start() && self.running < self.config.nthreads {
             let Some((_, _, key)) = self.ready.pop_first() else {
                 return;
             };
@@ -1069,8 +1082,10 @@ mod tests {
     #[test]
     fn pauses_above_the_pause_fraction() {
         let mut w = worker(1, 10 * MIB);
-        w.handle(WorkerEvent::MemorySample { rss: 9 * MIB }, Time::ZERO);
+        produce(&mut w, k(9), MIB);
+        let acts = w.handle(WorkerEvent::MemorySample { rss: 9 * MIB }, Time::ZERO);
         assert!(w.metrics().paused);
+        assert!(acts.contains(&WorkerAction::Spill { key: k(9) }));
         assert!(executes(&w.handle(compute(k(0), 0, vec![]), Time::ZERO)).is_empty());
         let acts = w.handle(WorkerEvent::Tick, Time::ZERO);
         assert!(
@@ -1078,6 +1093,33 @@ mod tests {
         );
         let acts = w.handle(WorkerEvent::MemorySample { rss: MIB }, Time::ZERO);
         assert_eq!(executes(&acts), vec![k(0)]);
+    }
+
+    #[test]
+    fn a_paused_worker_with_nothing_left_to_free_runs_one_task_at_a_time() {
+        // Process memory stays high (unmanaged) after every value went to disk: pausing
+        // could never end, so tasks go on, one at a time.
+        let mut w = worker(2, 10 * MIB);
+        produce(&mut w, k(9), MIB);
+        w.handle(WorkerEvent::MemorySample { rss: 9 * MIB }, Time::ZERO);
+        assert!(w.metrics().paused);
+        let queued = [compute(k(0), 0, vec![]), compute(k(1), 0, vec![])];
+        for msg in queued {
+            assert!(executes(&w.handle(msg, Time::ZERO)).is_empty());
+        }
+        let acts = w.handle(WorkerEvent::Spilled { key: k(9) }, Time::ZERO);
+        assert_eq!(executes(&acts).len(), 1, "{acts:?}");
+        let first = executes(&acts)[0].clone();
+        let done = WorkerEvent::ExecuteDone {
+            key: first.clone(),
+            nbytes: MIB,
+        };
+        // Its result is in memory and could be spilled: paused again until it is.
+        assert!(executes(&w.handle(done, Time::ZERO)).is_empty());
+        let acts = w.handle(WorkerEvent::MemorySample { rss: 9 * MIB }, Time::ZERO);
+        assert!(acts.contains(&WorkerAction::Spill { key: first.clone() }));
+        let acts = w.handle(WorkerEvent::Spilled { key: first }, Time::ZERO);
+        assert_eq!(executes(&acts).len(), 1, "{acts:?}");
     }
 
     #[test]
@@ -1193,7 +1235,7 @@ mod tests {
             },
             WorkerEvent::ExecuteFailed {
                 key: key.clone(),
-                error: "x".into(),
+                error: TaskFailure::error(key.clone(), "x"),
             },
             WorkerEvent::FetchDone {
                 key: key.clone(),

@@ -26,6 +26,11 @@ pub use partita_array as array;
 #[cfg(feature = "frame")]
 pub use partita_frame as frame;
 
+/// The cluster: `Client` (a `Scheduler`), `LocalCluster`, and the scheduler and worker
+/// runtimes the `partita` binary runs (feature `distributed`, on by default).
+#[cfg(feature = "distributed")]
+pub use partita_distributed as distributed;
+
 /// The README's examples, compiled and run as doc tests so they cannot go stale.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -1,0 +1,240 @@
+//! `partita`: run the scheduler or a worker of a partita cluster.
+//!
+//! ```text
+//! partita scheduler --listen 0.0.0.0:8786 --cluster-file cluster.json
+//! partita worker --cluster-file cluster.json --nthreads 4 --memory-limit 8GiB
+//! ```
+//!
+//! Logs go to stderr through `tracing` (`RUST_LOG=debug` for more).
+//!
+//! The command is a library function, [`main`], so a project with ops of its own can build
+//! a worker binary that links them (a worker can only run ops whose crate it links):
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     // my_ops::link();  // reference the crate defining your ops
+//!     partita_cli::main()
+//! }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use partita_distributed::{ClusterFile, SchedulerOptions, SchedulerServer, WorkerOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "partita",
+    version,
+    about = "Run the scheduler or a worker of a partita cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Exit when standard input reaches its end: a parent that started this process with a
+    /// pipe (as `LocalCluster` does) takes it along when it exits, even if it is killed.
+    #[arg(long, global = true)]
+    exit_on_stdin_close: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a scheduler: it makes the cluster's certificate and token and writes them,
+    /// with its address, to the cluster file (mode 0600) that workers and clients join with.
+    Scheduler {
+        /// Address and UDP port to listen on (QUIC); port 0 picks a free one.
+        #[arg(long, default_value = "0.0.0.0:8786")]
+        listen: SocketAddr,
+        /// Where to write the cluster file.
+        #[arg(long, default_value = "partita-cluster.json")]
+        cluster_file: PathBuf,
+        /// Address peers should dial, when it differs from the listening one (NAT, a
+        /// hostname); defaults to the bound address.
+        #[arg(long)]
+        advertise: Option<String>,
+    },
+    /// Start a worker that joins the cluster named by a cluster file and runs its tasks.
+    Worker {
+        /// The cluster file the scheduler wrote.
+        #[arg(long)]
+        cluster_file: PathBuf,
+        /// Threads running tasks (default: one per core).
+        #[arg(long)]
+        nthreads: Option<u32>,
+        /// Memory limit: values spill to disk above 60% of it and new tasks pause above
+        /// 80%. Bytes or with a unit: 512MB, 8GiB, 2e9. 0 means no limit. With glibc, set
+        /// MALLOC_TRIM_THRESHOLD_=65536 so freed memory goes back to the system (LocalCluster
+        /// does).
+        #[arg(long, default_value = "0", value_parser = parse_size)]
+        memory_limit: u64,
+        /// IP address this worker's data server binds to and announces to its peers.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// A name for logs.
+        #[arg(long)]
+        name: Option<String>,
+        /// Folder for spill files (a private directory inside it, removed on exit).
+        #[arg(long)]
+        spill_dir: Option<PathBuf>,
+    },
+}
+
+/// `512MB`, `8GiB`, `2e9`, `1000`: a byte count.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    // The unit is the alphabetic tail, so an exponent ("2e9") stays in the number.
+    let split = t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len();
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (try 512MB, 8GiB or a byte count)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("{text:?} is not a size"));
+    }
+    Ok((n * scale) as u64)
+}
+
+/// Parse the command line and run the scheduler or worker it asks for.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    partita_distributed::link_collections();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command, cli.exit_on_stdin_close));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves once stdin reaches end of file (the parent holding the pipe is gone).
+fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = tx.send(());
+    });
+    rx
+}
+
+/// Ctrl-C, or stdin closing when asked to watch it.
+async fn stop_signal(watch_stdin: bool) -> &'static str {
+    let stdin = async {
+        if watch_stdin {
+            let _ = stdin_closed().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = stdin => "standard input closed",
+    }
+}
+
+async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
+    match command {
+        Command::Scheduler {
+            listen,
+            cluster_file,
+            advertise,
+        } => {
+            let mut options = SchedulerOptions::new(listen, cluster_file);
+            options.advertise = advertise;
+            let server = SchedulerServer::bind(options).await?;
+            let stop = server.shutdown_handle();
+            tokio::spawn(async move {
+                let why = stop_signal(watch_stdin).await;
+                tracing::info!("{why}; scheduler shutting down");
+                let _ = stop.send(true);
+            });
+            server.run().await
+        }
+        Command::Worker {
+            cluster_file,
+            nthreads,
+            memory_limit,
+            host,
+            name,
+            spill_dir,
+        } => {
+            let cluster = ClusterFile::read(&cluster_file)?;
+            let mut options = WorkerOptions {
+                memory_limit,
+                host,
+                spill_dir,
+                ..WorkerOptions::default()
+            };
+            if let Some(n) = nthreads {
+                options.nthreads = n.max(1);
+            }
+            if let Some(n) = name {
+                options.name = n;
+            }
+            tokio::select! {
+                r = partita_distributed::run_worker(cluster, options) => r,
+                why = stop_signal(watch_stdin) => {
+                    tracing::info!("{why}; worker stopping");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512MB"), Ok(512_000_000));
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("2e9"), Ok(2_000_000_000));
+        assert_eq!(parse_size("1.5 kib"), Ok(1536));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("5 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_size("-3").is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! The cluster file: where the scheduler is and the secrets to join it.
+//!
+//! The scheduler makes a self-signed certificate (rcgen) for the name [`SERVER_NAME`] and a
+//! random token, and writes `{address, certificate, key, token}` as JSON with mode 0600.
+//! Every peer trusts exactly that certificate (never the system's roots), workers serve
+//! their data with it too, and every connection must present the token. The file is the
+//! cluster's secret: whoever can read it can join.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use partita_core::{Error, Result};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+/// The TLS name every partita endpoint answers to, whatever its address.
+pub const SERVER_NAME: &str = "partita-cluster";
+
+/// ALPN protocol id, so a stray QUIC client of another protocol is refused in the handshake.
+pub const ALPN: &[u8] = b"partita/1";
+
+/// Everything a worker or client needs to join a cluster.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// The scheduler's address (`host:port`).
+    pub address: String,
+    /// The cluster's certificate, PEM.
+    pub certificate: String,
+    /// Its private key, PEM (workers serve data with it).
+    pub key: String,
+    /// The shared secret every connection presents.
+    pub token: String,
+}
+
+impl std::fmt::Debug for ClusterFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterFile")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterFile {
+    /// New credentials (a fresh certificate, key and token) for a scheduler at `address`.
+    pub fn generate(address: String) -> Result<ClusterFile> {
+        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
+            .map_err(|e| Error::Internal(format!("cannot generate a certificate: {e}")))?;
+        let mut secret = [0u8; 24];
+        getrandom::fill(&mut secret)
+            .map_err(|e| Error::Internal(format!("no randomness for the cluster token: {e}")))?;
+        Ok(ClusterFile {
+            address,
+            certificate: certified.cert.pem(),
+            key: certified.signing_key.serialize_pem(),
+            token: secret.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    /// Read and check a cluster file.
+    pub fn read(path: &Path) -> Result<ClusterFile> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file: ClusterFile = serde_json::from_str(&text).map_err(|e| {
+            Error::Codec(format!(
+                "{} is not a partita cluster file: {e}",
+                path.display()
+            ))
+        })?;
+        file.certificate_der()?;
+        file.key_der()?;
+        Ok(file)
+    }
+
+    /// Write atomically (temporary file, then rename) with mode 0600.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp: PathBuf = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("cluster"),
+            std::process::id()
+        ));
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Codec(format!("cannot encode the cluster file: {e}")))?;
+        let result = (|| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(io)
+    }
+
+    fn certificate_der(&self) -> Result<CertificateDer<'static>> {
+        CertificateDer::from_pem_slice(self.certificate.as_bytes())
+            .map_err(|e| Error::Codec(format!("the cluster file's certificate is not PEM: {e}")))
+    }
+
+    fn key_der(&self) -> Result<PrivateKeyDer<'static>> {
+        PrivateKeyDer::from_pem_slice(self.key.as_bytes())
+            .map_err(|e| Error::Codec(format!("the cluster file's key is not PEM: {e}")))
+    }
+
+    /// A QUIC server configuration presenting the cluster's certificate.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_no_client_auth()
+            .with_single_cert(vec![self.certificate_der()?], self.key_der()?)
+            .map_err(tls_error)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicServerConfig::try_from(tls).map_err(tls_error)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(transport());
+        Ok(config)
+    }
+
+    /// A QUIC client configuration trusting only the cluster's certificate.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.certificate_der()?).map_err(tls_error)?;
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(tls).map_err(tls_error)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport());
+        Ok(config)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(e: impl std::fmt::Display) -> Error {
+    Error::Transport(format!("TLS configuration: {e}"))
+}
+
+/// Keep-alives every second and a 5 s idle timeout: a SIGKILLed peer (which sends nothing)
+/// is noticed within seconds. Windows sized for bulk transfers on fast links.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s is a valid timeout"),
+    ));
+    t.max_concurrent_bidi_streams(1024u32.into());
+    t.stream_receive_window((64u32 << 20).into());
+    t.receive_window((256u32 << 20).into());
+    t.send_window(256 << 20);
+    Arc::new(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_private_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        let file = ClusterFile::generate("127.0.0.1:1234".into()).unwrap();
+        file.write(&path).unwrap();
+        let back = ClusterFile::read(&path).unwrap();
+        assert_eq!(back.address, "127.0.0.1:1234");
+        assert_eq!(back.token, file.token);
+        assert_eq!(back.token.len(), 48);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_ne!(
+            ClusterFile::generate("x:1".into()).unwrap().token,
+            file.token
+        );
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, "{\"address\": 3}").unwrap();
+        let err = ClusterFile::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("not a partita cluster file"),
+            "{err}"
+        );
+        let err = ClusterFile::read(&dir.path().join("missing.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.json"), "{err}");
+    }
+}

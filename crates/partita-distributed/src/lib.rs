@@ -1,0 +1,49 @@
+//! partita-distributed: the scheduler, worker and client processes of a partita cluster,
+//! moving partita-proto's decisions over QUIC (quinn + tokio).
+//!
+//! ```text
+//!   client ──control (QUIC stream, MessagePack)──▶ scheduler ◀──control── worker A
+//!     │                                                        ◀──control── worker B
+//!     └──────── data (one QUIC stream per value) ──────────▶ worker A ◀──data── worker B
+//! ```
+//!
+//! Key decisions:
+//! - **The state machines decide, this crate only moves bytes.** The scheduler and each
+//!   worker run one task that owns their [`partita_proto`] state and feeds it events; all
+//!   placement, stealing, recomputation and spilling logic is tested there on a simulated
+//!   cluster. Here: sockets, timers, the blocking pool and files.
+//! - **QUIC with TLS 1.3 always on**, one connection per peer pair, multiplexing a
+//!   long-lived control stream and a stream per transferred value, so a large transfer
+//!   never blocks a control message. Credentials come from the [`ClusterFile`]: a
+//!   self-signed certificate the scheduler makes and every peer pins, and a token every
+//!   connection presents (compared in constant time).
+//! - **Values move peer to peer**, encoded by their own codecs (raw little-endian buffers
+//!   for array chunks, Arrow IPC for frame partitions); the scheduler never sees data, and
+//!   the client gathers results straight from the workers holding them.
+//! - **Ops travel as data** (`typetag` MessagePack): a worker runs any op of the crates it
+//!   links (core, arrays, frames). A closure op cannot leave its process; submitting one is
+//!   an error naming the task.
+//! - **Failure is contained**: a wrong token, another protocol version, a malformed or
+//!   oversized frame closes that one connection; a lost worker is the state machine's
+//!   business (reschedule, recompute from lineage).
+
+pub mod client;
+pub mod cluster_file;
+pub mod local_cluster;
+pub mod scheduler;
+pub mod wire;
+pub mod worker;
+
+pub use client::Client;
+pub use cluster_file::ClusterFile;
+pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
+pub use scheduler::{SchedulerOptions, SchedulerServer};
+pub use worker::{WorkerOptions, run_worker};
+
+/// Make sure the op and value registrations of the array and frame crates are linked into
+/// any binary using this crate (typetag and codec tables are filled by link-time
+/// constructors, which a linker may drop from crates nothing else references).
+pub fn link_collections() {
+    std::hint::black_box(partita_array::DType::F64);
+    std::hint::black_box(std::any::type_name::<partita_frame::DataFrame>());
+}

@@ -1,0 +1,235 @@
+//! [`LocalCluster`]: a scheduler and N worker processes on this machine, for tests, benches
+//! and notebooks; every process it starts is killed when it is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use partita_core::{Error, Result};
+
+use crate::client::Client;
+
+/// How to start a [`LocalCluster`].
+#[derive(Clone, Debug)]
+pub struct LocalClusterOptions {
+    /// Worker processes.
+    pub n_workers: usize,
+    /// Threads per worker.
+    pub threads_per_worker: u32,
+    /// Memory limit per worker in bytes (0 = none).
+    pub memory_limit: u64,
+    /// The `partita` binary; found by [`find_binary`] when `None`.
+    pub binary: Option<PathBuf>,
+    /// Extra arguments before the subcommand (the Python package passes `-m partita`).
+    pub prefix_args: Vec<String>,
+}
+
+impl Default for LocalClusterOptions {
+    fn default() -> Self {
+        LocalClusterOptions {
+            n_workers: 2,
+            threads_per_worker: 1,
+            memory_limit: 0,
+            binary: None,
+            prefix_args: Vec::new(),
+        }
+    }
+}
+
+/// The `partita` executable: `$PARTITA_BIN`, else next to the running executable (or one
+/// folder up, as for test binaries in `target/*/deps`), else `partita` on the `PATH`.
+pub fn find_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PARTITA_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join("partita");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("partita")
+}
+
+/// A scheduler and workers running as child processes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    dir: tempfile::TempDir,
+    scheduler: Child,
+    workers: Vec<Option<Child>>,
+    options: LocalClusterOptions,
+    binary: PathBuf,
+}
+
+impl LocalCluster {
+    /// Start the scheduler, then the workers, and wait until every worker has joined.
+    pub fn start(options: LocalClusterOptions) -> Result<LocalCluster> {
+        let binary = options.binary.clone().unwrap_or_else(find_binary);
+        let dir = tempfile::Builder::new()
+            .prefix("partita-cluster-")
+            .tempdir()
+            .map_err(|source| Error::Io {
+                path: std::env::temp_dir().display().to_string(),
+                source,
+            })?;
+        let file = dir.path().join("cluster.json");
+        let scheduler = spawn(
+            &binary,
+            &options.prefix_args,
+            &[
+                "scheduler",
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-file",
+                &file.display().to_string(),
+            ],
+            &dir.path().join("scheduler.log"),
+        )?;
+        let mut cluster = LocalCluster {
+            dir,
+            scheduler,
+            workers: Vec::new(),
+            options,
+            binary,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !file.exists() {
+            if let Ok(Some(status)) = cluster.scheduler.try_wait() {
+                return Err(Error::Transport(format!(
+                    "the scheduler exited ({status}) before writing its cluster file: {}",
+                    cluster.log("scheduler")
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Transport(
+                    "the scheduler wrote no cluster file within 30 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for _ in 0..cluster.options.n_workers {
+            cluster.add_worker()?;
+        }
+        let client = cluster.client()?;
+        client.wait_for_workers(cluster.options.n_workers, Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Start one more worker process; returns its index.
+    pub fn add_worker(&mut self) -> Result<usize> {
+        let i = self.workers.len();
+        let nthreads = self.options.threads_per_worker.to_string();
+        let memory = self.options.memory_limit.to_string();
+        let file = self.cluster_file().display().to_string();
+        let child = spawn(
+            &self.binary,
+            &self.options.prefix_args,
+            &[
+                "worker",
+                "--cluster-file",
+                &file,
+                "--nthreads",
+                &nthreads,
+                "--memory-limit",
+                &memory,
+                "--name",
+                &format!("local-{i}"),
+                "--spill-dir",
+                &self.dir.path().display().to_string(),
+            ],
+            &self.dir.path().join(format!("worker-{i}.log")),
+        )?;
+        self.workers.push(Some(child));
+        Ok(i)
+    }
+
+    /// The cluster file clients and workers join with.
+    pub fn cluster_file(&self) -> PathBuf {
+        self.dir.path().join("cluster.json")
+    }
+
+    /// The folder holding the cluster file, logs and spill directories.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A new client of this cluster.
+    pub fn client(&self) -> Result<Client> {
+        Client::connect(self.cluster_file())
+    }
+
+    /// Kill worker `i` with SIGKILL (no goodbye), for chaos tests.
+    pub fn kill_worker(&mut self, i: usize) -> Result<()> {
+        let child = self
+            .workers
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Internal(format!("no running worker {i}")))?;
+        kill(child);
+        Ok(())
+    }
+
+    /// The scheduler's process id.
+    pub fn scheduler_pid(&self) -> u32 {
+        self.scheduler.id()
+    }
+
+    /// The process ids of the running workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().flatten().map(Child::id).collect()
+    }
+
+    /// A process's log so far (`"scheduler"` or `"worker-3"`).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+fn spawn(binary: &Path, prefix: &[String], args: &[&str], log: &Path) -> Result<Child> {
+    let io = |source| Error::Io {
+        path: log.display().to_string(),
+        source,
+    };
+    let out = std::fs::File::create(log).map_err(io)?;
+    let err = out.try_clone().map_err(io)?;
+    // A pipe on stdin that only this process holds: the child exits when it closes, so
+    // no scheduler or worker outlives the program that started it, even one killed hard.
+    let mut command = Command::new(binary);
+    if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
+        // glibc keeps freed large blocks otherwise (its mmap threshold grows with them),
+        // and a worker whose memory never shrinks after spilling stays paused.
+        command.env("MALLOC_TRIM_THRESHOLD_", "65536");
+    }
+    command
+        .args(prefix)
+        .args(args)
+        .arg("--exit-on-stdin-close")
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|source| Error::Io {
+            path: format!(
+                "{} (the partita binary; set PARTITA_BIN or put it on the PATH)",
+                binary.display()
+            ),
+            source,
+        })
+}
+
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in self.workers.drain(..).flatten() {
+            kill(child);
+        }
+        let _ = self.scheduler.kill();
+        let _ = self.scheduler.wait();
+    }
+}

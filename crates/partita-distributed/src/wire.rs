@@ -1,0 +1,218 @@
+//! Moving bytes: framed control messages on QUIC streams, the join handshake, and the data
+//! protocol by which workers and clients fetch values from a worker.
+//!
+//! - A control connection is one long-lived bidirectional stream: `Hello` from the joining
+//!   side, [`Welcome`] back, then length-prefixed MessagePack frames (partita-proto's
+//!   `frame`/`encode`) in both directions. A writer task drains a channel and writes every
+//!   frame queued so far in one call, so bursts of small messages share packets.
+//! - A value is fetched on a fresh stream of a cached connection to the holder: `Hello`
+//!   (for the token) and `DataRequest` frames, answered by a `DataResponse` frame followed by
+//!   the value's own encoding (raw buffers for arrays, Arrow IPC for frames) as raw bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use partita_core::{Error, Key, Result, Value};
+use partita_proto::messages::{
+    DataRequest, DataResponse, Hello, MAX_CONTROL_MESSAGE_BYTES, PROTOCOL_VERSION, Role, decode,
+    encode, frame,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::cluster_file::{ClusterFile, SERVER_NAME};
+
+/// The scheduler's answer to a `Hello`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Welcome {
+    /// Joined; the id the scheduler gave the peer (a `WorkerId` or `ClientId`).
+    Accepted { id: u32 },
+    /// Refused, and why (wrong token, other protocol version).
+    Refused { reason: String },
+}
+
+/// Largest value a peer may announce (1 TiB): a corrupt length must not allocate wildly.
+const MAX_VALUE_BYTES: u64 = 1 << 40;
+
+fn transport(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Transport(format!("{what}: {e}"))
+}
+
+/// Encode and frame a message, ready for a stream.
+pub fn framed<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
+    frame(&encode(msg)?)
+}
+
+/// Write one framed message.
+pub async fn write_msg<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<()> {
+    send.write_all(&framed(msg)?)
+        .await
+        .map_err(|e| transport("write", e))
+}
+
+/// Read one framed message; `None` when the stream ended cleanly between messages.
+pub async fn read_msg<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<Option<T>> {
+    let mut header = [0u8; 4];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(transport("read", e)),
+    }
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_CONTROL_MESSAGE_BYTES {
+        return Err(Error::Codec(format!(
+            "frame declares {len} bytes, over the limit of {MAX_CONTROL_MESSAGE_BYTES} bytes"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| transport("read (truncated frame)", e))?;
+    decode(&body).map(Some)
+}
+
+/// Spawn the task writing pre-framed messages from `rx` to `send`, batching what is queued.
+pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    tokio::spawn(async move {
+        while let Some(mut buf) = rx.recv().await {
+            while buf.len() < (1 << 20) {
+                match rx.try_recv() {
+                    Ok(more) => buf.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if send.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    });
+}
+
+/// A `Hello` for this cluster.
+pub fn hello(cluster: &ClusterFile, role: Role, name: &str) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        token: cluster.token.clone(),
+        name: name.to_string(),
+    }
+}
+
+/// Connect to the scheduler and join as `role`: returns the connection, the control stream
+/// and the id the scheduler assigned.
+pub async fn join(
+    endpoint: &quinn::Endpoint,
+    cluster: &ClusterFile,
+    role: Role,
+    name: &str,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, u32)> {
+    let addr = resolve(&cluster.address)?;
+    let conn = endpoint
+        .connect_with(cluster.client_config()?, addr, SERVER_NAME)
+        .map_err(|e| transport(&format!("cannot connect to the scheduler at {addr}"), e))?
+        .await
+        .map_err(|e| transport(&format!("cannot connect to the scheduler at {addr}"), e))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport("open", e))?;
+    write_msg(&mut send, &hello(cluster, role, name)).await?;
+    match read_msg::<Welcome>(&mut recv).await? {
+        Some(Welcome::Accepted { id }) => Ok((conn, send, recv, id)),
+        Some(Welcome::Refused { reason }) => Err(Error::Auth(format!(
+            "the scheduler at {addr} refused this peer: {reason}"
+        ))),
+        None => Err(Error::Transport(format!(
+            "the scheduler at {addr} closed the connection during the handshake"
+        ))),
+    }
+}
+
+/// `host:port` to a socket address.
+pub fn resolve(address: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .map_err(|e| Error::Transport(format!("cannot resolve {address:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Transport(format!("{address:?} resolves to no address")))
+}
+
+/// Connections to peers' data servers, opened on first use and reused.
+#[derive(Debug)]
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    cluster: Arc<ClusterFile>,
+    name: String,
+    connections: Mutex<HashMap<String, quinn::Connection>>,
+    next_request: AtomicU64,
+}
+
+impl Peers {
+    pub fn new(endpoint: quinn::Endpoint, cluster: Arc<ClusterFile>, name: String) -> Peers {
+        Peers {
+            endpoint,
+            cluster,
+            name,
+            connections: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    async fn connection(&self, address: &str) -> Result<quinn::Connection> {
+        let mut map = self.connections.lock().await;
+        if let Some(c) = map.get(address)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let addr = resolve(address)?;
+        let conn = self
+            .endpoint
+            .connect_with(self.cluster.client_config()?, addr, SERVER_NAME)
+            .map_err(|e| transport(&format!("cannot connect to worker {address}"), e))?
+            .await
+            .map_err(|e| transport(&format!("cannot connect to worker {address}"), e))?;
+        map.insert(address.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Fetch `key` from the data server at `address`.
+    pub async fn fetch(&self, address: &str, key: &Key) -> Result<Value> {
+        let conn = self.connection(address).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| transport(&format!("fetching {key} from {address}"), e))?;
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut out = framed(&hello(&self.cluster, Role::Client, &self.name))?;
+        out.extend(framed(&DataRequest {
+            request_id,
+            key: key.clone(),
+        })?);
+        send.write_all(&out)
+            .await
+            .map_err(|e| transport(&format!("fetching {key} from {address}"), e))?;
+        let _ = send.finish();
+        match read_msg::<DataResponse>(&mut recv).await? {
+            Some(DataResponse::Data { nbytes, .. }) => {
+                if nbytes > MAX_VALUE_BYTES {
+                    return Err(Error::Codec(format!(
+                        "worker {address} announced {nbytes} bytes for {key}"
+                    )));
+                }
+                let mut bytes = vec![0u8; nbytes as usize];
+                recv.read_exact(&mut bytes)
+                    .await
+                    .map_err(|e| transport(&format!("fetching {key} from {address}"), e))?;
+                Value::decode(bytes)
+            }
+            Some(DataResponse::Missing { .. }) => Err(Error::Transport(format!(
+                "worker {address} does not hold {key}"
+            ))),
+            None => Err(Error::Transport(format!(
+                "worker {address} closed the stream before answering for {key}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! The worker process: runs tasks the scheduler sends, serves its values to peers, fetches
+//! the inputs it lacks, spills to disk under memory pressure; [`WorkerState`] decides, this
+//! runtime does.
+//!
+//! One task owns the state machine. Ops run on tokio's blocking pool (the state machine
+//! keeps at most `nthreads` running); fetches, spills and data requests run as tasks and
+//! report back as events. Values live in a shared map the data server reads from. Spill
+//! files go to a directory of this worker's own, removed when the worker stops.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use partita_core::{Error, Key, Op, Result, Value};
+use partita_proto::Time;
+use partita_proto::messages::{
+    DataRequest, DataResponse, Hello, Role, TaskFailure, ToWorker, WorkerId,
+};
+use partita_proto::scheduler::LogLevel;
+use partita_proto::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster_file::ClusterFile;
+use crate::wire::{Peers, framed, join, read_msg, spawn_writer};
+
+/// How to start a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Threads running tasks.
+    pub nthreads: u32,
+    /// Bytes; 0 = unlimited (no spilling).
+    pub memory_limit: u64,
+    /// The IP the data server binds to and announces (`127.0.0.1` by default).
+    pub host: String,
+    /// A name for logs.
+    pub name: String,
+    /// Where spill files go (a fresh directory inside it); the system temp dir by default.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            nthreads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_limit: 0,
+            host: "127.0.0.1".into(),
+            name: format!("worker-{}", std::process::id()),
+            spill_dir: None,
+        }
+    }
+}
+
+/// What the runtime's tasks hold in common.
+struct Shared {
+    store: Mutex<HashMap<Key, Value>>,
+    spill_dir: PathBuf,
+    spilled: Mutex<HashMap<Key, PathBuf>>,
+    next_spill: AtomicU64,
+    requests: Mutex<HashMap<u64, oneshot::Sender<Option<Value>>>>,
+    next_request: AtomicU64,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    peers: Peers,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes the spill directory however the worker stops (short of SIGKILL).
+struct SpillDirGuard(PathBuf);
+
+impl Drop for SpillDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Join the cluster and work until the scheduler goes away (an error saying so) .
+pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<()> {
+    let cluster = Arc::new(cluster);
+    let bind = crate::wire::resolve(&format!("{}:0", options.host))?;
+    let mut endpoint = quinn::Endpoint::server(cluster.server_config()?, bind)
+        .map_err(|e| Error::Transport(format!("cannot bind the data server on {bind}: {e}")))?;
+    endpoint.set_default_client_config(cluster.client_config()?);
+    let port = endpoint
+        .local_addr()
+        .map_err(|e| Error::Transport(format!("no local address: {e}")))?
+        .port();
+    let address = format!("{}:{port}", options.host);
+    let role = Role::Worker {
+        nthreads: options.nthreads,
+        memory_limit: options.memory_limit,
+        address: address.clone(),
+    };
+    let (conn, send, mut recv, id) = join(&endpoint, &cluster, role, &options.name).await?;
+    let id = WorkerId(id);
+    tracing::info!(worker = %id, %address, "joined the scheduler at {}", cluster.address);
+
+    let base = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let spill_dir = base.join(format!("partita-spill-{}-{}", std::process::id(), id.0));
+    std::fs::create_dir_all(&spill_dir).map_err(|source| Error::Io {
+        path: spill_dir.display().to_string(),
+        source,
+    })?;
+    let _guard = SpillDirGuard(spill_dir.clone());
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        store: Mutex::new(HashMap::new()),
+        spill_dir,
+        spilled: Mutex::new(HashMap::new()),
+        next_spill: AtomicU64::new(0),
+        requests: Mutex::new(HashMap::new()),
+        next_request: AtomicU64::new(1),
+        events: events_tx.clone(),
+        peers: Peers::new(endpoint.clone(), Arc::clone(&cluster), options.name.clone()),
+    });
+
+    // To the scheduler.
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    spawn_writer(send, out_rx);
+    // From the scheduler; its loss ends the worker.
+    let (lost_tx, mut lost) = oneshot::channel::<String>();
+    let tx = events_tx.clone();
+    tokio::spawn(async move {
+        let reason = loop {
+            match read_msg::<ToWorker>(&mut recv).await {
+                Ok(Some(msg)) => {
+                    if tx.send(WorkerEvent::FromScheduler(msg)).is_err() {
+                        break "worker stopped".to_string();
+                    }
+                }
+                Ok(None) => break "the scheduler closed the connection".to_string(),
+                Err(e) => break e.to_string(),
+            }
+        };
+        let _ = lost_tx.send(reason);
+    });
+    // The data server.
+    tokio::spawn(serve_data(
+        endpoint.clone(),
+        Arc::clone(&cluster),
+        Arc::clone(&shared),
+    ));
+    // Memory samples.
+    let tx = events_tx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if tx
+                .send(WorkerEvent::MemorySample { rss: rss_bytes() })
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+
+    let start = Instant::now();
+    let now = || Time(start.elapsed().as_micros() as u64);
+    let mut config = WorkerConfig::new(id, options.nthreads, options.memory_limit);
+    config.heartbeat_interval = Duration::from_millis(500);
+    let mut state = WorkerState::new(config, now());
+    let result = loop {
+        let wake = state
+            .poll_timeout()
+            .map(|t| t.since(now()))
+            .unwrap_or(Duration::from_millis(500))
+            .min(Duration::from_millis(500));
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => break Ok(()) },
+            _ = tokio::time::sleep(wake) => WorkerEvent::Tick,
+            reason = &mut lost => {
+                let reason = reason.unwrap_or_else(|_| "reader stopped".into());
+                break Err(Error::Transport(format!("lost the scheduler: {reason}")));
+            }
+        };
+        let actions = state.handle(event, now());
+        perform(&shared, &out_tx, actions);
+        while let Ok(event) = events.try_recv() {
+            let actions = state.handle(event, now());
+            perform(&shared, &out_tx, actions);
+        }
+    };
+    conn.close(0u32.into(), b"worker stopping");
+    endpoint.close(0u32.into(), b"worker stopping");
+    result
+}
+
+fn perform(shared: &Arc<Shared>, out: &mpsc::UnboundedSender<Vec<u8>>, actions: Vec<WorkerAction>) {
+    for action in actions {
+        match action {
+            WorkerAction::SendToScheduler(msg) => match framed(&msg) {
+                Ok(bytes) => {
+                    let _ = out.send(bytes);
+                }
+                Err(e) => tracing::error!("cannot encode a message to the scheduler: {e}"),
+            },
+            WorkerAction::Execute {
+                key,
+                payload,
+                inputs,
+            } => execute(shared, key, payload.into_vec(), inputs),
+            WorkerAction::Fetch { key, from, .. } => {
+                let shared = Arc::clone(shared);
+                tokio::spawn(async move {
+                    let event = match shared.peers.fetch(&from.address, &key).await {
+                        Ok(value) => {
+                            let nbytes = value.nbytes() as u64;
+                            locked(&shared.store).insert(key.clone(), value);
+                            WorkerEvent::FetchDone {
+                                key,
+                                from: from.id,
+                                nbytes,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("fetching {key} from {} failed: {e}", from.id);
+                            WorkerEvent::FetchFailed { key, from: from.id }
+                        }
+                    };
+                    let _ = shared.events.send(event);
+                });
+            }
+            WorkerAction::SendData {
+                request_id, key, ..
+            } => {
+                let value = locked(&shared.store).get(&key).cloned();
+                if let Some(reply) = locked(&shared.requests).remove(&request_id) {
+                    let _ = reply.send(value);
+                }
+            }
+            WorkerAction::DataMissing { request_id, .. } => {
+                if let Some(reply) = locked(&shared.requests).remove(&request_id) {
+                    let _ = reply.send(None);
+                }
+            }
+            WorkerAction::Spill { key } => spill(shared, key),
+            WorkerAction::Unspill { key } => unspill(shared, key),
+            WorkerAction::DeleteSpilled { key } => {
+                if let Some(path) = locked(&shared.spilled).remove(&key) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            WorkerAction::DropValue { key } => {
+                locked(&shared.store).remove(&key);
+            }
+            WorkerAction::Log(level, line) => match level {
+                LogLevel::Debug => tracing::debug!("{line}"),
+                LogLevel::Info => tracing::info!("{line}"),
+                LogLevel::Warn => tracing::warn!("{line}"),
+                LogLevel::Error => tracing::error!("{line}"),
+            },
+        }
+    }
+}
+
+/// Decode and run one task's op on the blocking pool.
+fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
+    let values: std::result::Result<Vec<Value>, Key> = {
+        let store = locked(&shared.store);
+        inputs
+            .iter()
+            .map(|k| store.get(k).cloned().ok_or_else(|| k.clone()))
+            .collect()
+    };
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let result = match values {
+            Err(missing) => Err(Error::Internal(format!(
+                "input {missing} of task {key} is not in this worker's memory"
+            ))),
+            Ok(values) => decode_op(&key, &payload)
+                .and_then(|op| partita_core::op::execute_guarded(&key, op.as_ref(), &values)),
+        };
+        let event = match result {
+            Ok(value) => {
+                let nbytes = value.nbytes() as u64;
+                locked(&shared.store).insert(key.clone(), value);
+                WorkerEvent::ExecuteDone { key, nbytes }
+            }
+            Err(e) => WorkerEvent::ExecuteFailed {
+                error: failure_of(&key, &e),
+                key,
+            },
+        };
+        let _ = shared.events.send(event);
+    });
+}
+
+/// An op's error as it travels: the task that really failed (inside a fused chain, the
+/// inner one), whether it panicked, and the message without the task prefix.
+pub fn failure_of(key: &Key, error: &Error) -> TaskFailure {
+    match error {
+        Error::Compute { key, source } => TaskFailure::error(key.clone(), source.to_string()),
+        Error::Panic { key, message } => TaskFailure {
+            task: key.clone(),
+            panicked: true,
+            message: message.clone(),
+        },
+        other => TaskFailure::error(key.clone(), other.to_string()),
+    }
+}
+
+/// A task's op from its wire form (MessagePack of the `typetag` trait object).
+pub fn decode_op(key: &Key, payload: &[u8]) -> Result<Arc<dyn Op>> {
+    rmp_serde::from_slice::<Arc<dyn Op>>(payload).map_err(|e| {
+        Error::Codec(format!(
+            "task {key}: this worker cannot decode its op ({e}); is the worker built with the \
+             crate that defines it?"
+        ))
+    })
+}
+
+/// A task's op in wire form; closures (which cannot leave their process) are an error
+/// naming the task.
+pub fn encode_op(key: &Key, op: &Arc<dyn Op>) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(op)
+        .map_err(|e| Error::Codec(format!("task {key} cannot run on a cluster: {e}")))
+}
+
+fn spill(shared: &Arc<Shared>, key: Key) {
+    let Some(value) = locked(&shared.store).get(&key).cloned() else {
+        let _ = shared.events.send(WorkerEvent::SpillFailed {
+            key,
+            error: "not in memory".into(),
+        });
+        return;
+    };
+    let n = shared.next_spill.fetch_add(1, Ordering::Relaxed);
+    if n == 0 {
+        tracing::info!(
+            "memory above target: spilling least recently used values to {}",
+            shared.spill_dir.display()
+        );
+    }
+    tracing::debug!("spilling {key}");
+    let path = shared.spill_dir.join(format!("{n}.value"));
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let written = value.encode().and_then(|bytes| write_atomic(&path, &bytes));
+        let event = match written {
+            Ok(()) => {
+                locked(&shared.spilled).insert(key.clone(), path);
+                locked(&shared.store).remove(&key);
+                WorkerEvent::Spilled { key }
+            }
+            Err(e) => WorkerEvent::SpillFailed {
+                key,
+                error: e.to_string(),
+            },
+        };
+        let _ = shared.events.send(event);
+    });
+}
+
+fn unspill(shared: &Arc<Shared>, key: Key) {
+    let path = locked(&shared.spilled).get(&key).cloned();
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let read = match path {
+            None => Err(Error::Internal(format!("{key} has no spill file"))),
+            Some(path) => std::fs::read(&path)
+                .map_err(|source| Error::Io {
+                    path: path.display().to_string(),
+                    source,
+                })
+                .and_then(Value::decode)
+                .inspect(|_| {
+                    locked(&shared.spilled).remove(&key);
+                    let _ = std::fs::remove_file(&path);
+                }),
+        };
+        let event = match read {
+            Ok(value) => {
+                let nbytes = value.nbytes() as u64;
+                locked(&shared.store).insert(key.clone(), value);
+                WorkerEvent::Unspilled { key, nbytes }
+            }
+            Err(e) => WorkerEvent::UnspillFailed {
+                key,
+                error: e.to_string(),
+            },
+        };
+        let _ = shared.events.send(event);
+    });
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Serve values to peers and clients: one stream per request.
+async fn serve_data(endpoint: quinn::Endpoint, cluster: Arc<ClusterFile>, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (cluster, shared) = (Arc::clone(&cluster), Arc::clone(&shared));
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let Ok(conn) = incoming.await else { return };
+            loop {
+                let Ok((send, recv)) = conn.accept_bi().await else {
+                    return;
+                };
+                let (cluster, shared, conn) =
+                    (Arc::clone(&cluster), Arc::clone(&shared), conn.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = answer(send, recv, &cluster, &shared).await {
+                        tracing::warn!(%remote, "data request refused: {e}");
+                        if matches!(e, Error::Auth(_) | Error::Codec(_)) {
+                            conn.close(1u32.into(), b"refused");
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn answer(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    cluster: &ClusterFile,
+    shared: &Shared,
+) -> Result<()> {
+    let hello: Hello = read_msg(&mut recv)
+        .await?
+        .ok_or_else(|| Error::Transport("data stream closed before its hello".into()))?;
+    hello.check(&cluster.token)?;
+    let request: DataRequest = read_msg(&mut recv)
+        .await?
+        .ok_or_else(|| Error::Transport("data stream closed before its request".into()))?;
+    let local = shared.next_request.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    locked(&shared.requests).insert(local, tx);
+    let _ = shared.events.send(WorkerEvent::PeerWantsData {
+        request_id: local,
+        key: request.key.clone(),
+    });
+    let value = rx.await.ok().flatten();
+    let write = |e| Error::Transport(format!("sending {}: {e}", request.key));
+    match value {
+        Some(value) => {
+            let bytes = value.encode()?;
+            let header = framed(&DataResponse::Data {
+                request_id: request.request_id,
+                key: request.key.clone(),
+                nbytes: bytes.len() as u64,
+            })?;
+            send.write_all(&header).await.map_err(write)?;
+            send.write_all(&bytes).await.map_err(write)?;
+        }
+        None => {
+            let header = framed(&DataResponse::Missing {
+                request_id: request.request_id,
+                key: request.key.clone(),
+            })?;
+            send.write_all(&header).await.map_err(write)?;
+        }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+/// The process's resident memory in bytes (Linux: `VmRSS` of /proc/self/status), 0 where
+/// unknown.
+pub fn rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

@@ -1,0 +1,168 @@
+//! A scheduler and a worker in this process, attacked on the wire: wrong tokens, oversized,
+//! truncated and malformed frames each close that one connection, and the cluster goes on
+//! computing.
+
+use std::time::Duration;
+
+use partita_core::SyncScheduler;
+use partita_distributed::cluster_file::SERVER_NAME;
+use partita_distributed::wire::{Welcome, framed, hello, read_msg, resolve};
+use partita_distributed::{
+    Client, ClusterFile, SchedulerOptions, SchedulerServer, WorkerOptions, run_worker,
+};
+use partita_proto::messages::Role;
+
+struct Cluster {
+    runtime: tokio::runtime::Runtime,
+    credentials: ClusterFile,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Cluster {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.json");
+    let options = SchedulerOptions::new("127.0.0.1:0".parse().unwrap(), file.clone());
+    let server = runtime.block_on(SchedulerServer::bind(options)).unwrap();
+    let credentials = server.cluster().clone();
+    runtime.spawn(server.run());
+    let worker = WorkerOptions {
+        nthreads: 1,
+        name: "in-process".into(),
+        spill_dir: Some(dir.path().to_path_buf()),
+        ..WorkerOptions::default()
+    };
+    runtime.spawn(run_worker(credentials.clone(), worker));
+    Cluster {
+        runtime,
+        credentials,
+        _dir: dir,
+    }
+}
+
+/// A QUIC connection to the scheduler with the right certificate; the caller decides what
+/// to say on its first stream.
+async fn raw_stream(
+    credentials: &ClusterFile,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(
+            credentials.client_config().unwrap(),
+            resolve(&credentials.address).unwrap(),
+            SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    (conn, send, recv)
+}
+
+/// Wait for the scheduler to close `conn`.
+async fn closed_by_peer(conn: &quinn::Connection) -> bool {
+    tokio::time::timeout(Duration::from_secs(15), conn.closed())
+        .await
+        .is_ok()
+}
+
+fn the_cluster_still_computes(cluster: &Cluster) {
+    let client = Client::connect_with(cluster.credentials.clone()).unwrap();
+    client.wait_for_workers(1, Duration::from_secs(10)).unwrap();
+    let x = partita_array::arange(0.0, 100.0, 1.0, partita_array::DType::F64, 10).unwrap();
+    let total = x.sum(partita_array::Axes::All).unwrap();
+    let on_cluster = total.compute::<f64>(&client).unwrap();
+    let here = total.compute::<f64>(&SyncScheduler).unwrap();
+    assert_eq!(on_cluster, here);
+    assert_eq!(on_cluster.sum(), 4950.0);
+}
+
+#[test]
+fn oversized_truncated_and_malformed_frames_close_only_their_connection() {
+    let cluster = start();
+    let creds = cluster.credentials.clone();
+    cluster.runtime.block_on(async {
+        // A length prefix far over the limit.
+        let (conn, mut send, _recv) = raw_stream(&creds).await;
+        send.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        assert!(closed_by_peer(&conn).await, "oversized frame tolerated");
+
+        // Valid length, bytes that are not MessagePack of a Hello.
+        let (conn, mut send, _recv) = raw_stream(&creds).await;
+        let mut bad = 12u32.to_le_bytes().to_vec();
+        bad.extend_from_slice(b"\xc1\xc1 not msgpack");
+        send.write_all(&bad[..16]).await.unwrap();
+        assert!(closed_by_peer(&conn).await, "malformed hello tolerated");
+
+        // A frame cut short, then the stream ends.
+        let (conn, mut send, _recv) = raw_stream(&creds).await;
+        let mut cut = 100u32.to_le_bytes().to_vec();
+        cut.extend_from_slice(&[0x93; 10]);
+        send.write_all(&cut).await.unwrap();
+        send.finish().unwrap();
+        assert!(closed_by_peer(&conn).await, "truncated frame tolerated");
+
+        // A proper client joins, then sends garbage.
+        let (conn, mut send, mut recv) = raw_stream(&creds).await;
+        let hi = framed(&hello(&creds, Role::Client, "rude client")).unwrap();
+        send.write_all(&hi).await.unwrap();
+        let welcome: Welcome = read_msg(&mut recv).await.unwrap().unwrap();
+        assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
+        let mut junk = 8u32.to_le_bytes().to_vec();
+        junk.extend_from_slice(&[0xff; 8]);
+        send.write_all(&junk).await.unwrap();
+        assert!(
+            closed_by_peer(&conn).await,
+            "garbage after joining tolerated"
+        );
+
+        // A wrong token is answered with a refusal naming the problem.
+        let (conn, mut send, mut recv) = raw_stream(&creds).await;
+        let mut wrong = creds.clone();
+        wrong.token = "guess".into();
+        let hi = framed(&hello(&wrong, Role::Client, "guesser")).unwrap();
+        send.write_all(&hi).await.unwrap();
+        match read_msg::<Welcome>(&mut recv).await {
+            Ok(Some(Welcome::Refused { reason })) => assert!(reason.contains("token"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(closed_by_peer(&conn).await, "wrong token tolerated");
+    });
+    the_cluster_still_computes(&cluster);
+}
+
+#[test]
+fn a_worker_data_server_refuses_strangers() {
+    let cluster = start();
+    let client = Client::connect_with(cluster.credentials.clone()).unwrap();
+    client.wait_for_workers(1, Duration::from_secs(10)).unwrap();
+    let (worker, _) = client.workers().unwrap().remove(0);
+    let creds = cluster.credentials.clone();
+    cluster.runtime.block_on(async {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(
+                creds.client_config().unwrap(),
+                resolve(&worker.address).unwrap(),
+                SERVER_NAME,
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let mut wrong = creds.clone();
+        wrong.token = "guess".into();
+        let hi = framed(&hello(&wrong, Role::Client, "stranger")).unwrap();
+        send.write_all(&hi).await.unwrap();
+        assert!(
+            closed_by_peer(&conn).await,
+            "the data server served a stranger"
+        );
+    });
+    drop(client);
+    the_cluster_still_computes(&cluster);
+}

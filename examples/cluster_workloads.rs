@@ -1,0 +1,122 @@
+//! The distributed issue's workloads on a `LocalCluster` (a scheduler and two worker
+//! processes of one thread each, over loopback QUIC), beside the local scheduler. Run with
+//!
+//! ```text
+//! cargo build --release -p partita-cli      # the `partita` binary the cluster runs
+//! cargo run --release -p partita-examples --bin cluster_workloads [-- NAME]
+//! ```
+//!
+//! NAME is one of `trivial`, `transpose-mean` (default: both). Each line prints the median of
+//! three runs; cluster start-up is not timed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use partita::array::random;
+use partita::distributed::{LocalCluster, LocalClusterOptions};
+use partita::op::{Collect, Identity};
+use partita::{
+    ComputeOptions, GraphBuilder, Key, Literal, LocalScheduler, OptimizeOptions, Result, Scheduler,
+    Value, compute_with,
+};
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed());
+    }
+    Ok(median(times))
+}
+
+/// One literal, `n` identity tasks reading it, and a tree of `Collect`s (fan-in 100) down
+/// to one output: `n` trivial tasks plus about `n / 99` more, all run (no fusion).
+fn trivial(n: usize, on: &dyn Scheduler) -> Result<()> {
+    let mut b = GraphBuilder::new();
+    let root = Key::named("trivial-root");
+    b.add_task(root.clone(), Arc::new(Literal(Value::new(1i64))), &[]);
+    let mut level: Vec<Key> = (0..n)
+        .map(|i| {
+            let k = Key::new("trivial", [i as u32]);
+            b.add_task(k.clone(), Arc::new(Identity), std::slice::from_ref(&root));
+            k
+        })
+        .collect();
+    let mut depth = 0u32;
+    while level.len() > 1 {
+        depth += 1;
+        level = level
+            .chunks(100)
+            .enumerate()
+            .map(|(i, group)| {
+                let k = Key::new("trivial-collect", [depth, i as u32]);
+                b.add_task(k.clone(), Arc::new(Collect), group);
+                k
+            })
+            .collect();
+    }
+    let graph = b.build()?;
+    let tasks = graph.len();
+    let options = ComputeOptions {
+        optimize: OptimizeOptions {
+            cull: true,
+            fuse: false,
+        },
+        ..ComputeOptions::default()
+    };
+    let elapsed = time(3, || {
+        compute_with(graph.clone(), &level, on, &options).map(|_| ())
+    })?;
+    println!(
+        "{:<12} trivial tasks: {tasks:>7} tasks   median {:>7.3} s   {:>9.0} tasks/s",
+        on.name(),
+        elapsed.as_secs_f64(),
+        tasks as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn transpose_mean(on: &dyn Scheduler) -> Result<()> {
+    let x = random::random(&[20000, 20000], [2000, 2000], 0)?;
+    let y = (&x + &x.t()?)?.mean(0)?;
+    let elapsed = time(3, || {
+        let m = y.compute::<f64>(on)?;
+        assert!((m.mean().unwrap_or(0.0) - 1.0).abs() < 1e-3);
+        Ok(())
+    })?;
+    println!(
+        "{:<12} (x + x.T).mean(axis=0), 20000^2 in 2000^2 chunks   median {:>7.3} s",
+        on.name(),
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let which = std::env::args().nth(1);
+    let want = |name: &str| which.as_deref().is_none_or(|w| w == name);
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        n_workers: 2,
+        threads_per_worker: 1,
+        ..LocalClusterOptions::default()
+    })?;
+    let client = cluster.client()?;
+    let local = LocalScheduler::with_threads(2);
+    if want("trivial") {
+        for n in [10_000, 100_000] {
+            trivial(n, &local)?;
+            trivial(n, &client)?;
+        }
+    }
+    if want("transpose-mean") {
+        transpose_mean(&local)?;
+        transpose_mean(&client)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The cluster as a whole: real scheduler and worker processes (`partita-test-worker`) on
+//! loopback. Semantics on the cluster are covered by every test using `schedulers()`; here
+//! are failures, chaos, memory and security.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use partita::distributed::{Client, ClusterFile, LocalCluster, LocalClusterOptions};
+use partita::{
+    ComputeOptions, Error, FnOp, Graph, GraphBuilder, Key, Op, Scheduler, Value, compute_with,
+};
+use partita_tests::{Blob, Fail, Mix, Panic, SlowMix, cluster, test_worker_binary};
+
+fn start(n_workers: usize, memory_limit: u64) -> LocalCluster {
+    LocalCluster::start(LocalClusterOptions {
+        n_workers,
+        threads_per_worker: 1,
+        memory_limit,
+        binary: Some(test_worker_binary()),
+        ..LocalClusterOptions::default()
+    })
+    .expect("the cluster starts")
+}
+
+fn run(graph: Graph, outputs: &[Key], on: &dyn Scheduler) -> partita::Result<Vec<Value>> {
+    compute_with(graph, outputs, on, &ComputeOptions::default()).map(|e| e.values)
+}
+
+/// `Mix` semantics, for references.
+fn mix(salt: i64, inputs: &[i64]) -> i64 {
+    (inputs.iter()).fold(salt, |acc, v| acc.wrapping_add(v.wrapping_mul(31)))
+}
+
+fn i64s(values: &[Value]) -> Vec<i64> {
+    values.iter().map(|v| *v.get::<i64>().unwrap()).collect()
+}
+
+fn small_graph(tag: &str) -> (Graph, Key, i64) {
+    let mut b = GraphBuilder::new();
+    let (x, y, z) = (
+        Key::named(format!("{tag}-x")),
+        Key::named(format!("{tag}-y")),
+        Key::named(format!("{tag}-z")),
+    );
+    b.add_task(x.clone(), Arc::new(Mix { salt: 1 }), &[]);
+    b.add_task(y.clone(), Arc::new(Mix { salt: 2 }), &[]);
+    b.add_task(z.clone(), Arc::new(Mix { salt: 3 }), &[x, y]);
+    let expected = mix(3, &[1, 2]);
+    (b.build().unwrap(), z, expected)
+}
+
+#[test]
+fn a_failing_task_names_its_key_and_the_cluster_stays_usable() {
+    let client = cluster().expect("the test cluster");
+    for (name, op) in [
+        (
+            "fails",
+            Arc::new(Fail {
+                message: "bad input 42".into(),
+            }) as Arc<dyn Op>,
+        ),
+        (
+            "panics",
+            Arc::new(Panic {
+                message: "boom 17".into(),
+            }),
+        ),
+    ] {
+        let mut b = GraphBuilder::new();
+        let (ok, bad, out) = (
+            Key::named(format!("{name}-ok")),
+            Key::named(format!("{name}-bad")),
+            Key::named(format!("{name}-out")),
+        );
+        b.add_task(ok.clone(), Arc::new(Mix { salt: 1 }), &[]);
+        b.add_task(bad.clone(), op, std::slice::from_ref(&ok));
+        b.add_task(out.clone(), Arc::new(Mix { salt: 2 }), &[bad, ok]);
+        let err = run(b.build().unwrap(), &[out], client).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&format!("{name}-bad")), "{text}");
+        let detail = if name == "fails" {
+            "bad input 42"
+        } else {
+            "boom 17"
+        };
+        assert!(text.contains(detail), "{text}");
+
+        let (graph, key, expected) = small_graph(name);
+        assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
+    }
+}
+
+#[test]
+fn closures_cannot_leave_the_process_and_say_so() {
+    let client = cluster().expect("the test cluster");
+    let mut b = GraphBuilder::new();
+    let key = Key::named("closure-task");
+    b.add_task(
+        key.clone(),
+        Arc::new(FnOp::new("add-one", |_: &[Value]| Ok(Value::new(1i64)))),
+        &[],
+    );
+    let err = run(b.build().unwrap(), &[key], client).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("closure-task"), "{text}");
+    assert!(text.contains("closure"), "{text}");
+    let (graph, key, expected) = small_graph("after-closure");
+    assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
+}
+
+/// Roots -> middles -> one output, all slow enough to be interrupted.
+fn staged_graph(roots: usize, fan: usize, ms: u64) -> (Graph, Key, i64) {
+    let mut b = GraphBuilder::new();
+    let root_key = |i: usize| Key::new("stage-root", [i as u32]);
+    let mid_key = |i: usize| Key::new("stage-mid", [i as u32]);
+    let mut root_values = Vec::new();
+    for i in 0..roots {
+        b.add_task(root_key(i), Arc::new(SlowMix { salt: i as i64, ms }), &[]);
+        root_values.push(i as i64);
+    }
+    let mut mids = Vec::new();
+    let mut mid_values = Vec::new();
+    for (j, chunk) in (0..roots).collect::<Vec<_>>().chunks(fan).enumerate() {
+        let deps: Vec<Key> = chunk.iter().map(|&i| root_key(i)).collect();
+        let inputs: Vec<i64> = chunk.iter().map(|&i| root_values[i]).collect();
+        let salt = 1000 + j as i64;
+        b.add_task(mid_key(j), Arc::new(SlowMix { salt, ms }), &deps);
+        mids.push(mid_key(j));
+        mid_values.push(mix(salt, &inputs));
+    }
+    let out = Key::named("stage-out");
+    b.add_task(out.clone(), Arc::new(Mix { salt: 7 }), &mids);
+    (b.build().unwrap(), out, mix(7, &mid_values))
+}
+
+#[test]
+fn killing_a_worker_mid_computation_still_gives_the_right_answer() {
+    let mut cluster = start(3, 0);
+    let client = cluster.client().unwrap();
+    let (graph, out, expected) = staged_graph(36, 4, 60);
+    let values = std::thread::scope(|s| {
+        let job = s.spawn(|| run(graph, std::slice::from_ref(&out), &client));
+        std::thread::sleep(Duration::from_millis(400));
+        cluster.kill_worker(0).unwrap();
+        job.join().unwrap()
+    });
+    let values = values.unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("scheduler")));
+    assert_eq!(i64s(&values), [expected]);
+    assert!(cluster.log("scheduler").contains("removed"));
+}
+
+#[test]
+fn killing_the_only_holder_of_needed_data_recomputes_it() {
+    let mut cluster = start(3, 0);
+    let client = cluster.client().unwrap();
+    // Quick roots are all done long before the slow gate; the output needs both, so
+    // when two of three workers die the roots they held must be recomputed.
+    let mut b = GraphBuilder::new();
+    let mut deps = Vec::new();
+    let mut inputs = Vec::new();
+    for i in 0..30 {
+        let k = Key::new("holder-root", [i]);
+        b.add_task(
+            k.clone(),
+            Arc::new(SlowMix {
+                salt: i64::from(i),
+                ms: 10,
+            }),
+            &[],
+        );
+        deps.push(k);
+        inputs.push(i64::from(i));
+    }
+    let gate = Key::named("holder-gate");
+    b.add_task(gate.clone(), Arc::new(SlowMix { salt: 5, ms: 1500 }), &[]);
+    deps.push(gate);
+    inputs.push(5);
+    let out = Key::named("holder-out");
+    b.add_task(out.clone(), Arc::new(Mix { salt: 9 }), &deps);
+    let graph = b.build().unwrap();
+    let values = std::thread::scope(|s| {
+        let job = s.spawn(|| run(graph, std::slice::from_ref(&out), &client));
+        std::thread::sleep(Duration::from_millis(800));
+        cluster.kill_worker(0).unwrap();
+        cluster.kill_worker(1).unwrap();
+        job.join().unwrap()
+    });
+    let log = cluster.log("scheduler");
+    let values = values.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(i64s(&values), [mix(9, &inputs)]);
+    assert!(log.contains("its only copy was lost"), "{log}");
+}
+
+#[test]
+fn a_small_memory_limit_spills_and_leaves_nothing_on_disk() {
+    // 24 outputs of 16 MB each (384 MB) held until the run ends, on one worker limited
+    // to 100 MB: most of them must live on disk for a while.
+    let cluster = start(1, 100_000_000);
+    let client = cluster.client().unwrap();
+    let len = 2_000_000;
+    let mut b = GraphBuilder::new();
+    let keys: Vec<Key> = (0..24).map(|i| Key::new("spill-blob", [i])).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let op = Blob {
+            len,
+            seed: i as f64 * 1e7,
+        };
+        b.add_task(k.clone(), Arc::new(op), &[]);
+    }
+    let values = run(b.build().unwrap(), &keys, &client)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("worker-0")));
+    for (i, v) in values.iter().enumerate() {
+        let v = v.get::<Vec<f64>>().unwrap();
+        assert_eq!(v.len(), len);
+        assert_eq!(v[0], i as f64 * 1e7);
+        assert_eq!(v[len - 1], i as f64 * 1e7 + (len - 1) as f64);
+    }
+    let log = cluster.log("worker-0");
+    assert!(log.contains("spilling"), "the worker never spilled:\n{log}");
+    // Released keys delete their spill files (asynchronously: wait a little).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leftover: Vec<_> = walk(cluster.dir())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "value" || e == "tmp"))
+            .collect();
+        if leftover.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "spill files left: {leftover:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_client_with_a_wrong_token_is_refused() {
+    let cluster = start(1, 0);
+    let mut credentials = ClusterFile::read(&cluster.cluster_file()).unwrap();
+    credentials.token = "not-the-token".into();
+    let err = Client::connect_with(credentials).unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    assert!(err.to_string().contains("token"), "{err}");
+    // Logged by the scheduler, which goes on serving.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cluster.log("scheduler").contains("wrong token") {
+        assert!(Instant::now() < deadline, "{}", cluster.log("scheduler"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let client = cluster.client().unwrap();
+    let (graph, key, expected) = small_graph("after-refusal");
+    assert_eq!(i64s(&run(graph, &[key], &client).unwrap()), [expected]);
+}
+
+#[test]
+fn garbage_datagrams_do_not_bring_the_scheduler_down() {
+    let cluster = start(1, 0);
+    let credentials = ClusterFile::read(&cluster.cluster_file()).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for n in [0usize, 1, 7, 64, 1200, 1500, 9000] {
+        for _ in 0..20 {
+            let bytes: Vec<u8> = (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = socket.send_to(&bytes, &credentials.address);
+        }
+    }
+    let client = cluster.client().unwrap();
+    let (graph, key, expected) = small_graph("after-garbage");
+    assert_eq!(i64s(&run(graph, &[key], &client).unwrap()), [expected]);
+}
+
+#[test]
+fn dropping_a_local_cluster_ends_its_processes() {
+    let cluster = start(2, 0);
+    let mut pids = cluster.worker_pids();
+    assert_eq!(pids.len(), 2);
+    pids.push(cluster.scheduler_pid());
+    drop(cluster);
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived its cluster"
+        );
+    }
+}
+
+#[test]
+fn a_run_on_the_cluster_can_be_cancelled_promptly() {
+    let client = cluster().expect("the test cluster");
+    // 200 tasks of 100 ms on 4 threads: about 5 s uncancelled.
+    let mut b = GraphBuilder::new();
+    let keys: Vec<Key> = (0..200).map(|i| Key::new("cancel-me", [i])).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let op = SlowMix {
+            salt: i as i64,
+            ms: 100,
+        };
+        b.add_task(k.clone(), Arc::new(op), &[]);
+    }
+    let out = Key::named("cancel-me-out");
+    b.add_task(out.clone(), Arc::new(Mix { salt: 0 }), &keys);
+    let options = ComputeOptions::default();
+    let cancel = options.context.cancel.clone();
+    let start = Instant::now();
+    let result = std::thread::scope(|s| {
+        let job = s.spawn(|| compute_with(b.build().unwrap(), &[out], client, &options));
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.cancel();
+        job.join().unwrap()
+    });
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let (graph, key, expected) = small_graph("after-cancel");
+    assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
+}
