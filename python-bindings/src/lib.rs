@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use partita::array::{self as pa, Array, Axes, Chunk, Chunks, DType, Index, Operand, Scalar};
+use partita::distributed::{Client, LocalCluster, LocalClusterOptions};
 use partita::frame::{self as pf, CsvOptions, DataFrame, How, ParquetOptions, SortOptions};
 use partita::{
     CancelToken, ComputeOptions, LocalScheduler, ProgressSink, Scheduler, SyncScheduler,
@@ -147,9 +148,48 @@ impl<T> IntoPy<T> for partita::Result<T> {
     }
 }
 
+/// What a Python `scheduler=` argument may be: a name or a `Client`.
+#[derive(FromPyObject)]
+enum SchedulerArg {
+    Client(Py<PyClient>),
+    Name(String),
+}
+
+/// A cluster client shared by a computation (the `Client` stays usable meanwhile).
+struct OnCluster(Arc<Client>);
+
+impl Scheduler for OnCluster {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn execute(
+        &self,
+        plan: &partita::ExecutionPlan,
+        ctx: &partita::ExecutionContext,
+    ) -> partita::Result<partita::Execution> {
+        self.0.execute(plan, ctx).map_err(|e| match e {
+            // Python functions are closures to Rust: say what it means for a Python user.
+            partita::Error::Codec(m) if m.contains("is a Rust closure") => {
+                partita::Error::NotImplemented(format!(
+                    "running Python functions (map_blocks, map_partitions) on a cluster: {m}"
+                ))
+            }
+            e => e,
+        })
+    }
+}
+
 /// The scheduler a Python `scheduler=` argument names.
-fn scheduler(name: Option<&str>, num_workers: Option<usize>) -> PyResult<Box<dyn Scheduler>> {
-    Ok(match name.unwrap_or("threads") {
+fn scheduler(
+    arg: Option<SchedulerArg>,
+    num_workers: Option<usize>,
+) -> PyResult<Box<dyn Scheduler>> {
+    let name = match arg {
+        Some(SchedulerArg::Client(c)) => return Ok(Box::new(OnCluster(c.get().client()?))),
+        Some(SchedulerArg::Name(n)) => Some(n),
+        None => None,
+    };
+    Ok(match name.as_deref().unwrap_or("threads") {
         "sync" | "synchronous" | "single-threaded" => Box::new(SyncScheduler),
         "threads" | "threading" | "local" => match num_workers {
             Some(n) if n > 0 => Box::new(LocalScheduler::with_threads(n)),
@@ -157,7 +197,7 @@ fn scheduler(name: Option<&str>, num_workers: Option<usize>) -> PyResult<Box<dyn
         },
         other => {
             return Err(PyValueError::new_err(format!(
-                "unknown scheduler {other:?}; use \"sync\" or \"threads\""
+                "unknown scheduler {other:?}; use \"sync\", \"threads\" or a Client"
             )));
         }
     })
@@ -529,7 +569,7 @@ impl RustArray {
     fn compute(
         &self,
         py: Python<'_>,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
@@ -543,7 +583,7 @@ impl RustArray {
     fn persist(
         &self,
         py: Python<'_>,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<RustArray> {
@@ -797,7 +837,7 @@ enum Computed {
 fn compute(
     py: Python<'_>,
     collections: &Bound<'_, PyList>,
-    scheduler: Option<&str>,
+    scheduler: Option<SchedulerArg>,
     num_workers: Option<usize>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Vec<Py<PyAny>>> {
@@ -1084,7 +1124,7 @@ impl RustFrame {
         &self,
         py: Python<'_>,
         n: usize,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<PyDataFrame> {
@@ -1098,7 +1138,7 @@ impl RustFrame {
         &self,
         py: Python<'_>,
         n: usize,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<PyDataFrame> {
@@ -1111,7 +1151,7 @@ impl RustFrame {
     fn length(
         &self,
         py: Python<'_>,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<u64> {
@@ -1124,7 +1164,7 @@ impl RustFrame {
     fn compute(
         &self,
         py: Python<'_>,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<PyDataFrame> {
@@ -1137,7 +1177,7 @@ impl RustFrame {
     fn persist(
         &self,
         py: Python<'_>,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<RustFrame> {
@@ -1151,7 +1191,7 @@ impl RustFrame {
         &self,
         py: Python<'_>,
         path: &str,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<u64> {
@@ -1165,7 +1205,7 @@ impl RustFrame {
         &self,
         py: Python<'_>,
         path: &str,
-        scheduler: Option<&str>,
+        scheduler: Option<SchedulerArg>,
         num_workers: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<u64> {
@@ -1189,6 +1229,192 @@ impl RustFrame {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The cluster
+
+/// A connection to a partita cluster: `pt.Client(cluster_file_or_local_cluster)`; pass it
+/// as `scheduler=` to any compute.
+#[pyclass(name = "Client", module = "partita._partita", frozen)]
+struct PyClient(std::sync::Mutex<Option<Arc<Client>>>);
+
+impl PyClient {
+    fn client(&self) -> PyResult<Arc<Client>> {
+        let guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard
+            .clone()
+            .ok_or_else(|| TransportError::new_err("this Client is closed"))
+    }
+}
+
+#[pymethods]
+impl PyClient {
+    #[new]
+    fn new(py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<PyClient> {
+        let path: std::path::PathBuf = match address.cast::<PyLocalCluster>() {
+            Ok(cluster) => cluster.get().file()?,
+            Err(_) => address.extract()?,
+        };
+        let client = py.detach(|| Client::connect(&path)).py_err()?;
+        Ok(PyClient(std::sync::Mutex::new(Some(Arc::new(client)))))
+    }
+
+    /// The connected workers: `(address, threads)` each.
+    fn workers(&self, py: Python<'_>) -> PyResult<Vec<(String, u32)>> {
+        let client = self.client()?;
+        let workers = py.detach(|| client.workers()).py_err()?;
+        Ok(workers.into_iter().map(|(p, n)| (p.address, n)).collect())
+    }
+
+    /// Wait until at least `n` workers are connected.
+    #[pyo3(signature = (n, timeout = 30.0))]
+    fn wait_for_workers(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<()> {
+        let client = self.client()?;
+        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        py.detach(|| client.wait_for_workers(n, timeout)).py_err()
+    }
+
+    /// The scheduler's address.
+    #[getter]
+    fn scheduler_address(&self) -> PyResult<String> {
+        Ok(self.client()?.scheduler_address().to_string())
+    }
+
+    /// Disconnect (also at the end of a `with` block).
+    fn close(&self) {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.take();
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) {
+        self.close();
+    }
+
+    fn __repr__(&self) -> String {
+        match self.client() {
+            Ok(c) => format!("<partita.Client scheduler={}>", c.scheduler_address()),
+            Err(_) => "<partita.Client closed>".into(),
+        }
+    }
+}
+
+/// A scheduler and worker processes on this machine (`python -m partita ...`), stopped by
+/// `close()`, at the end of a `with` block, or when this process exits.
+#[pyclass(name = "LocalCluster", module = "partita._partita", frozen)]
+struct PyLocalCluster(std::sync::Mutex<Option<LocalCluster>>);
+
+impl PyLocalCluster {
+    fn cluster(&self) -> PyResult<std::sync::MutexGuard<'_, Option<LocalCluster>>> {
+        let guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            return Err(TransportError::new_err("this LocalCluster is closed"));
+        }
+        Ok(guard)
+    }
+
+    fn file(&self) -> PyResult<std::path::PathBuf> {
+        let guard = self.cluster()?;
+        Ok(guard
+            .as_ref()
+            .map(LocalCluster::cluster_file)
+            .unwrap_or_default())
+    }
+}
+
+#[pymethods]
+impl PyLocalCluster {
+    #[new]
+    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0))]
+    fn new(
+        py: Python<'_>,
+        n_workers: usize,
+        threads_per_worker: u32,
+        memory_limit: u64,
+    ) -> PyResult<PyLocalCluster> {
+        let python: std::path::PathBuf = py.import("sys")?.getattr("executable")?.extract()?;
+        let options = LocalClusterOptions {
+            n_workers,
+            threads_per_worker: threads_per_worker.max(1),
+            memory_limit,
+            binary: Some(python),
+            prefix_args: vec!["-m".into(), "partita".into()],
+        };
+        let cluster = py.detach(|| LocalCluster::start(options)).py_err()?;
+        Ok(PyLocalCluster(std::sync::Mutex::new(Some(cluster))))
+    }
+
+    /// The cluster file clients join with.
+    #[getter]
+    fn cluster_file(&self) -> PyResult<String> {
+        Ok(self.file()?.display().to_string())
+    }
+
+    /// Process ids: `(scheduler, [workers])`.
+    fn pids(&self) -> PyResult<(u32, Vec<u32>)> {
+        let guard = self.cluster()?;
+        let c = guard.as_ref().expect("checked by cluster()");
+        Ok((c.scheduler_pid(), c.worker_pids()))
+    }
+
+    /// A process's log so far: `"scheduler"` or `"worker-0"`, ...
+    fn log(&self, name: &str) -> PyResult<String> {
+        let guard = self.cluster()?;
+        Ok(guard.as_ref().expect("checked by cluster()").log(name))
+    }
+
+    /// Stop every process of this cluster.
+    fn close(&self, py: Python<'_>) {
+        let taken = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        py.detach(|| drop(taken));
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) {
+        self.close(py);
+    }
+
+    fn __repr__(&self) -> String {
+        match self.cluster() {
+            Ok(g) => {
+                let c = g.as_ref().expect("checked by cluster()");
+                format!(
+                    "<partita.LocalCluster workers={} file={}>",
+                    c.worker_pids().len(),
+                    c.cluster_file().display()
+                )
+            }
+            Err(_) => "<partita.LocalCluster closed>".into(),
+        }
+    }
+}
+
+/// `python -m partita scheduler|worker ...`: the `partita` command inside this interpreter.
+#[pyfunction]
+fn cli_main(py: Python<'_>, args: Vec<String>) -> i32 {
+    py.detach(|| partita_cli::main_from(args))
+}
+
 #[pymodule]
 fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -1208,6 +1434,9 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tensordot, m)?)?;
     m.add_function(wrap_pyfunction!(map_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(compute, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_class::<PyClient>()?;
+    m.add_class::<PyLocalCluster>()?;
     m.add("PartitaError", py.get_type::<PartitaError>())?;
     m.add("GraphError", py.get_type::<GraphError>())?;
     m.add("ShapeError", py.get_type::<ShapeError>())?;

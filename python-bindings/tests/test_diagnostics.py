@@ -15,6 +15,7 @@ def data(shape=(13, 9), seed=0):
     return np.random.default_rng(seed).normal(size=shape)
 
 
+@pytest.mark.local_only
 def test_map_blocks_matches_numpy(scheduler):
     x = data()
     a = pt.from_numpy(x, chunks=(5, 4))
@@ -35,6 +36,7 @@ def test_map_blocks_matches_numpy(scheduler):
     assert sorted(set(seen)) == [(3, 1), (3, 4), (5, 1), (5, 4)]
 
 
+@pytest.mark.local_only
 def test_map_blocks_several_arrays_and_inferred_dtype(scheduler):
     x, y = data(seed=1), data(seed=2)
     a = pt.from_numpy(x, chunks=(5, 4))
@@ -44,6 +46,7 @@ def test_map_blocks_several_arrays_and_inferred_dtype(scheduler):
     np.testing.assert_array_equal(out.compute(scheduler=scheduler), x > y)
 
 
+@pytest.mark.local_only
 def test_map_blocks_with_new_chunks(scheduler):
     x = data((8, 6))
     a = pt.from_numpy(x, chunks=(4, 3))
@@ -52,6 +55,7 @@ def test_map_blocks_with_new_chunks(scheduler):
     np.testing.assert_allclose(out.compute(scheduler=scheduler), np.concatenate([x[0:2], x[4:6]]))
 
 
+@pytest.mark.local_only
 def test_map_blocks_errors_name_the_problem(scheduler):
     a = pt.from_numpy(data(), chunks=(5, 4))
     with pytest.raises(pt.ShapeError, match=r"map_blocks-\d+', 0, 0\) failed.*shape \[1, 4\]"):
@@ -70,6 +74,7 @@ def test_map_blocks_errors_name_the_problem(scheduler):
     np.testing.assert_allclose(a.map_blocks(lambda b: b + 1).compute(scheduler=scheduler), data() + 1)
 
 
+@pytest.mark.local_only
 def test_compute_several_at_once(scheduler):
     x = data()
     calls = []

@@ -111,15 +111,29 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parse the command line and run the scheduler or worker it asks for.
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    match main_from(std::env::args_os()) {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// [`main`] with the arguments given (the first is the program's name); returns the exit
+/// status (0 on success). Bad arguments and `--help` print and exit, as any command does.
+pub fn main_from<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    // A host process (Python) may have set a subscriber already; keep it then.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
     partita_distributed::link_collections();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,15 +141,15 @@ pub fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     let result = runtime.block_on(run(cli.command, cli.exit_on_stdin_close));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            1
         }
     }
 }

@@ -10,6 +10,8 @@
 
 from ._partita import (
     AuthError,
+    Client,
+    LocalCluster,
     CancelledError,
     CodecError,
     ComputeError,

@@ -160,7 +160,7 @@ class DataFrame:
 
     # -- computing -----------------------------------------------------------------
     def compute(self, scheduler=None, num_workers=None):
-        """Compute into a polars DataFrame (scheduler: "threads", the default, or "sync")."""
+        """Compute into a polars DataFrame (scheduler: "threads", the default, "sync", or a Client)."""
         return run_with_progress(lambda p: self._rust.compute(scheduler, num_workers, p))
 
     def persist(self, scheduler=None, num_workers=None):

@@ -1,0 +1,55 @@
+"""A LocalCluster from Python: worker processes run by `python -m partita`, results equal to
+NumPy and polars, clear errors, and no process left behind."""
+
+import os
+
+import numpy as np
+import polars as pl
+import pytest
+
+import partita as pt
+
+
+def test_arrays_frames_and_shared_runs_on_a_cluster(cluster_client):
+    x = np.random.default_rng(3).normal(size=(120, 90))
+    a = pt.from_numpy(x, chunks=(40, 30))
+    np.testing.assert_allclose((a + a * 2).sum(axis=0).compute(scheduler=cluster_client), (x * 3).sum(axis=0))
+    np.testing.assert_allclose((a @ a.T).compute(scheduler=cluster_client), x @ x.T)
+    frame = pl.DataFrame({"k": [1, 2, 1, 3, 2], "v": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    df = pt.from_polars(frame, npartitions=3)
+    grouped = df.group_by("k").agg(pl.col("v").sum()).sort("k")
+    total, small = pt.compute(a.sum(), grouped, scheduler=cluster_client)
+    np.testing.assert_allclose(total, x.sum())
+    assert small.equals(frame.group_by("k").agg(pl.col("v").sum()).sort("k"))
+    assert len(cluster_client.workers()) == 2
+    assert "partita.Client" in repr(cluster_client)
+
+
+def test_python_functions_are_refused_by_the_cluster_with_a_clear_error(cluster_client):
+    a = pt.ones((10,), chunks=5).map_blocks(lambda b: b + 1)
+    with pytest.raises(pt.PartitaNotImplementedError, match="Python functions"):
+        a.compute(scheduler=cluster_client)
+    # The cluster is still usable.
+    assert pt.ones((10,), chunks=5).sum().compute(scheduler=cluster_client) == 10.0
+
+
+def test_a_cluster_stops_its_processes_when_closed(tmp_path):
+    with pt.LocalCluster(n_workers=1) as cluster:
+        scheduler, workers = cluster.pids()
+        with pt.Client(cluster.cluster_file) as client:
+            assert pt.arange(0, 10, chunks=3).sum().compute(scheduler=client) == 45
+        with pytest.raises(pt.TransportError, match="closed"):
+            client.workers()
+    for pid in [scheduler, *workers]:
+        assert not os.path.exists(f"/proc/{pid}"), f"process {pid} outlived its cluster"
+    assert "closed" in repr(cluster)
+
+
+def test_bad_cluster_files_are_named(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(pt.PartitaError, match="nope.json"):
+        pt.Client(str(missing))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(pt.PartitaError, match="bad.json"):
+        pt.Client(str(bad))
