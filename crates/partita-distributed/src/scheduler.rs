@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use partita_core::{Error, Result};
 use partita_proto::Time;
 use partita_proto::messages::{ClientId, FromClient, FromWorker, Hello, Role, WorkerId};
-use partita_proto::scheduler::{
-    LogLevel, SchedulerAction, SchedulerConfig, SchedulerEvent, SchedulerState,
-};
+use partita_proto::scheduler::{SchedulerAction, SchedulerConfig, SchedulerEvent, SchedulerState};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster_file::ClusterFile;
@@ -206,12 +204,7 @@ fn perform(registry: &Mutex<Registry>, actions: Vec<SchedulerAction>) {
                     conn.close(2u32.into(), reason.as_bytes());
                 }
             }
-            SchedulerAction::Log(level, line) => match level {
-                LogLevel::Debug => tracing::debug!("{line}"),
-                LogLevel::Info => tracing::info!("{line}"),
-                LogLevel::Warn => tracing::warn!("{line}"),
-                LogLevel::Error => tracing::error!("{line}"),
-            },
+            SchedulerAction::Log(level, line) => crate::wire::log(level, &line),
         }
     }
 }

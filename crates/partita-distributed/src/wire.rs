@@ -40,6 +40,17 @@ fn transport(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Transport(format!("{what}: {e}"))
 }
 
+/// A state machine's log line, through `tracing`.
+pub(crate) fn log(level: partita_proto::scheduler::LogLevel, line: &str) {
+    use partita_proto::scheduler::LogLevel;
+    match level {
+        LogLevel::Debug => tracing::debug!("{line}"),
+        LogLevel::Info => tracing::info!("{line}"),
+        LogLevel::Warn => tracing::warn!("{line}"),
+        LogLevel::Error => tracing::error!("{line}"),
+    }
+}
+
 /// Encode and frame a message, ready for a stream.
 pub fn framed<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
     frame(&encode(msg)?)

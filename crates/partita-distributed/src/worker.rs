@@ -18,7 +18,6 @@ use partita_proto::Time;
 use partita_proto::messages::{
     DataRequest, DataResponse, Hello, Role, TaskFailure, ToWorker, WorkerId,
 };
-use partita_proto::scheduler::LogLevel;
 use partita_proto::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState};
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,6 +61,15 @@ struct Shared {
     next_request: AtomicU64,
     events: mpsc::UnboundedSender<WorkerEvent>,
     peers: Peers,
+}
+
+impl Shared {
+    /// Hold `value` under `key` for tasks and peers; returns its size.
+    fn keep(&self, key: &Key, value: Value) -> u64 {
+        let nbytes = value.nbytes() as u64;
+        locked(&self.store).insert(key.clone(), value);
+        nbytes
+    }
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,8 +216,7 @@ fn perform(shared: &Arc<Shared>, out: &mpsc::UnboundedSender<Vec<u8>>, actions: 
                 tokio::spawn(async move {
                     let event = match shared.peers.fetch(&from.address, &key).await {
                         Ok(value) => {
-                            let nbytes = value.nbytes() as u64;
-                            locked(&shared.store).insert(key.clone(), value);
+                            let nbytes = shared.keep(&key, value);
                             WorkerEvent::FetchDone {
                                 key,
                                 from: from.id,
@@ -247,12 +254,7 @@ fn perform(shared: &Arc<Shared>, out: &mpsc::UnboundedSender<Vec<u8>>, actions: 
             WorkerAction::DropValue { key } => {
                 locked(&shared.store).remove(&key);
             }
-            WorkerAction::Log(level, line) => match level {
-                LogLevel::Debug => tracing::debug!("{line}"),
-                LogLevel::Info => tracing::info!("{line}"),
-                LogLevel::Warn => tracing::warn!("{line}"),
-                LogLevel::Error => tracing::error!("{line}"),
-            },
+            WorkerAction::Log(level, line) => crate::wire::log(level, &line),
         }
     }
 }
@@ -277,8 +279,7 @@ fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
         };
         let event = match result {
             Ok(value) => {
-                let nbytes = value.nbytes() as u64;
-                locked(&shared.store).insert(key.clone(), value);
+                let nbytes = shared.keep(&key, value);
                 WorkerEvent::ExecuteDone { key, nbytes }
             }
             Err(e) => WorkerEvent::ExecuteFailed {
@@ -375,8 +376,7 @@ fn unspill(shared: &Arc<Shared>, key: Key) {
         };
         let event = match read {
             Ok(value) => {
-                let nbytes = value.nbytes() as u64;
-                locked(&shared.store).insert(key.clone(), value);
+                let nbytes = shared.keep(&key, value);
                 WorkerEvent::Unspilled { key, nbytes }
             }
             Err(e) => WorkerEvent::UnspillFailed {
