@@ -4,6 +4,7 @@ mod array;
 mod delayed;
 mod distributed;
 mod frame;
+mod futures;
 mod graph;
 mod memory;
 mod optimizer;

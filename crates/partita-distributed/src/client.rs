@@ -3,6 +3,18 @@
 //! [`Client`] implements partita's [`Scheduler`] trait, so any array, frame or delayed
 //! graph computes on a cluster unchanged (`x.compute(&client)`). It owns a small tokio
 //! runtime; its methods block, so call them from ordinary threads, not from async code.
+//!
+//! It also hands out [`Future`]s, Dask-style: [`Client::submit`] sends a graph and returns
+//! at once with one future per wanted key; a future keeps its key alive on the cluster
+//! until the last clone of it is dropped, and can be waited on, gathered, cancelled, or
+//! iterated in completion order ([`Client::as_completed`]). Key decisions:
+//! - **One status table, fed by the reader task.** Every `KeyInMemory`/`KeyErred`/
+//!   `Cancelled` the scheduler sends updates the status of the futures for that key before
+//!   it is forwarded to whoever waits, under one lock, so a waiter that checks the status
+//!   and subscribes under that lock never misses the change.
+//! - **Submission is confirmed.** `submit` follows the graph with a `ListWorkers` request;
+//!   the scheduler handles one client's messages in order, so the answer to it means the
+//!   graph was accepted, and a refusal arrives before it (an error from `submit` itself).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -29,11 +41,58 @@ struct Routes {
     by_key: HashMap<Key, Vec<(u64, Inbox)>>,
     /// Every waiting computation (for messages not about one key).
     all: HashMap<u64, Inbox>,
+    /// The keys each subscription listens to (to unsubscribe without a full scan).
+    keys_of: HashMap<u64, Vec<Key>>,
     next: u64,
+    /// Keys with live futures: how many futures, and what the scheduler last said.
+    tracked: HashMap<Key, (usize, KeyState)>,
 }
 
-/// A connection to a partita cluster.
+/// What the client knows of a key it holds futures for.
+#[derive(Clone, Debug)]
+enum KeyState {
+    Pending,
+    Finished(Vec<Peer>),
+    Erred(TaskFailure),
+    Cancelled,
+    /// The connection to the scheduler is gone.
+    Lost,
+}
+
+/// Where a [`Future`]'s key is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FutureStatus {
+    /// Not computed yet (or being recomputed after its holders died).
+    Pending,
+    /// In memory on some worker.
+    Finished,
+    /// Its task (or one it depends on) failed.
+    Error,
+    /// Cancelled by this client.
+    Cancelled,
+    /// The connection to the scheduler was lost.
+    Lost,
+}
+
+impl KeyState {
+    fn status(&self) -> FutureStatus {
+        match self {
+            KeyState::Pending => FutureStatus::Pending,
+            KeyState::Finished(_) => FutureStatus::Finished,
+            KeyState::Erred(_) => FutureStatus::Error,
+            KeyState::Cancelled => FutureStatus::Cancelled,
+            KeyState::Lost => FutureStatus::Lost,
+        }
+    }
+}
+
+/// A connection to a partita cluster. Cheap to share: the connection lives while the
+/// client or any of its futures does.
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     runtime: tokio::runtime::Runtime,
     cluster: Arc<ClusterFile>,
     out: mpsc::UnboundedSender<Vec<u8>>,
@@ -41,15 +100,15 @@ pub struct Client {
     peers: Arc<Peers>,
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
-    /// How many running computations of this client want each key: the scheduler keeps
-    /// one "wanted" mark per client, released when the last of them is done.
+    /// How many running computations and futures of this client want each key: the
+    /// scheduler keeps one "wanted" mark per client, released when the last is done.
     held: Mutex<HashMap<Key, usize>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("scheduler", &self.cluster.address)
+            .field("scheduler", &self.inner.cluster.address)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +152,11 @@ impl Client {
                             let mut r = lock(&routes);
                             r.by_key.clear();
                             r.all.clear();
+                            for (_, state) in r.tracked.values_mut() {
+                                if matches!(state, KeyState::Pending | KeyState::Finished(_)) {
+                                    *state = KeyState::Lost;
+                                }
+                            }
                             break;
                         }
                     }
@@ -102,22 +166,48 @@ impl Client {
             Ok::<_, Error>((endpoint, conn, out, peers))
         })?;
         Ok(Client {
-            runtime,
-            cluster,
-            out,
-            routes,
-            peers,
-            conn,
-            endpoint,
-            held: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                runtime,
+                cluster,
+                out,
+                routes,
+                peers,
+                conn,
+                endpoint,
+                held: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
     /// The scheduler's address.
     pub fn scheduler_address(&self) -> &str {
-        &self.cluster.address
+        &self.inner.cluster.address
     }
 
+    /// The workers connected now, with their thread counts.
+    pub fn workers(&self) -> Result<Vec<(Peer, u32)>> {
+        self.inner.workers()
+    }
+
+    /// Wait until at least `n` workers are connected.
+    pub fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.workers()?.len();
+            if have >= n {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Transport(format!(
+                    "only {have} of {n} workers joined within {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Inner {
     fn send(&self, msg: &FromClient) -> Result<()> {
         self.out
             .send(framed(msg)?)
@@ -125,31 +215,23 @@ impl Client {
     }
 
     fn register(&self, keys: &[Key]) -> (u64, mpsc::UnboundedReceiver<ToClient>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut r = lock(&self.routes);
-        r.next += 1;
-        let id = r.next;
-        for k in keys {
-            r.by_key
-                .entry(k.clone())
-                .or_default()
-                .push((id, tx.clone()));
-        }
-        r.all.insert(id, tx);
-        (id, rx)
+        register_locked(&mut lock(&self.routes), keys)
     }
 
     fn unregister(&self, id: u64) {
         let mut r = lock(&self.routes);
         r.all.remove(&id);
-        r.by_key.retain(|_, v| {
-            v.retain(|(i, _)| *i != id);
-            !v.is_empty()
-        });
+        for k in r.keys_of.remove(&id).unwrap_or_default() {
+            if let Some(v) = r.by_key.get_mut(&k) {
+                v.retain(|(i, _)| *i != id);
+                if v.is_empty() {
+                    r.by_key.remove(&k);
+                }
+            }
+        }
     }
 
-    /// The workers connected now, with their thread counts.
-    pub fn workers(&self) -> Result<Vec<(Peer, u32)>> {
+    fn workers(&self) -> Result<Vec<(Peer, u32)>> {
         let (id, mut rx) = self.register(&[]);
         let result = (|| {
             self.send(&FromClient::ListWorkers)?;
@@ -175,23 +257,6 @@ impl Client {
         result
     }
 
-    /// Wait until at least `n` workers are connected.
-    pub fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let have = self.workers()?.len();
-            if have >= n {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Transport(format!(
-                    "only {have} of {n} workers joined within {timeout:?}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Fetch a computed value from the workers holding it, trying each in turn.
     fn gather_one(&self, key: &Key, holders: &[Peer]) -> Result<Value> {
         let mut last = None;
@@ -203,6 +268,23 @@ impl Client {
         }
         Err(last.unwrap_or_else(|| Error::Transport(format!("no worker holds {key} any more"))))
     }
+}
+
+/// Subscribe to messages about `keys` (and to every message not about one key), with the
+/// routes already locked.
+fn register_locked(r: &mut Routes, keys: &[Key]) -> (u64, mpsc::UnboundedReceiver<ToClient>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    r.next += 1;
+    let id = r.next;
+    for k in keys {
+        r.by_key
+            .entry(k.clone())
+            .or_default()
+            .push((id, tx.clone()));
+    }
+    r.all.insert(id, tx);
+    r.keys_of.insert(id, keys.to_vec());
+    (id, rx)
 }
 
 /// The error a local scheduler would have given for this failure.
@@ -220,7 +302,7 @@ fn rebuild_error(failure: TaskFailure) -> Error {
     }
 }
 
-impl Client {
+impl Inner {
     /// Gather `key` into `values`; when no holder answers (it died after the scheduler
     /// said so), ask the scheduler again where the key is, a bounded number of times.
     fn gather_or_ask(
@@ -254,7 +336,39 @@ fn scheduler_gone() -> Error {
 }
 
 fn route(routes: &Mutex<Routes>, msg: ToClient) {
-    let r = lock(routes);
+    let mut r = lock(routes);
+    match &msg {
+        ToClient::KeyInMemory { key, workers, .. } => {
+            if let Some((_, state)) = r.tracked.get_mut(key) {
+                *state = KeyState::Finished(workers.clone());
+            }
+        }
+        ToClient::KeyErred { key, error } => {
+            if let Some((_, state)) = r.tracked.get_mut(key) {
+                *state = KeyState::Erred(error.clone());
+            }
+        }
+        ToClient::Cancelled { key } => {
+            if let Some((_, state)) = r.tracked.get_mut(key) {
+                *state = KeyState::Cancelled;
+            }
+        }
+        ToClient::WhoHasReply { holders } => {
+            for (key, workers) in holders {
+                if let Some((_, state)) = r.tracked.get_mut(key)
+                    && matches!(state, KeyState::Pending | KeyState::Finished(_))
+                {
+                    // No holder: it is being recomputed, a KeyInMemory will follow.
+                    *state = if workers.is_empty() {
+                        KeyState::Pending
+                    } else {
+                        KeyState::Finished(workers.clone())
+                    };
+                }
+            }
+        }
+        ToClient::GraphRefused { .. } | ToClient::Workers { .. } => {}
+    }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
         | ToClient::KeyErred { key, .. }
@@ -277,10 +391,73 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
     }
 }
 
-impl Drop for Client {
+impl Drop for Inner {
     fn drop(&mut self) {
         self.conn.close(0u32.into(), b"client closing");
         self.endpoint.close(0u32.into(), b"client closing");
+    }
+}
+
+/// A plan's tasks as the scheduler takes them, and its distinct outputs.
+fn task_specs(plan: &ExecutionPlan) -> Result<(Vec<TaskSpec>, Vec<Key>)> {
+    let graph = &plan.graph;
+    let mut tasks = Vec::with_capacity(graph.len());
+    for id in graph.ids() {
+        let key = graph.key(id);
+        tasks.push(TaskSpec {
+            key: key.clone(),
+            deps: graph
+                .dependencies(id)
+                .iter()
+                .map(|d| graph.key(*d).clone())
+                .collect(),
+            payload: ByteBuf::from(encode_op(key, graph.op(id))?),
+            priority: i64::from(plan.priority[id.index()]),
+            retries: 0,
+        });
+    }
+    let mut wanted: Vec<Key> = Vec::new();
+    let mut seen = HashSet::new();
+    for id in &plan.outputs {
+        let k = graph.key(*id);
+        if seen.insert(k.clone()) {
+            wanted.push(k.clone());
+        }
+    }
+    Ok((tasks, wanted))
+}
+
+impl Inner {
+    /// One more holder of each key in `keys`.
+    fn hold(&self, keys: &[Key]) {
+        let mut held = lock(&self.held);
+        for k in keys {
+            *held.entry(k.clone()).or_default() += 1;
+        }
+    }
+
+    /// One holder fewer of each key in `keys`; the scheduler may forget those nobody in
+    /// this client holds any more.
+    fn unhold(&self, keys: &[Key]) {
+        let released: Vec<Key> = {
+            let mut held = lock(&self.held);
+            (keys.iter())
+                .filter(|k| match held.get_mut(*k) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    _ => {
+                        held.remove(*k);
+                        true
+                    }
+                })
+                .cloned()
+                .collect()
+        };
+        if !released.is_empty() {
+            let _ = self.send(&FromClient::ReleaseKeys { keys: released });
+        }
     }
 }
 
@@ -289,6 +466,12 @@ impl Scheduler for Client {
         "distributed"
     }
 
+    fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
+        self.inner.execute(plan, ctx)
+    }
+}
+
+impl Inner {
     fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
         let started = Instant::now();
         if ctx.observer.is_some() {
@@ -299,35 +482,9 @@ impl Scheduler for Client {
             ));
         }
         let graph = &plan.graph;
-        let mut tasks = Vec::with_capacity(graph.len());
-        for id in graph.ids() {
-            let key = graph.key(id);
-            tasks.push(TaskSpec {
-                key: key.clone(),
-                deps: graph
-                    .dependencies(id)
-                    .iter()
-                    .map(|d| graph.key(*d).clone())
-                    .collect(),
-                payload: ByteBuf::from(encode_op(key, graph.op(id))?),
-                priority: i64::from(plan.priority[id.index()]),
-                retries: 0,
-            });
-        }
-        let mut wanted: Vec<Key> = Vec::new();
-        let mut seen = HashSet::new();
-        for id in &plan.outputs {
-            let k = graph.key(*id);
-            if seen.insert(k.clone()) {
-                wanted.push(k.clone());
-            }
-        }
-        {
-            let mut held = lock(&self.held);
-            for k in &wanted {
-                *held.entry(k.clone()).or_default() += 1;
-            }
-        }
+        let (tasks, wanted) = task_specs(plan)?;
+        let seen: HashSet<Key> = wanted.iter().cloned().collect();
+        self.hold(&wanted);
         let (route_id, mut rx) = self.register(&wanted);
         let result = (|| {
             self.send(&FromClient::SubmitGraph {
@@ -401,27 +558,8 @@ impl Scheduler for Client {
             Ok(values)
         })();
         self.unregister(route_id);
-        // Whatever happened, this computation no longer wants its outputs kept; the
-        // scheduler may forget those no other computation of this client still wants.
-        let released: Vec<Key> = {
-            let mut held = lock(&self.held);
-            (wanted.iter())
-                .filter(|k| match held.get_mut(*k) {
-                    Some(n) if *n > 1 => {
-                        *n -= 1;
-                        false
-                    }
-                    _ => {
-                        held.remove(*k);
-                        true
-                    }
-                })
-                .cloned()
-                .collect()
-        };
-        if !released.is_empty() {
-            let _ = self.send(&FromClient::ReleaseKeys { keys: released });
-        }
+        // Whatever happened, this computation no longer wants its outputs kept.
+        self.unhold(&wanted);
         let values = result?;
         if let Some(p) = &ctx.progress {
             p.finished(values.len(), values.len(), true);
@@ -439,5 +577,427 @@ impl Scheduler for Client {
                 ..RunStats::default()
             },
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Futures
+
+/// A key computing (or computed) on the cluster, Dask-style. Clones share the key; the
+/// cluster keeps the value while any future for it (or a running computation) exists.
+pub struct Future {
+    key: Key,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Future {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Future")
+            .field("key", &self.key)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl Future {
+    fn new(inner: &Arc<Inner>, key: Key) -> Future {
+        lock(&inner.routes)
+            .tracked
+            .entry(key.clone())
+            .or_insert((0, KeyState::Pending))
+            .0 += 1;
+        inner.hold(std::slice::from_ref(&key));
+        Future {
+            key,
+            inner: Arc::clone(inner),
+        }
+    }
+
+    /// The key this future stands for.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// What the client last heard about the key.
+    pub fn status(&self) -> FutureStatus {
+        self.state().status()
+    }
+
+    /// Whether it finished, failed, was cancelled or lost (anything but pending).
+    pub fn done(&self) -> bool {
+        self.status() != FutureStatus::Pending
+    }
+
+    fn state(&self) -> KeyState {
+        (lock(&self.inner.routes).tracked.get(&self.key)).map_or(KeyState::Lost, |(_, s)| s.clone())
+    }
+
+    /// Block until the key is done (see [`Future::done`]), or `timeout` passes (then an
+    /// error saying so).
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<FutureStatus> {
+        self.inner
+            .wait_done(std::slice::from_ref(&self.key), timeout)?;
+        Ok(self.status())
+    }
+
+    /// Wait for the value and fetch it from a worker holding it. A failed task gives the
+    /// error the local schedulers would (naming the task that failed).
+    pub fn result(&self) -> Result<Value> {
+        self.inner.result(&self.key)
+    }
+
+    /// Ask the scheduler to stop computing the key and forget it (for this client).
+    pub fn cancel(&self) -> Result<()> {
+        self.inner.send(&FromClient::Cancel {
+            keys: vec![self.key.clone()],
+        })
+    }
+}
+
+impl Clone for Future {
+    fn clone(&self) -> Future {
+        Future::new(&self.inner, self.key.clone())
+    }
+}
+
+impl Drop for Future {
+    fn drop(&mut self) {
+        {
+            let mut r = lock(&self.inner.routes);
+            if let Some((n, _)) = r.tracked.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    r.tracked.remove(&self.key);
+                }
+            }
+        }
+        self.inner.unhold(std::slice::from_ref(&self.key));
+    }
+}
+
+impl Inner {
+    /// Block until none of `keys` is pending, or `timeout` passes.
+    fn wait_done(&self, keys: &[Key], timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let pending = |r: &Routes| {
+            keys.iter().any(|k| {
+                r.tracked
+                    .get(k)
+                    .is_some_and(|(_, s)| matches!(s, KeyState::Pending))
+            })
+        };
+        let (id, mut rx) = {
+            let mut r = lock(&self.routes);
+            if !pending(&r) {
+                return Ok(());
+            }
+            register_locked(&mut r, keys)
+        };
+        let result = loop {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            let msg = self
+                .runtime
+                .block_on(async { tokio::time::timeout(left, rx.recv()).await });
+            match msg {
+                Ok(Some(_)) | Ok(None) if !pending(&lock(&self.routes)) => break Ok(()),
+                Ok(Some(_)) => continue,
+                Ok(None) => break Err(scheduler_gone()),
+                Err(_) if deadline.is_some() => {
+                    break Err(Error::Transport(format!(
+                        "futures not done within {:?}",
+                        timeout.unwrap_or_default()
+                    )));
+                }
+                Err(_) => continue,
+            }
+        };
+        self.unregister(id);
+        result
+    }
+
+    /// Wait for `key` and fetch its value; when no holder answers (it died after the
+    /// scheduler said where the key was), ask again a bounded number of times.
+    fn result(&self, key: &Key) -> Result<Value> {
+        let mut failures = 0;
+        loop {
+            self.wait_done(std::slice::from_ref(key), None)?;
+            let state = (lock(&self.routes).tracked.get(key)).map(|(_, s)| s.clone());
+            match state {
+                Some(KeyState::Finished(holders)) => match self.gather_one(key, &holders) {
+                    Ok(v) => return Ok(v),
+                    Err(e) if failures < MAX_GATHER_RETRIES => {
+                        failures += 1;
+                        tracing::warn!("gathering {key} failed ({e}); asking the scheduler again");
+                        if let Some((_, s)) = lock(&self.routes).tracked.get_mut(key) {
+                            *s = KeyState::Pending;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                        self.send(&FromClient::WhoHas {
+                            keys: vec![key.clone()],
+                        })?;
+                    }
+                    Err(e) => return Err(e),
+                },
+                Some(KeyState::Erred(failure)) => return Err(rebuild_error(failure)),
+                Some(KeyState::Cancelled) => {
+                    return Err(Error::Compute {
+                        key: key.clone(),
+                        source: Box::new(Error::Cancelled),
+                    });
+                }
+                Some(KeyState::Lost) | None => return Err(scheduler_gone()),
+                Some(KeyState::Pending) => continue,
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Send `graph` to the cluster and return at once with a future per key of `outputs`
+    /// (in that order); the graph is optimized as [`partita_core::compute`] would. An
+    /// error if the scheduler refuses the graph, or an op cannot leave this process.
+    pub fn submit(&self, graph: partita_core::Graph, outputs: &[Key]) -> Result<Vec<Future>> {
+        let plan = ExecutionPlan::new(graph, outputs, partita_core::OptimizeOptions::default())?;
+        self.submit_plan(&plan)
+    }
+
+    /// Submit several collections (arrays, frames, delayed values) in one graph, so work
+    /// they share runs once; one future per output key of each collection.
+    pub fn submit_collections(
+        &self,
+        collections: &[&dyn partita_core::Collection],
+    ) -> Result<Vec<Vec<Future>>> {
+        let roots: Vec<_> = collections.iter().map(|c| Arc::clone(c.layer())).collect();
+        let graph = partita_core::layer::Layer::materialize(&roots)?;
+        let per: Vec<Vec<Key>> = collections.iter().map(|c| c.output_keys()).collect();
+        let all: Vec<Key> = per.iter().flatten().cloned().collect();
+        let mut futures = self.submit(graph, &all)?.into_iter();
+        Ok(per
+            .iter()
+            .map(|keys| futures.by_ref().take(keys.len()).collect())
+            .collect())
+    }
+
+    /// Submit one task `key = op(deps...)` whose inputs are keys the cluster already has
+    /// or computes (those of live futures): how `client.submit(f, *args)` reaches the
+    /// cluster. Pass the futures of the inputs in `deps` so they are kept until it is sent.
+    pub fn submit_task(
+        &self,
+        key: Key,
+        op: Arc<dyn partita_core::Op>,
+        deps: &[Future],
+    ) -> Result<Future> {
+        let spec = TaskSpec {
+            payload: ByteBuf::from(encode_op(&key, &op)?),
+            deps: deps.iter().map(|f| f.key.clone()).collect(),
+            key: key.clone(),
+            priority: 0,
+            retries: 0,
+        };
+        let mut futures = self.submit_specs(vec![spec], vec![key.clone()], &[key])?;
+        Ok(futures.remove(0))
+    }
+
+    fn submit_plan(&self, plan: &ExecutionPlan) -> Result<Vec<Future>> {
+        let (tasks, wanted) = task_specs(plan)?;
+        let outputs: Vec<Key> = (plan.outputs.iter())
+            .map(|id| plan.graph.key(*id).clone())
+            .collect();
+        self.submit_specs(tasks, wanted, &outputs)
+    }
+
+    fn submit_specs(
+        &self,
+        tasks: Vec<TaskSpec>,
+        wanted: Vec<Key>,
+        outputs: &[Key],
+    ) -> Result<Vec<Future>> {
+        let inner = &self.inner;
+        let futures: Vec<Future> = (outputs.iter())
+            .map(|key| {
+                let key = key.clone();
+                let mut r = lock(&inner.routes);
+                // A key that erred or was cancelled before starts over with this graph.
+                if let Some((_, s)) = r.tracked.get_mut(&key)
+                    && matches!(s, KeyState::Erred(_) | KeyState::Cancelled)
+                {
+                    *s = KeyState::Pending;
+                }
+                drop(r);
+                Future::new(inner, key)
+            })
+            .collect();
+        let (id, mut rx) = inner.register(&[]);
+        let confirmed = (|| {
+            inner.send(&FromClient::SubmitGraph { tasks, wanted })?;
+            inner.send(&FromClient::ListWorkers)?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let msg = inner
+                    .runtime
+                    .block_on(async { tokio::time::timeout(left, rx.recv()).await });
+                match msg {
+                    Ok(Some(ToClient::Workers { .. })) => return Ok(()),
+                    Ok(Some(ToClient::GraphRefused { error })) => {
+                        return Err(Error::Graph(format!(
+                            "the scheduler refused the graph: {error}"
+                        )));
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(scheduler_gone()),
+                    Err(_) => {
+                        return Err(Error::Transport(
+                            "the scheduler did not confirm the graph in 60 s".into(),
+                        ));
+                    }
+                }
+            }
+        })();
+        inner.unregister(id);
+        confirmed.map(|()| futures)
+    }
+
+    /// The values of `futures`, in order, fetched concurrently once all are done; the
+    /// first failure is the error.
+    pub fn gather(&self, futures: &[Future]) -> Result<Vec<Value>> {
+        let inner = &self.inner;
+        let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+        inner.wait_done(&keys, None)?;
+        let states: Vec<Option<KeyState>> = {
+            let r = lock(&inner.routes);
+            (keys.iter())
+                .map(|k| r.tracked.get(k).map(|(_, s)| s.clone()))
+                .collect()
+        };
+        let fetched: Vec<Option<Value>> = inner.runtime.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, (key, state)) in keys.iter().zip(&states).enumerate() {
+                if let Some(KeyState::Finished(holders)) = state
+                    && let Some(peer) = holders.first()
+                {
+                    let (peers, key, address) =
+                        (Arc::clone(&inner.peers), key.clone(), peer.address.clone());
+                    set.spawn(async move { (i, peers.fetch(&address, &key).await.ok()) });
+                }
+            }
+            let mut out: Vec<Option<Value>> = vec![None; keys.len()];
+            while let Some(Ok((i, v))) = set.join_next().await {
+                out[i] = v;
+            }
+            out
+        });
+        // Whatever did not come back at once (a failure, a holder that died) goes the slow
+        // way, which also turns errors into the local schedulers' errors.
+        (fetched.into_iter().zip(&keys))
+            .map(|(v, k)| match v {
+                Some(v) => Ok(v),
+                None => inner.result(k),
+            })
+            .collect()
+    }
+
+    /// Cancel every future in `futures` (see [`Future::cancel`]).
+    pub fn cancel(&self, futures: &[Future]) -> Result<()> {
+        let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+        self.inner.send(&FromClient::Cancel { keys })
+    }
+
+    /// Block until every future is done, or `timeout` passes (then an error saying so).
+    pub fn wait(&self, futures: &[Future], timeout: Option<Duration>) -> Result<()> {
+        let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+        self.inner.wait_done(&keys, timeout)
+    }
+
+    /// The futures in the order they finish (or fail, or are cancelled).
+    pub fn as_completed(&self, futures: Vec<Future>) -> AsCompleted {
+        let inner = Arc::clone(&self.inner);
+        let mut remaining: HashMap<Key, Vec<Future>> = HashMap::new();
+        let mut ready = std::collections::VecDeque::new();
+        let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+        let mut r = lock(&inner.routes);
+        let (id, rx) = register_locked(&mut r, &keys);
+        for f in futures {
+            let pending =
+                (r.tracked.get(&f.key)).is_some_and(|(_, s)| matches!(s, KeyState::Pending));
+            if pending {
+                remaining.entry(f.key.clone()).or_default().push(f);
+            } else {
+                ready.push_back(f);
+            }
+        }
+        drop(r);
+        AsCompleted {
+            inner,
+            route: id,
+            rx,
+            remaining,
+            ready,
+        }
+    }
+}
+
+/// Futures in completion order: an iterator from [`Client::as_completed`].
+pub struct AsCompleted {
+    inner: Arc<Inner>,
+    route: u64,
+    rx: mpsc::UnboundedReceiver<ToClient>,
+    remaining: HashMap<Key, Vec<Future>>,
+    ready: std::collections::VecDeque<Future>,
+}
+
+impl std::fmt::Debug for AsCompleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompleted")
+            .field("ready", &self.ready.len())
+            .field("remaining", &self.remaining.len())
+            .finish()
+    }
+}
+
+impl Iterator for AsCompleted {
+    type Item = Future;
+
+    fn next(&mut self) -> Option<Future> {
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return Some(f);
+            }
+            if self.remaining.is_empty() {
+                return None;
+            }
+            let msg = self.inner.runtime.block_on(self.rx.recv());
+            let r = lock(&self.inner.routes);
+            let is_done =
+                |k: &Key| (r.tracked.get(k)).is_none_or(|(_, s)| !matches!(s, KeyState::Pending));
+            let done: Vec<Key> = match msg {
+                Some(
+                    ToClient::KeyInMemory { key, .. }
+                    | ToClient::KeyErred { key, .. }
+                    | ToClient::Cancelled { key },
+                ) => vec![key],
+                Some(ToClient::WhoHasReply { holders }) => {
+                    holders.into_iter().map(|(k, _)| k).collect()
+                }
+                Some(_) => continue,
+                // The scheduler is gone: every remaining future is done (lost).
+                None => self.remaining.keys().cloned().collect(),
+            };
+            let done: Vec<Key> = done.into_iter().filter(|k| is_done(k)).collect();
+            drop(r);
+            for k in done {
+                self.ready
+                    .extend(self.remaining.remove(&k).unwrap_or_default());
+            }
+        }
+    }
+}
+
+impl Drop for AsCompleted {
+    fn drop(&mut self) {
+        self.inner.unregister(self.route);
     }
 }

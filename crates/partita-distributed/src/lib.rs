@@ -34,7 +34,7 @@ pub mod scheduler;
 pub mod wire;
 pub mod worker;
 
-pub use client::Client;
+pub use client::{AsCompleted, Client, Future, FutureStatus};
 pub use cluster_file::ClusterFile;
 pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
 pub use scheduler::{SchedulerOptions, SchedulerServer};

@@ -308,6 +308,14 @@ pub fn failure_of(key: &Key, error: &Error) -> TaskFailure {
 /// A task's op from its wire form (MessagePack of the `typetag` trait object).
 pub fn decode_op(key: &Key, payload: &[u8]) -> Result<Arc<dyn Op>> {
     rmp_serde::from_slice::<Arc<dyn Op>>(payload).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("`python-") {
+            return Error::NotImplemented(format!(
+                "task {key} is a Python function, and this worker has no Python; start \
+                 workers that can run it with `python -m partita worker ...` (pt.LocalCluster \
+                 does)"
+            ));
+        }
         Error::Codec(format!(
             "task {key}: this worker cannot decode its op ({e}); is the worker built with the \
              crate that defines it?"

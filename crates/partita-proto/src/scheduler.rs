@@ -144,12 +144,33 @@ pub struct WorkerSummary {
 /// Why a task erred: the failure that stopped it (its own, or a dependency's).
 type Failure = TaskFailure;
 
+/// `deps` without repeats (a task may read one input twice).
+fn distinct(deps: &[Key]) -> Vec<Key> {
+    let mut seen = rustc_hash::FxHashSet::default();
+    deps.iter().filter(|d| seen.insert(*d)).cloned().collect()
+}
+
+/// Statuses of a task that will still run, so its dependencies' values are needed.
+fn is_active(status: TaskStatus) -> bool {
+    matches!(
+        status,
+        TaskStatus::Waiting | TaskStatus::Queued | TaskStatus::Processing
+    )
+}
+
 #[derive(Debug)]
 struct Task {
     payload: ByteBuf,
     deps: Vec<Key>,
     /// Known (not forgotten) dependents.
     dependents: BTreeSet<Key>,
+    /// Dependents that will still run (waiting, queued or processing), counted once per
+    /// entry in their `deps`; kept by [`SchedulerState::set_status`] so "is this value still
+    /// needed?" is O(1) even for a value a hundred thousand tasks read.
+    active_dependents: u32,
+    /// Distinct dependencies not in memory, kept by [`SchedulerState::set_status`] so a
+    /// finishing input readies a task reading a hundred inputs without rescanning them.
+    missing_deps: u32,
     priority: i64,
     seq: u64,
     retries_left: u32,
@@ -534,6 +555,8 @@ impl SchedulerState {
                     payload: spec.payload,
                     deps: spec.deps,
                     dependents: BTreeSet::new(),
+                    active_dependents: 0,
+                    missing_deps: 0,
                     priority: spec.priority,
                     seq: self.next_seq,
                     retries_left: spec.retries,
@@ -551,11 +574,15 @@ impl SchedulerState {
             added.push(spec.key);
         }
         for k in &added {
-            for d in self.tasks[k].deps.clone() {
+            let deps = distinct(&self.tasks[k].deps);
+            let mut missing = 0;
+            for d in deps {
                 if let Some(dt) = self.tasks.get_mut(&d) {
                     dt.dependents.insert(k.clone());
+                    missing += u32::from(dt.status != TaskStatus::Memory);
                 }
             }
+            self.tasks.get_mut(k).expect("just added").missing_deps = missing;
         }
         let mine = self.clients.entry(client).or_default();
         for k in &wanted {
@@ -624,15 +651,87 @@ impl SchedulerState {
         let Some(t) = self.tasks.get(key) else {
             return false;
         };
-        !t.wanted_by.is_empty()
-            || t.dependents.iter().any(|d| {
-                self.tasks.get(d).is_some_and(|dt| {
-                    matches!(
-                        dt.status,
-                        TaskStatus::Waiting | TaskStatus::Queued | TaskStatus::Processing
-                    )
-                })
-            })
+        !t.wanted_by.is_empty() || t.active_dependents > 0
+    }
+
+    /// The one place a task's status changes, so its dependencies' `active_dependents`
+    /// counts stay exact.
+    fn set_status(&mut self, key: &Key, status: TaskStatus) {
+        let Some(t) = self.tasks.get_mut(key) else {
+            return;
+        };
+        let (was, now) = (is_active(t.status), is_active(status));
+        let (was_held, now_held) = (t.status == TaskStatus::Memory, status == TaskStatus::Memory);
+        t.status = status;
+        if was_held != now_held {
+            let dependents = std::mem::take(&mut t.dependents);
+            for d in &dependents {
+                if let Some(dt) = self.tasks.get_mut(d) {
+                    if now_held {
+                        dt.missing_deps = dt.missing_deps.saturating_sub(1);
+                    } else {
+                        dt.missing_deps += 1;
+                    }
+                }
+            }
+            self.tasks.get_mut(key).expect("checked above").dependents = dependents;
+        }
+        if was == now {
+            return;
+        }
+        let t = self.tasks.get_mut(key).expect("checked above");
+        let deps = std::mem::take(&mut t.deps);
+        for d in &deps {
+            if let Some(dt) = self.tasks.get_mut(d) {
+                if now {
+                    dt.active_dependents += 1;
+                } else {
+                    dt.active_dependents = dt.active_dependents.saturating_sub(1);
+                }
+            }
+        }
+        self.tasks.get_mut(key).expect("checked above").deps = deps;
+    }
+
+    /// Recount what the scheduler keeps incrementally and compare; for tests and the
+    /// simulator. `Err` names the first inconsistency.
+    pub fn check_consistency(&self) -> std::result::Result<(), String> {
+        let mut active: FxHashMap<&Key, u32> = FxHashMap::default();
+        for (k, t) in &self.tasks {
+            for d in &t.deps {
+                if !self.tasks.contains_key(d) {
+                    return Err(format!("{k} depends on forgotten {d}"));
+                }
+                if !self.tasks[d].dependents.contains(k) {
+                    return Err(format!("{d} does not list its dependent {k}"));
+                }
+                if is_active(t.status) {
+                    *active.entry(d).or_default() += 1;
+                }
+            }
+            if (t.status == TaskStatus::Processing) != t.processing_on.is_some() {
+                return Err(format!("{k} is {:?} on {:?}", t.status, t.processing_on));
+            }
+        }
+        for (k, t) in &self.tasks {
+            let missing = (distinct(&t.deps).iter())
+                .filter(|d| self.tasks[*d].status != TaskStatus::Memory)
+                .count() as u32;
+            if t.missing_deps != missing {
+                return Err(format!(
+                    "{k} misses {missing} dependencies but counts {}",
+                    t.missing_deps
+                ));
+            }
+            let counted = active.get(k).copied().unwrap_or(0);
+            if t.active_dependents != counted {
+                return Err(format!(
+                    "{k} has {counted} active dependents but counts {}",
+                    t.active_dependents
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Release what is no longer needed and forget what is no longer known to matter,
@@ -646,12 +745,12 @@ impl SchedulerState {
             match t.status {
                 TaskStatus::Waiting | TaskStatus::Queued if !needed => {
                     self.queue.remove(&(t.priority, t.seq, k.clone()));
-                    t.status = TaskStatus::Released;
                     work.extend(t.deps.iter().cloned());
+                    self.set_status(&k, TaskStatus::Released);
                 }
                 TaskStatus::Memory if !needed => {
-                    t.status = TaskStatus::Released;
                     let holders = std::mem::take(&mut t.who_has);
+                    self.set_status(&k, TaskStatus::Released);
                     for w in holders {
                         if let Some(info) = self.workers.get_mut(&w) {
                             info.has_what.remove(&k);
@@ -700,14 +799,14 @@ impl SchedulerState {
                 continue;
             };
             match t.status {
-                TaskStatus::Released => t.status = TaskStatus::Waiting,
+                TaskStatus::Released => self.set_status(&k, TaskStatus::Waiting),
                 TaskStatus::Waiting => {}
                 _ => continue,
             }
             if !seen.insert(k.clone()) {
                 continue;
             }
-            let deps = t.deps.clone();
+            let deps = self.tasks[&k].deps.clone();
             for d in deps {
                 if self
                     .tasks
@@ -725,6 +824,10 @@ impl SchedulerState {
                 continue;
             };
             if t.status != TaskStatus::Waiting {
+                continue;
+            }
+            if t.missing_deps == 0 {
+                self.make_ready(k);
                 continue;
             }
             let mut all_in_memory = true;
@@ -759,8 +862,8 @@ impl SchedulerState {
             return;
         };
         if t.deps.is_empty() || self.workers.is_empty() {
-            t.status = TaskStatus::Queued;
-            self.queue.insert((t.priority, t.seq, key));
+            self.queue.insert((t.priority, t.seq, key.clone()));
+            self.set_status(&key, TaskStatus::Queued);
             return;
         }
         let candidates: Vec<WorkerId> = self.workers.keys().copied().collect();
@@ -830,8 +933,8 @@ impl SchedulerState {
         };
         w.processing.insert(key.clone());
         w.occupancy += est;
+        self.set_status(&key, TaskStatus::Processing);
         let t = self.tasks.get_mut(&key).expect("assigning a known task");
-        t.status = TaskStatus::Processing;
         t.processing_on = Some(worker);
         t.occupancy = est;
         let msg = ToWorker::ComputeTask {
@@ -945,7 +1048,7 @@ impl SchedulerState {
         match thief.filter(|t| self.workers.contains_key(t)) {
             Some(thief) => self.assign(key, thief),
             None => {
-                self.tasks.get_mut(&key).expect("checked").status = TaskStatus::Waiting;
+                self.set_status(&key, TaskStatus::Waiting);
                 self.activate(vec![key]);
             }
         }
@@ -966,8 +1069,8 @@ impl SchedulerState {
         durations.0 += micros;
         durations.1 += 1;
         self.stats.tasks_finished += 1;
+        self.set_status(&key, TaskStatus::Memory);
         let t = self.tasks.get_mut(&key).expect("checked");
-        t.status = TaskStatus::Memory;
         t.nbytes = nbytes;
         t.who_has.insert(worker);
         if std::mem::take(&mut t.lost) {
@@ -985,14 +1088,17 @@ impl SchedulerState {
                 self.out.push(SchedulerAction::SendToClient(c, msg.clone()));
             }
         }
-        let waiting: Vec<Key> = (dependents.into_iter())
+        // Dependents whose last missing input this was are ready now.
+        let ready: Vec<Key> = (dependents.into_iter())
             .filter(|d| {
                 self.tasks
                     .get(d)
-                    .is_some_and(|t| t.status == TaskStatus::Waiting)
+                    .is_some_and(|t| t.status == TaskStatus::Waiting && t.missing_deps == 0)
             })
             .collect();
-        self.activate(waiting);
+        for k in ready {
+            self.make_ready(k);
+        }
         let mut work = deps;
         work.push(key);
         self.settle(work);
@@ -1014,7 +1120,7 @@ impl SchedulerState {
         let t = self.tasks.get_mut(&key).expect("checked");
         if t.retries_left > 0 {
             t.retries_left -= 1;
-            t.status = TaskStatus::Waiting;
+            self.set_status(&key, TaskStatus::Waiting);
             self.log(
                 LogLevel::Info,
                 format!("task {key} failed on {worker}, retrying: {error}"),
@@ -1048,8 +1154,8 @@ impl SchedulerState {
             if let Some(w) = self.unassign(&k) {
                 self.free_on(w, k.clone());
             }
+            self.set_status(&k, TaskStatus::Erred);
             let t = self.tasks.get_mut(&k).expect("checked");
-            t.status = TaskStatus::Erred;
             t.failure = Some(failure.clone());
             let clients: Vec<ClientId> = t.wanted_by.iter().copied().collect();
             for d in &t.dependents {
@@ -1090,7 +1196,7 @@ impl SchedulerState {
             {
                 self.unassign(&d);
                 self.free_on(reporter, d.clone());
-                self.tasks.get_mut(&d).expect("checked").status = TaskStatus::Waiting;
+                self.set_status(&d, TaskStatus::Waiting);
                 retry.push(d);
             }
         }
@@ -1103,17 +1209,18 @@ impl SchedulerState {
     /// `key`'s last copy is gone: reset its running dependents and recompute it if needed.
     fn value_lost(&mut self, key: Key) {
         self.stats.lost_values += 1;
-        let Some(t) = self.tasks.get_mut(&key) else {
+        if !self.tasks.contains_key(&key) {
             return;
-        };
-        t.status = TaskStatus::Released;
+        }
+        self.set_status(&key, TaskStatus::Released);
+        let t = self.tasks.get_mut(&key).expect("checked above");
         t.lost = true;
         let dependents: Vec<Key> = t.dependents.iter().cloned().collect();
         for d in dependents {
             if let Some(w) = self.tasks.get(&d).and_then(|dt| dt.processing_on) {
                 self.unassign(&d);
                 self.free_on(w, d.clone());
-                self.tasks.get_mut(&d).expect("known dependent").status = TaskStatus::Waiting;
+                self.set_status(&d, TaskStatus::Waiting);
             }
         }
         if self.is_needed(&key) {
@@ -1150,7 +1257,7 @@ impl SchedulerState {
                 );
                 self.err(k.clone(), TaskFailure::error(k.clone(), message));
             } else {
-                t.status = TaskStatus::Waiting;
+                self.set_status(k, TaskStatus::Waiting);
                 retry.push(k.clone());
             }
         }

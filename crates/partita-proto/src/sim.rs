@@ -68,6 +68,9 @@ pub struct SimConfig {
     pub scheduler: SchedulerConfig,
     /// Events processed before `run` gives up.
     pub max_steps: u64,
+    /// Recount the scheduler's incremental bookkeeping after every event it handles
+    /// ([`SchedulerState::check_consistency`]); O(tasks) each time, so off for huge graphs.
+    pub check_consistency: bool,
 }
 
 impl Default for SimConfig {
@@ -85,6 +88,7 @@ impl Default for SimConfig {
                 ..SchedulerConfig::default()
             },
             max_steps: 500_000,
+            check_consistency: true,
         }
     }
 }
@@ -138,8 +142,39 @@ enum SimEvent {
 struct SimWorker {
     state: WorkerState,
     alive: bool,
-    memory: BTreeMap<Key, u64>,
-    disk: BTreeMap<Key, u64>,
+    memory: Held,
+    disk: Held,
+}
+
+/// Values by key with their total size kept as they come and go (summing per event would
+/// make large simulations quadratic).
+#[derive(Debug, Default)]
+struct Held {
+    values: BTreeMap<Key, u64>,
+    total: u64,
+}
+
+impl Held {
+    fn insert(&mut self, key: Key, nbytes: u64) {
+        if let Some(old) = self.values.insert(key, nbytes) {
+            self.total -= old;
+        }
+        self.total += nbytes;
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<u64> {
+        let n = self.values.remove(key)?;
+        self.total -= n;
+        Some(n)
+    }
+
+    fn contains_key(&self, key: &Key) -> bool {
+        self.values.contains_key(key)
+    }
+
+    fn clear(&mut self) {
+        *self = Held::default();
+    }
 }
 
 /// The simulated cluster.
@@ -154,7 +189,8 @@ pub struct Sim {
     behaviors: BTreeMap<Key, TaskBehavior>,
     /// Request id -> (requester, key, holder).
     requests: BTreeMap<u64, (WorkerId, Key, WorkerId)>,
-    expected: BTreeSet<(ClientId, Key)>,
+    /// Wanted keys without an outcome yet.
+    awaiting: BTreeSet<(ClientId, Key)>,
     report: SimReport,
 }
 
@@ -171,7 +207,7 @@ impl Sim {
             workers: BTreeMap::new(),
             behaviors: BTreeMap::new(),
             requests: BTreeMap::new(),
-            expected: BTreeSet::new(),
+            awaiting: BTreeSet::new(),
             report: SimReport::default(),
         };
         for i in 0..sim.config.workers {
@@ -195,7 +231,7 @@ impl Sim {
     pub fn held_bytes(&self, id: WorkerId) -> (u64, u64) {
         self.workers
             .get(&id)
-            .map_or((0, 0), |w| (w.memory.values().sum(), w.disk.values().sum()))
+            .map_or((0, 0), |w| (w.memory.total, w.disk.total))
     }
 
     /// The simulated time.
@@ -232,7 +268,9 @@ impl Sim {
         wanted: Vec<Key>,
     ) {
         for k in &wanted {
-            self.expected.insert((client, k.clone()));
+            if !self.report.outcomes.contains_key(&(client, k.clone())) {
+                self.awaiting.insert((client, k.clone()));
+            }
         }
         let msg = FromClient::SubmitGraph { tasks, wanted };
         self.push(
@@ -255,15 +293,17 @@ impl Sim {
     }
 
     fn pending(&self) -> Option<&(ClientId, Key)> {
-        self.expected
-            .iter()
-            .find(|ck| !self.report.outcomes.contains_key(*ck))
+        self.awaiting.first()
     }
 
-    /// Run until every wanted key has an outcome; an error if `max_steps` pass first.
+    /// Run until every wanted key has an outcome; an error if `max_steps` pass first or a
+    /// machine breaks a rule (see [`SimReport::violations`]).
     pub fn run(&mut self) -> Result<Time> {
         let mut steps = 0;
         while let Some(missing) = self.pending() {
+            if let Some(v) = self.report.violations.first() {
+                return Err(Error::Internal(format!("simulation violation: {v}")));
+            }
             steps += 1;
             if steps > self.config.max_steps || self.events.is_empty() {
                 return Err(Error::Internal(format!(
@@ -315,7 +355,7 @@ impl Sim {
                 let Some(sw) = self.workers.get(&w).filter(|sw| sw.alive) else {
                     return;
                 };
-                let rss = sw.memory.values().sum();
+                let rss = sw.memory.total;
                 self.worker_handles(w, WorkerEvent::MemorySample { rss });
                 self.worker_handles(w, WorkerEvent::Tick);
                 if let Some(next) = self.workers[&w].state.poll_timeout() {
@@ -332,8 +372,8 @@ impl Sim {
                 let sw = SimWorker {
                     state: WorkerState::new(config, now),
                     alive: true,
-                    memory: BTreeMap::new(),
-                    disk: BTreeMap::new(),
+                    memory: Held::default(),
+                    disk: Held::default(),
                 };
                 self.workers.insert(id, sw);
                 let e = SchedulerEvent::WorkerJoined {
@@ -379,12 +419,18 @@ impl Sim {
             ToClient::WhoHasReply { .. } | ToClient::Workers { .. } => None,
         };
         if let Some((key, outcome)) = outcome {
+            self.awaiting.remove(&(c, key.clone()));
             self.report.outcomes.insert((c, key), outcome);
         }
     }
 
     fn scheduler_handles(&mut self, e: SchedulerEvent) {
         let actions = self.scheduler.handle(e, self.now);
+        if self.config.check_consistency
+            && let Err(e) = self.scheduler.check_consistency()
+        {
+            self.violation(format!("scheduler inconsistent: {e}"));
+        }
         let at = self.now + self.config.latency;
         for a in actions {
             match a {
@@ -454,7 +500,7 @@ impl Sim {
         let Some(sw) = self.workers.get(&w) else {
             return;
         };
-        let held: u64 = sw.memory.values().sum();
+        let held = sw.memory.total;
         let peak = self.report.peak_memory.entry(w).or_default();
         *peak = (*peak).max(held);
     }
@@ -476,7 +522,7 @@ impl Sim {
                 let sw = &self.workers[&w];
                 let absent: Vec<String> = inputs
                     .iter()
-                    .filter(|k| !sw.memory.contains_key(*k))
+                    .filter(|k| !sw.memory.contains_key(k))
                     .map(Key::to_string)
                     .collect();
                 if !absent.is_empty() {
@@ -689,6 +735,16 @@ pub fn wide_map(name: &str, n: u32) -> (Vec<TaskSpec>, Vec<Key>) {
         ));
         outs.push(Key::new(name, [i]));
     }
+    order_depth_first(&mut tasks, &outs);
+    (tasks, outs)
+}
+
+/// One root `(name-in, 0)` read by `n` tasks `(name, i)`; returns the tasks and the readers.
+pub fn fan_out(name: &str, n: u32) -> (Vec<TaskSpec>, Vec<Key>) {
+    let root = Key::new(format!("{name}-in").as_str(), [0]);
+    let mut tasks = vec![spec(root.clone(), vec![])];
+    let outs: Vec<Key> = (0..n).map(|i| Key::new(name, [i])).collect();
+    tasks.extend(outs.iter().map(|k| spec(k.clone(), vec![root.clone()])));
     order_depth_first(&mut tasks, &outs);
     (tasks, outs)
 }

@@ -229,7 +229,11 @@ pub struct WorkerState {
     /// Tasks executing or loading inputs: each holds a thread.
     running: u32,
     fetches: FxHashMap<Key, Fetch>,
+    /// Fetches waiting to start, most urgent first ...
     fetch_queue: BTreeSet<(i64, u64, Key)>,
+    /// ... and the same entries by each untried holder, so starting fetches looks only at
+    /// the heads of peers with room (never rescans a long queue for one busy peer).
+    fetch_queue_by_peer: BTreeMap<WorkerId, BTreeSet<(i64, u64, Key)>>,
     in_flight: BTreeMap<WorkerId, u32>,
     /// Value key -> tasks waiting for it to arrive or be unspilled.
     waiting_for: FxHashMap<Key, BTreeSet<Key>>,
@@ -257,6 +261,7 @@ impl WorkerState {
             running: 0,
             fetches: FxHashMap::default(),
             fetch_queue: BTreeSet::new(),
+            fetch_queue_by_peer: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             waiting_for: FxHashMap::default(),
             peer_requests: FxHashMap::default(),
@@ -404,8 +409,7 @@ impl WorkerState {
                 .insert(key.clone());
             let me = self.config.id;
             let holders: Vec<Peer> = dep.who_has.iter().filter(|p| p.id != me).cloned().collect();
-            let fetch = self
-                .fetches
+            self.fetches
                 .entry(dep.key.clone())
                 .or_insert_with(|| Fetch {
                     nbytes: dep.nbytes,
@@ -415,6 +419,9 @@ impl WorkerState {
                     priority,
                     seq,
                 });
+            // Out of the queues while its holders and priority change.
+            self.unqueue_fetch(&dep.key);
+            let fetch = self.fetches.get_mut(&dep.key).expect("inserted above");
             // Fresh locations from the scheduler supersede earlier failures.
             for p in holders {
                 if !fetch.untried.contains(&p) && fetch.in_flight != Some(p.id) {
@@ -423,11 +430,8 @@ impl WorkerState {
                 }
             }
             if fetch.in_flight.is_none() {
-                let old = (fetch.priority, fetch.seq, dep.key.clone());
-                self.fetch_queue.remove(&old);
                 fetch.priority = fetch.priority.min(priority);
-                self.fetch_queue
-                    .insert((fetch.priority, fetch.seq, dep.key.clone()));
+                self.queue_fetch(&dep.key);
             }
         }
         let phase = if missing {
@@ -476,10 +480,8 @@ impl WorkerState {
                 if w.is_empty() {
                     self.waiting_for.remove(d);
                     // Nobody needs a fetch that has not started.
-                    if let Some(f) = self.fetches.get(d)
-                        && f.in_flight.is_none()
-                    {
-                        self.fetch_queue.remove(&(f.priority, f.seq, d.clone()));
+                    if self.fetches.get(d).is_some_and(|f| f.in_flight.is_none()) {
+                        self.unqueue_fetch(d);
                         self.fetches.remove(d);
                     }
                 }
@@ -619,12 +621,12 @@ impl WorkerState {
         }
         f.in_flight = None;
         f.failed.push(from);
+        let untried = !f.untried.is_empty();
         self.release_peer(from);
-        let f = &self.fetches[&key];
         if !self.waiting_for.contains_key(&key) {
             self.fetches.remove(&key);
-        } else if !f.untried.is_empty() {
-            self.fetch_queue.insert((f.priority, f.seq, key));
+        } else if untried {
+            self.queue_fetch(&key);
         } else {
             // Every holder failed: the scheduler sorts out where the value is now.
             let f = self.fetches.remove(&key).expect("checked");
@@ -637,33 +639,71 @@ impl WorkerState {
         }
     }
 
+    /// Put a fetch that is not in flight in the queues (no-op if it is there already).
+    fn queue_fetch(&mut self, key: &Key) {
+        let Some(f) = self.fetches.get(key) else {
+            return;
+        };
+        let entry = (f.priority, f.seq, key.clone());
+        if self.fetch_queue.insert(entry.clone()) {
+            for p in &f.untried {
+                (self.fetch_queue_by_peer.entry(p.id).or_default()).insert(entry.clone());
+            }
+        }
+    }
+
+    /// Take a fetch out of the queues (no-op if it is not queued).
+    fn unqueue_fetch(&mut self, key: &Key) {
+        let Some(f) = self.fetches.get(key) else {
+            return;
+        };
+        let entry = (f.priority, f.seq, key.clone());
+        if self.fetch_queue.remove(&entry) {
+            for p in &f.untried {
+                if let Some(q) = self.fetch_queue_by_peer.get_mut(&p.id) {
+                    q.remove(&entry);
+                    if q.is_empty() {
+                        self.fetch_queue_by_peer.remove(&p.id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start queued fetches, most urgent first, each from its least busy holder with room,
+    /// within the per-peer and total limits.
     fn start_fetches(&mut self) {
         let total: u32 = self.in_flight.values().sum();
         let mut budget = self.config.max_fetches_total.saturating_sub(total);
-        let mut started = Vec::new();
-        for (_, _, key) in &self.fetch_queue {
-            if budget == 0 {
+        let busy = |in_flight: &BTreeMap<WorkerId, u32>, p: WorkerId| {
+            in_flight.get(&p).copied().unwrap_or(0)
+        };
+        while budget > 0 {
+            // The most urgent fetch some holder with room can serve: the smallest head
+            // among the queues of peers with room.
+            let best = (self.fetch_queue_by_peer.iter())
+                .filter(|(p, _)| busy(&self.in_flight, **p) < self.config.max_fetches_per_peer)
+                .filter_map(|(_, q)| q.first())
+                .min()
+                .map(|(_, _, k)| k.clone());
+            let Some(key) = best else {
                 break;
-            }
-            let f = &self.fetches[key];
+            };
             // The least busy holder with room, in the scheduler's order on ties.
-            let choice = (f.untried.iter().enumerate())
-                .map(|(i, p)| (self.in_flight.get(&p.id).copied().unwrap_or(0), i))
+            let choice = (self.fetches[&key].untried.iter().enumerate())
+                .map(|(i, p)| (busy(&self.in_flight, p.id), i))
                 .filter(|(n, _)| *n < self.config.max_fetches_per_peer)
                 .min();
-            if let Some((_, i)) = choice {
-                started.push((key.clone(), i));
-                budget -= 1;
-                let peer = f.untried[i].id;
-                *self.in_flight.entry(peer).or_default() += 1;
-            }
-        }
-        for (key, i) in started {
+            let Some((_, i)) = choice else {
+                break;
+            };
+            self.unqueue_fetch(&key);
             let f = self.fetches.get_mut(&key).expect("queued fetches exist");
-            self.fetch_queue.remove(&(f.priority, f.seq, key.clone()));
             let peer = f.untried.remove(i);
             f.in_flight = Some(peer.id);
             let nbytes = f.nbytes;
+            *self.in_flight.entry(peer.id).or_default() += 1;
+            budget -= 1;
             self.out.push(WorkerAction::Fetch {
                 key,
                 from: peer,

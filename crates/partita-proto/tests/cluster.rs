@@ -8,7 +8,7 @@ use partita_proto::Time;
 use partita_proto::messages::{ClientId, FromClient, WorkerId};
 use partita_proto::scheduler::TaskStatus;
 use partita_proto::sim::{
-    KillMode, Outcome, Sim, SimConfig, TaskBehavior, chain, order_depth_first, spec,
+    KillMode, Outcome, Sim, SimConfig, TaskBehavior, chain, fan_out, order_depth_first, spec,
     tree_reduction, wide_map,
 };
 
@@ -442,4 +442,22 @@ fn cancel_answers_and_forgets() {
     sim.run_until(sim.now() + Duration::from_millis(20));
     assert_eq!(sim.scheduler().task_count(), 0);
     assert!(sim.report().executions(&Key::new("slow", [10])) == 0);
+}
+
+#[test]
+fn a_value_read_by_many_tasks_is_freed_after_the_last_reader() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (tasks, outs) = fan_out("fan", 2_000);
+    let root = Key::new("fan-in", [0]);
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, &outs);
+    assert_eq!(sim.report().executions(&root), 1);
+    // Every reader is done: nobody needs the root's value, only its lineage is kept.
+    assert_eq!(sim.scheduler().task_status(&root), TaskStatus::Released);
+    assert!(sim.scheduler().who_has(&root).is_empty());
+    // Releasing the outputs forgets everything.
+    sim.client_sends_at(sim.now(), C, FromClient::ReleaseKeys { keys: outs });
+    sim.run_until(sim.now() + Duration::from_millis(5));
+    assert_eq!(sim.scheduler().task_count(), 0);
 }
