@@ -17,6 +17,9 @@
 //!   callable become closure ops that take the GIL per call; they run on the local
 //!   schedulers and are refused, naming the task, by anything that must serialize them.
 
+mod futures;
+mod pycall;
+
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -824,6 +827,29 @@ enum AnyCollection {
     Frame(DataFrame),
 }
 
+impl AnyCollection {
+    fn as_collection(&self) -> &dyn partita::Collection {
+        match self {
+            AnyCollection::Array(a) => a,
+            AnyCollection::Frame(f) => f,
+        }
+    }
+}
+
+/// A `RustArray` or `RustFrame` argument.
+fn any_collection(c: &Bound<'_, PyAny>) -> PyResult<AnyCollection> {
+    if let Ok(a) = c.cast::<RustArray>() {
+        Ok(AnyCollection::Array(a.get().0.clone()))
+    } else if let Ok(f) = c.cast::<RustFrame>() {
+        Ok(AnyCollection::Frame(f.get().0.clone()))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "expected partita arrays and dataframes, got {}",
+            c.get_type().name()?
+        )))
+    }
+}
+
 /// What one collection computes to, before it becomes a Python object (with the GIL).
 enum Computed {
     Chunk(Chunk),
@@ -843,28 +869,12 @@ fn compute(
 ) -> PyResult<Vec<Py<PyAny>>> {
     let items = collections
         .iter()
-        .map(|c| {
-            if let Ok(a) = c.cast::<RustArray>() {
-                Ok(AnyCollection::Array(a.get().0.clone()))
-            } else if let Ok(f) = c.cast::<RustFrame>() {
-                Ok(AnyCollection::Frame(f.get().0.clone()))
-            } else {
-                Err(PyTypeError::new_err(format!(
-                    "compute takes partita arrays and dataframes, got {}",
-                    c.get_type().name()?
-                )))
-            }
-        })
+        .map(|c| any_collection(&c))
         .collect::<PyResult<Vec<_>>>()?;
     let s = self::scheduler(scheduler, num_workers)?;
     let computed = run_interruptible(py, progress, |options| {
-        let refs: Vec<&dyn partita::Collection> = items
-            .iter()
-            .map(|c| match c {
-                AnyCollection::Array(a) => a as &dyn partita::Collection,
-                AnyCollection::Frame(f) => f as &dyn partita::Collection,
-            })
-            .collect();
+        let refs: Vec<&dyn partita::Collection> =
+            items.iter().map(AnyCollection::as_collection).collect();
         let (values, _) = partita::compute_collections(&refs, s.as_ref(), options)?;
         items
             .iter()
@@ -923,7 +933,7 @@ fn python_frame_function(
         Python::attach(|py| {
             let out = function
                 .call1(py, (PyDataFrame(frame),))
-                .and_then(|out| out.extract::<PyDataFrame>(py).map_err(PyErr::from));
+                .and_then(|out| out.extract::<PyDataFrame>(py));
             match out {
                 Ok(df) => Ok(df.0),
                 Err(e) => Err(PolarsError::ComputeError(
@@ -1234,7 +1244,7 @@ impl RustFrame {
 
 /// A connection to a partita cluster: `pt.Client(cluster_file_or_local_cluster)`; pass it
 /// as `scheduler=` to any compute.
-#[pyclass(name = "Client", module = "partita._partita", frozen)]
+#[pyclass(name = "Client", module = "partita._partita", frozen, subclass)]
 struct PyClient(std::sync::Mutex<Option<Arc<Client>>>);
 
 impl PyClient {
@@ -1280,6 +1290,57 @@ impl PyClient {
     #[getter]
     fn scheduler_address(&self) -> PyResult<String> {
         Ok(self.client()?.scheduler_address().to_string())
+    }
+
+    /// Start computing collections on the cluster and return at once: a `Future` per
+    /// collection (the list given) or one (a single collection). Python wrappers (`Array`,
+    /// `DataFrame`) are unwrapped by `partita._futures`.
+    fn _compute(
+        &self,
+        py: Python<'_>,
+        collections: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<futures::PyFuture>> {
+        self.compute_futures(py, collections)
+    }
+
+    /// One Python call prepared by `partita._futures.prepare_call`.
+    fn _submit_call(
+        &self,
+        py: Python<'_>,
+        key: String,
+        name: String,
+        payload: Vec<u8>,
+        deps: Vec<Py<futures::PyFuture>>,
+    ) -> PyResult<futures::PyFuture> {
+        self.submit_call(py, key, name, payload, deps)
+    }
+
+    /// The results of `futures`, in order (gathered concurrently); a failed task raises
+    /// its error.
+    #[pyo3(signature = (futures, timeout = None))]
+    fn _gather(
+        &self,
+        py: Python<'_>,
+        futures: Vec<Py<futures::PyFuture>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        self.gather_futures(py, futures, timeout)
+    }
+
+    /// Cancel every future in `futures`.
+    fn _cancel(&self, futures: Vec<Py<futures::PyFuture>>) -> PyResult<()> {
+        self.cancel_futures(futures)
+    }
+
+    /// Wait until every future in `futures` is done (at most `timeout` seconds).
+    #[pyo3(signature = (futures, timeout = None))]
+    fn _wait(
+        &self,
+        py: Python<'_>,
+        futures: Vec<Py<futures::PyFuture>>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        self.wait_futures(py, futures, timeout)
     }
 
     /// Disconnect (also at the end of a `with` block).
@@ -1436,6 +1497,8 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_class::<PyClient>()?;
+    m.add_class::<futures::PyFuture>()?;
+    m.add_class::<futures::PyAsCompleted>()?;
     m.add_class::<PyLocalCluster>()?;
     m.add("PartitaError", py.get_type::<PartitaError>())?;
     m.add("GraphError", py.get_type::<GraphError>())?;

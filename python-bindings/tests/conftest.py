@@ -7,7 +7,7 @@ SCHEDULERS = ["sync", "threads", "cluster"]
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "local_only: runs Python functions, which cluster workers cannot run yet"
+        "markers", "local_only: map_blocks/map_partitions with a Python function, local schedulers only"
     )
 
 
@@ -24,6 +24,6 @@ def scheduler(request):
     """Every test taking `scheduler` runs on each local scheduler and on a LocalCluster."""
     if request.param == "cluster":
         if request.node.get_closest_marker("local_only"):
-            pytest.skip("Python functions do not run on cluster workers yet")
+            pytest.skip("map_blocks/map_partitions with Python functions run on local schedulers only")
         return request.getfixturevalue("cluster_client")
     return request.param

@@ -10,7 +10,6 @@
 
 from ._partita import (
     AuthError,
-    Client,
     LocalCluster,
     CancelledError,
     CodecError,
@@ -74,6 +73,7 @@ from .array import (
     where,
     zeros,
 )
+from ._futures import Client, Future, as_completed, wait
 from .diagnostics import GraphPicture, ProgressBar
 from .frame import DataFrame, GroupBy, concat, from_polars, read_csv, read_ipc, read_parquet
 

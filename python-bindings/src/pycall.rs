@@ -1,0 +1,135 @@
+//! Python functions as tasks that can travel: `client.submit(f, *args)` and `client.map`.
+//!
+//! Key decisions:
+//! - **The function and its arguments travel pickled** (cloudpickle, so lambdas and closures
+//!   defined in a notebook work): [`PyCall`] is an ordinary serializable op whose payload is
+//!   `cloudpickle.dumps((f, args, kwargs))`, with each future among the arguments replaced by
+//!   a `partita._futures.Dep(i)` placeholder for the task's i-th input.
+//! - **Python objects are values** ([`PyObj`], codec `python-pickle`), so a Python result
+//!   moves between workers and back to the client like any chunk or partition. Array chunks
+//!   and frame partitions reaching a Python function arrive as NumPy arrays and polars frames.
+//! - **Only a process with Python runs them.** Workers started by `python -m partita worker`
+//!   (as `pt.LocalCluster` does) link this module and run Python tasks with the GIL taken per
+//!   call; the plain `partita` binary cannot decode a `python-` op and the task fails with an
+//!   error saying how to start a worker that can.
+
+use partita::{Error, Op, Result, Value};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use serde::{Deserialize, Serialize};
+
+/// A Python object held as a task's value.
+#[derive(Debug)]
+pub struct PyObj(pub Py<PyAny>);
+
+impl partita::Data for PyObj {
+    fn nbytes(&self) -> usize {
+        Python::attach(|py| {
+            let obj = self.0.bind(py);
+            // NumPy arrays know their buffer size; anything else its shallow size.
+            if let Ok(n) = obj.getattr("nbytes").and_then(|n| n.extract::<usize>()) {
+                return n;
+            }
+            py.import("sys")
+                .and_then(|sys| sys.call_method1("getsizeof", (obj,)))
+                .and_then(|n| n.extract::<usize>())
+                .unwrap_or(64)
+        })
+    }
+
+    fn codec(&self) -> &'static str {
+        "python-pickle"
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        Python::attach(|py| {
+            let bytes = py
+                .import("cloudpickle")
+                .and_then(|m| m.call_method1("dumps", (self.0.bind(py),)))
+                .map_err(|e| Error::Codec(format!("cannot pickle a Python result: {e}")))?;
+            let bytes = bytes
+                .cast::<PyBytes>()
+                .map_err(|e| Error::Codec(format!("cloudpickle.dumps gave no bytes: {e}")))?;
+            out.extend_from_slice(bytes.as_bytes());
+            Ok(())
+        })
+    }
+}
+
+fn decode_pyobj(payload: bytes::Bytes) -> Result<Value> {
+    Python::attach(|py| {
+        let obj = py
+            .import("pickle")
+            .and_then(|m| m.call_method1("loads", (PyBytes::new(py, &payload),)))
+            .map_err(|e| Error::Codec(format!("cannot unpickle a Python value: {e}")))?;
+        Ok(Value::new(PyObj(obj.unbind())))
+    })
+}
+
+partita::register_codec!("python-pickle", decode_pyobj);
+
+/// `f(*args, **kwargs)` with futures among the arguments; see the module docs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PyCall {
+    /// The function's name, for diagnostics.
+    pub name: String,
+    /// `cloudpickle.dumps((f, args, kwargs))` with `Dep(i)` placeholders.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+#[typetag::serde(name = "python-call")]
+impl Op for PyCall {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        Python::attach(|py| {
+            let args = inputs
+                .iter()
+                .map(|v| value_to_py(py, v))
+                .collect::<Result<Vec<_>>>()?;
+            let out = py
+                .import("partita._futures")
+                .and_then(|m| {
+                    let inputs = PyList::new(py, args)?;
+                    m.call_method1("run_call", (PyBytes::new(py, &self.payload), inputs))
+                })
+                .map_err(|e| {
+                    Error::External(format!("the Python function {} raised {e}", self.name).into())
+                })?;
+            Ok(Value::new(PyObj(out.unbind())))
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A task's value as a Python object: Python values as themselves, chunks as NumPy arrays,
+/// partitions as polars frames, Rust scalars as Python numbers.
+pub fn value_to_py(py: Python<'_>, value: &Value) -> Result<Py<PyAny>> {
+    use pyo3::IntoPyObjectExt;
+    let conv = |e: PyErr| Error::Internal(format!("cannot convert a value to Python: {e}"));
+    if let Ok(o) = value.get::<PyObj>() {
+        return Ok(o.0.clone_ref(py));
+    }
+    if let Ok(c) = value.get::<partita::array::Chunk>() {
+        return Ok(crate::chunk_to_numpy(py, c.clone()));
+    }
+    if let Ok(part) = value.get::<partita::frame::Partition>() {
+        return pyo3_polars::PyDataFrame(part.0.clone())
+            .into_py_any(py)
+            .map_err(conv);
+    }
+    macro_rules! scalar {
+        ($($t:ty),*) => {$(
+            if let Ok(x) = value.get::<$t>() {
+                return x.clone().into_py_any(py).map_err(conv);
+            }
+        )*};
+    }
+    scalar!(i64, f64, bool, String, i32, u64, f32, Vec<f64>, Vec<i64>);
+    Err(Error::NotImplemented(format!(
+        "passing a {} value to a Python function",
+        value.type_name()
+    )))
+}

@@ -1,0 +1,101 @@
+"""Futures on a LocalCluster: client.compute / submit / map / gather / cancel, as_completed
+and wait; Python functions (cloudpickled) running on workers started by `python -m partita`.
+Results are checked against NumPy, polars and plain Python run directly."""
+
+import sys
+import time
+
+import cloudpickle
+import numpy as np
+import polars as pl
+import pytest
+
+import partita as pt
+
+# Workers cannot import this test module: send its functions by value (functions defined in
+# a notebook or script, `__main__`, travel by value anyway).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def inc(x):
+    return x + 1
+
+
+def add(x, y):
+    return x + y
+
+
+def test_compute_returns_futures_whose_results_match_numpy_and_polars(cluster_client):
+    x = np.random.default_rng(5).normal(size=(90, 60))
+    a = pt.from_numpy(x, chunks=(30, 20))
+    future = cluster_client.compute((a * 2).sum(axis=1))
+    assert isinstance(future, pt.Future)
+    np.testing.assert_allclose(future.result(timeout=60), (x * 2).sum(axis=1))
+    assert future.status == "finished" and future.done()
+    frame = pl.DataFrame({"k": [1, 2, 1, 3], "v": [1.0, 2.0, 3.0, 4.0]})
+    df = pt.from_polars(frame, npartitions=2)
+    futures = cluster_client.compute([df.filter(pl.col("v") > 1.5), a.T])
+    got_frame, got_t = cluster_client.gather(futures)
+    assert got_frame.equals(frame.filter(pl.col("v") > 1.5))
+    np.testing.assert_array_equal(got_t, x.T)
+    assert "partita.Future" in repr(futures[0])
+
+
+def test_submit_and_map_run_python_functions_on_the_workers(cluster_client):
+    future = cluster_client.submit(inc, 41)
+    assert future.result(timeout=60) == 42
+    # Futures as arguments become their values on the worker; lambdas travel too.
+    total = cluster_client.submit(lambda xs, y=0: sum(xs) + y, [cluster_client.submit(inc, i) for i in range(5)], y=future)
+    assert total.result(timeout=60) == sum(i + 1 for i in range(5)) + 42
+    squares = cluster_client.map(lambda v: v * v, range(10))
+    assert cluster_client.gather(squares) == [v * v for v in range(10)]
+    pairs = cluster_client.map(add, [1, 2, 3], [10, 20, 30])
+    assert cluster_client.gather(pairs) == [11, 22, 33]
+    # The same function and arguments share one key (pure, like Dask).
+    assert cluster_client.submit(inc, 41).key == future.key
+    # NumPy arrays are results too, and travel between tasks.
+    arr = cluster_client.submit(np.arange, 6)
+    assert cluster_client.submit(np.sum, arr).result(timeout=60) == 15
+
+
+def test_a_failing_python_function_raises_its_error_naming_the_task(cluster_client):
+    def boom(x):
+        raise ValueError(f"bad value {x}")
+
+    future = cluster_client.submit(boom, 7)
+    with pytest.raises(pt.ComputeError, match="bad value 7") as info:
+        future.result(timeout=60)
+    assert "boom" in str(info.value)
+    assert future.status == "error"
+    # Its dependents fail with the same error; the client goes on.
+    after = cluster_client.submit(inc, future)
+    with pytest.raises(pt.ComputeError, match="bad value 7"):
+        after.result(timeout=60)
+    assert cluster_client.submit(inc, 1).result(timeout=60) == 2
+
+
+def test_as_completed_and_wait(cluster_client):
+    slow = cluster_client.submit(time.sleep, 1.5, pure=False)
+    fast = cluster_client.submit(inc, 100)
+    order = [f.key for f in pt.as_completed([slow, fast])]
+    assert order == [fast.key, slow.key]
+    pt.wait([slow, fast], timeout=30)
+    assert slow.done() and fast.done()
+    sleeper = cluster_client.submit(time.sleep, 2, pure=False)
+    with pytest.raises(TimeoutError):
+        pt.wait(sleeper, timeout=0.1)
+    cluster_client.cancel(sleeper)
+    sleeper.wait(timeout=30)
+    assert sleeper.status == "cancelled"
+    with pytest.raises(pt.PartitaError):
+        sleeper.result(timeout=30)
+
+
+def test_submit_checks_its_arguments(cluster_client):
+    with pytest.raises(TypeError, match="function"):
+        cluster_client.submit(3)
+    a = pt.ones((4,), chunks=2)
+    with pytest.raises(TypeError, match="only futures of client.submit"):
+        cluster_client.submit(inc, cluster_client.compute(a))
+    with pytest.raises(TypeError, match="partita arrays and dataframes"):
+        cluster_client.compute(np.ones(3))
