@@ -14,6 +14,7 @@ use partita::distributed::{AsCompleted, Client, Future, FutureStatus};
 use pyo3::exceptions::{PyTimeoutError, PyTypeError};
 use pyo3::prelude::*;
 
+use crate::pycall::key_text;
 use crate::{AnyCollection, Computed, IntoPy, PyClient, chunk_to_numpy};
 
 /// What a future's keys make up.
@@ -103,7 +104,7 @@ impl PyFuture {
                     py.detach(|| f.frame_from_values(&mine))
                         .map(Computed::Frame)
                 }
-                What::Object => {
+                What::Object | What::Collection(AnyCollection::Delayed(_)) => {
                     let v = mine.first().ok_or_else(|| {
                         partita::Error::Internal("a Python future gathered no value".into())
                     });
@@ -115,6 +116,7 @@ impl PyFuture {
             out.push(match computed {
                 Computed::Chunk(c) => chunk_to_numpy(py, c),
                 Computed::Frame(f) => pyo3_polars::PyDataFrame(f).into_pyobject(py)?.unbind(),
+                Computed::Object(v) => crate::pycall::value_to_py(py, &v).py_err()?,
             });
         }
         Ok(out)
@@ -126,7 +128,7 @@ impl PyFuture {
     /// The keys this future waits for (one per chunk or partition, or the call's key).
     #[getter]
     fn keys(&self) -> Vec<String> {
-        self.futures.iter().map(|f| f.key().to_string()).collect()
+        self.futures.iter().map(|f| key_text(f.key())).collect()
     }
 
     /// The key of a single-key future (a Python call), else the first chunk's key.
@@ -134,7 +136,7 @@ impl PyFuture {
     fn key(&self) -> String {
         self.futures
             .first()
-            .map(|f| f.key().to_string())
+            .map(|f| key_text(f.key()))
             .unwrap_or_default()
     }
 
@@ -172,6 +174,7 @@ impl PyFuture {
         let what = match &self.what {
             What::Collection(AnyCollection::Array(_)) => "array",
             What::Collection(AnyCollection::Frame(_)) => "dataframe",
+            What::Collection(AnyCollection::Delayed(_)) => "delayed",
             What::Object => "object",
         };
         format!(
@@ -308,7 +311,9 @@ impl PyClient {
         for d in &deps {
             let d = d.get();
             match (&d.what, d.futures.as_slice()) {
-                (What::Object, [f]) => inputs.push(f.clone()),
+                (What::Object | What::Collection(AnyCollection::Delayed(_)), [f]) => {
+                    inputs.push(f.clone())
+                }
                 _ => {
                     return Err(PyTypeError::new_err(
                         "only futures of client.submit/map can be arguments of a submitted \

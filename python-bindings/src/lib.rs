@@ -825,6 +825,8 @@ fn map_blocks(
 enum AnyCollection {
     Array(Array),
     Frame(DataFrame),
+    /// `pt.delayed`: one task's value.
+    Delayed(partita::Delayed<partita::Value>),
 }
 
 impl AnyCollection {
@@ -832,6 +834,7 @@ impl AnyCollection {
         match self {
             AnyCollection::Array(a) => a,
             AnyCollection::Frame(f) => f,
+            AnyCollection::Delayed(d) => d,
         }
     }
 }
@@ -842,9 +845,11 @@ fn any_collection(c: &Bound<'_, PyAny>) -> PyResult<AnyCollection> {
         Ok(AnyCollection::Array(a.get().0.clone()))
     } else if let Ok(f) = c.cast::<RustFrame>() {
         Ok(AnyCollection::Frame(f.get().0.clone()))
+    } else if let Ok(d) = c.cast::<pycall::RustDelayed>() {
+        Ok(AnyCollection::Delayed(d.get().0.clone()))
     } else {
         Err(PyTypeError::new_err(format!(
-            "expected partita arrays and dataframes, got {}",
+            "expected partita arrays, dataframes and delayed values, got {}",
             c.get_type().name()?
         )))
     }
@@ -854,6 +859,7 @@ fn any_collection(c: &Bound<'_, PyAny>) -> PyResult<AnyCollection> {
 enum Computed {
     Chunk(Chunk),
     Frame(PlFrame),
+    Object(partita::Value),
 }
 
 /// Compute several arrays and frames in ONE run, so work they share (a common input, a
@@ -882,6 +888,11 @@ fn compute(
             .map(|(c, v)| match c {
                 AnyCollection::Array(a) => a.chunk_from_values(&v).map(Computed::Chunk),
                 AnyCollection::Frame(f) => f.frame_from_values(&v).map(Computed::Frame),
+                AnyCollection::Delayed(_) => {
+                    (v.into_iter().next()).map(Computed::Object).ok_or_else(|| {
+                        partita::Error::Internal("a delayed value computed to nothing".into())
+                    })
+                }
             })
             .collect::<partita::Result<Vec<_>>>()
     })?;
@@ -890,6 +901,7 @@ fn compute(
         .map(|c| match c {
             Computed::Chunk(chunk) => Ok(chunk_to_numpy(py, chunk)),
             Computed::Frame(frame) => Ok(PyDataFrame(frame).into_pyobject(py)?.unbind()),
+            Computed::Object(value) => pycall::value_to_py(py, &value).py_err(),
         })
         .collect()
 }
@@ -1499,6 +1511,8 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyClient>()?;
     m.add_class::<futures::PyFuture>()?;
     m.add_class::<futures::PyAsCompleted>()?;
+    m.add_class::<pycall::RustDelayed>()?;
+    m.add_function(wrap_pyfunction!(pycall::delayed_call, m)?)?;
     m.add_class::<PyLocalCluster>()?;
     m.add("PartitaError", py.get_type::<PartitaError>())?;
     m.add("GraphError", py.get_type::<GraphError>())?;

@@ -13,6 +13,8 @@
 //!   call; the plain `partita` binary cannot decode a `python-` op and the task fails with an
 //!   error saying how to start a worker that can.
 
+use std::sync::Arc;
+
 use partita::{Error, Op, Result, Value};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
@@ -132,4 +134,43 @@ pub fn value_to_py(py: Python<'_>, value: &Value) -> Result<Py<PyAny>> {
         "passing a {} value to a Python function",
         value.type_name()
     )))
+}
+
+/// `pt.delayed`: a lazy Python call (wrapped by `partita.Delayed`).
+#[pyclass(module = "partita._partita", frozen)]
+pub(crate) struct RustDelayed(pub(crate) partita::Delayed<Value>);
+
+#[pymethods]
+impl RustDelayed {
+    /// The task's key.
+    #[getter]
+    fn key(&self) -> String {
+        key_text(self.0.key())
+    }
+}
+
+/// A delayed call of a Python function prepared by `partita._futures` (its name, the pickled
+/// `(f, args, kwargs)` and the delayed values it reads, in `Dep` order).
+#[pyfunction]
+pub(crate) fn delayed_call(
+    name: String,
+    payload: Vec<u8>,
+    deps: Vec<Py<RustDelayed>>,
+) -> RustDelayed {
+    let args: Vec<partita::Delayed<Value>> = deps.iter().map(|d| d.get().0.clone()).collect();
+    let op = Arc::new(PyCall {
+        name: name.clone(),
+        payload,
+    });
+    RustDelayed(partita::delayed::apply_op(&name, op, &args))
+}
+
+/// A key as Python users see it: the bare name for a single task (`inc-3f2a...`), the
+/// Dask-style tuple for a chunk or partition (`('x', 0, 1)`).
+pub(crate) fn key_text(key: &partita::Key) -> String {
+    if key.index().is_empty() {
+        key.name().to_string()
+    } else {
+        key.to_string()
+    }
 }

@@ -95,7 +95,7 @@ def test_compute_several_at_once(scheduler):
     assert plain == 42
     # The shared map_blocks ran once per block (3 blocks), not once per consumer.
     assert len(calls) == 3
-    with pytest.raises(TypeError, match="arrays and dataframes"):
+    with pytest.raises(TypeError, match="arrays, dataframes and delayed values"):
         pt._partita.compute([object()])
 
 

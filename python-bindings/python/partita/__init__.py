@@ -73,17 +73,18 @@ from .array import (
     where,
     zeros,
 )
-from ._futures import Client, Future, as_completed, wait
+from ._futures import Client, Delayed, Future, as_completed, delayed, wait
 from .diagnostics import GraphPicture, ProgressBar
 from .frame import DataFrame, GroupBy, concat, from_polars, read_csv, read_ipc, read_parquet
 
 
 def compute(*collections, scheduler=None, num_workers=None):
-    """Compute several arrays and frames in one run, sharing the work they have in common;
-    returns a tuple of results (numpy arrays, polars frames). Other arguments pass through."""
+    """Compute several arrays, frames and delayed values in one run, sharing the work they
+    have in common; returns a tuple of results (numpy arrays, polars frames, Python
+    objects). Other arguments pass through."""
     from .diagnostics import run_with_progress
 
-    lazy = [i for i, c in enumerate(collections) if isinstance(c, (Array, DataFrame))]
+    lazy = [i for i, c in enumerate(collections) if isinstance(c, (Array, DataFrame, Delayed))]
     if not lazy:
         return tuple(collections)
     rust = [collections[i]._rust for i in lazy]

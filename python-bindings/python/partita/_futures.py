@@ -1,5 +1,5 @@
-"""Futures on a cluster, Dask-style: `client.compute`, `client.submit`, `client.map`,
-`client.gather`, `pt.as_completed`, `pt.wait`.
+"""Futures on a cluster, Dask-style (`client.compute`, `client.submit`, `client.map`,
+`client.gather`, `pt.as_completed`, `pt.wait`) and `pt.delayed`.
 
 A Python function sent to the cluster travels as `cloudpickle.dumps((f, args, kwargs))`,
 with every future among its arguments (at the top level, or inside lists, tuples and dicts)
@@ -8,6 +8,7 @@ replaced by a `Dep(i)` placeholder for the task's i-th input. Workers started by
 """
 
 import hashlib
+import operator
 import pickle
 import uuid
 
@@ -46,19 +47,20 @@ def run_call(payload, inputs):
     return f(*_substitute(args, inputs), **_substitute(kwargs, inputs))
 
 
-def _replace_futures(obj, deps):
-    if isinstance(obj, Future):
+def _replace(obj, deps, kind):
+    """`obj` with every `kind` instance in it replaced by a `Dep` (appended to `deps`)."""
+    if isinstance(obj, kind):
         for i, d in enumerate(deps):
             if d is obj:
                 return Dep(i)
         deps.append(obj)
         return Dep(len(deps) - 1)
     if type(obj) is list:
-        return [_replace_futures(x, deps) for x in obj]
+        return [_replace(x, deps, kind) for x in obj]
     if type(obj) is tuple:
-        return tuple(_replace_futures(x, deps) for x in obj)
+        return tuple(_replace(x, deps, kind) for x in obj)
     if type(obj) is dict:
-        return {k: _replace_futures(v, deps) for k, v in obj.items()}
+        return {k: _replace(v, deps, kind) for k, v in obj.items()}
     return obj
 
 
@@ -80,8 +82,8 @@ def submit(client, f, *args, key=None, pure=True, **kwargs):
     if not callable(f):
         raise TypeError(f"submit takes a function first, got {type(f).__name__}")
     deps = []
-    args = _replace_futures(list(args), deps)
-    kwargs = _replace_futures(dict(kwargs), deps)
+    args = _replace(list(args), deps, Future)
+    kwargs = _replace(dict(kwargs), deps, Future)
     payload = _cloudpickle().dumps((f, tuple(args), kwargs))
     if key is None:
         if pure:
@@ -99,7 +101,8 @@ def _rust(collection):
     rust = getattr(collection, "_rust", None)
     if rust is None:
         raise TypeError(
-            f"compute takes partita arrays and dataframes, got {type(collection).__name__}"
+            "compute takes partita arrays, dataframes and delayed values, got "
+            f"{type(collection).__name__}"
         )
     return rust
 
@@ -159,3 +162,134 @@ def wait(futures, timeout=None):
     for f in futures:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         f.wait(left)
+
+
+# ---------------------------------------------------------------------------------------
+# pt.delayed
+
+
+def _identity(x):
+    return x
+
+
+class Delayed:
+    """A lazy Python value: the result of calling a `pt.delayed` function (or a value
+    wrapped by `pt.delayed(obj)`). Compute it with `.compute(scheduler=...)`,
+    `pt.compute(...)` or `client.compute(...)`; operators and item access make new delayed
+    values. Its task runs on every scheduler, a cluster included."""
+
+    __slots__ = ("_rust",)
+
+    def __init__(self, rust):
+        self._rust = rust
+
+    @property
+    def key(self):
+        return self._rust.key
+
+    def compute(self, scheduler=None, num_workers=None):
+        from . import compute
+
+        return compute(self, scheduler=scheduler, num_workers=num_workers)[0]
+
+    def __repr__(self):
+        return f"Delayed({self.key!r})"
+
+    def __bool__(self):
+        raise TypeError("the truth of a delayed value is known only once it is computed")
+
+    def __iter__(self):
+        raise TypeError("a delayed value cannot be iterated before it is computed")
+
+    def __getitem__(self, index):
+        return _call(operator.getitem, (self, index), {}, "getitem")
+
+    def __call__(self, *args, **kwargs):
+        return _call(_apply, (self, args, kwargs), {}, "call")
+
+
+def _apply(f, args, kwargs):
+    return f(*args, **kwargs)
+
+
+
+def _binary(op, name, reflected=False):
+    def method(self, other):
+        args = (other, self) if reflected else (self, other)
+        return _call(op, args, {}, name)
+
+    method.__name__ = f"__{'r' if reflected else ''}{name}__"
+    return method
+
+
+for _opname, _op in [
+    ("add", operator.add),
+    ("sub", operator.sub),
+    ("mul", operator.mul),
+    ("truediv", operator.truediv),
+    ("floordiv", operator.floordiv),
+    ("mod", operator.mod),
+    ("pow", operator.pow),
+    ("matmul", operator.matmul),
+]:
+    setattr(Delayed, f"__{_opname}__", _binary(_op, _opname))
+    setattr(Delayed, f"__r{_opname}__", _binary(_op, _opname, reflected=True))
+for _opname, _op in [("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge)]:
+    setattr(Delayed, f"__{_opname}__", _binary(_op, _opname))
+Delayed.__neg__ = lambda self: _call(operator.neg, (self,), {}, "neg")
+Delayed.__abs__ = lambda self: _call(operator.abs, (self,), {}, "abs")
+
+
+def _call(f, args, kwargs, name):
+    from .array import Array
+    from .frame import DataFrame
+
+    def refuse(obj):
+        if isinstance(obj, (Array, DataFrame)):
+            raise TypeError(
+                "a partita array or dataframe cannot be an argument of a delayed function "
+                "yet; compute it first, or use map_blocks / map_partitions"
+            )
+        if type(obj) in (list, tuple):
+            for x in obj:
+                refuse(x)
+        elif type(obj) is dict:
+            for x in obj.values():
+                refuse(x)
+
+    refuse(args)
+    refuse(kwargs)
+    deps = []
+    args = _replace(tuple(args), deps, Delayed)
+    kwargs = _replace(dict(kwargs), deps, Delayed)
+    payload = _cloudpickle().dumps((f, args, kwargs))
+    return Delayed(_partita.delayed_call(name, payload, [d._rust for d in deps]))
+
+
+class DelayedFunction:
+    """`pt.delayed(f)`: calling it makes a `Delayed` instead of running `f`."""
+
+    def __init__(self, f, name=None):
+        self._f = f
+        self._name = name or _name(f)
+        self.__doc__ = getattr(f, "__doc__", None)
+        self.__name__ = self._name
+
+    def __call__(self, *args, **kwargs):
+        return _call(self._f, args, kwargs, self._name)
+
+    def __repr__(self):
+        return f"delayed({self._name})"
+
+
+def delayed(obj=None, *, name=None):
+    """Dask's `delayed`: `pt.delayed(f)(*args)` is a lazy call of `f` whose arguments may be
+    other delayed values (also inside lists, tuples and dicts); `pt.delayed(obj)` wraps a
+    plain value. Usable as a decorator, with or without `name=`."""
+    if obj is None:
+        return lambda f: delayed(f, name=name)
+    if isinstance(obj, Delayed):
+        return obj
+    if callable(obj):
+        return DelayedFunction(obj, name)
+    return _call(_identity, (obj,), {}, name or "literal")

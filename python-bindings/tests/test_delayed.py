@@ -1,0 +1,76 @@
+"""pt.delayed: lazy Python calls, checked against the same calls run directly, on the sync
+and threads schedulers and on a LocalCluster (the calls travel with cloudpickle)."""
+
+import sys
+
+import cloudpickle
+import numpy as np
+import polars as pl
+import pytest
+
+import partita as pt
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def inc(x):
+    return x + 1
+
+
+def add(x, y):
+    return x + y
+
+
+def test_a_delayed_graph_matches_running_it_directly(scheduler):
+    xs = [pt.delayed(inc)(i) for i in range(6)]
+    total = pt.delayed(sum)(xs)
+    both = pt.delayed(add)(total, pt.delayed(10))
+    assert both.compute(scheduler=scheduler) == sum(i + 1 for i in range(6)) + 10
+    # Operators, item access and keyword arguments make delayed values too.
+    d = pt.delayed(dict)(a=xs[0], b=[xs[1], xs[2]])
+    expr = (d["a"] + d["b"][1]) * 2 - 1
+    assert expr.compute(scheduler=scheduler) == (1 + 3) * 2 - 1
+    # Several at once, with arrays and frames, in one run.
+    arr = pt.ones((4, 4), chunks=2)
+    frame = pt.from_polars(pl.DataFrame({"x": [1, 2, 3]}), npartitions=2)
+    a, f, t = pt.compute(arr.sum(), frame, total, scheduler=scheduler)
+    assert a == 16.0 and f["x"].to_list() == [1, 2, 3] and t == 21
+
+
+def test_delayed_values_hold_numpy_and_polars_objects(scheduler):
+    x = np.arange(12.0).reshape(3, 4)
+    m = pt.delayed(np.asarray)(x.tolist())
+    s = pt.delayed(np.sum)(m, axis=0)
+    np.testing.assert_allclose(s.compute(scheduler=scheduler), x.sum(axis=0))
+    df = pt.delayed(pl.DataFrame)({"k": [1, 2, 1], "v": [1.0, 2.0, 3.0]})
+    grouped = pt.delayed(lambda d: d.group_by("k").agg(pl.col("v").sum()).sort("k"))(df)
+    expected = pl.DataFrame({"k": [1, 2, 1], "v": [1.0, 2.0, 3.0]}).group_by("k").agg(pl.col("v").sum()).sort("k")
+    assert grouped.compute(scheduler=scheduler).equals(expected)
+
+
+def test_a_failing_delayed_call_names_its_task(scheduler):
+    @pt.delayed
+    def fails(x):
+        raise ZeroDivisionError(f"no inverse of {x}")
+
+    out = pt.delayed(inc)(fails(0))
+    with pytest.raises(pt.ComputeError, match="no inverse of 0") as info:
+        out.compute(scheduler=scheduler)
+    assert "fails" in str(info.value)
+
+
+def test_delayed_refuses_what_it_cannot_do():
+    d = pt.delayed(inc)(1)
+    with pytest.raises(TypeError, match="truth"):
+        bool(d)
+    with pytest.raises(TypeError, match="array or dataframe"):
+        pt.delayed(inc)(pt.ones((2,), chunks=1))
+    assert repr(pt.delayed(inc)) == "delayed(inc)"
+    assert pt.delayed(name="plus")(add)(1, 2).key.startswith("plus")
+
+
+def test_client_compute_of_delayed_values(cluster_client):
+    total = pt.delayed(sum)([pt.delayed(inc)(i) for i in range(4)])
+    future = cluster_client.compute(total)
+    assert future.result(timeout=60) == 10
+    assert cluster_client.submit(inc, future).result(timeout=60) == 11
