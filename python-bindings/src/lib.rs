@@ -13,9 +13,10 @@
 //!   `CancelToken` and raises `KeyboardInterrupt` once the workers have stopped.
 //! - **Errors keep their kind**: each `partita::Error` kind maps to its own exception class
 //!   under `partita.PartitaError` (a task's failure maps by its root cause), message intact.
-//! - **Python functions run where Python is**: `map_blocks`/`map_partitions` with a Python
-//!   callable become closure ops that take the GIL per call; they run on the local
-//!   schedulers and are refused, naming the task, by anything that must serialize them.
+//! - **Python functions run where Python is**: `map_blocks`/`map_partitions` kernels,
+//!   `client.submit` calls and `pt.delayed` tasks are serializable ops (`pycall.rs`) that
+//!   take the GIL per call: locally they call the function object, on a cluster it travels
+//!   cloudpickled to workers started by `python -m partita worker`.
 
 mod futures;
 mod pycall;
@@ -170,15 +171,7 @@ impl Scheduler for OnCluster {
         plan: &partita::ExecutionPlan,
         ctx: &partita::ExecutionContext,
     ) -> partita::Result<partita::Execution> {
-        self.0.execute(plan, ctx).map_err(|e| match e {
-            // Python functions are closures to Rust: say what it means for a Python user.
-            partita::Error::Codec(m) if m.contains("is a Rust closure") => {
-                partita::Error::NotImplemented(format!(
-                    "running Python functions (map_blocks, map_partitions) on a cluster: {m}"
-                ))
-            }
-            e => e,
-        })
+        self.0.execute(plan, ctx)
     }
 }
 
@@ -799,25 +792,20 @@ fn map_blocks(
     let inputs = self::arrays(arrays)?;
     let refs: Vec<&Array> = inputs.iter().collect();
     let out_chunks = spec.map(chunks).transpose()?;
-    let kernel = move |blocks: &[&Chunk]| -> partita::Result<Chunk> {
-        Python::attach(|py| {
-            let args: Vec<Py<PyAny>> = blocks
-                .iter()
-                .map(|b| chunk_to_numpy(py, (*b).clone()))
-                .collect();
-            let out = PyTuple::new(py, args)
-                .and_then(|args| function.call1(py, args))
-                .and_then(|out| numpy_to_chunk(out.bind(py)));
-            out.map_err(|e| {
-                partita::Error::External(format!("the Python function raised {e}").into())
-            })
-        })
-    };
-    wrap(pa::map_blocks(
+    let dtype = dtype(dtype_name)?;
+    wrap(pa::map_blocks_with(
         &refs,
-        dtype(dtype_name)?,
+        dtype,
         out_chunks,
-        kernel,
+        |block, shape| {
+            let function = Python::attach(|py| function.clone_ref(py));
+            Arc::new(pycall::PyBlocks {
+                function: pycall::PyFunction(function),
+                dtype,
+                shape,
+                block: block.to_vec(),
+            }) as Arc<dyn partita::Op>
+        },
     ))
 }
 
@@ -1127,18 +1115,32 @@ impl RustFrame {
     #[pyo3(signature = (function, schema_of = None))]
     fn map_partitions(
         &self,
+        py: Python<'_>,
         function: Py<PyAny>,
         schema_of: Option<PyDataFrame>,
     ) -> PyResult<RustFrame> {
-        let f = python_frame_function(function);
-        wrap_frame(match schema_of {
-            Some(empty) => self.0.map_partitions_with_schema(
-                "python-map-partitions",
-                Arc::clone(empty.0.schema()),
-                f,
-            ),
-            None => self.0.map_partitions("python-map-partitions", f),
-        })
+        let schema = match schema_of {
+            Some(empty) => Arc::clone(empty.0.schema()),
+            None => {
+                // The result's schema: the function applied to an empty frame.
+                let empty = PlFrame::empty_with_arc_schema(Arc::clone(self.0.schema()));
+                let out = python_frame_function(function.clone_ref(py))(empty).map_err(|e| {
+                    SchemaError::new_err(format!(
+                        "map_partitions: the function failed on an empty frame (to find its \
+                         schema); pass schema= the result's schema: {e}"
+                    ))
+                })?;
+                Arc::clone(out.schema())
+            }
+        };
+        let op = Arc::new(pycall::PyPartitions {
+            function: pycall::PyFunction(function),
+        });
+        Ok(RustFrame(self.0.map_partitions_op(
+            "python-map-partitions",
+            op,
+            schema,
+        )))
     }
 
     #[pyo3(signature = (n, scheduler = None, num_workers = None, progress = None))]

@@ -8,6 +8,10 @@
 //! - **Python objects are values** ([`PyObj`], codec `python-pickle`), so a Python result
 //!   moves between workers and back to the client like any chunk or partition. Array chunks
 //!   and frame partitions reaching a Python function arrive as NumPy arrays and polars frames.
+//! - **`map_blocks` and `map_partitions` kernels** are serializable ops too ([`PyBlocks`],
+//!   [`PyPartitions`]): the function is held as a Python object ([`PyFunction`]) and pickled
+//!   only if the graph goes to a cluster, so local runs never pickle (a kernel that cannot
+//!   be pickled still runs locally, and a cluster says which task could not be sent).
 //! - **Only a process with Python runs them.** Workers started by `python -m partita worker`
 //!   (as `pt.LocalCluster` does) link this module and run Python tasks with the GIL taken per
 //!   call; the plain `partita` binary cannot decode a `python-` op and the task fails with an
@@ -172,5 +176,106 @@ pub(crate) fn key_text(key: &partita::Key) -> String {
         key.name().to_string()
     } else {
         key.to_string()
+    }
+}
+
+/// A Python callable inside an op: called directly in this process, cloudpickled when the
+/// op is serialized for a cluster and unpickled on the worker that decodes it.
+#[derive(Debug)]
+pub struct PyFunction(pub Py<PyAny>);
+
+impl Serialize for PyFunction {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let bytes = Python::attach(|py| {
+            let out = py
+                .import("cloudpickle")?
+                .call_method1("dumps", (self.0.bind(py),))?;
+            out.extract::<Vec<u8>>()
+        })
+        .map_err(|e| {
+            serde::ser::Error::custom(format!("cannot pickle the Python function: {e}"))
+        })?;
+        serializer.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for PyFunction {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        Python::attach(|py| {
+            py.import("pickle")?
+                .call_method1("loads", (PyBytes::new(py, &bytes),))
+                .map(|f| PyFunction(f.unbind()))
+        })
+        .map_err(|e| serde::de::Error::custom(format!("cannot unpickle the Python function: {e}")))
+    }
+}
+
+/// `function(*blocks) -> block` for one block of `map_blocks`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PyBlocks {
+    pub function: PyFunction,
+    pub dtype: partita::array::DType,
+    pub shape: Vec<usize>,
+    pub block: Vec<usize>,
+}
+
+#[typetag::serde(name = "python-blocks")]
+impl Op for PyBlocks {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let blocks = partita::array::Chunk::from_values(inputs)?;
+        let out = Python::attach(|py| {
+            let args: Vec<Py<PyAny>> = blocks
+                .iter()
+                .map(|b| crate::chunk_to_numpy(py, (*b).clone()))
+                .collect();
+            pyo3::types::PyTuple::new(py, args)
+                .and_then(|args| self.function.0.call1(py, args))
+                .and_then(|out| crate::numpy_to_chunk(out.bind(py)))
+                .map_err(|e| Error::External(format!("the Python function raised {e}").into()))
+        })?;
+        partita::array::check_block(&out, self.dtype, &self.shape, &self.block)?;
+        Ok(Value::new(out))
+    }
+
+    fn name(&self) -> &str {
+        "python-map-blocks"
+    }
+}
+
+/// `function(frame) -> frame` for one partition of `map_partitions` (the schema is checked
+/// by the frame crate's wrapper).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PyPartitions {
+    pub function: PyFunction,
+}
+
+#[typetag::serde(name = "python-partitions")]
+impl Op for PyPartitions {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let [input] = inputs else {
+            return Err(Error::Graph(format!(
+                "map_partitions takes one partition, got {}",
+                inputs.len()
+            )));
+        };
+        let frame = partita::frame::Partition::from_value(input)?.clone();
+        let out = Python::attach(|py| {
+            self.function
+                .0
+                .call1(py, (pyo3_polars::PyDataFrame(frame),))
+                .and_then(|out| out.extract::<pyo3_polars::PyDataFrame>(py))
+                .map_err(|e| Error::External(format!("the Python function raised {e}").into()))
+        })?;
+        Ok(partita::frame::Partition::value(out.0))
+    }
+
+    fn name(&self) -> &str {
+        "python-map-partitions"
     }
 }

@@ -7,7 +7,7 @@ SCHEDULERS = ["sync", "threads", "cluster"]
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "local_only: map_blocks/map_partitions with a Python function, local schedulers only"
+        "markers", "local_only: observes side effects of Python functions in this process"
     )
 
 
@@ -24,6 +24,6 @@ def scheduler(request):
     """Every test taking `scheduler` runs on each local scheduler and on a LocalCluster."""
     if request.param == "cluster":
         if request.node.get_closest_marker("local_only"):
-            pytest.skip("map_blocks/map_partitions with Python functions run on local schedulers only")
+            pytest.skip("side effects of functions run on workers are not seen here")
         return request.getfixturevalue("cluster_client")
     return request.param

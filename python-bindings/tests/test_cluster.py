@@ -25,10 +25,27 @@ def test_arrays_frames_and_shared_runs_on_a_cluster(cluster_client):
     assert "partita.Client" in repr(cluster_client)
 
 
-def test_python_functions_are_refused_by_the_cluster_with_a_clear_error(cluster_client):
-    a = pt.ones((10,), chunks=5).map_blocks(lambda b: b + 1)
-    with pytest.raises(pt.PartitaNotImplementedError, match="Python functions"):
-        a.compute(scheduler=cluster_client)
+def test_python_kernels_run_on_the_cluster_and_unpicklable_ones_say_so(cluster_client):
+    x = np.arange(10.0)
+    a = pt.from_numpy(x, chunks=5).map_blocks(lambda b: b + 1)
+    np.testing.assert_allclose(a.compute(scheduler=cluster_client), x + 1)
+    frame = pl.DataFrame({"v": [1, 2, 3, 4]})
+    df = pt.from_polars(frame, npartitions=2).map_partitions(lambda p: p.with_columns(w=pl.col("v") * 2))
+    assert df.compute(scheduler=cluster_client).equals(frame.with_columns(w=pl.col("v") * 2))
+    # A kernel holding something that cannot be pickled runs locally, and a cluster names
+    # the task it could not send.
+    import threading
+
+    lock = threading.Lock()
+
+    def locked(b):
+        with lock:
+            return b * 2
+
+    c = pt.from_numpy(x, chunks=5).map_blocks(locked)
+    np.testing.assert_allclose(c.compute(scheduler="threads"), x * 2)
+    with pytest.raises(pt.CodecError, match="cannot pickle"):
+        c.compute(scheduler=cluster_client)
     # The cluster is still usable.
     assert pt.ones((10,), chunks=5).sum().compute(scheduler=cluster_client) == 10.0
 

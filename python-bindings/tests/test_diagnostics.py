@@ -36,7 +36,6 @@ def test_map_blocks_matches_numpy(scheduler):
     assert sorted(set(seen)) == [(3, 1), (3, 4), (5, 1), (5, 4)]
 
 
-@pytest.mark.local_only
 def test_map_blocks_several_arrays_and_inferred_dtype(scheduler):
     x, y = data(seed=1), data(seed=2)
     a = pt.from_numpy(x, chunks=(5, 4))
@@ -46,7 +45,6 @@ def test_map_blocks_several_arrays_and_inferred_dtype(scheduler):
     np.testing.assert_array_equal(out.compute(scheduler=scheduler), x > y)
 
 
-@pytest.mark.local_only
 def test_map_blocks_with_new_chunks(scheduler):
     x = data((8, 6))
     a = pt.from_numpy(x, chunks=(4, 3))
@@ -55,10 +53,9 @@ def test_map_blocks_with_new_chunks(scheduler):
     np.testing.assert_allclose(out.compute(scheduler=scheduler), np.concatenate([x[0:2], x[4:6]]))
 
 
-@pytest.mark.local_only
 def test_map_blocks_errors_name_the_problem(scheduler):
     a = pt.from_numpy(data(), chunks=(5, 4))
-    with pytest.raises(pt.ShapeError, match=r"map_blocks-\d+', 0, 0\) failed.*shape \[1, 4\]"):
+    with pytest.raises(pt.ShapeError, match=r"map_blocks-\d+', \d+, \d+\) failed.*shape \[1, \d\]"):
         a.map_blocks(lambda b: b[:1], dtype="float64").compute(scheduler=scheduler)
 
     def boom(b):

@@ -63,7 +63,6 @@ def test_group_by_join_and_sort_match_polars(scheduler, npartitions):
     same(got, df.sort(["g", "v"], descending=[True, False], maintain_order=True))
 
 
-@pytest.mark.local_only
 def test_map_partitions_runs_python_functions(scheduler):
     df = sample()
     f = pt.from_polars(df, npartitions=4)

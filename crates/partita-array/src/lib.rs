@@ -47,7 +47,7 @@ pub use grid::{ChunkGrid, Chunks};
 pub use indexing::{Index, concatenate, stack};
 pub use kernel::{BinaryOp, Scalar, UnaryOp};
 pub use linalg::{matmul, tensordot};
-pub use map_blocks::map_blocks;
+pub use map_blocks::{check_block, map_blocks, map_blocks_with};
 pub use npy::read_npy;
 pub use reduction::{Axes, ReduceOptions, Reduction};
 pub use zarr::read_zarr;

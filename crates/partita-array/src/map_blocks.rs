@@ -15,12 +15,49 @@ use crate::rechunk::{align_to, common_chunks};
 /// `f` gets the blocks and must return a block of `dtype` and of the block's shape, or of
 /// the shape `chunks` gives when it is set (the same number of blocks per axis). A wrong
 /// result is an error naming the block, not a silently wrong array. Kernels are Rust
-/// closures, so the graph runs locally.
+/// closures, so the graph runs locally; [`map_blocks_with`] takes serializable ops.
 pub fn map_blocks(
     arrays: &[&Array],
     dtype: DType,
     chunks: Option<Chunks>,
     f: impl Fn(&[&Chunk]) -> Result<Chunk> + Send + Sync + 'static,
+) -> Result<Array> {
+    let f = Arc::new(f);
+    map_blocks_with(arrays, dtype, chunks, move |block, expected| {
+        let f = Arc::clone(&f);
+        let block = block.to_vec();
+        let op = FnOp::new("map_blocks", move |values: &[Value]| {
+            let chunks = Chunk::from_values(values)?;
+            let out = f(&chunks)?;
+            check_block(&out, dtype, &expected, &block)?;
+            Ok(Value::new(out))
+        });
+        Arc::new(op) as Arc<dyn Op>
+    })
+}
+
+/// A kernel's result must be a block of `dtype` and shape `expected`; otherwise an error
+/// naming the block (for ops made by [`map_blocks_with`]).
+pub fn check_block(out: &Chunk, dtype: DType, expected: &[usize], block: &[usize]) -> Result<()> {
+    if out.dtype() != dtype || out.shape() != expected {
+        return Err(Error::Shape(format!(
+            "map_blocks: block {block:?} returned a {} block of shape {:?}, expected {dtype} of shape {expected:?}",
+            out.dtype(),
+            out.shape()
+        )));
+    }
+    Ok(())
+}
+
+/// [`map_blocks`] with one op per block, made by `op_for(block index, expected block
+/// shape)`: the op gets the blocks of `arrays` at that index and must return a [`Chunk`]
+/// of `dtype` and that shape (check it with [`check_block`]). Serializable ops run on a
+/// cluster too (the Python bindings' kernels do).
+pub fn map_blocks_with(
+    arrays: &[&Array],
+    dtype: DType,
+    chunks: Option<Chunks>,
+    op_for: impl Fn(&[usize], Vec<usize>) -> Arc<dyn Op>,
 ) -> Result<Array> {
     let first = arrays
         .first()
@@ -60,7 +97,6 @@ pub fn map_blocks(
             ChunkGrid::from_explicit(&shape, explicit)?
         }
     };
-    let f = Arc::new(f);
     let layers = inputs.iter().map(|a| Arc::clone(a.layer())).collect();
     Ok(Array::from_blocks(
         "map_blocks",
@@ -68,23 +104,9 @@ pub fn map_blocks(
         dtype,
         layers,
         |idx| {
-            let expected = grid.block_shape(idx);
-            let block: Vec<usize> = idx.to_vec();
-            let f = Arc::clone(&f);
-            let op = FnOp::new("map_blocks", move |values: &[Value]| {
-                let chunks = Chunk::from_values(values)?;
-                let out = f(&chunks)?;
-                if out.dtype() != dtype || out.shape() != expected.as_slice() {
-                    return Err(Error::Shape(format!(
-                        "map_blocks: block {block:?} returned a {} block of shape {:?}, expected {dtype} of shape {expected:?}",
-                        out.dtype(),
-                        out.shape()
-                    )));
-                }
-                Ok(Value::new(out))
-            });
+            let op = op_for(idx, grid.block_shape(idx));
             let deps = inputs.iter().map(|a| a.block_key(idx)).collect();
-            (Arc::new(op) as Arc<dyn Op>, deps)
+            (op, deps)
         },
     ))
 }

@@ -296,8 +296,8 @@ fn rebuild_error(failure: TaskFailure) -> Error {
         }
     } else {
         Error::Compute {
+            source: Box::new(failure.source_error()),
             key: failure.task,
-            source: Box::new(Error::External(failure.message.into())),
         }
     }
 }

@@ -295,13 +295,14 @@ fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
 /// inner one), whether it panicked, and the message without the task prefix.
 pub fn failure_of(key: &Key, error: &Error) -> TaskFailure {
     match error {
-        Error::Compute { key, source } => TaskFailure::error(key.clone(), source.to_string()),
+        Error::Compute { key, source } => TaskFailure::from_error(key.clone(), source),
         Error::Panic { key, message } => TaskFailure {
             task: key.clone(),
             panicked: true,
             message: message.clone(),
+            kind: String::new(),
         },
-        other => TaskFailure::error(key.clone(), other.to_string()),
+        other => TaskFailure::from_error(key.clone(), other),
     }
 }
 

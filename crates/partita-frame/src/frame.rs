@@ -371,6 +371,19 @@ impl DataFrame {
         Ok(self.map_tasks(name, Arc::new(op), schema))
     }
 
+    /// A frame of one task per partition running `op` on it: `op` gets the partition and
+    /// must return a partition of `schema` (checked: another schema is an error naming the
+    /// partition). Unlike [`DataFrame::map_partitions`], a serializable op runs on a
+    /// cluster too (the Python bindings' functions do).
+    pub fn map_partitions_op(&self, name: &str, op: Arc<dyn Op>, schema: SchemaRef) -> DataFrame {
+        let checked = CheckedPartition {
+            name: name.to_string(),
+            op,
+            schema: Arc::clone(&schema),
+        };
+        self.map_tasks(name, Arc::new(checked), schema)
+    }
+
     /// A frame of one task per partition running `op` on that partition.
     pub(crate) fn map_tasks(&self, name: &str, op: Arc<dyn Op>, schema: SchemaRef) -> DataFrame {
         let key_name = Key::unique_name(name);
@@ -647,5 +660,26 @@ impl Op for SumLengths {
     }
     fn name(&self) -> &str {
         "frame-sum-lengths"
+    }
+}
+
+/// An op whose partition result must have `schema` (see [`DataFrame::map_partitions_op`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckedPartition {
+    name: String,
+    op: Arc<dyn Op>,
+    schema: SchemaRef,
+}
+
+#[typetag::serde(name = "frame-checked-partition")]
+impl Op for CheckedPartition {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let out = self.op.execute(inputs)?;
+        check_schema(Partition::from_value(&out)?, &self.schema, &self.name)?;
+        Ok(out)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }

@@ -211,7 +211,24 @@ pub struct TaskFailure {
     pub panicked: bool,
     /// The panic message, or the error's own text (without the task prefix).
     pub message: String,
+    /// The error's kind when it is one of partita's plain-text kinds (`shape`, `schema`,
+    /// `type`, ...), so the client rebuilds the same error; empty for anything else.
+    #[serde(default)]
+    pub kind: String,
 }
+
+/// partita's error kinds that are just a message, by their wire name.
+const PLAIN_KINDS: [&str; 9] = [
+    "graph",
+    "shape",
+    "schema",
+    "type",
+    "codec",
+    "transport",
+    "auth",
+    "not-implemented",
+    "internal",
+];
 
 impl TaskFailure {
     /// `task` returned an error saying `message`.
@@ -220,6 +237,49 @@ impl TaskFailure {
             task,
             panicked: false,
             message: message.into(),
+            kind: String::new(),
+        }
+    }
+
+    /// `task` returned `error` (the error itself, without the task wrapper).
+    pub fn from_error(task: Key, error: &partita_core::Error) -> TaskFailure {
+        use partita_core::Error as E;
+        let (kind, message) = match error {
+            E::Graph(m) => ("graph", m),
+            E::Shape(m) => ("shape", m),
+            E::Schema(m) => ("schema", m),
+            E::Type(m) => ("type", m),
+            E::Codec(m) => ("codec", m),
+            E::Transport(m) => ("transport", m),
+            E::Auth(m) => ("auth", m),
+            E::NotImplemented(m) => ("not-implemented", m),
+            E::Internal(m) => ("internal", m),
+            other => return TaskFailure::error(task, other.to_string()),
+        };
+        debug_assert!(PLAIN_KINDS.contains(&kind));
+        TaskFailure {
+            task,
+            panicked: false,
+            message: message.clone(),
+            kind: kind.to_string(),
+        }
+    }
+
+    /// The error the task returned, of its original kind where that is known.
+    pub fn source_error(&self) -> partita_core::Error {
+        use partita_core::Error as E;
+        let m = self.message.clone();
+        match self.kind.as_str() {
+            "graph" => E::Graph(m),
+            "shape" => E::Shape(m),
+            "schema" => E::Schema(m),
+            "type" => E::Type(m),
+            "codec" => E::Codec(m),
+            "transport" => E::Transport(m),
+            "auth" => E::Auth(m),
+            "not-implemented" => E::NotImplemented(m),
+            "internal" => E::Internal(m),
+            _ => E::External(m.into()),
         }
     }
 }
@@ -397,6 +457,20 @@ impl FrameDecoder {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn task_failures_keep_their_error_kind_on_the_wire() {
+        use partita_core::Error;
+        let key = Key::new("x", [1]);
+        let shape = TaskFailure::from_error(key.clone(), &Error::Shape("block [0] is 3x4".into()));
+        let back: TaskFailure = decode(&encode(&shape).unwrap()).unwrap();
+        assert!(matches!(back.source_error(), Error::Shape(m) if m == "block [0] is 3x4"));
+        let other = TaskFailure::from_error(key, &Error::External("disk on fire".into()));
+        assert!(
+            matches!(other.source_error(), Error::External(e) if e.to_string() == "disk on fire")
+        );
+    }
+
     use super::*;
     use proptest::prelude::*;
 
