@@ -159,29 +159,14 @@ enum SchedulerArg {
     Name(String),
 }
 
-/// A cluster client shared by a computation (the `Client` stays usable meanwhile).
-struct OnCluster(Arc<Client>);
-
-impl Scheduler for OnCluster {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn execute(
-        &self,
-        plan: &partita::ExecutionPlan,
-        ctx: &partita::ExecutionContext,
-    ) -> partita::Result<partita::Execution> {
-        self.0.execute(plan, ctx)
-    }
-}
-
 /// The scheduler a Python `scheduler=` argument names.
 fn scheduler(
     arg: Option<SchedulerArg>,
     num_workers: Option<usize>,
 ) -> PyResult<Box<dyn Scheduler>> {
     let name = match arg {
-        Some(SchedulerArg::Client(c)) => return Ok(Box::new(OnCluster(c.get().client()?))),
+        // The client is shared: it stays usable while this computation runs.
+        Some(SchedulerArg::Client(c)) => return Ok(Box::new(c.get().client()?)),
         Some(SchedulerArg::Name(n)) => Some(n),
         None => None,
     };
@@ -905,8 +890,50 @@ fn wrap_frame(f: partita::Result<DataFrame>) -> PyResult<RustFrame> {
     f.map(RustFrame).py_err()
 }
 
-fn exprs(list: Vec<PyExpr>) -> Vec<Expr> {
-    list.into_iter().map(|e| e.0).collect()
+/// A Python `polars.Expr` as a Rust one. pyo3-polars moves it across in polars' serialized
+/// plan format; an expression whose Python-side encoding this Rust polars cannot read fails
+/// (some even panic inside the decoder), and that becomes a clear error naming the
+/// expression instead of a crash.
+fn expr(obj: &Bound<'_, PyAny>) -> PyResult<Expr> {
+    let converted =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.extract::<PyExpr>()));
+    let why = match converted {
+        Ok(Ok(e)) => {
+            // Enum tags that shifted between the two polars versions decode as another
+            // expression without any error (`std()` arrived as a list-valued function):
+            // both sides print an expression the same way, so a different text means it
+            // did not arrive intact.
+            let arrived = e.0.to_string();
+            let sent = obj.str()?.to_string();
+            if arrived == sent {
+                return Ok(e.0);
+            }
+            format!("it arrived as {arrived}")
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => (panic.downcast_ref::<String>().cloned())
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the decoder panicked".into()),
+    };
+    if !obj.get_type().name().is_ok_and(|n| n == "Expr") {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "expected a polars expression (polars.Expr), got {}",
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        )));
+    }
+    let text = obj.str().map(|r| r.to_string()).unwrap_or_default();
+    Err(PartitaNotImplementedError::new_err(format!(
+        "the polars expression {text} cannot be passed to partita: the Python polars \
+         installed encodes it in a form partita's Rust polars cannot read ({why}); write \
+         it with other expressions, or use map_partitions with a Python function"
+    )))
+}
+
+fn exprs(list: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<Expr>> {
+    list.iter().map(expr).collect()
 }
 
 fn how(name: &str) -> PyResult<How> {
@@ -1016,14 +1043,14 @@ impl RustFrame {
         self.0.npartitions()
     }
 
-    fn select(&self, e: Vec<PyExpr>) -> PyResult<RustFrame> {
-        wrap_frame(self.0.select(exprs(e)))
+    fn select(&self, e: Vec<Bound<'_, PyAny>>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.select(exprs(e)?))
     }
-    fn with_columns(&self, e: Vec<PyExpr>) -> PyResult<RustFrame> {
-        wrap_frame(self.0.with_columns(exprs(e)))
+    fn with_columns(&self, e: Vec<Bound<'_, PyAny>>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.with_columns(exprs(e)?))
     }
-    fn filter(&self, predicate: PyExpr) -> PyResult<RustFrame> {
-        wrap_frame(self.0.filter(predicate.0))
+    fn filter(&self, predicate: Bound<'_, PyAny>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.filter(expr(&predicate)?))
     }
     fn drop(&self, names: Vec<String>) -> PyResult<RustFrame> {
         wrap_frame(self.0.drop(&names))
@@ -1031,8 +1058,8 @@ impl RustFrame {
     fn rename(&self, existing: Vec<String>, new: Vec<String>) -> PyResult<RustFrame> {
         wrap_frame(self.0.rename(&existing, &new))
     }
-    fn fill_null(&self, value: PyExpr) -> PyResult<RustFrame> {
-        wrap_frame(self.0.fill_null(value.0))
+    fn fill_null(&self, value: Bound<'_, PyAny>) -> PyResult<RustFrame> {
+        wrap_frame(self.0.fill_null(expr(&value)?))
     }
     #[pyo3(signature = (subset = None))]
     fn drop_nulls(&self, subset: Option<Vec<String>>) -> PyResult<RustFrame> {
@@ -1049,7 +1076,7 @@ impl RustFrame {
     fn group_by_agg(
         &self,
         keys: Vec<String>,
-        aggs: Vec<PyExpr>,
+        aggs: Vec<Bound<'_, PyAny>>,
         split_out: Option<usize>,
         split_every: Option<usize>,
     ) -> PyResult<RustFrame> {
@@ -1060,7 +1087,7 @@ impl RustFrame {
         if let Some(n) = split_every {
             g = g.split_every(n);
         }
-        wrap_frame(g.agg(exprs(aggs)))
+        wrap_frame(g.agg(exprs(aggs)?))
     }
 
     fn join(

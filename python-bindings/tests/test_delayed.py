@@ -12,13 +12,7 @@ import partita as pt
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-
-def inc(x):
-    return x + 1
-
-
-def add(x, y):
-    return x + y
+from udfs import add, inc  # noqa: E402
 
 
 def test_a_delayed_graph_matches_running_it_directly(scheduler):

@@ -114,3 +114,34 @@ def test_errors_name_the_column_and_lazyframes_are_refused():
     with pytest.raises(pt.PartitaIOError):
         pt.read_parquet("/nonexistent/partita/file.parquet")
     assert "partitions" in f._repr_html_()
+
+
+def test_expressions_arrive_intact_or_are_refused_by_name():
+    """Python polars encodes some expressions in a form partita's Rust polars reads as a
+    different expression (or not at all); each must either compute polars' answer or be
+    refused with an error naming it, never silently compute something else."""
+    df = sample(40, 2)
+    f = pt.from_polars(df, npartitions=3)
+    cases = [
+        pl.col("v").std().alias("x"),
+        pl.col("v").var().alias("x"),
+        pl.col("v").top_k(2).alias("x"),
+        (pl.corr("v", "n") ** 2).alias("x"),
+        pl.col("v").max().alias("x"),
+    ]
+    refused = 0
+    for agg in cases:
+        try:
+            got = f.group_by("g").agg(agg).compute(scheduler="sync")
+        except pt.PartitaNotImplementedError as e:
+            refused += 1
+            assert "cannot be passed to partita" in str(e) and str(agg)[:10] in str(e)
+            continue
+        expected = df.group_by("g").agg(agg)
+        if got.schema["x"] == pl.List(pl.Float64):
+            got, expected = got.with_columns(pl.col("x").list.sort()), expected.with_columns(pl.col("x").list.sort())
+        same(got, expected, by="g")
+    with pytest.raises(TypeError, match="polars expression"):
+        f._rust.select([42])  # the Python layer turns plain values into literals first
+    # max is among the expressions that do arrive intact
+    assert refused < len(cases)

@@ -16,13 +16,7 @@ import partita as pt
 # a notebook or script, `__main__`, travel by value anyway).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-
-def inc(x):
-    return x + 1
-
-
-def add(x, y):
-    return x + y
+from udfs import add, inc  # noqa: E402
 
 
 def test_compute_returns_futures_whose_results_match_numpy_and_polars(cluster_client):

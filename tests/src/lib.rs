@@ -215,7 +215,7 @@ pub fn link() {
 pub fn schedulers() -> Vec<Box<dyn Scheduler>> {
     let mut list = local_schedulers();
     if let Some(client) = cluster() {
-        list.push(Box::new(OnCluster(client)));
+        list.push(Box::new(client));
     }
     list
 }
@@ -228,22 +228,6 @@ pub fn local_schedulers() -> Vec<Box<dyn Scheduler>> {
         Box::new(LocalScheduler::with_threads(1)),
         Box::new(LocalScheduler::with_threads(4)),
     ]
-}
-
-/// A [`Scheduler`] borrowing the shared test cluster's client.
-struct OnCluster(&'static Client);
-
-impl Scheduler for OnCluster {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn execute(
-        &self,
-        plan: &partita::ExecutionPlan,
-        ctx: &partita::ExecutionContext,
-    ) -> Result<partita::Execution> {
-        self.0.execute(plan, ctx)
-    }
 }
 
 /// The test binary's shared cluster: a scheduler and two workers (two threads each) run by

@@ -232,23 +232,49 @@ impl Inner {
     }
 
     fn workers(&self) -> Result<Vec<(Peer, u32)>> {
+        self.request(
+            &[FromClient::ListWorkers],
+            Duration::from_secs(10),
+            "answer",
+            |msg| match msg {
+                ToClient::Workers { workers } => Some(Ok(workers)),
+                _ => None,
+            },
+        )
+    }
+
+    /// Send `msgs`, then wait up to `timeout` for the first reply `pick` accepts
+    /// (`Some`); other messages are skipped. `what` names the awaited reply in the error
+    /// ("the scheduler did not {what} in 10 s").
+    fn request<T>(
+        &self,
+        msgs: &[FromClient],
+        timeout: Duration,
+        what: &str,
+        mut pick: impl FnMut(ToClient) -> Option<Result<T>>,
+    ) -> Result<T> {
         let (id, mut rx) = self.register(&[]);
         let result = (|| {
-            self.send(&FromClient::ListWorkers)?;
-            let deadline = Instant::now() + Duration::from_secs(10);
+            for msg in msgs {
+                self.send(msg)?;
+            }
+            let deadline = Instant::now() + timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let msg = self
                     .runtime
                     .block_on(async { tokio::time::timeout(left, rx.recv()).await });
                 match msg {
-                    Ok(Some(ToClient::Workers { workers })) => return Ok(workers),
-                    Ok(Some(_)) => continue,
+                    Ok(Some(m)) => {
+                        if let Some(done) = pick(m) {
+                            return done;
+                        }
+                    }
                     Ok(None) => return Err(scheduler_gone()),
                     Err(_) => {
-                        return Err(Error::Transport(
-                            "the scheduler did not answer in 10 s".into(),
-                        ));
+                        return Err(Error::Transport(format!(
+                            "the scheduler did not {what} in {timeout:?}"
+                        )));
                     }
                 }
             }
@@ -830,35 +856,23 @@ impl Client {
                 Future::new(inner, key)
             })
             .collect();
-        let (id, mut rx) = inner.register(&[]);
-        let confirmed = (|| {
-            inner.send(&FromClient::SubmitGraph { tasks, wanted })?;
-            inner.send(&FromClient::ListWorkers)?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let msg = inner
-                    .runtime
-                    .block_on(async { tokio::time::timeout(left, rx.recv()).await });
-                match msg {
-                    Ok(Some(ToClient::Workers { .. })) => return Ok(()),
-                    Ok(Some(ToClient::GraphRefused { error })) => {
-                        return Err(Error::Graph(format!(
-                            "the scheduler refused the graph: {error}"
-                        )));
-                    }
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Err(scheduler_gone()),
-                    Err(_) => {
-                        return Err(Error::Transport(
-                            "the scheduler did not confirm the graph in 60 s".into(),
-                        ));
-                    }
-                }
-            }
-        })();
-        inner.unregister(id);
-        confirmed.map(|()| futures)
+        // A ListWorkers answered after the graph means the scheduler accepted it.
+        inner.request(
+            &[
+                FromClient::SubmitGraph { tasks, wanted },
+                FromClient::ListWorkers,
+            ],
+            Duration::from_secs(60),
+            "confirm the graph",
+            |msg| match msg {
+                ToClient::Workers { .. } => Some(Ok(())),
+                ToClient::GraphRefused { error } => Some(Err(Error::Graph(format!(
+                    "the scheduler refused the graph: {error}"
+                )))),
+                _ => None,
+            },
+        )?;
+        Ok(futures)
     }
 
     /// The values of `futures`, in order, fetched concurrently once all are done; the

@@ -41,6 +41,26 @@ pub trait Scheduler: Send + Sync {
     fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution>;
 }
 
+/// A shared scheduler (a cluster client kept by several owners) is a scheduler.
+impl<S: Scheduler + ?Sized> Scheduler for std::sync::Arc<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
+        (**self).execute(plan, ctx)
+    }
+}
+
+/// A borrowed scheduler is a scheduler, so `Box<dyn Scheduler + 'a>` can hold a reference.
+impl<S: Scheduler + ?Sized> Scheduler for &S {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
+        (**self).execute(plan, ctx)
+    }
+}
+
 /// The outputs of a run and what it cost.
 #[derive(Debug)]
 pub struct Execution {

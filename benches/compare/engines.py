@@ -1,0 +1,665 @@
+"""Engines and workloads of the comparison suite.
+
+An *engine* is one way of running a workload: partita on its local (threads) scheduler or on
+a LocalCluster, Dask threaded or distributed, Polars single-node, NumPy on one thread. A
+*workload* is written once against the small interface an engine offers (`random`,
+`from_numpy`, `rechunk`, `compute`, `delayed`, `read`, ...), so every engine runs the same
+computation; only the library underneath changes.
+
+Each run builds the graph and computes it inside the timer (graph construction is part of
+what a user waits for); cluster start-up and imports are not timed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import polars as pl
+
+# --------------------------------------------------------------------------------------
+# sizes
+
+
+def sizes(quick: bool, large: bool) -> dict:
+    """Problem sizes: the issues' targets, or a tiny set for a smoke run."""
+    if quick:
+        return {
+            "square": 2000,
+            "square_chunk": 500,
+            "vector": 2_000_000,
+            "vector_chunk": 200_000,
+            "matmul": 800,
+            "matmul_chunk": 200,
+            "rechunk_to": 50,
+            "rows": 100_000,
+            "trivial": 1_000,
+            "memory_limit": 384 * 2**20,
+        }
+    return {
+        "square": 20_000,
+        "square_chunk": 2_000,
+        "vector": 200_000_000,
+        "vector_chunk": 10_000_000,
+        "matmul": 8_000,
+        "matmul_chunk": 2_000,
+        "rechunk_to": 200,
+        "rows": 100_000_000 if large else 10_000_000,
+        "trivial": 10_000,
+        "memory_limit": 2**30,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# engines
+
+
+class Engine:
+    """How one library computes things. Subclasses fill in what they support."""
+
+    name = "?"
+    distributed = False
+
+    def start(self, memory_limit: int = 0) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class NumpyEngine(Engine):
+    """NumPy on one thread (BLAS limited to one thread by the parent's environment)."""
+
+    name = "numpy"
+
+    def random(self, shape, chunks, seed):
+        return np.random.default_rng(seed).random(shape)
+
+    def from_numpy(self, a, chunks):
+        return a
+
+    def rechunk(self, x, chunks):
+        return x
+
+    def compute(self, x):
+        return np.asarray(x)
+
+
+class PartitaEngine(Engine):
+    """partita's Python package: the local (threads) scheduler, or a LocalCluster of two
+    one-thread worker processes when `cluster` is set."""
+
+    def __init__(self, cluster: bool):
+        import partita as pt
+
+        self.pt = pt
+        self.cluster = cluster
+        self.distributed = cluster
+        self.name = "partita-cluster" if cluster else "partita-threads"
+        self.scheduler = "threads"
+        self._cluster = None
+
+    def start(self, memory_limit: int = 0) -> None:
+        if self.cluster:
+            self._cluster = self.pt.LocalCluster(
+                n_workers=2, threads_per_worker=1, memory_limit=memory_limit
+            )
+            self.scheduler = self.pt.Client(self._cluster)
+
+    def stop(self) -> None:
+        if self._cluster is not None:
+            self.scheduler.close()
+            self._cluster.close()
+
+    # arrays
+    def random(self, shape, chunks, seed):
+        return self.pt.random.random(shape, chunks=chunks, seed=seed)
+
+    def from_numpy(self, a, chunks):
+        return self.pt.from_numpy(a, chunks=chunks)
+
+    def rechunk(self, x, chunks):
+        return x.rechunk(chunks)
+
+    def compute(self, x):
+        return self.pt.compute(x, scheduler=self.scheduler)[0]
+
+    # tasks
+    def delayed(self, f):
+        return self.pt.delayed(f)
+
+    # frames
+    def read(self, directory):
+        return self.pt.read_parquet(directory)
+
+    def group_by(self, q, df):
+        if q.partita is None:
+            raise NotImplementedError(f"{q.name}: no partita formulation")
+        return self.compute(q.partita(df))
+
+    def join(self, q, x, right):
+        return self.compute(x.join(right, on=q.key, how=q.how))
+
+
+class DaskEngine(Engine):
+    """Dask: the threaded scheduler (one thread per core), or a distributed LocalCluster of
+    two one-thread worker processes when `distributed` is set."""
+
+    def __init__(self, distributed: bool):
+        import dask
+
+        self.dask = dask
+        self.distributed = distributed
+        self.name = "dask-distributed" if distributed else "dask-threads"
+        self._client = None
+
+    def start(self, memory_limit: int = 0) -> None:
+        if self.distributed:
+            from distributed import Client, LocalCluster
+
+            cluster = LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=memory_limit or "auto",
+                dashboard_address=None,
+            )
+            self._client = Client(cluster)
+            self._cluster = cluster
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._cluster.close()
+
+    def _compute(self, x):
+        if self.distributed:
+            return x.compute()
+        return x.compute(scheduler="threads")
+
+    # arrays
+    def random(self, shape, chunks, seed):
+        import dask.array as da
+
+        return da.random.default_rng(seed).random(shape, chunks=chunks)
+
+    def from_numpy(self, a, chunks):
+        import dask.array as da
+
+        return da.from_array(a, chunks=chunks)
+
+    def rechunk(self, x, chunks):
+        return x.rechunk(chunks)
+
+    def compute(self, x):
+        return np.asarray(self._compute(x))
+
+    # tasks
+    def delayed(self, f):
+        return self.dask.delayed(f)
+
+    # frames
+    def read(self, directory):
+        import dask.dataframe as dd
+
+        return dd.read_parquet(directory)
+
+    def group_by(self, q, df):
+        return self._compute(q.dask(df))
+
+    def join(self, q, x, right):
+        return self._compute(x.merge(right, on=q.key, how=q.how))
+
+
+class PolarsEngine(Engine):
+    """Polars single-node: `scan_parquet(...)` then the same query, `.collect()`."""
+
+    name = "polars"
+
+    def read(self, directory):
+        return pl.scan_parquet(sorted(glob.glob(os.path.join(directory, "*.parquet"))))
+
+    def group_by(self, q, lf):
+        return q.polars(lf).collect()
+
+    def join(self, q, x, right):
+        return x.join(right, on=q.key, how=q.how).collect()
+
+
+def make_engine(name: str) -> Engine:
+    if name == "numpy":
+        return NumpyEngine()
+    if name == "polars":
+        return PolarsEngine()
+    if name in ("partita-threads", "partita-cluster"):
+        return PartitaEngine(cluster=name == "partita-cluster")
+    if name in ("dask-threads", "dask-distributed"):
+        return DaskEngine(distributed=name == "dask-distributed")
+    raise ValueError(f"unknown engine {name!r}")
+
+
+ENGINES = [
+    "partita-threads",
+    "partita-cluster",
+    "dask-threads",
+    "dask-distributed",
+    "polars",
+    "numpy",
+]
+
+# --------------------------------------------------------------------------------------
+# array workloads
+
+
+class ArrayWorkload:
+    """`body(engine, x)` is the computation; `make(engine, s)` its input at full size;
+    `small(s)` a shared NumPy input on which every engine must give NumPy's answer; `expect`
+    checks the full-size answer (each engine draws its own random numbers there, so the
+    check is statistical)."""
+
+    group = "arrays"
+
+    def __init__(self, name, make, body, small, small_chunks, expect):
+        self.name = name
+        self.make = make
+        self.body = body
+        self.small = small
+        self.small_chunks = small_chunks
+        self.expect = expect
+
+
+def _transpose_mean(e, x):
+    return e.compute((x + x.T).mean(axis=0))
+
+
+def _expect_transpose_mean(r, s):
+    n = s["square"]
+    r = np.asarray(r)
+    if r.shape != (n,):
+        return f"shape {r.shape}, expected ({n},)"
+    # each entry is the mean of 2n uniforms: 1 +- a few sqrt(2/12/(2n))
+    if not np.all(np.abs(r - 1.0) < 8 * np.sqrt(1 / (12 * n)) + 1e-9):
+        return f"entries far from 1: min {r.min()}, max {r.max()}"
+    return None
+
+
+def _expect_sum(r, s):
+    n = s["vector"]
+    if abs(float(r) / n - 0.5) > 8 * np.sqrt(1 / (12 * n)):
+        return f"sum/n = {float(r) / n}, expected about 0.5"
+    return None
+
+
+def _expect_std(r, s):
+    if abs(float(r) - np.sqrt(1 / 12)) > 1e-3:
+        return f"std {float(r)}, expected about {np.sqrt(1 / 12)}"
+    return None
+
+
+def _expect_matmul(r, s):
+    n = s["matmul"]
+    # sum_ij (m m^T)_ij = sum_k (column sum k)^2, about n * (n/2)^2 * (1 + 1/(3n))
+    expected = n * (n / 2) ** 2 * (1 + 1 / (3 * n))
+    if abs(float(r) / expected - 1) > 0.01:
+        return f"{float(r)}, expected about {expected}"
+    return None
+
+
+def _expect_rechunk(r, s):
+    n = s["square"]
+    r = np.asarray(r)
+    if r.shape != (n,):
+        return f"shape {r.shape}, expected ({n},)"
+    if abs(r.mean() / n - 0.5) > 1e-3:
+        return f"column sums average {r.mean()}, expected about {n / 2}"
+    return None
+
+
+def array_workloads(s) -> list:
+    sq, sc = s["square"], s["square_chunk"]
+    vec, vc = s["vector"], s["vector_chunk"]
+    mm, mc = s["matmul"], s["matmul_chunk"]
+    rt = s["rechunk_to"]
+    rng = np.random.default_rng(7)
+    small_square = rng.random((300, 300))
+    small_vector = rng.random(100_000)
+    return [
+        ArrayWorkload(
+            f"(x + x.T).mean(axis=0), {sq}^2 in {sc}^2 chunks",
+            lambda e: e.random((sq, sq), (sc, sc), 1),
+            _transpose_mean,
+            small_square,
+            (70, 70),
+            _expect_transpose_mean,
+        ),
+        ArrayWorkload(
+            f"x.sum(), {vec:.0e} f64 in {vc:.0e} chunks",
+            lambda e: e.random((vec,), (vc,), 2),
+            lambda e, x: float(e.compute(x.sum())),
+            small_vector,
+            (9_000,),
+            _expect_sum,
+        ),
+        ArrayWorkload(
+            f"x.std(), {vec:.0e} f64 in {vc:.0e} chunks",
+            lambda e: e.random((vec,), (vc,), 3),
+            lambda e, x: float(e.compute(x.std())),
+            small_vector,
+            (9_000,),
+            _expect_std,
+        ),
+        ArrayWorkload(
+            f"(m @ m.T).sum(), {mm}^2 in {mc}^2 chunks",
+            lambda e: e.random((mm, mm), (mc, mc), 4),
+            lambda e, m: float(e.compute((m @ m.T).sum())),
+            small_square,
+            (70, 70),
+            _expect_matmul,
+        ),
+        ArrayWorkload(
+            f"x.rechunk(({sq}, {rt})).sum(axis=0), {sq}^2 from {sc}^2 chunks",
+            lambda e: e.random((sq, sq), (sc, sc), 5),
+            lambda e, x: e.compute(e.rechunk(x, (x.shape[0], rt)).sum(axis=0)),
+            small_square,
+            (70, 70),
+            _expect_rechunk,
+        ),
+    ]
+
+
+def memory_workloads(s) -> list:
+    """The larger-than-memory case: the transpose-mean on workers whose memory limit is a
+    fraction of the array (3.2 GB at full size against 1 GiB per worker)."""
+    w = array_workloads(s)[0]
+    mem = s["memory_limit"]
+    out = [
+        ArrayWorkload(
+            w.name + f", workers limited to {mem / 2**20:.0f} MiB",
+            w.make,
+            w.body,
+            w.small,
+            w.small_chunks,
+            w.expect,
+        )
+    ]
+    for x in out:
+        x.group = "memory"
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# scheduler overhead
+
+
+def inc(i):
+    return i + 1
+
+
+def total(xs):
+    return sum(xs)
+
+
+class TaskWorkload:
+    group = "tasks"
+
+    def __init__(self, n):
+        self.n = n
+        self.name = f"{n} delayed Python calls + sum tree (fan-in 100)"
+
+    def run(self, e):
+        f_inc, f_total = e.delayed(inc), e.delayed(total)
+        parts = [f_inc(i) for i in range(self.n)]
+        while len(parts) > 1:
+            parts = [f_total(parts[i : i + 100]) for i in range(0, len(parts), 100)]
+        out = parts[0]
+        if e.name.startswith("partita"):
+            return e.pt.compute(out, scheduler=e.scheduler)[0]
+        return e._compute(out)
+
+    def expect(self, r):
+        want = self.n * (self.n + 1) // 2
+        return None if r == want else f"{r}, expected {want}"
+
+
+# --------------------------------------------------------------------------------------
+# H2O group-by questions
+
+
+class Question:
+    group = "frames"
+
+    def __init__(self, name, keys, polars, dask, partita="same", split_out=1):
+        self.name = name
+        self.keys = keys
+        self.polars = polars
+        self.dask = dask
+        if partita == "same":
+            self.partita = lambda df: df.group_by(*keys, split_out=split_out).agg(*polars_aggs(polars))
+        else:
+            self.partita = partita
+
+
+def polars_aggs(query):
+    """The aggregation expressions of a `group_by(...).agg(...)` query, recovered by running
+    it on a marker object."""
+
+    class Capture:
+        def group_by(self, *keys, **kw):
+            return self
+
+        def agg(self, *aggs):
+            self.aggs = aggs
+            return self
+
+    return query(Capture()).aggs
+
+
+def _dask_q8(df):
+    import pandas as pd
+
+    x = df[~df["v3"].isna()][["id6", "v3"]]
+    return x.groupby("id6", dropna=False, observed=True).apply(
+        lambda g: g.nlargest(2, columns="v3"),
+        include_groups=False,
+        meta=pd.DataFrame({"v3": pd.Series([], dtype="float64")}),
+    )
+
+
+def _dask_q9(df):
+    import pandas as pd
+
+    x = df[["id2", "id4", "v1", "v2"]]
+    return x.groupby(["id2", "id4"], dropna=False, observed=True).apply(
+        lambda g: pd.Series({"r2": g[["v1", "v2"]].corr().iloc[0, 1] ** 2}),
+        include_groups=False,
+        meta={"r2": "float64"},
+    )
+
+
+def questions() -> list:
+    dg = dict(dropna=False, observed=True)
+    return [
+        Question(
+            "q1 sum v1 by id1",
+            ["id1"],
+            lambda d: d.group_by("id1").agg(pl.col("v1").sum()),
+            lambda d: d.groupby("id1", **dg).agg({"v1": "sum"}),
+        ),
+        Question(
+            "q2 sum v1 by id1:id2",
+            ["id1", "id2"],
+            lambda d: d.group_by("id1", "id2").agg(pl.col("v1").sum()),
+            lambda d: d.groupby(["id1", "id2"], **dg).agg({"v1": "sum"}),
+        ),
+        Question(
+            "q3 sum v1 mean v3 by id3",
+            ["id3"],
+            lambda d: d.group_by("id3").agg(pl.col("v1").sum(), pl.col("v3").mean()),
+            lambda d: d.groupby("id3", **dg).agg({"v1": "sum", "v3": "mean"}, split_out=2),
+            split_out=2,
+        ),
+        Question(
+            "q4 mean v1:v3 by id4",
+            ["id4"],
+            lambda d: d.group_by("id4").agg(pl.col("v1").mean(), pl.col("v2").mean(), pl.col("v3").mean()),
+            lambda d: d.groupby("id4", **dg).agg({"v1": "mean", "v2": "mean", "v3": "mean"}),
+        ),
+        Question(
+            "q5 sum v1:v3 by id6",
+            ["id6"],
+            lambda d: d.group_by("id6").agg(pl.col("v1").sum(), pl.col("v2").sum(), pl.col("v3").sum()),
+            lambda d: d.groupby("id6", **dg).agg({"v1": "sum", "v2": "sum", "v3": "sum"}, split_out=2),
+            split_out=2,
+        ),
+        Question(
+            "q6 median sd v3 by id4:id5",
+            ["id4", "id5"],
+            lambda d: d.group_by("id4", "id5").agg(
+                pl.col("v3").median().alias("median_v3"), pl.col("v3").std().alias("sd_v3")
+            ),
+            lambda d: d.groupby(["id4", "id5"], **dg).agg({"v3": ["median", "std"]}, shuffle_method="tasks"),
+            split_out=2,
+        ),
+        Question(
+            "q7 max v1 - min v2 by id3",
+            ["id3"],
+            lambda d: d.group_by("id3").agg((pl.col("v1").max() - pl.col("v2").min()).alias("range_v1_v2")),
+            lambda d: d.groupby("id3", **dg)
+            .agg({"v1": "max", "v2": "min"}, split_out=2)
+            .assign(range_v1_v2=lambda t: t["v1"] - t["v2"])[["range_v1_v2"]],
+            split_out=2,
+        ),
+        Question(
+            "q8 largest two v3 by id6",
+            ["id6", "v3"],
+            lambda d: d.drop_nulls("v3")
+            .group_by("id6")
+            .agg(pl.col("v3").top_k(2).alias("largest2_v3"))
+            .explode("largest2_v3"),
+            _dask_q8,
+            partita=lambda df: df.drop_nulls(["v3"])
+            .group_by("id6", split_out=2)
+            .agg(pl.col("v3").top_k(2).alias("largest2_v3"))
+            .explode("largest2_v3"),
+        ),
+        Question(
+            "q9 regression v1 v2 by id2:id4",
+            ["id2", "id4"],
+            lambda d: d.group_by("id2", "id4").agg((pl.corr("v1", "v2") ** 2).alias("r2")),
+            _dask_q9,
+            split_out=2,
+        ),
+        Question(
+            "q10 sum v3 count by id1:id6",
+            ["id1", "id2", "id3", "id4", "id5", "id6"],
+            lambda d: d.group_by("id1", "id2", "id3", "id4", "id5", "id6").agg(
+                pl.col("v3").sum(), pl.len().alias("count")
+            ),
+            lambda d: d.groupby(["id1", "id2", "id3", "id4", "id5", "id6"], **dg).agg(
+                {"v3": "sum", "v1": "size"}, split_out=4
+            ),
+            split_out=4,
+        ),
+    ]
+
+
+def normalize(result, keys) -> pl.DataFrame:
+    """Any engine's group-by answer as a polars frame: key columns first, then the values
+    in the order the question names them, rows sorted by all columns."""
+    import pandas as pd
+
+    if isinstance(result, (pd.DataFrame, pd.Series)):
+        if isinstance(result, pd.Series):
+            result = result.to_frame()
+        if isinstance(result.columns, pd.MultiIndex):
+            result.columns = ["_".join(str(p) for p in c if p) for c in result.columns]
+        index_names = [n for n in result.index.names if n is not None]
+        result = result.reset_index(level=index_names if index_names else None, drop=not index_names)
+        result = result[[c for c in result.columns if not str(c).startswith("level_")]]
+        result = pl.from_pandas(result)
+    keyed = [k for k in keys if k in result.columns]
+    values = [c for c in result.columns if c not in keyed]
+    out = result.select(keyed + values)
+    out.columns = keyed + [f"value{i}" for i in range(len(values))]
+    return out.sort(out.columns, nulls_last=True)
+
+
+def compare_frames(got: pl.DataFrame, want: pl.DataFrame) -> str | None:
+    """None when equal within float tolerance, else what differs."""
+    if got.shape != want.shape:
+        return f"shape {got.shape}, expected {want.shape}"
+    for g, w in zip(got.columns, want.columns):
+        a, b = got[g], want[w]
+        if a.dtype.is_numeric() and b.dtype.is_numeric():
+            av = a.cast(pl.Float64).to_numpy()
+            bv = b.cast(pl.Float64).to_numpy()
+            if not np.allclose(av, bv, rtol=1e-6, atol=1e-9, equal_nan=True):
+                bad = int(np.argmax(~np.isclose(av, bv, rtol=1e-6, atol=1e-9, equal_nan=True)))
+                return f"column {g}: row {bad} is {av[bad]}, expected {bv[bad]}"
+        elif a.dtype != b.dtype:
+            return f"column {g} is {a.dtype}, expected {b.dtype}"
+        elif a.to_list() != b.to_list():
+            return f"column {g} differs"
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# H2O join questions
+
+
+class JoinQuestion:
+    group = "joins"
+
+    def __init__(self, name, right, key, how):
+        self.name = name
+        self.right = right
+        self.key = key
+        self.how = how
+
+
+def join_questions() -> list:
+    return [
+        JoinQuestion("join q1 small inner on int", "small", "id1", "inner"),
+        JoinQuestion("join q2 medium inner on int", "medium", "id2", "inner"),
+        JoinQuestion("join q3 medium left on int", "medium", "id2", "left"),
+        JoinQuestion("join q4 medium inner on factor", "medium", "id5", "inner"),
+        JoinQuestion("join q5 big inner on int", "big", "id3", "inner"),
+    ]
+
+
+def join_fingerprint(result) -> list:
+    """Rows, the sums of v1 and v2, and v2's null count: every engine must agree."""
+    import pandas as pd
+
+    if isinstance(result, pd.DataFrame):
+        result = pl.from_pandas(result)
+    v2 = result["v2"]
+    return [
+        result.height,
+        round(float(result["v1"].sum()), 2),
+        round(float(v2.sum()), 2),
+        int(v2.null_count()),
+    ]
+
+
+def workloads(s) -> list:
+    return (
+        array_workloads(s)
+        + [TaskWorkload(s["trivial"])]
+        + questions()
+        + join_questions()
+        + memory_workloads(s)
+    )
+
+
+def make_engine_groups(name: str) -> tuple:
+    """The workload groups an engine runs, without importing its library."""
+    return {
+        "numpy": ("arrays",),
+        "polars": ("frames", "joins"),
+        "partita-threads": ("arrays", "frames", "joins", "tasks"),
+        "partita-cluster": ("arrays", "frames", "joins", "tasks", "memory"),
+        "dask-threads": ("arrays", "frames", "joins", "tasks"),
+        "dask-distributed": ("arrays", "frames", "joins", "tasks", "memory"),
+    }[name]
