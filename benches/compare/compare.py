@@ -91,6 +91,9 @@ def child(spec_path):
         spec = json.load(f)
     s = spec["sizes"]
     group = spec["group"]
+    # Cluster workers (separate interpreters) import the workloads' functions by module
+    # name, as they would a user's: put this folder on their path.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))
     engine = E.make_engine(spec["engine"])
     selected = [w for w in E.workloads(s) if w.name in spec["workloads"]]
     engine.start(memory_limit=s["memory_limit"] if group == "memory" else 0)

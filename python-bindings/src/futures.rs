@@ -244,13 +244,20 @@ impl PyAsCompleted {
             let Some(inner) = &self.inner else {
                 return Ok(None);
             };
+            // Wait in short slices so Ctrl-C (a pending KeyboardInterrupt) stops the loop.
             let next = py.detach(|| {
                 inner
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .next()
+                    .next_timeout(Duration::from_millis(50))
             });
-            let Some(done) = next else {
+            let Some(done) = (match next {
+                std::task::Poll::Ready(next) => next,
+                std::task::Poll::Pending => {
+                    py.check_signals()?;
+                    continue;
+                }
+            }) else {
                 return Ok(None);
             };
             for &i in self.by_key.get(done.key()).into_iter().flatten() {

@@ -39,6 +39,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyTuple};
 use pyo3_polars::{PyDataFrame, PyExpr};
 
+/// Rust allocations of this extension (chunks, partitions) go through mimalloc; Python's
+/// and NumPy's own allocations are unaffected.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 create_exception!(
     _partita,
     PartitaError,
@@ -890,46 +895,75 @@ fn wrap_frame(f: partita::Result<DataFrame>) -> PyResult<RustFrame> {
     f.map(RustFrame).py_err()
 }
 
-/// A Python `polars.Expr` as a Rust one. pyo3-polars moves it across in polars' serialized
-/// plan format; an expression whose Python-side encoding this Rust polars cannot read fails
-/// (some even panic inside the decoder), and that becomes a clear error naming the
-/// expression instead of a crash.
+/// A Python `polars.Expr` as a Rust one.
+///
+/// Python polars 2.1 and partita's Rust polars 0.55 are different versions: in polars'
+/// binary plan format (what pyo3-polars uses) enum tags are numbers, some of which shifted
+/// between them, so `std()` decodes as another, list-valued, function without any error and
+/// `top_k` panics in the decoder. The JSON form names every variant, so it goes first; the
+/// binary form is the fallback. Either way the expression must print the same on both sides
+/// (both print with the same rules) or it is refused with an error naming it: it never
+/// silently computes something else.
 fn expr(obj: &Bound<'_, PyAny>) -> PyResult<Expr> {
-    let converted =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.extract::<PyExpr>()));
-    let why = match converted {
-        Ok(Ok(e)) => {
-            // Enum tags that shifted between the two polars versions decode as another
-            // expression without any error (`std()` arrived as a list-valued function):
-            // both sides print an expression the same way, so a different text means it
-            // did not arrive intact.
-            let arrived = e.0.to_string();
-            let sent = obj.str()?.to_string();
-            if arrived == sent {
-                return Ok(e.0);
-            }
-            format!("it arrived as {arrived}")
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(panic) => (panic.downcast_ref::<String>().cloned())
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the decoder panicked".into()),
-    };
-    if !obj.get_type().name().is_ok_and(|n| n == "Expr") {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+    let py = obj.py();
+    if !obj.is_instance(&py.import("polars")?.getattr("Expr")?)? {
+        return Err(PyTypeError::new_err(format!(
             "expected a polars expression (polars.Expr), got {}",
-            obj.get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
+            obj.get_type().name()?
         )));
     }
-    let text = obj.str().map(|r| r.to_string()).unwrap_or_default();
+    let sent = obj.str()?.to_string();
+    let intact = |e: Expr| -> Result<Expr, String> {
+        let arrived = e.to_string();
+        if arrived == sent {
+            Ok(e)
+        } else {
+            Err(format!("it arrived as {arrived}"))
+        }
+    };
+    let mut why = Vec::new();
+    // 1. JSON
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("format", "json")?;
+    match (obj
+        .getattr("meta")?
+        .call_method("serialize", (), Some(&kwargs)))
+    .and_then(|j| j.extract::<String>())
+    {
+        Ok(json) => match catch_panic(|| serde_json::from_str::<Expr>(&json)) {
+            Ok(Ok(e)) => match intact(e) {
+                Ok(e) => return Ok(e),
+                Err(w) => why.push(format!("JSON: {w}")),
+            },
+            Ok(Err(e)) => why.push(format!("JSON: {e}")),
+            Err(panic) => why.push(format!("JSON: {panic}")),
+        },
+        Err(e) => why.push(format!("JSON: {e}")),
+    }
+    // 2. the binary plan format
+    match catch_panic(|| obj.extract::<PyExpr>()) {
+        Ok(Ok(e)) => match intact(e.0) {
+            Ok(e) => return Ok(e),
+            Err(w) => why.push(format!("binary: {w}")),
+        },
+        Ok(Err(e)) => why.push(format!("binary: {e}")),
+        Err(panic) => why.push(format!("binary: {panic}")),
+    }
     Err(PartitaNotImplementedError::new_err(format!(
-        "the polars expression {text} cannot be passed to partita: the Python polars \
-         installed encodes it in a form partita's Rust polars cannot read ({why}); write \
-         it with other expressions, or use map_partitions with a Python function"
+        "the polars expression {sent} cannot be passed to partita: the Python polars \
+         installed encodes it in a form partita's Rust polars cannot read ({}); write it \
+         with other expressions, or use map_partitions with a Python function",
+        why.join("; ")
     )))
+}
+
+/// Run `f`, turning a panic into its message.
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        (panic.downcast_ref::<String>().cloned())
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the decoder panicked".into())
+    })
 }
 
 fn exprs(list: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<Expr>> {

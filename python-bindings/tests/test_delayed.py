@@ -1,7 +1,10 @@
 """pt.delayed: lazy Python calls, checked against the same calls run directly, on the sync
 and threads schedulers and on a LocalCluster (the calls travel with cloudpickle)."""
 
+import _thread
 import sys
+import threading
+import time
 
 import cloudpickle
 import numpy as np
@@ -12,7 +15,7 @@ import partita as pt
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-from udfs import add, inc  # noqa: E402
+from udfs import add, inc, nap  # noqa: E402
 
 
 def test_a_delayed_graph_matches_running_it_directly(scheduler):
@@ -68,3 +71,16 @@ def test_client_compute_of_delayed_values(cluster_client):
     future = cluster_client.compute(total)
     assert future.result(timeout=60) == 10
     assert cluster_client.submit(inc, future).result(timeout=60) == 11
+
+
+def test_ctrl_c_cancels_a_running_compute(scheduler):
+    naps = [pt.delayed(nap)(i) for i in range(400)]  # 10 s of work on two threads
+    total = pt.delayed(sum)(naps)
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        total.compute(scheduler=scheduler)
+    assert time.monotonic() - start < 8
+    # the scheduler is usable afterwards
+    assert pt.delayed(add)(1, 2).compute(scheduler=scheduler) == 3

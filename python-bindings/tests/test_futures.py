@@ -2,7 +2,9 @@
 and wait; Python functions (cloudpickled) running on workers started by `python -m partita`.
 Results are checked against NumPy, polars and plain Python run directly."""
 
+import _thread
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -83,6 +85,28 @@ def test_as_completed_and_wait(cluster_client):
     assert sleeper.status == "cancelled"
     with pytest.raises(pt.PartitaError):
         sleeper.result(timeout=30)
+
+
+def interrupt_after(seconds):
+    """Deliver a Ctrl-C (KeyboardInterrupt) to the main thread after `seconds`."""
+    timer = threading.Timer(seconds, _thread.interrupt_main)
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_stops_waiting_on_as_completed_and_wait(cluster_client):
+    sleeper = cluster_client.submit(time.sleep, 60, pure=False)
+    for waiting in (lambda: list(pt.as_completed([sleeper])), lambda: pt.wait([sleeper])):
+        start = time.monotonic()
+        interrupt_after(0.3)
+        with pytest.raises(KeyboardInterrupt):
+            waiting()
+        assert time.monotonic() - start < 10  # not the 60 s the task takes
+    cluster_client.cancel(sleeper)
+    sleeper.wait(timeout=30)
+    assert sleeper.status == "cancelled"
+    # the client is still usable
+    assert cluster_client.submit(inc, 1).result(timeout=30) == 2
 
 
 def test_submit_checks_its_arguments(cluster_client):

@@ -18,3 +18,10 @@ def inc(x):
 
 def add(x, y):
     return x + y
+
+
+def nap(i, seconds=0.05):
+    import time
+
+    time.sleep(seconds)
+    return i

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use partita_core::{
@@ -977,13 +978,41 @@ impl Iterator for AsCompleted {
 
     fn next(&mut self) -> Option<Future> {
         loop {
+            if let Poll::Ready(next) = self.next_by(None) {
+                return next;
+            }
+        }
+    }
+}
+
+impl AsCompleted {
+    /// Like `next`, but waiting at most `timeout`: `Poll::Pending` when nothing finished
+    /// meanwhile (so a caller can check for Ctrl-C and wait again), else what `next` gives.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Poll<Option<Future>> {
+        self.next_by(Some(Instant::now() + timeout))
+    }
+
+    fn next_by(&mut self, deadline: Option<Instant>) -> Poll<Option<Future>> {
+        loop {
             if let Some(f) = self.ready.pop_front() {
-                return Some(f);
+                return Poll::Ready(Some(f));
             }
             if self.remaining.is_empty() {
-                return None;
+                return Poll::Ready(None);
             }
-            let msg = self.inner.runtime.block_on(self.rx.recv());
+            let msg = match deadline {
+                None => self.inner.runtime.block_on(self.rx.recv()),
+                Some(d) => {
+                    let d = tokio::time::Instant::from_std(d);
+                    let rx = &mut self.rx;
+                    match (self.inner.runtime)
+                        .block_on(async { tokio::time::timeout_at(d, rx.recv()).await })
+                    {
+                        Ok(msg) => msg,
+                        Err(_) => return Poll::Pending,
+                    }
+                }
+            };
             let r = lock(&self.inner.routes);
             let is_done =
                 |k: &Key| (r.tracked.get(k)).is_none_or(|(_, s)| !matches!(s, KeyState::Pending));

@@ -1,6 +1,5 @@
 """Partitioned dataframes: Dask's partitioning with polars' expressions."""
 
-import re
 
 import polars as pl
 
@@ -29,21 +28,6 @@ def _exprs(exprs):
             raise TypeError("a polars LazyFrame cannot cross into partita; pass expressions")
         else:
             out.append(pl.lit(e))
-    return out
-
-
-_LEN = re.compile(r'^len\(\)(\.alias\(".*"\))?$')
-
-
-def _portable(exprs, columns):
-    """Python polars 2.1 serializes a bare `pl.len()` in a form Rust polars 0.55 cannot
-    read; the row count of the first column (`pl.col(c).len()`, nulls included) is the
-    same number and crosses fine."""
-    out = []
-    for e in exprs:
-        if _LEN.match(str(e)) and columns:
-            e = pl.col(columns[0]).len().alias(e.meta.output_name())
-        out.append(e)
     return out
 
 
@@ -85,11 +69,11 @@ class DataFrame:
 
     # -- per partition -------------------------------------------------------------
     def select(self, *exprs):
-        return DataFrame(self._rust.select(_portable(_exprs(exprs), self.columns)))
+        return DataFrame(self._rust.select(_exprs(exprs)))
 
     def with_columns(self, *exprs, **named):
         exprs = _exprs(exprs) + [pl.lit(v).alias(k) if not isinstance(v, pl.Expr) else v.alias(k) for k, v in named.items()]
-        return DataFrame(self._rust.with_columns(_portable(exprs, self.columns)))
+        return DataFrame(self._rust.with_columns(exprs))
 
     def filter(self, predicate):
         if isinstance(predicate, (list, tuple)):
@@ -206,7 +190,7 @@ class GroupBy:
         self._split_out, self._split_every = split_out, split_every
 
     def agg(self, *aggs, **named):
-        exprs = _portable(_exprs(aggs) + [e.alias(k) for k, e in named.items()], self._frame.columns)
+        exprs = _exprs(aggs) + [e.alias(k) for k, e in named.items()]
         return DataFrame(self._frame._rust.group_by_agg(self._keys, exprs, self._split_out, self._split_every))
 
 
