@@ -19,6 +19,7 @@ MISMATCH and the command exits with status 1.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -227,7 +228,7 @@ def machine():
     versions = {}
     for mod in ("partita", "dask", "distributed", "polars", "numpy"):
         try:
-            versions[mod] = __import__(mod).__version__
+            versions[mod] = importlib.metadata.version(mod)
         except Exception:
             versions[mod] = "not installed"
     try:
@@ -383,8 +384,9 @@ def update_benchmarks_md(table, plots, out_dir):
     print(f"updated {path}")
 
 
-def write_results(out_dir, results, order, engine_names, m, s, mismatches):
-    table = report(results, order, engine_names, m, sys.argv[1:], mismatches)
+def write_results(out_dir, results, order, engine_names, m, s, mismatches, command=None):
+    command = sys.argv[1:] if command is None else command
+    table = report(results, order, engine_names, m, command, mismatches)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -392,12 +394,40 @@ def write_results(out_dir, results, order, engine_names, m, s, mismatches):
             {
                 "machine": m,
                 "sizes": s,
+                "command": command,
                 "results": [{"workload": w, "engine": e, **r} for (w, e), r in results.items()],
             },
             f,
             indent=1,
         )
     return table
+
+
+def report_only(out_dir, update):
+    """The table, answer checks and plots again from a results folder's results.json (an
+    interrupted run keeps the rounds it finished)."""
+    with open(os.path.join(out_dir, "results.json")) as f:
+        data = json.load(f)
+    results = {}
+    for r in data["results"]:
+        r = dict(r)
+        results[(r.pop("workload"), r.pop("engine"))] = r
+    known = E.workloads(data["sizes"])
+    present = {w for w, _ in results}
+    order = [w.name for w in known if w.name in present]
+    groups = {}
+    for w in known:
+        if w.name in present:
+            groups.setdefault(w.group, []).append(w.name)
+    engine_names = [e for e in E.ENGINES if any(e == ee for _, ee in results)]
+    command = data.get("command") or ["(command not recorded)"]
+    mismatches = check_answers(results, order)
+    table = write_results(out_dir, results, order, engine_names, data["machine"], data["sizes"], mismatches, command)
+    plot(results, groups, engine_names, out_dir)
+    print(table)
+    if update:
+        update_benchmarks_md(table, [], out_dir)
+    return 1 if mismatches else 0
 
 
 def main():
@@ -412,10 +442,17 @@ def main():
     p.add_argument("--data", default=None, help="data folder (default $PARTITA_CACHE/bench-data)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one child may take (default 3600; 900 for the memory group)")
     p.add_argument("--update-benchmarks-md", action="store_true", help="write the table into BENCHMARKS.md")
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild the table and plots from --results DIR/results.json"
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args.child)
+    if args.report_only:
+        if not args.results:
+            raise SystemExit("--report-only needs --results DIR")
+        return report_only(args.results, args.update_benchmarks_md)
 
     s = E.sizes(args.quick, args.large)
     engine_names = [e for e in args.engines.split(",") if e]

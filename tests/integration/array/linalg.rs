@@ -144,3 +144,17 @@ fn boolean_products_are_boolean_like_numpy() {
         0.0,
     );
 }
+
+#[test]
+fn f32_and_transposed_operands_match_ndarray() {
+    let (a, b) = (mat(17, 12, 0.4), mat(17, 12, 2.2));
+    // a @ b.T: the right operand's blocks are transposed views (column-major strides)
+    let want = a.dot(&b.t()).into_dyn();
+    let x = from_ndarray(&a.clone().into_dyn(), [5, 7]).unwrap();
+    let y = from_ndarray(&b.clone().into_dyn(), [6, 7]).unwrap();
+    assert_array_eq(&x.matmul(&y.t().unwrap()).unwrap(), &want, 1e-12);
+    let (a32, b32) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+    let want32 = a32.dot(&b32.t()).into_dyn();
+    let (x32, y32) = (x.astype(DType::F32).unwrap(), y.astype(DType::F32).unwrap());
+    assert_array_eq(&x32.matmul(&y32.t().unwrap()).unwrap(), &want32, 1e-5);
+}
