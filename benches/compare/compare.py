@@ -367,7 +367,7 @@ def check_answers(results, order):
     return mismatches
 
 
-def update_benchmarks_md(table, plots, out_dir):
+def update_benchmarks_md(table):
     path = os.path.join(HERE, "..", "..", "BENCHMARKS.md")
     path = os.path.normpath(path)
     with open(path) as f:
@@ -426,7 +426,7 @@ def report_only(out_dir, update):
     plot(results, groups, engine_names, out_dir)
     print(table)
     if update:
-        update_benchmarks_md(table, [], out_dir)
+        update_benchmarks_md(table)
     return 1 if mismatches else 0
 
 
@@ -547,7 +547,7 @@ def main():
     print(table)
     print(f"results, plots and logs in {out_dir}: results.md, results.json, " + ", ".join(os.path.basename(p) for p in plots))
     if args.update_benchmarks_md:
-        update_benchmarks_md(table, plots, out_dir)
+        update_benchmarks_md(table)
     if mismatches:
         print(f"{len(mismatches)} MISMATCH(ES): engines disagree, see above", file=sys.stderr)
         return 1

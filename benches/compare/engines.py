@@ -59,7 +59,6 @@ class Engine:
     """How one library computes things. Subclasses fill in what they support."""
 
     name = "?"
-    distributed = False
 
     def start(self, memory_limit: int = 0) -> None:
         pass
@@ -95,7 +94,6 @@ class PartitaEngine(Engine):
 
         self.pt = pt
         self.cluster = cluster
-        self.distributed = cluster
         self.name = "partita-cluster" if cluster else "partita-threads"
         self.scheduler = "threads"
         self._cluster = None
@@ -123,7 +121,10 @@ class PartitaEngine(Engine):
         return x.rechunk(chunks)
 
     def compute(self, x):
+        """A collection's result as the library gives it (NumPy, polars, Python objects)."""
         return self.pt.compute(x, scheduler=self.scheduler)[0]
+
+    compute_object = compute
 
     # tasks
     def delayed(self, f):
@@ -134,8 +135,6 @@ class PartitaEngine(Engine):
         return self.pt.read_parquet(directory)
 
     def group_by(self, q, df):
-        if q.partita is None:
-            raise NotImplementedError(f"{q.name}: no partita formulation")
         return self.compute(q.partita(df))
 
     def join(self, q, x, right):
@@ -150,7 +149,7 @@ class DaskEngine(Engine):
         import dask
 
         self.dask = dask
-        self.distributed = distributed
+        self.distributed = distributed  # which scheduler _compute uses
         self.name = "dask-distributed" if distributed else "dask-threads"
         self._client = None
 
@@ -172,6 +171,10 @@ class DaskEngine(Engine):
         if self._client is not None:
             self._client.close()
             self._cluster.close()
+
+    def compute_object(self, x):
+        """A collection's result as the library gives it (pandas, Python objects)."""
+        return self._compute(x)
 
     def _compute(self, x):
         if self.distributed:
@@ -412,10 +415,7 @@ class TaskWorkload:
         parts = [f_inc(i) for i in range(self.n)]
         while len(parts) > 1:
             parts = [f_total(parts[i : i + 100]) for i in range(0, len(parts), 100)]
-        out = parts[0]
-        if e.name.startswith("partita"):
-            return e.pt.compute(out, scheduler=e.scheduler)[0]
-        return e._compute(out)
+        return e.compute_object(parts[0])
 
     def expect(self, r):
         want = self.n * (self.n + 1) // 2
@@ -427,32 +427,18 @@ class TaskWorkload:
 
 
 class Question:
+    """One H2O group-by question. Most are `group_by(keys).agg(aggs)`, the same polars
+    expressions for Polars and partita (`aggs`); the others give `polars` and `partita`
+    queries of their own."""
+
     group = "frames"
 
-    def __init__(self, name, keys, polars, dask, partita="same", split_out=1):
+    def __init__(self, name, keys, dask, aggs=None, polars=None, partita=None, split_out=1):
         self.name = name
         self.keys = keys
-        self.polars = polars
         self.dask = dask
-        if partita == "same":
-            self.partita = lambda df: df.group_by(*keys, split_out=split_out).agg(*polars_aggs(polars))
-        else:
-            self.partita = partita
-
-
-def polars_aggs(query):
-    """The aggregation expressions of a `group_by(...).agg(...)` query, recovered by running
-    it on a marker object."""
-
-    class Capture:
-        def group_by(self, *keys, **kw):
-            return self
-
-        def agg(self, *aggs):
-            self.aggs = aggs
-            return self
-
-    return query(Capture()).aggs
+        self.polars = polars or (lambda d: d.group_by(*keys).agg(*aggs))
+        self.partita = partita or (lambda df: df.group_by(*keys, split_out=split_out).agg(*aggs))
 
 
 def _dask_q8(df):
@@ -486,90 +472,86 @@ def _pearson_r2(x, y):
 
 def questions() -> list:
     dg = dict(dropna=False, observed=True)
+    c = pl.col
+    ids = ["id1", "id2", "id3", "id4", "id5", "id6"]
     return [
         Question(
             "q1 sum v1 by id1",
             ["id1"],
-            lambda d: d.group_by("id1").agg(pl.col("v1").sum()),
             lambda d: d.groupby("id1", **dg).agg({"v1": "sum"}),
+            aggs=[c("v1").sum()],
         ),
         Question(
             "q2 sum v1 by id1:id2",
             ["id1", "id2"],
-            lambda d: d.group_by("id1", "id2").agg(pl.col("v1").sum()),
             lambda d: d.groupby(["id1", "id2"], **dg).agg({"v1": "sum"}),
+            aggs=[c("v1").sum()],
         ),
         Question(
             "q3 sum v1 mean v3 by id3",
             ["id3"],
-            lambda d: d.group_by("id3").agg(pl.col("v1").sum(), pl.col("v3").mean()),
             lambda d: d.groupby("id3", **dg).agg({"v1": "sum", "v3": "mean"}, split_out=2),
+            aggs=[c("v1").sum(), c("v3").mean()],
             split_out=2,
         ),
         Question(
             "q4 mean v1:v3 by id4",
             ["id4"],
-            lambda d: d.group_by("id4").agg(pl.col("v1").mean(), pl.col("v2").mean(), pl.col("v3").mean()),
             lambda d: d.groupby("id4", **dg).agg({"v1": "mean", "v2": "mean", "v3": "mean"}),
+            aggs=[c("v1").mean(), c("v2").mean(), c("v3").mean()],
         ),
         Question(
             "q5 sum v1:v3 by id6",
             ["id6"],
-            lambda d: d.group_by("id6").agg(pl.col("v1").sum(), pl.col("v2").sum(), pl.col("v3").sum()),
             lambda d: d.groupby("id6", **dg).agg({"v1": "sum", "v2": "sum", "v3": "sum"}, split_out=2),
+            aggs=[c("v1").sum(), c("v2").sum(), c("v3").sum()],
             split_out=2,
         ),
         Question(
             "q6 median sd v3 by id4:id5",
             ["id4", "id5"],
-            lambda d: d.group_by("id4", "id5").agg(
-                pl.col("v3").median().alias("median_v3"), pl.col("v3").std().alias("sd_v3")
-            ),
             lambda d: d.groupby(["id4", "id5"], **dg).agg({"v3": ["median", "std"]}, shuffle_method="tasks"),
+            aggs=[c("v3").median().alias("median_v3"), c("v3").std().alias("sd_v3")],
             split_out=2,
         ),
         Question(
             "q7 max v1 - min v2 by id3",
             ["id3"],
-            lambda d: d.group_by("id3").agg((pl.col("v1").max() - pl.col("v2").min()).alias("range_v1_v2")),
             lambda d: d.groupby("id3", **dg)
             .agg({"v1": "max", "v2": "min"}, split_out=2)
             .assign(range_v1_v2=lambda t: t["v1"] - t["v2"])[["range_v1_v2"]],
+            aggs=[(c("v1").max() - c("v2").min()).alias("range_v1_v2")],
             split_out=2,
         ),
         Question(
             "q8 largest two v3 by id6",
             ["id6", "v3"],
-            lambda d: d.drop_nulls("v3")
-            .group_by("id6")
-            .agg(pl.col("v3").top_k(2).alias("largest2_v3"))
-            .explode("largest2_v3"),
             _dask_q8,
+            polars=lambda d: d.drop_nulls("v3")
+            .group_by("id6")
+            .agg(c("v3").top_k(2).alias("largest2_v3"))
+            .explode("largest2_v3"),
             # top_k needs a polars feature partita's Rust polars leaves out: the same
             # answer through sort + head
             partita=lambda df: df.drop_nulls(["v3"])
             .group_by("id6", split_out=2)
-            .agg(pl.col("v3").sort(descending=True).head(2).alias("largest2_v3"))
+            .agg(c("v3").sort(descending=True).head(2).alias("largest2_v3"))
             .explode("largest2_v3"),
         ),
         Question(
             "q9 regression v1 v2 by id2:id4",
             ["id2", "id4"],
-            lambda d: d.group_by("id2", "id4").agg((pl.corr("v1", "v2") ** 2).alias("r2")),
             _dask_q9,
+            polars=lambda d: d.group_by("id2", "id4").agg((pl.corr("v1", "v2") ** 2).alias("r2")),
             # pl.corr needs a polars feature partita's Rust polars leaves out: Pearson's r
             # from means and population standard deviations (NaN for a constant column)
             partita=lambda df: df.group_by("id2", "id4", split_out=2).agg(_pearson_r2("v1", "v2")),
         ),
         Question(
             "q10 sum v3 count by id1:id6",
-            ["id1", "id2", "id3", "id4", "id5", "id6"],
-            lambda d: d.group_by("id1", "id2", "id3", "id4", "id5", "id6").agg(
-                pl.col("v3").sum(), pl.len().alias("count")
-            ),
-            lambda d: d.groupby(["id1", "id2", "id3", "id4", "id5", "id6"], **dg).agg(
-                {"v3": "sum", "v1": "size"}, split_out=4
-            ),
+            ids,
+            lambda d: d.groupby(ids, **dg).agg({"v3": "sum", "v1": "size"}, split_out=4),
+            aggs=[c("v3").sum(), pl.len().alias("count")],
             split_out=4,
         ),
     ]
