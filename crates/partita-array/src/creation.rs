@@ -424,26 +424,25 @@ pub mod random {
         }
     }
 
-    /// Fill `out` with element `base + j` of the stream for every `j`, mapped by the
-    /// distribution. Compiled for AVX-512 and AVX2 too and picked at run time: the 64-bit
+    /// Append to `out` elements `base..base + len` of the stream, mapped by the
+    /// distribution (appended, not overwritten: zero-filling a chunk first cost a pass over
+    /// its memory). Compiled for AVX-512 and AVX2 too and picked at run time: the 64-bit
     /// multiplies of SplitMix64 are emulated with three 32-bit ones on baseline x86-64.
     #[multiversion::multiversion(targets("x86_64+avx512f+avx512dq+avx512vl", "x86_64+avx2+fma"))]
-    fn fill_f64(key: u64, base: u64, dist: Distribution, out: &mut [f64]) {
+    fn fill_f64(key: u64, base: u64, dist: Distribution, len: usize, out: &mut Vec<f64>) {
+        let ids = base..base + len as u64;
         match dist {
             Distribution::Uniform { low, high } => {
                 let scale = high - low;
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = low + scale * unit(draw(key, base + j as u64));
-                }
+                out.extend(ids.map(|g| low + scale * unit(draw(key, g))));
             }
             Distribution::Normal { mean, std } => {
-                for (j, o) in out.iter_mut().enumerate() {
-                    let g = base + j as u64;
+                out.extend(ids.map(|g| {
                     let u1 = unit(draw(key, 2 * g));
                     let u2 = unit(draw(key, 2 * g + 1));
                     let r = (-2.0 * (1.0 - u1).ln()).sqrt();
-                    *o = mean + std * r * (std::f64::consts::TAU * u2).cos();
-                }
+                    mean + std * r * (std::f64::consts::TAU * u2).cos()
+                }));
             }
             Distribution::Integers { .. } => {}
         }
@@ -489,12 +488,8 @@ pub mod random {
                     Chunk::new(ArrayD::from_shape_vec(IxDyn(&self.shape), v).map_err(shape_err)?)
                 }
                 dist => {
-                    let mut v = vec![0.0f64; n];
-                    let mut at = 0;
-                    self.for_each_row(|base, len| {
-                        fill_f64(key, base, dist, &mut v[at..at + len]);
-                        at += len;
-                    });
+                    let mut v = Vec::with_capacity(n);
+                    self.for_each_row(|base, len| fill_f64(key, base, dist, len, &mut v));
                     Chunk::new(ArrayD::from_shape_vec(IxDyn(&self.shape), v).map_err(shape_err)?)
                 }
             };

@@ -51,30 +51,40 @@ impl Elementwise {
         let tasks = grid
             .blocks()
             .map(|idx| {
-                let deps = self
-                    .inputs
-                    .iter()
-                    .map(|input| {
-                        let in_idx: Vec<usize> = input
-                            .map
-                            .iter()
-                            .map(|m| match *m {
-                                AxisMap::Follow(axis) => idx[axis],
-                                AxisMap::Zero => 0,
-                            })
-                            .collect();
-                        input.array.block_key(&in_idx)
-                    })
-                    .collect();
-                Task::new(block_key(name, &idx), Arc::clone(&op), deps)
+                Task::new(
+                    block_key(name, &idx),
+                    Arc::clone(&op),
+                    self.input_keys(&idx),
+                )
             })
             .collect();
-        let deps = self
-            .inputs
+        Layer::new(Arc::clone(name), tasks, self.input_layers())
+    }
+
+    /// The input blocks output block `idx` reads, in program input order.
+    pub(crate) fn input_keys(&self, idx: &[usize]) -> Vec<Key> {
+        self.inputs
+            .iter()
+            .map(|input| {
+                let in_idx: Vec<usize> = input
+                    .map
+                    .iter()
+                    .map(|m| match *m {
+                        AxisMap::Follow(axis) => idx[axis],
+                        AxisMap::Zero => 0,
+                    })
+                    .collect();
+                input.array.block_key(&in_idx)
+            })
+            .collect()
+    }
+
+    /// The layers of the inputs.
+    pub(crate) fn input_layers(&self) -> Vec<Arc<Layer>> {
+        self.inputs
             .iter()
             .map(|i| Arc::clone(i.array.layer()))
-            .collect();
-        Layer::new(Arc::clone(name), tasks, deps)
+            .collect()
     }
 }
 

@@ -13,11 +13,11 @@ use ndarray::{ArcArray, ArrayD, ArrayViewD, Axis, IxDyn, Zip};
 use partita_core::{Collection, Data, Error, Key, Layer, Op, Result, Task, Value, register_codec};
 use serde::{Deserialize, Serialize};
 
-use crate::array::{Array, block_key};
+use crate::array::{Array, Source, block_key};
 use crate::chunk::{Chunk, Element};
 use crate::dtype::DType;
 use crate::grid::{ChunkGrid, for_each_index};
-use crate::kernel::Prim;
+use crate::kernel::{Prim, Program};
 
 /// What to reduce with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,7 +326,7 @@ fn is_nan<T: PartialOrd + Copy>(x: T) -> bool {
 
 /// Sum with eight independent accumulators: a single accumulator makes the loop wait on
 /// each add's latency; eight let the adds vectorize and overlap.
-fn sum8(xs: &[f64]) -> f64 {
+pub(crate) fn sum8(xs: &[f64]) -> f64 {
     let mut acc = [0.0f64; 8];
     let chunks = xs.chunks_exact(8);
     let tail: f64 = chunks.remainder().iter().sum();
@@ -752,14 +752,33 @@ pub struct ReduceBlock {
     pub axes: Vec<usize>,
     /// For argmin/argmax: how positions become global indices.
     pub arg: Option<ArgAxis>,
+    /// An elementwise expression fused into this task: the inputs are its operands' blocks
+    /// and the block to reduce is never stored (see [`Program::eval_sum`]).
+    #[serde(default)]
+    pub program: Option<Program>,
 }
 
 #[typetag::serde(name = "array-reduce-block")]
 impl Op for ReduceBlock {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
-        partita_core::op::expect_inputs("reduce-block", inputs, 1)?;
-        let chunk = Chunk::from_value(&inputs[0])?;
-        block_partial(self.reduction, chunk, &self.axes, self.arg.as_ref()).map(Value::new)
+        let Some(program) = &self.program else {
+            partita_core::op::expect_inputs("reduce-block", inputs, 1)?;
+            let chunk = Chunk::from_value(&inputs[0])?;
+            return block_partial(self.reduction, chunk, &self.axes, self.arg.as_ref())
+                .map(Value::new);
+        };
+        let chunks = Chunk::from_values(inputs)?;
+        if matches!(self.reduction, Reduction::Sum | Reduction::Mean)
+            && let Some((sums, count)) = program.eval_sum(&chunks, &self.axes)?
+        {
+            return Ok(Value::new(Partial {
+                count,
+                a: Chunk::new(sums),
+                b: None,
+            }));
+        }
+        let chunk = program.eval(&chunks)?;
+        block_partial(self.reduction, &chunk, &self.axes, self.arg.as_ref()).map(Value::new)
     }
     fn name(&self) -> &str {
         self.reduction.name()
@@ -843,7 +862,13 @@ pub fn reduce(
     let out_name = Key::unique_name(name);
     let mut tasks = Vec::new();
 
-    // Level 0: one partial per input block.
+    // Level 0: one partial per input block. An elementwise input is fused into these tasks
+    // (its blocks are computed and reduced in one pass, never stored), as Dask's blockwise
+    // fusion would; a program shared by two reductions is computed by each.
+    let fused = match array.source() {
+        Source::Elementwise(e) => Some(e),
+        Source::Tasks(_) => None,
+    };
     let level0: Arc<str> = format!("{out_name}-partial-0").into();
     for idx in grid.blocks() {
         let arg_axis = arg.then(|| {
@@ -859,16 +884,17 @@ pub fn reduce(
                 }
             }
         });
+        let (program, deps) = match fused {
+            Some(e) => (Some(e.program.clone()), e.input_keys(&idx)),
+            None => (None, vec![array.block_key(&idx)]),
+        };
         let op = ReduceBlock {
             reduction,
             axes: axes.clone(),
             arg: arg_axis,
+            program,
         };
-        tasks.push(Task::new(
-            block_key(&level0, &idx),
-            Arc::new(op),
-            vec![array.block_key(&idx)],
-        ));
+        tasks.push(Task::new(block_key(&level0, &idx), Arc::new(op), deps));
     }
 
     // Merge levels until every reduced axis has one block.
@@ -946,11 +972,11 @@ pub fn reduce(
         level += 1;
         level_name = next_name;
     }
-    let layer = Layer::new(
-        Arc::clone(&out_name),
-        tasks,
-        vec![Arc::clone(array.layer())],
-    );
+    let layer_deps = match fused {
+        Some(e) => e.input_layers(),
+        None => vec![Arc::clone(array.layer())],
+    };
+    let layer = Layer::new(Arc::clone(&out_name), tasks, layer_deps);
     Ok(Array::from_layer(out_name, out_grid, out_dtype, layer))
 }
 
