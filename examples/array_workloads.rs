@@ -5,6 +5,10 @@
 //! cargo run --release -p partita-examples --bin array_workloads [-- NAME]
 //! ```
 //!
+//! Add `--features partita/blas` for OpenBLAS matrix products (Debian: libopenblas-serial-dev;
+//! on a CPU newer than the OpenBLAS release also set `OPENBLAS_CORETYPE`, e.g. `SkylakeX`,
+//! see `partita::array::linalg::openblas_core_hint`).
+//!
 //! NAME is one of `transpose-mean`, `sum-std`, `matmul` (default: all). Each line prints the
 //! median of three runs and the process's peak resident memory so far.
 

@@ -32,5 +32,16 @@ else
     cargo test --locked --workspace --lib --bins --tests --no-fail-fast
 fi
 
+echo "== matrix products through OpenBLAS (feature blas)"
+if scripts/ensure-openblas; then
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --locked -p partita-tests --features partita/blas -E 'test(/linalg/)'
+    else
+        cargo test --locked -p partita-tests --features partita/blas --test integration linalg
+    fi
+else
+    echo "OpenBLAS is not installed and cannot be: the blas feature is not tested here"
+fi
+
 echo "== Python: build partita into its own virtualenv, then pytest"
 python-bindings/run-tests.sh

@@ -22,6 +22,11 @@
 //! assert!(values.iter().all(|&v| (1.0..3.0).contains(&v)));
 //! ```
 
+// Links OpenBLAS for ndarray's CBLAS calls (nothing is used from it by name).
+#[cfg(feature = "blas")]
+#[allow(unused_extern_crates)]
+extern crate blas_src;
+
 pub mod array;
 pub mod chunk;
 pub mod creation;

@@ -4,9 +4,14 @@
 //! `C[i, j] = sum_k A[i, k] @ B[k, j]`, accumulating into its output with
 //! `general_mat_mul(beta = 1)`. There are no per-`k` product blocks to store and add up
 //! later, so a product's memory is its inputs plus one output block per running task.
-//! The kernel is ndarray's `general_mat_mul`, which for f32/f64 is the `matrixmultiply`
-//! crate: blocked, SIMD (AVX2/FMA where available), pure Rust, no system BLAS to install.
-//! Parallelism comes from running output blocks on all threads.
+//! The kernel is ndarray's `general_mat_mul`. By default, for f32/f64, that is the
+//! `matrixmultiply` crate: blocked, SIMD (AVX2/FMA where available), pure Rust, no system
+//! library to install. With the `blas` feature it is OpenBLAS's `dgemm`/`sgemm` through
+//! CBLAS (what NumPy, and so Dask, call): it has AVX-512 kernels, which matrixmultiply lacks,
+//! and is about 4x faster on the issue's `(m @ m.T).sum()` (see BENCHMARKS.md). Link the
+//! single-threaded build (Debian's libopenblas-serial-dev): parallelism comes from running
+//! output blocks on all threads, and a threaded BLAS inside each task would oversubscribe
+//! the cores.
 
 use std::sync::Arc;
 
@@ -79,6 +84,25 @@ impl Op for MatMulBlock {
     fn name(&self) -> &str {
         "matmul"
     }
+}
+
+/// The OpenBLAS kernel family (`OPENBLAS_CORETYPE`) this CPU's features call for: `SkylakeX`
+/// with AVX-512, `Haswell` with AVX2 and FMA, `None` otherwise or off x86-64. OpenBLAS
+/// chooses by CPU model and falls back to its slowest kernels on a model newer than its
+/// release (Debian 12's 0.3.21 on a 2024 Xeon picks `Prescott`: 5x slower), so the `partita`
+/// binary and the Python package name the family when the user has not.
+pub fn openblas_core_hint() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512dq") && has!("avx512bw") && has!("avx512vl") {
+            return Some("SkylakeX");
+        }
+        if has!("avx2") && has!("fma") {
+            return Some("Haswell");
+        }
+    }
+    None
 }
 
 /// Matrix product with NumPy's `matmul` rules for 1-d and 2-d operands (a 1-d left operand
