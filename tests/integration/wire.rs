@@ -147,3 +147,89 @@ fn forward_references_on_the_wire_are_refused() {
         "{err}"
     );
 }
+
+/// Values are what peers send on bulk streams: every truncation of an array chunk, a
+/// reduction partial and a frame partition (Arrow IPC) is an error, and a sweep of byte
+/// corruptions decodes to an error or to some value, never a panic.
+#[test]
+fn corrupt_values_are_errors_not_panics() {
+    use partita::array::Chunk;
+    use partita::array::reduction::{ReduceBlock, Reduction};
+    use partita::frame::Partition;
+    use partita::frame::polars::prelude::*;
+
+    let chunk = Value::new(Chunk::new(ndarray::ArrayD::from_shape_fn(
+        ndarray::IxDyn(&[3, 4]),
+        |ix| (ix[0] * 4 + ix[1]) as f64 / 3.0,
+    )));
+    let partial = ReduceBlock {
+        reduction: Reduction::Var { ddof: 1 },
+        axes: vec![0],
+        arg: None,
+        program: None,
+    }
+    .execute(std::slice::from_ref(&chunk))
+    .unwrap();
+    let frame = Partition::value(
+        df!(
+            "k" => ["a", "b", "c"],
+            "v" => [1i64, 2, 3],
+            "x" => [Some(0.5), None, Some(2.0)],
+        )
+        .unwrap(),
+    );
+    for value in [chunk, partial, frame] {
+        let bytes = value.encode().unwrap();
+        Value::decode(bytes.clone()).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(
+                Value::decode(bytes[..cut].to_vec()).is_err(),
+                "{value:?} truncated to {cut} of {} bytes decoded",
+                bytes.len()
+            );
+        }
+        for i in 0..bytes.len() {
+            for mask in [0x01, 0x80, 0xA5, 0xFF] {
+                let mut bad = bytes.clone();
+                bad[i] ^= mask;
+                let _ = Value::decode(bad);
+            }
+        }
+    }
+}
+
+/// Ops arrive as MessagePack trait objects: corrupt ones are errors naming the task.
+#[test]
+fn corrupt_ops_are_errors_not_panics() {
+    use partita::array::reduction::{ReduceBlock, Reduction};
+    use partita::distributed::worker::{decode_op, encode_op};
+
+    let x = partita::array::random::random(&[4, 4], [2, 2], 1).unwrap();
+    let y = (&(&x * 2.0).unwrap() + &x.t().unwrap()).unwrap();
+    let fused = y.sum(0).unwrap();
+    let key = Key::named("op");
+    let mut ops: Vec<Arc<dyn Op>> = vec![Arc::new(ReduceBlock {
+        reduction: Reduction::Mean,
+        axes: vec![0, 1],
+        arg: None,
+        program: None,
+    })];
+    // The fused reduction's own tasks: per-block ops carrying an elementwise program, and
+    // the merges.
+    use partita::Collection;
+    ops.extend(fused.layer().tasks().iter().map(|t| Arc::clone(&t.op)));
+    assert!(ops.len() > 3);
+    for op in ops {
+        let bytes = encode_op(&key, &op).unwrap();
+        decode_op(&key, &bytes).unwrap();
+        for cut in 0..bytes.len() {
+            let err = decode_op(&key, &bytes[..cut]).map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains("task 'op'"), "{err}");
+        }
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0xA5;
+            let _ = decode_op(&key, &bad);
+        }
+    }
+}

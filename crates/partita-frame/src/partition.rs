@@ -44,9 +44,22 @@ impl Data for Partition {
     }
 }
 
+/// Bytes from a peer may be corrupt, and polars' IPC reader unwraps some of what it reads
+/// (a sweep of byte flips in tests/integration/wire.rs found `MissingData` panicking): a
+/// panic while decoding is a codec error like any other, not a dead worker.
 fn decode_partition(bytes: Bytes) -> Result<Value> {
-    let frame = IpcReader::new(Cursor::new(bytes))
-        .finish()
+    let len = bytes.len();
+    let frame = std::panic::catch_unwind(move || IpcReader::new(Cursor::new(bytes)).finish())
+        .map_err(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Error::Codec(format!(
+                "a partition's Arrow IPC bytes ({len}) do not decode: the reader failed with {why}"
+            ))
+        })?
         .map_err(|e| Error::Codec(format!("a partition's Arrow IPC bytes do not decode: {e}")))?;
     Ok(Partition::value(frame))
 }
