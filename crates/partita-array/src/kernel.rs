@@ -313,7 +313,9 @@ impl Program {
         if self.result()?.dtype != DType::F64 || axes.is_empty() {
             return Ok(None);
         }
-        let (shape, readers) = self.prepare(inputs)?;
+        // Decide from the shape alone: preparing readers may copy a strided operand, and a
+        // `None` here means the caller evaluates (and prepares) again.
+        let shape = broadcast_shapes(inputs.iter().map(|c| c.shape()))?;
         let ndim = shape.len();
         if let Some(a) = axes.iter().find(|&&a| a >= ndim) {
             return Err(Error::Shape(format!(
@@ -326,6 +328,7 @@ impl Program {
         if !(leading || trailing) {
             return Ok(None);
         }
+        let (_, readers) = self.prepare(inputs)?;
         let n: usize = shape.iter().product();
         let count: u64 = axes.iter().map(|&a| shape[a] as u64).product();
         let keep: Vec<usize> = shape
