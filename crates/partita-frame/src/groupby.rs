@@ -18,11 +18,17 @@
 //! columns are read and their distinct values counted; keys that are mostly distinct there
 //! are taken to grow with the data (about that many groups per partition), others to repeat
 //! (about that many in all), and the estimate is split into partitions of about
-//! [`GROUPS_PER_PARTITION`] groups. Otherwise the tree reduces to one partition. An aggregation that does not decompose (median, quantile,
-//! n_unique, any expression mixing aggregates) makes the whole group-by shuffle the rows on
-//! the keys and aggregate each output partition exactly. Aggregations decompose only when
-//! their input is row-wise (columns, literals, arithmetic, casts, `when`): an input holding
-//! an aggregate of its own would be wrong per partition.
+//! [`GROUPS_PER_PARTITION`] groups. Otherwise the tree reduces to one partition.
+//!
+//! A row-wise expression *of* aggregations (`max(v1) - min(v2)`, Pearson's r written with
+//! means and standard deviations, a `when` or a power over aggregates) decomposes too: each
+//! aggregation inside it does, and the finishing step evaluates the expression on their
+//! results. An aggregation that does not decompose (median, quantile, n_unique, sorts and
+//! slices) makes the whole group-by shuffle the rows on the keys and aggregate each output
+//! partition exactly; only the keys and the columns the aggregations read are shuffled.
+//! Aggregations decompose only when their input is row-wise (columns, literals, arithmetic,
+//! casts, `when`, powers, `abs`): an input holding an aggregate of its own would be wrong
+//! per partition.
 
 use std::sync::Arc;
 
@@ -111,7 +117,7 @@ impl GroupBy {
                 "group_by",
             );
         }
-        let plan = decompose_all(&aggs, &schema)?;
+        let plan = decompose_all(&aggs, &schema, frame.schema(), &self.keys)?;
         let split_out = match self.split_out {
             Some(n) => Some(n),
             None => frame.estimate_groups(&self.keys)?.map(|groups| {
@@ -124,7 +130,14 @@ impl GroupBy {
             Some(plan) => self.tree(plan, schema, split_out.unwrap_or(1)),
             None => {
                 let n = split_out.unwrap_or(frame.npartitions());
-                let shuffled = frame.shuffle(&self.keys, None, n)?;
+                // Only the keys and the columns the aggregations read cross the shuffle.
+                let source = match needed_columns(&self.keys, &aggs) {
+                    Some(names) if names.len() < frame.schema().len() => {
+                        frame.select_columns(&names)?
+                    }
+                    _ => frame.clone(),
+                };
+                let shuffled = source.shuffle(&self.keys, None, n)?;
                 shuffled.with_step(
                     Step::GroupBy {
                         keys: self.keys.clone(),
@@ -306,10 +319,9 @@ impl Op for Combine {
             .iter()
             .map(|(n, t)| col(n.as_str()).cast(t.clone()))
             .collect();
-        let out = group_by_lazy(all.lazy(), &self.keys, &self.aggs)
-            .select(casts)
-            .collect()
-            .map_err(|e| from_polars(e, "combining group-by partials"))?;
+        let out =
+            crate::plan::collect(group_by_lazy(all.lazy(), &self.keys, &self.aggs).select(casts))
+                .map_err(|e| from_polars(e, "combining group-by partials"))?;
         Ok(Partition::value(out))
     }
     fn name(&self) -> &str {
@@ -324,8 +336,34 @@ struct Decomposition {
     finish: Vec<Expr>,
 }
 
-/// Decompose every aggregation, or `None` if any does not decompose.
-fn decompose_all(aggs: &[Expr], schema: &SchemaRef) -> Result<Option<Decomposition>> {
+/// The keys, then every column `aggs` read (in first-use order), or `None` when an
+/// expression names columns by a selector (then every column is needed).
+fn needed_columns(keys: &[String], aggs: &[Expr]) -> Option<Vec<String>> {
+    let mut names: Vec<String> = keys.to_vec();
+    for agg in aggs {
+        for e in agg {
+            match e {
+                Expr::Column(name) if !names.iter().any(|n| n == name.as_str()) => {
+                    names.push(name.to_string());
+                }
+                Expr::Selector(_) | Expr::SubPlan(..) | Expr::DataTypeFunction(_) => {
+                    return None;
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(names)
+}
+
+/// Decompose every aggregation, or `None` if any does not decompose. `schema` is the
+/// result's, `input` the grouped frame's.
+fn decompose_all(
+    aggs: &[Expr],
+    schema: &SchemaRef,
+    input: &SchemaRef,
+    keys: &[String],
+) -> Result<Option<Decomposition>> {
     let mut out = Decomposition {
         chunk: Vec::new(),
         combine: Vec::new(),
@@ -341,14 +379,123 @@ fn decompose_all(aggs: &[Expr], schema: &SchemaRef) -> Result<Option<Decompositi
         return Ok(None);
     }
     for (i, (agg, (name, dtype))) in aggs.iter().zip(&outputs).enumerate() {
-        let Some(d) = decompose(agg, i, dtype) else {
-            return Ok(None);
+        let mut next = 0usize;
+        let mut names = || {
+            next += 1;
+            format!("__partita_{i}_{}", next - 1)
+        };
+        let d = match decompose(strip_alias(agg), &mut names, dtype) {
+            Some(d) => d,
+            None => match decompose_tree(strip_alias(agg), &mut names, input, keys)? {
+                Some(d) => One {
+                    finish: d.finish.cast(dtype.clone()),
+                    ..d
+                },
+                None => return Ok(None),
+            },
         };
         out.chunk.extend(d.chunk);
         out.combine.extend(d.combine);
         out.finish.push(d.finish.alias(name.as_str()));
     }
     Ok(Some(out))
+}
+
+/// Decompose a row-wise expression of aggregations (`max(a) - min(b)`, a ratio of means, a
+/// `when` over aggregates, a power of one): each aggregation decomposes on its own, and the
+/// finishing step applies the expression to their results.
+fn decompose_tree(
+    e: &Expr,
+    names: &mut dyn FnMut() -> String,
+    input: &SchemaRef,
+    keys: &[String],
+) -> Result<Option<One>> {
+    // The partial columns of every aggregation below `e`.
+    let mut parts: Vec<(Vec<Expr>, Vec<Expr>)> = Vec::new();
+    let mut sub = |x: &Expr, parts: &mut Vec<(Vec<Expr>, Vec<Expr>)>| -> Result<Option<Expr>> {
+        Ok(decompose_tree(x, names, input, keys)?.map(|d| {
+            parts.push((d.chunk, d.combine));
+            d.finish
+        }))
+    };
+    let finish = match e {
+        Expr::Literal(v) if v.is_scalar() => Some(e.clone()),
+        Expr::Alias(x, name) => sub(x, &mut parts)?.map(|f| f.alias(name.clone())),
+        Expr::Cast {
+            expr,
+            dtype,
+            options,
+        } => sub(expr, &mut parts)?.map(|f| Expr::Cast {
+            expr: Arc::new(f),
+            dtype: dtype.clone(),
+            options: *options,
+        }),
+        Expr::BinaryExpr { left, op, right } => {
+            match (sub(left, &mut parts)?, sub(right, &mut parts)?) {
+                (Some(l), Some(r)) => Some(Expr::BinaryExpr {
+                    left: Arc::new(l),
+                    op: *op,
+                    right: Arc::new(r),
+                }),
+                _ => None,
+            }
+        }
+        Expr::Ternary {
+            predicate,
+            truthy,
+            falsy,
+        } => match (
+            sub(predicate, &mut parts)?,
+            sub(truthy, &mut parts)?,
+            sub(falsy, &mut parts)?,
+        ) {
+            (Some(p), Some(t), Some(f)) => Some(Expr::Ternary {
+                predicate: Arc::new(p),
+                truthy: Arc::new(t),
+                falsy: Arc::new(f),
+            }),
+            _ => None,
+        },
+        Expr::Function {
+            input: args,
+            function,
+        } if elementwise(function) => {
+            let mut finished = Vec::with_capacity(args.len());
+            for a in args {
+                match sub(a, &mut parts)? {
+                    Some(f) => finished.push(f),
+                    None => return Ok(None),
+                }
+            }
+            Some(Expr::Function {
+                input: finished,
+                function: function.clone(),
+            })
+        }
+        Expr::Len | Expr::Agg(_) => {
+            // A leaf: its own dtype, as polars gives it.
+            let schema = group_schema(input, keys, std::slice::from_ref(e))?;
+            let dtype = schema
+                .iter()
+                .last()
+                .map(|(_, t)| t.clone())
+                .unwrap_or(DataType::Null);
+            return Ok(decompose(e, names, &dtype));
+        }
+        _ => None,
+    };
+    let (chunk, combine): (Vec<Vec<Expr>>, Vec<Vec<Expr>>) = parts.into_iter().unzip();
+    Ok(finish.map(|finish| One {
+        chunk: chunk.concat(),
+        combine: combine.concat(),
+        finish,
+    }))
+}
+
+/// Functions applied value by value, which commute with grouping.
+fn elementwise(f: &polars::prelude::FunctionExpr) -> bool {
+    use polars::prelude::FunctionExpr;
+    matches!(f, FunctionExpr::Pow(_) | FunctionExpr::Abs)
 }
 
 struct One {
@@ -377,38 +524,43 @@ fn row_wise(e: &Expr) -> bool {
             truthy,
             falsy,
         } => row_wise(predicate) && row_wise(truthy) && row_wise(falsy),
+        Expr::Function { input, function } => elementwise(function) && input.iter().all(row_wise),
         _ => false,
     }
 }
 
-fn decompose(agg: &Expr, i: usize, dtype: &DataType) -> Option<One> {
-    let t = |j: usize| format!("__partita_{i}_{j}");
-    let same = |chunk: Expr, combine: fn(Expr) -> Expr| {
-        let c = t(0);
-        One {
-            chunk: vec![chunk.alias(c.as_str())],
-            combine: vec![combine(col(c.as_str())).alias(c.as_str())],
-            finish: col(c.as_str()),
-        }
+/// Decompose one aggregation whose result has `dtype`; `names` gives fresh column names
+/// for its partial columns.
+fn decompose(agg: &Expr, names: &mut dyn FnMut() -> String, dtype: &DataType) -> Option<One> {
+    let same = |c: String, chunk: Expr, combine: fn(Expr) -> Expr| One {
+        chunk: vec![chunk.alias(c.as_str())],
+        combine: vec![combine(col(c.as_str())).alias(c.as_str())],
+        finish: col(c.as_str()),
     };
     let f64 = |x: &Expr| x.clone().cast(DataType::Float64);
     match strip_alias(agg) {
-        Expr::Len => Some(same(len(), |c| c.sum())),
+        Expr::Len => Some(same(names(), len(), |c| c.sum())),
         Expr::Agg(a) => match a {
-            AggExpr::Sum(x) if row_wise(x) => Some(same(x.as_ref().clone().sum(), |c| c.sum())),
+            AggExpr::Sum(x) if row_wise(x) => {
+                Some(same(names(), x.as_ref().clone().sum(), |c| c.sum()))
+            }
             AggExpr::Count { input, .. } if row_wise(input) => {
-                Some(same(strip_alias(agg).clone(), |c| c.sum()))
+                Some(same(names(), strip_alias(agg).clone(), |c| c.sum()))
             }
             AggExpr::Min { input, .. } if row_wise(input) => {
-                Some(same(strip_alias(agg).clone(), |c| c.min()))
+                Some(same(names(), strip_alias(agg).clone(), |c| c.min()))
             }
             AggExpr::Max { input, .. } if row_wise(input) => {
-                Some(same(strip_alias(agg).clone(), |c| c.max()))
+                Some(same(names(), strip_alias(agg).clone(), |c| c.max()))
             }
-            AggExpr::First(x) if row_wise(x) => Some(same(strip_alias(agg).clone(), |c| c.first())),
-            AggExpr::Last(x) if row_wise(x) => Some(same(strip_alias(agg).clone(), |c| c.last())),
+            AggExpr::First(x) if row_wise(x) => {
+                Some(same(names(), strip_alias(agg).clone(), |c| c.first()))
+            }
+            AggExpr::Last(x) if row_wise(x) => {
+                Some(same(names(), strip_alias(agg).clone(), |c| c.last()))
+            }
             AggExpr::Mean(x) if row_wise(x) && dtype.is_float() => {
-                let (s, n) = (t(0), t(1));
+                let (s, n) = (names(), names());
                 Some(One {
                     chunk: vec![
                         f64(x).sum().alias(s.as_str()),
@@ -426,7 +578,7 @@ fn decompose(agg: &Expr, i: usize, dtype: &DataType) -> Option<One> {
             }
             AggExpr::Var(x, ddof) | AggExpr::Std(x, ddof) if row_wise(x) && dtype.is_float() => {
                 let std = matches!(a, AggExpr::Std(..));
-                let (n, m, m2) = (t(0), t(1), t(2));
+                let (n, m, m2) = (names(), names(), names());
                 let (cn, cm, cm2) = (col(n.as_str()), col(m.as_str()), col(m2.as_str()));
                 let nf = cn.clone().cast(DataType::Float64);
                 let total = cn.clone().sum().cast(DataType::Float64);

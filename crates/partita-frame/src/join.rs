@@ -82,9 +82,10 @@ fn join_lazy(
 ) -> polars::prelude::PolarsResult<PlFrame> {
     let lo: Vec<_> = left_on.iter().map(|k| col(k.as_str())).collect();
     let ro: Vec<_> = right_on.iter().map(|k| col(k.as_str())).collect();
-    left.lazy()
-        .join(right.lazy(), lo, ro, JoinArgs::new(how.polars()))
-        .collect()
+    crate::plan::collect(
+        left.lazy()
+            .join(right.lazy(), lo, ro, JoinArgs::new(how.polars())),
+    )
 }
 
 #[typetag::serde(name = "frame-join")]

@@ -7,6 +7,11 @@
 //! optimizes the steps together, so a `select` reaches the parquet reader as a projection
 //! and a `filter` as a predicate (row groups whose statistics rule them out are skipped).
 //!
+//! Plans run on polars' streaming engine (`Engine::Streaming`), which the polars Python
+//! package also uses by default: on the H2O group-bys it is up to twice as fast per partition
+//! as the in-memory engine (its hash tables keep row-encoded keys) and it holds less at once.
+//! `PARTITA_POLARS_ENGINE=in-memory` switches back, for comparison.
+//!
 //! The same steps applied to an empty frame with the input's schema give the output schema
 //! without reading any data: that is how a missing column or a type error is reported when
 //! the operation is written, naming the column.
@@ -170,7 +175,7 @@ impl PartitionPlan {
         for step in self.steps.iter() {
             lf = step.apply(lf);
         }
-        lf.collect().map_err(|e| match &self.scan {
+        collect(lf).map_err(|e| match &self.scan {
             Some(scan) => from_polars(e, &format!("reading {scan}")),
             None => from_polars(e, "running a partition's plan"),
         })
@@ -192,4 +197,19 @@ impl Op for PartitionPlan {
     fn name(&self) -> &str {
         "frame-plan"
     }
+}
+
+/// Which polars engine runs partition plans: the streaming engine unless
+/// `PARTITA_POLARS_ENGINE=in-memory` says otherwise (read once).
+fn engine() -> polars::prelude::Engine {
+    static ENGINE: std::sync::OnceLock<polars::prelude::Engine> = std::sync::OnceLock::new();
+    *ENGINE.get_or_init(|| match std::env::var("PARTITA_POLARS_ENGINE").as_deref() {
+        Ok("in-memory") => polars::prelude::Engine::InMemory,
+        _ => polars::prelude::Engine::Streaming,
+    })
+}
+
+/// Collect a lazy plan on the chosen engine (see [`engine`]).
+pub(crate) fn collect(lf: LazyFrame) -> polars::prelude::PolarsResult<PlFrame> {
+    Ok(lf.collect_with_engine(engine())?.unwrap_single())
 }

@@ -114,6 +114,90 @@ fn exact_aggregations_shuffle_the_rows() {
     }
 }
 
+/// The names of the ops a frame's own layer runs and its dependencies' (whole graph).
+fn op_names(frame: &DataFrame) -> Vec<String> {
+    use partita::Collection;
+    let graph = partita::Layer::materialize(&[std::sync::Arc::clone(frame.layer())]).unwrap();
+    graph
+        .ids()
+        .map(|id| graph.op(id).name().to_string())
+        .collect()
+}
+
+#[test]
+fn expressions_of_aggregations_decompose_into_trees() {
+    // H2O q7 (a range), q9 (Pearson's r squared from means and standard deviations), a
+    // `when` over aggregates, casts, powers and literals: each aggregation decomposes and
+    // the expression is applied to the combined results.
+    let nan = lit(0.0) / lit(0.0);
+    let cov = (col("v") * col("n")).mean() - col("v").mean() * col("n").mean();
+    let den = col("v").std(0) * col("n").std(0);
+    let aggs = vec![
+        (col("v").max() - col("n").min()).alias("range"),
+        when(den.clone().eq(lit(0.0)))
+            .then(nan)
+            .otherwise(cov / den)
+            .pow(2)
+            .alias("r2"),
+        (col("v").sum() / len().cast(DataType::Float64)).alias("ratio"),
+        (col("n").max().cast(DataType::Float64) * lit(0.5)).alias("half"),
+        col("v").sum().sqrt().abs().alias("root"),
+        when(len().gt(lit(3)))
+            .then(col("n").sum())
+            .otherwise(lit(-1))
+            .alias("big"),
+    ];
+    for (data, frame) in partitioned(90, 17) {
+        let expected = polars_agg(&data, &["k"], &aggs);
+        for split_out in [1, 3] {
+            let got = frame
+                .group_by(&["k"])
+                .unwrap()
+                .split_out(split_out)
+                .split_every(2)
+                .agg(aggs.clone())
+                .unwrap();
+            assert_eq!(got.schema(), expected.schema(), "split_out {split_out}");
+            let ops = op_names(&got);
+            assert!(
+                ops.iter().all(|o| o != "frame-hash-split") || split_out > 1,
+                "a decomposable expression shuffled its rows: {ops:?}"
+            );
+            assert_frame_eq(&got, &expected, &["k"], 1e-9);
+        }
+    }
+}
+
+#[test]
+fn exact_aggregations_shuffle_only_the_columns_they_read() {
+    let data = sample(40, 3);
+    let frame = DataFrame::from_polars(data.clone(), 4).unwrap();
+    let aggs = [col("v").median().alias("median")];
+    let got = frame.group_by(&["k"]).unwrap().agg(aggs.clone()).unwrap();
+    let out = got.compute(&partita::SyncScheduler).unwrap();
+    let expected = polars_agg(&data, &["k"], &aggs);
+    partita_tests::assert_polars_eq(&out, &expected, &["k"], 1e-12, "median");
+    // The shuffled partitions hold the key and `v`, not the frame's other columns.
+    let graph =
+        partita::Layer::materialize(&[std::sync::Arc::clone(partita::Collection::layer(&got))])
+            .unwrap();
+    let split = graph
+        .ids()
+        .find(|&id| graph.op(id).name() == "frame-hash-split")
+        .expect("a median shuffles");
+    let input = graph.key(graph.dependencies(split)[0]).clone();
+    let value = partita::compute(graph, &[input], &partita::SyncScheduler)
+        .unwrap()
+        .remove(0);
+    let columns: Vec<String> = partita::frame::Partition::from_value(&value)
+        .unwrap()
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(columns, ["k", "v"]);
+}
+
 #[test]
 fn an_aggregate_inside_an_aggregation_input_is_not_split() {
     // (v - mean(v)) per partition would differ from the global mean: must run exactly.
