@@ -18,7 +18,10 @@
 //! columns are read and their distinct values counted; keys that are mostly distinct there
 //! are taken to grow with the data (about that many groups per partition), others to repeat
 //! (about that many in all), and the estimate is split into partitions of about
-//! [`GROUPS_PER_PARTITION`] groups. Otherwise the tree reduces to one partition.
+//! [`GROUPS_PER_PARTITION`] groups. Otherwise the tree reduces to one partition. The same
+//! count decides whether partials are worth computing: when the first partition's keys are
+//! mostly distinct (H2O q10, six keys), partials would be as long as the partitions, so the
+//! rows are shuffled once and aggregated exactly, saving a whole group-by pass.
 //!
 //! A row-wise expression *of* aggregations (`max(v1) - min(v2)`, Pearson's r written with
 //! means and standard deviations, a `when` or a power over aggregates) decomposes too: each
@@ -118,17 +121,24 @@ impl GroupBy {
             );
         }
         let plan = decompose_all(&aggs, &schema, frame.schema(), &self.keys)?;
+        // Count the keys of the first partition unless told to produce one partition.
+        let sample = match self.split_out {
+            Some(1) => None,
+            _ => frame.sample_groups(&self.keys)?,
+        };
         let split_out = match self.split_out {
             Some(n) => Some(n),
-            None => frame.estimate_groups(&self.keys)?.map(|groups| {
-                groups
+            None => sample.map(|s| {
+                s.groups(frame.npartitions())
                     .div_ceil(GROUPS_PER_PARTITION)
                     .clamp(1, frame.npartitions())
             }),
         };
+        // Partials that would hardly be smaller than their partitions are not worth a pass.
+        let reduces = !sample.is_some_and(|s| s.mostly_distinct() && s.rows >= MIN_SAMPLE_ROWS);
         match plan {
-            Some(plan) => self.tree(plan, schema, split_out.unwrap_or(1)),
-            None => {
+            Some(plan) if reduces => self.tree(plan, schema, split_out.unwrap_or(1)),
+            _ => {
                 let n = split_out.unwrap_or(frame.npartitions());
                 // Only the keys and the columns the aggregations read cross the shuffle.
                 let source = match needed_columns(&self.keys, &aggs) {
@@ -229,10 +239,45 @@ impl GroupBy {
     }
 }
 
+/// The distinct keys and the rows of a frame's first partition.
+#[derive(Clone, Copy, Debug)]
+struct KeySample {
+    distinct: usize,
+    rows: usize,
+}
+
+/// Below this many rows in the first partition, partials are always computed (their cost
+/// does not matter and the sample says little).
+const MIN_SAMPLE_ROWS: usize = 10_000;
+
+impl KeySample {
+    /// Keys mostly distinct within a partition: partials would be nearly as long as it.
+    fn mostly_distinct(self) -> bool {
+        self.distinct * 2 > self.rows
+    }
+
+    /// Estimated groups in a frame of `npartitions` such partitions: keys mostly distinct
+    /// are taken to grow with the data, others to repeat.
+    fn groups(self, npartitions: usize) -> usize {
+        if self.mostly_distinct() {
+            self.distinct.saturating_mul(npartitions)
+        } else {
+            self.distinct
+        }
+    }
+}
+
 impl DataFrame {
     /// Estimated number of distinct `keys` in the whole frame, from its first partition,
     /// or `None` when that partition is not cheap to read (see the module docs).
     pub fn estimate_groups(&self, keys: &[String]) -> Result<Option<usize>> {
+        Ok(self
+            .sample_groups(keys)?
+            .map(|s| s.groups(self.npartitions())))
+    }
+
+    /// Distinct `keys` and rows in the first partition, when it is cheap to read.
+    fn sample_groups(&self, keys: &[String]) -> Result<Option<KeySample>> {
         if !self.first_partition_is_cheap() {
             return Ok(None);
         }
@@ -245,18 +290,14 @@ impl DataFrame {
         )?;
         let part = Partition::from_value(&values[0])?;
         let rows = part.height();
-        let distinct = part
-            .clone()
-            .lazy()
-            .unique(None, polars::prelude::UniqueKeepStrategy::Any)
-            .collect()
-            .map_err(|e| from_polars(e, "estimating the number of groups"))?
-            .height();
-        Ok(Some(if distinct * 2 > rows {
-            distinct.saturating_mul(self.npartitions())
-        } else {
-            distinct
-        }))
+        let distinct = crate::plan::collect(
+            part.clone()
+                .lazy()
+                .unique(None, polars::prelude::UniqueKeepStrategy::Any),
+        )
+        .map_err(|e| from_polars(e, "estimating the number of groups"))?
+        .height();
+        Ok(Some(KeySample { distinct, rows }))
     }
 
     /// Keep one row per distinct value of `subset` (of whole rows when `None`), which row

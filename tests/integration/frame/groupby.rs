@@ -169,6 +169,41 @@ fn expressions_of_aggregations_decompose_into_trees() {
 }
 
 #[test]
+fn mostly_distinct_keys_skip_the_partial_aggregation() {
+    // Keys nearly unique within the first partition: partials would be as long as the
+    // partitions, so the rows are shuffled once and aggregated exactly, with the same answer.
+    let rows = 40_000i64;
+    let data = df!(
+        "id" => (0..rows).map(|i| (i * 7919) % 39_000).collect::<Vec<_>>(),
+        "v" => (0..rows).map(|i| (i % 97) as f64 / 4.0).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let frame = DataFrame::from_polars(data.clone(), 4).unwrap();
+    let aggs = vec![col("v").sum().alias("s"), col("v").mean().alias("m"), len()];
+    let expected = polars_agg(&data, &["id"], &aggs);
+    for split_out in [None, Some(3)] {
+        let mut by = frame.group_by(&["id"]).unwrap();
+        if let Some(n) = split_out {
+            by = by.split_out(n);
+        }
+        let got = by.agg(aggs.clone()).unwrap();
+        let ops = op_names(&got);
+        assert!(ops.iter().any(|o| o == "frame-hash-split"), "{ops:?}");
+        assert!(!ops.iter().any(|o| o == "frame-group-combine"), "{ops:?}");
+        assert_frame_eq(&got, &expected, &["id"], 1e-9);
+    }
+    // Told to make one partition, it reduces in a tree as before.
+    let got = frame
+        .group_by(&["id"])
+        .unwrap()
+        .split_out(1)
+        .agg(aggs.clone())
+        .unwrap();
+    assert!(op_names(&got).iter().any(|o| o == "frame-group-combine"));
+    assert_frame_eq(&got, &expected, &["id"], 1e-9);
+}
+
+#[test]
 fn exact_aggregations_shuffle_only_the_columns_they_read() {
     let data = sample(40, 3);
     let frame = DataFrame::from_polars(data.clone(), 4).unwrap();
