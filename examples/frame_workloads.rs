@@ -151,6 +151,21 @@ fn questions() -> Vec<Question> {
             split_out: 2,
         },
         Question {
+            name: "q9 regression v1 v2 by id2 id4",
+            keys: &["id2", "id4"],
+            // Pearson's r squared from means and population standard deviations (polars'
+            // `pearson_corr` needs a feature partita's polars leaves out).
+            aggs: || {
+                let (x, y) = (
+                    col("v1").cast(DataType::Float64),
+                    col("v2").cast(DataType::Float64),
+                );
+                let cov = (x.clone() * y.clone()).mean() - x.clone().mean() * y.clone().mean();
+                vec![(cov / (x.std(0) * y.std(0))).pow(2).alias("r2")]
+            },
+            split_out: 2,
+        },
+        Question {
             name: "q10 sum v3 count by id1:id6",
             keys: &["id1", "id2", "id3", "id4", "id5", "id6"],
             aggs: || vec![col("v3").sum(), len().alias("count")],

@@ -635,7 +635,10 @@ fn decompose(agg: &Expr, names: &mut dyn FnMut() -> String, dtype: &DataType) ->
                     chunk: vec![
                         x.as_ref().clone().count().alias(n.as_str()),
                         f64(x).mean().alias(m.as_str()),
-                        (f64(x) - f64(x).mean()).pow(2).sum().alias(m2.as_str()),
+                        // M2 as polars' own (stable) variance times the count: an
+                        // expression like sum((x - mean)^2) runs per group, 2-4x slower.
+                        (f64(x).var(0) * x.as_ref().clone().count().cast(DataType::Float64))
+                            .alias(m2.as_str()),
                     ],
                     combine: vec![
                         cn.clone().sum().alias(n.as_str()),
