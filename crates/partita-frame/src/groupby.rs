@@ -14,8 +14,10 @@
 //!
 //! With many groups the partials are hash-shuffled on the keys into `split_out` partitions
 //! instead of reduced to one. Unless told, `split_out` comes from an estimate: when the
-//! frame's first partition is cheap to read (a file scan or in-memory data), its key
-//! columns are read and their distinct values counted; keys that are mostly distinct there
+//! frame's first partition is cheap to read (a file scan or in-memory data), the key
+//! columns of its first 65,536 rows are read and their distinct values counted (for a
+//! longer partition, the count in all of it is predicted from how the count grows over the
+//! sample); keys that are mostly distinct there
 //! are taken to grow with the data (about that many groups per partition), others to repeat
 //! (about that many in all), and the estimate is split into partitions of about
 //! [`GROUPS_PER_PARTITION`] groups. Otherwise the tree reduces to one partition. The same
@@ -250,6 +252,32 @@ struct KeySample {
 /// does not matter and the sample says little).
 const MIN_SAMPLE_ROWS: usize = 10_000;
 
+/// Rows of the first partition read to count distinct keys (reading all of it cost up to a
+/// tenth of a whole H2O group-by).
+const SAMPLE_ROWS: usize = 1 << 16;
+
+/// Distinct keys among `rows` rows, from `half` distinct among the first `sample / 2` rows
+/// and `whole` among the first `sample`. With `g` equally frequent keys, `n` rows hold
+/// about `g (1 - exp(-n / g))` of them, so `whole / half = 1 + exp(-sample / (2 g))` gives
+/// `g`. Keys that did not repeat at all in the sample are taken to be all distinct; keys
+/// that stopped growing, to be all seen. Skewed keys make this a guess: it only steers the
+/// plan, never the answer.
+fn predict_distinct(half: usize, whole: usize, sample: usize, rows: usize) -> usize {
+    if half == 0 || whole >= sample {
+        return if whole >= sample { rows } else { whole };
+    }
+    let growth = whole as f64 / half as f64 - 1.0;
+    if growth <= 0.0 {
+        return whole;
+    }
+    if growth >= 1.0 {
+        return rows;
+    }
+    let g = sample as f64 / (2.0 * -growth.ln());
+    let predicted = g * (1.0 - (-(rows as f64) / g).exp());
+    (predicted.round() as usize).clamp(whole, rows.max(whole))
+}
+
 impl KeySample {
     /// Keys mostly distinct within a partition: partials would be nearly as long as it.
     fn mostly_distinct(self) -> bool {
@@ -276,28 +304,62 @@ impl DataFrame {
             .map(|s| s.groups(self.npartitions())))
     }
 
-    /// Distinct `keys` and rows in the first partition, when it is cheap to read.
+    /// Distinct `keys` and rows in the first partition, when it is cheap to read. Only its
+    /// first [`SAMPLE_ROWS`] rows are read; when the partition is longer, its distinct keys
+    /// are predicted from how they grow between the first half of the sample and the whole
+    /// (see [`predict_distinct`]), and its length is counted (from metadata for parquet).
     fn sample_groups(&self, keys: &[String]) -> Result<Option<KeySample>> {
         if !self.first_partition_is_cheap() {
             return Ok(None);
         }
-        let sample = self.select_columns(keys)?;
-        let graph = Layer::materialize(&[Arc::clone(sample.layer())])?;
-        let values = partita_core::compute(
-            graph,
-            &[sample.partition_key(0)],
-            &partita_core::SyncScheduler,
-        )?;
-        let part = Partition::from_value(&values[0])?;
-        let rows = part.height();
-        let distinct = crate::plan::collect(
-            part.clone()
-                .lazy()
-                .unique(None, polars::prelude::UniqueKeepStrategy::Any),
-        )
-        .map_err(|e| from_polars(e, "estimating the number of groups"))?
-        .height();
-        Ok(Some(KeySample { distinct, rows }))
+        let first = |frame: DataFrame| -> Result<PlFrame> {
+            let graph = Layer::materialize(&[Arc::clone(frame.layer())])?;
+            let mut values = partita_core::compute(
+                graph,
+                &[frame.partition_key(0)],
+                &partita_core::SyncScheduler,
+            )?;
+            Partition::from_value(&values.remove(0)).cloned()
+        };
+        let distinct = |part: &PlFrame| -> Result<usize> {
+            Ok(crate::plan::collect(
+                part.clone()
+                    .lazy()
+                    .unique(None, polars::prelude::UniqueKeepStrategy::Any),
+            )
+            .map_err(|e| from_polars(e, "estimating the number of groups"))?
+            .height())
+        };
+        let sample = first(self.select_columns(keys)?.with_step(
+            Step::Slice {
+                offset: 0,
+                len: SAMPLE_ROWS as u64,
+            },
+            "group_by",
+        )?)?;
+        if sample.height() < SAMPLE_ROWS {
+            // The whole partition.
+            let rows = sample.height();
+            return Ok(Some(KeySample {
+                distinct: distinct(&sample)?,
+                rows,
+            }));
+        }
+        let whole = distinct(&sample)?;
+        let half = distinct(&sample.slice(0, SAMPLE_ROWS / 2))?;
+        let counted = first(self.select(vec![len().alias("rows")])?)?;
+        let rows = counted
+            .column("rows")
+            .and_then(|c| c.cast(&DataType::UInt64))
+            .map_err(|e| from_polars(e, "counting the rows of the first partition"))?
+            .u64()
+            .ok()
+            .and_then(|c| c.get(0))
+            .unwrap_or(SAMPLE_ROWS as u64) as usize;
+        Ok(Some(KeySample {
+            distinct: predict_distinct(half, whole, SAMPLE_ROWS, rows),
+            rows,
+        }))
     }
 
     /// Keep one row per distinct value of `subset` (of whole rows when `None`), which row
@@ -651,5 +713,41 @@ fn decompose(agg: &Expr, names: &mut dyn FnMut() -> String, dtype: &DataType) ->
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distinct values among the first `n` draws of `g` equally likely keys.
+    fn seen(g: u64, n: usize) -> usize {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut keys = std::collections::HashSet::new();
+        for _ in 0..n {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            keys.insert(state % g);
+        }
+        keys.len()
+    }
+
+    #[test]
+    fn distinct_keys_are_predicted_from_how_they_grow() {
+        let s = SAMPLE_ROWS;
+        for (g, rows) in [
+            (100_000u64, 1_000_000usize),
+            (20_000, 200_000),
+            (1_000_000, 1_000_000),
+        ] {
+            let predicted = predict_distinct(seen(g, s / 2), seen(g, s), s, rows);
+            let actual = seen(g, rows);
+            let error = (predicted as f64 - actual as f64).abs() / actual as f64;
+            assert!(error < 0.1, "g {g}: predicted {predicted}, actual {actual}");
+        }
+        // Keys that never repeat, and keys all seen in the first half.
+        assert_eq!(predict_distinct(s / 2, s, s, 5_000_000), 5_000_000);
+        assert_eq!(predict_distinct(100, 100, s, 5_000_000), 100);
     }
 }
