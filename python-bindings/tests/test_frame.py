@@ -63,6 +63,26 @@ def test_group_by_join_and_sort_match_polars(scheduler, npartitions):
     same(got, df.sort(["g", "v"], descending=[True, False], maintain_order=True))
 
 
+@pytest.mark.parametrize("npartitions", [1, 3, 7])
+def test_expressions_of_aggregations_match_polars(scheduler, npartitions):
+    # Written in Python polars, decomposed by partita's Rust polars: H2O q7's range, q9's
+    # Pearson r squared from moments, a when over aggregates, powers and literals.
+    df = sample(60, 3)
+    f = pt.from_polars(df, npartitions=npartitions)
+    c = pl.col
+    cov = (c("v") * c("n")).mean() - c("v").mean() * c("n").mean()
+    den = c("v").std(ddof=0) * c("n").std(ddof=0)
+    aggs = [
+        (c("v").max() - c("n").min()).alias("range"),
+        pl.when(den == 0).then(pl.lit(0.0) / pl.lit(0.0)).otherwise(cov / den).pow(2).alias("r2"),
+        pl.when(pl.len() > 3).then(c("n").sum()).otherwise(-1).alias("big"),
+        (c("v").sum().abs().sqrt() * 0.5).alias("root"),
+    ]
+    for split_out in [1, 2]:
+        got = f.group_by("k", split_out=split_out).agg(*aggs).compute(scheduler=scheduler)
+        same(got, df.group_by("k").agg(*aggs), by="k")
+
+
 def test_map_partitions_runs_python_functions(scheduler):
     df = sample()
     f = pt.from_polars(df, npartitions=4)
