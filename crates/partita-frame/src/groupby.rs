@@ -123,10 +123,11 @@ impl GroupBy {
             );
         }
         let plan = decompose_all(&aggs, &schema, frame.schema(), &self.keys)?;
-        // Count the keys of the first partition unless told to produce one partition.
-        let sample = match self.split_out {
-            Some(1) => None,
-            _ => frame.sample_groups(&self.keys)?,
+        // Count the keys of the first partition when the count decides something: the
+        // number of output partitions, or whether partials are worth a pass.
+        let sample = match (self.split_out, &plan) {
+            (None, _) | (Some(2..), Some(_)) => frame.sample_groups(&self.keys)?,
+            _ => None,
         };
         let split_out = match self.split_out {
             Some(n) => Some(n),

@@ -211,5 +211,13 @@ fn engine() -> polars::prelude::Engine {
 
 /// Collect a lazy plan on the chosen engine (see [`engine`]).
 pub(crate) fn collect(lf: LazyFrame) -> polars::prelude::PolarsResult<PlFrame> {
-    Ok(lf.collect_with_engine(engine())?.unwrap_single())
+    match lf.collect_with_engine(engine())? {
+        polars_core::query_result::QueryResult::Single(frame) => Ok(frame),
+        // Only a plan with several sinks gives several frames; partition plans have one.
+        polars_core::query_result::QueryResult::Multiple(frames) => {
+            Err(polars::prelude::polars_err!(
+                ComputeError: "a partition plan gave {} results instead of one", frames.len()
+            ))
+        }
+    }
 }
