@@ -6,7 +6,7 @@
 //! cargo run --release -p partita-examples --bin cluster_workloads [-- NAME]
 //! ```
 //!
-//! NAME is one of `trivial`, `transpose-mean` (default: both). Each line prints the median of
+//! NAME is one of `trivial [N]`, `chain`, `transpose-mean` (default: all). Each line prints the median of
 //! three runs; cluster start-up is not timed.
 
 use std::sync::Arc;
@@ -98,6 +98,37 @@ fn transpose_mean(on: &dyn Scheduler) -> Result<()> {
     Ok(())
 }
 
+/// A chain of `n` identity tasks, each reading the one before: latency per hop (scheduler
+/// to worker and back), nothing to overlap.
+fn chain(n: usize, on: &dyn Scheduler) -> Result<()> {
+    let mut b = GraphBuilder::new();
+    let mut last = Key::named("chain-root");
+    b.add_task(last.clone(), Arc::new(Literal(Value::new(1i64))), &[]);
+    for i in 0..n {
+        let k = Key::new("chain", [i as u32]);
+        b.add_task(k.clone(), Arc::new(Identity), std::slice::from_ref(&last));
+        last = k;
+    }
+    let graph = b.build()?;
+    let options = ComputeOptions {
+        optimize: OptimizeOptions {
+            cull: true,
+            fuse: false,
+        },
+        ..ComputeOptions::default()
+    };
+    let elapsed = time(3, || {
+        compute_with(graph.clone(), std::slice::from_ref(&last), on, &options).map(|_| ())
+    })?;
+    println!(
+        "{:<12} chain of {n} tasks: median {:>7.3} s   {:>7.1} us per task",
+        on.name(),
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / n as f64
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let which = std::env::args().nth(1);
     let want = |name: &str| which.as_deref().is_none_or(|w| w == name);
@@ -108,11 +139,20 @@ fn main() -> Result<()> {
     })?;
     let client = cluster.client()?;
     let local = LocalScheduler::with_threads(2);
+    // `trivial N` runs one size only.
+    let sizes = match std::env::args().nth(2).and_then(|n| n.parse().ok()) {
+        Some(n) => vec![n],
+        None => vec![10_000, 100_000],
+    };
     if want("trivial") {
-        for n in [10_000, 100_000] {
+        for &n in &sizes {
             trivial(n, &local)?;
             trivial(n, &client)?;
         }
+    }
+    if want("chain") {
+        chain(1000, &local)?;
+        chain(1000, &client)?;
     }
     if want("transpose-mean") {
         transpose_mean(&local)?;

@@ -16,7 +16,7 @@
 //!   the scheduler handles one client's messages in order, so the answer to it means the
 //!   graph was accepted, and a refusal arrives before it (an error from `submit` itself).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -888,20 +888,34 @@ impl Client {
                 .map(|k| r.tracked.get(k).map(|(_, s)| s.clone()))
                 .collect()
         };
+        // One request per holder for up to GATHER_BATCH keys, the requests concurrent.
+        const GATHER_BATCH: usize = 256;
+        let mut by_holder: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, state) in states.iter().enumerate() {
+            if let Some(KeyState::Finished(holders)) = state
+                && let Some(peer) = holders.first()
+            {
+                by_holder.entry(&peer.address).or_default().push(i);
+            }
+        }
         let fetched: Vec<Option<Value>> = inner.runtime.block_on(async {
             let mut set = tokio::task::JoinSet::new();
-            for (i, (key, state)) in keys.iter().zip(&states).enumerate() {
-                if let Some(KeyState::Finished(holders)) = state
-                    && let Some(peer) = holders.first()
-                {
-                    let (peers, key, address) =
-                        (Arc::clone(&inner.peers), key.clone(), peer.address.clone());
-                    set.spawn(async move { (i, peers.fetch(&address, &key).await.ok()) });
+            for (address, indices) in by_holder {
+                for batch in indices.chunks(GATHER_BATCH) {
+                    let batch = batch.to_vec();
+                    let wanted: Vec<Key> = batch.iter().map(|&i| keys[i].clone()).collect();
+                    let (peers, address) = (Arc::clone(&inner.peers), address.to_string());
+                    set.spawn(async move {
+                        let values = peers.fetch_many(&address, &wanted).await;
+                        (batch, values)
+                    });
                 }
             }
             let mut out: Vec<Option<Value>> = vec![None; keys.len()];
-            while let Some(Ok((i, v))) = set.join_next().await {
-                out[i] = v;
+            while let Some(Ok((batch, values))) = set.join_next().await {
+                for (i, v) in batch.into_iter().zip(values) {
+                    out[i] = v.ok();
+                }
             }
             out
         });

@@ -21,7 +21,7 @@ use partita_proto::scheduler::{SchedulerAction, SchedulerConfig, SchedulerEvent,
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster_file::ClusterFile;
-use crate::wire::{Welcome, framed, read_msg, spawn_writer, write_msg};
+use crate::wire::{Outbox, Welcome, read_msg, spawn_writer, write_msg};
 
 /// How to start a scheduler.
 #[derive(Clone, Debug)]
@@ -63,13 +63,13 @@ pub struct SchedulerServer {
     shutdown_tx: watch::Sender<bool>,
 }
 
-/// Outgoing frames of one peer.
-type Outbox = mpsc::UnboundedSender<Vec<u8>>;
+/// The channel to one peer's writer task.
+type Writer = mpsc::UnboundedSender<Vec<u8>>;
 
 #[derive(Default)]
 struct Registry {
-    workers: HashMap<WorkerId, (Outbox, quinn::Connection)>,
-    clients: HashMap<ClientId, Outbox>,
+    workers: HashMap<WorkerId, (Writer, quinn::Connection)>,
+    clients: HashMap<ClientId, Writer>,
 }
 
 impl SchedulerServer {
@@ -150,6 +150,7 @@ impl SchedulerServer {
         let start = Instant::now();
         let now = || Time(start.elapsed().as_micros() as u64);
         let mut state = SchedulerState::new(self.config.clone());
+        let mut outboxes = Outboxes::default();
         loop {
             let wake = state
                 .poll_timeout()
@@ -161,44 +162,74 @@ impl SchedulerServer {
                 _ = tokio::time::sleep(wake) => SchedulerEvent::Tick,
                 _ = shutdown.changed() => break,
             };
+            // Handle whatever else is queued before sleeping again; each peer gets what
+            // the pass produced for it in one piece at the end (or as it grows large).
             let actions = state.handle(event, now());
-            perform(&registry, actions);
-            // Handle whatever else is queued before sleeping again.
+            perform(&registry, &mut outboxes, actions);
             while let Ok(event) = events.try_recv() {
                 let actions = state.handle(event, now());
-                perform(&registry, actions);
+                perform(&registry, &mut outboxes, actions);
             }
+            outboxes.flush(&registry);
         }
         self.endpoint.close(0u32.into(), b"scheduler shutting down");
         Ok(())
     }
 }
 
-fn perform(registry: &Mutex<Registry>, actions: Vec<SchedulerAction>) {
+/// What one pass of the loop says to each peer (see [`Outbox`]).
+#[derive(Default)]
+struct Outboxes {
+    workers: HashMap<WorkerId, Outbox>,
+    clients: HashMap<ClientId, Outbox>,
+}
+
+impl Outboxes {
+    fn flush(&mut self, registry: &Mutex<Registry>) {
+        let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, outbox) in &mut self.workers {
+            match reg.workers.get(id) {
+                Some((out, _)) => outbox.flush(out),
+                None => *outbox = Outbox::default(),
+            }
+        }
+        for (id, outbox) in &mut self.clients {
+            match reg.clients.get(id) {
+                Some(out) => outbox.flush(out),
+                None => *outbox = Outbox::default(),
+            }
+        }
+        self.workers.retain(|id, _| reg.workers.contains_key(id));
+        self.clients.retain(|id, _| reg.clients.contains_key(id));
+    }
+}
+
+fn perform(registry: &Mutex<Registry>, outboxes: &mut Outboxes, actions: Vec<SchedulerAction>) {
     let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
     for action in actions {
         match action {
             SchedulerAction::SendToWorker(id, msg) => {
                 if let Some((out, _)) = reg.workers.get(&id) {
-                    match framed(&msg) {
-                        Ok(bytes) => {
-                            let _ = out.send(bytes);
-                        }
-                        Err(e) => tracing::error!(worker = %id, "cannot encode a message: {e}"),
+                    let outbox = outboxes.workers.entry(id).or_default();
+                    if let Err(e) = outbox.push(&msg, out) {
+                        tracing::error!(worker = %id, "cannot encode a message: {e}");
                     }
                 }
             }
             SchedulerAction::SendToClient(id, msg) => {
                 if let Some(out) = reg.clients.get(&id) {
-                    match framed(&msg) {
-                        Ok(bytes) => {
-                            let _ = out.send(bytes);
-                        }
-                        Err(e) => tracing::error!(client = %id, "cannot encode a message: {e}"),
+                    let outbox = outboxes.clients.entry(id).or_default();
+                    if let Err(e) = outbox.push(&msg, out) {
+                        tracing::error!(client = %id, "cannot encode a message: {e}");
                     }
                 }
             }
             SchedulerAction::CloseWorker(id, reason) => {
+                if let Some((out, _)) = reg.workers.get(&id)
+                    && let Some(outbox) = outboxes.workers.get_mut(&id)
+                {
+                    outbox.flush(out);
+                }
                 if let Some((_, conn)) = reg.workers.get(&id) {
                     tracing::warn!(worker = %id, "closing: {reason}");
                     conn.close(2u32.into(), reason.as_bytes());

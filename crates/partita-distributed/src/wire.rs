@@ -85,6 +85,10 @@ pub async fn read_msg<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Resu
 }
 
 /// Spawn the task writing pre-framed messages from `rx` to `send`, batching what is queued.
+///
+/// Batching costs no latency: the event loops feeding these channels hand over everything
+/// one pass over their ready events produced as one buffer (see [`Outbox`]), and the
+/// writer adds whatever else is queued when it runs.
 pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     tokio::spawn(async move {
         while let Some(mut buf) = rx.recv().await {
@@ -100,6 +104,42 @@ pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
         }
         let _ = send.finish();
     });
+}
+
+/// Frames an event loop produced for one peer, held until the loop has no ready event
+/// left (or [`Outbox::FLUSH_BYTES`] pile up), then handed to the peer's writer at once.
+///
+/// A worker running a hundred quick tasks in one pass sends their hundred `TaskFinished`
+/// in one write, one packet, one wake-up of the scheduler, instead of a hundred; a lone
+/// message still leaves as soon as the loop goes idle, which is at once.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    buf: Vec<u8>,
+}
+
+impl Outbox {
+    /// Hand over early past this many bytes, so a long pass streams.
+    pub const FLUSH_BYTES: usize = 1 << 20;
+
+    /// Queue an encoded message; hands over to `to` if the buffer is large.
+    pub fn push<T: Serialize>(
+        &mut self,
+        msg: &T,
+        to: &mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<()> {
+        self.buf.extend(framed(msg)?);
+        if self.buf.len() >= Self::FLUSH_BYTES {
+            self.flush(to);
+        }
+        Ok(())
+    }
+
+    /// Hand whatever is queued to the writer.
+    pub fn flush(&mut self, to: &mpsc::UnboundedSender<Vec<u8>>) {
+        if !self.buf.is_empty() {
+            let _ = to.send(std::mem::take(&mut self.buf));
+        }
+    }
 }
 
 /// A `Hello` for this cluster.
@@ -190,40 +230,80 @@ impl Peers {
 
     /// Fetch `key` from the data server at `address`.
     pub async fn fetch(&self, address: &str, key: &Key) -> Result<Value> {
+        let mut results = self.fetch_many(address, std::slice::from_ref(key)).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal(format!("no answer for {key}"))))
+    }
+
+    /// Fetch `keys` from the data server at `address` in one request (one stream, one
+    /// round trip): one result per key, in order. Keys the peer does not hold are errors
+    /// of their own; a broken stream fails the keys not yet received.
+    pub async fn fetch_many(&self, address: &str, keys: &[Key]) -> Vec<Result<Value>> {
+        let mut out = Vec::with_capacity(keys.len());
+        if let Err(e) = self.fetch_into(address, keys, &mut out).await {
+            while let Some(key) = keys.get(out.len()) {
+                out.push(Err(Error::Transport(format!(
+                    "fetching {key} from {address}: {e}"
+                ))));
+            }
+        }
+        out
+    }
+
+    async fn fetch_into(
+        &self,
+        address: &str,
+        keys: &[Key],
+        out: &mut Vec<Result<Value>>,
+    ) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let conn = self.connection(address).await?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| transport(&format!("fetching {key} from {address}"), e))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport("open", e))?;
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let mut out = framed(&hello(&self.cluster, Role::Client, &self.name))?;
-        out.extend(framed(&DataRequest {
+        let mut request = framed(&hello(&self.cluster, Role::Client, &self.name))?;
+        request.extend(framed(&DataRequest {
             request_id,
-            key: key.clone(),
+            keys: keys.to_vec(),
         })?);
-        send.write_all(&out)
+        send.write_all(&request)
             .await
-            .map_err(|e| transport(&format!("fetching {key} from {address}"), e))?;
+            .map_err(|e| transport("request", e))?;
         let _ = send.finish();
-        match read_msg::<DataResponse>(&mut recv).await? {
-            Some(DataResponse::Data { nbytes, .. }) => {
-                if nbytes > MAX_VALUE_BYTES {
-                    return Err(Error::Codec(format!(
-                        "worker {address} announced {nbytes} bytes for {key}"
+        for key in keys {
+            let (got, nbytes) = match read_msg::<DataResponse>(&mut recv).await? {
+                Some(DataResponse::Data { key, nbytes, .. }) => (key, Some(nbytes)),
+                Some(DataResponse::Missing { key, .. }) => (key, None),
+                None => {
+                    return Err(Error::Transport(format!(
+                        "worker {address} closed the stream before answering for {key}"
                     )));
                 }
-                let mut bytes = vec![0u8; nbytes as usize];
-                recv.read_exact(&mut bytes)
-                    .await
-                    .map_err(|e| transport(&format!("fetching {key} from {address}"), e))?;
-                Value::decode(bytes)
+            };
+            if &got != key {
+                return Err(Error::Codec(format!(
+                    "worker {address} answered with {got} where {key} was due"
+                )));
             }
-            Some(DataResponse::Missing { .. }) => Err(Error::Transport(format!(
-                "worker {address} does not hold {key}"
-            ))),
-            None => Err(Error::Transport(format!(
-                "worker {address} closed the stream before answering for {key}"
-            ))),
+            let Some(nbytes) = nbytes else {
+                out.push(Err(Error::Transport(format!(
+                    "worker {address} does not hold {key}"
+                ))));
+                continue;
+            };
+            if nbytes > MAX_VALUE_BYTES {
+                return Err(Error::Codec(format!(
+                    "worker {address} announced {nbytes} bytes for {key}"
+                )));
+            }
+            let mut bytes = vec![0u8; nbytes as usize];
+            recv.read_exact(&mut bytes)
+                .await
+                .map_err(|e| transport("read", e))?;
+            out.push(Value::decode(bytes));
         }
+        Ok(())
     }
 }

@@ -22,7 +22,7 @@ use partita_proto::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster_file::ClusterFile;
-use crate::wire::{Peers, framed, join, read_msg, spawn_writer};
+use crate::wire::{Outbox, Peers, framed, join, read_msg, spawn_writer};
 
 /// How to start a worker.
 #[derive(Clone, Debug)]
@@ -61,7 +61,15 @@ struct Shared {
     next_request: AtomicU64,
     events: mpsc::UnboundedSender<WorkerEvent>,
     peers: Peers,
+    /// Time spent in ops on this worker, by key name: (total micros, count).
+    durations: Mutex<HashMap<String, (u64, u32)>>,
 }
+
+/// Ops of a kind (key name) that averaged under this many microseconds over at least
+/// [`INLINE_MIN_RUNS`] runs here run on the event loop's own thread: handing such a task to
+/// a pool thread and its result back (two thread wake-ups) costs more than running it.
+const INLINE_MAX_MICROS: u64 = 50;
+const INLINE_MIN_RUNS: u32 = 8;
 
 impl Shared {
     /// Hold `value` under `key` for tasks and peers; returns its size.
@@ -124,6 +132,7 @@ pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<
         next_request: AtomicU64::new(1),
         events: events_tx.clone(),
         peers: Peers::new(endpoint.clone(), Arc::clone(&cluster), options.name.clone()),
+        durations: Mutex::new(HashMap::new()),
     });
 
     // To the scheduler.
@@ -171,6 +180,7 @@ pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<
     let mut config = WorkerConfig::new(id, options.nthreads, options.memory_limit);
     config.heartbeat_interval = Duration::from_millis(500);
     let mut state = WorkerState::new(config, now());
+    let mut outbox = Outbox::default();
     let result = loop {
         let wake = state
             .poll_timeout()
@@ -185,50 +195,70 @@ pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<
                 break Err(Error::Transport(format!("lost the scheduler: {reason}")));
             }
         };
+        // Results of tasks run inline come first, then whatever else arrived; what this
+        // pass says to the scheduler leaves in one piece when nothing is left to handle.
+        let mut inline = Vec::new();
         let actions = state.handle(event, now());
-        perform(&shared, &out_tx, actions);
-        while let Ok(event) = events.try_recv() {
+        perform(&shared, &mut outbox, &out_tx, actions, &mut inline);
+        while let Some(event) = inline.pop().or_else(|| events.try_recv().ok()) {
             let actions = state.handle(event, now());
-            perform(&shared, &out_tx, actions);
+            perform(&shared, &mut outbox, &out_tx, actions, &mut inline);
         }
+        outbox.flush(&out_tx);
     };
     conn.close(0u32.into(), b"worker stopping");
     endpoint.close(0u32.into(), b"worker stopping");
     result
 }
 
-fn perform(shared: &Arc<Shared>, out: &mpsc::UnboundedSender<Vec<u8>>, actions: Vec<WorkerAction>) {
+/// Carry out the state machine's actions; quick tasks run here and their results go to
+/// `inline` for the caller to hand back.
+fn perform(
+    shared: &Arc<Shared>,
+    outbox: &mut Outbox,
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+    actions: Vec<WorkerAction>,
+    inline: &mut Vec<WorkerEvent>,
+) {
     for action in actions {
         match action {
-            WorkerAction::SendToScheduler(msg) => match framed(&msg) {
-                Ok(bytes) => {
-                    let _ = out.send(bytes);
+            WorkerAction::SendToScheduler(msg) => {
+                if let Err(e) = outbox.push(&msg, out) {
+                    tracing::error!("cannot encode a message to the scheduler: {e}");
                 }
-                Err(e) => tracing::error!("cannot encode a message to the scheduler: {e}"),
-            },
+            }
             WorkerAction::Execute {
                 key,
                 payload,
                 inputs,
-            } => execute(shared, key, payload.into_vec(), inputs),
-            WorkerAction::Fetch { key, from, .. } => {
+            } => {
+                if is_quick(shared, &key) {
+                    inline.push(run_task(shared, key, &payload, &inputs));
+                } else {
+                    execute(shared, key, payload.into_vec(), inputs);
+                }
+            }
+            WorkerAction::Fetch { keys, from, .. } => {
                 let shared = Arc::clone(shared);
                 tokio::spawn(async move {
-                    let event = match shared.peers.fetch(&from.address, &key).await {
-                        Ok(value) => {
-                            let nbytes = shared.keep(&key, value);
-                            WorkerEvent::FetchDone {
-                                key,
-                                from: from.id,
-                                nbytes,
+                    let results = shared.peers.fetch_many(&from.address, &keys).await;
+                    for (key, result) in keys.into_iter().zip(results) {
+                        let event = match result {
+                            Ok(value) => {
+                                let nbytes = shared.keep(&key, value);
+                                WorkerEvent::FetchDone {
+                                    key,
+                                    from: from.id,
+                                    nbytes,
+                                }
                             }
-                        }
-                        Err(e) => {
-                            tracing::warn!("fetching {key} from {} failed: {e}", from.id);
-                            WorkerEvent::FetchFailed { key, from: from.id }
-                        }
-                    };
-                    let _ = shared.events.send(event);
+                            Err(e) => {
+                                tracing::warn!("fetching {key} from {} failed: {e}", from.id);
+                                WorkerEvent::FetchFailed { key, from: from.id }
+                            }
+                        };
+                        let _ = shared.events.send(event);
+                    }
                 });
             }
             WorkerAction::SendData {
@@ -259,8 +289,24 @@ fn perform(shared: &Arc<Shared>, out: &mpsc::UnboundedSender<Vec<u8>>, actions: 
     }
 }
 
+/// Has this task's kind been quick enough here to run on the event loop's thread?
+fn is_quick(shared: &Shared, key: &Key) -> bool {
+    locked(&shared.durations)
+        .get(key.name())
+        .is_some_and(|&(total, n)| n >= INLINE_MIN_RUNS && total / u64::from(n) < INLINE_MAX_MICROS)
+}
+
 /// Decode and run one task's op on the blocking pool.
 fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let event = run_task(&shared, key, &payload, &inputs);
+        let _ = shared.events.send(event);
+    });
+}
+
+/// Run one task's op on this thread, keep its value and say how it went.
+fn run_task(shared: &Shared, key: Key, payload: &[u8], inputs: &[Key]) -> WorkerEvent {
     let values: std::result::Result<Vec<Value>, Key> = {
         let store = locked(&shared.store);
         inputs
@@ -268,27 +314,34 @@ fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
             .map(|k| store.get(k).cloned().ok_or_else(|| k.clone()))
             .collect()
     };
-    let shared = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || {
-        let result = match values {
-            Err(missing) => Err(Error::Internal(format!(
-                "input {missing} of task {key} is not in this worker's memory"
-            ))),
-            Ok(values) => decode_op(&key, &payload)
-                .and_then(|op| partita_core::op::execute_guarded(&key, op.as_ref(), &values)),
-        };
-        let event = match result {
-            Ok(value) => {
-                let nbytes = shared.keep(&key, value);
-                WorkerEvent::ExecuteDone { key, nbytes }
+    let start = Instant::now();
+    let result = match values {
+        Err(missing) => Err(Error::Internal(format!(
+            "input {missing} of task {key} is not in this worker's memory"
+        ))),
+        Ok(values) => decode_op(&key, payload)
+            .and_then(|op| partita_core::op::execute_guarded(&key, op.as_ref(), &values)),
+    };
+    let micros = start.elapsed().as_micros() as u64;
+    {
+        let mut durations = locked(&shared.durations);
+        match durations.get_mut(key.name()) {
+            Some(d) => *d = (d.0.saturating_add(micros), d.1.saturating_add(1)),
+            None => {
+                durations.insert(key.name().to_string(), (micros, 1));
             }
-            Err(e) => WorkerEvent::ExecuteFailed {
-                error: failure_of(&key, &e),
-                key,
-            },
-        };
-        let _ = shared.events.send(event);
-    });
+        }
+    }
+    match result {
+        Ok(value) => {
+            let nbytes = shared.keep(&key, value);
+            WorkerEvent::ExecuteDone { key, nbytes }
+        }
+        Err(e) => WorkerEvent::ExecuteFailed {
+            error: failure_of(&key, &e),
+            key,
+        },
+    }
 }
 
 /// An op's error as it travels: the task that really failed (inside a fused chain, the
@@ -446,32 +499,39 @@ async fn answer(
     let request: DataRequest = read_msg(&mut recv)
         .await?
         .ok_or_else(|| Error::Transport("data stream closed before its request".into()))?;
-    let local = shared.next_request.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = oneshot::channel();
-    locked(&shared.requests).insert(local, tx);
-    let _ = shared.events.send(WorkerEvent::PeerWantsData {
-        request_id: local,
-        key: request.key.clone(),
-    });
-    let value = rx.await.ok().flatten();
-    let write = |e| Error::Transport(format!("sending {}: {e}", request.key));
-    match value {
-        Some(value) => {
-            let bytes = value.encode()?;
-            let header = framed(&DataResponse::Data {
-                request_id: request.request_id,
-                key: request.key.clone(),
-                nbytes: bytes.len() as u64,
-            })?;
-            send.write_all(&header).await.map_err(write)?;
-            send.write_all(&bytes).await.map_err(write)?;
-        }
-        None => {
-            let header = framed(&DataResponse::Missing {
-                request_id: request.request_id,
-                key: request.key.clone(),
-            })?;
-            send.write_all(&header).await.map_err(write)?;
+    // Ask the state machine for every key at once, then answer in the request's order.
+    let mut pending = Vec::with_capacity(request.keys.len());
+    for key in &request.keys {
+        let local = shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        locked(&shared.requests).insert(local, tx);
+        let _ = shared.events.send(WorkerEvent::PeerWantsData {
+            request_id: local,
+            key: key.clone(),
+        });
+        pending.push(rx);
+    }
+    for (key, rx) in request.keys.into_iter().zip(pending) {
+        let value = rx.await.ok().flatten();
+        let write = |e| Error::Transport(format!("sending {key}: {e}"));
+        match value {
+            Some(value) => {
+                let bytes = value.encode()?;
+                let header = framed(&DataResponse::Data {
+                    request_id: request.request_id,
+                    key: key.clone(),
+                    nbytes: bytes.len() as u64,
+                })?;
+                send.write_all(&header).await.map_err(write)?;
+                send.write_all(&bytes).await.map_err(write)?;
+            }
+            None => {
+                let header = framed(&DataResponse::Missing {
+                    request_id: request.request_id,
+                    key: key.clone(),
+                })?;
+                send.write_all(&header).await.map_err(write)?;
+            }
         }
     }
     let _ = send.finish();

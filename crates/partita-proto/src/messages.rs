@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -317,11 +317,12 @@ pub enum ToClient {
 pub struct DataRequest {
     /// Chosen by the requester to match the response.
     pub request_id: u64,
-    /// The value wanted.
-    pub key: Key,
+    /// The values wanted: one request carries many, answered in this order.
+    pub keys: Vec<Key>,
 }
 
-/// Header of the answer; for `Data`, `nbytes` of encoded value follow on the stream.
+/// Header of the answer for one key of a request, in the request's order; for `Data`,
+/// `nbytes` of encoded value follow on the stream before the next header.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum DataResponse {
     /// The value follows.

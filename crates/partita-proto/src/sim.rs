@@ -556,15 +556,19 @@ impl Sim {
                 };
                 self.push(now + b.duration, SimEvent::ToWorker(w, done));
             }
-            WorkerAction::Fetch { key, from, .. } => {
-                self.seq += 1;
-                let request_id = self.seq;
-                self.requests.insert(request_id, (w, key.clone(), from.id));
-                let ask = WorkerEvent::PeerWantsData { request_id, key };
-                self.push(now + latency, SimEvent::ToWorker(from.id, ask));
-                // A dead peer never answers: the connection attempt fails instead.
-                if !self.workers.get(&from.id).is_some_and(|sw| sw.alive) {
-                    self.fail_request(request_id);
+            WorkerAction::Fetch { keys, from, .. } => {
+                // The runtime asks for the keys of a batch on one stream; here each is a
+                // request of its own, which reports every key exactly once all the same.
+                for key in keys {
+                    self.seq += 1;
+                    let request_id = self.seq;
+                    self.requests.insert(request_id, (w, key.clone(), from.id));
+                    let ask = WorkerEvent::PeerWantsData { request_id, key };
+                    self.push(now + latency, SimEvent::ToWorker(from.id, ask));
+                    // A dead peer never answers: the connection attempt fails instead.
+                    if !self.workers.get(&from.id).is_some_and(|sw| sw.alive) {
+                        self.fail_request(request_id);
+                    }
                 }
             }
             WorkerAction::SendData {

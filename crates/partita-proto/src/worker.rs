@@ -42,8 +42,14 @@ pub struct WorkerConfig {
     /// Start no new task while process memory is above this fraction.
     pub pause: f64,
     pub heartbeat_interval: Duration,
+    /// Requests in flight to one peer, and in total (each may carry many keys).
     pub max_fetches_per_peer: u32,
     pub max_fetches_total: u32,
+    /// One request asks a peer for more keys while their expected size stays below this
+    /// (Dask's `transfer_message_bytes_limit`); a single larger value still goes alone.
+    pub fetch_batch_bytes: u64,
+    /// And for at most this many keys (keeps a request far below the message size limit).
+    pub fetch_batch_keys: usize,
 }
 
 impl WorkerConfig {
@@ -59,6 +65,8 @@ impl WorkerConfig {
             heartbeat_interval: Duration::from_secs(1),
             max_fetches_per_peer: 2,
             max_fetches_total: 8,
+            fetch_batch_bytes: 50 << 20,
+            fetch_batch_keys: 1000,
         }
     }
 }
@@ -128,10 +136,12 @@ pub enum WorkerAction {
         payload: ByteBuf,
         inputs: Vec<Key>,
     },
-    /// Fetch a value from a peer, then report `FetchDone` or `FetchFailed`.
+    /// Fetch values from one peer in one request, then report `FetchDone` or
+    /// `FetchFailed` for each key (every key exactly once).
     Fetch {
-        key: Key,
+        keys: Vec<Key>,
         from: Peer,
+        /// Their expected size in total.
         nbytes: u64,
     },
     /// Answer data request `request_id` with the value.
@@ -213,6 +223,8 @@ struct Fetch {
     untried: Vec<Peer>,
     failed: Vec<WorkerId>,
     in_flight: Option<WorkerId>,
+    /// The request it travels in, while in flight.
+    batch: u64,
     priority: i64,
     seq: u64,
 }
@@ -234,7 +246,11 @@ pub struct WorkerState {
     /// ... and the same entries by each untried holder, so starting fetches looks only at
     /// the heads of peers with room (never rescans a long queue for one busy peer).
     fetch_queue_by_peer: BTreeMap<WorkerId, BTreeSet<(i64, u64, Key)>>,
+    /// Requests in flight per peer ...
     in_flight: BTreeMap<WorkerId, u32>,
+    /// ... and the keys of each request still to be reported.
+    batches: FxHashMap<u64, u32>,
+    next_batch: u64,
     /// Value key -> tasks waiting for it to arrive or be unspilled.
     waiting_for: FxHashMap<Key, BTreeSet<Key>>,
     /// Value key -> peer requests waiting for it to be unspilled.
@@ -263,6 +279,8 @@ impl WorkerState {
             fetch_queue: BTreeSet::new(),
             fetch_queue_by_peer: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            batches: FxHashMap::default(),
+            next_batch: 0,
             waiting_for: FxHashMap::default(),
             peer_requests: FxHashMap::default(),
             managed: 0,
@@ -416,6 +434,7 @@ impl WorkerState {
                     untried: Vec::new(),
                     failed: Vec::new(),
                     in_flight: None,
+                    batch: 0,
                     priority,
                     seq,
                 });
@@ -577,8 +596,8 @@ impl WorkerState {
             self.out.push(WorkerAction::DropValue { key });
             return;
         }
-        self.fetches.remove(&key);
-        self.release_peer(from);
+        let batch = self.fetches.remove(&key).map_or(0, |f| f.batch);
+        self.settle_fetch(batch, from);
         let waiting = self.waiting_for.remove(&key).unwrap_or_default();
         if waiting.is_empty() {
             self.out.push(WorkerAction::DropValue { key });
@@ -603,7 +622,17 @@ impl WorkerState {
         }
     }
 
-    fn release_peer(&mut self, peer: WorkerId) {
+    /// One key of request `batch` to `peer` is reported; the last one frees the request's
+    /// slot.
+    fn settle_fetch(&mut self, batch: u64, peer: WorkerId) {
+        let Some(left) = self.batches.get_mut(&batch) else {
+            return;
+        };
+        *left -= 1;
+        if *left > 0 {
+            return;
+        }
+        self.batches.remove(&batch);
         if let Some(n) = self.in_flight.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
@@ -622,7 +651,8 @@ impl WorkerState {
         f.in_flight = None;
         f.failed.push(from);
         let untried = !f.untried.is_empty();
-        self.release_peer(from);
+        let batch = f.batch;
+        self.settle_fetch(batch, from);
         if !self.waiting_for.contains_key(&key) {
             self.fetches.remove(&key);
         } else if untried {
@@ -697,15 +727,41 @@ impl WorkerState {
             let Some((_, i)) = choice else {
                 break;
             };
-            self.unqueue_fetch(&key);
-            let f = self.fetches.get_mut(&key).expect("queued fetches exist");
-            let peer = f.untried.remove(i);
-            f.in_flight = Some(peer.id);
-            let nbytes = f.nbytes;
+            let peer = self.fetches[&key].untried[i].clone();
+            // More of what this peer holds, most urgent first, while the request stays
+            // small: one round trip instead of one per key.
+            let mut keys = vec![key];
+            let mut nbytes = self.fetches[&keys[0]].nbytes;
+            if let Some(queue) = self.fetch_queue_by_peer.get(&peer.id) {
+                for (_, _, k) in queue {
+                    if keys.len() >= self.config.fetch_batch_keys {
+                        break;
+                    }
+                    if k == &keys[0] {
+                        continue;
+                    }
+                    let size = self.fetches[k].nbytes;
+                    if nbytes.saturating_add(size) > self.config.fetch_batch_bytes {
+                        break;
+                    }
+                    nbytes += size;
+                    keys.push(k.clone());
+                }
+            }
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            for k in &keys {
+                self.unqueue_fetch(k);
+                let f = self.fetches.get_mut(k).expect("queued fetches exist");
+                f.untried.retain(|p| p.id != peer.id);
+                f.in_flight = Some(peer.id);
+                f.batch = batch;
+            }
+            self.batches.insert(batch, keys.len() as u32);
             *self.in_flight.entry(peer.id).or_default() += 1;
             budget -= 1;
             self.out.push(WorkerAction::Fetch {
-                key,
+                keys,
                 from: peer,
                 nbytes,
             });
@@ -1164,12 +1220,15 @@ mod tests {
 
     #[test]
     fn fetches_are_bounded_per_peer_and_fail_over() {
-        let mut w = worker(1, 0);
+        // One key per request here; batching has its own test.
+        let mut config = WorkerConfig::new(WorkerId(0), 1, 0);
+        config.fetch_batch_keys = 1;
+        let mut w = WorkerState::new(config, Time::ZERO);
         let deps = (1..=3).map(|i| (k(i), vec![1, 2])).collect();
         let acts = w.handle(compute(k(0), 0, deps), Time::ZERO);
         let fetches: Vec<(Key, u32)> = (acts.iter())
             .filter_map(|a| match a {
-                WorkerAction::Fetch { key, from, .. } => Some((key.clone(), from.id.0)),
+                WorkerAction::Fetch { keys, from, .. } => Some((keys[0].clone(), from.id.0)),
                 _ => None,
             })
             .collect();
@@ -1216,7 +1275,7 @@ mod tests {
         w.handle(free, Time::ZERO);
         let deps = (1..=3).map(|i| (k(i), vec![3])).collect();
         let acts = w.handle(compute(k(0), 0, deps), Time::ZERO);
-        assert!(matches!(&acts[..], [WorkerAction::Fetch { key, .. }] if *key == k(1)));
+        assert!(matches!(&acts[..], [WorkerAction::Fetch { keys, .. }] if keys == &[k(1)]));
         let acts = w.handle(
             WorkerEvent::FetchDone {
                 key: k(1),
@@ -1226,6 +1285,80 @@ mod tests {
             Time::ZERO,
         );
         assert_eq!(executes(&acts), vec![k(0)]);
+    }
+
+    fn fetch_requests(acts: &[WorkerAction]) -> Vec<(Vec<Key>, u32)> {
+        (acts.iter())
+            .filter_map(|a| match a {
+                WorkerAction::Fetch { keys, from, .. } => Some((keys.clone(), from.id.0)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fetches_from_one_peer_share_a_request_within_its_size_limit() {
+        let mut config = WorkerConfig::new(WorkerId(0), 1, 0);
+        config.fetch_batch_bytes = 3 * MIB;
+        let mut w = WorkerState::new(config, Time::ZERO);
+        // Eight 1 MiB inputs: k1..k6 on peer 1 only, k7 and k8 on peer 2.
+        let deps = (1..=8)
+            .map(|i| (k(i), vec![if i <= 6 { 1 } else { 2 }]))
+            .collect();
+        let acts = w.handle(compute(k(0), 0, deps), Time::ZERO);
+        // Two requests to peer 1 (three keys each, the size limit), one to peer 2.
+        assert_eq!(
+            fetch_requests(&acts),
+            vec![
+                (vec![k(1), k(2), k(3)], 1),
+                (vec![k(4), k(5), k(6)], 1),
+                (vec![k(7), k(8)], 2),
+            ]
+        );
+        // The request's slot frees only when its last key is reported: a failure of one
+        // key leaves the others in flight, and nothing new starts before the peer has room.
+        let report = |w: &mut WorkerState, i: u32, from: u32, ok: bool| {
+            let event = if ok {
+                WorkerEvent::FetchDone {
+                    key: k(i),
+                    from: WorkerId(from),
+                    nbytes: MIB,
+                }
+            } else {
+                WorkerEvent::FetchFailed {
+                    key: k(i),
+                    from: WorkerId(from),
+                }
+            };
+            w.handle(event, Time::ZERO)
+        };
+        assert!(fetch_requests(&report(&mut w, 7, 2, true)).is_empty());
+        assert!(fetch_requests(&report(&mut w, 8, 2, true)).is_empty());
+        for i in 1..=3 {
+            let acts = report(&mut w, i, 1, i != 2);
+            // k2 had no other holder: the scheduler hears of it.
+            if i == 2 {
+                assert!(
+                    acts.contains(&WorkerAction::SendToScheduler(FromWorker::MissingData {
+                        key: k(2),
+                        from_worker: WorkerId(1),
+                    }))
+                );
+            }
+        }
+        for i in 4..=6 {
+            report(&mut w, i, 1, true);
+        }
+        // Released and resent with a fresh holder (as the scheduler does after
+        // MissingData), k2 arrives and the task runs; the other inputs stayed.
+        let free = WorkerEvent::FromScheduler(ToWorker::FreeKeys { keys: vec![k(0)] });
+        w.handle(free, Time::ZERO);
+        let fresh = (1..=8)
+            .map(|i| (k(i), vec![if i == 2 { 3 } else { 1 }]))
+            .collect();
+        let acts = w.handle(compute(k(0), 0, fresh), Time::ZERO);
+        assert_eq!(fetch_requests(&acts), vec![(vec![k(2)], 3)]);
+        assert_eq!(executes(&report(&mut w, 2, 3, true)), vec![k(0)]);
     }
 
     #[test]

@@ -461,3 +461,35 @@ fn a_value_read_by_many_tasks_is_freed_after_the_last_reader() {
     sim.run_until(sim.now() + Duration::from_millis(5));
     assert_eq!(sim.scheduler().task_count(), 0);
 }
+
+#[test]
+fn dependents_of_one_result_are_co_assigned_so_reductions_move_little() {
+    // One small root read by 2,000 tasks, reduced 100 at a time, then to one key: the
+    // 2,000 become ready together when the root finishes.
+    let mut sim = Sim::new(SimConfig {
+        workers: 2,
+        nthreads: 1,
+        ..SimConfig::default()
+    });
+    let root = Key::named("root");
+    let mut tasks = vec![spec(root.clone(), vec![])];
+    let leaves: Vec<Key> = (0..2000).map(|i| Key::new("leaf", [i])).collect();
+    tasks.extend(leaves.iter().map(|k| spec(k.clone(), vec![root.clone()])));
+    let groups: Vec<Key> = (0..20).map(|j| Key::new("group", [j])).collect();
+    for (j, g) in groups.iter().enumerate() {
+        tasks.push(spec(g.clone(), leaves[j * 100..(j + 1) * 100].to_vec()));
+    }
+    let out = Key::named("out");
+    tasks.push(spec(out.clone(), groups.clone()));
+    order_depth_first(&mut tasks, std::slice::from_ref(&out));
+    sim.submit_at(Time::ZERO, C, tasks, vec![out.clone()]);
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, std::slice::from_ref(&out));
+    let placed = |k: &Key| sim.report().placements[k][0];
+    let used: std::collections::BTreeSet<WorkerId> = leaves.iter().map(placed).collect();
+    assert_eq!(used.len(), 2, "both workers share the leaves");
+    // Alternating placement would move about 1,000 leaves (half of each group's inputs);
+    // runs of priority order move only what straddles a boundary (11 here).
+    let transfers = sim.report().transfers;
+    assert!(transfers < 100, "{transfers} transfers");
+}
