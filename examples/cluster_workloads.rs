@@ -6,14 +6,14 @@
 //! cargo run --release -p partita-examples --bin cluster_workloads [-- NAME]
 //! ```
 //!
-//! NAME is one of `trivial [N]`, `chain`, `transpose-mean` (default: all). Each line prints the median of
+//! NAME is one of `trivial [N]`, `chain`, `transfer`, `transpose-mean` (default: all). Each line prints the median of
 //! three runs; cluster start-up is not timed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use partita::array::random;
-use partita::distributed::{LocalCluster, LocalClusterOptions};
+use partita::distributed::{Client, FutureStatus, LocalCluster, LocalClusterOptions};
 use partita::op::{Collect, Identity};
 use partita::{
     ComputeOptions, GraphBuilder, Key, Literal, LocalScheduler, OptimizeOptions, Result, Scheduler,
@@ -129,6 +129,41 @@ fn chain(n: usize, on: &dyn Scheduler) -> Result<()> {
     Ok(())
 }
 
+/// One 1 GB value (125,000,000 f64 in one chunk) moved from one worker to the other: two
+/// such values are made together (root tasks go to different workers), then a task reading
+/// both runs where one of them is and fetches the other. Only that task is timed; each round
+/// uses fresh values, so the copy fetched in an earlier round cannot serve.
+fn transfer(client: &Client) -> Result<()> {
+    const N: usize = 125_000_000;
+    let mut times = Vec::new();
+    for round in 0..3u64 {
+        let x = random::random(&[N], [N], 2 * round)?;
+        let y = random::random(&[N], [N], 2 * round + 1)?;
+        let made = client.submit_collections(&[&x, &y])?;
+        let inputs: Vec<_> = made.into_iter().flatten().collect();
+        client.wait(&inputs, None)?;
+        let start = Instant::now();
+        let both = client.submit_task(
+            Key::new("transfer-both", [round as u32]),
+            Arc::new(Collect),
+            &inputs,
+        )?;
+        let status = both.wait(None)?;
+        times.push(start.elapsed());
+        if status != FutureStatus::Finished {
+            // The error, with the task that failed.
+            both.result()?;
+        }
+    }
+    let t = median(times);
+    println!(
+        "distributed  1 GB value worker to worker: median {:>7.3} s   {:>5.2} GB/s",
+        t.as_secs_f64(),
+        (N * 8) as f64 / 1e9 / t.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let which = std::env::args().nth(1);
     let want = |name: &str| which.as_deref().is_none_or(|w| w == name);
@@ -153,6 +188,9 @@ fn main() -> Result<()> {
     if want("chain") {
         chain(1000, &local)?;
         chain(1000, &client)?;
+    }
+    if want("transfer") {
+        transfer(&client)?;
     }
     if want("transpose-mean") {
         transpose_mean(&local)?;
