@@ -179,6 +179,30 @@ pub async fn join(
     }
 }
 
+/// The `nbytes` of a value's encoding, straight from quinn's receive buffers into one
+/// buffer (no zero-filling first, no intermediate copy); a length the machine cannot
+/// allocate is an error, not an abort.
+async fn read_value(recv: &mut quinn::RecvStream, nbytes: u64, key: &Key) -> Result<Vec<u8>> {
+    let n = usize::try_from(nbytes)
+        .map_err(|_| Error::Codec(format!("{key}: {nbytes} bytes do not fit in memory")))?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(n)
+        .map_err(|e| Error::Codec(format!("{key}: cannot hold {nbytes} bytes: {e}")))?;
+    while buf.len() < n {
+        match recv.read_chunk(n - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(Error::Transport(format!(
+                    "{key}: the stream ended after {} of {n} bytes",
+                    buf.len()
+                )));
+            }
+            Err(e) => return Err(transport("read", e)),
+        }
+    }
+    Ok(buf)
+}
+
 /// `host:port` to a socket address.
 pub fn resolve(address: &str) -> Result<std::net::SocketAddr> {
     use std::net::ToSocketAddrs;
@@ -298,11 +322,7 @@ impl Peers {
                     "worker {address} announced {nbytes} bytes for {key}"
                 )));
             }
-            let mut bytes = vec![0u8; nbytes as usize];
-            recv.read_exact(&mut bytes)
-                .await
-                .map_err(|e| transport("read", e))?;
-            out.push(Value::decode(bytes));
+            out.push(Value::decode(read_value(&mut recv, nbytes, key).await?));
         }
         Ok(())
     }
