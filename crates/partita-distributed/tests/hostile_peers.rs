@@ -166,3 +166,89 @@ fn a_worker_data_server_refuses_strangers() {
     drop(client);
     the_cluster_still_computes(&cluster);
 }
+
+/// A data server that lies: fetching from it gives one error per key, naming the key, and
+/// never a panic or an allocation the size it announces.
+#[test]
+fn lying_data_servers_fail_each_key_with_an_error() {
+    use partita_core::Key;
+    use partita_distributed::wire::Peers;
+    use partita_proto::messages::{DataRequest, DataResponse, Hello};
+    use std::sync::Arc;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let creds = ClusterFile::generate("127.0.0.1:0".into()).unwrap();
+    runtime.block_on(async {
+        let server = quinn::Endpoint::server(
+            creds.server_config().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let address = format!("127.0.0.1:{}", server.local_addr().unwrap().port());
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let _: Hello = read_msg(&mut recv).await.unwrap().unwrap();
+                let request: DataRequest = read_msg(&mut recv).await.unwrap().unwrap();
+                let id = request.request_id;
+                let mut out = Vec::new();
+                if request.keys.len() == 3 {
+                    // Garbage bytes for the first key, "missing" for the second, then
+                    // another key than the third.
+                    let (a, b) = (request.keys[0].clone(), request.keys[1].clone());
+                    let data = DataResponse::Data {
+                        request_id: id,
+                        key: a,
+                        nbytes: 8,
+                    };
+                    out.extend(framed(&data).unwrap());
+                    out.extend([0xff; 8]);
+                    out.extend(
+                        framed(&DataResponse::Missing {
+                            request_id: id,
+                            key: b,
+                        })
+                        .unwrap(),
+                    );
+                    let other = Key::named("not-asked-for");
+                    let data = DataResponse::Data {
+                        request_id: id,
+                        key: other,
+                        nbytes: 1,
+                    };
+                    out.extend(framed(&data).unwrap());
+                } else {
+                    // 512 GiB announced, nothing sent.
+                    let key = request.keys[0].clone();
+                    let data = DataResponse::Data {
+                        request_id: id,
+                        key,
+                        nbytes: 1 << 39,
+                    };
+                    out.extend(framed(&data).unwrap());
+                }
+                send.write_all(&out).await.unwrap();
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            }
+        });
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let peers = Peers::new(endpoint, Arc::new(creds.clone()), "asker".into());
+        let keys: Vec<Key> = (0..3).map(|i| Key::new("v", [i])).collect();
+        let results = peers.fetch_many(&address, &keys).await;
+        assert_eq!(results.len(), 3);
+        let errors: Vec<String> = results
+            .into_iter()
+            .map(|r| r.expect_err("every key fails").to_string())
+            .collect();
+        assert!(errors[1].contains("does not hold"), "{}", errors[1]);
+        assert!(errors[2].contains("not-asked-for"), "{}", errors[2]);
+        let huge = peers.fetch(&address, &Key::new("v", [9])).await;
+        let text = huge.expect_err("nothing was sent").to_string();
+        assert!(text.contains("('v', 9)"), "{text}");
+    });
+}
