@@ -35,6 +35,17 @@ fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
     Ok(median(times))
 }
 
+/// Compute options that run every task as written (no fusion), so each is one task.
+fn unfused() -> ComputeOptions {
+    ComputeOptions {
+        optimize: OptimizeOptions {
+            cull: true,
+            fuse: false,
+        },
+        ..ComputeOptions::default()
+    }
+}
+
 /// One literal, `n` identity tasks reading it, and a tree of `Collect`s (fan-in 100) down
 /// to one output: `n` trivial tasks plus about `n / 99` more, all run (no fusion).
 fn trivial(n: usize, on: &dyn Scheduler) -> Result<()> {
@@ -63,13 +74,7 @@ fn trivial(n: usize, on: &dyn Scheduler) -> Result<()> {
     }
     let graph = b.build()?;
     let tasks = graph.len();
-    let options = ComputeOptions {
-        optimize: OptimizeOptions {
-            cull: true,
-            fuse: false,
-        },
-        ..ComputeOptions::default()
-    };
+    let options = unfused();
     let elapsed = time(3, || {
         compute_with(graph.clone(), &level, on, &options).map(|_| ())
     })?;
@@ -110,13 +115,7 @@ fn chain(n: usize, on: &dyn Scheduler) -> Result<()> {
         last = k;
     }
     let graph = b.build()?;
-    let options = ComputeOptions {
-        optimize: OptimizeOptions {
-            cull: true,
-            fuse: false,
-        },
-        ..ComputeOptions::default()
-    };
+    let options = unfused();
     let elapsed = time(3, || {
         compute_with(graph.clone(), std::slice::from_ref(&last), on, &options).map(|_| ())
     })?;
