@@ -167,6 +167,7 @@ fn corrupt_values_are_errors_not_panics() {
         axes: vec![0],
         arg: None,
         program: None,
+        block: None,
     }
     .execute(std::slice::from_ref(&chunk))
     .unwrap();
@@ -213,6 +214,7 @@ fn corrupt_ops_are_errors_not_panics() {
         axes: vec![0, 1],
         arg: None,
         program: None,
+        block: None,
     })];
     // The fused reduction's own tasks: per-block ops carrying an elementwise program, and
     // the merges.

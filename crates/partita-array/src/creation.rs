@@ -331,174 +331,15 @@ pub fn from_ndarray<T: Element>(a: &ArrayD<T>, chunks: impl Into<Chunks>) -> Res
 pub mod random {
     //! Seeded random arrays. The same seed gives the same numbers whatever the chunking and
     //! the scheduler: element `g` (its flat C-order index in the whole array) is SplitMix64's
-    //! output for counter `g` in a stream keyed by the seed.
+    //! output for counter `g` in a stream keyed by the seed. A random array is an
+    //! elementwise expression with a random leaf ([`crate::rng`]): its numbers are generated
+    //! by whatever task reads them, never stored on their own unless something needs blocks.
 
     use super::*;
-
-    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-    fn mix(mut z: u64) -> u64 {
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// The `g`th 64-bit number of the stream for `key`.
-    #[inline]
-    fn draw(key: u64, g: u64) -> u64 {
-        mix(key.wrapping_add(g.wrapping_mul(GAMMA)))
-    }
-
-    /// Uniform on `[0, 1)` with 52 random bits: the top bits become the mantissa of a
-    /// number in `[1, 2)`. Unlike an integer-to-float conversion this vectorizes on every
-    /// x86-64, which makes generation about twice as fast.
-    #[inline]
-    fn unit(x: u64) -> f64 {
-        f64::from_bits(0x3FF0_0000_0000_0000 | (x >> 12)) - 1.0
-    }
-
-    /// Which distribution a block draws from.
-    #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-    pub enum Distribution {
-        /// Uniform on `[low, high)`.
-        Uniform { low: f64, high: f64 },
-        /// Normal with this mean and standard deviation (Box-Muller).
-        Normal { mean: f64, std: f64 },
-        /// Integers uniform on `[low, high)`.
-        Integers { low: i64, high: i64 },
-    }
-
-    /// One block of a random array.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct RandomBlock {
-        /// Stream key derived from the seed.
-        pub key: u64,
-        /// What to draw.
-        pub dist: Distribution,
-        /// The whole array's shape.
-        pub array_shape: Vec<usize>,
-        /// This block's offset.
-        pub offset: Vec<usize>,
-        /// This block's shape.
-        pub shape: Vec<usize>,
-    }
-
-    impl RandomBlock {
-        /// Global flat indices of the block's elements, row by row along the last axis.
-        fn for_each_row(&self, mut f: impl FnMut(u64, usize)) {
-            let nd = self.shape.len();
-            if nd == 0 {
-                f(0, 1);
-                return;
-            }
-            if self.shape.contains(&0) {
-                return;
-            }
-            let mut strides = vec![1u64; nd];
-            for a in (0..nd - 1).rev() {
-                strides[a] = strides[a + 1] * self.array_shape[a + 1] as u64;
-            }
-            let row_len = self.shape[nd - 1];
-            let mut idx = vec![0usize; nd - 1];
-            loop {
-                let base: u64 = (0..nd)
-                    .map(|a| {
-                        (self.offset[a] + if a < nd - 1 { idx[a] } else { 0 }) as u64 * strides[a]
-                    })
-                    .sum();
-                f(base, row_len);
-                // Odometer over the leading axes.
-                let mut a = nd - 1;
-                loop {
-                    if a == 0 {
-                        return;
-                    }
-                    a -= 1;
-                    idx[a] += 1;
-                    if idx[a] < self.shape[a] {
-                        break;
-                    }
-                    idx[a] = 0;
-                }
-            }
-        }
-    }
-
-    /// Append to `out` elements `base..base + len` of the stream, mapped by the
-    /// distribution (appended, not overwritten: zero-filling a chunk first cost a pass over
-    /// its memory). Compiled for AVX-512 and AVX2 too and picked at run time: the 64-bit
-    /// multiplies of SplitMix64 are emulated with three 32-bit ones on baseline x86-64.
-    #[multiversion::multiversion(targets("x86_64+avx512f+avx512dq+avx512vl", "x86_64+avx2+fma"))]
-    fn fill_f64(key: u64, base: u64, dist: Distribution, len: usize, out: &mut Vec<f64>) {
-        let ids = base..base + len as u64;
-        match dist {
-            Distribution::Uniform { low, high } => {
-                let scale = high - low;
-                out.extend(ids.map(|g| low + scale * unit(draw(key, g))));
-            }
-            Distribution::Normal { mean, std } => {
-                out.extend(ids.map(|g| {
-                    let u1 = unit(draw(key, 2 * g));
-                    let u2 = unit(draw(key, 2 * g + 1));
-                    let r = (-2.0 * (1.0 - u1).ln()).sqrt();
-                    mean + std * r * (std::f64::consts::TAU * u2).cos()
-                }));
-            }
-            Distribution::Integers { .. } => {}
-        }
-    }
-
-    #[multiversion::multiversion(targets("x86_64+avx512f+avx512dq+avx512vl", "x86_64+avx2+fma"))]
-    fn fill_i64(key: u64, base: u64, low: i64, range: u64, out: &mut [i64]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            let x = draw(key, base + j as u64);
-            *o = low.wrapping_add(((u128::from(x) * u128::from(range)) >> 64) as i64);
-        }
-    }
-
-    #[typetag::serde(name = "array-random")]
-    impl Op for RandomBlock {
-        fn execute(&self, _inputs: &[Value]) -> Result<Value> {
-            let n = checked_block_len(&self.shape, DType::F64)?;
-            let nd = self.shape.len();
-            if self.array_shape.len() != nd
-                || self.offset.len() != nd
-                || (0..nd).any(|a| {
-                    self.offset[a]
-                        .checked_add(self.shape[a])
-                        .is_none_or(|end| end > self.array_shape[a])
-                })
-            {
-                return Err(Error::Shape(format!(
-                    "random block of shape {:?} at {:?} does not fit an array of shape {:?}",
-                    self.shape, self.offset, self.array_shape
-                )));
-            }
-            let key = self.key;
-            let shape_err = |e: ndarray::ShapeError| Error::Internal(e.to_string());
-            let chunk = match self.dist {
-                Distribution::Integers { low, high } => {
-                    let range = high.wrapping_sub(low) as u64;
-                    let mut v = vec![0i64; n];
-                    let mut at = 0;
-                    self.for_each_row(|base, len| {
-                        fill_i64(key, base, low, range, &mut v[at..at + len]);
-                        at += len;
-                    });
-                    Chunk::new(ArrayD::from_shape_vec(IxDyn(&self.shape), v).map_err(shape_err)?)
-                }
-                dist => {
-                    let mut v = Vec::with_capacity(n);
-                    self.for_each_row(|base, len| fill_f64(key, base, dist, len, &mut v));
-                    Chunk::new(ArrayD::from_shape_vec(IxDyn(&self.shape), v).map_err(shape_err)?)
-                }
-            };
-            Ok(Value::new(chunk))
-        }
-        fn name(&self) -> &str {
-            "random"
-        }
-    }
+    use crate::elementwise::Elementwise;
+    use crate::kernel::{NodeKind, Program};
+    pub use crate::rng::Distribution;
+    use crate::rng::{RandomLeaf, mix};
 
     fn make(
         shape: &[usize],
@@ -508,21 +349,21 @@ pub mod random {
         dtype: DType,
     ) -> Result<Array> {
         let grid = ChunkGrid::new(shape, &chunks, dtype)?;
-        let key = mix(seed ^ 0x5EED_5EED_5EED_5EED);
-        Ok(Array::from_blocks(
-            "random",
-            grid.clone(),
+        let mut program = Program::default();
+        program.randoms.push(RandomLeaf {
+            key: mix(seed ^ 0x5EED_5EED_5EED_5EED),
+            dist,
+            shape: shape.to_vec(),
+            perm: (0..shape.len()).collect(),
+        });
+        program.push(NodeKind::Random(0), dtype);
+        Ok(Array::from_elementwise(
+            partita_core::Key::unique_name("random"),
+            grid,
             dtype,
-            Vec::new(),
-            |idx| {
-                let op = RandomBlock {
-                    key,
-                    dist,
-                    array_shape: shape.to_vec(),
-                    offset: grid.block_offset(idx),
-                    shape: grid.block_shape(idx),
-                };
-                (Arc::new(op) as Arc<dyn Op>, Vec::new())
+            Elementwise {
+                program,
+                inputs: Vec::new(),
             },
         ))
     }

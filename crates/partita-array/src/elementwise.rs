@@ -12,11 +12,12 @@ use partita_core::{Collection, Error, Key, Layer, Op, Result, Task, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::array::{Array, Source, block_key};
-use crate::chunk::Chunk;
+use crate::chunk::{Chunk, checked_block_len};
 use crate::dtype::DType;
 use crate::grid::ChunkGrid;
 use crate::kernel::{BinaryOp, NodeKind, Program, Scalar, UnaryOp, broadcast_shapes};
 use crate::rechunk::{align_to, common_chunks};
+use crate::rng::BlockPos;
 
 /// Programs longer than this are not inlined further: the input is read as chunks instead,
 /// which keeps building a long chain of operations linear.
@@ -45,20 +46,51 @@ pub(crate) struct Elementwise {
 impl Elementwise {
     /// One task per output block running the whole program.
     pub(crate) fn materialize(&self, name: &Arc<str>, grid: &ChunkGrid) -> Arc<Layer> {
-        let op: Arc<dyn Op> = Arc::new(ElementwiseKernel {
+        // Without random leaves every block runs the same op; with them each block's op says
+        // where the block is, so it can generate its numbers.
+        let shared: Arc<dyn Op> = Arc::new(ElementwiseKernel {
             program: self.program.clone(),
+            block: None,
         });
         let tasks = grid
             .blocks()
             .map(|idx| {
-                Task::new(
-                    block_key(name, &idx),
-                    Arc::clone(&op),
-                    self.input_keys(&idx),
-                )
+                let op = match self.block_pos(grid, &idx) {
+                    None => Arc::clone(&shared),
+                    block => Arc::new(ElementwiseKernel {
+                        program: self.program.clone(),
+                        block,
+                    }),
+                };
+                Task::new(block_key(name, &idx), op, self.input_keys(&idx))
             })
             .collect();
         Layer::new(Arc::clone(name), tasks, self.input_layers())
+    }
+
+    /// Where block `idx` sits, for programs that generate random numbers.
+    pub(crate) fn block_pos(&self, grid: &ChunkGrid, idx: &[usize]) -> Option<BlockPos> {
+        (!self.program.randoms.is_empty()).then(|| BlockPos {
+            offset: grid.block_offset(idx),
+            shape: grid.block_shape(idx),
+        })
+    }
+
+    /// The expression with its result's axes permuted (result axis `i` is old axis
+    /// `axes[i]`), when it can be written without reading chunks: a program over random
+    /// leaves and scalars only, whose leaves are permuted in turn.
+    pub(crate) fn transposed(&self, axes: &[usize]) -> Option<Elementwise> {
+        if !self.inputs.is_empty() {
+            return None;
+        }
+        let mut program = self.program.clone();
+        for leaf in &mut program.randoms {
+            *leaf = leaf.transposed(axes);
+        }
+        Some(Elementwise {
+            program,
+            inputs: Vec::new(),
+        })
     }
 
     /// The input blocks output block `idx` reads, in program input order.
@@ -93,13 +125,21 @@ impl Elementwise {
 pub struct ElementwiseKernel {
     /// The fused expression.
     pub program: Program,
+    /// Where the block sits, when the program generates random numbers.
+    #[serde(default)]
+    pub block: Option<BlockPos>,
 }
 
 #[typetag::serde(name = "array-elementwise")]
 impl Op for ElementwiseKernel {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        if let Some(b) = &self.block {
+            checked_block_len(&b.shape, self.program.result_dtype().unwrap_or(DType::F64))?;
+        }
         let chunks = Chunk::from_values(inputs)?;
-        self.program.eval(&chunks).map(Value::new)
+        self.program
+            .eval(&chunks, self.block.as_ref())
+            .map(Value::new)
     }
     fn name(&self) -> &str {
         "elementwise"

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{Chunk, Element};
 use crate::dtype::DType;
 use crate::reduction::sum8;
+use crate::rng::{BlockPos, RandomGen, RandomLeaf};
 
 /// Elements per tile.
 pub const TILE: usize = 1024;
@@ -159,6 +160,8 @@ pub enum NodeKind {
     Where(u32, u32, u32),
     /// Convert to the node's dtype.
     Cast(u32),
+    /// Random leaf `n` of the program, generated for the task's block.
+    Random(u32),
 }
 
 /// One step of a program and the dtype it produces.
@@ -175,6 +178,9 @@ pub struct Node {
 pub struct Program {
     /// Nodes in evaluation order.
     pub nodes: Vec<Node>,
+    /// Random arrays read by [`NodeKind::Random`] nodes: generated, not read from inputs.
+    #[serde(default)]
+    pub randoms: Vec<RandomLeaf>,
 }
 
 fn unsupported(what: &str, dtype: DType) -> Error {
@@ -266,6 +272,25 @@ impl Program {
         self.push(NodeKind::Where(cond, a, b), t)
     }
 
+    /// A node reading random leaf `leaf` (one node per distinct leaf).
+    pub fn random(&mut self, leaf: RandomLeaf, dtype: DType) -> u32 {
+        let r = match self.randoms.iter().position(|l| *l == leaf) {
+            Some(r) => r,
+            None => {
+                self.randoms.push(leaf);
+                self.randoms.len() - 1
+            }
+        } as u32;
+        match self
+            .nodes
+            .iter()
+            .position(|n| n.kind == NodeKind::Random(r))
+        {
+            Some(i) => i as u32,
+            None => self.push(NodeKind::Random(r), dtype),
+        }
+    }
+
     /// Append `other`'s nodes, mapping its input `i` to `inputs[i]` (a node of `self`).
     /// Returns the index of `other`'s result in `self`.
     pub fn inline(&mut self, other: &Program, inputs: &[u32]) -> u32 {
@@ -283,21 +308,37 @@ impl Program {
                     self.push(NodeKind::Where(m(c), m(a), m(b)), node.dtype)
                 }
                 NodeKind::Cast(x) => self.push(NodeKind::Cast(m(x)), node.dtype),
+                NodeKind::Random(r) => self.random(other.randoms[r as usize].clone(), node.dtype),
             };
             map.push(idx);
         }
         *map.last().expect("programs are not empty")
     }
 
-    /// Evaluate over `inputs`, broadcast against each other.
-    pub fn eval(&self, inputs: &[&Chunk]) -> Result<Chunk> {
-        let (shape, readers) = self.prepare(inputs)?;
+    /// Evaluate over `inputs`, broadcast against each other. `block` says where the result
+    /// sits in the whole array; programs with random leaves need it (and a program without
+    /// inputs takes its shape from it).
+    pub fn eval(&self, inputs: &[&Chunk], block: Option<&BlockPos>) -> Result<Chunk> {
+        let (shape, readers) = self.prepare(inputs, block)?;
         let n = shape.iter().product();
         // Grown tile by tile rather than zero-filled and overwritten: for a chunk-sized
         // result the fill alone was an eighth of the time.
         let mut out = Buf::with_capacity(self.result()?.dtype, n);
         self.run(n, readers, |tile, _, len| out.append(tile, len))?;
         out.into_chunk(&shape)
+    }
+
+    /// The result's shape: the inputs' broadcast shape, or the block's without inputs.
+    fn result_shape(inputs: &[&Chunk], block: Option<&BlockPos>) -> Result<Vec<usize>> {
+        let shape = broadcast_shapes(inputs.iter().map(|c| c.shape()))?;
+        match block {
+            Some(b) if inputs.is_empty() => Ok(b.shape.clone()),
+            Some(b) if b.shape != shape => Err(Error::Shape(format!(
+                "elementwise block of shape {:?} has inputs of shape {shape:?}",
+                b.shape
+            ))),
+            _ => Ok(shape),
+        }
     }
 
     /// Sum of the result over `axes`, keeping them with length one, without materialising
@@ -308,6 +349,7 @@ impl Program {
     pub(crate) fn eval_sum(
         &self,
         inputs: &[&Chunk],
+        block: Option<&BlockPos>,
         axes: &[usize],
     ) -> Result<Option<(ArrayD<f64>, u64)>> {
         if self.result()?.dtype != DType::F64 || axes.is_empty() {
@@ -315,7 +357,7 @@ impl Program {
         }
         // Decide from the shape alone: preparing readers may copy a strided operand, and a
         // `None` here means the caller evaluates (and prepares) again.
-        let shape = broadcast_shapes(inputs.iter().map(|c| c.shape()))?;
+        let shape = Self::result_shape(inputs, block)?;
         let ndim = shape.len();
         if let Some(a) = axes.iter().find(|&&a| a >= ndim) {
             return Err(Error::Shape(format!(
@@ -328,7 +370,7 @@ impl Program {
         if !(leading || trailing) {
             return Ok(None);
         }
-        let (_, readers) = self.prepare(inputs)?;
+        let (_, readers) = self.prepare(inputs, block)?;
         let n: usize = shape.iter().product();
         let count: u64 = axes.iter().map(|&a| shape[a] as u64).product();
         let keep: Vec<usize> = shape
@@ -394,7 +436,11 @@ impl Program {
     }
 
     /// Check the program against `inputs`; the result's shape and a reader per input.
-    fn prepare<'a>(&self, inputs: &[&'a Chunk]) -> Result<(Vec<usize>, Vec<Reader<'a>>)> {
+    fn prepare<'a>(
+        &self,
+        inputs: &[&'a Chunk],
+        block: Option<&BlockPos>,
+    ) -> Result<(Vec<usize>, Readers<'a>)> {
         self.result()?;
         // A program from the wire may be malformed: operands must come before their users.
         for (i, node) in self.nodes.iter().enumerate() {
@@ -402,7 +448,7 @@ impl Program {
                 NodeKind::Unary(_, x) | NodeKind::Cast(x) => std::slice::from_ref(x),
                 NodeKind::Binary(_, a, b) => &[*a, *b],
                 NodeKind::Where(c, a, b) => &[*c, *a, *b],
-                NodeKind::Input(_) | NodeKind::Scalar(_) => &[],
+                NodeKind::Input(_) | NodeKind::Scalar(_) | NodeKind::Random(_) => &[],
             };
             if operands.iter().any(|&x| x as usize >= i) {
                 return Err(Error::Graph(format!(
@@ -410,7 +456,7 @@ impl Program {
                 )));
             }
         }
-        let shape = broadcast_shapes(inputs.iter().map(|c| c.shape()))?;
+        let shape = Self::result_shape(inputs, block)?;
         let mut readers = Vec::with_capacity(inputs.len());
         for (i, c) in inputs.iter().enumerate() {
             readers.push(Reader::new(c, &shape).ok_or_else(|| {
@@ -439,7 +485,42 @@ impl Program {
                 }
             }
         }
-        Ok((shape, readers))
+        let mut randoms = Vec::with_capacity(self.randoms.len());
+        if !self.randoms.is_empty() {
+            let pos = block.ok_or_else(|| {
+                Error::Graph("an elementwise program with random leaves needs its block".into())
+            })?;
+            for leaf in &self.randoms {
+                randoms.push(leaf.at(pos)?);
+            }
+        }
+        for node in &self.nodes {
+            if let NodeKind::Random(r) = node.kind {
+                let leaf = self.randoms.get(r as usize).ok_or_else(|| {
+                    Error::Graph(format!(
+                        "elementwise program reads random leaf {r} of {}",
+                        self.randoms.len()
+                    ))
+                })?;
+                let want = match leaf.dist {
+                    crate::rng::Distribution::Integers { .. } => DType::I64,
+                    _ => DType::F64,
+                };
+                if node.dtype != want {
+                    return Err(Error::Type(format!(
+                        "random leaf {r} makes {want}, the program says {}",
+                        node.dtype
+                    )));
+                }
+            }
+        }
+        Ok((
+            shape,
+            Readers {
+                inputs: readers,
+                randoms,
+            },
+        ))
     }
 
     /// Compute the `n` elements of the result tile by tile, handing each to `sink` with its
@@ -447,7 +528,7 @@ impl Program {
     fn run(
         &self,
         n: usize,
-        mut readers: Vec<Reader<'_>>,
+        mut readers: Readers<'_>,
         mut sink: impl FnMut(&Buf, usize, usize) -> Result<()>,
     ) -> Result<()> {
         let mut tiles: Vec<Buf> = self
@@ -467,7 +548,17 @@ impl Program {
                 let (done, rest) = tiles.split_at_mut(i);
                 let tile = &mut rest[0];
                 match self.nodes[i].kind {
-                    NodeKind::Input(k) => readers[k as usize].fill(start, len, tile)?,
+                    NodeKind::Input(k) => readers.inputs[k as usize].fill(start, len, tile)?,
+                    NodeKind::Random(r) => {
+                        let g = &readers.randoms[r as usize];
+                        match tile {
+                            Buf::F64(t) => g.fill_f64(start, &mut t[..len])?,
+                            Buf::I64(t) => g.fill_i64(start, &mut t[..len])?,
+                            _ => {
+                                return Err(Error::Internal("random leaf of another dtype".into()));
+                            }
+                        }
+                    }
                     NodeKind::Scalar(_) => {}
                     NodeKind::Unary(op, x) => unary(op, &done[x as usize], tile, len)?,
                     NodeKind::Binary(op, a, b) => {
@@ -588,6 +679,12 @@ impl Buf {
         }
         with_buf!(self, v => make(v, shape))
     }
+}
+
+/// What a program's leaves read from: its input chunks and its random leaves' generators.
+struct Readers<'a> {
+    inputs: Vec<Reader<'a>>,
+    randoms: Vec<RandomGen>,
 }
 
 /// Reads one input chunk, broadcast to the result shape, in C order.

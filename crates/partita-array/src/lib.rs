@@ -41,6 +41,7 @@ pub mod npy;
 pub mod rechunk;
 pub mod reduction;
 pub mod reshape;
+pub mod rng;
 pub mod zarr;
 
 pub use array::Array;

@@ -12,7 +12,7 @@ use ndarray::{ArrayD, IxDyn, Slice};
 use partita_core::{Collection, Error, Key, Op, Result, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::array::Array;
+use crate::array::{Array, Source};
 use crate::chunk::{Chunk, Element};
 use crate::grid::{ChunkGrid, Chunks, for_each_index};
 
@@ -175,6 +175,18 @@ impl Array {
         let shape: Vec<usize> = perm.iter().map(|&a| self.shape()[a]).collect();
         let chunks: Vec<Vec<usize>> = perm.iter().map(|&a| self.chunks()[a].clone()).collect();
         let grid = ChunkGrid::from_explicit(&shape, chunks)?;
+        // Random numbers (and expressions of them) transpose by permuting the axes they are
+        // generated along: no task, no strided copy.
+        if let Source::Elementwise(e) = self.source()
+            && let Some(t) = e.transposed(&perm)
+        {
+            return Ok(Array::from_elementwise(
+                Key::unique_name("transpose"),
+                grid,
+                self.dtype(),
+                t,
+            ));
+        }
         let layer = Arc::clone(self.layer());
         let op: Arc<dyn Op> = Arc::new(TransposeBlock { perm: perm.clone() });
         Ok(Array::from_blocks(

@@ -14,10 +14,11 @@ use partita_core::{Collection, Data, Error, Key, Layer, Op, Result, Task, Value,
 use serde::{Deserialize, Serialize};
 
 use crate::array::{Array, Source, block_key};
-use crate::chunk::{Chunk, Element};
+use crate::chunk::{Chunk, Element, checked_block_len};
 use crate::dtype::DType;
 use crate::grid::{ChunkGrid, for_each_index};
 use crate::kernel::{Prim, Program};
+use crate::rng::BlockPos;
 
 /// What to reduce with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -756,6 +757,9 @@ pub struct ReduceBlock {
     /// and the block to reduce is never stored (see [`Program::eval_sum`]).
     #[serde(default)]
     pub program: Option<Program>,
+    /// Where the block sits, when the program generates random numbers.
+    #[serde(default)]
+    pub block: Option<BlockPos>,
 }
 
 #[typetag::serde(name = "array-reduce-block")]
@@ -767,9 +771,13 @@ impl Op for ReduceBlock {
             return block_partial(self.reduction, chunk, &self.axes, self.arg.as_ref())
                 .map(Value::new);
         };
+        if let Some(b) = &self.block {
+            checked_block_len(&b.shape, program.result_dtype().unwrap_or(DType::F64))?;
+        }
         let chunks = Chunk::from_values(inputs)?;
         if matches!(self.reduction, Reduction::Sum | Reduction::Mean)
-            && let Some((sums, count)) = program.eval_sum(&chunks, &self.axes)?
+            && let Some((sums, count)) =
+                program.eval_sum(&chunks, self.block.as_ref(), &self.axes)?
         {
             return Ok(Value::new(Partial {
                 count,
@@ -777,7 +785,7 @@ impl Op for ReduceBlock {
                 b: None,
             }));
         }
-        let chunk = program.eval(&chunks)?;
+        let chunk = program.eval(&chunks, self.block.as_ref())?;
         block_partial(self.reduction, &chunk, &self.axes, self.arg.as_ref()).map(Value::new)
     }
     fn name(&self) -> &str {
@@ -884,15 +892,20 @@ pub fn reduce(
                 }
             }
         });
-        let (program, deps) = match fused {
-            Some(e) => (Some(e.program.clone()), e.input_keys(&idx)),
-            None => (None, vec![array.block_key(&idx)]),
+        let (program, block, deps) = match fused {
+            Some(e) => (
+                Some(e.program.clone()),
+                e.block_pos(grid, &idx),
+                e.input_keys(&idx),
+            ),
+            None => (None, None, vec![array.block_key(&idx)]),
         };
         let op = ReduceBlock {
             reduction,
             axes: axes.clone(),
             arg: arg_axis,
             program,
+            block,
         };
         tasks.push(Task::new(block_key(&level0, &idx), Arc::new(op), deps));
     }

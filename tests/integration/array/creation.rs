@@ -132,6 +132,121 @@ fn random_numbers_do_not_depend_on_chunking_or_scheduler() {
     }
 }
 
+/// SplitMix64 written out again: pins the stream, so a change to the generator (or to how
+/// a fused kernel indexes it) cannot pass unnoticed. The `g`th 64-bit number for `seed`.
+fn splitmix(seed: u64, g: u64) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let key = mix(seed ^ 0x5EED_5EED_5EED_5EED);
+    mix(key.wrapping_add(g.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+}
+
+fn unit(x: u64) -> f64 {
+    f64::from_bits(0x3FF0_0000_0000_0000 | (x >> 12)) - 1.0
+}
+
+#[test]
+fn random_element_g_is_splitmix64_of_g() {
+    let x = random::random(&[7, 9], [3, 4], 11).unwrap();
+    let want = ArrayD::from_shape_fn(IxDyn(&[7, 9]), |ix| {
+        unit(splitmix(11, (ix[0] * 9 + ix[1]) as u64))
+    });
+    assert_array_eq(&x, &want, 0.0);
+    // Transposed, element (i, j) is the generated array's (j, i): the same numbers.
+    let want_t = want.t().to_owned();
+    assert_array_eq(&x.t().unwrap(), &want_t, 0.0);
+    // Normal: Box-Muller on counters 2g and 2g + 1. Integers: the top bits of g's number
+    // scaled to the range.
+    let z = random::normal(&[5, 3], 1.0, 2.0, [2, 2], 4).unwrap();
+    let want = ArrayD::from_shape_fn(IxDyn(&[5, 3]), |ix| {
+        let g = (ix[0] * 3 + ix[1]) as u64;
+        let (u1, u2) = (unit(splitmix(4, 2 * g)), unit(splitmix(4, 2 * g + 1)));
+        1.0 + 2.0 * (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    });
+    assert_array_eq(&z.t().unwrap(), &want.t().to_owned(), 1e-15);
+    let k = random::integers(&[4, 6], -5, 8, [3, 4], 2).unwrap();
+    let want = ArrayD::from_shape_fn(IxDyn(&[4, 6]), |ix| {
+        let x = splitmix(2, (ix[0] * 6 + ix[1]) as u64);
+        -5 + ((u128::from(x) * 13) >> 64) as i64
+    });
+    assert_array_eq(&k, &want, 0.0);
+}
+
+#[test]
+fn random_expressions_generate_in_place_and_match_the_stored_numbers() {
+    // Square chunks: `x + x.T` and its reductions run as one fused task per block, no
+    // random or transpose task; ragged and non-square chunks take the rechunking path.
+    for (shape, chunks) in [
+        ([30usize, 30], [8usize, 8]),
+        ([30, 30], [7, 11]),
+        ([1, 1], [1, 1]),
+    ] {
+        let x = random::random(&shape, chunks, 5).unwrap();
+        let whole = x.compute::<f64>(&SyncScheduler).unwrap();
+        let sum = (&x + &x.t().unwrap()).unwrap();
+        let want = &whole + &whole.t();
+        assert_array_eq(&sum, &want, 1e-15);
+        let mean0 = sum.mean(0).unwrap();
+        assert_array_eq(&mean0, &want.mean_axis(ndarray::Axis(0)).unwrap(), 1e-12);
+        let std1 = sum.std(1, 1).unwrap();
+        assert_array_eq(&std1, &want.std_axis(ndarray::Axis(1), 1.0), 1e-12);
+        if chunks[0] == chunks[1] {
+            let graph = partita::Layer::materialize(std::slice::from_ref(
+                partita::Collection::layer(&mean0),
+            ))
+            .unwrap();
+            let blocks = (shape[0].div_ceil(chunks[0])).pow(2);
+            // Fused: a partial per block and a few merges. Not fused: a random task, a
+            // transpose task and a partial per block.
+            assert!(
+                graph.len() < 2 * blocks + 1,
+                "{} tasks for {blocks} blocks: the random numbers were not fused",
+                graph.len()
+            );
+        }
+    }
+    // Three axes, a permutation, and the other distributions.
+    let shape = [6usize, 5, 4];
+    let n = random::normal(&shape, 1.0, 2.0, [4, 2, 3], 9).unwrap();
+    let nw = n.compute::<f64>(&SyncScheduler).unwrap();
+    let perm = [2usize, 0, 1];
+    let nt = n.transpose(Some(&perm)).unwrap();
+    assert_array_eq(&nt, &nw.clone().permuted_axes(IxDyn(&perm)), 0.0);
+    assert_array_eq(
+        &(&nt * 2.0).unwrap().sum(partita::array::Axes::All).unwrap(),
+        &ndarray::arr0(nw.sum() * 2.0).into_dyn(),
+        1e-12,
+    );
+    let k = random::integers(&[5, 8], -4, 9, [2, 3], 3).unwrap();
+    let kw = k.compute::<i64>(&SyncScheduler).unwrap();
+    assert_array_eq(&k.t().unwrap(), &kw.t().to_owned(), 0.0);
+    assert_array_eq(
+        &(&k.t().unwrap() * 3).unwrap(),
+        &kw.t().mapv(|v| v * 3),
+        0.0,
+    );
+    // An expression of random numbers transposes as a whole, and a transposed random array
+    // feeds the ops that need stored blocks (matmul, slicing, rechunk) unchanged.
+    let x = random::random(&[12, 10], [5, 4], 2).unwrap();
+    let xw = x.compute::<f64>(&SyncScheduler).unwrap();
+    let e = (&x * 3.0).unwrap().exp().unwrap().t().unwrap();
+    assert_array_eq(&e, &xw.mapv(|v| (v * 3.0).exp()).t().to_owned(), 1e-15);
+    let xt = x.t().unwrap();
+    let xtw = xw.t().to_owned();
+    let m = xt.matmul(&x).unwrap();
+    let mw = xtw
+        .clone()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap()
+        .dot(&xw.clone().into_dimensionality::<ndarray::Ix2>().unwrap())
+        .into_dyn();
+    assert_array_eq(&m, &mw, 1e-12);
+    assert_array_eq(&xt.rechunk([3, 7]).unwrap(), &xtw, 0.0);
+}
+
 #[test]
 fn random_distributions_have_the_right_moments() {
     let n = 200_000usize;

@@ -3,9 +3,11 @@
 
 use ndarray::{ArrayD, IxDyn};
 use partita::array::creation::FullBlock;
-use partita::array::creation::random::{Distribution, RandomBlock};
+use partita::array::creation::random::Distribution;
+use partita::array::elementwise::ElementwiseKernel;
 use partita::array::kernel::{Node, NodeKind, Program};
 use partita::array::rechunk::{Piece, RechunkBlock};
+use partita::array::rng::{BlockPos, RandomLeaf};
 use partita::array::{Axes, Chunk, Chunks, DType, Index, arange, from_ndarray, where_, zeros};
 use partita::{Op, SyncScheduler, Value};
 use partita_tests::assert_array_eq;
@@ -156,17 +158,44 @@ fn inconsistent_ops_from_the_wire_are_errors() {
         dtype: DType::F64,
     };
     assert!(run(&huge, &[]).contains("larger than"));
-    let rnd = RandomBlock {
+    // A random leaf with a block outside its array, a bad permutation, a missing position,
+    // a huge block, and a node that names a leaf that does not exist.
+    let leaf = |perm: Vec<usize>| RandomLeaf {
         key: 1,
         dist: Distribution::Uniform {
             low: 0.0,
             high: 1.0,
         },
-        array_shape: vec![4],
-        offset: vec![3],
-        shape: vec![4],
+        shape: vec![4, 5],
+        perm,
     };
-    assert!(run(&rnd, &[]).contains("does not fit"));
+    let rnd = |perm: Vec<usize>, node: u32, block: Option<BlockPos>| ElementwiseKernel {
+        program: Program {
+            nodes: vec![Node {
+                kind: NodeKind::Random(node),
+                dtype: DType::F64,
+            }],
+            randoms: vec![leaf(perm)],
+        },
+        block,
+    };
+    let at = |offset: Vec<usize>, shape: Vec<usize>| Some(BlockPos { offset, shape });
+    assert!(run(&rnd(vec![0, 1], 0, at(vec![3, 0], vec![2, 5])), &[]).contains("does not fit"));
+    // Transposed, the array is 5 x 4: a 5 x 4 block fits, a 4 x 5 one does not.
+    assert!(run(&rnd(vec![1, 0], 0, at(vec![0, 0], vec![4, 5])), &[]).contains("does not fit"));
+    assert!(run(&rnd(vec![1, 1], 0, at(vec![0, 0], vec![4, 5])), &[]).contains("permutation"));
+    assert!(run(&rnd(vec![0, 1], 0, None), &[]).contains("needs its block"));
+    assert!(run(&rnd(vec![0, 1], 3, at(vec![0, 0], vec![4, 5])), &[]).contains("random leaf 3"));
+    assert!(
+        run(
+            &rnd(vec![0, 1], 0, at(vec![0, 0], vec![1 << 40, 1 << 20])),
+            &[]
+        )
+        .contains("larger than")
+    );
+    let ok = rnd(vec![1, 0], 0, at(vec![1, 1], vec![2, 3]));
+    let v = ok.execute(&[]).unwrap();
+    assert_eq!(Chunk::from_value(&v).unwrap().shape(), &[2, 3]);
     let block = Value::new(Chunk::new(ArrayD::<f64>::zeros(IxDyn(&[2, 2]))));
     let bad_piece = RechunkBlock {
         shape: vec![2, 2],
@@ -187,7 +216,11 @@ fn inconsistent_ops_from_the_wire_are_errors() {
                 dtype: DType::F64,
             },
         ],
+        randoms: Vec::new(),
     };
-    let kernel = partita::array::elementwise::ElementwiseKernel { program };
+    let kernel = ElementwiseKernel {
+        program,
+        block: None,
+    };
     assert!(run(&kernel, std::slice::from_ref(&block)).contains("reads a later node"));
 }
