@@ -123,7 +123,8 @@ def run_one(engine, w, spec, record):
                 record["mismatch"] = f"on a shared {w.small.shape} input: {got!r:.80} != NumPy's {want!r:.80}"
         with PeakRss() as peak:
             start = time.perf_counter()
-            result = w.body(engine, w.make(engine))
+            x = engine.read_zarr(spec["array_zarr"]) if getattr(w, "stored", False) else w.make(engine)
+            result = w.body(engine, x)
             record["seconds"] = time.perf_counter() - start
         record["peak_bytes"] = peak.peak
         bad = w.expect(result, s)
@@ -482,6 +483,10 @@ def main():
     if any(w.group == "joins" for w in all_workloads):
         print(f"==> H2O join tables, {s['rows']:.0e} rows", flush=True)
         join_dir = datagen.join_tables(data, s["rows"])
+    array_zarr = None
+    if any(getattr(w, "stored", False) for w in all_workloads):
+        print(f"==> stored array, {s['square']}^2 float64 as Zarr", flush=True)
+        array_zarr = datagen.stored_array(data, s["square"], s["square_chunk"])
 
     # which engines run which group
     plan = []
@@ -510,6 +515,7 @@ def main():
                         "answers": answers,
                         "groupby_dir": groupby_dir,
                         "join_dir": join_dir,
+                        "array_zarr": array_zarr,
                     }
                     print(f"==> round {rnd + 1}/{args.runs}: {g} on {e}", flush=True)
                     log.write(f"==> round {rnd + 1}: {g} on {e}\n")

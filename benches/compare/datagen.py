@@ -9,6 +9,9 @@ Join tables (join-datagen.R's layout): `x` of `rows` rows (int keys id1..id3 ove
 (rows/1e6), `medium` (rows/1e3), `big` (rows) right tables whose unique keys cover 90% of x's
 key range plus 10% that match nothing; x and big in 10 files each.
 
+Stored array (the larger-than-memory case): an n x n float64 array of uniform numbers as a
+Zarr v3 store, written by partita (zstd chunks, which Python's zarr and Dask read).
+
 Each table is written to a temporary directory renamed into place, so an interrupted run
 never leaves half a table that a later run would trust.
 """
@@ -99,3 +102,14 @@ def join_tables(root: str, rows: int) -> str:
             x.write_parquet(os.path.join(tmp, "x", f"part.{f}.parquet"))
 
     return _atomic_dir(os.path.join(root, f"h2o-join-{rows:.0e}"), fill)
+
+
+def stored_array(root: str, n: int, chunk: int) -> str:
+    """A Zarr store of n x n uniform float64 in chunk x chunk blocks; returns its path."""
+    import partita as pt
+
+    def fill(tmp):
+        x = pt.random.random((n, n), chunks=(chunk, chunk), seed=1)
+        x.to_zarr(os.path.join(tmp, "x.zarr"))
+
+    return os.path.join(_atomic_dir(os.path.join(root, f"uniform-{n}x{n}-{chunk}"), fill), "x.zarr")

@@ -578,6 +578,21 @@ impl RustArray {
         run_interruptible(py, progress, |_| array.persist(s.as_ref())).map(RustArray)
     }
 
+    /// Write to a Zarr v3 array at `path`, block by block, renamed into place at the end.
+    #[pyo3(signature = (path, scheduler = None, num_workers = None, progress = None))]
+    fn to_zarr(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        scheduler: Option<SchedulerArg>,
+        num_workers: Option<usize>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let s = self::scheduler(scheduler, num_workers)?;
+        let array = self.0.clone();
+        run_interruptible(py, progress, |_| array.to_zarr(path, s.as_ref()))
+    }
+
     /// The task graph as Graphviz DOT text.
     fn dot(&self) -> PyResult<String> {
         use partita::Collection;
@@ -663,6 +678,17 @@ fn eye(
     spec: &Bound<'_, PyAny>,
 ) -> PyResult<RustArray> {
     wrap(pa::eye(n, Some(m), k, dtype(dtype_name)?, chunks(spec)?))
+}
+
+/// A Zarr v3 array on disk, read lazily (its own chunks unless `spec` says others).
+#[pyfunction]
+#[pyo3(signature = (path, spec = None))]
+fn read_zarr(path: &str, spec: Option<&Bound<'_, PyAny>>) -> PyResult<RustArray> {
+    let chunks = match spec {
+        Some(c) if !c.is_none() => Some(chunks(c)?),
+        _ => None,
+    };
+    wrap(pa::read_zarr(path, chunks))
 }
 
 #[pyfunction]
@@ -1562,6 +1588,7 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(linspace, m)?)?;
     m.add_function(wrap_pyfunction!(eye, m)?)?;
     m.add_function(wrap_pyfunction!(random_uniform, m)?)?;
+    m.add_function(wrap_pyfunction!(read_zarr, m)?)?;
     m.add_function(wrap_pyfunction!(random_normal, m)?)?;
     m.add_function(wrap_pyfunction!(random_integers, m)?)?;
     m.add_function(wrap_pyfunction!(where_, m)?)?;

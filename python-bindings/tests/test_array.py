@@ -84,6 +84,23 @@ def test_random_numbers_do_not_depend_on_chunks_or_scheduler():
     assert abs(n.mean() - 5.0) < 0.1 and abs(n.std() - 2.0) < 0.1
 
 
+def test_zarr_round_trip_and_errors(scheduler, tmp_path):
+    x = data((11, 7))
+    path = tmp_path / "x.zarr"
+    pt.from_numpy(x, chunks=(4, 3)).to_zarr(path, scheduler=scheduler)
+    back = pt.read_zarr(path)
+    assert back.chunks == ((4, 4, 3), (3, 3, 1))
+    np.testing.assert_array_equal(back.compute(scheduler=scheduler), x)
+    np.testing.assert_array_equal(pt.read_zarr(str(path), chunks=(11, 7)).T.compute(scheduler=scheduler), x.T)
+    # Random numbers written and read back are the ones computed directly.
+    r = pt.random.random((9, 9), chunks=(5, 5), seed=3)
+    r.T.to_zarr(tmp_path / "r.zarr", scheduler=scheduler)
+    np.testing.assert_array_equal(pt.read_zarr(tmp_path / "r.zarr").compute(), r.compute().T)
+    with pytest.raises(pt.PartitaError) as info:
+        pt.read_zarr(tmp_path / "missing.zarr")
+    assert "missing.zarr" in str(info.value)
+
+
 def test_numpy_interop_and_persist():
     x = data((6, 4))
     a = pt.asarray(x, chunks=2)

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use partita_core::{Collection, Error, FnOp, Key, Layer, Op, Result, Scheduler, Task, Value};
+use partita_core::{Collection, Error, Key, Layer, Op, Result, Scheduler, Task, Value};
 use serde::{Deserialize, Serialize};
 use zarrs::array::builder::ArrayBuilderFillValue;
 use zarrs::array::codec::bytes_to_bytes::zstd::ZstdCodec;
@@ -87,6 +87,43 @@ impl Op for ZarrReadBlock {
     }
     fn name(&self) -> &str {
         "read-zarr"
+    }
+}
+
+/// Write one block into a Zarr array whose metadata exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ZarrWriteBlock {
+    /// The array's directory.
+    pub path: String,
+    /// The block's first element.
+    pub start: Vec<u64>,
+}
+
+#[typetag::serde(name = "array-zarr-write")]
+impl Op for ZarrWriteBlock {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        partita_core::op::expect_inputs("to-zarr", inputs, 1)?;
+        let path = Path::new(&self.path);
+        let chunk = Chunk::from_value(&inputs[0])?;
+        let z = open(path)?;
+        if z.data_type() != &zarr_type(chunk.dtype()) {
+            return Err(Error::Type(format!(
+                "{}: a {} block for a zarr array of {:?}",
+                path.display(),
+                chunk.dtype(),
+                z.data_type()
+            )));
+        }
+        let shape: Vec<u64> = chunk.shape().iter().map(|&d| d as u64).collect();
+        let subset = ArraySubset::new_with_start_shape(self.start.clone(), shape)
+            .map_err(|e| zarr_error(path, e))?;
+        crate::with_chunk!(chunk, a => z
+            .store_array_subset(&subset, a.as_standard_layout().into_owned())
+            .map_err(|e| zarr_error(path, e))?);
+        Ok(Value::new(()))
+    }
+    fn name(&self) -> &str {
+        "to-zarr"
     }
 }
 
@@ -169,27 +206,20 @@ impl Array {
             builder.bytes_to_bytes_codecs(vec![Arc::new(ZstdCodec::new(3, false))]);
             let z = builder.build(store, "/").map_err(|e| zarr_error(tmp, e))?;
             z.store_metadata().map_err(|e| zarr_error(tmp, e))?;
-            let z = Arc::new(z);
-            // One write task per block, reading that block; the run returns nothing.
+            drop(z);
+            // One write task per block, reading that block; the run returns nothing. The ops
+            // name the store by path, so they run on a cluster's workers too (which share
+            // this filesystem, as they must for the rename to publish their writes).
             let name = Key::unique_name("to-zarr");
             let grid = source.grid().clone();
+            let target = tmp.display().to_string();
             let tasks: Vec<Task> = grid
                 .blocks()
                 .map(|idx| {
-                    let start: Vec<u64> =
-                        grid.block_offset(&idx).iter().map(|&o| o as u64).collect();
-                    let z = Arc::clone(&z);
-                    let target = tmp.to_path_buf();
-                    let op = FnOp::new("to-zarr", move |inputs: &[Value]| {
-                        let chunk = Chunk::from_value(&inputs[0])?;
-                        let shape: Vec<u64> = chunk.shape().iter().map(|&d| d as u64).collect();
-                        let subset = ArraySubset::new_with_start_shape(start.clone(), shape)
-                            .map_err(|e| zarr_error(&target, e))?;
-                        crate::with_chunk!(chunk, a => z
-                            .store_array_subset(&subset, a.as_standard_layout().into_owned())
-                            .map_err(|e| zarr_error(&target, e))?);
-                        Ok(Value::new(()))
-                    });
+                    let op = ZarrWriteBlock {
+                        path: target.clone(),
+                        start: grid.block_offset(&idx).iter().map(|&o| o as u64).collect(),
+                    };
                     Task::new(
                         crate::array::block_key(&name, &idx),
                         Arc::new(op),

@@ -86,6 +86,7 @@ from .array import (
     maximum,
     minimum,
     ones,
+    read_zarr,
     round,
     sign,
     sin,

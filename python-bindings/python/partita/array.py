@@ -2,6 +2,7 @@
 
 import builtins
 import numbers
+import os
 
 import numpy as np
 
@@ -121,6 +122,11 @@ class Array:
     def persist(self, scheduler=None, num_workers=None):
         """Compute every block now; later graphs start from the results."""
         return Array(run_with_progress(lambda p: self._rust.persist(scheduler, num_workers, p)))
+
+    def to_zarr(self, path, scheduler=None, num_workers=None):
+        """Write to a Zarr v3 array at `path` (zstd-compressed chunks, Python's zarr reads
+        it), computing block by block; the store appears at `path` only when complete."""
+        run_with_progress(lambda p: self._rust.to_zarr(os.fspath(path), scheduler, num_workers, p))
 
     def __array__(self, dtype=None, copy=None):
         out = self.compute()
@@ -447,6 +453,12 @@ def from_numpy(array, chunks="auto"):
             f"unsupported dtype {array.dtype.name}; partita arrays hold bool, uint8, int32, int64, float32 or float64"
         )
     return Array(_partita.from_numpy(array, _chunks(chunks)))
+
+
+def read_zarr(path, chunks=None):
+    """A Zarr v3 array on disk as a partita array, read lazily block by block (`chunks`:
+    the store's own by default, like `dask.array.from_zarr`)."""
+    return Array(_partita.read_zarr(os.fspath(path), None if chunks is None else _chunks(chunks)))
 
 
 def asarray(a, chunks="auto"):

@@ -72,16 +72,21 @@ fn every_dtype_round_trips() {
         ((&x * 255.0).unwrap().astype(DType::U8).unwrap(), DType::U8),
         (x.greater(0.5).unwrap(), DType::Bool),
     ];
-    for (i, (a, dtype)) in cases.into_iter().enumerate() {
-        let path = dir.path().join(format!("a{i}.zarr"));
-        a.to_zarr(&path, &LocalScheduler::new()).unwrap();
-        let back = read_zarr(&path, None).unwrap();
-        assert_eq!(back.dtype(), dtype);
-        assert_eq!(back.chunks(), a.chunks());
-        assert_eq!(
-            back.compute_chunk(&SyncScheduler).unwrap(),
-            a.compute_chunk(&SyncScheduler).unwrap()
-        );
+    // Written by every scheduler (the write ops are serializable, so a cluster's workers
+    // write the blocks) and read back by another.
+    for (s, scheduler) in partita_tests::schedulers().iter().enumerate() {
+        for (i, (a, dtype)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("a{i}-{s}.zarr"));
+            a.to_zarr(&path, scheduler.as_ref())
+                .unwrap_or_else(|e| panic!("to_zarr on {}: {e}", scheduler.name()));
+            let back = read_zarr(&path, None).unwrap();
+            assert_eq!(back.dtype(), *dtype);
+            assert_eq!(back.chunks(), a.chunks());
+            assert_eq!(
+                back.compute_chunk(&LocalScheduler::new()).unwrap(),
+                a.compute_chunk(&SyncScheduler).unwrap()
+            );
+        }
     }
 }
 
