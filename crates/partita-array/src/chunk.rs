@@ -121,6 +121,30 @@ pub trait Element: Copy + Send + Sync + std::fmt::Debug + PartialEq + Default + 
             .map(Self::read_le)
             .collect()
     }
+    /// The elements' little-endian bytes sharing the array's buffer (no copy), where that is
+    /// its memory form: a C-contiguous array of a plain number type on a little-endian host.
+    fn shared_le_bytes(_a: &ArcArray<Self, IxDyn>) -> Option<Bytes> {
+        None
+    }
+    /// Elements from the first `len` bytes of `words` (little-endian): the same buffer
+    /// when the element is 8 bytes wide, a copy otherwise.
+    fn from_words_le(words: Vec<u64>, len: usize) -> Result<Vec<Self>> {
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        let b = bytes.get(..len).ok_or_else(|| {
+            Error::Codec(format!("{len} bytes asked of a buffer of {}", bytes.len()))
+        })?;
+        Self::read_vec_le(b)
+    }
+}
+
+/// An array's buffer as bytes, for [`Bytes::from_owner`]: the bytes live as long as the
+/// array's shared buffer does.
+struct LeBytes<T>(ArcArray<T, IxDyn>);
+
+impl<T: bytemuck::Pod> AsRef<[u8]> for LeBytes<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice().map(bytemuck::cast_slice).unwrap_or(&[])
+    }
 }
 
 macro_rules! element {
@@ -153,6 +177,28 @@ macro_rules! element {
             #[cfg(target_endian = "little")]
             fn write_slice_le(s: &[Self], out: &mut Vec<u8>) {
                 out.extend_from_slice(bytemuck::cast_slice(s));
+            }
+            #[cfg(target_endian = "little")]
+            fn shared_le_bytes(a: &ArcArray<Self, IxDyn>) -> Option<Bytes> {
+                a.as_slice()?;
+                Some(Bytes::from_owner(LeBytes(a.clone())))
+            }
+            #[cfg(target_endian = "little")]
+            fn from_words_le(words: Vec<u64>, len: usize) -> Result<Vec<Self>> {
+                let size = DType::$variant.size();
+                if size == 8 && len % 8 == 0 && len / 8 <= words.len() {
+                    let mut words = words;
+                    words.truncate(len / 8);
+                    // Same size and alignment: the buffer becomes the elements' as it is.
+                    return bytemuck::allocation::try_cast_vec::<u64, $t>(words).map_err(
+                        |(e, _)| Error::Internal(format!("reinterpreting a received buffer: {e}")),
+                    );
+                }
+                let bytes: &[u8] = bytemuck::cast_slice(&words);
+                let b = bytes.get(..len).ok_or_else(|| {
+                    Error::Codec(format!("{len} bytes asked of a buffer of {}", bytes.len()))
+                })?;
+                Self::read_vec_le(b)
             }
             #[cfg(target_endian = "little")]
             fn read_vec_le(b: &[u8]) -> Result<Vec<Self>> {
@@ -261,6 +307,18 @@ impl Chunk {
     }
 }
 
+impl Chunk {
+    /// dtype tag, number of axes, then the shape: what precedes the elements.
+    fn encode_header(&self, out: &mut Vec<u8>) {
+        out.push(self.dtype() as u8);
+        let shape = self.shape();
+        out.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for &d in shape {
+            out.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+    }
+}
+
 impl Data for Chunk {
     fn nbytes(&self) -> usize {
         self.len() * self.dtype().size()
@@ -268,13 +326,16 @@ impl Data for Chunk {
     fn codec(&self) -> &'static str {
         "array-chunk"
     }
+    fn encode_split(&self) -> Result<Option<(Vec<u8>, Bytes)>> {
+        let Some(body) = with_chunk!(self, a => Element::shared_le_bytes(a)) else {
+            return Ok(None);
+        };
+        let mut head = Vec::with_capacity(5 + 8 * self.shape().len());
+        self.encode_header(&mut head);
+        Ok(Some((head, body)))
+    }
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
-        out.push(self.dtype() as u8);
-        let shape = self.shape();
-        out.extend_from_slice(&(shape.len() as u32).to_le_bytes());
-        for &d in shape {
-            out.extend_from_slice(&(d as u64).to_le_bytes());
-        }
+        self.encode_header(out);
         out.reserve(self.nbytes());
         with_chunk!(self, a => {
             match a.as_slice() {
@@ -299,7 +360,9 @@ fn decode_typed<T: Element>(shape: Vec<usize>, data: &[u8]) -> Result<Chunk> {
     Ok(Chunk::new(a))
 }
 
-fn decode_chunk(payload: Bytes) -> Result<Value> {
+/// The header [`Chunk::encode_header`] wrote: dtype, shape, the header's length, and the
+/// number of bytes the elements take.
+fn decode_header(payload: &[u8]) -> Result<(DType, Vec<usize>, usize, usize)> {
     let bad = |what: &str| Error::Codec(format!("array chunk: {what}"));
     let (&tag, rest) = payload.split_first().ok_or_else(|| bad("empty payload"))?;
     let dtype = *DType::ALL
@@ -318,11 +381,17 @@ fn decode_chunk(payload: Bytes) -> Result<Value> {
         .map(|b| usize::try_from(u64::from_le_bytes(b.try_into().expect("8 bytes"))))
         .collect::<Result<_, _>>()
         .map_err(|_| bad("dimension does not fit in memory"))?;
-    let data = &rest[4 + 8 * ndim..];
     let expected = shape
         .iter()
         .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad(&format!("shape {shape:?} overflows")))?;
+    Ok((dtype, shape, 1 + 4 + 8 * ndim, expected))
+}
+
+fn decode_chunk(payload: Bytes) -> Result<Value> {
+    let bad = |what: &str| Error::Codec(format!("array chunk: {what}"));
+    let (dtype, shape, header, expected) = decode_header(&payload)?;
+    let data = &payload[header..];
     if data.len() != expected {
         return Err(bad(&format!(
             "shape {shape:?} of {dtype} needs {expected} bytes, got {}",
@@ -332,7 +401,26 @@ fn decode_chunk(payload: Bytes) -> Result<Value> {
     let chunk = crate::with_dtype!(dtype, T => decode_typed::<T>(shape, data)?);
     Ok(Value::new(chunk))
 }
-register_codec!("array-chunk", decode_chunk);
+/// A chunk whose elements arrived in their own aligned buffer (see `Data::encode_split`).
+fn decode_chunk_split(head: Bytes, words: Vec<u64>, len: usize) -> Result<Value> {
+    let bad = |what: &str| Error::Codec(format!("array chunk: {what}"));
+    let (dtype, shape, header, expected) = decode_header(&head)?;
+    if head.len() != header || len != expected {
+        return Err(bad(&format!(
+            "shape {shape:?} of {dtype} needs {expected} bytes after a {header}-byte header, got {len} after {}",
+            head.len()
+        )));
+    }
+    fn go<T: Element>(shape: Vec<usize>, words: Vec<u64>, len: usize) -> Result<Chunk> {
+        let values = T::from_words_le(words, len)?;
+        let a = ArrayD::from_shape_vec(IxDyn(&shape), values)
+            .map_err(|e| Error::Codec(format!("chunk of shape {shape:?}: {e}")))?;
+        Ok(Chunk::new(a))
+    }
+    let chunk = crate::with_dtype!(dtype, T => go::<T>(shape, words, len)?);
+    Ok(Value::new(chunk))
+}
+register_codec!("array-chunk", decode_chunk, split = decode_chunk_split);
 
 #[cfg(test)]
 mod tests {
@@ -355,9 +443,18 @@ mod tests {
         ];
         for c in chunks {
             let v = Value::new(c.clone());
-            let back = Value::decode(v.encode().unwrap()).unwrap();
+            let whole = v.encode().unwrap();
+            let back = Value::decode(whole.clone()).unwrap();
             assert_eq!(back.get::<Chunk>().unwrap(), &c);
             assert_eq!(v.nbytes(), c.len() * c.dtype().size());
+            // Split: head ++ body is the whole encoding, and the body, received into
+            // words, decodes to the same chunk.
+            let (head, body) = v.encode_split().unwrap();
+            assert_eq!([&head[..], &body[..]].concat(), whole);
+            let mut words = vec![0u64; body.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..body.len()].copy_from_slice(&body);
+            let back = Value::decode_split(head.into(), words, body.len()).unwrap();
+            assert_eq!(back.get::<Chunk>().unwrap(), &c);
         }
     }
 
@@ -371,6 +468,37 @@ mod tests {
             a.iter().copied().collect::<Vec<_>>(),
             vec![1.0, 2.0, 3.0, 4.0]
         );
+    }
+
+    #[test]
+    fn an_f64_body_is_kept_not_copied() {
+        let c = Chunk::new(Array::from_shape_fn(IxDyn(&[3, 4]), |i| {
+            i[0] as f64 - i[1] as f64
+        }));
+        let (head, body) = Value::new(c.clone()).encode_split().unwrap();
+        // The sender's body is the chunk's own buffer.
+        assert_eq!(
+            body.as_ptr(),
+            c.typed::<f64>().unwrap().as_ptr() as *const u8
+        );
+        let mut words = vec![0u64; body.len() / 8];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words).copy_from_slice(&body);
+        let at = words.as_ptr() as *const u8;
+        let back = Value::decode_split(head.clone().into(), words, body.len()).unwrap();
+        let back = back.get::<Chunk>().unwrap().typed::<f64>().unwrap();
+        assert_eq!(
+            back.as_ptr() as *const u8,
+            at,
+            "the receive buffer became the chunk"
+        );
+        assert_eq!(Chunk::new(back.to_owned()), c);
+        // A body of the wrong length, or a head with trailing bytes, is an error.
+        let words = vec![0u64; 12];
+        assert!(Value::decode_split(head.clone().into(), words.clone(), 88).is_err());
+        assert!(Value::decode_split(head.clone().into(), words.clone(), 200).is_err());
+        let mut long = head.clone();
+        long.push(0);
+        assert!(Value::decode_split(long.into(), words, 96).is_err());
     }
 
     #[test]

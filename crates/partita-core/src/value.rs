@@ -39,6 +39,14 @@ pub trait Data: Any + Send + Sync + fmt::Debug {
     fn codec(&self) -> &'static str;
     /// Append the encoded payload to `out`.
     fn encode(&self, out: &mut Vec<u8>) -> Result<()>;
+    /// The payload `encode` writes, as a small head and a body that shares this value's
+    /// memory, when the codec can do that without copying (an array's buffer); `None`
+    /// means use `encode`. `head` followed by `body` must be exactly what `encode` writes.
+    /// The wire sends both as they are and receives the body into an 8-byte aligned
+    /// buffer, which the codec's `decode_split` can keep without copying.
+    fn encode_split(&self) -> Result<Option<(Vec<u8>, Bytes)>> {
+        Ok(None)
+    }
     /// Rust type name, for error messages.
     fn type_name(&self) -> &'static str {
         std::any::type_name::<Self>()
@@ -52,7 +60,14 @@ pub struct Codec {
     pub name: &'static str,
     /// Turns a payload back into a value. `Bytes` lets decoders keep slices without copying.
     pub decode: fn(Bytes) -> Result<Value>,
+    /// Turns a split payload back into a value: the head, and the body's first `len` bytes
+    /// held in 8-byte words (see [`Data::encode_split`]). `None`: the two are joined and
+    /// given to `decode`.
+    pub decode_split: Option<DecodeSplit>,
 }
+
+/// A codec's decoder for split payloads: the head, the body in 8-byte words, its length.
+pub type DecodeSplit = fn(Bytes, Vec<u64>, usize) -> Result<Value>;
 
 inventory::collect!(Codec);
 
@@ -60,7 +75,14 @@ inventory::collect!(Codec);
 #[macro_export]
 macro_rules! register_codec {
     ($name:expr, $decode:expr) => {
-        $crate::inventory::submit! { $crate::Codec { name: $name, decode: $decode } }
+        $crate::inventory::submit! {
+            $crate::Codec { name: $name, decode: $decode, decode_split: None }
+        }
+    };
+    ($name:expr, $decode:expr, split = $split:expr) => {
+        $crate::inventory::submit! {
+            $crate::Codec { name: $name, decode: $decode, decode_split: Some($split) }
+        }
     };
 }
 
@@ -141,18 +163,70 @@ impl Value {
 
     /// Encode, appending to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        self.write_prefix(out)?;
+        self.0.encode(out)
+    }
+
+    fn write_prefix(&self, out: &mut Vec<u8>) -> Result<()> {
         let name = self.0.codec();
         let len = u16::try_from(name.len())
             .map_err(|_| Error::Codec(format!("codec name too long: {name}")))?;
         out.push(ENCODING_VERSION);
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(name.as_bytes());
-        self.0.encode(out)
+        Ok(())
+    }
+
+    /// [`Value::encode`]'s bytes as a head and a body that shares the value's memory (empty
+    /// when the codec cannot split): `head ++ body == encode()`.
+    pub fn encode_split(&self) -> Result<(Vec<u8>, Bytes)> {
+        let mut head = Vec::with_capacity(64);
+        self.write_prefix(&mut head)?;
+        match self.0.encode_split()? {
+            Some((h, body)) => {
+                head.extend_from_slice(&h);
+                Ok((head, body))
+            }
+            None => {
+                self.0.encode(&mut head)?;
+                Ok((head, Bytes::new()))
+            }
+        }
+    }
+
+    /// Decode a split encoding: the head, and the body's first `body_len` bytes held in
+    /// 8-byte words (which a codec with `decode_split` keeps without copying).
+    pub fn decode_split(head: Bytes, body: Vec<u64>, body_len: usize) -> Result<Value> {
+        if body_len == 0 {
+            return Value::decode(head);
+        }
+        let words: &[u8] = bytemuck::cast_slice(&body);
+        if body_len > words.len() {
+            return Err(Error::Codec(format!(
+                "split value body of {body_len} bytes in a buffer of {}",
+                words.len()
+            )));
+        }
+        let (codec, payload) = Self::codec_of(head)?;
+        match codec.decode_split {
+            Some(split) => split(payload, body, body_len),
+            None => {
+                let mut joined = Vec::with_capacity(payload.len() + body_len);
+                joined.extend_from_slice(&payload);
+                joined.extend_from_slice(&words[..body_len]);
+                (codec.decode)(Bytes::from(joined))
+            }
+        }
     }
 
     /// Decode what [`Value::encode`] wrote.
     pub fn decode(bytes: impl Into<Bytes>) -> Result<Value> {
-        let bytes: Bytes = bytes.into();
+        let (codec, payload) = Self::codec_of(bytes.into())?;
+        (codec.decode)(payload)
+    }
+
+    /// The codec named by an encoding's prefix, and the payload after it.
+    fn codec_of(bytes: Bytes) -> Result<(&'static Codec, Bytes)> {
         if bytes.len() < 3 {
             return Err(Error::Codec(format!(
                 "encoded value too short: {} bytes",
@@ -176,7 +250,7 @@ impl Value {
                 "unknown value codec '{name}' (is the crate that defines it linked in?)"
             ))
         })?;
-        (codec.decode)(bytes.slice(3 + len..))
+        Ok((codec, bytes.slice(3 + len..)))
     }
 }
 

@@ -182,25 +182,73 @@ pub async fn join(
 /// The `nbytes` of a value's encoding, straight from quinn's receive buffers into one
 /// buffer (no zero-filling first, no intermediate copy); a length the machine cannot
 /// allocate is an error, not an abort.
-async fn read_value(recv: &mut quinn::RecvStream, nbytes: u64, key: &Key) -> Result<Vec<u8>> {
-    let n = usize::try_from(nbytes)
-        .map_err(|_| Error::Codec(format!("{key}: {nbytes} bytes do not fit in memory")))?;
-    let mut buf = Vec::new();
-    buf.try_reserve_exact(n)
-        .map_err(|e| Error::Codec(format!("{key}: cannot hold {nbytes} bytes: {e}")))?;
-    while buf.len() < n {
-        match recv.read_chunk(n - buf.len(), true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+/// Read a value of `nbytes` whose last `body` bytes are its bulk: the head into a byte
+/// buffer, the body into 8-byte words the value's codec can keep as they are (an f64
+/// array's elements), so a received array is copied once, out of quinn's buffers. The
+/// outer error is the stream's (the rest of the response is lost); the inner one this
+/// value's decoding.
+async fn read_value(
+    recv: &mut quinn::RecvStream,
+    nbytes: u64,
+    body: u64,
+    key: &Key,
+) -> Result<Result<Value>> {
+    let too_big = |what: &str| Error::Codec(format!("{key}: {what} do not fit in memory"));
+    let n = usize::try_from(nbytes).map_err(|_| too_big(&format!("{nbytes} bytes")))?;
+    let body = usize::try_from(body).map_err(|_| too_big(&format!("{body} bytes")))?;
+    let Some(head_len) = n.checked_sub(body) else {
+        return Err(Error::Codec(format!(
+            "{key}: a body of {body} bytes in a value of {n}"
+        )));
+    };
+    let mut head = Vec::new();
+    head.try_reserve_exact(head_len)
+        .map_err(|e| Error::Codec(format!("{key}: cannot hold {head_len} bytes: {e}")))?;
+    read_into(recv, head_len, key, n, 0, |b| head.extend_from_slice(b)).await?;
+    // Zeroed by the allocator (fresh pages are zero already), so this is not a pass over
+    // the memory; fallible, so an absurd announcement is an error, not an abort.
+    let mut words: Vec<u64> = bytemuck::allocation::try_zeroed_slice_box(body.div_ceil(8))
+        .map_err(|()| Error::Codec(format!("{key}: cannot hold {body} bytes")))?
+        .into_vec();
+    let mut at = 0;
+    {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        read_into(recv, body, key, n, head_len, |b| {
+            bytes[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        })
+        .await?;
+    }
+    Ok(Value::decode_split(head.into(), words, body))
+}
+
+/// Read exactly `len` bytes of a value, handing each piece to `sink` (never more than
+/// asked for, so `sink` may index a buffer of `len` bytes).
+async fn read_into(
+    recv: &mut quinn::RecvStream,
+    len: usize,
+    key: &Key,
+    total: usize,
+    done_before: usize,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<()> {
+    let mut got = 0;
+    while got < len {
+        match recv.read_chunk(len - got, true).await {
+            Ok(Some(chunk)) => {
+                got += chunk.bytes.len();
+                sink(&chunk.bytes);
+            }
             Ok(None) => {
                 return Err(Error::Transport(format!(
-                    "{key}: the stream ended after {} of {n} bytes",
-                    buf.len()
+                    "{key}: the stream ended after {} of {total} bytes",
+                    done_before + got
                 )));
             }
             Err(e) => return Err(transport("read", e)),
         }
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// `host:port` to a socket address.
@@ -298,7 +346,9 @@ impl Peers {
         let _ = send.finish();
         for key in keys {
             let (got, nbytes) = match read_msg::<DataResponse>(&mut recv).await? {
-                Some(DataResponse::Data { key, nbytes, .. }) => (key, Some(nbytes)),
+                Some(DataResponse::Data {
+                    key, nbytes, body, ..
+                }) => (key, Some((nbytes, body))),
                 Some(DataResponse::Missing { key, .. }) => (key, None),
                 None => {
                     return Err(Error::Transport(format!(
@@ -311,7 +361,7 @@ impl Peers {
                     "worker {address} answered with {got} where {key} was due"
                 )));
             }
-            let Some(nbytes) = nbytes else {
+            let Some((nbytes, body)) = nbytes else {
                 out.push(Err(Error::Transport(format!(
                     "worker {address} does not hold {key}"
                 ))));
@@ -322,7 +372,8 @@ impl Peers {
                     "worker {address} announced {nbytes} bytes for {key}"
                 )));
             }
-            out.push(Value::decode(read_value(&mut recv, nbytes, key).await?));
+            // A value that does not decode fails alone; a broken stream fails the rest.
+            out.push(read_value(&mut recv, nbytes, body, key).await?);
         }
         Ok(())
     }

@@ -516,15 +516,20 @@ async fn answer(
         let write = |e| Error::Transport(format!("sending {key}: {e}"));
         match value {
             Some(value) => {
-                let bytes = value.encode()?;
+                // The body shares the value's memory (an array's buffer): handed to quinn
+                // as it is, never copied into an encoding first.
+                let (head, body) = value.encode_split()?;
                 let header = framed(&DataResponse::Data {
                     request_id: request.request_id,
                     key: key.clone(),
-                    nbytes: bytes.len() as u64,
+                    nbytes: (head.len() + body.len()) as u64,
+                    body: body.len() as u64,
                 })?;
                 send.write_all(&header).await.map_err(write)?;
-                // Handed to quinn as it is: no copy into its send buffer.
-                send.write_chunk(bytes.into()).await.map_err(write)?;
+                send.write_chunk(head.into()).await.map_err(write)?;
+                if !body.is_empty() {
+                    send.write_chunk(body).await.map_err(write)?;
+                }
             }
             None => {
                 let header = framed(&DataResponse::Missing {

@@ -204,6 +204,7 @@ fn lying_data_servers_fail_each_key_with_an_error() {
                         request_id: id,
                         key: a,
                         nbytes: 8,
+                        body: 0,
                     };
                     out.extend(framed(&data).unwrap());
                     out.extend([0xff; 8]);
@@ -219,8 +220,19 @@ fn lying_data_servers_fail_each_key_with_an_error() {
                         request_id: id,
                         key: other,
                         nbytes: 1,
+                        body: 0,
                     };
                     out.extend(framed(&data).unwrap());
+                } else if request.keys.len() == 2 {
+                    // A body longer than the value it is part of.
+                    let data = DataResponse::Data {
+                        request_id: id,
+                        key: request.keys[0].clone(),
+                        nbytes: 4,
+                        body: 16,
+                    };
+                    out.extend(framed(&data).unwrap());
+                    out.extend([0; 16]);
                 } else {
                     // 512 GiB announced, nothing sent.
                     let key = request.keys[0].clone();
@@ -228,6 +240,7 @@ fn lying_data_servers_fail_each_key_with_an_error() {
                         request_id: id,
                         key,
                         nbytes: 1 << 39,
+                        body: 1 << 39,
                     };
                     out.extend(framed(&data).unwrap());
                 }
@@ -247,6 +260,12 @@ fn lying_data_servers_fail_each_key_with_an_error() {
             .collect();
         assert!(errors[1].contains("does not hold"), "{}", errors[1]);
         assert!(errors[2].contains("not-asked-for"), "{}", errors[2]);
+        let two: Vec<Key> = (5..7).map(|i| Key::new("v", [i])).collect();
+        let results = peers.fetch_many(&address, &two).await;
+        for (r, key) in results.into_iter().zip(&two) {
+            let text = r.expect_err("a body longer than its value").to_string();
+            assert!(text.contains(&key.to_string()), "{text}");
+        }
         let huge = peers.fetch(&address, &Key::new("v", [9])).await;
         let text = huge.expect_err("nothing was sent").to_string();
         assert!(text.contains("('v', 9)"), "{text}");

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -322,7 +322,9 @@ pub struct DataRequest {
 }
 
 /// Header of the answer for one key of a request, in the request's order; for `Data`,
-/// `nbytes` of encoded value follow on the stream before the next header.
+/// `nbytes` of encoded value follow on the stream before the next header, the last `body`
+/// of them the value's bulk (an array's elements), which the receiver reads into an
+/// aligned buffer the value can keep (`Value::decode_split`).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum DataResponse {
     /// The value follows.
@@ -330,6 +332,7 @@ pub enum DataResponse {
         request_id: u64,
         key: Key,
         nbytes: u64,
+        body: u64,
     },
     /// This worker does not hold the value.
     Missing { request_id: u64, key: Key },
