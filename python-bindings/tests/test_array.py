@@ -126,3 +126,19 @@ def test_errors_are_partita_exceptions_with_the_shapes():
         a + "text"
     with pytest.raises(ValueError):
         a.compute(scheduler="nope")
+    # A boolean mask is refused, never read as indices 0 and 1; bad axes are errors, not
+    # wrapped around.
+    x = pt.arange(6, chunks=4)
+    with pytest.raises(pt.PartitaNotImplementedError, match="boolean mask"):
+        x[np.array([True, False, True, False, True, False])]
+    with pytest.raises(pt.PartitaNotImplementedError, match="boolean mask"):
+        x[x > 2]
+    with pytest.raises(pt.PartitaNotImplementedError):
+        x.take([True, False])
+    with pytest.raises(TypeError):
+        x.take([0.5])
+    with pytest.raises(pt.ShapeError, match="axis 2"):
+        a.swapaxes(0, 2)
+    with pytest.raises(pt.ShapeError, match="axis -3"):
+        a.take([0], axis=-3)
+    np.testing.assert_array_equal(a.take([1, 0], axis=-1).compute(), np.zeros((4, 2)))

@@ -171,11 +171,14 @@ impl RandomGen {
         let (mut flat, end) = (start, start + len);
         while flat < end {
             let (mut rest, col) = (flat / row, flat % row);
-            let mut base = (self.offset[nd - 1] + col) as u64 * step;
+            // Wrapping: counters of arrays beyond 2^64 elements (which cannot be computed
+            // anyway) must not overflow on a description that came from the wire.
+            let at = |a: usize, i: usize| (self.offset[a] as u64).wrapping_add(i as u64);
+            let mut base = at(nd - 1, col).wrapping_mul(step);
             for a in (0..nd - 1).rev() {
                 let i = rest % self.shape[a];
                 rest /= self.shape[a];
-                base = base.wrapping_add((self.offset[a] + i) as u64 * self.strides[a]);
+                base = base.wrapping_add(at(a, i).wrapping_mul(self.strides[a]));
             }
             let m = (row - col).min(end - flat);
             f(base, step, m);

@@ -314,7 +314,7 @@ class Array:
         return Array(self._rust.transpose([int(a) for a in axes] if axes else None))
 
     def swapaxes(self, a, b):
-        return Array(self._rust.swapaxes(int(a) % self.ndim, int(b) % self.ndim))
+        return Array(self._rust.swapaxes(_axis(a, self.ndim, "swapaxes"), _axis(b, self.ndim, "swapaxes")))
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -325,7 +325,12 @@ class Array:
         return Array(self._rust.rechunk(_chunks(chunks)))
 
     def take(self, indices, axis=0):
-        return Array(self._rust.take([int(i) for i in np.asarray(indices).ravel()], int(axis) % self.ndim))
+        indices = np.asarray(indices)
+        if indices.dtype == np.bool_:
+            raise _mask_not_implemented()
+        if indices.size and indices.dtype.kind not in "iu":
+            raise TypeError(f"take: indices must be integers, got {indices.dtype}")
+        return Array(self._rust.take([int(i) for i in indices.ravel()], _axis(axis, self.ndim, "take")))
 
     def __getitem__(self, key):
         if not isinstance(key, tuple):
@@ -348,11 +353,29 @@ class Array:
                     items.append(("slice", start, stop, step))
             elif isinstance(k, (numbers.Integral, np.integer)):
                 items.append(("at", int(k)))
+            elif isinstance(k, Array) and k.dtype == np.bool_:
+                raise _mask_not_implemented()
             elif isinstance(k, (list, np.ndarray)) and len(key) == 1:
                 return self.take(k, 0)
             else:
                 raise TypeError(f"unsupported index {k!r}: use ints, slices, None or ...")
         return Array(self._rust.index(items))
+
+
+def _axis(axis, ndim, what):
+    """A NumPy-style axis (negative counts from the end), checked."""
+    a = int(axis)
+    if not -ndim <= a < ndim:
+        raise _partita.ShapeError(f"{what}: axis {a} is out of range for an array of {ndim} dimensions")
+    return a % ndim
+
+
+def _mask_not_implemented():
+    return _partita.PartitaNotImplementedError(
+        "indexing with a boolean mask is not implemented yet (its result has chunk sizes "
+        "unknown until computed); use pt.where(mask, x, fill) to keep the shape, or compute "
+        "the mask and index the NumPy result"
+    )
 
 
 def _wrap_function(name):
