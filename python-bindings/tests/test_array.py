@@ -101,6 +101,23 @@ def test_zarr_round_trip_and_errors(scheduler, tmp_path):
     assert "missing.zarr" in str(info.value)
 
 
+def test_zarr_stores_cross_with_python_zarr(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    x = data((10, 6))
+    # partita writes, Python's zarr reads (zstd chunks, Zarr v3).
+    pt.from_numpy(x, chunks=(4, 4)).to_zarr(tmp_path / "ours.zarr")
+    theirs = zarr.open_array(str(tmp_path / "ours.zarr"), mode="r")
+    assert theirs.shape == (10, 6) and theirs.chunks == (4, 4)
+    np.testing.assert_array_equal(theirs[:], x)
+    # Python's zarr writes, partita reads.
+    z = zarr.create_array(str(tmp_path / "zarr.zarr"), shape=(7, 5), chunks=(3, 2), dtype="int32")
+    y = np.arange(35, dtype="int32").reshape(7, 5)
+    z[:] = y
+    back = pt.read_zarr(tmp_path / "zarr.zarr")
+    assert back.chunks == ((3, 3, 1), (2, 2, 1)) and back.dtype == np.int32
+    np.testing.assert_array_equal(back.compute(), y)
+
+
 def test_numpy_interop_and_persist():
     x = data((6, 4))
     a = pt.asarray(x, chunks=2)
