@@ -4,6 +4,7 @@ use ndarray::{ArrayD, IxDyn, Zip};
 use partita::array::{Array, DType, from_ndarray, where_};
 use partita::{ComputeOptions, Graph, Layer, LocalScheduler, SyncScheduler, compute_collections};
 use partita_tests::assert_array_eq;
+use proptest::prelude::*;
 
 fn data(shape: &[usize], scale: f64, shift: f64) -> ArrayD<f64> {
     let n: usize = shape.iter().product();
@@ -284,4 +285,63 @@ fn elementwise_graphs_travel_as_data() {
         .unwrap()
         .clone();
     assert!((chunk[[0, 1]] - (xd[[0, 1]].exp() + xd[[0, 1]].cos())).abs() < 1e-14);
+}
+
+/// A shape, a second shape that broadcasts against it (some axes 1, maybe fewer axes), and
+/// chunk sizes per axis for each.
+fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>)> {
+    prop::collection::vec(1usize..6, 1..4).prop_flat_map(|shape| {
+        let nd = shape.len();
+        let ones = prop::collection::vec(any::<bool>(), nd);
+        let drop = 0..nd;
+        let ca = shape.iter().map(|&d| 1..=d).collect::<Vec<_>>();
+        (Just(shape), ones, drop, ca).prop_flat_map(|(shape, ones, drop, ca)| {
+            let other: Vec<usize> = shape
+                .iter()
+                .zip(&ones)
+                .skip(drop)
+                .map(|(&d, &one)| if one { 1 } else { d })
+                .collect();
+            let cb = other.iter().map(|&d| 1..=d).collect::<Vec<_>>();
+            (Just(shape), Just(other), Just(ca), cb)
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn broadcast_expressions_match_ndarray_for_any_chunking(
+        (sa, sb, ca, cb) in broadcast_pair(),
+        seed in 0u64..1000,
+    ) {
+        let (da, db) = (data(&sa, 0.3, -5.0), data(&sb, 0.7, 1.0));
+        let (a, b) = (from_ndarray(&da, ca).unwrap(), from_ndarray(&db, cb).unwrap());
+        // where(a > b, exp(a * b / 100), (a - 2) / (|b| + 1)), broadcast both ways.
+        let e = where_(
+            a.greater(&b).unwrap(),
+            (&(&a * &b).unwrap() / 100.0).unwrap().exp().unwrap(),
+            (&(&a - 2.0).unwrap() / &(&b.abs().unwrap() + 1.0).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let shape: Vec<usize> = e.shape().to_vec();
+        let (va, vb) = (da.broadcast(IxDyn(&shape)).unwrap(), db.broadcast(IxDyn(&shape)).unwrap());
+        let want = Zip::from(&va).and(&vb).map_collect(|&x, &y| {
+            if x > y { (x * y / 100.0).exp() } else { (x - 2.0) / (y.abs() + 1.0) }
+        });
+        assert_array_eq(&e, &want, 1e-12);
+        // The same through a reduction that runs the expression itself.
+        let total = e.sum(partita::array::Axes::All).unwrap();
+        assert_array_eq(&total, &ndarray::arr0(want.sum()).into_dyn(), 1e-9);
+        // Random numbers, transposed and generated in place, against a stored operand
+        // chunked otherwise (so one side is rechunked to align).
+        let r = partita::array::random::random(&sa, 2, seed).unwrap();
+        let rw = r.compute::<f64>(&SyncScheduler).unwrap();
+        let rev: Vec<usize> = sa.iter().rev().copied().collect();
+        let stored = from_ndarray(&data(&rev, 0.1, 0.0), 3).unwrap();
+        let mixed = (&r.t().unwrap() * &stored).unwrap();
+        let want = &rw.t() * &data(&rev, 0.1, 0.0);
+        assert_array_eq(&mixed, &want, 1e-12);
+    }
 }
