@@ -492,11 +492,24 @@ impl RustArray {
         wrap(pa::reduction::reduce(&self.0, reduction, axes, options))
     }
 
-    #[pyo3(signature = (name, axis = None))]
-    fn argreduce(&self, name: &str, axis: Option<isize>) -> PyResult<RustArray> {
+    #[pyo3(signature = (name, axis = None, keepdims = false, split_every = None))]
+    fn argreduce(
+        &self,
+        name: &str,
+        axis: Option<isize>,
+        keepdims: bool,
+        split_every: Option<usize>,
+    ) -> PyResult<RustArray> {
+        let mut options = pa::ReduceOptions {
+            keepdims,
+            ..Default::default()
+        };
+        if let Some(n) = split_every {
+            options.split_every = n;
+        }
         match name {
-            "argmin" => wrap(self.0.argmin(axis)),
-            "argmax" => wrap(self.0.argmax(axis)),
+            "argmin" => wrap(self.0.argmin_with(axis, options)),
+            "argmax" => wrap(self.0.argmax_with(axis, options)),
             other => Err(PyValueError::new_err(format!(
                 "unknown reduction {other:?}"
             ))),

@@ -25,6 +25,10 @@ def test_elementwise_and_reductions_match_numpy(scheduler, chunks):
         np.testing.assert_allclose(a.std(axis=axis, ddof=1).compute(scheduler=scheduler), x.std(axis=axis, ddof=1))
         np.testing.assert_allclose(a.max(axis=axis).compute(scheduler=scheduler), x.max(axis=axis))
     np.testing.assert_array_equal(a.argmin(axis=0).compute(scheduler=scheduler), x.argmin(axis=0))
+    for axis in [None, 0, 1]:
+        for name in ["argmin", "argmax"]:
+            got = getattr(a, name)(axis=axis, keepdims=True, split_every=2).compute(scheduler=scheduler)
+            np.testing.assert_array_equal(got, getattr(x, name)(axis=axis, keepdims=True))
     kept = a.sum(axis=1, keepdims=True).compute(scheduler=scheduler)
     assert kept.shape == (13, 1)
 

@@ -1023,31 +1023,51 @@ reduction_methods! {
 impl Array {
     /// Variance over `axes` with `ddof` delta degrees of freedom.
     pub fn var(&self, axes: impl Into<Axes>, ddof: u32) -> Result<Array> {
-        reduce(
-            self,
-            Reduction::Var { ddof },
-            axes,
-            ReduceOptions::default(),
-        )
+        self.var_with(axes, ddof, ReduceOptions::default())
+    }
+
+    /// [`Array::var`] with `keepdims` and `split_every`.
+    pub fn var_with(
+        &self,
+        axes: impl Into<Axes>,
+        ddof: u32,
+        options: ReduceOptions,
+    ) -> Result<Array> {
+        reduce(self, Reduction::Var { ddof }, axes, options)
     }
 
     /// Standard deviation over `axes` with `ddof` delta degrees of freedom.
     pub fn std(&self, axes: impl Into<Axes>, ddof: u32) -> Result<Array> {
-        reduce(
-            self,
-            Reduction::Std { ddof },
-            axes,
-            ReduceOptions::default(),
-        )
+        self.std_with(axes, ddof, ReduceOptions::default())
+    }
+
+    /// [`Array::std`] with `keepdims` and `split_every`.
+    pub fn std_with(
+        &self,
+        axes: impl Into<Axes>,
+        ddof: u32,
+        options: ReduceOptions,
+    ) -> Result<Array> {
+        reduce(self, Reduction::Std { ddof }, axes, options)
     }
 
     /// Index of the minimum along `axis`, or in the flattened array for `None`.
     pub fn argmin(&self, axis: Option<isize>) -> Result<Array> {
-        reduce(self, Reduction::ArgMin, axis, ReduceOptions::default())
+        self.argmin_with(axis, ReduceOptions::default())
+    }
+
+    /// [`Array::argmin`] with `keepdims` and `split_every`.
+    pub fn argmin_with(&self, axis: Option<isize>, options: ReduceOptions) -> Result<Array> {
+        reduce(self, Reduction::ArgMin, axis, options)
     }
 
     /// Index of the maximum along `axis`, or in the flattened array for `None`.
     pub fn argmax(&self, axis: Option<isize>) -> Result<Array> {
-        reduce(self, Reduction::ArgMax, axis, ReduceOptions::default())
+        self.argmax_with(axis, ReduceOptions::default())
+    }
+
+    /// [`Array::argmax`] with `keepdims` and `split_every`.
+    pub fn argmax_with(&self, axis: Option<isize>, options: ReduceOptions) -> Result<Array> {
+        reduce(self, Reduction::ArgMax, axis, options)
     }
 }

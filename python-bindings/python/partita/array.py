@@ -297,11 +297,11 @@ class Array:
     def all(self, axis=None, keepdims=False, split_every=None):
         return self._reduce("all", axis, keepdims, split_every)
 
-    def argmin(self, axis=None):
-        return Array(self._rust.argreduce("argmin", axis))
+    def argmin(self, axis=None, keepdims=False, split_every=None):
+        return Array(self._rust.argreduce("argmin", axis, keepdims, split_every))
 
-    def argmax(self, axis=None):
-        return Array(self._rust.argreduce("argmax", axis))
+    def argmax(self, axis=None, keepdims=False, split_every=None):
+        return Array(self._rust.argreduce("argmax", axis, keepdims, split_every))
 
     # -- shape ---------------------------------------------------------------------
     @property

@@ -205,6 +205,40 @@ fn argmin_and_argmax_find_the_first_extreme() {
         &reference(&d, &[1], false, first_min),
         0.0,
     );
+    // One-element chunks merged two at a time (a deep tree), with keepdims: the first
+    // extreme still wins, with its global index.
+    let fine = from_ndarray(&d, [1, 1]).unwrap();
+    let deep = ReduceOptions {
+        keepdims: true,
+        split_every: 2,
+    };
+    for axis in [0usize, 1] {
+        assert_array_eq(
+            &fine.argmin_with(Some(axis as isize), deep).unwrap(),
+            &reference(&d, &[axis], true, first_min),
+            0.0,
+        );
+        assert_array_eq(
+            &fine.argmax_with(Some(axis as isize), deep).unwrap(),
+            &reference(&d, &[axis], true, first_max),
+            0.0,
+        );
+        assert_array_eq(
+            &fine.var_with(axis, 1, deep).unwrap(),
+            &reference(&d, &[axis], true, |v, _| two_pass_var(v, 1.0)),
+            1e-9,
+        );
+        assert_array_eq(
+            &fine.std_with(axis, 0, deep).unwrap(),
+            &reference(&d, &[axis], true, |v, _| two_pass_var(v, 0.0).sqrt()),
+            1e-9,
+        );
+    }
+    assert_array_eq(
+        &fine.argmax_with(None, deep).unwrap(),
+        &ArrayD::from_elem(IxDyn(&[1, 1]), (3 * 7 + 3) as i64),
+        0.0,
+    );
 }
 
 #[test]
