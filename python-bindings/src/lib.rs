@@ -466,13 +466,7 @@ impl RustArray {
         ddof: u32,
     ) -> PyResult<RustArray> {
         let axes = axis.map_or(Axes::All, Axes::These);
-        let mut options = pa::ReduceOptions {
-            keepdims,
-            ..Default::default()
-        };
-        if let Some(n) = split_every {
-            options.split_every = n;
-        }
+        let options = reduce_options(keepdims, split_every);
         let reduction = match name {
             "sum" => pa::Reduction::Sum,
             "prod" => pa::Reduction::Prod,
@@ -500,13 +494,7 @@ impl RustArray {
         keepdims: bool,
         split_every: Option<usize>,
     ) -> PyResult<RustArray> {
-        let mut options = pa::ReduceOptions {
-            keepdims,
-            ..Default::default()
-        };
-        if let Some(n) = split_every {
-            options.split_every = n;
-        }
+        let options = reduce_options(keepdims, split_every);
         match name {
             "argmin" => wrap(self.0.argmin_with(axis, options)),
             "argmax" => wrap(self.0.argmax_with(axis, options)),
@@ -618,6 +606,15 @@ impl RustArray {
         partita::Layer::materialize(&[Arc::clone(self.0.layer())])
             .map(|g| g.len())
             .py_err()
+    }
+}
+
+/// Python's `keepdims=` and `split_every=` (None: the default fan-in).
+fn reduce_options(keepdims: bool, split_every: Option<usize>) -> pa::ReduceOptions {
+    let defaults = pa::ReduceOptions::default();
+    pa::ReduceOptions {
+        keepdims,
+        split_every: split_every.unwrap_or(defaults.split_every),
     }
 }
 

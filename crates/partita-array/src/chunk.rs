@@ -129,12 +129,16 @@ pub trait Element: Copy + Send + Sync + std::fmt::Debug + PartialEq + Default + 
     /// Elements from the first `len` bytes of `words` (little-endian): the same buffer
     /// when the element is 8 bytes wide, a copy otherwise.
     fn from_words_le(words: Vec<u64>, len: usize) -> Result<Vec<Self>> {
-        let bytes: &[u8] = bytemuck::cast_slice(&words);
-        let b = bytes.get(..len).ok_or_else(|| {
-            Error::Codec(format!("{len} bytes asked of a buffer of {}", bytes.len()))
-        })?;
-        Self::read_vec_le(b)
+        Self::read_vec_le(word_bytes(&words, len)?)
     }
+}
+
+/// The first `len` bytes of `words`.
+fn word_bytes(words: &[u64], len: usize) -> Result<&[u8]> {
+    let bytes: &[u8] = bytemuck::cast_slice(words);
+    bytes
+        .get(..len)
+        .ok_or_else(|| Error::Codec(format!("{len} bytes asked of a buffer of {}", bytes.len())))
 }
 
 /// An array's buffer as bytes, for [`Bytes::from_owner`]: the bytes live as long as the
@@ -194,11 +198,7 @@ macro_rules! element {
                         |(e, _)| Error::Internal(format!("reinterpreting a received buffer: {e}")),
                     );
                 }
-                let bytes: &[u8] = bytemuck::cast_slice(&words);
-                let b = bytes.get(..len).ok_or_else(|| {
-                    Error::Codec(format!("{len} bytes asked of a buffer of {}", bytes.len()))
-                })?;
-                Self::read_vec_le(b)
+                Self::read_vec_le(word_bytes(&words, len)?)
             }
             #[cfg(target_endian = "little")]
             fn read_vec_le(b: &[u8]) -> Result<Vec<Self>> {
@@ -305,9 +305,7 @@ impl Chunk {
     pub fn from_value(v: &Value) -> Result<&Chunk> {
         v.get::<Chunk>()
     }
-}
 
-impl Chunk {
     /// dtype tag, number of axes, then the shape: what precedes the elements.
     fn encode_header(&self, out: &mut Vec<u8>) {
         out.push(self.dtype() as u8);

@@ -341,13 +341,8 @@ pub mod random {
     pub use crate::rng::Distribution;
     use crate::rng::{RandomLeaf, mix};
 
-    fn make(
-        shape: &[usize],
-        chunks: Chunks,
-        seed: u64,
-        dist: Distribution,
-        dtype: DType,
-    ) -> Result<Array> {
+    fn make(shape: &[usize], chunks: Chunks, seed: u64, dist: Distribution) -> Result<Array> {
+        let dtype = dist.dtype();
         let grid = ChunkGrid::new(shape, &chunks, dtype)?;
         let mut program = Program::default();
         program.randoms.push(RandomLeaf {
@@ -391,7 +386,6 @@ pub mod random {
             chunks.into(),
             seed,
             Distribution::Uniform { low, high },
-            DType::F64,
         )
     }
 
@@ -413,7 +407,6 @@ pub mod random {
             chunks.into(),
             seed,
             Distribution::Normal { mean, std },
-            DType::F64,
         )
     }
 
@@ -435,7 +428,6 @@ pub mod random {
             chunks.into(),
             seed,
             Distribution::Integers { low, high },
-            DType::I64,
         )
     }
 }

@@ -12,7 +12,7 @@ use partita_core::{Collection, Error, Key, Layer, Op, Result, Task, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::array::{Array, Source, block_key};
-use crate::chunk::{Chunk, checked_block_len};
+use crate::chunk::Chunk;
 use crate::dtype::DType;
 use crate::grid::ChunkGrid;
 use crate::kernel::{BinaryOp, NodeKind, Program, Scalar, UnaryOp, broadcast_shapes};
@@ -133,9 +133,6 @@ pub struct ElementwiseKernel {
 #[typetag::serde(name = "array-elementwise")]
 impl Op for ElementwiseKernel {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
-        if let Some(b) = &self.block {
-            checked_block_len(&b.shape, self.program.result_dtype().unwrap_or(DType::F64))?;
-        }
         let chunks = Chunk::from_values(inputs)?;
         self.program
             .eval(&chunks, self.block.as_ref())

@@ -11,7 +11,7 @@ use ndarray::{ArrayD, IxDyn};
 use partita_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{Chunk, Element};
+use crate::chunk::{Chunk, Element, checked_block_len};
 use crate::dtype::DType;
 use crate::reduction::sum8;
 use crate::rng::{BlockPos, RandomGen, RandomLeaf};
@@ -328,8 +328,12 @@ impl Program {
         out.into_chunk(&shape)
     }
 
-    /// The result's shape: the inputs' broadcast shape, or the block's without inputs.
-    fn result_shape(inputs: &[&Chunk], block: Option<&BlockPos>) -> Result<Vec<usize>> {
+    /// The result's shape: the inputs' broadcast shape, or the block's without inputs. A
+    /// block from the wire is checked for a size that could be allocated first.
+    fn result_shape(&self, inputs: &[&Chunk], block: Option<&BlockPos>) -> Result<Vec<usize>> {
+        if let Some(b) = block {
+            checked_block_len(&b.shape, self.result()?.dtype)?;
+        }
         let shape = broadcast_shapes(inputs.iter().map(|c| c.shape()))?;
         match block {
             Some(b) if inputs.is_empty() => Ok(b.shape.clone()),
@@ -357,7 +361,7 @@ impl Program {
         }
         // Decide from the shape alone: preparing readers may copy a strided operand, and a
         // `None` here means the caller evaluates (and prepares) again.
-        let shape = Self::result_shape(inputs, block)?;
+        let shape = self.result_shape(inputs, block)?;
         let ndim = shape.len();
         if let Some(a) = axes.iter().find(|&&a| a >= ndim) {
             return Err(Error::Shape(format!(
@@ -456,7 +460,7 @@ impl Program {
                 )));
             }
         }
-        let shape = Self::result_shape(inputs, block)?;
+        let shape = self.result_shape(inputs, block)?;
         let mut readers = Vec::with_capacity(inputs.len());
         for (i, c) in inputs.iter().enumerate() {
             readers.push(Reader::new(c, &shape).ok_or_else(|| {
@@ -502,10 +506,7 @@ impl Program {
                         self.randoms.len()
                     ))
                 })?;
-                let want = match leaf.dist {
-                    crate::rng::Distribution::Integers { .. } => DType::I64,
-                    _ => DType::F64,
-                };
+                let want = leaf.dist.dtype();
                 if node.dtype != want {
                     return Err(Error::Type(format!(
                         "random leaf {r} makes {want}, the program says {}",

@@ -14,7 +14,7 @@ use partita_core::{Collection, Data, Error, Key, Layer, Op, Result, Task, Value,
 use serde::{Deserialize, Serialize};
 
 use crate::array::{Array, Source, block_key};
-use crate::chunk::{Chunk, Element, checked_block_len};
+use crate::chunk::{Chunk, Element};
 use crate::dtype::DType;
 use crate::grid::{ChunkGrid, for_each_index};
 use crate::kernel::{Prim, Program};
@@ -771,9 +771,6 @@ impl Op for ReduceBlock {
             return block_partial(self.reduction, chunk, &self.axes, self.arg.as_ref())
                 .map(Value::new);
         };
-        if let Some(b) = &self.block {
-            checked_block_len(&b.shape, program.result_dtype().unwrap_or(DType::F64))?;
-        }
         let chunks = Chunk::from_values(inputs)?;
         if matches!(self.reduction, Reduction::Sum | Reduction::Mean)
             && let Some((sums, count)) =

@@ -54,6 +54,16 @@ pub enum Distribution {
     },
 }
 
+impl Distribution {
+    /// The dtype it draws: int64 for integers, float64 otherwise.
+    pub fn dtype(&self) -> crate::dtype::DType {
+        match self {
+            Distribution::Integers { .. } => crate::dtype::DType::I64,
+            _ => crate::dtype::DType::F64,
+        }
+    }
+}
+
 /// A random array as a leaf of an elementwise program.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RandomLeaf {

@@ -179,13 +179,10 @@ pub async fn join(
     }
 }
 
-/// The `nbytes` of a value's encoding, straight from quinn's receive buffers into one
-/// buffer (no zero-filling first, no intermediate copy); a length the machine cannot
-/// allocate is an error, not an abort.
 /// Read a value of `nbytes` whose last `body` bytes are its bulk: the head into a byte
 /// buffer, the body into 8-byte words the value's codec can keep as they are (an f64
-/// array's elements), so a received array is copied once, out of quinn's buffers. The
-/// outer error is the stream's (the rest of the response is lost); the inner one this
+/// array's elements), so a received array is copied once, out of quinn's buffers; a
+/// length the machine cannot allocate is an error, not an abort. The outer error is the stream's (the rest of the response is lost); the inner one this
 /// value's decoding.
 async fn read_value(
     recv: &mut quinn::RecvStream,
