@@ -99,6 +99,11 @@ impl PyFuture {
                     py.detach(|| a.chunk_from_values(&mine))
                         .map(Computed::Chunk)
                 }
+                What::Collection(AnyCollection::Filtered(a)) => {
+                    let a = a.clone();
+                    py.detach(|| a.chunk_from_values(&mine))
+                        .map(Computed::Chunk)
+                }
                 What::Collection(AnyCollection::Frame(f)) => {
                     let f = f.clone();
                     py.detach(|| f.frame_from_values(&mine))
@@ -172,7 +177,7 @@ impl PyFuture {
 
     fn __repr__(&self) -> String {
         let what = match &self.what {
-            What::Collection(AnyCollection::Array(_)) => "array",
+            What::Collection(AnyCollection::Array(_) | AnyCollection::Filtered(_)) => "array",
             What::Collection(AnyCollection::Frame(_)) => "dataframe",
             What::Collection(AnyCollection::Delayed(_)) => "delayed",
             What::Object => "object",

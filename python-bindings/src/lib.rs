@@ -18,6 +18,7 @@
 //!   take the GIL per call: locally they call the function object, on a cluster it travels
 //!   cloudpickled to workers started by `python -m partita worker`.
 
+mod filtered;
 mod futures;
 mod pycall;
 
@@ -309,6 +310,11 @@ fn operand(value: &Bound<'_, PyAny>) -> PyResult<Operand> {
     if let Ok(a) = value.cast::<RustArray>() {
         return Ok(Operand::Array(a.get().0.clone()));
     }
+    if value.cast::<filtered::RustFilteredArray>().is_ok() {
+        return Err(to_py(pa::filtered::unknown_chunks(
+            "an operation of an array with known chunks and a boolean-mask selection",
+        )));
+    }
     scalar(value).map(Operand::Scalar).ok_or_else(|| {
         PyTypeError::new_err(format!(
             "cannot combine a partita array with {}",
@@ -467,22 +473,7 @@ impl RustArray {
     ) -> PyResult<RustArray> {
         let axes = axis.map_or(Axes::All, Axes::These);
         let options = reduce_options(keepdims, split_every);
-        let reduction = match name {
-            "sum" => pa::Reduction::Sum,
-            "prod" => pa::Reduction::Prod,
-            "mean" => pa::Reduction::Mean,
-            "min" => pa::Reduction::Min,
-            "max" => pa::Reduction::Max,
-            "any" => pa::Reduction::Any,
-            "all" => pa::Reduction::All,
-            "var" => pa::Reduction::Var { ddof },
-            "std" => pa::Reduction::Std { ddof },
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown reduction {other:?}"
-                )));
-            }
-        };
+        let reduction = reduction_by_name(name, ddof)?;
         wrap(pa::reduction::reduce(&self.0, reduction, axes, options))
     }
 
@@ -547,6 +538,14 @@ impl RustArray {
         wrap(self.0.rechunk(chunks(spec)?))
     }
 
+    /// `self[mask]` for a bool array over the leading axes: chunk sizes become unknown.
+    fn mask(&self, mask: &RustArray) -> PyResult<filtered::RustFilteredArray> {
+        self.0
+            .mask(&mask.0)
+            .map(filtered::RustFilteredArray)
+            .py_err()
+    }
+
     fn matmul(&self, other: &RustArray) -> PyResult<RustArray> {
         wrap(self.0.matmul(&other.0))
     }
@@ -607,6 +606,28 @@ impl RustArray {
             .map(|g| g.len())
             .py_err()
     }
+}
+
+/// A reduction by its NumPy name.
+fn reduction_by_name(name: &str, ddof: u32) -> PyResult<pa::Reduction> {
+    Ok(match name {
+        "sum" => pa::Reduction::Sum,
+        "prod" => pa::Reduction::Prod,
+        "mean" => pa::Reduction::Mean,
+        "min" => pa::Reduction::Min,
+        "max" => pa::Reduction::Max,
+        "any" => pa::Reduction::Any,
+        "all" => pa::Reduction::All,
+        "var" => pa::Reduction::Var { ddof },
+        "std" => pa::Reduction::Std { ddof },
+        "argmin" => pa::Reduction::ArgMin,
+        "argmax" => pa::Reduction::ArgMax,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown reduction {other:?}"
+            )));
+        }
+    })
 }
 
 /// Python's `keepdims=` and `split_every=` (None: the default fan-in).
@@ -745,7 +766,14 @@ fn where_(
 
 fn arrays(list: &Bound<'_, PyList>) -> PyResult<Vec<Array>> {
     list.iter()
-        .map(|a| Ok(a.cast::<RustArray>()?.get().0.clone()))
+        .map(|a| {
+            if a.cast::<filtered::RustFilteredArray>().is_ok() {
+                return Err(to_py(pa::filtered::unknown_chunks(
+                    "joining a boolean-mask selection",
+                )));
+            }
+            Ok(a.cast::<RustArray>()?.get().0.clone())
+        })
         .collect()
 }
 
@@ -838,6 +866,7 @@ fn map_blocks(
 /// One collection passed to [`compute`]: an array or a frame.
 enum AnyCollection {
     Array(Array),
+    Filtered(pa::FilteredArray),
     Frame(DataFrame),
     /// `pt.delayed`: one task's value.
     Delayed(partita::Delayed<partita::Value>),
@@ -847,6 +876,7 @@ impl AnyCollection {
     fn as_collection(&self) -> &dyn partita::Collection {
         match self {
             AnyCollection::Array(a) => a,
+            AnyCollection::Filtered(a) => a,
             AnyCollection::Frame(f) => f,
             AnyCollection::Delayed(d) => d,
         }
@@ -857,6 +887,8 @@ impl AnyCollection {
 fn any_collection(c: &Bound<'_, PyAny>) -> PyResult<AnyCollection> {
     if let Ok(a) = c.cast::<RustArray>() {
         Ok(AnyCollection::Array(a.get().0.clone()))
+    } else if let Ok(a) = c.cast::<filtered::RustFilteredArray>() {
+        Ok(AnyCollection::Filtered(a.get().0.clone()))
     } else if let Ok(f) = c.cast::<RustFrame>() {
         Ok(AnyCollection::Frame(f.get().0.clone()))
     } else if let Ok(d) = c.cast::<pycall::RustDelayed>() {
@@ -901,6 +933,7 @@ fn compute(
             .zip(values)
             .map(|(c, v)| match c {
                 AnyCollection::Array(a) => a.chunk_from_values(&v).map(Computed::Chunk),
+                AnyCollection::Filtered(a) => a.chunk_from_values(&v).map(Computed::Chunk),
                 AnyCollection::Frame(f) => f.frame_from_values(&v).map(Computed::Frame),
                 AnyCollection::Delayed(_) => {
                     (v.into_iter().next()).map(Computed::Object).ok_or_else(|| {
@@ -1591,6 +1624,7 @@ fn cli_main(py: Python<'_>, args: Vec<String>) -> i32 {
 fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<RustArray>()?;
+    m.add_class::<filtered::RustFilteredArray>()?;
     m.add_class::<RustFrame>()?;
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(full, m)?)?;

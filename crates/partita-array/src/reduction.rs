@@ -48,7 +48,7 @@ pub enum Reduction {
 }
 
 impl Reduction {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Reduction::Sum => "sum",
             Reduction::Prod => "prod",
@@ -406,6 +406,16 @@ fn block_partial(
     arg: Option<&ArgAxis>,
 ) -> Result<Partial> {
     let count: u64 = axes.iter().map(|&a| chunk.shape()[a] as u64).product();
+    if count == 0 && red.needs_elements() {
+        // Stands for no elements: merging skips it, finishing with it alone is an error.
+        let shape = keep_shape(chunk.shape(), axes);
+        let a =
+            crate::with_dtype!(chunk.dtype(), T => Chunk::new(ArrayD::<T>::default(IxDyn(&shape))));
+        let b = red
+            .is_arg()
+            .then(|| Chunk::new(ArrayD::<i64>::zeros(IxDyn(&shape))));
+        return Ok(Partial { count, a, b });
+    }
     Ok(match red {
         Reduction::Sum | Reduction::Prod => {
             let prod = red == Reduction::Prod;
@@ -583,6 +593,14 @@ fn zip_typed<T: Element>(x: &Chunk, y: &Chunk, f: impl Fn(T, T) -> T) -> Result<
 }
 
 fn merge(red: Reduction, x: Partial, y: &Partial) -> Result<Partial> {
+    // A partial of no elements (a block a mask emptied) contributes nothing; min and max
+    // have no identity to stand for it.
+    if y.count == 0 {
+        return Ok(x);
+    }
+    if x.count == 0 {
+        return Ok(y.clone());
+    }
     let count = x.count + y.count;
     Ok(match red {
         Reduction::Sum | Reduction::Mean => {
@@ -705,6 +723,12 @@ fn merge(red: Reduction, x: Partial, y: &Partial) -> Result<Partial> {
 
 /// Turn a fully merged partial into the result block.
 fn finalize(red: Reduction, p: Partial, out_dtype: DType, out_shape: &[usize]) -> Result<Chunk> {
+    if p.count == 0 && red.needs_elements() {
+        return Err(Error::Shape(format!(
+            "{} of no elements: zero-size reduction has no identity",
+            red.name()
+        )));
+    }
     let chunk = match red {
         Reduction::Mean => {
             let n = p.count as f64;
@@ -797,6 +821,10 @@ pub struct MergePartials {
     pub reduction: Reduction,
     /// Finalize into a block of this dtype and shape.
     pub finish: Option<(DType, Vec<usize>)>,
+    /// Axis 0 is kept and its length comes from the partials, not `finish` (a filtered
+    /// array's lengths are unknown when the graph is built).
+    #[serde(default)]
+    pub leading_from_data: bool,
 }
 
 #[typetag::serde(name = "array-merge-partials")]
@@ -809,6 +837,13 @@ impl Op for MergePartials {
             .clone();
         let merged = parts.try_fold(first, |acc, p| merge(self.reduction, acc, p?))?;
         match &self.finish {
+            Some((dtype, shape)) if self.leading_from_data => {
+                let mut shape = shape.clone();
+                if let (Some(first), Some(&n)) = (shape.first_mut(), merged.a.shape().first()) {
+                    *first = n;
+                }
+                finalize(self.reduction, merged, *dtype, &shape).map(Value::new)
+            }
             Some((dtype, shape)) => finalize(self.reduction, merged, *dtype, shape).map(Value::new),
             None => Ok(Value::new(merged)),
         }
@@ -824,6 +859,18 @@ pub fn reduce(
     reduction: Reduction,
     axes: impl Into<Axes>,
     options: ReduceOptions,
+) -> Result<Array> {
+    reduce_impl(array, reduction, axes, options, false)
+}
+
+/// [`reduce`]; with `leading_from_data`, axis 0 is kept and its length in each result block
+/// is taken from the data rather than the grid (a filtered array's grid holds bounds).
+pub(crate) fn reduce_impl(
+    array: &Array,
+    reduction: Reduction,
+    axes: impl Into<Axes>,
+    options: ReduceOptions,
+    leading_from_data: bool,
 ) -> Result<Array> {
     let name = reduction.name();
     let axes_spec = axes.into();
@@ -914,6 +961,7 @@ pub fn reduce(
     let merge_op: Arc<dyn Op> = Arc::new(MergePartials {
         reduction,
         finish: None,
+        leading_from_data: false,
     });
     loop {
         let done = axes.iter().all(|&a| counts[a] == 1);
@@ -968,6 +1016,7 @@ pub fn reduce(
                 let op: Arc<dyn Op> = Arc::new(MergePartials {
                     reduction,
                     finish: Some((out_dtype, block_shape)),
+                    leading_from_data,
                 });
                 (block_key(&out_name, &out_idx), op)
             } else {

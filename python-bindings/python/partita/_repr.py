@@ -31,6 +31,14 @@ def _grid_svg(chunks, size=120):
 
 
 def array_html(a):
+    if not a.known:
+        rows = [
+            ("Shape", a.shape, "unknown along axis 0"),
+            ("Dtype", a.dtype, a.dtype),
+            ("Chunks", f"{a.npartitions} chunks", "sizes unknown until compute_chunk_sizes()"),
+        ]
+        table = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td><td>{html.escape(str(c))}</td></tr>" for k, v, c in rows)
+        return f'<table><thead><tr><td></td><th>Array</th><th>Chunk</th></tr></thead>{table}</table>'
     chunk = tuple(max(c) if c else 0 for c in a.chunks)
     chunk_bytes = a.dtype.itemsize
     for c in chunk:

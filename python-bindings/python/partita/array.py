@@ -1,6 +1,7 @@
 """Chunked n-d arrays with dask.array's manners; the graphs and kernels are Rust's."""
 
 import builtins
+import math
 import numbers
 import os
 
@@ -47,6 +48,9 @@ def _operand(value):
         return value
     if isinstance(value, np.ndarray) and value.ndim == 0:
         return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.name in _dtype_names:
+        # A NumPy operand joins the graph as data, like dask's (chunks aligned when built).
+        return from_numpy(value)._rust
     return None
 
 
@@ -60,12 +64,18 @@ class Array:
 
     # -- introspection -------------------------------------------------------------
     @property
+    def known(self):
+        """Whether every chunk size is known: False after selecting with a boolean mask
+        (`x[mask]`), until `compute_chunk_sizes()`."""
+        return not isinstance(self._rust, _partita.RustFilteredArray)
+
+    @property
     def shape(self):
-        return tuple(self._rust.shape)
+        return tuple(math.nan if s is None else s for s in self._rust.shape)
 
     @property
     def chunks(self):
-        return tuple(tuple(c) for c in self._rust.chunks)
+        return tuple(tuple(math.nan if x is None else x for x in c) for c in self._rust.chunks)
 
     @property
     def numblocks(self):
@@ -92,7 +102,7 @@ class Array:
 
     @property
     def nbytes(self):
-        return self._rust.nbytes
+        return self._rust.nbytes if self.known else math.nan
 
     @property
     def name(self):
@@ -101,6 +111,10 @@ class Array:
     def __len__(self):
         if not self.shape:
             raise TypeError("len() of a 0-d array")
+        if not self.known:
+            raise _partita.ShapeError(
+                "len() of an array selected by a boolean mask is unknown; call compute_chunk_sizes() first"
+            )
         return self.shape[0]
 
     def __repr__(self):
@@ -120,8 +134,18 @@ class Array:
         return run_with_progress(lambda p: self._rust.compute(scheduler, num_workers, p))
 
     def persist(self, scheduler=None, num_workers=None):
-        """Compute every block now; later graphs start from the results."""
+        """Compute every block now; later graphs start from the results (whose chunk sizes
+        are known, also after a boolean mask)."""
         return Array(run_with_progress(lambda p: self._rust.persist(scheduler, num_workers, p)))
+
+    def compute_chunk_sizes(self, scheduler=None, num_workers=None):
+        """Find the chunk sizes a boolean mask left unknown, in place (like dask), and
+        return this array. Only the mask is computed (its `True`s counted per block), not
+        the selected data."""
+        if not self.known:
+            rust = self._rust
+            self._rust = run_with_progress(lambda p: rust.compute_chunk_sizes(scheduler, num_workers, p))
+        return self
 
     def to_zarr(self, path, scheduler=None, num_workers=None):
         """Write to a Zarr v3 array at `path` (zstd-compressed chunks, Python's zarr reads
@@ -151,6 +175,9 @@ class Array:
         operand = _operand(other)
         if operand is None:
             return NotImplemented
+        if self.known and isinstance(operand, _partita.RustFilteredArray):
+            # The selection leads: it knows how to broadcast a known array along its axes.
+            return Array(operand.binary(op, self._rust, not reflected))
         return Array(self._rust.binary(op, operand, reflected))
 
     def __add__(self, o):
@@ -327,14 +354,51 @@ class Array:
     def take(self, indices, axis=0):
         indices = np.asarray(indices)
         if indices.dtype == np.bool_:
-            raise _mask_not_implemented()
+            raise TypeError("take: indices must be integers; select with a boolean mask as x[mask]")
         if indices.size and indices.dtype.kind not in "iu":
             raise TypeError(f"take: indices must be integers, got {indices.dtype}")
         return Array(self._rust.take([int(i) for i in indices.ravel()], _axis(axis, self.ndim, "take")))
 
+    def _mask(self, mask):
+        """`self[mask]` for a boolean partita or NumPy array over the leading axes."""
+        if isinstance(mask, Array):
+            if self.known and mask.known:
+                return Array(self._rust.mask(mask._rust))
+            if not self.known and not mask.known:
+                return Array(self._rust.mask(mask._rust))
+            raise _partita.ShapeError(
+                "a boolean mask and the array it selects from must both have known chunks, or "
+                "both be selected by the same mask; call compute_chunk_sizes() first"
+            )
+        # A NumPy mask is data at hand: count its Trues now, so the result knows its chunks
+        # (as dask's does).
+        mask = np.asarray(mask)
+        if not self.known:
+            raise _partita.ShapeError(
+                "selecting with a NumPy mask needs the chunk sizes along axis 0; call compute_chunk_sizes() first"
+            )
+        return Array(self._rust.mask(from_numpy(mask)._rust)).compute_chunk_sizes(scheduler="sync")
+
     def __getitem__(self, key):
         if not isinstance(key, tuple):
             key = (key,)
+        # A boolean mask, alone or followed by full slices (`x[mask]`, `x[mask, :]`).
+        first = key[0] if key else None
+        is_mask = (isinstance(first, Array) and first.dtype == np.bool_) or (
+            isinstance(first, np.ndarray) and first.dtype == np.bool_
+        )
+        if is_mask:
+            if builtins.any(not (isinstance(k, slice) and k == slice(None)) for k in key[1:]):
+                raise _partita.PartitaNotImplementedError(
+                    "a boolean mask combined with other indices is not implemented; select with the mask "
+                    "first, then index the result"
+                )
+            return self._mask(first)
+        if not self.known:
+            raise _partita.ShapeError(
+                "indexing needs the chunk sizes along axis 0, which are unknown after selecting with a "
+                "boolean mask; call compute_chunk_sizes() first"
+            )
         if any(k is Ellipsis for k in key):
             i = next(j for j, k in enumerate(key) if k is Ellipsis)
             named = sum(1 for k in key if k is not None and k is not Ellipsis)
@@ -353,8 +417,11 @@ class Array:
                     items.append(("slice", start, stop, step))
             elif isinstance(k, (numbers.Integral, np.integer)):
                 items.append(("at", int(k)))
-            elif isinstance(k, Array) and k.dtype == np.bool_:
-                raise _mask_not_implemented()
+            elif isinstance(k, (Array, np.ndarray)) and k.dtype == np.bool_:
+                raise _partita.PartitaNotImplementedError(
+                    "a boolean mask is implemented on the leading axes only (x[mask], with mask.shape == "
+                    "x.shape[:mask.ndim])"
+                )
             elif isinstance(k, (list, np.ndarray)) and len(key) == 1:
                 return self.take(k, 0)
             else:
@@ -368,14 +435,6 @@ def _axis(axis, ndim, what):
     if not -ndim <= a < ndim:
         raise _partita.ShapeError(f"{what}: axis {a} is out of range for an array of {ndim} dimensions")
     return a % ndim
-
-
-def _mask_not_implemented():
-    return _partita.PartitaNotImplementedError(
-        "indexing with a boolean mask is not implemented yet (its result has chunk sizes "
-        "unknown until computed); use pt.where(mask, x, fill) to keep the shape, or compute "
-        "the mask and index the NumPy result"
-    )
 
 
 def _wrap_function(name):
@@ -439,6 +498,8 @@ def clip(a, a_min=None, a_max=None):
 def where(condition, x, y):
     """`x` where `condition`, else `y` (arrays or scalars, broadcast)."""
     cond = asarray(condition)
+    if not cond.known:
+        return Array(cond._rust.where_(_operand(x), _operand(y)))
     return Array(_partita.where_(cond._rust, _operand(x), _operand(y)))
 
 
@@ -537,6 +598,11 @@ def map_blocks(function, *arrays, dtype=None, chunks=None):
     if not arrays:
         raise TypeError("map_blocks needs at least one array")
     arrays = [a if isinstance(a, Array) else asarray(a) for a in arrays]
+    if not builtins.all(a.known for a in arrays):
+        raise _partita.ShapeError(
+            "map_blocks needs the chunk sizes along axis 0, which are unknown after selecting with a "
+            "boolean mask; call compute_chunk_sizes() first"
+        )
     if dtype is None:
         dtype = arrays[0].dtype
         try:

@@ -7,6 +7,7 @@ mod elementwise;
 mod indexing;
 mod layout;
 mod linalg;
+mod masking;
 mod reduction;
 mod storage;
 mod zarr;

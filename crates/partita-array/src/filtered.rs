@@ -1,0 +1,733 @@
+//! Boolean-mask selection: NumPy's `x[mask]`, whose result has chunk sizes nobody knows
+//! until the mask is computed.
+//!
+//! Dask marks such chunks `nan` in an ordinary array and every operation must look out for
+//! them. Here the unknown lengths get their own type, [`FilteredArray`]: it offers what
+//! works without the lengths (computing, persisting, reductions, elementwise operations with
+//! scalars, with arrays over the known trailing axes, and with arrays filtered by the same
+//! mask, masking again) and [`FilteredArray::compute_chunk_sizes`] turns it into an
+//! [`Array`] for everything else. An operation that needs the lengths cannot be called by
+//! mistake on it; the Python binding names the missing lengths in its error.
+//!
+//! Key decisions:
+//! - **Leading axis only.** A mask over the first `k` axes selects along them: the result's
+//!   first axis (length unknown) replaces them, the other axes keep their chunks. Blocks of
+//!   the result follow blocks of the mask along axis 0. To keep NumPy's C order when `k > 1`,
+//!   axes `1..k` are rechunked whole first (like Dask's `ravel`), with as many rows per block
+//!   as keep the blocks about their old size.
+//! - **Upper bounds inside.** The wrapped [`Array`] has a grid whose axis-0 chunks are the
+//!   most each block can hold (every element selected), used only for block counts and
+//!   memory estimates; kernels take the real lengths from their input chunks. Nothing that
+//!   would use the bounds as lengths (slicing, rechunking, offsets of argmin along axis 0) is
+//!   reachable through this type.
+//! - **The lengths come from the mask alone.** `compute_chunk_sizes` counts the `true`s in
+//!   each mask block without computing the selected data (Dask computes all of it).
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use partita_core::op::Identity;
+use partita_core::{
+    Collection, ComputeOptions, Error, Literal, Op, Result, Scheduler, Value, compute_collections,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::array::{Array, assemble};
+use crate::chunk::{Chunk, Element};
+use crate::dtype::DType;
+use crate::elementwise::{self, Operand};
+use crate::grid::{ChunkGrid, Chunks};
+use crate::kernel::{BinaryOp, UnaryOp};
+use crate::reduction::{Axes, ReduceOptions, Reduction, normalize_axes, reduce_impl};
+
+/// The mask behind a filtered array's leading axis: which blocks of it decide how many rows
+/// each block of the result has.
+#[derive(Clone)]
+struct Rows {
+    /// The mask as used (rechunked so that its block `(i, 0, ..)` covers result blocks `i`).
+    mask: Array,
+    /// How many leading axes of the data the mask covers.
+    k: usize,
+}
+
+impl Rows {
+    fn same(&self, other: &Rows) -> bool {
+        self.mask.name() == other.mask.name() && self.k == other.k
+    }
+
+    fn nblocks(&self) -> usize {
+        self.mask.chunks()[0].len()
+    }
+}
+
+/// An array selected by a boolean mask: the length of its first axis, and of every chunk
+/// along it, is unknown until computed. See the module documentation.
+#[derive(Clone)]
+pub struct FilteredArray {
+    /// The data; its axis-0 chunk sizes are upper bounds, not lengths.
+    inner: Array,
+    rows: Rows,
+}
+
+impl std::fmt::Debug for FilteredArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "FilteredArray<{}, shape={}, dtype={}, {} blocks along axis 0 of unknown length>",
+            self.inner.name(),
+            self.shape_text(),
+            self.dtype(),
+            self.rows.nblocks()
+        )
+    }
+}
+
+/// The error for an operation that needs the lengths a mask has hidden.
+pub fn unknown_chunks(what: &str) -> Error {
+    Error::Shape(format!(
+        "{what} needs the chunk sizes along axis 0, which are unknown after selecting with a \
+         boolean mask; call compute_chunk_sizes() (or persist()) first"
+    ))
+}
+
+/// Per-block task: the rows of a data block where its mask block is true.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaskBlock {
+    /// How many leading axes of the data the mask covers.
+    pub k: usize,
+}
+
+fn mask_typed<T: Element>(x: &Chunk, mask: &ArrayD<bool>, k: usize) -> Result<Chunk> {
+    let x = x.typed::<T>()?;
+    let rows: usize = x.shape()[..k].iter().product();
+    let mut flat_shape = vec![rows];
+    flat_shape.extend_from_slice(&x.shape()[k..]);
+    let flat = x
+        .to_shape(IxDyn(&flat_shape))
+        .map_err(|e| Error::Internal(format!("mask: flattening a block: {e}")))?;
+    let picked: Vec<usize> = mask
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &m)| m.then_some(i))
+        .collect();
+    Ok(Chunk::new(flat.select(Axis(0), &picked)))
+}
+
+#[typetag::serde(name = "array-mask")]
+impl Op for MaskBlock {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        partita_core::op::expect_inputs("mask", inputs, 2)?;
+        let x = Chunk::from_value(&inputs[0])?;
+        let mask = Chunk::from_value(&inputs[1])?.typed::<bool>()?;
+        if x.shape().len() < self.k || mask.shape() != &x.shape()[..self.k.min(x.shape().len())] {
+            return Err(Error::Shape(format!(
+                "a mask block of shape {:?} does not cover the first {} axes of a data block \
+                 of shape {:?}",
+                mask.shape(),
+                self.k,
+                x.shape()
+            )));
+        }
+        let mask = mask.to_owned();
+        let k = self.k;
+        let out = crate::with_dtype!(x.dtype(), T => mask_typed::<T>(x, &mask, k)?);
+        Ok(Value::new(out))
+    }
+    fn name(&self) -> &str {
+        "mask"
+    }
+}
+
+/// Per-block task: how many elements of a bool block are true (an int64 scalar chunk).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CountTrue;
+
+#[typetag::serde(name = "array-count-true")]
+impl Op for CountTrue {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        partita_core::op::expect_inputs("count-true", inputs, 1)?;
+        let mask = Chunk::from_value(&inputs[0])?.typed::<bool>()?;
+        let n = mask.iter().filter(|&&m| m).count() as i64;
+        Ok(Value::new(Chunk::new(ArrayD::from_elem(IxDyn(&[]), n))))
+    }
+    fn name(&self) -> &str {
+        "count-true"
+    }
+}
+
+/// The grid of a selection's upper bounds: block `i` along axis 0 holds at most every element
+/// of mask block `i` (at least one, so the grid stays valid); trailing axes as `trailing`.
+fn bound_grid(mask: &Array, trailing: &[Vec<usize>]) -> Result<ChunkGrid> {
+    let per_row: usize = mask.shape()[1..].iter().product();
+    let lead: Vec<usize> = mask.chunks()[0]
+        .iter()
+        .map(|&c| (c * per_row).max(1))
+        .collect();
+    let mut shape = vec![lead.iter().sum()];
+    shape.extend(trailing.iter().map(|c| c.iter().sum::<usize>()));
+    let mut chunks = vec![lead];
+    chunks.extend(trailing.iter().cloned());
+    ChunkGrid::from_explicit(&shape, chunks)
+}
+
+/// Build the selection tasks: result block `(i, j..)` reads data block `(i, 0.., j..)` and
+/// mask block `(i, 0..)`.
+fn select(x: &Array, x_grid_chunks: &[Vec<usize>], mask: &Array, k: usize) -> Result<Array> {
+    let trailing = &x_grid_chunks[k..];
+    let grid = bound_grid(mask, trailing)?;
+    let op: Arc<dyn Op> = Arc::new(MaskBlock { k });
+    Ok(Array::from_blocks(
+        "getitem-mask",
+        grid,
+        x.dtype(),
+        vec![Arc::clone(x.layer()), Arc::clone(mask.layer())],
+        |idx| {
+            let mut data_idx = vec![idx[0]];
+            data_idx.extend(std::iter::repeat_n(0, k - 1));
+            data_idx.extend_from_slice(&idx[1..]);
+            let mut mask_idx = vec![idx[0]];
+            mask_idx.extend(std::iter::repeat_n(0, k - 1));
+            (
+                Arc::clone(&op),
+                vec![x.block_key(&data_idx), mask.block_key(&mask_idx)],
+            )
+        },
+    ))
+}
+
+impl Array {
+    /// NumPy's `x[mask]` for a boolean array `mask` covering the first `k` axes of `x`
+    /// (`mask.shape == x.shape[..k]`): the selected elements, in C order, along one new first
+    /// axis whose length is unknown until computed, followed by `x`'s other axes.
+    pub fn mask(&self, mask: &Array) -> Result<FilteredArray> {
+        let k = mask.ndim();
+        if mask.dtype() != DType::Bool {
+            return Err(Error::Type(format!(
+                "a boolean mask must be bool, got a {} array; compare it to something first",
+                mask.dtype()
+            )));
+        }
+        if k == 0 || k > self.ndim() || mask.shape() != &self.shape()[..k] {
+            return Err(Error::Shape(format!(
+                "a boolean mask of shape {:?} does not match the leading axes of an array of \
+                 shape {:?}",
+                mask.shape(),
+                self.shape()
+            )));
+        }
+        // Axis-0 chunks: the data's when the mask is 1-d; with a mask over more axes, axes
+        // 1..k are made whole, with as many rows per block as keep blocks about their size.
+        let lead = if k == 1 || self.chunks()[1..k].iter().all(|c| c.len() == 1) {
+            self.chunks()[0].clone()
+        } else {
+            let row: usize = self.shape()[1..k].iter().product::<usize>().max(1);
+            let block: usize = self.chunks()[..k]
+                .iter()
+                .map(|c| c.iter().copied().max().unwrap_or(1))
+                .product();
+            let rows = (block / row).max(1);
+            ChunkGrid::new(&self.shape()[..1], &Chunks::Size(rows), DType::Bool)?.chunks()[0]
+                .clone()
+        };
+        let mut lead_chunks = vec![lead];
+        lead_chunks.extend(self.shape()[1..k].iter().map(|&d| vec![d]));
+        let mut data_chunks = lead_chunks.clone();
+        data_chunks.extend(self.chunks()[k..].iter().cloned());
+        let x = self.rechunk(Chunks::Explicit(data_chunks.clone()))?;
+        let mask = mask.rechunk(Chunks::Explicit(lead_chunks))?;
+        let inner = select(&x, &data_chunks, &mask, k)?;
+        Ok(FilteredArray {
+            inner,
+            rows: Rows { mask, k },
+        })
+    }
+}
+
+/// A reduction's result: an ordinary array when the unknown axis was reduced away, still
+/// filtered when it was kept.
+#[derive(Clone, Debug)]
+pub enum Reduced {
+    /// Axis 0 was reduced: every length is known.
+    Array(Array),
+    /// Axis 0 was kept: its lengths are still unknown.
+    Filtered(FilteredArray),
+}
+
+impl Reduced {
+    /// The array, or the unknown-chunks error when axis 0 was kept.
+    pub fn into_array(self) -> Result<Array> {
+        match self {
+            Reduced::Array(a) => Ok(a),
+            Reduced::Filtered(_) => Err(unknown_chunks("an array result")),
+        }
+    }
+}
+
+impl FilteredArray {
+    fn wrap(&self, inner: Array) -> FilteredArray {
+        FilteredArray {
+            inner,
+            rows: self.rows.clone(),
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.inner.dtype()
+    }
+
+    /// Number of axes.
+    pub fn ndim(&self) -> usize {
+        self.inner.ndim()
+    }
+
+    /// The shape, `None` for the unknown first axis (Dask shows `nan`).
+    pub fn shape(&self) -> Vec<Option<usize>> {
+        let mut s = vec![None];
+        s.extend(self.inner.shape()[1..].iter().map(|&d| Some(d)));
+        s
+    }
+
+    /// Chunk sizes per axis, `None` for each unknown one along axis 0.
+    pub fn chunks(&self) -> Vec<Vec<Option<usize>>> {
+        let mut c = vec![vec![None; self.rows.nblocks()]];
+        c.extend(
+            self.inner.chunks()[1..]
+                .iter()
+                .map(|c| c.iter().map(|&x| Some(x)).collect()),
+        );
+        c
+    }
+
+    /// The shape as Dask prints it, `nan` for the unknown axis: `(nan, 5)`.
+    pub fn shape_text(&self) -> String {
+        let dims: Vec<String> = self
+            .shape()
+            .iter()
+            .map(|d| d.map_or_else(|| "nan".to_string(), |d| d.to_string()))
+            .collect();
+        if dims.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        }
+    }
+
+    /// Number of blocks.
+    pub fn npartitions(&self) -> usize {
+        self.inner.npartitions()
+    }
+
+    /// The most bytes the array can take (every element selected).
+    pub fn max_nbytes(&self) -> usize {
+        self.inner.nbytes()
+    }
+
+    /// The name shared by this array's block keys.
+    pub fn name(&self) -> &Arc<str> {
+        self.inner.name()
+    }
+
+    /// The tasks behind this array (for computing several collections at once).
+    pub fn collection(&self) -> &dyn Collection {
+        &self.inner
+    }
+
+    /// The real grid, given each block's length along axis 0, and the rows of blocks it
+    /// keeps: a grid has no empty chunks, so rows where nothing was selected are left out
+    /// (all but the first when nothing at all was).
+    fn known_grid(&self, lengths: &[usize]) -> Result<(ChunkGrid, Vec<usize>)> {
+        let mut kept: Vec<usize> = (0..lengths.len()).filter(|&i| lengths[i] > 0).collect();
+        if kept.is_empty() {
+            kept.push(0);
+        }
+        let lead: Vec<usize> = kept.iter().map(|&i| lengths[i]).collect();
+        let mut shape = vec![lead.iter().sum()];
+        shape.extend_from_slice(&self.inner.shape()[1..]);
+        let mut chunks = vec![lead];
+        chunks.extend(self.inner.chunks()[1..].iter().cloned());
+        Ok((ChunkGrid::from_explicit(&shape, chunks)?, kept))
+    }
+
+    /// Blocks per row of blocks (the trailing axes' blocks).
+    fn per_row(&self) -> usize {
+        self.inner.npartitions() / self.rows.nblocks().max(1)
+    }
+
+    /// The values of the kept rows of blocks, in C order.
+    fn kept_values<T: Clone>(&self, values: &[T], kept: &[usize]) -> Vec<T> {
+        let per_row = self.per_row();
+        kept.iter()
+            .flat_map(|&r| values[r * per_row..(r + 1) * per_row].iter().cloned())
+            .collect()
+    }
+
+    /// Lengths along axis 0 of computed blocks (C order), checked to agree along each row.
+    fn lengths_of(&self, values: &[Value]) -> Result<Vec<usize>> {
+        if values.len() != self.inner.npartitions() {
+            return Err(Error::Internal(format!(
+                "{} blocks for a filtered array of {}",
+                values.len(),
+                self.inner.npartitions()
+            )));
+        }
+        let mut lengths = Vec::with_capacity(self.rows.nblocks());
+        for (i, row) in values.chunks(self.per_row().max(1)).enumerate() {
+            let first = |v: &Value| -> Result<Option<usize>> {
+                Ok(Chunk::from_value(v)?.shape().first().copied())
+            };
+            let n = first(&row[0])?;
+            for v in row {
+                let m = first(v)?;
+                if m != n {
+                    return Err(Error::Shape(format!(
+                        "blocks of row {i} of a filtered array have {m:?} and {n:?} rows"
+                    )));
+                }
+            }
+            lengths.push(n.ok_or_else(|| Error::Internal("a 0-d filtered block".into()))?);
+        }
+        Ok(lengths)
+    }
+
+    /// Put computed blocks together.
+    pub fn chunk_from_values(&self, values: &[Value]) -> Result<Chunk> {
+        let (grid, kept) = self.known_grid(&self.lengths_of(values)?)?;
+        let values = self.kept_values(values, &kept);
+        fn go<T: Element>(grid: &ChunkGrid, values: &[Value]) -> Result<Chunk> {
+            assemble::<T>(grid, values).map(Chunk::new)
+        }
+        crate::with_dtype!(self.dtype(), T => go::<T>(&grid, &values))
+    }
+
+    /// Compute into an `ndarray::ArrayD<T>`; `T` must match the dtype.
+    pub fn compute<T: Element>(&self, scheduler: &dyn Scheduler) -> Result<ArrayD<T>> {
+        if T::DTYPE != self.dtype() {
+            return Err(Error::Type(format!(
+                "cannot compute a {} array as {}; cast it with astype first",
+                self.dtype(),
+                T::DTYPE
+            )));
+        }
+        let chunk = self.compute_chunk(scheduler)?;
+        Ok(chunk.typed::<T>()?.to_owned())
+    }
+
+    /// Compute into a dtype-erased [`Chunk`].
+    pub fn compute_chunk(&self, scheduler: &dyn Scheduler) -> Result<Chunk> {
+        self.compute_chunk_with(scheduler, &ComputeOptions::default())
+    }
+
+    /// [`FilteredArray::compute_chunk`] with options (progress, cancellation).
+    pub fn compute_chunk_with(
+        &self,
+        scheduler: &dyn Scheduler,
+        options: &ComputeOptions,
+    ) -> Result<Chunk> {
+        let (mut values, _) = compute_collections(&[&self.inner], scheduler, options)?;
+        self.chunk_from_values(&values.pop().unwrap_or_default())
+    }
+
+    /// The length of each block along axis 0, counted from the mask alone.
+    pub fn chunk_sizes(&self, scheduler: &dyn Scheduler) -> Result<Vec<usize>> {
+        self.chunk_sizes_with(scheduler, &ComputeOptions::default())
+    }
+
+    /// [`FilteredArray::chunk_sizes`] with options.
+    pub fn chunk_sizes_with(
+        &self,
+        scheduler: &dyn Scheduler,
+        options: &ComputeOptions,
+    ) -> Result<Vec<usize>> {
+        let mask = &self.rows.mask;
+        let k = self.rows.k;
+        let counts = Array::from_blocks(
+            "count-true",
+            ChunkGrid::from_explicit(&[self.rows.nblocks()], vec![vec![1; self.rows.nblocks()]])?,
+            DType::I64,
+            vec![Arc::clone(mask.layer())],
+            |idx| {
+                let mut m = vec![idx[0]];
+                m.extend(std::iter::repeat_n(0, k - 1));
+                (Arc::new(CountTrue) as Arc<dyn Op>, vec![mask.block_key(&m)])
+            },
+        );
+        let (mut values, _) = compute_collections(&[&counts], scheduler, options)?;
+        let values = values.pop().unwrap_or_default();
+        values
+            .iter()
+            .map(|v| {
+                let c = Chunk::from_value(v)?.typed::<i64>()?;
+                let n = c.iter().next().copied().unwrap_or(0);
+                usize::try_from(n).map_err(|_| Error::Internal(format!("count {n}")))
+            })
+            .collect()
+    }
+
+    /// Count the selected rows of every block (reading only the mask) and return the same
+    /// data as an [`Array`] with known chunks (Dask's `compute_chunk_sizes`). The data itself
+    /// is computed when the array is.
+    pub fn compute_chunk_sizes(&self, scheduler: &dyn Scheduler) -> Result<Array> {
+        self.compute_chunk_sizes_with(scheduler, &ComputeOptions::default())
+    }
+
+    /// [`FilteredArray::compute_chunk_sizes`] with options.
+    pub fn compute_chunk_sizes_with(
+        &self,
+        scheduler: &dyn Scheduler,
+        options: &ComputeOptions,
+    ) -> Result<Array> {
+        let lengths = self.chunk_sizes_with(scheduler, options)?;
+        let (grid, kept) = self.known_grid(&lengths)?;
+        if kept.len() == lengths.len() {
+            return Ok(Array::from_layer(
+                Arc::clone(self.inner.name()),
+                grid,
+                self.dtype(),
+                Arc::clone(self.inner.layer()),
+            ));
+        }
+        // Rows of blocks where nothing was selected are left out: the others are renamed.
+        Ok(Array::from_blocks(
+            "filtered",
+            grid,
+            self.dtype(),
+            vec![Arc::clone(self.inner.layer())],
+            |idx| {
+                let mut src = idx.to_vec();
+                src[0] = kept[idx[0]];
+                (
+                    Arc::new(Identity) as Arc<dyn Op>,
+                    vec![self.inner.block_key(&src)],
+                )
+            },
+        ))
+    }
+
+    /// Compute every block now and return an [`Array`] backed by the results, whose chunk
+    /// sizes are known from them.
+    pub fn persist(&self, scheduler: &dyn Scheduler) -> Result<Array> {
+        let (mut values, _) =
+            compute_collections(&[&self.inner], scheduler, &ComputeOptions::default())?;
+        let values = values.pop().unwrap_or_default();
+        let (grid, kept) = self.known_grid(&self.lengths_of(&values)?)?;
+        let mut values = self.kept_values(&values, &kept).into_iter();
+        Ok(Array::from_blocks(
+            "persist",
+            grid,
+            self.dtype(),
+            Vec::new(),
+            |_| {
+                let v = values.next().unwrap_or_else(|| Value::new(()));
+                (Arc::new(Literal(v)) as Arc<dyn Op>, Vec::new())
+            },
+        ))
+    }
+
+    /// Select again with a mask filtered by the same mask as this array (`y[y > 0]`).
+    pub fn mask(&self, mask: &FilteredArray) -> Result<FilteredArray> {
+        if mask.dtype() != DType::Bool {
+            return Err(Error::Type(format!(
+                "a boolean mask must be bool, got a {} array",
+                mask.dtype()
+            )));
+        }
+        let k = mask.ndim();
+        let shapes_match = mask.inner.shape()[1..] == self.inner.shape()[1..k.min(self.ndim())];
+        if !self.rows.same(&mask.rows) || k > self.ndim() || !shapes_match {
+            return Err(Error::Shape(format!(
+                "a selected mask of shape {} selects from a selection of shape {} only when both \
+                 were selected by the same mask and the mask covers leading axes",
+                mask.shape_text(),
+                self.shape_text()
+            )));
+        }
+        // C order across blocks needs axes 1..k whole in one block.
+        let split = |a: &Array| a.chunks()[1..k].iter().any(|c| c.len() > 1);
+        if split(&self.inner) || split(&mask.inner) {
+            return Err(unknown_chunks(
+                "masking over several axes split into several chunks",
+            ));
+        }
+        let inner = select(&self.inner, self.inner.chunks(), &mask.inner, k)?;
+        Ok(FilteredArray {
+            inner,
+            rows: Rows {
+                mask: mask.inner.clone(),
+                k,
+            },
+        })
+    }
+
+    /// An operand made safe to combine with this array: another filtered array must share
+    /// the mask (then it is given this array's bounds grid); an array must not span axis 0
+    /// (it broadcasts along it) and is rechunked to this array's trailing chunks.
+    fn operand(&self, other: FilteredOperand, what: &str) -> Result<Operand> {
+        match other {
+            FilteredOperand::Scalar(o) => Ok(o),
+            FilteredOperand::Filtered(f) => {
+                let (me, other) = (&self.inner, &f.inner);
+                let trailing_ok = me.ndim() == other.ndim()
+                    && (1..me.ndim()).all(|a| {
+                        me.chunks()[a] == other.chunks()[a]
+                            || me.shape()[a] == 1
+                            || other.shape()[a] == 1
+                    });
+                if !self.rows.same(&f.rows) || !trailing_ok {
+                    return Err(Error::Shape(format!(
+                        "{what}: selections of shapes {} and {} combine only when selected by \
+                         the same mask, with the same chunks along the other axes",
+                        self.shape_text(),
+                        f.shape_text()
+                    )));
+                }
+                // Both read their blocks along axis 0 alike; give the other this array's
+                // bounds there so the blocks line up without a rechunk.
+                let mut chunks = vec![me.chunks()[0].clone()];
+                chunks.extend(other.chunks()[1..].iter().cloned());
+                let mut shape = vec![me.shape()[0]];
+                shape.extend_from_slice(&other.shape()[1..]);
+                Ok(Operand::Array(Array::from_layer(
+                    Arc::clone(other.name()),
+                    ChunkGrid::from_explicit(&shape, chunks)?,
+                    f.dtype(),
+                    Arc::clone(other.layer()),
+                )))
+            }
+            FilteredOperand::Array(a) => {
+                let n = self.ndim();
+                let m = a.ndim();
+                if m > n || (m == n && a.shape()[0] != 1) {
+                    return Err(unknown_chunks(&format!(
+                        "{what} with an array of shape {:?} along the filtered axis",
+                        a.shape()
+                    )));
+                }
+                let chunks: Vec<Vec<usize>> = (0..m)
+                    .map(|j| {
+                        let axis = j + n - m;
+                        if a.shape()[j] == self.inner.shape()[axis] && axis > 0 {
+                            self.inner.chunks()[axis].clone()
+                        } else {
+                            vec![a.shape()[j]]
+                        }
+                    })
+                    .collect();
+                let a = a.rechunk(Chunks::Explicit(chunks))?;
+                // Read as stored chunks: a generated (random) operand would otherwise be
+                // generated at the bounds grid's positions.
+                Ok(Operand::Array(Array::from_layer(
+                    Arc::clone(a.name()),
+                    a.grid().clone(),
+                    a.dtype(),
+                    Arc::clone(a.layer()),
+                )))
+            }
+        }
+    }
+
+    /// `self op other` elementwise (`other op self` when `reflected`).
+    pub fn binary(
+        &self,
+        op: BinaryOp,
+        other: impl Into<FilteredOperand>,
+        reflected: bool,
+    ) -> Result<FilteredArray> {
+        let name = format!("{op:?}").to_lowercase();
+        let other = self.operand(other.into(), &name)?;
+        let me = Operand::Array(self.inner.clone());
+        let inner = if reflected {
+            elementwise::binary(op, other, me)?
+        } else {
+            elementwise::binary(op, me, other)?
+        };
+        Ok(self.wrap(inner))
+    }
+
+    /// `op(self)` elementwise.
+    pub fn unary(&self, op: UnaryOp) -> Result<FilteredArray> {
+        Ok(self.wrap(elementwise::unary(op, &self.inner)?))
+    }
+
+    /// Convert to another dtype.
+    pub fn astype(&self, dtype: DType) -> Result<FilteredArray> {
+        Ok(self.wrap(elementwise::astype(&self.inner, dtype)?))
+    }
+
+    /// `where(self, a, b)` with this array as the condition.
+    pub fn where_(
+        &self,
+        a: impl Into<FilteredOperand>,
+        b: impl Into<FilteredOperand>,
+    ) -> Result<FilteredArray> {
+        let a = self.operand(a.into(), "where")?;
+        let b = self.operand(b.into(), "where")?;
+        Ok(self.wrap(elementwise::where_(&self.inner, a, b)?))
+    }
+
+    /// Reduce over `axes`: an [`Array`] when axis 0 is among them, else still filtered.
+    /// argmin/argmax along axis 0 (or over all axes) need the lengths and say so.
+    pub fn reduce(
+        &self,
+        reduction: Reduction,
+        axes: impl Into<Axes>,
+        options: ReduceOptions,
+    ) -> Result<Reduced> {
+        let axes = normalize_axes(&axes.into(), self.ndim())?;
+        let over_unknown = axes.contains(&0);
+        if matches!(reduction, Reduction::ArgMin | Reduction::ArgMax) && over_unknown {
+            return Err(unknown_chunks(&format!(
+                "{} along axis 0",
+                reduction.name()
+            )));
+        }
+        let axes: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
+        let out = reduce_impl(&self.inner, reduction, axes, options, !over_unknown)?;
+        Ok(if over_unknown {
+            Reduced::Array(out)
+        } else {
+            Reduced::Filtered(self.wrap(out))
+        })
+    }
+}
+
+/// An operand of an elementwise operation on a [`FilteredArray`].
+#[derive(Clone, Debug)]
+pub enum FilteredOperand {
+    /// Another filtered array (selected by the same mask).
+    Filtered(FilteredArray),
+    /// An array over the trailing axes (broadcast along the filtered one).
+    Array(Array),
+    /// A scalar.
+    Scalar(Operand),
+}
+
+impl From<&FilteredArray> for FilteredOperand {
+    fn from(f: &FilteredArray) -> Self {
+        FilteredOperand::Filtered(f.clone())
+    }
+}
+impl From<&Array> for FilteredOperand {
+    fn from(a: &Array) -> Self {
+        FilteredOperand::Array(a.clone())
+    }
+}
+macro_rules! scalar_filtered_operand {
+    ($($t:ty),*) => {$(
+        impl From<$t> for FilteredOperand {
+            fn from(x: $t) -> Self {
+                FilteredOperand::Scalar(Operand::from(x))
+            }
+        }
+    )*};
+}
+scalar_filtered_operand!(f64, f32, i64, i32, u8, bool);
+
+impl Collection for FilteredArray {
+    fn layer(&self) -> &Arc<partita_core::Layer> {
+        self.inner.layer()
+    }
+    fn output_keys(&self) -> Vec<partita_core::Key> {
+        self.inner.output_keys()
+    }
+}
