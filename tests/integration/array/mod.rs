@@ -8,6 +8,7 @@ mod indexing;
 mod layout;
 mod linalg;
 mod masking;
+mod properties;
 mod reduction;
 mod storage;
 mod zarr;
