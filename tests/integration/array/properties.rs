@@ -4,11 +4,13 @@
 //! on the same data, on every scheduler.
 
 use ndarray::{ArrayD, Axis, IxDyn};
+use partita::LocalScheduler;
 use partita::array::reduction::reduce;
 use partita::array::{
-    Axes, ReduceOptions, Reduction, concatenate, from_ndarray, matmul, stack, tensordot,
+    Axes, DType, ReduceOptions, Reduction, arange, concatenate, eye, from_ndarray, linspace,
+    matmul, read_npy, read_zarr, stack, tensordot,
 };
-use partita_tests::assert_array_eq;
+use partita_tests::{assert_array_eq, schedulers};
 use proptest::prelude::*;
 
 /// Values with many ties (so argmin/argmax must pick the first of equals, like NumPy).
@@ -262,5 +264,58 @@ proptest! {
             })
         };
         assert_array_eq(&got, &want, 1e-12);
+    }
+
+    /// A Zarr store written by any scheduler from any chunking reads back the same, with
+    /// its own chunks or any others; an .npy file too.
+    #[test]
+    fn storage_round_trips_any_chunking(
+        (shape, chunks) in shape_and_chunks(),
+        read_chunk in 1usize..5,
+    ) {
+        let d = data(&shape, 8);
+        let x = from_ndarray(&d, chunks.clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (i, scheduler) in schedulers().iter().enumerate() {
+            let path = dir.path().join(format!("a{i}.zarr"));
+            x.to_zarr(&path, scheduler.as_ref()).unwrap();
+            let back = read_zarr(&path, None).unwrap();
+            prop_assert_eq!(back.chunks(), x.chunks());
+            assert_array_eq(&back, &d, 0.0);
+            assert_array_eq(&read_zarr(&path, Some(read_chunk.into())).unwrap(), &d, 0.0);
+        }
+        let npy = dir.path().join("a.npy");
+        x.to_npy(&npy, &LocalScheduler::with_threads(2)).unwrap();
+        assert_array_eq(&read_npy(&npy, read_chunk).unwrap(), &d, 0.0);
+    }
+
+    /// arange, linspace and eye give NumPy's values whatever the chunking.
+    #[test]
+    fn creation_for_any_chunking(
+        n in 0usize..40,
+        chunk in 1usize..9,
+        start in -5i32..5,
+        step in prop::sample::select(vec![-3.0f64, -0.5, 0.25, 1.0, 2.0]),
+        endpoint in any::<bool>(),
+        m in 1usize..7,
+        k in -7i64..7,
+    ) {
+        let start = f64::from(start);
+        let stop = start + step * n as f64;
+        let a = arange(start, stop, step, DType::F64, chunk).unwrap();
+        let want: Vec<f64> = (0..n).map(|i| start + step * i as f64).collect();
+        assert_array_eq(&a, &ArrayD::from_shape_vec(IxDyn(&[n]), want).unwrap(), 1e-12);
+        let l = linspace(start, stop, n, endpoint, chunk).unwrap();
+        let div = if endpoint { n.saturating_sub(1) } else { n }.max(1) as f64;
+        let want: Vec<f64> = (0..n)
+            .map(|i| if endpoint && n > 1 && i == n - 1 { stop } else { start + (stop - start) * i as f64 / div })
+            .collect();
+        assert_array_eq(&l, &ArrayD::from_shape_vec(IxDyn(&[n]), want).unwrap(), 1e-12);
+        let rows = n % 9 + 1;
+        let e = eye(rows, Some(m), k, DType::F64, chunk).unwrap();
+        let want = ArrayD::from_shape_fn(IxDyn(&[rows, m]), |ix| {
+            if ix[1] as i64 - ix[0] as i64 == k { 1.0 } else { 0.0 }
+        });
+        assert_array_eq(&e, &want, 0.0);
     }
 }
