@@ -1647,6 +1647,8 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<futures::PyAsCompleted>()?;
     m.add_class::<pycall::RustDelayed>()?;
     m.add_function(wrap_pyfunction!(pycall::delayed_call, m)?)?;
+    m.add_function(wrap_pyfunction!(pycall::delayed_of_array, m)?)?;
+    m.add_function(wrap_pyfunction!(pycall::delayed_of_frame, m)?)?;
     m.add_class::<PyLocalCluster>()?;
     m.add("PartitaError", py.get_type::<PartitaError>())?;
     m.add("GraphError", py.get_type::<GraphError>())?;

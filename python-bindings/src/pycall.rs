@@ -169,6 +169,38 @@ pub(crate) fn delayed_call(
     RustDelayed(partita::delayed::apply_op(&name, op, &args))
 }
 
+/// The one task of `c` (a collection made single-block) as a delayed value.
+fn whole<C: partita::Collection>(c: &C) -> PyResult<RustDelayed> {
+    let key = c.output_keys().into_iter().next().ok_or_else(|| {
+        crate::to_py(Error::Internal(
+            "a single-block collection without a block".into(),
+        ))
+    })?;
+    Ok(RustDelayed(partita::Delayed::from_layer(
+        Arc::clone(c.layer()),
+        key,
+    )))
+}
+
+/// A whole array as a delayed value (a NumPy array once computed): its blocks joined into
+/// one by a rechunk, so a delayed function given an array receives all of it, as Dask's does.
+#[pyfunction]
+pub(crate) fn delayed_of_array(array: &crate::RustArray) -> PyResult<RustDelayed> {
+    let a = &array.0;
+    let one: Vec<Vec<usize>> = a.shape().iter().map(|&d| vec![d]).collect();
+    let joined = a
+        .rechunk(partita::array::Chunks::Explicit(one))
+        .map_err(crate::to_py)?;
+    whole(&joined)
+}
+
+/// A whole frame as a delayed value (a polars DataFrame once computed).
+#[pyfunction]
+pub(crate) fn delayed_of_frame(frame: &crate::RustFrame) -> PyResult<RustDelayed> {
+    let joined = frame.0.repartition(1).map_err(crate::to_py)?;
+    whole(&joined)
+}
+
 /// A key as Python users see it: the bare name for a single task (`inc-3f2a...`), the
 /// Dask-style tuple for a chunk or partition (`('x', 0, 1)`).
 pub(crate) fn key_text(key: &partita::Key) -> String {

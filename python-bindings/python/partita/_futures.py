@@ -244,21 +244,28 @@ def _call(f, args, kwargs, name):
     from .array import Array
     from .frame import DataFrame
 
-    def refuse(obj):
-        if isinstance(obj, (Array, DataFrame)):
-            raise TypeError(
-                "a partita array or dataframe cannot be an argument of a delayed function "
-                "yet; compute it first, or use map_blocks / map_partitions"
-            )
-        if type(obj) in (list, tuple):
-            for x in obj:
-                refuse(x)
-        elif type(obj) is dict:
-            for x in obj.values():
-                refuse(x)
+    def lift(obj):
+        # An array or frame argument arrives whole (a NumPy array, a polars DataFrame), as
+        # in dask: its blocks are joined by tasks the call depends on.
+        if isinstance(obj, Array):
+            if not obj.known:
+                raise _partita.ShapeError(
+                    "an array selected by a boolean mask has unknown chunk sizes; call "
+                    "compute_chunk_sizes() before passing it to a delayed function"
+                )
+            return Delayed(_partita.delayed_of_array(obj._rust))
+        if isinstance(obj, DataFrame):
+            return Delayed(_partita.delayed_of_frame(obj._rust))
+        if type(obj) is list:
+            return [lift(x) for x in obj]
+        if type(obj) is tuple:
+            return tuple(lift(x) for x in obj)
+        if type(obj) is dict:
+            return {k: lift(v) for k, v in obj.items()}
+        return obj
 
-    refuse(args)
-    refuse(kwargs)
+    args = lift(tuple(args))
+    kwargs = lift(dict(kwargs))
     deps = []
     args = _replace(tuple(args), deps, Delayed)
     kwargs = _replace(dict(kwargs), deps, Delayed)
