@@ -646,8 +646,8 @@ fn from_numpy(array: &Bound<'_, PyUntypedArray>, spec: &Bound<'_, PyAny>) -> PyR
     macro_rules! try_dtype {
         ($($t:ty),*) => {$(
             if let Ok(a) = array.cast::<PyArrayDyn<$t>>() {
-                let owned = a.readonly().as_array().to_owned();
-                return wrap(pa::from_ndarray(&owned, chunks));
+                // Blocks are copied straight out of NumPy's buffer (no whole copy first).
+                return wrap(pa::from_ndarray(a.readonly().as_array(), chunks));
             }
         )*};
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{ArrayD, IxDyn, Slice};
+use ndarray::{ArrayD, ArrayViewD, IxDyn, Slice};
 use partita_core::{Error, Literal, Op, Result, Value};
 use serde::{Deserialize, Serialize};
 
@@ -306,8 +306,13 @@ pub fn eye(
     ))
 }
 
-/// A chunked array holding a copy of `a`, each block a literal in the graph.
-pub fn from_ndarray<T: Element>(a: &ArrayD<T>, chunks: impl Into<Chunks>) -> Result<Array> {
+/// A chunked array holding a copy of `a` (an array or a view of one), each block a literal
+/// in the graph. The blocks are copied straight from `a`: one copy of the data in all.
+pub fn from_ndarray<'a, T: Element>(
+    a: impl Into<ArrayViewD<'a, T>>,
+    chunks: impl Into<Chunks>,
+) -> Result<Array> {
+    let a = a.into();
     let grid = ChunkGrid::new(a.shape(), &chunks.into(), T::DTYPE)?;
     Ok(Array::from_blocks(
         "array",
