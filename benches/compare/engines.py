@@ -327,6 +327,26 @@ def _expect_rechunk(r, s):
     return None
 
 
+def _expect_mask_sum(r, s):
+    n = s["square"] // 2
+    # half the uniforms pass, averaging 0.75: n^2 * 0.375, give or take a few sqrt(n^2 * 0.1)
+    if abs(float(r) - n * n * 0.375) > 8 * np.sqrt(n * n * 0.11) + 1e-9:
+        return f"{float(r)}, expected about {n * n * 0.375}"
+    return None
+
+
+def _expect_mask_rows(r, s):
+    n = s["square"] // 2
+    r = np.asarray(r)
+    if r.shape != (n,):
+        return f"shape {r.shape}, expected ({n},)"
+    # rows chosen by column 0 > 0.5: column 0 averages 0.75, the others 0.5
+    tol = 8 * np.sqrt(1 / (12 * n / 2))
+    if abs(r[0] - 0.75) > tol or not np.all(np.abs(r[1:] - 0.5) < tol):
+        return f"column means off: first {r[0]}, others {r[1:].min()}..{r[1:].max()}"
+    return None
+
+
 def array_workloads(s) -> list:
     sq, sc = s["square"], s["square_chunk"]
     vec, vc = s["vector"], s["vector_chunk"]
@@ -375,6 +395,24 @@ def array_workloads(s) -> list:
             small_square,
             (70, 70),
             _expect_rechunk,
+        ),
+        # Boolean masks: the result's chunk sizes are unknown until computed (half the side
+        # of the other square workloads: a 2-d mask copies what it selects).
+        ArrayWorkload(
+            f"x[x[:, 0] > 0.5].mean(axis=0), {sq // 2}^2 in {sc}^2 chunks",
+            lambda e: e.random((sq // 2, sq // 2), (sc, sc), 6),
+            lambda e, x: e.compute(x[x[:, 0] > 0.5].mean(axis=0)),
+            small_square,
+            (70, 70),
+            _expect_mask_rows,
+        ),
+        ArrayWorkload(
+            f"x[x > 0.5].sum(), {sq // 2}^2 in {sc}^2 chunks",
+            lambda e: e.random((sq // 2, sq // 2), (sc, sc), 7),
+            lambda e, x: float(e.compute(x[x > 0.5].sum())),
+            small_square,
+            (70, 70),
+            _expect_mask_sum,
         ),
     ]
 

@@ -12,9 +12,10 @@
 //! Key decisions:
 //! - **Leading axis only.** A mask over the first `k` axes selects along them: the result's
 //!   first axis (length unknown) replaces them, the other axes keep their chunks. Blocks of
-//!   the result follow blocks of the mask along axis 0. To keep NumPy's C order when `k > 1`,
-//!   axes `1..k` are rechunked whole first (like Dask's `ravel`), with as many rows per block
-//!   as keep the blocks about their old size.
+//!   the result follow blocks of the data along axis 0. To keep NumPy's C order when `k > 1`
+//!   and axes `1..k` are cut into blocks, one task per row of blocks gathers the selected
+//!   elements from all of them in C order ([`MaskGather`]); Dask ravels (rechunks) the data
+//!   and the mask first, which copies both once more.
 //! - **Upper bounds inside.** The wrapped [`Array`] has a grid whose axis-0 chunks are the
 //!   most each block can hold (every element selected), used only for block counts and
 //!   memory estimates; kernels take the real lengths from their input chunks. Nothing that
@@ -138,21 +139,169 @@ impl Op for MaskBlock {
     }
 }
 
-/// Per-block task: how many elements of a bool block are true (an int64 scalar chunk).
+/// Per-row-of-blocks task: how many elements of its bool blocks are true (an int64 scalar
+/// chunk).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CountTrue;
 
 #[typetag::serde(name = "array-count-true")]
 impl Op for CountTrue {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
-        partita_core::op::expect_inputs("count-true", inputs, 1)?;
-        let mask = Chunk::from_value(&inputs[0])?.typed::<bool>()?;
-        let n = mask.iter().filter(|&&m| m).count() as i64;
+        let mut n = 0i64;
+        for v in inputs {
+            let mask = Chunk::from_value(v)?.typed::<bool>()?;
+            n += mask.iter().filter(|&&m| m).count() as i64;
+        }
         Ok(Value::new(Chunk::new(ArrayD::from_elem(IxDyn(&[]), n))))
     }
     fn name(&self) -> &str {
         "count-true"
     }
+}
+
+/// Per-block task for a mask over `k > 1` axes whose axes `1..k` are cut into blocks: the
+/// inputs are the data blocks of one row of blocks along those axes (C order), then the
+/// mask's; the selected elements are gathered in NumPy's C order straight from them, with no
+/// rechunked copy of either first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaskGather {
+    /// How many blocks the data has along each of the axes `1..k`.
+    pub blocks: Vec<usize>,
+}
+
+/// Walk mask axes in C order across blocks: `xs`/`ms` are the views of the blocks still in
+/// play (C order over the remaining mask axes' blocks), each with the current axis first.
+fn gather_rec<T: Copy>(
+    xs: &[ndarray::ArrayViewD<'_, T>],
+    ms: &[ndarray::ArrayViewD<'_, bool>],
+    blocks: &[usize],
+    out: &mut Vec<T>,
+) {
+    let n = blocks[0];
+    let stride = xs.len() / n.max(1);
+    for j in 0..n {
+        let (xj, mj) = (
+            &xs[j * stride..(j + 1) * stride],
+            &ms[j * stride..(j + 1) * stride],
+        );
+        if blocks.len() == 1 {
+            let (x, m) = (&xj[0], &mj[0]);
+            if x.ndim() == 1 {
+                out.extend(x.iter().zip(m.iter()).filter(|(_, m)| **m).map(|(v, _)| *v));
+            } else {
+                for (l, _) in m.iter().enumerate().filter(|(_, m)| **m) {
+                    out.extend(x.index_axis(Axis(0), l).iter().copied());
+                }
+            }
+            continue;
+        }
+        for l in 0..mj[0].shape()[0] {
+            let xv: Vec<_> = xj.iter().map(|v| v.index_axis(Axis(0), l)).collect();
+            let mv: Vec<_> = mj.iter().map(|v| v.index_axis(Axis(0), l)).collect();
+            gather_rec(&xv, &mv, &blocks[1..], out);
+        }
+    }
+}
+
+fn gather_typed<T: Element + Copy>(
+    xs: &[&Chunk],
+    ms: &[&Chunk],
+    blocks: &[usize],
+) -> Result<Chunk> {
+    let k = blocks.len() + 1;
+    let xs = xs
+        .iter()
+        .map(|c| c.typed::<T>().map(|a| a.view()))
+        .collect::<Result<Vec<_>>>()?;
+    let ms = ms
+        .iter()
+        .map(|c| c.typed::<bool>().map(|a| a.view()))
+        .collect::<Result<Vec<_>>>()?;
+    let first = xs
+        .first()
+        .ok_or_else(|| Error::Graph("mask gather without inputs".into()))?;
+    let rows = first.shape()[0];
+    let trailing = first.shape()[k..].to_vec();
+    for (x, m) in xs.iter().zip(&ms) {
+        if x.ndim() < k
+            || m.shape() != &x.shape()[..k]
+            || x.shape()[0] != rows
+            || x.shape()[k..] != trailing[..]
+        {
+            return Err(Error::Shape(format!(
+                "a mask block of shape {:?} does not cover the first {k} axes of a data block \
+                 of shape {:?} (rows of blocks must agree)",
+                m.shape(),
+                x.shape()
+            )));
+        }
+    }
+    let count: usize = ms.iter().map(|m| m.iter().filter(|&&b| b).count()).sum();
+    let per: usize = trailing.iter().product();
+    let mut out = Vec::with_capacity(count * per);
+    for r in 0..rows {
+        let xv: Vec<_> = xs.iter().map(|v| v.index_axis(Axis(0), r)).collect();
+        let mv: Vec<_> = ms.iter().map(|v| v.index_axis(Axis(0), r)).collect();
+        gather_rec(&xv, &mv, blocks, &mut out);
+    }
+    let mut shape = vec![count];
+    shape.extend(trailing);
+    ArrayD::from_shape_vec(IxDyn(&shape), out)
+        .map(Chunk::new)
+        .map_err(|e| Error::Internal(format!("mask gather: {e}")))
+}
+
+#[typetag::serde(name = "array-mask-gather")]
+impl Op for MaskGather {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        let nb: usize = self.blocks.iter().product();
+        partita_core::op::expect_inputs("mask-gather", inputs, 2 * nb)?;
+        if self.blocks.is_empty() || self.blocks.contains(&0) {
+            return Err(Error::Graph(format!(
+                "mask gather over blocks {:?}",
+                self.blocks
+            )));
+        }
+        let chunks = Chunk::from_values(inputs)?;
+        let (xs, ms) = chunks.split_at(nb);
+        let dtype = xs[0].dtype();
+        let b = &self.blocks;
+        let out = crate::with_dtype!(dtype, T => gather_typed::<T>(xs, ms, b)?);
+        Ok(Value::new(out))
+    }
+    fn name(&self) -> &str {
+        "mask"
+    }
+}
+
+/// Gather tasks: result block `(i, j..)` reads data blocks `(i, J, j..)` and mask blocks
+/// `(i, J)` for every `J` over axes `1..k`.
+fn gather(x: &Array, mask: &Array, k: usize) -> Result<Array> {
+    let blocks: Vec<usize> = x.chunks()[1..k].iter().map(Vec::len).collect();
+    let grid = bound_grid(mask, &x.chunks()[k..])?;
+    let op: Arc<dyn Op> = Arc::new(MaskGather {
+        blocks: blocks.clone(),
+    });
+    let ranges: Vec<std::ops::Range<usize>> = blocks.iter().map(|&n| 0..n).collect();
+    Ok(Array::from_blocks(
+        "getitem-mask",
+        grid,
+        x.dtype(),
+        vec![Arc::clone(x.layer()), Arc::clone(mask.layer())],
+        |idx| {
+            let (mut data, mut masks) = (Vec::new(), Vec::new());
+            crate::grid::for_each_index(&ranges, |j| {
+                let mut d = vec![idx[0]];
+                d.extend_from_slice(j);
+                let m = d.clone();
+                d.extend_from_slice(&idx[1..]);
+                data.push(x.block_key(&d));
+                masks.push(mask.block_key(&m));
+            });
+            data.extend(masks);
+            (Arc::clone(&op), data)
+        },
+    ))
 }
 
 /// The grid of a selection's upper bounds: block `i` along axis 0 holds at most every element
@@ -215,27 +364,15 @@ impl Array {
                 self.shape()
             )));
         }
-        // Axis-0 chunks: the data's when the mask is 1-d; with a mask over more axes, axes
-        // 1..k are made whole, with as many rows per block as keep blocks about their size.
-        let lead = if k == 1 || self.chunks()[1..k].iter().all(|c| c.len() == 1) {
-            self.chunks()[0].clone()
+        // The mask takes the data's chunks along the axes it covers. When axes 1..k are
+        // split into blocks, a task gathers a whole row of blocks in C order; otherwise each
+        // data block is masked by its own.
+        let mask = mask.rechunk(Chunks::Explicit(self.chunks()[..k].to_vec()))?;
+        let inner = if k > 1 && self.chunks()[1..k].iter().any(|c| c.len() > 1) {
+            gather(self, &mask, k)?
         } else {
-            let row: usize = self.shape()[1..k].iter().product::<usize>().max(1);
-            let block: usize = self.chunks()[..k]
-                .iter()
-                .map(|c| c.iter().copied().max().unwrap_or(1))
-                .product();
-            let rows = (block / row).max(1);
-            ChunkGrid::new(&self.shape()[..1], &Chunks::Size(rows), DType::Bool)?.chunks()[0]
-                .clone()
+            select(self, self.chunks(), &mask, k)?
         };
-        let mut lead_chunks = vec![lead];
-        lead_chunks.extend(self.shape()[1..k].iter().map(|&d| vec![d]));
-        let mut data_chunks = lead_chunks.clone();
-        data_chunks.extend(self.chunks()[k..].iter().cloned());
-        let x = self.rechunk(Chunks::Explicit(data_chunks.clone()))?;
-        let mask = mask.rechunk(Chunks::Explicit(lead_chunks))?;
-        let inner = select(&x, &data_chunks, &mask, k)?;
         Ok(FilteredArray {
             inner,
             rows: Rows { mask, k },
@@ -447,9 +584,13 @@ impl FilteredArray {
             DType::I64,
             vec![Arc::clone(mask.layer())],
             |idx| {
-                let mut m = vec![idx[0]];
-                m.extend(std::iter::repeat_n(0, k - 1));
-                (Arc::new(CountTrue) as Arc<dyn Op>, vec![mask.block_key(&m)])
+                // Every mask block of this row of blocks.
+                let ranges: Vec<std::ops::Range<usize>> = std::iter::once(idx[0]..idx[0] + 1)
+                    .chain(mask.chunks()[1..k].iter().map(|c| 0..c.len()))
+                    .collect();
+                let mut deps = Vec::new();
+                crate::grid::for_each_index(&ranges, |m| deps.push(mask.block_key(m)));
+                (Arc::new(CountTrue) as Arc<dyn Op>, deps)
             },
         );
         let (mut values, _) = compute_collections(&[&counts], scheduler, options)?;
