@@ -97,6 +97,39 @@ impl Array {
         Array::from_layer(name, grid, dtype, layer)
     }
 
+    /// The same tasks under another grid (same number of blocks): what a filtered array's
+    /// operands are read as, their blocks' real shapes coming from the data.
+    pub(crate) fn retiled(&self, grid: ChunkGrid) -> Array {
+        Array::from_layer(
+            Arc::clone(self.name()),
+            grid,
+            self.dtype(),
+            Arc::clone(self.layer()),
+        )
+    }
+
+    /// An array whose blocks are already computed `values` (C order over `grid`).
+    pub(crate) fn from_values(grid: ChunkGrid, dtype: DType, values: Vec<Value>) -> Result<Array> {
+        if values.len() != grid.num_blocks() {
+            return Err(Error::Internal(format!(
+                "{} computed blocks for a grid of {}",
+                values.len(),
+                grid.num_blocks()
+            )));
+        }
+        let mut values = values.into_iter();
+        Ok(Array::from_blocks(
+            "persist",
+            grid,
+            dtype,
+            Vec::new(),
+            |_| {
+                let v = values.next().unwrap_or_else(|| Value::new(()));
+                (Arc::new(Literal(v)), Vec::new())
+            },
+        ))
+    }
+
     pub(crate) fn source(&self) -> &Source {
         &self.0.source
     }
@@ -166,13 +199,7 @@ impl Array {
         scheduler: &dyn Scheduler,
         options: &ComputeOptions,
     ) -> Result<ArrayD<T>> {
-        if T::DTYPE != self.dtype() {
-            return Err(Error::Type(format!(
-                "cannot compute a {} array as {}; cast it with astype first",
-                self.dtype(),
-                T::DTYPE
-            )));
-        }
+        check_compute_dtype::<T>(self.dtype())?;
         let (mut values, _) = compute_collections(&[self], scheduler, options)?;
         assemble::<T>(self.grid(), &values.pop().unwrap_or_default())
     }
@@ -206,25 +233,11 @@ impl Array {
     /// `persist`): later graphs start from these values instead of recomputing.
     pub fn persist(&self, scheduler: &dyn Scheduler) -> Result<Array> {
         let (mut values, _) = compute_collections(&[self], scheduler, &ComputeOptions::default())?;
-        let values = values.pop().unwrap_or_default();
-        if values.len() != self.npartitions() {
-            return Err(Error::Internal(format!(
-                "persist got {} blocks of {}",
-                values.len(),
-                self.npartitions()
-            )));
-        }
-        let mut values = values.into_iter();
-        Ok(Array::from_blocks(
-            "persist",
+        Array::from_values(
             self.grid().clone(),
             self.dtype(),
-            Vec::new(),
-            |_| {
-                let v = values.next().unwrap_or_else(|| Value::new(()));
-                (Arc::new(Literal(v)), Vec::new())
-            },
-        ))
+            values.pop().unwrap_or_default(),
+        )
     }
 }
 
@@ -242,6 +255,17 @@ impl Collection for Array {
             .map(|idx| self.block_key(&idx))
             .collect()
     }
+}
+
+/// A type error unless `T` is the element type of `dtype` (computing into the wrong type).
+pub(crate) fn check_compute_dtype<T: Element>(dtype: DType) -> Result<()> {
+    if T::DTYPE != dtype {
+        return Err(Error::Type(format!(
+            "cannot compute a {dtype} array as {}; cast it with astype first",
+            T::DTYPE
+        )));
+    }
+    Ok(())
 }
 
 /// The key of block `idx` of the array called `name`.

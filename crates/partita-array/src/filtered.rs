@@ -29,11 +29,11 @@ use std::sync::Arc;
 use ndarray::{ArrayD, Axis, IxDyn};
 use partita_core::op::Identity;
 use partita_core::{
-    Collection, ComputeOptions, Error, Literal, Op, Result, Scheduler, Value, compute_collections,
+    Collection, ComputeOptions, Error, Op, Result, Scheduler, Value, compute_collections,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::array::{Array, assemble};
+use crate::array::{Array, assemble, check_compute_dtype};
 use crate::chunk::{Chunk, Element};
 use crate::dtype::DType;
 use crate::elementwise::{self, Operand};
@@ -98,7 +98,11 @@ pub struct MaskBlock {
     pub k: usize,
 }
 
-fn mask_typed<T: Element>(x: &Chunk, mask: &ArrayD<bool>, k: usize) -> Result<Chunk> {
+fn mask_typed<T: Element>(
+    x: &Chunk,
+    mask: &ndarray::ArcArray<bool, IxDyn>,
+    k: usize,
+) -> Result<Chunk> {
     let x = x.typed::<T>()?;
     let rows: usize = x.shape()[..k].iter().product();
     let mut flat_shape = vec![rows];
@@ -129,9 +133,8 @@ impl Op for MaskBlock {
                 x.shape()
             )));
         }
-        let mask = mask.to_owned();
         let k = self.k;
-        let out = crate::with_dtype!(x.dtype(), T => mask_typed::<T>(x, &mask, k)?);
+        let out = crate::with_dtype!(x.dtype(), T => mask_typed::<T>(x, mask, k)?);
         Ok(Value::new(out))
     }
     fn name(&self) -> &str {
@@ -321,9 +324,8 @@ fn bound_grid(mask: &Array, trailing: &[Vec<usize>]) -> Result<ChunkGrid> {
 
 /// Build the selection tasks: result block `(i, j..)` reads data block `(i, 0.., j..)` and
 /// mask block `(i, 0..)`.
-fn select(x: &Array, x_grid_chunks: &[Vec<usize>], mask: &Array, k: usize) -> Result<Array> {
-    let trailing = &x_grid_chunks[k..];
-    let grid = bound_grid(mask, trailing)?;
+fn select(x: &Array, mask: &Array, k: usize) -> Result<Array> {
+    let grid = bound_grid(mask, &x.chunks()[k..])?;
     let op: Arc<dyn Op> = Arc::new(MaskBlock { k });
     Ok(Array::from_blocks(
         "getitem-mask",
@@ -371,7 +373,7 @@ impl Array {
         let inner = if k > 1 && self.chunks()[1..k].iter().any(|c| c.len() > 1) {
             gather(self, &mask, k)?
         } else {
-            select(self, self.chunks(), &mask, k)?
+            select(self, &mask, k)?
         };
         Ok(FilteredArray {
             inner,
@@ -465,11 +467,6 @@ impl FilteredArray {
         self.inner.name()
     }
 
-    /// The tasks behind this array (for computing several collections at once).
-    pub fn collection(&self) -> &dyn Collection {
-        &self.inner
-    }
-
     /// The real grid, given each block's length along axis 0, and the rows of blocks it
     /// keeps: a grid has no empty chunks, so rows where nothing was selected are left out
     /// (all but the first when nothing at all was).
@@ -527,27 +524,23 @@ impl FilteredArray {
         Ok(lengths)
     }
 
-    /// Put computed blocks together.
-    pub fn chunk_from_values(&self, values: &[Value]) -> Result<Chunk> {
+    /// Put computed blocks (in [`Collection::output_keys`] order) together.
+    fn assemble<T: Element>(&self, values: &[Value]) -> Result<ArrayD<T>> {
         let (grid, kept) = self.known_grid(&self.lengths_of(values)?)?;
-        let values = self.kept_values(values, &kept);
-        fn go<T: Element>(grid: &ChunkGrid, values: &[Value]) -> Result<Chunk> {
-            assemble::<T>(grid, values).map(Chunk::new)
-        }
-        crate::with_dtype!(self.dtype(), T => go::<T>(&grid, &values))
+        assemble::<T>(&grid, &self.kept_values(values, &kept))
+    }
+
+    /// Put computed blocks together into one dtype-erased [`Chunk`].
+    pub fn chunk_from_values(&self, values: &[Value]) -> Result<Chunk> {
+        crate::with_dtype!(self.dtype(), T => self.assemble::<T>(values).map(Chunk::new))
     }
 
     /// Compute into an `ndarray::ArrayD<T>`; `T` must match the dtype.
     pub fn compute<T: Element>(&self, scheduler: &dyn Scheduler) -> Result<ArrayD<T>> {
-        if T::DTYPE != self.dtype() {
-            return Err(Error::Type(format!(
-                "cannot compute a {} array as {}; cast it with astype first",
-                self.dtype(),
-                T::DTYPE
-            )));
-        }
-        let chunk = self.compute_chunk(scheduler)?;
-        Ok(chunk.typed::<T>()?.to_owned())
+        check_compute_dtype::<T>(self.dtype())?;
+        let options = ComputeOptions::default();
+        let (mut values, _) = compute_collections(&[&self.inner], scheduler, &options)?;
+        self.assemble::<T>(&values.pop().unwrap_or_default())
     }
 
     /// Compute into a dtype-erased [`Chunk`].
@@ -621,12 +614,7 @@ impl FilteredArray {
         let lengths = self.chunk_sizes_with(scheduler, options)?;
         let (grid, kept) = self.known_grid(&lengths)?;
         if kept.len() == lengths.len() {
-            return Ok(Array::from_layer(
-                Arc::clone(self.inner.name()),
-                grid,
-                self.dtype(),
-                Arc::clone(self.inner.layer()),
-            ));
+            return Ok(self.inner.retiled(grid));
         }
         // Rows of blocks where nothing was selected are left out: the others are renamed.
         Ok(Array::from_blocks(
@@ -652,17 +640,7 @@ impl FilteredArray {
             compute_collections(&[&self.inner], scheduler, &ComputeOptions::default())?;
         let values = values.pop().unwrap_or_default();
         let (grid, kept) = self.known_grid(&self.lengths_of(&values)?)?;
-        let mut values = self.kept_values(&values, &kept).into_iter();
-        Ok(Array::from_blocks(
-            "persist",
-            grid,
-            self.dtype(),
-            Vec::new(),
-            |_| {
-                let v = values.next().unwrap_or_else(|| Value::new(()));
-                (Arc::new(Literal(v)) as Arc<dyn Op>, Vec::new())
-            },
-        ))
+        Array::from_values(grid, self.dtype(), self.kept_values(&values, &kept))
     }
 
     /// Select again with a mask filtered by the same mask as this array (`y[y > 0]`).
@@ -690,7 +668,7 @@ impl FilteredArray {
                 "masking over several axes split into several chunks",
             ));
         }
-        let inner = select(&self.inner, self.inner.chunks(), &mask.inner, k)?;
+        let inner = select(&self.inner, &mask.inner, k)?;
         Ok(FilteredArray {
             inner,
             rows: Rows {
@@ -728,12 +706,9 @@ impl FilteredArray {
                 chunks.extend(other.chunks()[1..].iter().cloned());
                 let mut shape = vec![me.shape()[0]];
                 shape.extend_from_slice(&other.shape()[1..]);
-                Ok(Operand::Array(Array::from_layer(
-                    Arc::clone(other.name()),
-                    ChunkGrid::from_explicit(&shape, chunks)?,
-                    f.dtype(),
-                    Arc::clone(other.layer()),
-                )))
+                Ok(Operand::Array(
+                    other.retiled(ChunkGrid::from_explicit(&shape, chunks)?),
+                ))
             }
             FilteredOperand::Array(a) => {
                 let n = self.ndim();
@@ -757,12 +732,7 @@ impl FilteredArray {
                 let a = a.rechunk(Chunks::Explicit(chunks))?;
                 // Read as stored chunks: a generated (random) operand would otherwise be
                 // generated at the bounds grid's positions.
-                Ok(Operand::Array(Array::from_layer(
-                    Arc::clone(a.name()),
-                    a.grid().clone(),
-                    a.dtype(),
-                    Arc::clone(a.layer()),
-                )))
+                Ok(Operand::Array(a.retiled(a.grid().clone())))
             }
         }
     }

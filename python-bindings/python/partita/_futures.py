@@ -241,7 +241,7 @@ Delayed.__abs__ = lambda self: _call(operator.abs, (self,), {}, "abs")
 
 
 def _call(f, args, kwargs, name):
-    from .array import Array
+    from .array import Array, _unknown_chunks
     from .frame import DataFrame
 
     def lift(obj):
@@ -249,10 +249,7 @@ def _call(f, args, kwargs, name):
         # in dask: its blocks are joined by tasks the call depends on.
         if isinstance(obj, Array):
             if not obj.known:
-                raise _partita.ShapeError(
-                    "an array selected by a boolean mask has unknown chunk sizes; call "
-                    "compute_chunk_sizes() before passing it to a delayed function"
-                )
+                raise _unknown_chunks("passing an array to a delayed function")
             return Delayed(_partita.delayed_of_array(obj._rust))
         if isinstance(obj, DataFrame):
             return Delayed(_partita.delayed_of_frame(obj._rust))

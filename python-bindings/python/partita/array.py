@@ -112,9 +112,7 @@ class Array:
         if not self.shape:
             raise TypeError("len() of a 0-d array")
         if not self.known:
-            raise _partita.ShapeError(
-                "len() of an array selected by a boolean mask is unknown; call compute_chunk_sizes() first"
-            )
+            raise _unknown_chunks("len()")
         return self.shape[0]
 
     def __repr__(self):
@@ -362,9 +360,7 @@ class Array:
     def _mask(self, mask):
         """`self[mask]` for a boolean partita or NumPy array over the leading axes."""
         if isinstance(mask, Array):
-            if self.known and mask.known:
-                return Array(self._rust.mask(mask._rust))
-            if not self.known and not mask.known:
+            if self.known == mask.known:
                 return Array(self._rust.mask(mask._rust))
             raise _partita.ShapeError(
                 "a boolean mask and the array it selects from must both have known chunks, or "
@@ -374,9 +370,7 @@ class Array:
         # (as dask's does).
         mask = np.asarray(mask)
         if not self.known:
-            raise _partita.ShapeError(
-                "selecting with a NumPy mask needs the chunk sizes along axis 0; call compute_chunk_sizes() first"
-            )
+            raise _unknown_chunks("selecting with a NumPy mask")
         return Array(self._rust.mask(from_numpy(mask)._rust)).compute_chunk_sizes(scheduler="sync")
 
     def __getitem__(self, key):
@@ -395,10 +389,7 @@ class Array:
                 )
             return self._mask(first)
         if not self.known:
-            raise _partita.ShapeError(
-                "indexing needs the chunk sizes along axis 0, which are unknown after selecting with a "
-                "boolean mask; call compute_chunk_sizes() first"
-            )
+            raise _unknown_chunks("indexing")
         if any(k is Ellipsis for k in key):
             i = next(j for j, k in enumerate(key) if k is Ellipsis)
             named = sum(1 for k in key if k is not None and k is not Ellipsis)
@@ -427,6 +418,14 @@ class Array:
             else:
                 raise TypeError(f"unsupported index {k!r}: use ints, slices, None or ...")
         return Array(self._rust.index(items))
+
+
+def _unknown_chunks(what):
+    """The error for `what` on an array whose chunk sizes a boolean mask left unknown."""
+    return _partita.ShapeError(
+        f"{what} needs the chunk sizes along axis 0, which are unknown after selecting with a "
+        "boolean mask; call compute_chunk_sizes() (or persist()) first"
+    )
 
 
 def _axis(axis, ndim, what):
@@ -599,10 +598,7 @@ def map_blocks(function, *arrays, dtype=None, chunks=None):
         raise TypeError("map_blocks needs at least one array")
     arrays = [a if isinstance(a, Array) else asarray(a) for a in arrays]
     if not builtins.all(a.known for a in arrays):
-        raise _partita.ShapeError(
-            "map_blocks needs the chunk sizes along axis 0, which are unknown after selecting with a "
-            "boolean mask; call compute_chunk_sizes() first"
-        )
+        raise _unknown_chunks("map_blocks")
     if dtype is None:
         dtype = arrays[0].dtype
         try:

@@ -11,6 +11,8 @@ use partita::array::{
     matmul, read_npy, read_zarr, stack, tensordot,
 };
 use partita_tests::{assert_array_eq, schedulers};
+
+use super::reduction::reference;
 use proptest::prelude::*;
 
 /// Values with many ties (so argmin/argmax must pick the first of equals, like NumPy).
@@ -28,52 +30,6 @@ fn shape_and_chunks() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
         let chunks: Vec<_> = shape.iter().map(|&d| 1..=d).collect();
         (Just(shape), chunks)
     })
-}
-
-/// Elements grouped by output position (reduced axes removed, or kept as length one), each
-/// group with its positions along the reduced axis (or flat positions for several axes).
-fn reference<R: Clone + Default>(
-    d: &ArrayD<f64>,
-    axes: &[usize],
-    keepdims: bool,
-    f: impl Fn(&[f64], &[usize]) -> R,
-) -> ArrayD<R> {
-    let out_shape: Vec<usize> = (0..d.ndim())
-        .filter_map(|a| {
-            if axes.contains(&a) {
-                keepdims.then_some(1)
-            } else {
-                Some(d.shape()[a])
-            }
-        })
-        .collect();
-    let mut groups: std::collections::BTreeMap<Vec<usize>, (Vec<f64>, Vec<usize>)> =
-        Default::default();
-    for (ix, &v) in d.indexed_iter() {
-        let key: Vec<usize> = (0..d.ndim())
-            .filter_map(|a| {
-                if axes.contains(&a) {
-                    keepdims.then_some(0)
-                } else {
-                    Some(ix[a])
-                }
-            })
-            .collect();
-        let flat = (0..d.ndim()).fold(0, |acc, a| acc * d.shape()[a] + ix[a]);
-        let along = if axes.len() == 1 && d.ndim() > 1 {
-            ix[axes[0]]
-        } else {
-            flat
-        };
-        let g = groups.entry(key).or_default();
-        g.0.push(v);
-        g.1.push(along);
-    }
-    let mut out = ArrayD::from_elem(IxDyn(&out_shape), R::default());
-    for (key, (vals, pos)) in groups {
-        out[IxDyn(&key)] = f(&vals, &pos);
-    }
-    out
 }
 
 /// Position of the first best value (NumPy's tie rule).

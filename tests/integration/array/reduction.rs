@@ -7,8 +7,10 @@ use partita::{LocalScheduler, SyncScheduler};
 use partita_tests::assert_array_eq;
 use proptest::prelude::*;
 
-/// Group elements by their position with `axes` removed (or kept as length one).
-fn reference<T: Copy, R: Clone + Default>(
+/// Group elements by their position with `axes` removed (or kept as length one); `f` gets
+/// each group's values and their positions along the one reduced axis (flat positions when
+/// several are reduced).
+pub(super) fn reference<T: Copy, R: Clone + Default>(
     data: &ArrayD<T>,
     axes: &[usize],
     keepdims: bool,
