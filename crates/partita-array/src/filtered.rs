@@ -223,10 +223,28 @@ fn gather_typed<T: Element + Copy>(
     let first = xs
         .first()
         .ok_or_else(|| Error::Graph("mask gather without inputs".into()))?;
+    if first.ndim() < k {
+        return Err(Error::Shape(format!(
+            "a data block of shape {:?} has fewer than the {k} axes its mask covers",
+            first.shape()
+        )));
+    }
     let rows = first.shape()[0];
     let trailing = first.shape()[k..].to_vec();
-    for (x, m) in xs.iter().zip(&ms) {
-        if x.ndim() < k
+    // Blocks in the same block-column along an axis must agree on its length there (the
+    // walk indexes them all with one position).
+    let mut lengths: Vec<Vec<Option<usize>>> = blocks.iter().map(|&n| vec![None; n]).collect();
+    for (b, (x, m)) in xs.iter().zip(&ms).enumerate() {
+        let mut rest = b;
+        let mut column_ok = true;
+        for a in (0..blocks.len()).rev() {
+            let j = rest % blocks[a];
+            rest /= blocks[a];
+            let len = x.shape().get(a + 1).copied();
+            column_ok &= *lengths[a][j].get_or_insert(len.unwrap_or(0)) == len.unwrap_or(0);
+        }
+        if !column_ok
+            || x.ndim() < k
             || m.shape() != &x.shape()[..k]
             || x.shape()[0] != rows
             || x.shape()[k..] != trailing[..]
@@ -840,5 +858,92 @@ impl Collection for FilteredArray {
     }
     fn output_keys(&self) -> Vec<partita_core::Key> {
         self.inner.output_keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f64_block(shape: &[usize]) -> Value {
+        let n = shape.iter().product::<usize>();
+        Value::new(Chunk::new(
+            ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| i as f64).collect()).unwrap(),
+        ))
+    }
+
+    fn bool_block(shape: &[usize]) -> Value {
+        Value::new(Chunk::new(ArrayD::from_elem(IxDyn(shape), true)))
+    }
+
+    /// Blocks from the wire may be anything: each mismatch is an error naming shapes, never
+    /// a panic.
+    #[test]
+    fn malformed_blocks_are_errors() {
+        let gather = MaskGather { blocks: vec![2] };
+        let ok = gather.execute(&[
+            f64_block(&[2, 3]),
+            f64_block(&[2, 1]),
+            bool_block(&[2, 3]),
+            bool_block(&[2, 1]),
+        ]);
+        assert_eq!(Chunk::from_value(&ok.unwrap()).unwrap().shape(), &[8]);
+        let bad: Vec<Vec<Value>> = vec![
+            // 0-d data blocks.
+            vec![
+                f64_block(&[]),
+                f64_block(&[]),
+                bool_block(&[]),
+                bool_block(&[]),
+            ],
+            // Rows of blocks that disagree.
+            vec![
+                f64_block(&[2, 3]),
+                f64_block(&[3, 1]),
+                bool_block(&[2, 3]),
+                bool_block(&[3, 1]),
+            ],
+            // A mask block of another shape.
+            vec![
+                f64_block(&[2, 3]),
+                f64_block(&[2, 1]),
+                bool_block(&[2, 2]),
+                bool_block(&[2, 1]),
+            ],
+            // Too few inputs; a data block where a mask should be.
+            vec![f64_block(&[2, 3])],
+            vec![
+                f64_block(&[2, 3]),
+                f64_block(&[2, 1]),
+                f64_block(&[2, 3]),
+                bool_block(&[2, 1]),
+            ],
+        ];
+        for inputs in bad {
+            assert!(gather.execute(&inputs).is_err());
+        }
+        // Two block-columns along axis 2 of different lengths in the two rows of axis 1.
+        let gather3 = MaskGather { blocks: vec![2, 2] };
+        let shapes = [[1, 2, 2], [1, 2, 1], [1, 1, 3], [1, 1, 1]];
+        let mut inputs: Vec<Value> = shapes.iter().map(|s| f64_block(s)).collect();
+        inputs.extend(shapes.iter().map(|s| bool_block(s)));
+        let e = gather3.execute(&inputs).unwrap_err().to_string();
+        assert!(e.contains("does not cover"), "{e}");
+        // Blocks of one row along axis 1 that disagree on its length (the walk would index
+        // past the shorter one).
+        let shapes = [[1, 2, 2], [1, 1, 1], [1, 1, 2], [1, 1, 1]];
+        let mut inputs: Vec<Value> = shapes.iter().map(|s| f64_block(s)).collect();
+        inputs.extend(shapes.iter().map(|s| bool_block(s)));
+        assert!(gather3.execute(&inputs).is_err());
+        let mask = MaskBlock { k: 2 };
+        assert!(
+            mask.execute(&[f64_block(&[2]), bool_block(&[2, 2])])
+                .is_err()
+        );
+        assert!(
+            mask.execute(&[f64_block(&[2, 2]), bool_block(&[2, 3])])
+                .is_err()
+        );
+        assert!(CountTrue.execute(&[f64_block(&[2])]).is_err());
     }
 }
