@@ -25,8 +25,8 @@ use crate::plan::{PartitionPlan, Step};
 
 /// Concatenate the input partitions, in order.
 #[derive(Debug, Serialize, Deserialize)]
-struct ConcatPartitions {
-    schema: SchemaRef,
+pub(crate) struct ConcatPartitions {
+    pub(crate) schema: SchemaRef,
 }
 
 #[typetag::serde(name = "frame-concat")]
@@ -72,8 +72,8 @@ impl Op for SplitEvenly {
 
 /// Piece `index` of a split.
 #[derive(Debug, Serialize, Deserialize)]
-struct TakePiece {
-    index: usize,
+pub(crate) struct TakePiece {
+    pub(crate) index: usize,
 }
 
 #[typetag::serde(name = "frame-take-piece")]

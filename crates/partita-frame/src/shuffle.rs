@@ -6,24 +6,28 @@
 //! lands in the same output partition from every input, in every process: two frames
 //! shuffled to the same `n` on their join keys line up partition by partition.
 //!
-//! The split value is shared (`Arc`) by the `n` readers and freed when the last has run. A
-//! distributed run will want one small task per piece instead, so that each output fetches
-//! only its own pieces; that belongs with the distributed scheduler.
+//! Key decision: **one small task per piece.** Piece `j` of split `i` is its own task (it
+//! takes the piece out of the split, sharing its buffers), and output `j` depends on piece
+//! `j` of every split, not on whole splits. On one machine that costs `n` tiny tasks per
+//! input; on a cluster the take runs where the split is, so an output fetches only its own
+//! pieces from other workers (with whole splits as inputs, every worker fetched every
+//! remote split whole: twice the bytes at `n = 2`, `n` times at `n` outputs per worker).
 
 use std::sync::Arc;
 
 use partita_core::op::expect_inputs;
 use partita_core::{Error, Key, Layer, Op, Result, Task, Value, ValueList};
 use polars::prelude::{
-    DataFrame as PlFrame, DataType, IdxCa, IdxSize, PlSeedableRandomStateQuality, SchemaRef,
+    DataFrame as PlFrame, DataType, IdxCa, IdxSize, PlSeedableRandomStateQuality,
     SeedableFromU64SeedExt,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{DataFrame, concat_frames, partition_key};
+use crate::frame::{DataFrame, partition_key};
 use crate::partition::Partition;
 use crate::partitioning::Partitioning;
 use crate::polars_error::from_polars;
+use crate::repartition::{ConcatPartitions, TakePiece};
 
 /// The fixed seed of shuffle hashes (any constant works; it must never change between the
 /// processes of one computation).
@@ -123,35 +127,6 @@ impl Op for HashSplit {
     }
 }
 
-/// Concatenate piece `index` of every input split.
-#[derive(Debug, Serialize, Deserialize)]
-struct ConcatPieces {
-    index: usize,
-    schema: SchemaRef,
-}
-
-#[typetag::serde(name = "frame-concat-pieces")]
-impl Op for ConcatPieces {
-    fn execute(&self, inputs: &[Value]) -> Result<Value> {
-        let mut parts = Vec::with_capacity(inputs.len());
-        for v in inputs {
-            let pieces = v.get::<ValueList>()?;
-            let piece = pieces.0.get(self.index).ok_or_else(|| {
-                Error::Graph(format!(
-                    "shuffle output {} reads a split with only {} pieces",
-                    self.index,
-                    pieces.0.len()
-                ))
-            })?;
-            parts.push(Partition::from_value(piece)?.clone());
-        }
-        Ok(Partition::value(concat_frames(parts, &self.schema)?))
-    }
-    fn name(&self) -> &str {
-        "frame-concat-pieces"
-    }
-}
-
 impl DataFrame {
     /// Repartition into `n` partitions so that rows with equal values in `keys` share a
     /// partition. Key columns are hashed after a cast to `dtypes` (one per key; `None` uses
@@ -214,6 +189,7 @@ impl DataFrame {
         extra: Option<(Key, Arc<Layer>)>,
         n: usize,
     ) -> Result<DataFrame> {
+        let piece_name = Key::unique_name(&format!("take-{split_name}"));
         let split_name = Key::unique_name(split_name);
         let name = Key::unique_name("shuffle");
         let mut tasks: Vec<Task> = (0..self.npartitions())
@@ -223,15 +199,26 @@ impl DataFrame {
                 Task::new(partition_key(&split_name, i), Arc::clone(&split), deps)
             })
             .collect();
-        let split_keys: Vec<Key> = tasks.iter().map(|t| t.key.clone()).collect();
+        let concat: Arc<dyn Op> = Arc::new(ConcatPartitions {
+            schema: Arc::clone(self.schema()),
+        });
         for j in 0..n {
+            let take: Arc<dyn Op> = Arc::new(TakePiece { index: j });
+            let pieces: Vec<Key> = (0..self.npartitions())
+                .map(|i| {
+                    let key = Key::new(Arc::clone(&piece_name), [i as u32, j as u32]);
+                    tasks.push(Task::new(
+                        key.clone(),
+                        Arc::clone(&take),
+                        vec![partition_key(&split_name, i)],
+                    ));
+                    key
+                })
+                .collect();
             tasks.push(Task::new(
                 partition_key(&name, j),
-                Arc::new(ConcatPieces {
-                    index: j,
-                    schema: Arc::clone(self.schema()),
-                }),
-                split_keys.clone(),
+                Arc::clone(&concat),
+                pieces,
             ));
         }
         let mut deps = vec![Arc::clone(partita_core::Collection::layer(self))];
@@ -262,6 +249,42 @@ mod tests {
             partition_ids(&c, &keys, &[DataType::Int64], 7).unwrap(),
             ids_b
         );
+    }
+
+    #[test]
+    fn each_output_reads_only_its_own_pieces() {
+        use partita_core::Collection;
+        let data = df!("k" => (0..30i64).collect::<Vec<_>>()).unwrap();
+        let frame = crate::DataFrame::from_polars(data, 3).unwrap();
+        let shuffled = frame.shuffle(&["k"], None, 2).unwrap();
+        let graph = Layer::materialize(&[Arc::clone(shuffled.layer())]).unwrap();
+        for (j, out) in shuffled.output_keys().iter().enumerate() {
+            let id = graph.resolve(std::slice::from_ref(out)).unwrap()[0];
+            let pieces = graph.dependencies(id);
+            // One piece per input partition, each taking piece j out of one split.
+            assert_eq!(pieces.len(), 3);
+            let mut splits: Vec<_> = pieces
+                .iter()
+                .map(|&p| {
+                    assert_eq!(graph.op(p).name(), "frame-take-piece");
+                    let op = format!("{:?}", graph.op(p));
+                    assert_eq!(op, format!("TakePiece {{ index: {j} }}"));
+                    let split = graph.dependencies(p);
+                    assert_eq!(split.len(), 1);
+                    assert_eq!(graph.op(split[0]).name(), "frame-hash-split");
+                    split[0]
+                })
+                .collect();
+            splits.dedup();
+            assert_eq!(splits.len(), 3);
+        }
+        let rows: usize =
+            partita_core::compute(graph, &shuffled.output_keys(), &partita_core::SyncScheduler)
+                .unwrap()
+                .iter()
+                .map(|v| Partition::from_value(v).unwrap().height())
+                .sum();
+        assert_eq!(rows, 30);
     }
 
     #[test]
