@@ -149,8 +149,9 @@ fn forward_references_on_the_wire_are_refused() {
 }
 
 /// Values are what peers send on bulk streams: every truncation of an array chunk, a
-/// reduction partial and a frame partition (Arrow IPC) is an error, and a sweep of byte
-/// corruptions decodes to an error or to some value, never a panic.
+/// reduction partial and a frame partition (as column buffers, and as Arrow IPC when it
+/// has a list column) is an error, and a sweep of byte corruptions decodes to an error or
+/// to some value, never a panic.
 #[test]
 fn corrupt_values_are_errors_not_panics() {
     use partita::array::Chunk;
@@ -179,7 +180,23 @@ fn corrupt_values_are_errors_not_panics() {
         )
         .unwrap(),
     );
-    for value in [chunk, partial, frame] {
+    let list = Series::new(
+        "l".into(),
+        [
+            Series::new("".into(), [1i64, 2]),
+            Series::new("".into(), [3i64]),
+        ],
+    );
+    let ipc = Partition::value(
+        DataFrame::new(
+            2,
+            vec![list.into_column(), Column::new("s".into(), ["x", "y"])],
+        )
+        .unwrap(),
+    );
+    assert_eq!(frame.as_arc().codec(), "frame-columns");
+    assert_eq!(ipc.as_arc().codec(), "frame-ipc");
+    for value in [chunk, partial, frame, ipc] {
         let bytes = value.encode().unwrap();
         Value::decode(bytes.clone()).unwrap();
         for cut in 0..bytes.len() {

@@ -324,13 +324,13 @@ impl Data for Chunk {
     fn codec(&self) -> &'static str {
         "array-chunk"
     }
-    fn encode_split(&self) -> Result<Option<(Vec<u8>, Bytes)>> {
+    fn encode_split(&self) -> Result<Option<(Vec<u8>, Vec<Bytes>)>> {
         let Some(body) = with_chunk!(self, a => Element::shared_le_bytes(a)) else {
             return Ok(None);
         };
         let mut head = Vec::with_capacity(5 + 8 * self.shape().len());
         self.encode_header(&mut head);
-        Ok(Some((head, body)))
+        Ok(Some((head, vec![body])))
     }
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         self.encode_header(out);
@@ -447,7 +447,8 @@ mod tests {
             assert_eq!(v.nbytes(), c.len() * c.dtype().size());
             // Split: head ++ body is the whole encoding, and the body, received into
             // words, decodes to the same chunk.
-            let (head, body) = v.encode_split().unwrap();
+            let (head, parts) = v.encode_split().unwrap();
+            let body = parts.concat();
             assert_eq!([&head[..], &body[..]].concat(), whole);
             let mut words = vec![0u64; body.len().div_ceil(8)];
             bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..body.len()].copy_from_slice(&body);
@@ -473,14 +474,17 @@ mod tests {
         let c = Chunk::new(Array::from_shape_fn(IxDyn(&[3, 4]), |i| {
             i[0] as f64 - i[1] as f64
         }));
-        let (head, body) = Value::new(c.clone()).encode_split().unwrap();
+        let (head, parts) = Value::new(c.clone()).encode_split().unwrap();
+        let [body] = &parts[..] else {
+            panic!("one part expected, got {}", parts.len())
+        };
         // The sender's body is the chunk's own buffer.
         assert_eq!(
             body.as_ptr(),
             c.typed::<f64>().unwrap().as_ptr() as *const u8
         );
         let mut words = vec![0u64; body.len() / 8];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words).copy_from_slice(&body);
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words).copy_from_slice(body);
         let at = words.as_ptr() as *const u8;
         let back = Value::decode_split(head.clone().into(), words, body.len()).unwrap();
         let back = back.get::<Chunk>().unwrap().typed::<f64>().unwrap();

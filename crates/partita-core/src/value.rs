@@ -39,12 +39,13 @@ pub trait Data: Any + Send + Sync + fmt::Debug {
     fn codec(&self) -> &'static str;
     /// Append the encoded payload to `out`.
     fn encode(&self, out: &mut Vec<u8>) -> Result<()>;
-    /// The payload `encode` writes, as a small head and a body that shares this value's
-    /// memory, when the codec can do that without copying (an array's buffer); `None`
-    /// means use `encode`. `head` followed by `body` must be exactly what `encode` writes.
-    /// The wire sends both as they are and receives the body into an 8-byte aligned
-    /// buffer, which the codec's `decode_split` can keep without copying.
-    fn encode_split(&self) -> Result<Option<(Vec<u8>, Bytes)>> {
+    /// The payload `encode` writes, as a small head and a body in parts that share this
+    /// value's memory, when the codec can do that without copying (an array's buffer, a
+    /// frame's column buffers); `None` means use `encode`. `head` followed by the parts
+    /// must be exactly what `encode` writes. The wire sends them as they are and receives
+    /// the body into one 8-byte aligned buffer, which the codec's `decode_split` can keep
+    /// without copying (so a part meant to be kept as `[T]` starts at a multiple of 8).
+    fn encode_split(&self) -> Result<Option<(Vec<u8>, Vec<Bytes>)>> {
         Ok(None)
     }
     /// Rust type name, for error messages.
@@ -177,9 +178,9 @@ impl Value {
         Ok(())
     }
 
-    /// [`Value::encode`]'s bytes as a head and a body that shares the value's memory (empty
-    /// when the codec cannot split): `head ++ body == encode()`.
-    pub fn encode_split(&self) -> Result<(Vec<u8>, Bytes)> {
+    /// [`Value::encode`]'s bytes as a head and a body in parts that share the value's
+    /// memory (no parts when the codec cannot split): `head ++ parts == encode()`.
+    pub fn encode_split(&self) -> Result<(Vec<u8>, Vec<Bytes>)> {
         let mut head = Vec::with_capacity(64);
         self.write_prefix(&mut head)?;
         match self.0.encode_split()? {
@@ -189,7 +190,7 @@ impl Value {
             }
             None => {
                 self.0.encode(&mut head)?;
-                Ok((head, Bytes::new()))
+                Ok((head, Vec::new()))
             }
         }
     }

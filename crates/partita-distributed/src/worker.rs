@@ -518,18 +518,17 @@ async fn answer(
             Some(value) => {
                 // The body shares the value's memory (an array's buffer): handed to quinn
                 // as it is, never copied into an encoding first.
-                let (head, body) = value.encode_split()?;
+                let (head, mut parts) = value.encode_split()?;
+                let body: usize = parts.iter().map(|p| p.len()).sum();
                 let header = framed(&DataResponse::Data {
                     request_id: request.request_id,
                     key: key.clone(),
-                    nbytes: (head.len() + body.len()) as u64,
-                    body: body.len() as u64,
+                    nbytes: (head.len() + body) as u64,
+                    body: body as u64,
                 })?;
                 send.write_all(&header).await.map_err(write)?;
                 send.write_chunk(head.into()).await.map_err(write)?;
-                if !body.is_empty() {
-                    send.write_chunk(body).await.map_err(write)?;
-                }
+                send.write_all_chunks(&mut parts).await.map_err(write)?;
             }
             None => {
                 let header = framed(&DataResponse::Missing {

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod arrow;
+mod columns;
 pub mod describe;
 pub mod frame;
 pub mod groupby;

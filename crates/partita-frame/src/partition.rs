@@ -1,8 +1,9 @@
 //! The dataframe value type: one polars `DataFrame` per partition.
 //!
-//! Key decision: partitions travel (to spill files, later to workers) as **Arrow IPC**, the
-//! columnar format polars already holds in memory, so encoding is a buffer copy rather than
-//! a per-value serialization.
+//! Key decision: partitions travel (to spill files and between processes) as their columns'
+//! Arrow buffers, the format polars already holds in memory: the `frame-columns` codec
+//! ([`crate::columns`]) shares them with the wire and keeps the received buffers as they
+//! arrived; a frame with a column that codec does not carry goes as **Arrow IPC**.
 
 use std::io::Cursor;
 
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use partita_core::{Data, Error, Result, Value, register_codec};
 use polars::prelude::{DataFrame as PlFrame, IpcReader, IpcWriter, SerReader, SerWriter};
 
+use crate::columns;
 use crate::polars_error::from_polars;
 
 /// One partition of a [`DataFrame`](crate::DataFrame): a polars frame behind the task
@@ -34,9 +36,24 @@ impl Data for Partition {
         self.0.estimated_size()
     }
     fn codec(&self) -> &'static str {
-        "frame-ipc"
+        if columns::carries(&self.0) {
+            "frame-columns"
+        } else {
+            "frame-ipc"
+        }
+    }
+    fn encode_split(&self) -> Result<Option<(Vec<u8>, Vec<Bytes>)>> {
+        columns::encode(&self.0)
     }
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        if let Some((head, body)) = columns::encode(&self.0)? {
+            out.reserve(head.len() + body.iter().map(Bytes::len).sum::<usize>());
+            out.extend_from_slice(&head);
+            for part in &body {
+                out.extend_from_slice(part);
+            }
+            return Ok(());
+        }
         let mut frame = self.0.clone();
         IpcWriter::new(&mut *out)
             .finish(&mut frame)
@@ -44,26 +61,51 @@ impl Data for Partition {
     }
 }
 
-/// Bytes from a peer may be corrupt, and polars' IPC reader unwraps some of what it reads
-/// (a sweep of byte flips in tests/integration/wire.rs found `MissingData` panicking): a
-/// panic while decoding is a codec error like any other, not a dead worker.
-fn decode_partition(bytes: Bytes) -> Result<Value> {
-    let len = bytes.len();
-    let frame = std::panic::catch_unwind(move || IpcReader::new(Cursor::new(bytes)).finish())
-        .map_err(|panic| {
-            let why = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic");
-            Error::Codec(format!(
-                "a partition's Arrow IPC bytes ({len}) do not decode: the reader failed with {why}"
-            ))
-        })?
-        .map_err(|e| Error::Codec(format!("a partition's Arrow IPC bytes do not decode: {e}")))?;
+/// Bytes from a peer may be corrupt, and polars' readers and constructors unwrap some of what
+/// they are given (a sweep of byte flips in tests/integration/wire.rs found the IPC reader's
+/// `MissingData` panicking): a panic while decoding is a codec error like any other, not a
+/// dead worker.
+fn no_panic(
+    what: &str,
+    decode: impl FnOnce() -> Result<PlFrame> + std::panic::UnwindSafe,
+) -> Result<Value> {
+    let frame = std::panic::catch_unwind(decode).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Error::Codec(format!(
+            "{what} do not decode: the reader failed with {why}"
+        ))
+    })??;
     Ok(Partition::value(frame))
 }
-register_codec!("frame-ipc", decode_partition);
+
+fn decode_ipc(bytes: Bytes) -> Result<Value> {
+    let what = format!("a partition's Arrow IPC bytes ({})", bytes.len());
+    no_panic(&what, move || {
+        IpcReader::new(Cursor::new(bytes))
+            .finish()
+            .map_err(|e| Error::Codec(format!("a partition's Arrow IPC bytes do not decode: {e}")))
+    })
+}
+register_codec!("frame-ipc", decode_ipc);
+
+fn decode_columns(payload: Bytes) -> Result<Value> {
+    let what = format!("a partition's column buffers ({} bytes)", payload.len());
+    no_panic(&what, move || columns::decode_joined(payload))
+}
+
+fn decode_columns_split(head: Bytes, words: Vec<u64>, len: usize) -> Result<Value> {
+    let what = format!("a partition's column buffers ({len} bytes)");
+    no_panic(&what, move || columns::decode_split(head, words, len))
+}
+register_codec!(
+    "frame-columns",
+    decode_columns,
+    split = decode_columns_split
+);
 
 #[cfg(test)]
 mod tests {
