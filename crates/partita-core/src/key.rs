@@ -57,6 +57,25 @@ impl Key {
         &self.name
     }
 
+    /// The task group this key belongs to, as Dask's `key_split` has it: the name without
+    /// a trailing `-<counter or hex token>`. Chunks of one array share a name already;
+    /// delayed calls get a name each (`inc-17`, `inc-18`), and their group (`inc`) is what
+    /// the schedulers learn a duration for.
+    pub fn group(&self) -> &str {
+        match self.name.rsplit_once('-') {
+            Some((head, token))
+                if !head.is_empty()
+                    && !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
+                head
+            }
+            _ => &self.name,
+        }
+    }
+
     /// The shared name allocation.
     pub fn name_arc(&self) -> &Arc<str> {
         &self.name
@@ -141,6 +160,18 @@ mod tests {
     #[test]
     fn unique_names_differ() {
         assert_ne!(Key::unique_name("add"), Key::unique_name("add"));
+    }
+
+    #[test]
+    fn groups_drop_a_counter_or_token() {
+        let group = |n: &str| Key::named(n).group().to_string();
+        assert_eq!(group("inc-17"), "inc");
+        assert_eq!(group("read-parquet-3fa9c0"), "read-parquet");
+        assert_eq!(group("trivial"), "trivial");
+        assert_eq!(group("add-mul"), "add-mul");
+        assert_eq!(group("x-"), "x-");
+        assert_eq!(group("-17"), "-17");
+        assert_eq!(Key::new("x-3", [1, 2]).group(), "x");
     }
 
     #[test]

@@ -61,13 +61,15 @@ struct Shared {
     next_request: AtomicU64,
     events: mpsc::UnboundedSender<WorkerEvent>,
     peers: Peers,
-    /// Time spent in ops on this worker, by key name: (total micros, count).
+    /// Time ops of each task group (`Key::group`) take on this worker: (moving average in
+    /// micros, count).
     durations: Mutex<HashMap<String, (u64, u32)>>,
 }
 
-/// Ops of a kind (key name) that averaged under this many microseconds over at least
-/// [`INLINE_MIN_RUNS`] runs here run on the event loop's own thread: handing such a task to
-/// a pool thread and its result back (two thread wake-ups) costs more than running it.
+/// Ops of a kind (task group, `Key::group`) whose moving average is under this many
+/// microseconds after at least [`INLINE_MIN_RUNS`] runs here run on the event loop's own
+/// thread: handing such a task to a pool thread and its result back (two thread wake-ups,
+/// about 100 us on a small VM) costs more than running it.
 const INLINE_MAX_MICROS: u64 = 50;
 const INLINE_MIN_RUNS: u32 = 8;
 
@@ -292,8 +294,13 @@ fn perform(
 /// Has this task's kind been quick enough here to run on the event loop's thread?
 fn is_quick(shared: &Shared, key: &Key) -> bool {
     locked(&shared.durations)
-        .get(key.name())
-        .is_some_and(|&(total, n)| n >= INLINE_MIN_RUNS && total / u64::from(n) < INLINE_MAX_MICROS)
+        .get(key.group())
+        .is_some_and(|&(avg, n)| n >= INLINE_MIN_RUNS && avg < INLINE_MAX_MICROS)
+}
+
+/// Half the old average, half the new sample.
+fn moving_average(old: u64, sample: u64) -> u64 {
+    old / 2 + sample / 2
 }
 
 /// Decode and run one task's op on the blocking pool.
@@ -325,10 +332,15 @@ fn run_task(shared: &Shared, key: Key, payload: &[u8], inputs: &[Key]) -> Worker
     let micros = start.elapsed().as_micros() as u64;
     {
         let mut durations = locked(&shared.durations);
-        match durations.get_mut(key.name()) {
-            Some(d) => *d = (d.0.saturating_add(micros), d.1.saturating_add(1)),
+        // By group: delayed calls have a name each (`inc-17`), timed by name none would
+        // ever count as quick. A moving average (Dask's, half old, half new), not a mean:
+        // the first call of a Python function imports its module (milliseconds), and a
+        // mean would remember that for thousands of calls.
+        let group = key.group();
+        match durations.get_mut(group) {
+            Some(d) => *d = (moving_average(d.0, micros), d.1.saturating_add(1)),
             None => {
-                durations.insert(key.name().to_string(), (micros, 1));
+                durations.insert(group.to_string(), (micros, 1));
             }
         }
     }

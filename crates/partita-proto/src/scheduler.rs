@@ -13,7 +13,12 @@
 //! - **Root-task queuing.** Ready tasks without dependencies wait in a priority queue and are
 //!   sent only when a worker has a free slot (`ceil(nthreads * worker_saturation)`), so file
 //!   readers cannot run far ahead of their consumers. Other tasks are placed at once by
-//!   locality plus occupancy.
+//!   locality plus occupancy. A group whose tasks are known to be quick and small gets more
+//!   slots, as many as fill `root_queue_target` of work per thread while their outputs stay
+//!   under `ROOT_QUEUE_BYTES`: two 20 us calls in flight leave a worker idle for most of each
+//!   round trip to the scheduler, and small outputs held ahead cost nothing. Durations and
+//!   sizes are learnt per task group (`Key::group`, Dask's `key_split`), so delayed calls
+//!   (`inc-17`, `inc-18`) share one.
 //! - **Worker death is lineage.** A dead worker's running tasks go back to waiting (each gets
 //!   a `suspicious` mark; `allowed_failures` marks err it); values only it held and still
 //!   needed are recomputed, transitively through released dependencies.
@@ -49,9 +54,20 @@ pub struct SchedulerConfig {
     pub work_stealing: bool,
     /// Assumed network bandwidth, bytes per second, for locality costs.
     pub bandwidth: u64,
-    /// Duration assumed for a task whose name has never finished.
+    /// Duration assumed for a task whose group has never finished.
     pub default_task_duration: Duration,
+    /// Root tasks of a group known to be quick may fill this much work per thread (more
+    /// than `worker_saturation` slots), up to [`MAX_ROOT_SLOTS`] per thread and as long as
+    /// their outputs stay under [`ROOT_QUEUE_BYTES`].
+    pub root_queue_target: Duration,
 }
+
+/// Most root tasks in flight per worker thread, however quick they are.
+pub const MAX_ROOT_SLOTS: usize = 256;
+
+/// Extra root slots (beyond `worker_saturation`) go only to groups whose outputs, that many
+/// of them, stay under this many bytes per thread: readers producing megabytes keep two.
+pub const ROOT_QUEUE_BYTES: u64 = 256 << 10;
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
@@ -62,6 +78,7 @@ impl Default for SchedulerConfig {
             work_stealing: true,
             bandwidth: 100_000_000,
             default_task_duration: Duration::from_millis(500),
+            root_queue_target: Duration::from_millis(5),
         }
     }
 }
@@ -215,8 +232,10 @@ pub struct SchedulerState {
     queue: BTreeSet<(i64, u64, Key)>,
     /// Steal requests in flight: key -> (victim, thief).
     steals: BTreeMap<Key, (WorkerId, WorkerId)>,
-    /// Observed durations by key name: (total micros, count).
-    durations: FxHashMap<String, (u64, u64)>,
+    /// What tasks of each group (`Key::group`) take: moving averages (half old, half new,
+    /// as Dask's) of micros and output bytes, and the count. Not means: a first call that
+    /// imports a module would weigh on a mean for thousands of calls.
+    durations: FxHashMap<String, (u64, u64, u64)>,
     next_seq: u64,
     stats: SchedulerStats,
     out: Vec<SchedulerAction>,
@@ -932,8 +951,8 @@ impl SchedulerState {
     }
 
     fn estimate(&self, key: &Key) -> u64 {
-        match self.durations.get(key.name()) {
-            Some((total, n)) if *n > 0 => total / n,
+        match self.durations.get(key.group()) {
+            Some((avg, _, n)) if *n > 0 => *avg,
             _ => self.config.default_task_duration.as_micros() as u64,
         }
     }
@@ -966,13 +985,23 @@ impl SchedulerState {
             .map(|(_, id)| id)
     }
 
-    fn slots(&self, w: &WorkerInfo) -> usize {
+    /// Root tasks `w` may have in flight when the next queued one is `key`.
+    fn slots(&self, w: &WorkerInfo, key: &Key) -> usize {
         let s = (f64::from(w.nthreads) * self.config.worker_saturation).ceil();
-        if s.is_finite() && s >= 1.0 {
+        let saturation = if s.is_finite() && s >= 1.0 {
             s as usize
         } else {
-            usize::MAX
-        }
+            return usize::MAX;
+        };
+        // Quick groups with small outputs: enough to cover the target in time, while what
+        // they produce ahead stays under the byte budget.
+        let Some(&(est, size, _)) = self.durations.get(key.group()) else {
+            return saturation;
+        };
+        let by_time = self.config.root_queue_target.as_micros() as u64 / est.max(1);
+        let by_bytes = ROOT_QUEUE_BYTES / size.max(1);
+        let per_thread = by_time.min(by_bytes).min(MAX_ROOT_SLOTS as u64) as usize;
+        saturation.max(per_thread.saturating_mul(w.nthreads as usize))
     }
 
     fn assign(&mut self, key: Key, worker: WorkerId) {
@@ -1022,7 +1051,7 @@ impl SchedulerState {
     fn fill_slots(&mut self) {
         while let Some((_, _, key)) = self.queue.first().cloned() {
             let open: Vec<WorkerId> = (self.workers.iter())
-                .filter(|(_, w)| !w.metrics.paused && w.processing.len() < self.slots(w))
+                .filter(|(_, w)| !w.metrics.paused && w.processing.len() < self.slots(w, &key))
                 .map(|(id, _)| *id)
                 .collect();
             let Some(w) = self.choose_worker(&key, &open) else {
@@ -1124,10 +1153,10 @@ impl SchedulerState {
             return;
         }
         self.unassign(&key);
-        match self.durations.get_mut(key.name()) {
-            Some(d) => *d = (d.0 + micros, d.1 + 1),
+        match self.durations.get_mut(key.group()) {
+            Some(d) => *d = (d.0 / 2 + micros / 2, d.1 / 2 + nbytes / 2, d.2 + 1),
             None => {
-                self.durations.insert(key.name().to_string(), (micros, 1));
+                (self.durations).insert(key.group().to_string(), (micros, nbytes, 1));
             }
         }
         self.stats.tasks_finished += 1;
@@ -1359,10 +1388,20 @@ mod tests {
     }
 
     fn finish(s: &mut SchedulerState, w: u32, key: &Key, nbytes: u64) -> Vec<SchedulerAction> {
+        finish_in(s, w, key, nbytes, 1000)
+    }
+
+    fn finish_in(
+        s: &mut SchedulerState,
+        w: u32,
+        key: &Key,
+        nbytes: u64,
+        compute_micros: u64,
+    ) -> Vec<SchedulerAction> {
         let msg = FromWorker::TaskFinished {
             key: key.clone(),
             nbytes,
-            compute_micros: 1000,
+            compute_micros,
         };
         s.handle(
             SchedulerEvent::FromWorker {
@@ -1582,7 +1621,49 @@ mod tests {
             vec![roots[9].clone(), roots[8].clone(), roots[7].clone()]
         );
         assert_eq!(s.task_status(&roots[0]), TaskStatus::Queued);
-        let acts = finish(&mut s, 0, &roots[9], 1);
+        // A slow task (100 ms, more than `root_queue_target`) frees one slot for one task.
+        let acts = finish_in(&mut s, 0, &roots[9], 1, 100_000);
         assert_eq!(computes(&acts), vec![(0, roots[6].clone())]);
+    }
+
+    #[test]
+    fn quick_root_groups_get_more_slots() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        // Delayed calls: a name each, one group ("inc").
+        let roots: Vec<Key> = (0..100).map(|i| Key::named(format!("inc-{i}"))).collect();
+        let tasks = roots.iter().map(|k| spec(k, &[], 0)).collect();
+        let acts = submit(&mut s, 0, tasks, &roots.iter().collect::<Vec<_>>());
+        // Unknown duration: ceil(1 * 1.1) = 2 slots.
+        let sent: Vec<Key> = computes(&acts).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(sent.len(), 2);
+        // Known to take 100 us: 5 ms of work per thread fills 50 slots.
+        let acts = finish_in(&mut s, 0, &sent[0], 8, 100);
+        assert_eq!(computes(&acts).len(), 50 - 1);
+        let processing = roots
+            .iter()
+            .filter(|k| s.task_status(k) == TaskStatus::Processing)
+            .count();
+        assert_eq!(processing, 50);
+        // However quick, at most MAX_ROOT_SLOTS per thread.
+        let acts = finish_in(&mut s, 0, &sent[1], 8, 0);
+        assert!(computes(&acts).len() <= MAX_ROOT_SLOTS);
+        let queued = roots
+            .iter()
+            .filter(|k| s.task_status(k) == TaskStatus::Queued)
+            .count();
+        assert_eq!(queued, 0, "100 tasks fit in 256 slots");
+
+        // Quick but producing a megabyte each: held ahead they would cost memory, so the
+        // group keeps its two slots.
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        let reads: Vec<Key> = (0..20).map(|i| Key::new("read-1f2e", [i])).collect();
+        let tasks = reads.iter().map(|k| spec(k, &[], 0)).collect();
+        let acts = submit(&mut s, 0, tasks, &reads.iter().collect::<Vec<_>>());
+        let sent: Vec<Key> = computes(&acts).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(sent.len(), 2);
+        let acts = finish_in(&mut s, 0, &sent[0], 1 << 20, 100);
+        assert_eq!(computes(&acts).len(), 1);
     }
 }
