@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use partita_core::{Error, Key, Op, Result, Value};
-use partita_proto::Time;
 use partita_proto::messages::{
     DataRequest, DataResponse, Hello, Role, TaskFailure, ToWorker, WorkerId,
 };
 use partita_proto::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState};
+use partita_proto::{Time, moving_average};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster_file::ClusterFile;
@@ -298,11 +298,6 @@ fn is_quick(shared: &Shared, key: &Key) -> bool {
         .is_some_and(|&(avg, n)| n >= INLINE_MIN_RUNS && avg < INLINE_MAX_MICROS)
 }
 
-/// Half the old average, half the new sample.
-fn moving_average(old: u64, sample: u64) -> u64 {
-    old / 2 + sample / 2
-}
-
 /// Decode and run one task's op on the blocking pool.
 fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
     let shared = Arc::clone(shared);
@@ -333,9 +328,7 @@ fn run_task(shared: &Shared, key: Key, payload: &[u8], inputs: &[Key]) -> Worker
     {
         let mut durations = locked(&shared.durations);
         // By group: delayed calls have a name each (`inc-17`), timed by name none would
-        // ever count as quick. A moving average (Dask's, half old, half new), not a mean:
-        // the first call of a Python function imports its module (milliseconds), and a
-        // mean would remember that for thousands of calls.
+        // ever count as quick.
         let group = key.group();
         match durations.get_mut(group) {
             Some(d) => *d = (moving_average(d.0, micros), d.1.saturating_add(1)),

@@ -274,7 +274,8 @@ impl Body {
 }
 
 /// Encode `frame` as a head and body parts (`head ++ parts` is the joined encoding).
-/// `Ok(None)`: a column of a kind this codec does not carry.
+/// `Ok(None)`: a column of a kind this codec does not carry (exactly when [`carries`] is
+/// false, so the codec named by the prefix and the payload always agree).
 pub(crate) fn encode(frame: &PlFrame) -> Result<Option<(Vec<u8>, Vec<Bytes>)>> {
     let mut body = Body::default();
     let mut columns = Vec::with_capacity(frame.width());
@@ -285,9 +286,16 @@ pub(crate) fn encode(frame: &PlFrame) -> Result<Option<(Vec<u8>, Vec<Bytes>)>> {
         let series = column.as_materialized_series();
         let mut chunks = Vec::with_capacity(series.chunks().len());
         for array in series.chunks() {
-            let Some(chunk) = encode_chunk(&**array, &mut body) else {
-                return Ok(None);
-            };
+            // `carries` already named this codec in the encoding's prefix, so an array
+            // this codec cannot lay out is an error, not a quiet switch to Arrow IPC.
+            let chunk = encode_chunk(&**array, &mut body).ok_or_else(|| {
+                Error::Codec(format!(
+                    "column '{}' of kind {kind:?} holds an array of type {:?}, which the \
+                     column codec does not lay out",
+                    column.name(),
+                    array.dtype()
+                ))
+            })?;
             chunks.push(chunk);
         }
         columns.push(ColumnHead {
@@ -741,17 +749,16 @@ mod tests {
         }
     }
 
+    /// Where column `x` (f64, one chunk) keeps its values.
+    fn values_at(frame: &PlFrame) -> *const f64 {
+        let x = frame.column("x").unwrap().f64().unwrap();
+        x.cont_slice().unwrap().as_ptr()
+    }
+
     #[test]
     fn buffers_are_shared_when_sent_and_kept_when_received() {
         let frame = df!("x" => (0..4096).map(|i| i as f64).collect::<Vec<_>>()).unwrap();
-        let sent = frame
-            .column("x")
-            .unwrap()
-            .f64()
-            .unwrap()
-            .cont_slice()
-            .unwrap()
-            .as_ptr();
+        let sent = values_at(&frame);
         let (head, parts) = Partition::value(frame.clone()).encode_split().unwrap();
         assert!(
             parts.iter().any(|p| p.as_ptr() == sent.cast()),
@@ -761,15 +768,10 @@ mod tests {
         let range = words.as_ptr_range();
         let back = Value::decode_split(head.into(), words, len).unwrap();
         let got = Partition::from_value(&back).unwrap();
-        let x = got
-            .column("x")
-            .unwrap()
-            .f64()
-            .unwrap()
-            .cont_slice()
-            .unwrap()
-            .as_ptr();
-        assert!(range.contains(&x.cast()), "the receiver copied");
+        assert!(
+            range.contains(&values_at(got).cast()),
+            "the receiver copied"
+        );
         assert_same(got, &frame);
     }
 

@@ -30,11 +30,11 @@ use partita_core::Key;
 use rustc_hash::FxHashMap;
 use serde_bytes::ByteBuf;
 
-use crate::Time;
 use crate::messages::{
     ClientId, DepLocation, FromClient, FromWorker, Peer, TaskFailure, TaskSpec, ToClient, ToWorker,
     WorkerId, WorkerMetrics,
 };
+use crate::{Time, moving_average};
 
 /// A burst of ready tasks is co-assigned in runs only if, for each task, moving its
 /// inputs costs at most this much more (microseconds at the configured bandwidth) on one
@@ -232,9 +232,8 @@ pub struct SchedulerState {
     queue: BTreeSet<(i64, u64, Key)>,
     /// Steal requests in flight: key -> (victim, thief).
     steals: BTreeMap<Key, (WorkerId, WorkerId)>,
-    /// What tasks of each group (`Key::group`) take: moving averages (half old, half new,
-    /// as Dask's) of micros and output bytes, and the count. Not means: a first call that
-    /// imports a module would weigh on a mean for thousands of calls.
+    /// What tasks of each group (`Key::group`) take: moving averages
+    /// ([`crate::moving_average`]) of micros and output bytes, and the count.
     durations: FxHashMap<String, (u64, u64, u64)>,
     next_seq: u64,
     stats: SchedulerStats,
@@ -985,23 +984,26 @@ impl SchedulerState {
             .map(|(_, id)| id)
     }
 
-    /// Root tasks `w` may have in flight when the next queued one is `key`.
-    fn slots(&self, w: &WorkerInfo, key: &Key) -> usize {
-        let s = (f64::from(w.nthreads) * self.config.worker_saturation).ceil();
-        let saturation = if s.is_finite() && s >= 1.0 {
-            s as usize
-        } else {
-            return usize::MAX;
-        };
-        // Quick groups with small outputs: enough to cover the target in time, while what
-        // they produce ahead stays under the byte budget.
+    /// Root slots per thread that `key`'s group has earned: for quick groups with small
+    /// outputs, enough to cover `root_queue_target` in time while what they produce ahead
+    /// stays under [`ROOT_QUEUE_BYTES`]; 0 for a group not seen finishing.
+    fn quick_slots_per_thread(&self, key: &Key) -> usize {
         let Some(&(est, size, _)) = self.durations.get(key.group()) else {
-            return saturation;
+            return 0;
         };
         let by_time = self.config.root_queue_target.as_micros() as u64 / est.max(1);
         let by_bytes = ROOT_QUEUE_BYTES / size.max(1);
-        let per_thread = by_time.min(by_bytes).min(MAX_ROOT_SLOTS as u64) as usize;
-        saturation.max(per_thread.saturating_mul(w.nthreads as usize))
+        by_time.min(by_bytes).min(MAX_ROOT_SLOTS as u64) as usize
+    }
+
+    /// Root tasks `w` may have in flight: `ceil(nthreads * worker_saturation)`, or more
+    /// for a quick group (`per_thread`, from [`Self::quick_slots_per_thread`]).
+    fn slots(&self, w: &WorkerInfo, per_thread: usize) -> usize {
+        let s = (f64::from(w.nthreads) * self.config.worker_saturation).ceil();
+        if !(s.is_finite() && s >= 1.0) {
+            return usize::MAX;
+        }
+        (s as usize).max(per_thread.saturating_mul(w.nthreads as usize))
     }
 
     fn assign(&mut self, key: Key, worker: WorkerId) {
@@ -1050,8 +1052,11 @@ impl SchedulerState {
     /// Send queued tasks, lowest priority value first, to workers with a free slot.
     fn fill_slots(&mut self) {
         while let Some((_, _, key)) = self.queue.first().cloned() {
+            let per_thread = self.quick_slots_per_thread(&key);
             let open: Vec<WorkerId> = (self.workers.iter())
-                .filter(|(_, w)| !w.metrics.paused && w.processing.len() < self.slots(w, &key))
+                .filter(|(_, w)| {
+                    !w.metrics.paused && w.processing.len() < self.slots(w, per_thread)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             let Some(w) = self.choose_worker(&key, &open) else {
@@ -1154,9 +1159,16 @@ impl SchedulerState {
         }
         self.unassign(&key);
         match self.durations.get_mut(key.group()) {
-            Some(d) => *d = (d.0 / 2 + micros / 2, d.1 / 2 + nbytes / 2, d.2 + 1),
+            Some(d) => {
+                *d = (
+                    moving_average(d.0, micros),
+                    moving_average(d.1, nbytes),
+                    d.2 + 1,
+                )
+            }
             None => {
-                (self.durations).insert(key.group().to_string(), (micros, nbytes, 1));
+                self.durations
+                    .insert(key.group().to_string(), (micros, nbytes, 1));
             }
         }
         self.stats.tasks_finished += 1;
