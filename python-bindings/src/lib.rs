@@ -21,6 +21,7 @@
 mod filtered;
 mod futures;
 mod pycall;
+mod threadstate;
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -230,7 +231,11 @@ fn run_interruptible<T: Send>(
         };
         let options = &options;
         scope.spawn(move || {
-            let _ = tx.send(work(options));
+            let result = work(options);
+            // Give back the Python thread state its Python tasks kept before the caller,
+            // holding the GIL, waits for this thread to end.
+            threadstate::release();
+            let _ = tx.send(result);
         });
         loop {
             match py.detach(|| receive(Some(Duration::from_millis(50)))) {
@@ -1623,6 +1628,7 @@ fn cli_main(py: Python<'_>, args: Vec<String>) -> i32 {
 #[pymodule]
 fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    threadstate::register(m)?;
     m.add_class::<RustArray>()?;
     m.add_class::<filtered::RustFilteredArray>()?;
     m.add_class::<RustFrame>()?;

@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use partita::{Error, Op, Result, Value};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString};
 use serde::{Deserialize, Serialize};
 
 /// A Python object held as a task's value.
@@ -32,12 +33,25 @@ impl partita::Data for PyObj {
     fn nbytes(&self) -> usize {
         Python::attach(|py| {
             let obj = self.0.bind(py);
-            // NumPy arrays know their buffer size; anything else its shallow size.
-            if let Ok(n) = obj.getattr("nbytes").and_then(|n| n.extract::<usize>()) {
+            // NumPy arrays (and anything else with `nbytes`) know their buffer size; the
+            // rest, their shallow size. Plain scalars skip the `nbytes` lookup, whose
+            // AttributeError costs more than the task that made them.
+            let scalar = obj.is_none()
+                || obj.is_exact_instance_of::<PyInt>()
+                || obj.is_exact_instance_of::<PyFloat>()
+                || obj.is_exact_instance_of::<PyBool>()
+                || obj.is_exact_instance_of::<PyString>()
+                || obj.is_exact_instance_of::<PyBytes>();
+            if !scalar
+                && let Ok(Some(n)) = obj.getattr_opt("nbytes")
+                && let Ok(n) = n.extract::<usize>()
+            {
                 return n;
             }
-            py.import("sys")
-                .and_then(|sys| sys.call_method1("getsizeof", (obj,)))
+            static GETSIZEOF: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            GETSIZEOF
+                .import(py, "sys", "getsizeof")
+                .and_then(|f| f.call1((obj,)))
                 .and_then(|n| n.extract::<usize>())
                 .unwrap_or(64)
         })
@@ -49,9 +63,8 @@ impl partita::Data for PyObj {
 
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         Python::attach(|py| {
-            let bytes = py
-                .import("cloudpickle")
-                .and_then(|m| m.call_method1("dumps", (self.0.bind(py),)))
+            let bytes = cloudpickle_dumps(py)
+                .and_then(|dumps| dumps.call1((self.0.bind(py),)))
                 .map_err(|e| Error::Codec(format!("cannot pickle a Python result: {e}")))?;
             let bytes = bytes
                 .cast::<PyBytes>()
@@ -64,15 +77,26 @@ impl partita::Data for PyObj {
 
 fn decode_pyobj(payload: bytes::Bytes) -> Result<Value> {
     Python::attach(|py| {
-        let obj = py
-            .import("pickle")
-            .and_then(|m| m.call_method1("loads", (PyBytes::new(py, &payload),)))
+        let obj = pickle_loads(py)
+            .and_then(|loads| loads.call1((PyBytes::new(py, &payload),)))
             .map_err(|e| Error::Codec(format!("cannot unpickle a Python value: {e}")))?;
         Ok(Value::new(PyObj(obj.unbind())))
     })
 }
 
 partita::register_codec!("python-pickle", decode_pyobj);
+
+/// `cloudpickle.dumps`, imported once.
+fn cloudpickle_dumps(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    DUMPS.import(py, "cloudpickle", "dumps")
+}
+
+/// `pickle.loads`, imported once.
+fn pickle_loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    LOADS.import(py, "pickle", "loads")
+}
 
 /// `f(*args, **kwargs)` with futures among the arguments; see the module docs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,16 +111,18 @@ pub struct PyCall {
 #[typetag::serde(name = "python-call")]
 impl Op for PyCall {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        static RUN_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        crate::threadstate::keep();
         Python::attach(|py| {
             let args = inputs
                 .iter()
                 .map(|v| value_to_py(py, v))
                 .collect::<Result<Vec<_>>>()?;
-            let out = py
-                .import("partita._futures")
-                .and_then(|m| {
+            let out = RUN_CALL
+                .import(py, "partita._futures", "run_call")
+                .and_then(|run_call| {
                     let inputs = PyList::new(py, args)?;
-                    m.call_method1("run_call", (PyBytes::new(py, &self.payload), inputs))
+                    run_call.call1((PyBytes::new(py, &self.payload), inputs))
                 })
                 .map_err(|e| {
                     Error::External(format!("the Python function {} raised {e}", self.name).into())
@@ -222,9 +248,7 @@ impl Serialize for PyFunction {
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
         let bytes = Python::attach(|py| {
-            let out = py
-                .import("cloudpickle")?
-                .call_method1("dumps", (self.0.bind(py),))?;
+            let out = cloudpickle_dumps(py)?.call1((self.0.bind(py),))?;
             out.extract::<Vec<u8>>()
         })
         .map_err(|e| {
@@ -240,8 +264,8 @@ impl<'de> Deserialize<'de> for PyFunction {
     ) -> std::result::Result<Self, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
         Python::attach(|py| {
-            py.import("pickle")?
-                .call_method1("loads", (PyBytes::new(py, &bytes),))
+            pickle_loads(py)?
+                .call1((PyBytes::new(py, &bytes),))
                 .map(|f| PyFunction(f.unbind()))
         })
         .map_err(|e| serde::de::Error::custom(format!("cannot unpickle the Python function: {e}")))
@@ -261,6 +285,7 @@ pub struct PyBlocks {
 impl Op for PyBlocks {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         let blocks = partita::array::Chunk::from_values(inputs)?;
+        crate::threadstate::keep();
         let out = Python::attach(|py| {
             let args: Vec<Py<PyAny>> = blocks
                 .iter()
@@ -297,6 +322,7 @@ impl Op for PyPartitions {
             )));
         };
         let frame = partita::frame::Partition::from_value(input)?.clone();
+        crate::threadstate::keep();
         let out = Python::attach(|py| {
             self.function
                 .0

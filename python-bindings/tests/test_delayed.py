@@ -104,3 +104,61 @@ def test_ctrl_c_cancels_a_running_compute(scheduler):
     assert time.monotonic() - start < 8
     # the scheduler is usable afterwards
     assert pt.delayed(add)(1, 2).compute(scheduler=scheduler) == 3
+
+
+class Point:
+    """Defined here, so a worker gets it only by value (this module travels by value)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def test_calls_travel_by_plain_pickle_only_when_a_worker_can_load_them(scheduler):
+    import functools
+    import math
+    import operator
+
+    from partita import _futures
+
+    by_ref = _futures._pickles_by_reference
+    assert by_ref(math.sqrt) and by_ref(operator.add) and by_ref(sum)
+    assert not by_ref(lambda x: x)
+    assert not by_ref(functools.partial(math.sqrt))
+    assert not by_ref(inc)  # its module is registered with cloudpickle to travel by value
+
+    def local(x):
+        return x
+
+    local.__module__ = "__main__"
+    assert not by_ref(local)
+    # An importable function with an argument of a class the worker cannot import: the
+    # call must go through cloudpickle, which sends the class by value.
+    got = pt.delayed(getattr)(Point(3, 4), "y")
+    assert got.compute(scheduler=scheduler) == 4
+    # Plain arguments through plain pickle, nested and repeated inputs included.
+    x = pt.delayed(inc)(1)
+    out = pt.delayed(operator.add)(pt.delayed(math.hypot)(3.0, 4.0), pt.delayed(sum)([x, x, 1]))
+    assert out.compute(scheduler=scheduler) == 5.0 + 5
+
+
+THIS_MODULE = __name__
+THREAD_LOCAL = threading.local()
+
+
+def test_python_tasks_keep_their_thread_state_between_calls(scheduler):
+    # Tasks running on the same thread see the same `threading.local`, as in plain Python
+    # threads (and Dask's): the thread keeps one Python thread state for all of them.
+    if scheduler not in ("sync", "threads"):
+        pytest.skip("a worker process's threads are not visible here")
+    def count(i):
+        # Looked up when called: a `threading.local` cannot be pickled with the call.
+        local = sys.modules[THIS_MODULE].THREAD_LOCAL
+        local.n = getattr(local, "n", 0) + 1
+        return threading.get_ident(), local.n
+
+    calls = pt.compute(*[pt.delayed(count)(i) for i in range(64)], scheduler=scheduler)
+    by_thread = {}
+    for ident, n in calls:
+        by_thread.setdefault(ident, []).append(n)
+    for ns in by_thread.values():
+        assert sorted(ns) == list(range(1, len(ns) + 1))
