@@ -1622,6 +1622,9 @@ impl PyLocalCluster {
 /// `python -m partita scheduler|worker ...`: the `partita` command inside this interpreter.
 #[pyfunction]
 fn cli_main(py: Python<'_>, args: Vec<String>) -> i32 {
+    // The process serves the cluster with this thread detached until the runtime (and every
+    // thread it started) has stopped: any of its threads may keep a Python thread state.
+    threadstate::serving();
     py.detach(|| partita_cli::main_from(args))
 }
 

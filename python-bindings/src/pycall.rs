@@ -31,17 +31,13 @@ pub struct PyObj(pub Py<PyAny>);
 
 impl partita::Data for PyObj {
     fn nbytes(&self) -> usize {
+        crate::threadstate::keep_if_serving();
         Python::attach(|py| {
             let obj = self.0.bind(py);
             // NumPy arrays (and anything else with `nbytes`) know their buffer size; the
             // rest, their shallow size. Plain scalars skip the `nbytes` lookup, whose
             // AttributeError costs more than the task that made them.
-            let scalar = obj.is_none()
-                || obj.is_exact_instance_of::<PyInt>()
-                || obj.is_exact_instance_of::<PyFloat>()
-                || obj.is_exact_instance_of::<PyBool>()
-                || obj.is_exact_instance_of::<PyString>()
-                || obj.is_exact_instance_of::<PyBytes>();
+            let scalar = is_plain_scalar(obj);
             if !scalar
                 && let Ok(Some(n)) = obj.getattr_opt("nbytes")
                 && let Ok(n) = n.extract::<usize>()
@@ -62,13 +58,22 @@ impl partita::Data for PyObj {
     }
 
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        crate::threadstate::keep_if_serving();
         Python::attach(|py| {
-            let bytes = cloudpickle_dumps(py)
-                .and_then(|dumps| dumps.call1((self.0.bind(py),)))
+            // Plain scalars are the same everywhere and plain pickle writes them ten times
+            // faster; anything else may be (or hold) a class only this process defines.
+            let obj = self.0.bind(py);
+            let dumps = if is_plain_scalar(obj) {
+                pickle_dumps(py)
+            } else {
+                cloudpickle_dumps(py)
+            };
+            let bytes = dumps
+                .and_then(|dumps| dumps.call1((obj,)))
                 .map_err(|e| Error::Codec(format!("cannot pickle a Python result: {e}")))?;
             let bytes = bytes
                 .cast::<PyBytes>()
-                .map_err(|e| Error::Codec(format!("cloudpickle.dumps gave no bytes: {e}")))?;
+                .map_err(|e| Error::Codec(format!("pickling gave no bytes: {e}")))?;
             out.extend_from_slice(bytes.as_bytes());
             Ok(())
         })
@@ -76,6 +81,7 @@ impl partita::Data for PyObj {
 }
 
 fn decode_pyobj(payload: bytes::Bytes) -> Result<Value> {
+    crate::threadstate::keep_if_serving();
     Python::attach(|py| {
         let obj = pickle_loads(py)
             .and_then(|loads| loads.call1((PyBytes::new(py, &payload),)))
@@ -85,6 +91,22 @@ fn decode_pyobj(payload: bytes::Bytes) -> Result<Value> {
 }
 
 partita::register_codec!("python-pickle", decode_pyobj);
+
+/// `None`, or exactly an int, float, bool, str or bytes.
+fn is_plain_scalar(obj: &Bound<'_, PyAny>) -> bool {
+    obj.is_none()
+        || obj.is_exact_instance_of::<PyInt>()
+        || obj.is_exact_instance_of::<PyFloat>()
+        || obj.is_exact_instance_of::<PyBool>()
+        || obj.is_exact_instance_of::<PyString>()
+        || obj.is_exact_instance_of::<PyBytes>()
+}
+
+/// `pickle.dumps`, imported once.
+fn pickle_dumps(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    DUMPS.import(py, "pickle", "dumps")
+}
 
 /// `cloudpickle.dumps`, imported once.
 fn cloudpickle_dumps(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
@@ -263,6 +285,7 @@ impl<'de> Deserialize<'de> for PyFunction {
         deserializer: D,
     ) -> std::result::Result<Self, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        crate::threadstate::keep_if_serving();
         Python::attach(|py| {
             pickle_loads(py)?
                 .call1((PyBytes::new(py, &bytes),))

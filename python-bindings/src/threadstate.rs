@@ -8,6 +8,12 @@
 //! the thread's lifetime is the pattern CPython's C-API documentation gives for this;
 //! pyo3's `attach` then finds the state and only takes and releases the GIL.
 //!
+//! Task threads keep one everywhere. Other threads (those moving values, which pickle and
+//! unpickle them) keep one only in a worker or scheduler process (`python -m partita`),
+//! whose main thread waits detached for the runtime to stop: in a user's process a runtime
+//! may be dropped by a thread holding the GIL, which would then wait for a thread that
+//! waits for the GIL to give its state back.
+//!
 //! The state goes when the thread ends (a thread-local destructor), or earlier through
 //! [`release`], which the compute thread of `run_interruptible` calls before it hands its
 //! result over (the caller then waits for it holding the GIL). After the interpreter starts
@@ -24,6 +30,9 @@ use pyo3::prelude::*;
 
 /// Set when the interpreter begins to exit.
 static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Set in a `python -m partita` worker or scheduler process.
+static SERVING: AtomicBool = AtomicBool::new(false);
 
 /// The thread state this thread keeps, detached from the GIL between tasks.
 struct Kept(*mut ffi::PyThreadState);
@@ -75,6 +84,19 @@ pub(crate) fn keep() {
             *kept = Some(Kept(ffi::PyEval_SaveThread()));
         }
     });
+}
+
+/// [`keep`] in a worker or scheduler process; nothing elsewhere. For threads that are not
+/// running tasks (encoding and decoding values).
+pub(crate) fn keep_if_serving() {
+    if SERVING.load(Ordering::Acquire) {
+        keep();
+    }
+}
+
+/// This process serves a cluster: see the module docs.
+pub(crate) fn serving() {
+    SERVING.store(true, Ordering::Release);
 }
 
 /// Give back this thread's kept state now (it must not hold the GIL).

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use partita_core::Key;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_bytes::ByteBuf;
 
 use crate::messages::{
@@ -168,8 +168,15 @@ type Failure = TaskFailure;
 
 /// `deps` without repeats (a task may read one input twice).
 fn distinct(deps: &[Key]) -> Vec<Key> {
-    let mut seen = rustc_hash::FxHashSet::default();
+    let mut seen = FxHashSet::default();
     deps.iter().filter(|d| seen.insert(*d)).cloned().collect()
+}
+
+/// The keys of a hash set in key order, for walks whose order decides something.
+fn sorted(keys: &FxHashSet<Key>) -> Vec<Key> {
+    let mut keys: Vec<Key> = keys.iter().cloned().collect();
+    keys.sort_unstable();
+    keys
 }
 
 /// Statuses of a task that will still run, so its dependencies' values are needed.
@@ -184,8 +191,9 @@ fn is_active(status: TaskStatus) -> bool {
 struct Task {
     payload: ByteBuf,
     deps: Vec<Key>,
-    /// Known (not forgotten) dependents.
-    dependents: BTreeSet<Key>,
+    /// Known (not forgotten) dependents (a hash set: string keys compare slowly, and a
+    /// value read by thousands of tasks gains and loses dependents often).
+    dependents: FxHashSet<Key>,
     /// Dependents that will still run (waiting, queued or processing), counted once per
     /// entry in their `deps`; kept by [`SchedulerState::set_status`] so "is this value still
     /// needed?" is O(1) even for a value a hundred thousand tasks read.
@@ -213,10 +221,11 @@ struct WorkerInfo {
     nthreads: u32,
     memory_limit: u64,
     address: String,
-    processing: BTreeSet<Key>,
+    /// Hash sets, changed on every task: walks over them that decide anything sort first.
+    processing: FxHashSet<Key>,
     /// Estimated microseconds of work assigned and not finished.
     occupancy: u64,
-    has_what: BTreeSet<Key>,
+    has_what: FxHashSet<Key>,
     last_seen: Time,
     metrics: WorkerMetrics,
 }
@@ -370,9 +379,9 @@ impl SchedulerState {
                 nthreads: nthreads.max(1),
                 memory_limit: limit,
                 address: addr,
-                processing: BTreeSet::new(),
+                processing: FxHashSet::default(),
                 occupancy: 0,
-                has_what: BTreeSet::new(),
+                has_what: FxHashSet::default(),
                 last_seen: now,
                 metrics: WorkerMetrics::default(),
             },
@@ -577,7 +586,7 @@ impl SchedulerState {
                 Task {
                     payload: spec.payload,
                     deps: spec.deps,
-                    dependents: BTreeSet::new(),
+                    dependents: FxHashSet::default(),
                     active_dependents: 0,
                     missing_deps: 0,
                     priority: spec.priority,
@@ -1191,15 +1200,16 @@ impl SchedulerState {
                 self.out.push(SchedulerAction::SendToClient(c, msg.clone()));
             }
         }
-        // Dependents whose last missing input this was are ready now.
-        let ready: Vec<Key> = (dependents.into_iter())
-            .filter(|d| {
-                self.tasks
-                    .get(d)
-                    .is_some_and(|t| t.status == TaskStatus::Waiting && t.missing_deps == 0)
+        // Dependents whose last missing input this was are ready now, in priority order.
+        let mut ready: Vec<(i64, u64, Key)> = (dependents.into_iter())
+            .filter_map(|d| {
+                let t = self.tasks.get(&d)?;
+                (t.status == TaskStatus::Waiting && t.missing_deps == 0)
+                    .then_some((t.priority, t.seq, d))
             })
             .collect();
-        self.make_ready_burst(ready);
+        ready.sort_unstable();
+        self.make_ready_burst(ready.into_iter().map(|(_, _, k)| k).collect());
         let mut work = deps;
         work.push(key);
         self.settle(work);
@@ -1259,9 +1269,7 @@ impl SchedulerState {
             let t = self.tasks.get_mut(&k).expect("checked");
             t.failure = Some(failure.clone());
             let clients: Vec<ClientId> = t.wanted_by.iter().copied().collect();
-            for d in &t.dependents {
-                stack.push(d.clone());
-            }
+            stack.extend(sorted(&t.dependents));
             settle.extend(t.deps.iter().cloned());
             settle.push(k.clone());
             let error = self.client_error(&k);
@@ -1287,7 +1295,7 @@ impl SchedulerState {
         }
         let lost = t.status == TaskStatus::Memory && t.who_has.is_empty();
         // The reporter's tasks reading `key` start over with fresh locations.
-        let dependents: Vec<Key> = t.dependents.iter().cloned().collect();
+        let dependents = sorted(&t.dependents);
         let mut retry = Vec::new();
         for d in dependents {
             if self
@@ -1316,7 +1324,7 @@ impl SchedulerState {
         self.set_status(&key, TaskStatus::Released);
         let t = self.tasks.get_mut(&key).expect("checked above");
         t.lost = true;
-        let dependents: Vec<Key> = t.dependents.iter().cloned().collect();
+        let dependents = sorted(&t.dependents);
         for d in dependents {
             if let Some(w) = self.tasks.get(&d).and_then(|dt| dt.processing_on) {
                 self.unassign(&d);
@@ -1344,7 +1352,7 @@ impl SchedulerState {
         self.steals
             .retain(|_, (victim, thief)| *victim != id && *thief != id);
         let mut retry = Vec::new();
-        for k in &info.processing {
+        for k in &sorted(&info.processing) {
             let Some(t) = self.tasks.get_mut(k) else {
                 continue;
             };
@@ -1362,7 +1370,7 @@ impl SchedulerState {
                 retry.push(k.clone());
             }
         }
-        for k in info.has_what {
+        for k in sorted(&info.has_what) {
             let Some(t) = self.tasks.get_mut(&k) else {
                 continue;
             };
