@@ -444,14 +444,6 @@ def memory_workloads(s) -> list:
 # scheduler overhead
 
 
-def inc(i):
-    return i + 1
-
-
-def total(xs):
-    return sum(xs)
-
-
 class TaskWorkload:
     group = "tasks"
 
@@ -460,6 +452,8 @@ class TaskWorkload:
         self.name = f"{n} delayed Python calls + sum tree (fan-in 100)"
 
     def run(self, e):
+        from taskfns import inc, total
+
         f_inc, f_total = e.delayed(inc), e.delayed(total)
         parts = [f_inc(i) for i in range(self.n)]
         while len(parts) > 1:
