@@ -13,6 +13,7 @@ through cloudpickle, so lambdas, closures and notebook functions travel by value
 import hashlib
 import operator
 import pickle
+import sys
 import types
 import uuid
 
@@ -134,7 +135,9 @@ def _pickles_by_reference(f):
         plain_kind = isinstance(f, types.FunctionType) or (
             isinstance(f, types.BuiltinFunctionType) and isinstance(f.__self__, types.ModuleType)
         )
-        by_value = getattr(_cloudpickle().cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
+        # Modules registered to travel by value (none unless cloudpickle was imported).
+        cp = sys.modules.get("cloudpickle.cloudpickle")
+        by_value = getattr(cp, "_PICKLE_BY_VALUE_MODULES", ())
         parts = module.split(".") if isinstance(module, str) else []
         registered = any(".".join(parts[:i]) in by_value for i in range(1, len(parts) + 1))
         if plain_kind and parts and module != "__main__" and not registered:
