@@ -231,10 +231,12 @@ fn run_interruptible<T: Send>(
         };
         let options = &options;
         scope.spawn(move || {
-            let result = work(options);
             // Give back the Python thread state its Python tasks kept before the caller,
-            // holding the GIL, waits for this thread to end.
-            threadstate::release();
+            // holding the GIL, waits for this thread to end (a panic included: the guard
+            // goes before `tx`, whose drop wakes the caller).
+            let give_back = threadstate::GiveBack;
+            let result = work(options);
+            drop(give_back);
             let _ = tx.send(result);
         });
         loop {

@@ -14,9 +14,10 @@
 //! may be dropped by a thread holding the GIL, which would then wait for a thread that
 //! waits for the GIL to give its state back.
 //!
-//! The state goes when the thread ends (a thread-local destructor), or earlier through
-//! [`release`], which the compute thread of `run_interruptible` calls before it hands its
-//! result over (the caller then waits for it holding the GIL). After the interpreter starts
+//! The state goes when the thread ends (a thread-local destructor), or earlier when a
+//! [`GiveBack`] is dropped: the compute thread of `run_interruptible` holds one and drops it
+//! before it hands its result over, or while it unwinds (the caller then waits for the
+//! thread holding the GIL). After the interpreter starts
 //! shutting down (an `atexit` hook sets a flag) no state is kept or given back: a thread
 //! touching the interpreter while it finalizes could be stopped by it.
 
@@ -99,9 +100,13 @@ pub(crate) fn serving() {
     SERVING.store(true, Ordering::Release);
 }
 
-/// Give back this thread's kept state now (it must not hold the GIL).
-pub(crate) fn release() {
-    let _ = KEPT.try_with(|kept| kept.take());
+/// Gives back this thread's kept state when dropped (the thread must not hold the GIL).
+pub(crate) struct GiveBack;
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        let _ = KEPT.try_with(|kept| kept.take());
+    }
 }
 
 /// Registered with `atexit`: from now on threads neither keep nor give back states.
