@@ -31,8 +31,7 @@ pub struct PyObj(pub Py<PyAny>);
 
 impl partita::Data for PyObj {
     fn nbytes(&self) -> usize {
-        crate::threadstate::keep_if_serving();
-        Python::attach(|py| {
+        crate::threadstate::attach_value(|py| {
             let obj = self.0.bind(py);
             // NumPy arrays (and anything else with `nbytes`) know their buffer size; the
             // rest, their shallow size. Plain scalars skip the `nbytes` lookup, whose
@@ -58,8 +57,7 @@ impl partita::Data for PyObj {
     }
 
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
-        crate::threadstate::keep_if_serving();
-        Python::attach(|py| {
+        crate::threadstate::attach_value(|py| {
             // Plain scalars are the same everywhere and plain pickle writes them ten times
             // faster; anything else may be (or hold) a class only this process defines.
             let obj = self.0.bind(py);
@@ -81,8 +79,7 @@ impl partita::Data for PyObj {
 }
 
 fn decode_pyobj(payload: bytes::Bytes) -> Result<Value> {
-    crate::threadstate::keep_if_serving();
-    Python::attach(|py| {
+    crate::threadstate::attach_value(|py| {
         let obj = pickle_loads(py)
             .and_then(|loads| loads.call1((PyBytes::new(py, &payload),)))
             .map_err(|e| Error::Codec(format!("cannot unpickle a Python value: {e}")))?;
@@ -134,8 +131,7 @@ pub struct PyCall {
 impl Op for PyCall {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         static RUN_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        crate::threadstate::keep();
-        Python::attach(|py| {
+        crate::threadstate::attach_task(|py| {
             let args = inputs
                 .iter()
                 .map(|v| value_to_py(py, v))
@@ -285,8 +281,7 @@ impl<'de> Deserialize<'de> for PyFunction {
         deserializer: D,
     ) -> std::result::Result<Self, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
-        crate::threadstate::keep_if_serving();
-        Python::attach(|py| {
+        crate::threadstate::attach_value(|py| {
             pickle_loads(py)?
                 .call1((PyBytes::new(py, &bytes),))
                 .map(|f| PyFunction(f.unbind()))
@@ -308,8 +303,7 @@ pub struct PyBlocks {
 impl Op for PyBlocks {
     fn execute(&self, inputs: &[Value]) -> Result<Value> {
         let blocks = partita::array::Chunk::from_values(inputs)?;
-        crate::threadstate::keep();
-        let out = Python::attach(|py| {
+        let out = crate::threadstate::attach_task(|py| {
             let args: Vec<Py<PyAny>> = blocks
                 .iter()
                 .map(|b| crate::chunk_to_numpy(py, (*b).clone()))
@@ -345,8 +339,7 @@ impl Op for PyPartitions {
             )));
         };
         let frame = partita::frame::Partition::from_value(input)?.clone();
-        crate::threadstate::keep();
-        let out = Python::attach(|py| {
+        let out = crate::threadstate::attach_task(|py| {
             self.function
                 .0
                 .call1(py, (pyo3_polars::PyDataFrame(frame),))

@@ -61,7 +61,7 @@ thread_local! {
 /// Give this thread a Python thread state that outlives the next `Python::attach`, unless it
 /// has one (a Python thread, or one inside `attach`, which holds the GIL). Call it with the
 /// GIL released, before running a Python task.
-pub(crate) fn keep() {
+fn keep() {
     if EXITING.load(Ordering::Acquire) {
         return;
     }
@@ -87,12 +87,19 @@ pub(crate) fn keep() {
     });
 }
 
-/// [`keep`] in a worker or scheduler process; nothing elsewhere. For threads that are not
-/// running tasks (encoding and decoding values).
-pub(crate) fn keep_if_serving() {
+/// `Python::attach` for a Python task: the thread keeps its state (see [`keep`]).
+pub(crate) fn attach_task<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+    keep();
+    Python::attach(f)
+}
+
+/// `Python::attach` for moving a value (pickling, unpickling, sizing): the thread keeps its
+/// state only in a worker or scheduler process (see the module docs).
+pub(crate) fn attach_value<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
     if SERVING.load(Ordering::Acquire) {
         keep();
     }
+    Python::attach(f)
 }
 
 /// This process serves a cluster: see the module docs.
