@@ -136,7 +136,7 @@ impl Client {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let (endpoint, conn, out, peers) = runtime.block_on(async {
             let bind = crate::wire::resolve("0.0.0.0:0")?;
-            let endpoint = quinn::Endpoint::client(bind)
+            let endpoint = crate::cluster_file::endpoint(bind, None)
                 .map_err(|e| Error::Transport(format!("cannot open a UDP socket: {e}")))?;
             let name = format!("client-{}", std::process::id());
             let (conn, send, mut recv, _id) =

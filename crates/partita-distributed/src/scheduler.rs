@@ -20,7 +20,7 @@ use partita_proto::messages::{ClientId, FromClient, FromWorker, Hello, Role, Wor
 use partita_proto::scheduler::{SchedulerAction, SchedulerConfig, SchedulerEvent, SchedulerState};
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster_file::ClusterFile;
+use crate::cluster_file::{ClusterFile, ServerConfigs};
 use crate::wire::{Outbox, Welcome, read_msg, spawn_writer, write_msg};
 
 /// How to start a scheduler.
@@ -57,6 +57,7 @@ impl SchedulerOptions {
 #[derive(Debug)]
 pub struct SchedulerServer {
     endpoint: quinn::Endpoint,
+    servers: ServerConfigs,
     cluster: Arc<ClusterFile>,
     config: SchedulerConfig,
     shutdown: watch::Receiver<bool>,
@@ -77,7 +78,8 @@ impl SchedulerServer {
     pub async fn bind(options: SchedulerOptions) -> Result<SchedulerServer> {
         // Credentials first: the server presents the certificate it also writes out.
         let provisional = ClusterFile::generate(String::new())?;
-        let endpoint = quinn::Endpoint::server(provisional.server_config()?, options.listen)
+        let servers = provisional.server_configs()?;
+        let endpoint = crate::cluster_file::endpoint(options.listen, Some(&servers))
             .map_err(|e| Error::Transport(format!("cannot listen on {}: {e}", options.listen)))?;
         let local = endpoint
             .local_addr()
@@ -99,6 +101,7 @@ impl SchedulerServer {
         tracing::info!(address = %cluster.address, file = %options.cluster_file.display(), "scheduler listening");
         Ok(SchedulerServer {
             endpoint,
+            servers,
             cluster: Arc::new(cluster),
             config: options.config,
             shutdown,
@@ -128,8 +131,17 @@ impl SchedulerServer {
         let cluster = Arc::clone(&self.cluster);
         let reg = Arc::clone(&registry);
         let accept_shutdown = self.shutdown.clone();
+        let servers = self.servers.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                let remote = incoming.remote_address();
+                let connecting = match servers.accept(incoming) {
+                    Ok(connecting) => connecting,
+                    Err(e) => {
+                        tracing::warn!(%remote, "connection refused: {e}");
+                        continue;
+                    }
+                };
                 let (cluster, reg, tx, ids) = (
                     Arc::clone(&cluster),
                     Arc::clone(&reg),
@@ -138,8 +150,8 @@ impl SchedulerServer {
                 );
                 let shutdown = accept_shutdown.clone();
                 tokio::spawn(async move {
-                    let remote = incoming.remote_address();
-                    if let Err(e) = serve_peer(incoming, cluster, reg, tx, ids, shutdown).await {
+                    let peer = serve_peer(connecting, remote, cluster, reg, tx, ids, shutdown);
+                    if let Err(e) = peer.await {
                         tracing::warn!(%remote, "connection closed: {e}");
                     }
                 });
@@ -242,15 +254,15 @@ fn perform(registry: &Mutex<Registry>, outboxes: &mut Outboxes, actions: Vec<Sch
 
 /// One peer's connection: handshake, then frames to events until it closes.
 async fn serve_peer(
-    incoming: quinn::Incoming,
+    connecting: quinn::Connecting,
+    remote: std::net::SocketAddr,
     cluster: Arc<ClusterFile>,
     registry: Arc<Mutex<Registry>>,
     events: mpsc::UnboundedSender<SchedulerEvent>,
     ids: Arc<AtomicU32>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let remote = incoming.remote_address();
-    let conn = incoming
+    let conn = connecting
         .await
         .map_err(|e| Error::Transport(format!("handshake with {remote} failed: {e}")))?;
     let handshake = async {

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::cluster_file::{ClusterFile, SERVER_NAME};
+use crate::cluster_file::{ClusterFile, Link, SERVER_NAME};
 
 /// The scheduler's answer to a `Hello`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -162,7 +162,7 @@ pub async fn join(
 ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, u32)> {
     let addr = resolve(&cluster.address)?;
     let conn = endpoint
-        .connect_with(cluster.client_config()?, addr, SERVER_NAME)
+        .connect_with(cluster.client_config(Link::to(addr))?, addr, SERVER_NAME)
         .map_err(|e| transport(&format!("cannot connect to the scheduler at {addr}"), e))?
         .await
         .map_err(|e| transport(&format!("cannot connect to the scheduler at {addr}"), e))?;
@@ -289,7 +289,11 @@ impl Peers {
         let addr = resolve(address)?;
         let conn = self
             .endpoint
-            .connect_with(self.cluster.client_config()?, addr, SERVER_NAME)
+            .connect_with(
+                self.cluster.client_config(Link::to(addr))?,
+                addr,
+                SERVER_NAME,
+            )
             .map_err(|e| transport(&format!("cannot connect to worker {address}"), e))?
             .await
             .map_err(|e| transport(&format!("cannot connect to worker {address}"), e))?;

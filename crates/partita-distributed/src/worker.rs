@@ -21,7 +21,7 @@ use partita_proto::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState
 use partita_proto::{Time, moving_average};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster_file::ClusterFile;
+use crate::cluster_file::{ClusterFile, ServerConfigs};
 use crate::wire::{Outbox, Peers, framed, join, read_msg, spawn_writer};
 
 /// How to start a worker.
@@ -99,9 +99,9 @@ impl Drop for SpillDirGuard {
 pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<()> {
     let cluster = Arc::new(cluster);
     let bind = crate::wire::resolve(&format!("{}:0", options.host))?;
-    let mut endpoint = quinn::Endpoint::server(cluster.server_config()?, bind)
+    let servers = cluster.server_configs()?;
+    let endpoint = crate::cluster_file::endpoint(bind, Some(&servers))
         .map_err(|e| Error::Transport(format!("cannot bind the data server on {bind}: {e}")))?;
-    endpoint.set_default_client_config(cluster.client_config()?);
     let port = endpoint
         .local_addr()
         .map_err(|e| Error::Transport(format!("no local address: {e}")))?
@@ -160,6 +160,7 @@ pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<
     // The data server.
     tokio::spawn(serve_data(
         endpoint.clone(),
+        servers,
         Arc::clone(&cluster),
         Arc::clone(&shared),
     ));
@@ -466,12 +467,20 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Serve values to peers and clients: one stream per request.
-async fn serve_data(endpoint: quinn::Endpoint, cluster: Arc<ClusterFile>, shared: Arc<Shared>) {
+async fn serve_data(
+    endpoint: quinn::Endpoint,
+    servers: ServerConfigs,
+    cluster: Arc<ClusterFile>,
+    shared: Arc<Shared>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let (cluster, shared) = (Arc::clone(&cluster), Arc::clone(&shared));
+        let remote = incoming.remote_address();
+        let Ok(connecting) = servers.accept(incoming) else {
+            continue;
+        };
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let Ok(conn) = incoming.await else { return };
+            let Ok(conn) = connecting.await else { return };
             loop {
                 let Ok((send, recv)) = conn.accept_bi().await else {
                     return;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use partita_core::SyncScheduler;
-use partita_distributed::cluster_file::SERVER_NAME;
+use partita_distributed::cluster_file::{Link, SERVER_NAME};
 use partita_distributed::wire::{Welcome, framed, hello, read_msg, resolve};
 use partita_distributed::{
     Client, ClusterFile, SchedulerOptions, SchedulerServer, WorkerOptions, run_worker,
@@ -52,7 +52,7 @@ async fn raw_stream(
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = endpoint
         .connect_with(
-            credentials.client_config().unwrap(),
+            credentials.client_config(Link::Loopback).unwrap(),
             resolve(&credentials.address).unwrap(),
             SERVER_NAME,
         )
@@ -146,7 +146,7 @@ fn a_worker_data_server_refuses_strangers() {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let conn = endpoint
             .connect_with(
-                creds.client_config().unwrap(),
+                creds.client_config(Link::Loopback).unwrap(),
                 resolve(&worker.address).unwrap(),
                 SERVER_NAME,
             )
@@ -184,7 +184,7 @@ fn lying_data_servers_fail_each_key_with_an_error() {
     let creds = ClusterFile::generate("127.0.0.1:0".into()).unwrap();
     runtime.block_on(async {
         let server = quinn::Endpoint::server(
-            creds.server_config().unwrap(),
+            creds.server_config(Link::Loopback).unwrap(),
             "127.0.0.1:0".parse().unwrap(),
         )
         .unwrap();
