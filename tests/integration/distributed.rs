@@ -288,6 +288,31 @@ fn garbage_datagrams_do_not_bring_the_scheduler_down() {
     assert_eq!(i64s(&run(graph, &[key], &client).unwrap()), [expected]);
 }
 
+/// Scheduler and workers turn transparent huge pages off (`partita_cli`'s
+/// `small_pages_only`); the kernel shows the flag in /proc/PID/status.
+#[cfg(target_os = "linux")]
+#[test]
+fn cluster_processes_run_without_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return; // the user's choice wins; nothing to check
+    }
+    let cluster = start(1, 0);
+    let mut pids = cluster.worker_pids();
+    pids.push(cluster.scheduler_pid());
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        // Kernels before 5.0 do not report it.
+        let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+            return;
+        };
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some("0"),
+            "process {pid}: {line}"
+        );
+    }
+}
+
 #[test]
 fn dropping_a_local_cluster_ends_its_processes() {
     let cluster = start(2, 0);
