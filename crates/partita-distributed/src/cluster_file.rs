@@ -8,7 +8,7 @@
 //!
 //! It also holds the QUIC transport settings, chosen per connection by [`Link`]: over
 //! loopback, datagrams grow to 64 KiB (MTU discovery up to the largest UDP payload) and are
-//! sent one per system call, which moves a 1 GB value about 3.5x faster than Ethernet-sized
+//! sent one per system call, which moves a 1 GB value about 3x faster than Ethernet-sized
 //! datagrams batched by segmentation offload (quinn's per-packet work, not the copy or the
 //! cipher, was the limit). Across a network the defaults stay: 1452-byte datagrams found by
 //! MTU discovery, batched by GSO.
@@ -326,58 +326,51 @@ mod tests {
 
     /// Over loopback, MTU discovery takes both directions of a connection to datagrams far
     /// beyond Ethernet's, which is what makes worker-to-worker transfers fast.
-    #[test]
-    fn loopback_connections_grow_their_datagrams() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loopback_connections_grow_their_datagrams() {
         let file = ClusterFile::generate("127.0.0.1:0".into()).unwrap();
-        runtime.block_on(async {
-            let servers = file.server_configs().unwrap();
-            let server = endpoint("127.0.0.1:0".parse().unwrap(), Some(&servers)).unwrap();
-            let addr = server.local_addr().unwrap();
-            let echo = tokio::spawn(async move {
-                let incoming = server.accept().await.unwrap();
-                let conn = servers.accept(incoming).unwrap().await.unwrap();
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let body = recv.read_to_end(1 << 24).await.unwrap();
-                    send.write_all(&body).await.unwrap();
-                    send.finish().unwrap();
-                }
-                conn.stats().path.current_mtu
-            });
-            let client = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-            let config = file.client_config(Link::to(addr)).unwrap();
-            let conn = client
-                .connect_with(config, addr, SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap();
-            let body = vec![7u8; 4 << 20];
-            // Discovery runs alongside traffic; give it a few round trips of data.
-            for _ in 0..50 {
-                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let servers = file.server_configs().unwrap();
+        let server = endpoint("127.0.0.1:0".parse().unwrap(), Some(&servers)).unwrap();
+        let addr = server.local_addr().unwrap();
+        let echo = tokio::spawn(async move {
+            let incoming = server.accept().await.unwrap();
+            let conn = servers.accept(incoming).unwrap().await.unwrap();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let body = recv.read_to_end(1 << 24).await.unwrap();
                 send.write_all(&body).await.unwrap();
                 send.finish().unwrap();
-                assert_eq!(recv.read_to_end(1 << 24).await.unwrap(), body);
-                if conn.stats().path.current_mtu > 16_000 {
-                    break;
-                }
             }
-            let client_mtu = conn.stats().path.current_mtu;
-            conn.close(0u32.into(), b"done");
-            let server_mtu = echo.await.unwrap();
-            assert!(
-                client_mtu > 16_000,
-                "client datagrams stayed at {client_mtu} bytes"
-            );
-            assert!(
-                server_mtu > 16_000,
-                "server datagrams stayed at {server_mtu} bytes"
-            );
+            conn.stats().path.current_mtu
         });
+        let client = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let config = file.client_config(Link::to(addr)).unwrap();
+        let conn = client
+            .connect_with(config, addr, SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let body = vec![7u8; 4 << 20];
+        // Discovery runs alongside traffic; give it a few round trips of data.
+        for _ in 0..50 {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&body).await.unwrap();
+            send.finish().unwrap();
+            assert_eq!(recv.read_to_end(1 << 24).await.unwrap(), body);
+            if conn.stats().path.current_mtu > 16_000 {
+                break;
+            }
+        }
+        let client_mtu = conn.stats().path.current_mtu;
+        conn.close(0u32.into(), b"done");
+        let server_mtu = echo.await.unwrap();
+        assert!(
+            client_mtu > 16_000,
+            "client datagrams stayed at {client_mtu} bytes"
+        );
+        assert!(
+            server_mtu > 16_000,
+            "server datagrams stayed at {server_mtu} bytes"
+        );
     }
 
     #[test]
