@@ -43,29 +43,54 @@ import engines as E  # noqa: E402
 
 
 class PeakRss:
-    """Highest resident set size of this process plus its descendants, sampled."""
+    """Highest resident set size of this process plus its descendants, sampled.
 
-    def __init__(self, interval=0.01):
+    A sample reads `/proc/PID/statm` of each process known (tens of microseconds); the list
+    of descendants, which psutil builds by scanning every process on the machine (over a
+    millisecond), is refreshed only every tenth sample, so the sampler takes about 1% of a
+    core rather than 15% from the workload it measures. Processes live for the whole timed
+    part (clusters start before it), so a 100 ms old list misses nothing."""
+
+    def __init__(self, interval=0.01, rescan_every=10):
         import psutil
 
         self.proc = psutil.Process()
         self.interval = interval
+        self.rescan_every = rescan_every
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.pids = [self.proc.pid]
+        self.samples = 0
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self):
-        total = 0
+    def _rescan(self):
         try:
-            procs = [self.proc] + self.proc.children(recursive=True)
+            self.pids = [self.proc.pid] + [p.pid for p in self.proc.children(recursive=True)]
         except Exception:
-            return
-        for p in procs:
+            pass
+
+    def _sample(self):
+        if self.samples % self.rescan_every == 0:
+            self._rescan()
+        self.samples += 1
+        total = 0
+        for pid in self.pids:
             try:
-                total += p.memory_info().rss
-            except Exception:
-                pass
+                with open(f"/proc/{pid}/statm", "rb") as f:
+                    total += int(f.read().split()[1]) * self.page
+            except (OSError, ValueError, IndexError):
+                total += self._rss(pid)  # not Linux, or the process is gone
         self.peak = max(self.peak, total)
+
+    @staticmethod
+    def _rss(pid):
+        import psutil
+
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except Exception:
+            return 0
 
     def _run(self):
         while not self._stop.is_set():

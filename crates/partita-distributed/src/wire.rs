@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use partita_core::{Error, Key, Result, Value};
 use partita_proto::messages::{
     DataRequest, DataResponse, Hello, MAX_CONTROL_MESSAGE_BYTES, PROTOCOL_VERSION, Role, decode,
-    encode, frame,
+    encode_framed_into,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,9 @@ pub(crate) fn log(level: partita_proto::scheduler::LogLevel, line: &str) {
 
 /// Encode and frame a message, ready for a stream.
 pub fn framed<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
-    frame(&encode(msg)?)
+    let mut out = Vec::new();
+    encode_framed_into(msg, &mut out)?;
+    Ok(out)
 }
 
 /// Write one framed message.
@@ -106,8 +108,9 @@ pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
     });
 }
 
-/// Frames an event loop produced for one peer, held until the loop has no ready event
-/// left (or [`Outbox::FLUSH_BYTES`] pile up), then handed to the peer's writer at once.
+/// Frames an event loop produced for one peer, encoded in place one after another into one
+/// buffer (no buffer per message), held until the loop has no ready event left (or
+/// [`Outbox::FLUSH_BYTES`] pile up), then handed to the peer's writer at once.
 ///
 /// A worker running a hundred quick tasks in one pass sends their hundred `TaskFinished`
 /// in one write, one packet, one wake-up of the scheduler, instead of a hundred; a lone
@@ -127,7 +130,7 @@ impl Outbox {
         msg: &T,
         to: &mpsc::UnboundedSender<Vec<u8>>,
     ) -> Result<()> {
-        self.buf.extend(framed(msg)?);
+        encode_framed_into(msg, &mut self.buf)?;
         if self.buf.len() >= Self::FLUSH_BYTES {
             self.flush(to);
         }

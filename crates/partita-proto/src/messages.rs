@@ -367,6 +367,27 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         .map_err(|e| Error::Codec(format!("malformed {what} ({} bytes): {e}", bytes.len())))
 }
 
+/// Append `msg` to `out` as one frame: the length prefix of [`frame`], then the message as
+/// [`encode`] makes it, written in place (no buffer of its own, no copy). On error `out` is
+/// left as it was.
+pub fn encode_framed_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = rmp_serde::encode::write_named(out, msg) {
+        out.truncate(start);
+        return Err(Error::Codec(format!("cannot encode control message: {e}")));
+    }
+    let len = out.len() - start - 4;
+    if len > MAX_CONTROL_MESSAGE_BYTES {
+        out.truncate(start);
+        return Err(Error::Codec(format!(
+            "control message of {len} bytes exceeds the limit of {MAX_CONTROL_MESSAGE_BYTES} bytes"
+        )));
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
 /// Prefix `payload` with its length as a little-endian `u32`.
 pub fn frame(payload: &[u8]) -> Result<Vec<u8>> {
     if payload.len() > MAX_CONTROL_MESSAGE_BYTES {
@@ -514,6 +535,31 @@ mod tests {
         }
         assert_eq!(out, sample_messages());
         assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn framing_in_place_matches_framing_a_copy() {
+        let mut stream = b"earlier".to_vec();
+        let mut want = stream.clone();
+        for m in sample_messages() {
+            encode_framed_into(&m, &mut stream).unwrap();
+            want.extend(frame(&encode(&m).unwrap()).unwrap());
+        }
+        assert_eq!(stream, want);
+        // Too large: refused, and what was there stays as it was.
+        let huge = FromClient::SubmitGraph {
+            tasks: vec![TaskSpec {
+                key: Key::named("big"),
+                deps: vec![],
+                payload: ByteBuf::from(vec![0u8; MAX_CONTROL_MESSAGE_BYTES]),
+                priority: 0,
+                retries: 0,
+            }],
+            wanted: vec![],
+        };
+        let err = encode_framed_into(&huge, &mut stream).unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+        assert_eq!(stream, want);
     }
 
     #[test]

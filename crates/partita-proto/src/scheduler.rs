@@ -497,27 +497,37 @@ impl SchedulerState {
     /// Check a submission as a whole; `Err` is the message for the client.
     fn validate(&self, tasks: &[TaskSpec], wanted: &[Key]) -> Result<(), partita_core::Error> {
         use partita_core::Error;
-        let mut new: FxHashMap<&Key, &TaskSpec> = FxHashMap::default();
-        for spec in tasks {
+        // New keys and their positions in the submission.
+        let mut new: FxHashMap<&Key, usize> = FxHashMap::default();
+        new.reserve(tasks.len());
+        for (i, spec) in tasks.iter().enumerate() {
             if self.tasks.contains_key(&spec.key) {
                 continue;
             }
-            if new.insert(&spec.key, spec).is_some() {
+            if new.insert(&spec.key, i).is_some() {
                 return Err(Error::DuplicateKey {
                     key: spec.key.clone(),
                 });
             }
         }
-        for spec in new.values() {
-            if let Some(d) = spec
-                .deps
-                .iter()
-                .find(|d| !new.contains_key(d) && !self.tasks.contains_key(*d))
-            {
-                return Err(Error::MissingDependency {
-                    key: spec.key.clone(),
-                    missing: d.clone(),
-                });
+        // Clients send tasks after their dependencies; then there can be no cycle (known
+        // tasks cannot depend on new ones) and the sort below is skipped.
+        let mut in_order = true;
+        for (i, spec) in tasks.iter().enumerate() {
+            if new.get(&spec.key) != Some(&i) {
+                continue;
+            }
+            for d in &spec.deps {
+                match new.get(d) {
+                    Some(&j) => in_order &= j < i,
+                    None if self.tasks.contains_key(d) => {}
+                    None => {
+                        return Err(Error::MissingDependency {
+                            key: spec.key.clone(),
+                            missing: d.clone(),
+                        });
+                    }
+                }
             }
         }
         if let Some(k) = wanted
@@ -526,13 +536,16 @@ impl SchedulerState {
         {
             return Err(Error::KeyNotFound { key: k.clone() });
         }
-        // Kahn's algorithm over the new tasks only: known tasks cannot depend on new ones.
+        if in_order {
+            return Ok(());
+        }
+        // Kahn's algorithm over the new tasks only.
         let mut pending: FxHashMap<&Key, usize> = FxHashMap::default();
         let mut dependents: FxHashMap<&Key, Vec<&Key>> = FxHashMap::default();
-        for (k, spec) in &new {
-            let n = spec.deps.iter().filter(|d| new.contains_key(d)).count();
-            pending.insert(k, n);
-            for d in spec.deps.iter().filter(|d| new.contains_key(d)) {
+        for (k, &i) in &new {
+            let deps = || tasks[i].deps.iter().filter(|d| new.contains_key(d));
+            pending.insert(k, deps().count());
+            for d in deps() {
                 dependents.entry(d).or_default().push(k);
             }
         }
@@ -575,7 +588,8 @@ impl SchedulerState {
             self.out.push(SchedulerAction::SendToClient(client, reply));
             return;
         }
-        let mut added = Vec::new();
+        let mut added = Vec::with_capacity(specs.len());
+        self.tasks.reserve(specs.len());
         for spec in specs {
             if self.tasks.contains_key(&spec.key) {
                 continue;
@@ -824,10 +838,10 @@ impl SchedulerState {
     /// waiting; then start, queue or err every waiting task examined.
     fn activate(&mut self, keys: Vec<Key>) {
         let mut stack = keys;
-        let mut seen = BTreeSet::new();
+        let mut seen = FxHashSet::default();
         let mut examined = Vec::new();
         while let Some(k) = stack.pop() {
-            let Some(t) = self.tasks.get_mut(&k) else {
+            let Some(t) = self.tasks.get(&k) else {
                 continue;
             };
             match t.status {
@@ -838,14 +852,10 @@ impl SchedulerState {
             if !seen.insert(k.clone()) {
                 continue;
             }
-            let deps = self.tasks[&k].deps.clone();
-            for d in deps {
-                if self
-                    .tasks
-                    .get(&d)
-                    .is_some_and(|dt| dt.status == TaskStatus::Released)
-                {
-                    stack.push(d);
+            let t = &self.tasks[&k];
+            for d in &t.deps {
+                if (self.tasks.get(d)).is_some_and(|dt| dt.status == TaskStatus::Released) {
+                    stack.push(d.clone());
                 }
             }
             examined.push(k);
@@ -1584,7 +1594,19 @@ mod tests {
         assert!(err.contains("duplicate key"), "{err}");
         let err = refused(submit(&mut s, 0, vec![spec(&a, &[], 0)], &[&b]));
         assert!(err.contains("'b'"), "{err}");
+        let err = refused(submit(&mut s, 0, vec![spec(&a, &[&a], 0)], &[&a]));
+        assert!(err.contains("cycle"), "{err}");
         assert_eq!(s.task_count(), 0);
+        // Dependents listed before their dependencies are fine, just checked the slow way.
+        join(&mut s, 1, 1);
+        let acts = submit(
+            &mut s,
+            0,
+            vec![spec(&c, &[&a, &b], 0), spec(&b, &[&a], 0), spec(&a, &[], 0)],
+            &[&c],
+        );
+        assert_eq!(computes(&acts), vec![(1, a.clone())]);
+        assert_eq!(s.task_count(), 3);
     }
 
     #[test]
