@@ -309,7 +309,8 @@ impl PyClient {
     }
 
     /// Submit one Python call prepared by `partita._futures` (its key, name, pickled
-    /// payload and the futures it reads).
+    /// payload and the futures it reads), retried `retries` times if given, else as the
+    /// client says.
     pub(crate) fn submit_call(
         &self,
         py: Python<'_>,
@@ -317,6 +318,7 @@ impl PyClient {
         name: String,
         payload: Vec<u8>,
         deps: Vec<Py<PyFuture>>,
+        retries: Option<u32>,
     ) -> PyResult<PyFuture> {
         let client = self.client()?;
         let mut inputs = Vec::with_capacity(deps.len());
@@ -336,7 +338,10 @@ impl PyClient {
         }
         let op = Arc::new(crate::pycall::PyCall { name, payload });
         let future = py
-            .detach(|| client.submit_task(Key::named(key), op, &inputs))
+            .detach(|| {
+                let retries = retries.unwrap_or_else(|| client.retries());
+                client.submit_task_with_retries(Key::named(key), op, &inputs, retries)
+            })
             .py_err()?;
         Ok(PyFuture {
             what: What::Object,

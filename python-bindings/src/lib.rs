@@ -1454,7 +1454,9 @@ impl PyClient {
         self.compute_futures(py, collections)
     }
 
-    /// One Python call prepared by `partita._futures.prepare_call`.
+    /// One Python call prepared by `partita._futures.prepare_call`; `retries` overrides
+    /// the client's.
+    #[pyo3(signature = (key, name, payload, deps, retries = None))]
     fn _submit_call(
         &self,
         py: Python<'_>,
@@ -1462,8 +1464,22 @@ impl PyClient {
         name: String,
         payload: Vec<u8>,
         deps: Vec<Py<futures::PyFuture>>,
+        retries: Option<u32>,
     ) -> PyResult<futures::PyFuture> {
-        self.submit_call(py, key, name, payload, deps)
+        self.submit_call(py, key, name, payload, deps, retries)
+    }
+
+    /// How many times a task whose function raises is run again before the error counts
+    /// (Dask's `retries=`), for everything submitted or computed from now on. Default 0.
+    #[getter]
+    fn retries(&self) -> PyResult<u32> {
+        Ok(self.client()?.retries())
+    }
+
+    #[setter]
+    fn set_retries(&self, n: u32) -> PyResult<()> {
+        self.client()?.set_retries(n);
+        Ok(())
     }
 
     /// The results of `futures`, in order (gathered concurrently); a failed task raises

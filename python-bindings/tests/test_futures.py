@@ -70,6 +70,46 @@ def test_a_failing_python_function_raises_its_error_naming_the_task(cluster_clie
     assert cluster_client.submit(inc, 1).result(timeout=60) == 2
 
 
+def flaky(directory, failures):
+    """Raises on its first `failures` calls (counted with files, whichever worker runs it)."""
+    import os
+
+    runs = len(os.listdir(directory))
+    open(os.path.join(directory, f"run-{runs}"), "w").close()
+    if runs < failures:
+        raise RuntimeError(f"run {runs} fails on purpose")
+    return runs
+
+
+def test_failing_functions_are_retried_when_asked(cluster_client, tmp_path):
+    def fresh(name):
+        d = tmp_path / name
+        d.mkdir()
+        return str(d)
+
+    # Not by default: the first error counts, after one run.
+    d = fresh("once")
+    with pytest.raises(pt.ComputeError, match="run 0 fails"):
+        cluster_client.submit(flaky, d, 1).result(timeout=60)
+    assert len(list((tmp_path / "once").iterdir())) == 1
+    # Per call, as Dask's `retries=`; too few retries still fail, naming the task.
+    assert cluster_client.submit(flaky, fresh("thrice"), 2, retries=2).result(timeout=60) == 2
+    with pytest.raises(pt.ComputeError, match="run 1 fails") as info:
+        cluster_client.submit(flaky, fresh("twice"), 2, retries=1).result(timeout=60)
+    assert "flaky" in str(info.value)
+    assert cluster_client.gather(cluster_client.map(flaky, [fresh("m0"), fresh("m1")], [1, 1], retries=1)) == [1, 1]
+    # For everything the client sends, delayed graphs included.
+    assert cluster_client.retries == 0
+    cluster_client.retries = 3
+    try:
+        d = fresh("delayed")
+        assert pt.compute(pt.delayed(flaky)(d, 3), scheduler=cluster_client)[0] == 3
+    finally:
+        cluster_client.retries = 0
+    with pytest.raises(OverflowError):
+        cluster_client.retries = -1
+
+
 def test_as_completed_and_wait(cluster_client):
     slow = cluster_client.submit(time.sleep, 1.5, pure=False)
     fast = cluster_client.submit(inc, 100)

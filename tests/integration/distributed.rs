@@ -9,7 +9,7 @@ use partita::distributed::{Client, ClusterFile, LocalCluster, LocalClusterOption
 use partita::{
     ComputeOptions, Error, FnOp, Graph, GraphBuilder, Key, Op, Scheduler, Value, compute_with,
 };
-use partita_tests::{Blob, Fail, Mix, Panic, SlowMix, cluster, test_worker_binary};
+use partita_tests::{Blob, Fail, FailTimes, Mix, Panic, SlowMix, cluster, test_worker_binary};
 
 fn start(n_workers: usize, memory_limit: u64) -> LocalCluster {
     LocalCluster::start(LocalClusterOptions {
@@ -88,6 +88,64 @@ fn a_failing_task_names_its_key_and_the_cluster_stays_usable() {
         let (graph, key, expected) = small_graph(name);
         assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
     }
+}
+
+#[test]
+fn failing_tasks_are_retried_when_asked() {
+    let cluster = start(2, 0);
+    let client = Client::connect(cluster.cluster_file()).expect("connects");
+    let dirs = tempfile::tempdir().unwrap();
+    let graph = |name: &str, failures: usize| {
+        let dir = dirs.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let mut b = GraphBuilder::new();
+        let (flaky, out) = (
+            Key::named(format!("{name}-flaky")),
+            Key::named(format!("{name}-out")),
+        );
+        b.add_task(
+            flaky.clone(),
+            Arc::new(FailTimes {
+                dir: dir.clone(),
+                failures,
+            }),
+            &[],
+        );
+        b.add_task(out.clone(), Arc::new(Mix { salt: 0 }), &[flaky]);
+        (b.build().unwrap(), out, dir)
+    };
+    // By default a failure is final, after one run.
+    let (g, out, dir) = graph("once", 1);
+    let err = run(g, &[out], &client).unwrap_err().to_string();
+    assert!(
+        err.contains("once-flaky") && err.contains("run 0 fails"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    // Two retries: the third run succeeds (and its value flows on); one retry is too few.
+    client.set_retries(2);
+    let (g, out, dir) = graph("thrice", 2);
+    assert_eq!(i64s(&run(g, &[out], &client).unwrap()), [mix(0, &[2])]);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+    client.set_retries(1);
+    let (g, out, dir) = graph("twice", 2);
+    let err = run(g, &[out], &client).unwrap_err().to_string();
+    assert!(
+        err.contains("twice-flaky") && err.contains("run 1 fails"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    // Per submitted task, whatever the client's default.
+    let dir = dirs.path().join("task");
+    std::fs::create_dir(&dir).unwrap();
+    let op = Arc::new(FailTimes {
+        dir: dir.clone(),
+        failures: 3,
+    });
+    let future = client
+        .submit_task_with_retries(Key::named("task-flaky"), op, &[], 3)
+        .unwrap();
+    assert_eq!(*future.result().unwrap().get::<i64>().unwrap(), 3);
 }
 
 #[test]

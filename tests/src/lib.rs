@@ -136,6 +136,33 @@ impl Op for Fail {
     }
 }
 
+/// Fails its first `failures` runs (counted with files in `dir`, so runs in any worker
+/// process count), then returns the number of the run that succeeded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailTimes {
+    pub dir: std::path::PathBuf,
+    pub failures: usize,
+}
+
+#[typetag::serde(name = "test-fail-times")]
+impl Op for FailTimes {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        let runs = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::Type(format!("cannot list {}: {e}", self.dir.display())))?
+            .count();
+        let marker = self.dir.join(format!("run-{runs}"));
+        std::fs::write(&marker, b"")
+            .map_err(|e| Error::Type(format!("cannot write {}: {e}", marker.display())))?;
+        if runs < self.failures {
+            return Err(Error::Type(format!("run {runs} fails on purpose")));
+        }
+        Ok(Value::new(runs as i64))
+    }
+    fn name(&self) -> &str {
+        "fail-times"
+    }
+}
+
 /// Always panics with `message`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Panic {

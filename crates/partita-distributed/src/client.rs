@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -104,6 +105,8 @@ struct Inner {
     /// How many running computations and futures of this client want each key: the
     /// scheduler keeps one "wanted" mark per client, released when the last is done.
     held: Mutex<HashMap<Key, usize>>,
+    /// Times a failing task is run again before its error counts ([`Client::set_retries`]).
+    retries: AtomicU32,
 }
 
 impl std::fmt::Debug for Client {
@@ -122,6 +125,20 @@ impl Client {
     /// Connect with the cluster file the scheduler wrote.
     pub fn connect(cluster_file: impl AsRef<Path>) -> Result<Client> {
         Client::connect_with(ClusterFile::read(cluster_file.as_ref())?)
+    }
+
+    /// Run a task whose op fails again, up to `n` times, before its error counts (Dask's
+    /// `retries=`), for everything this client submits from now on: computes through the
+    /// [`Scheduler`] trait, [`Client::submit`] and [`Client::submit_task`]. A retry runs on
+    /// whichever worker the scheduler picks. Workers dying under a task are another matter
+    /// (the scheduler's `allowed_failures`). Default 0.
+    pub fn set_retries(&self, n: u32) {
+        self.inner.retries.store(n, Ordering::Relaxed);
+    }
+
+    /// Retries given to tasks submitted now (see [`Client::set_retries`]).
+    pub fn retries(&self) -> u32 {
+        self.inner.retries.load(Ordering::Relaxed)
     }
 
     /// Connect with credentials in hand.
@@ -176,6 +193,7 @@ impl Client {
                 conn,
                 endpoint,
                 held: Mutex::new(HashMap::new()),
+                retries: AtomicU32::new(0),
             }),
         })
     }
@@ -426,7 +444,7 @@ impl Drop for Inner {
 }
 
 /// A plan's tasks as the scheduler takes them, and its distinct outputs.
-fn task_specs(plan: &ExecutionPlan) -> Result<(Vec<TaskSpec>, Vec<Key>)> {
+fn task_specs(plan: &ExecutionPlan, retries: u32) -> Result<(Vec<TaskSpec>, Vec<Key>)> {
     let graph = &plan.graph;
     let mut tasks = Vec::with_capacity(graph.len());
     for id in graph.ids() {
@@ -440,7 +458,7 @@ fn task_specs(plan: &ExecutionPlan) -> Result<(Vec<TaskSpec>, Vec<Key>)> {
                 .collect(),
             payload: ByteBuf::from(encode_op(key, graph.op(id))?),
             priority: i64::from(plan.priority[id.index()]),
-            retries: 0,
+            retries,
         });
     }
     let mut wanted: Vec<Key> = Vec::new();
@@ -509,7 +527,7 @@ impl Inner {
             ));
         }
         let graph = &plan.graph;
-        let (tasks, wanted) = task_specs(plan)?;
+        let (tasks, wanted) = task_specs(plan, self.retries.load(Ordering::Relaxed))?;
         let seen: HashSet<Key> = wanted.iter().cloned().collect();
         self.hold(&wanted);
         let (route_id, mut rx) = self.register(&wanted);
@@ -817,19 +835,31 @@ impl Client {
         op: Arc<dyn partita_core::Op>,
         deps: &[Future],
     ) -> Result<Future> {
+        self.submit_task_with_retries(key, op, deps, self.retries())
+    }
+
+    /// [`Client::submit_task`] with its own number of retries (Dask's
+    /// `client.submit(f, retries=n)`), whatever [`Client::set_retries`] says.
+    pub fn submit_task_with_retries(
+        &self,
+        key: Key,
+        op: Arc<dyn partita_core::Op>,
+        deps: &[Future],
+        retries: u32,
+    ) -> Result<Future> {
         let spec = TaskSpec {
             payload: ByteBuf::from(encode_op(&key, &op)?),
             deps: deps.iter().map(|f| f.key.clone()).collect(),
             key: key.clone(),
             priority: 0,
-            retries: 0,
+            retries,
         };
         let mut futures = self.submit_specs(vec![spec], vec![key.clone()], &[key])?;
         Ok(futures.remove(0))
     }
 
     fn submit_plan(&self, plan: &ExecutionPlan) -> Result<Vec<Future>> {
-        let (tasks, wanted) = task_specs(plan)?;
+        let (tasks, wanted) = task_specs(plan, self.retries())?;
         let outputs: Vec<Key> = (plan.outputs.iter())
             .map(|id| plan.graph.key(*id).clone())
             .collect();

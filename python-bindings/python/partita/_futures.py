@@ -175,7 +175,7 @@ def _name(f):
     return getattr(f, "__name__", None) or type(f).__name__
 
 
-def submit(client, f, *args, key=None, pure=True, **kwargs):
+def submit(client, f, *args, key=None, pure=True, retries=None, **kwargs):
     if not callable(f):
         raise TypeError(f"submit takes a function first, got {type(f).__name__}")
     found = _Args(Future)
@@ -192,7 +192,7 @@ def submit(client, f, *args, key=None, pure=True, **kwargs):
             key = f"{_name(f)}-{h.hexdigest()[:32]}"
         else:
             key = f"{_name(f)}-{uuid.uuid4().hex}"
-    return client._submit_call(str(key), _name(f), payload, deps)
+    return client._submit_call(str(key), _name(f), payload, deps, retries)
 
 
 def _rust(collection):
@@ -218,14 +218,19 @@ class Client(_partita.Client):
             return self._compute([_rust(c) for c in collections])
         return self._compute([_rust(collections)])[0]
 
-    def submit(self, func, *args, key=None, pure=True, **kwargs):
+    def submit(self, func, *args, key=None, pure=True, retries=None, **kwargs):
         """Run `func(*args, **kwargs)` on a worker; futures among the arguments are replaced
-        by their values there. Needs workers started with `python -m partita worker`."""
-        return submit(self, func, *args, key=key, pure=pure, **kwargs)
+        by their values there. Needs workers started with `python -m partita worker`. If it
+        raises, it is run again up to `retries` times (default: `client.retries`, 0 unless
+        set) before the error counts."""
+        return submit(self, func, *args, key=key, pure=pure, retries=retries, **kwargs)
 
-    def map(self, func, *iterables, pure=True, **kwargs):
+    def map(self, func, *iterables, pure=True, retries=None, **kwargs):
         """`submit(func, *items)` for the items of `iterables` taken together."""
-        return [submit(self, func, *items, pure=pure, **kwargs) for items in zip(*iterables)]
+        return [
+            submit(self, func, *items, pure=pure, retries=retries, **kwargs)
+            for items in zip(*iterables)
+        ]
 
     def gather(self, futures, timeout=None):
         """The result of a future, or the results of a list of futures (fetched together)."""
