@@ -114,27 +114,26 @@ fn failing_tasks_are_retried_when_asked() {
         b.add_task(out.clone(), Arc::new(Mix { salt: 0 }), &[flaky]);
         (b.build().unwrap(), out, dir)
     };
+    // Fails on its last run, `runs` in all, naming the task.
+    let fails_after = |name: &str, failures: usize, runs: usize| {
+        let (g, out, dir) = graph(name, failures);
+        let err = run(g, &[out], &client).unwrap_err().to_string();
+        let last = format!("run {} fails", runs - 1);
+        assert!(
+            err.contains(&format!("{name}-flaky")) && err.contains(&last),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), runs);
+    };
     // By default a failure is final, after one run.
-    let (g, out, dir) = graph("once", 1);
-    let err = run(g, &[out], &client).unwrap_err().to_string();
-    assert!(
-        err.contains("once-flaky") && err.contains("run 0 fails"),
-        "{err}"
-    );
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    fails_after("once", 1, 1);
     // Two retries: the third run succeeds (and its value flows on); one retry is too few.
     client.set_retries(2);
     let (g, out, dir) = graph("thrice", 2);
     assert_eq!(i64s(&run(g, &[out], &client).unwrap()), [mix(0, &[2])]);
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
     client.set_retries(1);
-    let (g, out, dir) = graph("twice", 2);
-    let err = run(g, &[out], &client).unwrap_err().to_string();
-    assert!(
-        err.contains("twice-flaky") && err.contains("run 1 fails"),
-        "{err}"
-    );
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    fails_after("twice", 2, 2);
     // Per submitted task, whatever the client's default.
     let dir = dirs.path().join("task");
     std::fs::create_dir(&dir).unwrap();

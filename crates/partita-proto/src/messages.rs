@@ -340,15 +340,29 @@ pub enum DataResponse {
 
 /// Encode a message as named MessagePack.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
-    let bytes = rmp_serde::to_vec_named(msg)
-        .map_err(|e| Error::Codec(format!("cannot encode control message: {e}")))?;
-    if bytes.len() > MAX_CONTROL_MESSAGE_BYTES {
+    let mut bytes = Vec::new();
+    append_encoded(msg, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Append `msg` as named MessagePack to `out` and return its length; on error (it cannot be
+/// encoded, or is over the limit) `out` is left as it was.
+fn append_encoded<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<usize> {
+    let start = out.len();
+    let written = match rmp_serde::encode::write_named(out, msg) {
+        Ok(()) => out.len() - start,
+        Err(e) => {
+            out.truncate(start);
+            return Err(Error::Codec(format!("cannot encode control message: {e}")));
+        }
+    };
+    if written > MAX_CONTROL_MESSAGE_BYTES {
+        out.truncate(start);
         return Err(Error::Codec(format!(
-            "control message of {} bytes exceeds the limit of {MAX_CONTROL_MESSAGE_BYTES} bytes",
-            bytes.len()
+            "control message of {written} bytes exceeds the limit of {MAX_CONTROL_MESSAGE_BYTES} bytes"
         )));
     }
-    Ok(bytes)
+    Ok(written)
 }
 
 /// Decode a message; malformed or oversized input is a codec error naming the type.
@@ -373,18 +387,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 pub fn encode_framed_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<()> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    if let Err(e) = rmp_serde::encode::write_named(out, msg) {
-        out.truncate(start);
-        return Err(Error::Codec(format!("cannot encode control message: {e}")));
+    match append_encoded(msg, out) {
+        // Within the limit, so it fits the u32 prefix.
+        Ok(len) => out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes()),
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
     }
-    let len = out.len() - start - 4;
-    if len > MAX_CONTROL_MESSAGE_BYTES {
-        out.truncate(start);
-        return Err(Error::Codec(format!(
-            "control message of {len} bytes exceeds the limit of {MAX_CONTROL_MESSAGE_BYTES} bytes"
-        )));
-    }
-    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
 
