@@ -279,11 +279,13 @@ impl PyAsCompleted {
 /// `wait` (the Python signatures are in lib.rs).
 impl PyClient {
     /// Start computing collections (arrays, frames) on the cluster and return at once:
-    /// one `Future` per collection.
+    /// one `Future` per collection; each task retried `retries` times if given, else as
+    /// the client says.
     pub(crate) fn compute_futures(
         &self,
         py: Python<'_>,
         collections: Vec<Bound<'_, PyAny>>,
+        retries: Option<u32>,
     ) -> PyResult<Vec<PyFuture>> {
         let client = self.client()?;
         let items = collections
@@ -294,7 +296,8 @@ impl PyClient {
             .detach(|| {
                 let refs: Vec<&dyn partita::Collection> =
                     items.iter().map(AnyCollection::as_collection).collect();
-                client.submit_collections(&refs)
+                let retries = retries.unwrap_or_else(|| client.retries());
+                client.submit_collections_with_retries(&refs, retries)
             })
             .py_err()?;
         Ok(items

@@ -1445,13 +1445,15 @@ impl PyClient {
 
     /// Start computing collections on the cluster and return at once: a `Future` per
     /// collection (the list given) or one (a single collection). Python wrappers (`Array`,
-    /// `DataFrame`) are unwrapped by `partita._futures`.
+    /// `DataFrame`) are unwrapped by `partita._futures`. `retries` overrides the client's.
+    #[pyo3(signature = (collections, retries = None))]
     fn _compute(
         &self,
         py: Python<'_>,
         collections: Vec<Bound<'_, PyAny>>,
+        retries: Option<u32>,
     ) -> PyResult<Vec<futures::PyFuture>> {
-        self.compute_futures(py, collections)
+        self.compute_futures(py, collections, retries)
     }
 
     /// One Python call prepared by `partita._futures.prepare_call`; `retries` overrides

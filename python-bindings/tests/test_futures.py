@@ -98,6 +98,11 @@ def test_failing_functions_are_retried_when_asked(cluster_client, tmp_path):
         cluster_client.submit(flaky, fresh("twice"), 2, retries=1).result(timeout=60)
     assert "flaky" in str(info.value)
     assert cluster_client.gather(cluster_client.map(flaky, [fresh("m0"), fresh("m1")], [1, 1], retries=1)) == [1, 1]
+    # Per compute: every task of the graph; not asked, the delayed call fails once.
+    d = fresh("computed")
+    with pytest.raises(pt.ComputeError, match="run 0 fails"):
+        cluster_client.compute(pt.delayed(flaky)(d, 1)).result(timeout=60)
+    assert cluster_client.compute(pt.delayed(flaky)(d, 2) + 10, retries=1).result(timeout=60) == 12
     # For everything the client sends, delayed graphs included.
     assert cluster_client.retries == 0
     cluster_client.retries = 3

@@ -145,6 +145,13 @@ fn failing_tasks_are_retried_when_asked() {
         .submit_task_with_retries(Key::named("task-flaky"), op, &[], 3)
         .unwrap();
     assert_eq!(*future.result().unwrap().get::<i64>().unwrap(), 3);
+    // Per submitted graph, likewise (the client still says one).
+    let (g, out, dir) = graph("graph", 2);
+    let futures = client
+        .submit_with_retries(g, std::slice::from_ref(&out), 2)
+        .unwrap();
+    assert_eq!(i64s(&[futures[0].result().unwrap()]), [mix(0, &[2])]);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
 }
 
 #[test]

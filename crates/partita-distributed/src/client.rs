@@ -805,8 +805,19 @@ impl Client {
     /// (in that order); the graph is optimized as [`partita_core::compute`] would. An
     /// error if the scheduler refuses the graph, or an op cannot leave this process.
     pub fn submit(&self, graph: partita_core::Graph, outputs: &[Key]) -> Result<Vec<Future>> {
+        self.submit_with_retries(graph, outputs, self.retries())
+    }
+
+    /// [`Client::submit`] whose tasks are each run again up to `retries` times when they
+    /// fail (Dask's `client.compute(x, retries=n)`), whatever [`Client::set_retries`] says.
+    pub fn submit_with_retries(
+        &self,
+        graph: partita_core::Graph,
+        outputs: &[Key],
+        retries: u32,
+    ) -> Result<Vec<Future>> {
         let plan = ExecutionPlan::new(graph, outputs, partita_core::OptimizeOptions::default())?;
-        self.submit_plan(&plan)
+        self.submit_plan(&plan, retries)
     }
 
     /// Submit several collections (arrays, frames, delayed values) in one graph, so work
@@ -815,11 +826,21 @@ impl Client {
         &self,
         collections: &[&dyn partita_core::Collection],
     ) -> Result<Vec<Vec<Future>>> {
+        self.submit_collections_with_retries(collections, self.retries())
+    }
+
+    /// [`Client::submit_collections`] with its own number of retries per task (see
+    /// [`Client::submit_with_retries`]).
+    pub fn submit_collections_with_retries(
+        &self,
+        collections: &[&dyn partita_core::Collection],
+        retries: u32,
+    ) -> Result<Vec<Vec<Future>>> {
         let roots: Vec<_> = collections.iter().map(|c| Arc::clone(c.layer())).collect();
         let graph = partita_core::layer::Layer::materialize(&roots)?;
         let per: Vec<Vec<Key>> = collections.iter().map(|c| c.output_keys()).collect();
         let all: Vec<Key> = per.iter().flatten().cloned().collect();
-        let mut futures = self.submit(graph, &all)?.into_iter();
+        let mut futures = self.submit_with_retries(graph, &all, retries)?.into_iter();
         Ok(per
             .iter()
             .map(|keys| futures.by_ref().take(keys.len()).collect())
@@ -858,8 +879,8 @@ impl Client {
         Ok(futures.remove(0))
     }
 
-    fn submit_plan(&self, plan: &ExecutionPlan) -> Result<Vec<Future>> {
-        let (tasks, wanted) = task_specs(plan, self.retries())?;
+    fn submit_plan(&self, plan: &ExecutionPlan, retries: u32) -> Result<Vec<Future>> {
+        let (tasks, wanted) = task_specs(plan, retries)?;
         let outputs: Vec<Key> = (plan.outputs.iter())
             .map(|id| plan.graph.key(*id).clone())
             .collect();

@@ -211,12 +211,14 @@ class Client(_partita.Client):
     Pass it as `scheduler=` to any compute, or use its futures: `compute`, `submit`, `map`,
     `gather`, `cancel`, `wait` (and `pt.as_completed`)."""
 
-    def compute(self, collections):
-        """Start computing an array or frame (or a list of them) and return at once with a
-        `Future` (or a list of them); `future.result()` gives the NumPy array or frame."""
+    def compute(self, collections, retries=None):
+        """Start computing an array, frame or delayed value (or a list of them) and return at
+        once with a `Future` (or a list of them); `future.result()` gives the NumPy array,
+        frame or Python object. A task that raises is run again up to `retries` times
+        (default: `client.retries`) before its error counts."""
         if isinstance(collections, (list, tuple)):
-            return self._compute([_rust(c) for c in collections])
-        return self._compute([_rust(collections)])[0]
+            return self._compute([_rust(c) for c in collections], retries)
+        return self._compute([_rust(collections)], retries)[0]
 
     def submit(self, func, *args, key=None, pure=True, retries=None, **kwargs):
         """Run `func(*args, **kwargs)` on a worker; futures among the arguments are replaced
