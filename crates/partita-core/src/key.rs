@@ -103,6 +103,7 @@ impl Key {
 }
 
 impl Clone for Key {
+    #[inline]
     fn clone(&self) -> Key {
         // `SmallVec::clone` goes element by element; the indices are `Copy`.
         Key {
@@ -114,16 +115,21 @@ impl Clone for Key {
 }
 
 impl PartialEq for Key {
+    /// Hash first, then the name by address (keys cloned from one another share it) and
+    /// only then by content; indices element by element (they are short).
+    #[inline]
     fn eq(&self, other: &Key) -> bool {
         self.hash == other.hash
-            && self.index == other.index
             && (Arc::ptr_eq(&self.name, &other.name) || self.name == other.name)
+            && self.index.len() == other.index.len()
+            && self.index.iter().zip(&other.index).all(|(a, b)| a == b)
     }
 }
 
 impl Eq for Key {}
 
 impl Hash for Key {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);
     }

@@ -4,7 +4,8 @@
 //! scheduler` process does for the task-throughput workload of the comparison suite (10,000
 //! delayed calls reduced 100 at a time, as `pt.delayed` names them: `inc-17`, `total-3`):
 //! decode the client's `SubmitGraph`, then finish every task as two one-thread workers
-//! would report it, encoding each message the scheduler sends. Throughput is tasks per
+//! would report it (each report encoded and decoded, so its key arrives as a fresh name, as
+//! from a socket), encoding each message the scheduler sends. Throughput is tasks per
 //! second of scheduler time, an upper bound on the cluster's.
 
 use std::collections::VecDeque;
@@ -121,11 +122,14 @@ fn run(bytes: &[u8], root: &Key) -> usize {
                 continue;
             };
             now += 20;
-            let msg = FromWorker::TaskFinished {
+            // Through the wire, as the runtime receives it: keys arrive as fresh names.
+            let report = FromWorker::TaskFinished {
                 key,
                 nbytes: 28,
                 compute_micros: 20,
             };
+            let wire = messages::encode(&report).expect("encodes");
+            let msg: FromWorker = messages::decode(&wire).expect("decodes");
             let e = SchedulerEvent::FromWorker {
                 worker: WorkerId(w as u32),
                 msg,

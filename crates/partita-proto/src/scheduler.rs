@@ -417,9 +417,18 @@ impl SchedulerState {
                 key,
                 nbytes,
                 compute_micros,
-            } => self.task_finished(worker, key, nbytes, compute_micros),
-            FromWorker::TaskErred { key, error } => self.task_erred(worker, key, error),
-            FromWorker::StealResponse { key, stolen } => self.steal_response(worker, key, stolen),
+            } => {
+                let key = self.canonical(key);
+                self.task_finished(worker, key, nbytes, compute_micros)
+            }
+            FromWorker::TaskErred { key, error } => {
+                let key = self.canonical(key);
+                self.task_erred(worker, key, error)
+            }
+            FromWorker::StealResponse { key, stolen } => {
+                let key = self.canonical(key);
+                self.steal_response(worker, key, stolen)
+            }
             FromWorker::AddKeys { keys } => {
                 for (key, _) in keys {
                     match self.tasks.get_mut(&key) {
@@ -476,6 +485,16 @@ impl SchedulerState {
                 let reply = ToClient::Workers { workers };
                 self.out.push(SchedulerAction::SendToClient(client, reply));
             }
+        }
+    }
+
+    /// The task map's own copy of `key` when it has one: keys arriving in messages have
+    /// names of their own, and every later comparison with a copy that shares the map's
+    /// name stops at its address instead of reading the name (see `Key`'s `PartialEq`).
+    fn canonical(&self, key: Key) -> Key {
+        match self.tasks.get_key_value(&key) {
+            Some((k, _)) => k.clone(),
+            None => key,
         }
     }
 
@@ -595,11 +614,14 @@ impl SchedulerState {
                 continue;
             }
             self.next_seq += 1;
+            // Dependencies share the names of their tasks' keys (submitted earlier, or
+            // earlier in this submission: clients send tasks after their dependencies).
+            let deps = (spec.deps.into_iter()).map(|d| self.canonical(d)).collect();
             self.tasks.insert(
                 spec.key.clone(),
                 Task {
                     payload: spec.payload,
-                    deps: spec.deps,
+                    deps,
                     dependents: FxHashSet::default(),
                     active_dependents: 0,
                     missing_deps: 0,
@@ -630,6 +652,7 @@ impl SchedulerState {
             }
             self.tasks.get_mut(k).expect("just added").missing_deps = missing;
         }
+        let wanted: Vec<Key> = wanted.into_iter().map(|k| self.canonical(k)).collect();
         let mine = self.clients.entry(client).or_default();
         for k in &wanted {
             mine.insert(k.clone());
@@ -680,6 +703,7 @@ impl SchedulerState {
     fn release_keys(&mut self, client: ClientId, keys: Vec<Key>) {
         let mut work = Vec::new();
         for k in keys {
+            let k = self.canonical(k);
             if let Some(set) = self.clients.get_mut(&client) {
                 set.remove(&k);
             }
@@ -1396,6 +1420,7 @@ impl SchedulerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn spec(key: &Key, deps: &[&Key], priority: i64) -> TaskSpec {
         TaskSpec {
@@ -1470,6 +1495,32 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn keys_from_messages_share_the_task_maps_names() {
+        // Every key below has a name of its own, as decoded from separate messages.
+        let fresh = |name: &str| Key::named(name.to_string());
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        let specs = vec![
+            spec(&fresh("a"), &[], 0),
+            spec(&fresh("b"), &[&fresh("a")], 0),
+        ];
+        let actions = submit(&mut s, 0, specs, &[&fresh("b")]);
+        let (a, _) = s.tasks.get_key_value(&fresh("a")).expect("a known");
+        let (b, tb) = s.tasks.get_key_value(&fresh("b")).expect("b known");
+        assert!(Arc::ptr_eq(tb.deps[0].name_arc(), a.name_arc()));
+        let wanted = s.clients[&ClientId(0)].iter().next().expect("b wanted");
+        assert!(Arc::ptr_eq(wanted.name_arc(), b.name_arc()));
+        // A report's key becomes the map's before anything else reads it.
+        assert_eq!(computes(&actions), [(0, fresh("a"))]);
+        let actions = finish(&mut s, 0, &fresh("a"), 8);
+        let sent = computes(&actions);
+        assert_eq!(sent, [(0, fresh("b"))]);
+        let (b, _) = s.tasks.get_key_value(&fresh("b")).expect("b known");
+        assert!(Arc::ptr_eq(sent[0].1.name_arc(), b.name_arc()));
+        s.check_consistency().unwrap();
     }
 
     #[test]
