@@ -103,6 +103,10 @@ def test_failing_functions_are_retried_when_asked(cluster_client, tmp_path):
     with pytest.raises(pt.ComputeError, match="run 0 fails"):
         cluster_client.compute(pt.delayed(flaky)(d, 1)).result(timeout=60)
     assert cluster_client.compute(pt.delayed(flaky)(d, 2) + 10, retries=1).result(timeout=60) == 12
+    with pytest.raises(OverflowError):
+        cluster_client.compute(pt.delayed(flaky)(d, 0), retries=-1)
+    with pytest.raises(TypeError):
+        cluster_client.compute(pt.delayed(flaky)(d, 0), retries="twice")
     # For everything the client sends, delayed graphs included.
     assert cluster_client.retries == 0
     cluster_client.retries = 3
