@@ -70,3 +70,17 @@ def test_bad_cluster_files_are_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(pt.PartitaError, match="bad.json"):
         pt.Client(str(bad))
+
+
+def test_debug_logs_give_a_task_stream(monkeypatch):
+    # Workers inherit RUST_LOG: at debug level each task they run is a line with its key
+    # and duration, each batch of fetched values one with its source.
+    monkeypatch.setenv("RUST_LOG", "info,partita_distributed=debug")
+    with pt.LocalCluster(n_workers=2) as cluster, pt.Client(cluster) as client:
+        x = pt.arange(0, 100, chunks=10)
+        assert (x + 1).sum().compute(scheduler=client) == sum(range(1, 101))
+        logs = cluster.log("worker-0") + cluster.log("worker-1")
+    ran = [line for line in logs.splitlines() if " ran " in line and "micros=" in line]
+    assert len(ran) >= 10, logs
+    assert any("ok=true" in line for line in ran)
+    assert any(" fetched " in line and "from=" in line for line in logs.splitlines()), logs

@@ -244,7 +244,14 @@ fn perform(
             WorkerAction::Fetch { keys, from, .. } => {
                 let shared = Arc::clone(shared);
                 tokio::spawn(async move {
+                    let start = Instant::now();
                     let results = shared.peers.fetch_many(&from.address, &keys).await;
+                    tracing::debug!(
+                        keys = keys.len(),
+                        from = %from.id,
+                        micros = start.elapsed().as_micros() as u64,
+                        "fetched"
+                    );
                     for (key, result) in keys.into_iter().zip(results) {
                         let event = match result {
                             Ok(value) => {
@@ -326,6 +333,8 @@ fn run_task(shared: &Shared, key: Key, payload: &[u8], inputs: &[Key]) -> Worker
             .and_then(|op| partita_core::op::execute_guarded(&key, op.as_ref(), &values)),
     };
     let micros = start.elapsed().as_micros() as u64;
+    // With the log's timestamps, `RUST_LOG=partita_distributed=debug` gives a task stream.
+    tracing::debug!(task = %key, micros, ok = result.is_ok(), "ran");
     {
         let mut durations = locked(&shared.durations);
         // By group: delayed calls have a name each (`inc-17`), timed by name none would

@@ -3,7 +3,8 @@
 //! Key decision: an aggregation that **decomposes** runs in three phases, all polars
 //! group-bys: each partition aggregates to a partial (fused into the partition's plan, so it
 //! reads only the columns it needs), partials are concatenated `split_every` at a time and
-//! aggregated again, and a last step turns the partial columns into the result:
+//! aggregated again, and a last step turns the partial columns into the result (a frame of
+//! one partition runs partial and last step as one plan, with no combine):
 //!
 //! | aggregation          | partial columns          | combine               | result                |
 //! |----------------------|--------------------------|-----------------------|-----------------------|
@@ -205,13 +206,20 @@ impl GroupBy {
             }
             return Ok(out);
         }
+        if frame.npartitions() == 1 {
+            // One partial holds each group once already: the finishing steps join its
+            // plan, and the whole group-by is one task with one polars collect.
+            return finish
+                .into_iter()
+                .try_fold(partials, |out, step| out.with_step(step, "group_by"));
+        }
         // A tree of combine tasks down to one partial, then the finishing steps.
         let name = Key::unique_name("group-by-combine");
         let combine: Arc<dyn Op> = Arc::new(combine);
         let mut level: Vec<Key> = partials.output_keys();
         let mut tasks = Vec::new();
         let mut depth = 0u32;
-        while level.len() > 1 || depth == 0 {
+        while level.len() > 1 {
             let next: Vec<Key> = level
                 .chunks(self.split_every)
                 .enumerate()
