@@ -76,6 +76,12 @@ def _prepare(obj, found):
     t = type(obj)
     if t in _PLAIN:
         return obj
+    if t is found.kind:
+        i = found.seen.get(id(obj))
+        if i is None:
+            i = found.seen[id(obj)] = len(found.deps)
+            found.deps.append(obj)
+        return Dep(i)
     if t is list:
         return [_prepare(x, found) for x in obj]
     if t is tuple:
@@ -363,6 +369,10 @@ class DelayedFunction:
         self.__name__ = self._name
 
     def __call__(self, *args, **kwargs):
+        # The common `f(1, "a")`: plain arguments only, nothing to look for inside them.
+        if not kwargs and all(type(a) in _PLAIN for a in args) and _pickles_by_reference(self._f):
+            payload = pickle.dumps((self._f, args, {}), protocol=pickle.HIGHEST_PROTOCOL)
+            return Delayed(_partita.delayed_call(self._name, payload, []))
         return _call(self._f, args, kwargs, self._name)
 
     def __repr__(self):
