@@ -76,30 +76,26 @@ def _prepare(obj, found):
     t = type(obj)
     if t in _PLAIN:
         return obj
-    if t is found.kind:
-        i = found.seen.get(id(obj))
-        if i is None:
-            i = found.seen[id(obj)] = len(found.deps)
-            found.deps.append(obj)
-        return Dep(i)
-    if t is list:
-        return [_prepare(x, found) for x in obj]
-    if t is tuple:
-        return tuple(_prepare(x, found) for x in obj)
-    if t is dict:
-        if not all(type(k) in _PLAIN for k in obj):
+    # An input of exactly the kind looked for (the common case) skips the other tests.
+    if t is not found.kind:
+        if t is list:
+            return [_prepare(x, found) for x in obj]
+        if t is tuple:
+            return tuple(_prepare(x, found) for x in obj)
+        if t is dict:
+            if not all(type(k) in _PLAIN for k in obj):
+                found.plain = False
+            return {k: _prepare(v, found) for k, v in obj.items()}
+        if found.kind is Delayed and not isinstance(obj, Delayed):
+            obj = _lift(obj)
+        if not isinstance(obj, found.kind):
             found.plain = False
-        return {k: _prepare(v, found) for k, v in obj.items()}
-    if found.kind is Delayed and not isinstance(obj, Delayed):
-        obj = _lift(obj)
-    if isinstance(obj, found.kind):
-        i = found.seen.get(id(obj))
-        if i is None:
-            i = found.seen[id(obj)] = len(found.deps)
-            found.deps.append(obj)
-        return Dep(i)
-    found.plain = False
-    return obj
+            return obj
+    i = found.seen.get(id(obj))
+    if i is None:
+        i = found.seen[id(obj)] = len(found.deps)
+        found.deps.append(obj)
+    return Dep(i)
 
 
 _COLLECTIONS = None
@@ -158,11 +154,11 @@ def _pickles_by_reference(f):
     return known
 
 
-def _dumps_call(f, args, kwargs, found):
+def _dumps_call(f, args, kwargs, plain):
     """The payload of a call: plain `pickle` when the function is importable and the
-    arguments plain data (several times faster), cloudpickle otherwise (lambdas, closures,
+    arguments `plain` data (several times faster), cloudpickle otherwise (lambdas, closures,
     notebook functions and classes travel by value)."""
-    if found.plain and _pickles_by_reference(f):
+    if plain and _pickles_by_reference(f):
         return pickle.dumps((f, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
     return _cloudpickle().dumps((f, args, kwargs))
 
@@ -187,7 +183,7 @@ def submit(client, f, *args, key=None, pure=True, retries=None, **kwargs):
     found = _Args(Future)
     args = tuple(_prepare(a, found) for a in args)
     kwargs = {k: _prepare(v, found) for k, v in kwargs.items()}
-    payload = _dumps_call(f, args, kwargs, found)
+    payload = _dumps_call(f, args, kwargs, found.plain)
     deps = found.deps
     if key is None:
         if pure:
@@ -352,10 +348,13 @@ Delayed.__abs__ = lambda self: _call(operator.abs, (self,), {}, "abs")
 
 
 def _call(f, args, kwargs, name):
+    # The common `f(1, "a")`: plain arguments only, nothing to look for inside them.
+    if not kwargs and all(type(a) in _PLAIN for a in args):
+        return Delayed(_partita.delayed_call(name, _dumps_call(f, args, {}, True), []))
     found = _Args(Delayed)
     args = tuple(_prepare(a, found) for a in args)
     kwargs = {k: _prepare(v, found) for k, v in kwargs.items()} if kwargs else {}
-    payload = _dumps_call(f, args, kwargs, found)
+    payload = _dumps_call(f, args, kwargs, found.plain)
     return Delayed(_partita.delayed_call(name, payload, [d._rust for d in found.deps]))
 
 
@@ -369,10 +368,6 @@ class DelayedFunction:
         self.__name__ = self._name
 
     def __call__(self, *args, **kwargs):
-        # The common `f(1, "a")`: plain arguments only, nothing to look for inside them.
-        if not kwargs and all(type(a) in _PLAIN for a in args) and _pickles_by_reference(self._f):
-            payload = pickle.dumps((self._f, args, {}), protocol=pickle.HIGHEST_PROTOCOL)
-            return Delayed(_partita.delayed_call(self._name, payload, []))
         return _call(self._f, args, kwargs, self._name)
 
     def __repr__(self):
