@@ -22,5 +22,11 @@ echo "==> building partita._partita (maturin develop)"
 (cd "$here" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --quiet)
 
 echo "==> pytest"
+# pytest and the clusters it starts get a temporary folder of their own, checked afterwards
+# for anything partita left behind (silent when there is nothing, so pytest's summary stays
+# the last line).
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/partita-pytest.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
 cd "$here"
-"$venv/bin/python" -m pytest -q tests "$@"
+TMPDIR="$scratch" "$venv/bin/python" -m pytest -q tests "$@"
+"$here/../scripts/check-no-leftovers" "$scratch" "the Python tests"

@@ -26,11 +26,16 @@ echo "== doc tests"
 cargo test --locked --workspace --doc
 
 echo "== unit and integration tests"
+# The tests get a temporary folder of their own: anything partita leaves in it (a cluster's
+# folder, a spill directory) is a leak, reported below.
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/partita-tests.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --locked --workspace --no-fail-fast
+    TMPDIR="$scratch" cargo nextest run --locked --workspace --no-fail-fast
 else
-    cargo test --locked --workspace --lib --bins --tests --no-fail-fast
+    TMPDIR="$scratch" cargo test --locked --workspace --lib --bins --tests --no-fail-fast
 fi
+scripts/check-no-leftovers "$scratch" "the Rust tests"
 
 echo "== matrix products through OpenBLAS (feature blas)"
 if scripts/ensure-openblas; then

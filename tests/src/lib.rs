@@ -5,7 +5,7 @@
 //! threads) so that agreeing with it means something.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use partita::distributed::{Client, LocalCluster, LocalClusterOptions};
@@ -275,10 +275,32 @@ pub fn cluster() -> Option<&'static Client> {
         };
         let cluster = LocalCluster::start(options)
             .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        remove_at_exit(cluster.dir());
         let client = (cluster.client()).unwrap_or_else(|e| panic!("cannot connect: {e}"));
         Some((cluster, client))
     });
     entry.as_ref().map(|(_, client)| client)
+}
+
+/// A static is never dropped, so the shared cluster's folder (cluster file with its token,
+/// logs) would outlive the test binary, one per test process under nextest: remove it when
+/// the process exits. Its processes exit then too (they watch a pipe from this process);
+/// those still writing a log line write to an unlinked file.
+fn remove_at_exit(dir: &Path) {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    if DIR.set(dir.to_path_buf()).is_ok() {
+        // SAFETY: `remove` is a plain function that cannot unwind (it ignores the one
+        // error it can meet) and reads a static that lives until the process ends.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(remove);
+        }
+    }
 }
 
 /// `$PARTITA_TEST_WORKER`, else `partita-test-worker` next to the running test binary (or
