@@ -11,7 +11,12 @@
 //! sent one per system call, which moves a 1 GB value about 3x faster than Ethernet-sized
 //! datagrams batched by segmentation offload (quinn's per-packet work, not the copy or the
 //! cipher, was the limit). Across a network the defaults stay: 1452-byte datagrams found by
-//! MTU discovery, batched by GSO.
+//! MTU discovery, batched by GSO. Over loopback, too, each end asks the other to acknowledge
+//! within a millisecond (QUIC's ACK frequency extension; 25 ms by default), and every
+//! endpoint asks the kernel for 8 MiB socket buffers: with the default 208 KiB receive
+//! buffer, bursts of 64 KiB datagrams were dropped, and a drop at the end of a transfer
+//! stalled it for a probe timeout, which waits the peer's ACK delay (a 2 MB result took
+//! 28 ms to gather instead of 1 ms).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,12 +94,42 @@ pub fn endpoint(
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime to run QUIC on"))?;
     let socket = std::net::UdpSocket::bind(bind)?;
+    size_socket_buffers(&socket);
     quinn::Endpoint::new(
         config,
         server.map(|s| s.network.as_ref().clone()),
         socket,
         runtime,
     )
+}
+
+/// The longest a loopback peer may hold back an acknowledgement.
+const LOOPBACK_ACK_DELAY: Duration = Duration::from_millis(1);
+
+/// Socket buffer size asked of the kernel, each way.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Below this receive buffer, a burst of large datagrams overflows it.
+const SMALL_RECEIVE_BUFFER: usize = 1 << 20;
+
+/// Ask for [`SOCKET_BUFFER`] bytes of socket buffer each way. The kernel's default receive
+/// buffer (208 KiB on Linux) holds three 64 KiB datagrams: a sender's burst overflows it,
+/// the kernel drops datagrams, and each drop at the end of a transfer stalls it until
+/// QUIC's probe timeout (about 30 ms) resends them. The kernel caps the size
+/// (`net.core.rmem_max` on Linux); a cap below [`SMALL_RECEIVE_BUFFER`] is logged.
+fn size_socket_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    match sock.recv_buffer_size() {
+        Ok(n) if n < SMALL_RECEIVE_BUFFER => tracing::info!(
+            "the UDP receive buffer is {n} bytes (asked for {SOCKET_BUFFER}): large transfers \
+             may drop datagrams and stall; raise the system's cap (on Linux, sysctl \
+             net.core.rmem_max) for faster transfers"
+        ),
+        Ok(n) => tracing::debug!("UDP receive buffer: {n} bytes"),
+        Err(e) => tracing::debug!("cannot read the UDP receive buffer size: {e}"),
+    }
 }
 
 /// Everything a worker or client needs to join a cluster.
@@ -266,6 +301,13 @@ fn transport(link: Link) -> Arc<quinn::TransportConfig> {
         mtu.upper_bound(MAX_UDP_PAYLOAD);
         t.mtu_discovery_config(Some(mtu));
         t.enable_segmentation_offload(false);
+        // Acknowledge within a millisecond, not QUIC's default 25 ms: the probe timeout that
+        // resends a datagram lost at the end of a burst waits the peer's ACK delay, and a
+        // sender short of congestion window waits for late acknowledgements.
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.max_ack_delay(Some(LOOPBACK_ACK_DELAY))
+            .reordering_threshold(1u32.into());
+        t.ack_frequency_config(Some(ack));
     }
     Arc::new(t)
 }
@@ -325,9 +367,10 @@ mod tests {
     }
 
     /// Over loopback, MTU discovery takes both directions of a connection to datagrams far
-    /// beyond Ethernet's, which is what makes worker-to-worker transfers fast.
+    /// beyond Ethernet's, which is what makes worker-to-worker transfers fast; and each end
+    /// asks the other to acknowledge within [`LOOPBACK_ACK_DELAY`] (an ACK_FREQUENCY frame).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn loopback_connections_grow_their_datagrams() {
+    async fn loopback_connections_grow_their_datagrams_and_ack_quickly() {
         let file = ClusterFile::generate("127.0.0.1:0".into()).unwrap();
         let servers = file.server_configs().unwrap();
         let server = endpoint("127.0.0.1:0".parse().unwrap(), Some(&servers)).unwrap();
@@ -340,7 +383,8 @@ mod tests {
                 send.write_all(&body).await.unwrap();
                 send.finish().unwrap();
             }
-            conn.stats().path.current_mtu
+            let stats = conn.stats();
+            (stats.path.current_mtu, stats.frame_tx.ack_frequency)
         });
         let client = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let config = file.client_config(Link::to(addr)).unwrap();
@@ -361,8 +405,11 @@ mod tests {
             }
         }
         let client_mtu = conn.stats().path.current_mtu;
+        let client_asked = conn.stats().frame_tx.ack_frequency;
         conn.close(0u32.into(), b"done");
-        let server_mtu = echo.await.unwrap();
+        let (server_mtu, server_asked) = echo.await.unwrap();
+        assert!(client_asked > 0, "the client never asked for quick acks");
+        assert!(server_asked > 0, "the server never asked for quick acks");
         assert!(
             client_mtu > 16_000,
             "client datagrams stayed at {client_mtu} bytes"
@@ -371,6 +418,28 @@ mod tests {
             server_mtu > 16_000,
             "server datagrams stayed at {server_mtu} bytes"
         );
+    }
+
+    #[test]
+    fn socket_buffers_grow_as_far_as_the_system_allows() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sock = socket2::SockRef::from(&socket);
+        let before = sock.recv_buffer_size().unwrap();
+        size_socket_buffers(&socket);
+        let after = sock.recv_buffer_size().unwrap();
+        assert!(
+            after >= before,
+            "the receive buffer shrank: {before} -> {after}"
+        );
+        // Linux grants what is asked up to net.core.rmem_max (and reports twice that).
+        #[cfg(target_os = "linux")]
+        if let Ok(cap) = std::fs::read_to_string("/proc/sys/net/core/rmem_max") {
+            let cap: usize = cap.trim().parse().unwrap();
+            assert!(
+                after >= SOCKET_BUFFER.min(cap),
+                "receive buffer {after} bytes, cap {cap}, asked {SOCKET_BUFFER}"
+            );
+        }
     }
 
     #[test]
