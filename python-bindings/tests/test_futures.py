@@ -54,6 +54,45 @@ def test_submit_and_map_run_python_functions_on_the_workers(cluster_client):
     assert cluster_client.submit(np.sum, arr).result(timeout=60) == 15
 
 
+def make_arrays(seed):
+    rng = np.random.default_rng(seed)
+    return {
+        "c": rng.normal(size=(300, 200)),
+        "f": np.asfortranarray(rng.normal(size=(50, 70))),
+        "odd": np.arange(13, dtype=np.uint8),  # a length that needs padding
+        "strided": rng.normal(size=(40, 40))[::2, ::3],  # not contiguous: pickled in band
+        "rec": np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "i4"), ("b", "f8")]),
+        "empty": np.zeros((0, 3)),
+        "scalar": 7,
+    }
+
+
+def both_with_flags(a, b):
+    return a, b, a["c"].flags.writeable and b["c"].flags.writeable
+
+
+def test_numpy_results_travel_intact_and_writable(cluster_client):
+    # Two results made on (most likely) different workers, read by one task, then gathered:
+    # their arrays go out of band (pickle protocol 5) and arrive equal, with their dtype and
+    # memory order, and writable like the arrays the task returned.
+    fa, fb = cluster_client.submit(make_arrays, 1), cluster_client.submit(make_arrays, 2)
+    got_a, got_b, writable = cluster_client.submit(both_with_flags, fa, fb).result(timeout=60)
+    assert writable
+    for got, seed in ((got_a, 1), (got_b, 2), (fa.result(timeout=60), 1)):
+        want = make_arrays(seed)
+        assert got.keys() == want.keys()
+        for k, v in want.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(got[k], v)
+                assert got[k].dtype == v.dtype, k
+                assert got[k].flags.f_contiguous == v.flags.f_contiguous, k
+                assert got[k].flags.writeable, k
+            else:
+                assert got[k] == v
+    big = cluster_client.submit(np.arange, 3_000_001, dtype=np.int64)
+    assert cluster_client.submit(np.sum, big).result(timeout=60) == 3_000_000 * 3_000_001 // 2
+
+
 def test_a_failing_python_function_raises_its_error_naming_the_task(cluster_client):
     def boom(x):
         raise ValueError(f"bad value {x}")
