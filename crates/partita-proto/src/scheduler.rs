@@ -19,6 +19,14 @@
 //!   round trip to the scheduler, and small outputs held ahead cost nothing. Durations and
 //!   sizes are learnt per task group (`Key::group`, Dask's `key_split`), so delayed calls
 //!   (`inc-17`, `inc-18`) share one.
+//! - **Roots in runs.** Each worker takes queued roots from a run of the queue of its own
+//!   (a worker without one takes a run nobody has, or the later half of the longest), so
+//!   neighbours in priority order, which usually feed the same consumer, are made on the
+//!   same worker; taking turns at the queue's front split every reduction group in two.
+//! - **Moving data costs latency too.** Placement counts, for inputs held elsewhere, their
+//!   bytes at the assumed bandwidth plus `transfer_latency` per fetch and a little per key,
+//!   so a task reading a hundred small values is not moved away from them for a few
+//!   microseconds of queued work.
 //! - **Worker death is lineage.** A dead worker's running tasks go back to waiting (each gets
 //!   a `suspicious` mark; `allowed_failures` marks err it); values only it held and still
 //!   needed are recomputed, transitively through released dependencies.
@@ -41,6 +49,16 @@ use crate::{Time, moving_average};
 /// worker than on another.
 const COASSIGN_MAX_COST_SPREAD: u64 = 1_000;
 
+/// A position in the root queue: (priority, seq).
+type QueuePos = (i64, u64);
+
+/// Where the first run of the root queue starts: before every task.
+const QUEUE_START: QueuePos = (i64::MIN, 0);
+
+/// What each input fetched from another worker costs beyond its bytes, in microseconds:
+/// both workers encode, track and decode it (10-20 us a key measured on loopback).
+const TRANSFER_MICROS_PER_KEY: u64 = 20;
+
 /// Tunables of the scheduler.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -54,6 +72,11 @@ pub struct SchedulerConfig {
     pub work_stealing: bool,
     /// Assumed network bandwidth, bytes per second, for locality costs.
     pub bandwidth: u64,
+    /// What fetching inputs from other workers costs before the first byte (a round trip
+    /// and the requests on both ends), for locality costs: without it a task reading a
+    /// hundred small values held elsewhere looks free to move for any difference in queued
+    /// work, and a tree reduction's steps fetch half their inputs.
+    pub transfer_latency: Duration,
     /// Duration assumed for a task whose group has never finished.
     pub default_task_duration: Duration,
     /// Root tasks of a group known to be quick may fill this much work per thread (more
@@ -77,6 +100,7 @@ impl Default for SchedulerConfig {
             worker_saturation: 1.1,
             work_stealing: true,
             bandwidth: 100_000_000,
+            transfer_latency: Duration::from_millis(1),
             default_task_duration: Duration::from_millis(500),
             root_queue_target: Duration::from_millis(5),
         }
@@ -237,8 +261,14 @@ pub struct SchedulerState {
     tasks: FxHashMap<Key, Task>,
     workers: BTreeMap<WorkerId, WorkerInfo>,
     clients: BTreeMap<ClientId, BTreeSet<Key>>,
-    /// Ready tasks waiting for a slot: (priority, seq, key).
-    queue: BTreeSet<(i64, u64, Key)>,
+    /// Ready tasks waiting for a slot, by (priority, seq).
+    queue: BTreeMap<QueuePos, Key>,
+    /// The queue cut into runs, one per worker taking from it (see [`Self::fill_slots`]):
+    /// where each run starts and who takes from it (`None`: nobody yet). A run ends where
+    /// the next begins; the first starts at [`QUEUE_START`], so every position has a run.
+    runs: BTreeMap<QueuePos, Option<WorkerId>>,
+    /// Where each worker's run starts.
+    run_of: BTreeMap<WorkerId, QueuePos>,
     /// Steal requests in flight: key -> (victim, thief).
     steals: BTreeMap<Key, (WorkerId, WorkerId)>,
     /// What tasks of each group (`Key::group`) take: moving averages
@@ -257,7 +287,9 @@ impl SchedulerState {
             tasks: FxHashMap::default(),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
-            queue: BTreeSet::new(),
+            queue: BTreeMap::new(),
+            runs: BTreeMap::from([(QUEUE_START, None)]),
+            run_of: BTreeMap::new(),
             steals: BTreeMap::new(),
             durations: FxHashMap::default(),
             next_seq: 0,
@@ -801,6 +833,21 @@ impl SchedulerState {
                 ));
             }
         }
+        if !self.runs.contains_key(&QUEUE_START) {
+            return Err("the root queue's first run is missing".into());
+        }
+        let owners: BTreeMap<WorkerId, QueuePos> = (self.runs.iter())
+            .filter_map(|(pos, w)| Some(((*w)?, *pos)))
+            .collect();
+        if owners != self.run_of {
+            return Err(format!(
+                "the root queue's runs {:?} disagree with their owners {:?}",
+                self.runs, self.run_of
+            ));
+        }
+        if let Some(w) = self.run_of.keys().find(|w| !self.workers.contains_key(w)) {
+            return Err(format!("{w} left but still has a run of the root queue"));
+        }
         Ok(())
     }
 
@@ -814,7 +861,7 @@ impl SchedulerState {
             };
             match t.status {
                 TaskStatus::Waiting | TaskStatus::Queued if !needed => {
-                    self.queue.remove(&(t.priority, t.seq, k.clone()));
+                    self.queue.remove(&(t.priority, t.seq));
                     work.extend(t.deps.iter().cloned());
                     self.set_status(&k, TaskStatus::Released);
                 }
@@ -928,7 +975,7 @@ impl SchedulerState {
             return;
         };
         if t.deps.is_empty() || self.workers.is_empty() {
-            self.queue.insert((t.priority, t.seq, key.clone()));
+            self.queue.insert((t.priority, t.seq), key.clone());
             self.set_status(&key, TaskStatus::Queued);
             return;
         }
@@ -958,7 +1005,8 @@ impl SchedulerState {
             let Some(t) = self.tasks.get(&k) else {
                 continue;
             };
-            let costs = candidates.iter().map(|w| self.transfer_cost(&k, *w));
+            // Bytes only: tasks reading the same inputs fetch them once per worker.
+            let costs = candidates.iter().map(|w| self.missing_inputs(&k, *w).0);
             let (lo, hi) = costs.fold((u64::MAX, 0), |(lo, hi), c| (lo.min(c), hi.max(c)));
             if t.deps.is_empty() || hi - lo > COASSIGN_MAX_COST_SPREAD {
                 self.make_ready(k);
@@ -999,18 +1047,32 @@ impl SchedulerState {
         }
     }
 
-    /// Microseconds to move `key`'s dependencies that `worker` does not hold.
+    /// Microseconds to move `key`'s dependencies that `worker` does not hold: their bytes
+    /// at the configured bandwidth, a per-key overhead, and the transfer latency once.
     fn transfer_cost(&self, key: &Key, worker: WorkerId) -> u64 {
+        match self.missing_inputs(key, worker) {
+            (_, 0) => 0,
+            (micros, keys) => micros
+                .saturating_add(keys.saturating_mul(TRANSFER_MICROS_PER_KEY))
+                .saturating_add(self.config.transfer_latency.as_micros() as u64),
+        }
+    }
+
+    /// `key`'s dependencies that `worker` does not hold: microseconds to move their bytes
+    /// at the configured bandwidth, and how many they are.
+    fn missing_inputs(&self, key: &Key, worker: WorkerId) -> (u64, u64) {
         let Some(t) = self.tasks.get(key) else {
-            return 0;
+            return (0, 0);
         };
-        let bytes: u64 = (t.deps.iter())
-            .filter_map(|d| self.tasks.get(d))
-            .filter(|dt| !dt.who_has.contains(&worker))
-            .map(|dt| dt.nbytes)
-            .sum();
+        let (mut bytes, mut keys) = (0u64, 0u64);
+        for dt in (t.deps.iter()).filter_map(|d| self.tasks.get(d)) {
+            if !dt.who_has.contains(&worker) {
+                bytes = bytes.saturating_add(dt.nbytes);
+                keys += 1;
+            }
+        }
         let micros = u128::from(bytes) * 1_000_000 / u128::from(self.config.bandwidth.max(1));
-        u64::try_from(micros).unwrap_or(u64::MAX)
+        (u64::try_from(micros).unwrap_or(u64::MAX), keys)
     }
 
     /// The candidate where the task would finish first: data to move plus queued work per
@@ -1092,21 +1154,98 @@ impl SchedulerState {
         Some(w)
     }
 
-    /// Send queued tasks, lowest priority value first, to workers with a free slot.
+    /// Send queued root tasks to workers with a free slot. Each worker takes from a run of
+    /// the queue of its own, lowest priority value first; a worker whose run is empty takes
+    /// over a run nobody has, or else the later half of the longest run. Neighbours in
+    /// priority order usually feed the same consumer (a reduction's group), so workers
+    /// taking turns at the front of the queue would split every group between them, and
+    /// each consumer would fetch most of its inputs; in runs, a group's inputs are made
+    /// where it will run. (Dask's co-assignment of root tasks, kept with queuing.) Idle
+    /// threads are served first, on every worker, before any worker gets the extra slots
+    /// that keep it busy between round trips.
     fn fill_slots(&mut self) {
-        while let Some((_, _, key)) = self.queue.first().cloned() {
-            let per_thread = self.quick_slots_per_thread(&key);
-            let open: Vec<WorkerId> = (self.workers.iter())
-                .filter(|(_, w)| {
-                    !w.metrics.paused && w.processing.len() < self.slots(w, per_thread)
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            let Some(w) = self.choose_worker(&key, &open) else {
-                return;
-            };
-            self.queue.pop_first();
-            self.assign(key, w);
+        if self.queue.is_empty() {
+            return;
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for idle_threads_only in [true, false] {
+            for &id in &ids {
+                loop {
+                    let w = &self.workers[&id];
+                    let most = match idle_threads_only {
+                        true => w.nthreads as usize,
+                        false => self.slots(w, MAX_ROOT_SLOTS),
+                    };
+                    if w.metrics.paused || w.processing.len() >= most {
+                        break;
+                    }
+                    let Some((pos, key)) = self.next_root(id) else {
+                        return; // the queue is empty
+                    };
+                    let w = &self.workers[&id];
+                    let slots = self.slots(w, self.quick_slots_per_thread(&key));
+                    if w.processing.len() >= slots.min(most) {
+                        break;
+                    }
+                    self.queue.remove(&pos);
+                    self.assign(key, id);
+                }
+            }
+        }
+    }
+
+    /// The queued tasks of the run starting at `start`, in order.
+    fn run_tasks(&self, start: QueuePos) -> std::collections::btree_map::Range<'_, QueuePos, Key> {
+        match self.runs.range(start..).nth(1) {
+            Some((end, _)) => self.queue.range(start..*end),
+            None => self.queue.range(start..),
+        }
+    }
+
+    /// The first queued task of `worker`'s run, taking a new run if it has none or its
+    /// run is empty; `None` when the queue is empty.
+    fn next_root(&mut self, worker: WorkerId) -> Option<(QueuePos, Key)> {
+        if let Some(&start) = self.run_of.get(&worker) {
+            if let Some((pos, key)) = self.run_tasks(start).next() {
+                return Some((*pos, key.clone()));
+            }
+            self.leave_run(worker);
+        }
+        // Count what each run holds, in one walk of both.
+        let mut counts: Vec<(QueuePos, Option<WorkerId>, usize)> =
+            (self.runs.iter()).map(|(pos, w)| (*pos, *w, 0)).collect();
+        let mut i = 0;
+        for pos in self.queue.keys() {
+            while i + 1 < counts.len() && counts[i + 1].0 <= *pos {
+                i += 1;
+            }
+            counts[i].2 += 1;
+        }
+        // A run nobody takes from, else the longest; ties go to the earliest.
+        let (start, owner, n) = (counts.into_iter())
+            .filter(|c| c.2 > 0)
+            .max_by_key(|(pos, owner, n)| (owner.is_none(), *n, std::cmp::Reverse(*pos)))?;
+        let split = match owner {
+            None => start,
+            Some(_) => *self.run_tasks(start).nth(n / 2).expect("counted").0,
+        };
+        if let Some(Some(previous)) = self.runs.insert(split, Some(worker)) {
+            self.run_of.remove(&previous);
+        }
+        self.run_of.insert(worker, split);
+        let (pos, key) = self.run_tasks(split).next()?;
+        Some((*pos, key.clone()))
+    }
+
+    /// `worker` no longer takes from its run: what is left of it joins the run before (or
+    /// nobody's, for the first).
+    fn leave_run(&mut self, worker: WorkerId) {
+        if let Some(start) = self.run_of.remove(&worker) {
+            if start == QUEUE_START {
+                self.runs.insert(start, None);
+            } else {
+                self.runs.remove(&start);
+            }
         }
     }
 
@@ -1295,7 +1434,7 @@ impl SchedulerState {
                 continue;
             }
             let (prio, seq) = (t.priority, t.seq);
-            self.queue.remove(&(prio, seq, k.clone()));
+            self.queue.remove(&(prio, seq));
             if let Some(w) = self.unassign(&k) {
                 self.free_on(w, k.clone());
             }
@@ -1381,6 +1520,7 @@ impl SchedulerState {
         let Some(info) = self.workers.remove(&id) else {
             return;
         };
+        self.leave_run(id);
         self.stats.workers_lost += 1;
         self.log(LogLevel::Warn, format!("{id} removed: {reason}"));
         self.steals
@@ -1717,6 +1857,43 @@ mod tests {
         // A slow task (100 ms, more than `root_queue_target`) frees one slot for one task.
         let acts = finish_in(&mut s, 0, &roots[9], 1, 100_000);
         assert_eq!(computes(&acts), vec![(0, roots[6].clone())]);
+    }
+
+    #[test]
+    fn workers_take_root_tasks_in_runs_of_the_queue() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        join(&mut s, 1, 1);
+        let roots: Vec<Key> = (0..10).map(|i| Key::new("r", [i])).collect();
+        let tasks = roots
+            .iter()
+            .enumerate()
+            .map(|(i, k)| spec(k, &[], i as i64))
+            .collect();
+        let acts = submit(&mut s, 0, tasks, &roots.iter().collect::<Vec<_>>());
+        // Each idle thread first (worker 1 splits the queue after r0 at its middle), then
+        // a second slot each (ceil(1 * 1.1) = 2), from the front of each worker's run.
+        assert_eq!(
+            computes(&acts),
+            vec![
+                (0, roots[0].clone()),
+                (1, roots[5].clone()),
+                (0, roots[1].clone()),
+                (1, roots[6].clone()),
+            ]
+        );
+        s.check_consistency().unwrap();
+        // Worker 1 goes through its run, then takes the later half of what is left of
+        // worker 0's (r2, r3, r4), keeping to it.
+        let mut taken = Vec::new();
+        for k in [5, 6, 7, 8, 9] {
+            taken.extend(computes(&finish_in(&mut s, 1, &roots[k], 1, 100_000)));
+        }
+        let want: Vec<(u32, Key)> = [7, 8, 9, 3, 4].map(|i| (1, roots[i].clone())).into();
+        assert_eq!(taken, want);
+        let acts = finish_in(&mut s, 0, &roots[0], 1, 100_000);
+        assert_eq!(computes(&acts), vec![(0, roots[2].clone())]);
+        s.check_consistency().unwrap();
     }
 
     #[test]

@@ -94,7 +94,11 @@ fn root_task_queuing_bounds_root_outputs() {
 
 #[test]
 fn locality_runs_a_task_where_its_large_input_is() {
-    let mut sim = Sim::new(SimConfig::default());
+    // One thread per worker, so the two inputs start on different workers.
+    let mut sim = Sim::new(SimConfig {
+        nthreads: 1,
+        ..SimConfig::default()
+    });
     let (big, small, out) = (Key::named("big"), Key::named("small"), Key::named("out"));
     sim.set_behavior(
         big.clone(),
@@ -460,6 +464,53 @@ fn a_value_read_by_many_tasks_is_freed_after_the_last_reader() {
     sim.client_sends_at(sim.now(), C, FromClient::ReleaseKeys { keys: outs });
     sim.run_until(sim.now() + Duration::from_millis(5));
     assert_eq!(sim.scheduler().task_count(), 0);
+}
+
+#[test]
+fn root_tasks_are_taken_in_runs_so_reductions_read_local_inputs() {
+    // 2,000 quick roots reduced 100 at a time (delayed calls and their sum): with the two
+    // workers taking turns at the front of the queue, each sum would fetch about half its
+    // inputs (about 1,000 transfers); taking runs, only the final sum fetches.
+    let mut sim = Sim::new(SimConfig {
+        workers: 2,
+        nthreads: 1,
+        latency: Duration::from_micros(300),
+        ..SimConfig::default()
+    });
+    let quick = |nbytes| TaskBehavior {
+        duration: Duration::from_micros(5),
+        nbytes,
+        ..TaskBehavior::default()
+    };
+    let leaves: Vec<Key> = (0..2000).map(|i| Key::named(format!("inc-{i}"))).collect();
+    let mut tasks: Vec<_> = leaves.iter().map(|k| spec(k.clone(), vec![])).collect();
+    let sums: Vec<Key> = (0..20).map(|j| Key::named(format!("total-{j}"))).collect();
+    for (j, k) in sums.iter().enumerate() {
+        tasks.push(spec(k.clone(), leaves[j * 100..(j + 1) * 100].to_vec()));
+    }
+    let out = Key::named("total-20");
+    tasks.push(spec(out.clone(), sums.clone()));
+    for t in &tasks {
+        sim.set_behavior(t.key.clone(), quick(28));
+    }
+    order_depth_first(&mut tasks, std::slice::from_ref(&out));
+    sim.submit_at(Time::ZERO, C, tasks, vec![out.clone()]);
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, std::slice::from_ref(&out));
+    let placed = |k: &Key| sim.report().placements[k][0];
+    let used: std::collections::BTreeSet<WorkerId> = leaves.iter().map(placed).collect();
+    assert_eq!(used.len(), 2, "both workers share the roots");
+    for (j, k) in sums.iter().enumerate() {
+        let local = (leaves[j * 100..(j + 1) * 100].iter())
+            .filter(|leaf| placed(leaf) == placed(k))
+            .count();
+        assert!(
+            local >= 50,
+            "{k} found {local} of its 100 inputs where it ran"
+        );
+    }
+    let transfers = sim.report().transfers;
+    assert!(transfers <= 100, "{transfers} transfers");
 }
 
 #[test]
