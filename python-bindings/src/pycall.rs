@@ -24,7 +24,7 @@ use std::sync::Arc;
 use partita::{Error, Op, Result, Value};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyMemoryView, PyString};
 use serde::{Deserialize, Serialize};
 
 /// A Python object held as a task's value.
@@ -135,10 +135,7 @@ impl PyObj {
                     }
                 }
             }
-            let pickle = pickle
-                .cast::<PyBytes>()
-                .map_err(|e| Error::Codec(format!("pickling gave no bytes: {e}")))?
-                .as_bytes();
+            let pickle = pickle_bytes(&pickle)?;
             let mut head = Vec::with_capacity(13 + 8 * raw.len() + pickle.len());
             head.push(PICKLE_OUT_OF_BAND);
             head.extend_from_slice(&(raw.len() as u32).to_le_bytes());
@@ -162,11 +159,15 @@ impl PyObj {
     }
 }
 
+/// What `pickle.dumps` returned, as bytes.
+fn pickle_bytes<'a>(pickle: &'a Bound<'_, PyAny>) -> Result<&'a [u8]> {
+    (pickle.cast::<PyBytes>())
+        .map(|b| b.as_bytes())
+        .map_err(|e| Error::Codec(format!("pickling gave no bytes: {e}")))
+}
+
 fn in_band(pickle: &Bound<'_, PyAny>) -> Result<Vec<u8>> {
-    let bytes = pickle
-        .cast::<PyBytes>()
-        .map_err(|e| Error::Codec(format!("pickling gave no bytes: {e}")))?
-        .as_bytes();
+    let bytes = pickle_bytes(pickle)?;
     let mut head = Vec::with_capacity(1 + bytes.len());
     head.push(PICKLE_IN_BAND);
     head.extend_from_slice(bytes);
@@ -262,11 +263,8 @@ fn decode_pyobj(mut payload: bytes::Bytes) -> Result<Value> {
                     )));
                 }
                 // Writable, as the arrays a task returned were.
-                let memory = py
-                    .import("builtins")
-                    .and_then(|b| b.getattr("memoryview"))
-                    .and_then(|m| m.call1((pyo3::types::PyByteArray::new(py, &body),)))
-                    .map_err(unpickle_failed)?;
+                let body = pyo3::types::PyByteArray::new(py, &body);
+                let memory = PyMemoryView::from(&body).map_err(unpickle_failed)?;
                 oob.load(py, &memory).map_err(unpickle_failed)?
             }
             other => {
@@ -298,11 +296,7 @@ fn decode_pyobj_split(mut head: bytes::Bytes, body: Vec<u64>, body_len: usize) -
     crate::threadstate::attach_value(|py| {
         use numpy::IntoPyArray;
         let words = body.into_pyarray(py);
-        let memory = py
-            .import("builtins")
-            .and_then(|b| b.getattr("memoryview"))
-            .and_then(|m| m.call1((words,)))
-            .map_err(unpickle_failed)?;
+        let memory = PyMemoryView::from(words.as_any()).map_err(unpickle_failed)?;
         let obj = oob.load(py, &memory).map_err(unpickle_failed)?;
         Ok(Value::new(PyObj(obj)))
     })
