@@ -120,7 +120,7 @@ def test_calls_travel_by_plain_pickle_only_when_a_worker_can_load_them(scheduler
 
     from partita import _futures
 
-    by_ref = _futures._pickles_by_reference
+    by_ref = _futures._reference
     assert by_ref(math.sqrt) and by_ref(operator.add) and by_ref(sum)
     assert not by_ref(lambda x: x)
     assert not by_ref(functools.partial(math.sqrt))
@@ -139,6 +139,16 @@ def test_calls_travel_by_plain_pickle_only_when_a_worker_can_load_them(scheduler
     x = pt.delayed(inc)(1)
     out = pt.delayed(operator.add)(pt.delayed(math.hypot)(3.0, 4.0), pt.delayed(sum)([x, x, 1]))
     assert out.compute(scheduler=scheduler) == 5.0 + 5
+    # By name: the function's own pickle (made once), then the arguments'; a worker runs
+    # either kind of payload, and the same call always makes the same bytes (pure keys).
+    payload = _futures._dumps_call(math.hypot, (3.0, 4.0), {}, True)
+    assert payload.startswith(_futures._BY_NAME)
+    assert payload == _futures._dumps_call(math.hypot, (3.0, 4.0), {}, True)
+    assert _futures.run_call(payload, []) == 5.0
+    assert _futures.run_call(payload, []) == 5.0  # the function unpickled once, kept
+    by_value = _futures._dumps_call(lambda a, b: a - b, (_futures.Dep(0), 1), {}, True)
+    assert not by_value.startswith(_futures._BY_NAME)
+    assert _futures.run_call(by_value, [10]) == 9
 
 
 THIS_MODULE = __name__

@@ -3,11 +3,13 @@
 
 A Python function sent to the cluster travels as a pickle of `(f, args, kwargs)`, with
 every future among its arguments (at the top level, or inside lists, tuples and dicts)
-replaced by a `Dep(i)` placeholder for the task's i-th input. Plain `pickle` writes it when
-the function is importable by name and the arguments are plain data (numbers, strings,
-bytes and containers of them): a few microseconds less per call. Anything else goes
-through cloudpickle, so lambdas, closures and notebook functions travel by value. Workers started by
-`python -m partita worker` (as `pt.LocalCluster` starts them) run it with `run_call`.
+replaced by a `Dep(i)` placeholder for the task's i-th input. When the function is
+importable by name and the arguments are plain data (numbers, strings, bytes and
+containers of them), plain `pickle` writes them instead, the function apart: its pickle,
+made once per function, then a pickle of `(args, kwargs)` (see `_BY_NAME`); a worker
+unpickles each such function once. Anything else goes through cloudpickle, so lambdas,
+closures and notebook functions travel by value. Workers started by `python -m partita
+worker` (as `pt.LocalCluster` starts them) run calls with `run_call`.
 """
 
 import hashlib
@@ -46,10 +48,33 @@ def _substitute(obj, inputs):
     return obj
 
 
+# A call whose function travels by name begins with these bytes, then the length of the
+# function's pickle (4 bytes, little-endian), that pickle, and a pickle of `(args, kwargs)`.
+# Pickles of protocol 2 and later begin with b"\x80", so the two kinds cannot be mistaken.
+_BY_NAME = b"PTC\x01"
+
+# Functions a worker has unpickled, by their pickle (a name to import: the same function).
+_FUNCTIONS = {}
+
+
 def run_call(payload, inputs):
-    """On a worker: unpickle `(f, args, kwargs)`, put the inputs in place and call."""
-    f, args, kwargs = pickle.loads(payload)
-    return f(*_substitute(args, inputs), **_substitute(kwargs, inputs))
+    """On a worker: unpickle the function and its arguments, put the inputs in place and
+    call."""
+    if payload.startswith(_BY_NAME):
+        end = 8 + int.from_bytes(payload[4:8], "little")
+        name = payload[8:end]
+        f = _FUNCTIONS.get(name)
+        if f is None:
+            f = pickle.loads(name)
+            if len(_FUNCTIONS) >= 1024:
+                _FUNCTIONS.clear()
+            _FUNCTIONS[name] = f
+        args, kwargs = pickle.loads(payload[end:])
+    else:
+        f, args, kwargs = pickle.loads(payload)
+    if inputs:  # else there is no `Dep` to replace
+        args, kwargs = _substitute(args, inputs), _substitute(kwargs, inputs)
+    return f(*args, **kwargs)
 
 
 # Values plain `pickle` writes in full, the same on every machine.
@@ -119,11 +144,14 @@ def _lift(obj):
     return obj
 
 
-# Whether plain `pickle` writes a function as a reference a worker can import, by function.
+# What a call's payload begins with for a function plain `pickle` writes as a reference a
+# worker can import (`_BY_NAME`, the pickle's length, the pickle), or False, by function.
 _BY_REFERENCE = {}
 
 
-def _pickles_by_reference(f):
+def _reference(f):
+    """The payload prefix naming `f` (see `_BY_NAME`), or False when `f` must travel by
+    value."""
     try:
         known = _BY_REFERENCE.get(f)
     except TypeError:  # an unhashable callable
@@ -144,8 +172,8 @@ def _pickles_by_reference(f):
         registered = any(".".join(parts[:i]) in by_value for i in range(1, len(parts) + 1))
         if plain_kind and parts and module != "__main__" and not registered:
             try:
-                pickle.dumps(f, protocol=pickle.HIGHEST_PROTOCOL)
-                known = True
+                name = pickle.dumps(f, protocol=pickle.HIGHEST_PROTOCOL)
+                known = _BY_NAME + len(name).to_bytes(4, "little") + name
             except Exception:
                 pass
         if len(_BY_REFERENCE) >= 1024:
@@ -155,11 +183,14 @@ def _pickles_by_reference(f):
 
 
 def _dumps_call(f, args, kwargs, plain):
-    """The payload of a call: plain `pickle` when the function is importable and the
-    arguments `plain` data (several times faster), cloudpickle otherwise (lambdas, closures,
-    notebook functions and classes travel by value)."""
-    if plain and _pickles_by_reference(f):
-        return pickle.dumps((f, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    """The payload of a call: the function's name and a plain pickle of the arguments when
+    the function is importable and the arguments `plain` data (several times faster),
+    cloudpickle otherwise (lambdas, closures, notebook functions and classes travel by
+    value)."""
+    if plain:
+        prefix = _reference(f)
+        if prefix:
+            return prefix + pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
     return _cloudpickle().dumps((f, args, kwargs))
 
 
@@ -349,7 +380,7 @@ Delayed.__abs__ = lambda self: _call(operator.abs, (self,), {}, "abs")
 
 def _call(f, args, kwargs, name):
     # The common `f(1, "a")`: plain arguments only, nothing to look for inside them.
-    if not kwargs and all(type(a) in _PLAIN for a in args):
+    if not kwargs and _PLAIN.issuperset(map(type, args)):
         return Delayed(_partita.delayed_call(name, _dumps_call(f, args, {}, True), []))
     found = _Args(Delayed)
     args = tuple(_prepare(a, found) for a in args)
