@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use partita::{Error, Op, Result, Value};
+use partita::{BufferList, Error, Op, Result, Value};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyMemoryView, PyString};
@@ -77,19 +77,12 @@ impl partita::Data for PyObj {
 const PICKLE_IN_BAND: u8 = 0;
 const PICKLE_OUT_OF_BAND: u8 = 1;
 
-/// Zeros to pad an out-of-band buffer to a multiple of 8 bytes.
-static PADDING: [u8; 8] = [0; 8];
-
-fn padded(len: usize) -> usize {
-    len.div_ceil(8) * 8
-}
-
 impl PyObj {
     /// The payload as a head and a body. Plain scalars are pickled in band (plain pickle,
     /// ten times faster for them); anything else with cloudpickle, protocol 5, and the
     /// buffers it offers out of band (a NumPy array's data) become the body, each padded
-    /// to 8 bytes: `[1, n: u32, n lengths: u64, pickle length: u64, pickle][buffers]`. The
-    /// receiver keeps the body in one buffer that the unpickled objects then share, so a
+    /// to 8 bytes: the head is the format byte 1 and a [`BufferList`] head whose trailer is
+    /// the pickle. The receiver keeps the body in one buffer that the unpickled objects then share, so a
     /// large array is copied once on each side instead of five times in all.
     fn pickled(&self) -> Result<(Vec<u8>, Vec<bytes::Bytes>)> {
         crate::threadstate::attach_value(|py| {
@@ -135,26 +128,13 @@ impl PyObj {
                     }
                 }
             }
-            let pickle = pickle_bytes(&pickle)?;
-            let mut head = Vec::with_capacity(13 + 8 * raw.len() + pickle.len());
-            head.push(PICKLE_OUT_OF_BAND);
-            head.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-            for b in &raw {
-                head.extend_from_slice(&(b.as_bytes().len() as u64).to_le_bytes());
-            }
-            head.extend_from_slice(&(pickle.len() as u64).to_le_bytes());
-            head.extend_from_slice(pickle);
-            let mut body = Vec::with_capacity(2 * raw.len());
-            for b in raw {
-                let len = b.as_bytes().len();
-                body.push(bytes::Bytes::from_owner(
-                    pyo3::pybacked::PyBackedBytes::from(b),
-                ));
-                if padded(len) > len {
-                    body.push(bytes::Bytes::from_static(&PADDING[..padded(len) - len]));
-                }
-            }
-            Ok((head, body))
+            let lengths: Vec<usize> = raw.iter().map(|b| b.as_bytes().len()).collect();
+            let mut head = vec![PICKLE_OUT_OF_BAND];
+            BufferList::write_head(&lengths, pickle_bytes(&pickle)?, &mut head);
+            let buffers = (raw.into_iter())
+                .map(|b| bytes::Bytes::from_owner(pyo3::pybacked::PyBackedBytes::from(b)))
+                .collect();
+            Ok((head, BufferList::body(buffers)))
         })
     }
 }
@@ -174,68 +154,24 @@ fn in_band(pickle: &Bound<'_, PyAny>) -> Result<Vec<u8>> {
     Ok(head)
 }
 
-/// An out-of-band payload's head: the buffers' lengths, and the pickle.
-struct OutOfBand {
-    lengths: Vec<usize>,
-    pickle: bytes::Bytes,
-}
-
-impl OutOfBand {
-    /// Parse the head after the format byte; `rest` is what follows the pickle.
-    fn parse(mut p: bytes::Bytes) -> Result<(OutOfBand, bytes::Bytes)> {
-        let bad = |what: &str| Error::Codec(format!("malformed Python value: {what}"));
-        let mut take = |n: usize, what: &str| {
-            if p.len() < n {
-                Err(bad(what))
-            } else {
-                Ok(p.split_to(n))
-            }
-        };
-        let count =
-            u32::from_le_bytes(take(4, "no buffer count")?[..].try_into().expect("4 bytes"));
-        let mut lengths = Vec::new();
-        for _ in 0..count {
-            let n = u64::from_le_bytes(
-                take(8, "buffer lengths cut short")?[..]
-                    .try_into()
-                    .expect("8 bytes"),
-            );
-            lengths.push(usize::try_from(n).map_err(|_| bad("a buffer longer than memory"))?);
-        }
-        let n = u64::from_le_bytes(
-            take(8, "no pickle length")?[..]
-                .try_into()
-                .expect("8 bytes"),
-        );
-        let n = usize::try_from(n).map_err(|_| bad("a pickle longer than memory"))?;
-        let pickle = take(n, "pickle cut short")?;
-        Ok((OutOfBand { lengths, pickle }, p))
+/// Unpickle `list`'s pickle with its buffers as slices of `body` (a Python object with the
+/// buffer protocol holding at least [`BufferList::body_len`] bytes).
+fn load_out_of_band(
+    py: Python<'_>,
+    list: &BufferList,
+    body: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let bytes = body.call_method1("cast", ("B",))?;
+    let views = PyList::empty(py);
+    for range in list.ranges() {
+        let slice = pyo3::types::PySlice::new(py, range.start as isize, range.end as isize, 1);
+        views.append(bytes.get_item(slice)?)?;
     }
-
-    /// The body's length with padding.
-    fn body_len(&self) -> Option<usize> {
-        self.lengths
-            .iter()
-            .try_fold(0usize, |acc, &n| acc.checked_add(padded(n)))
-    }
-
-    /// Unpickle with the buffers as slices of `body` (a Python object with the buffer
-    /// protocol holding at least [`OutOfBand::body_len`] bytes).
-    fn load(&self, py: Python<'_>, body: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let bytes = body.call_method1("cast", ("B",))?;
-        let views = PyList::empty(py);
-        let mut at = 0usize;
-        for &n in &self.lengths {
-            let slice = pyo3::types::PySlice::new(py, at as isize, (at + n) as isize, 1);
-            views.append(bytes.get_item(slice)?)?;
-            at += padded(n);
-        }
-        let kwargs = pyo3::types::PyDict::new(py);
-        kwargs.set_item("buffers", views)?;
-        pickle_loads(py)?
-            .call((PyBytes::new(py, &self.pickle),), Some(&kwargs))
-            .map(Bound::unbind)
-    }
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("buffers", views)?;
+    pickle_loads(py)?
+        .call((PyBytes::new(py, &list.trailer),), Some(&kwargs))
+        .map(Bound::unbind)
 }
 
 fn unpickle_failed(e: PyErr) -> Error {
@@ -254,7 +190,7 @@ fn decode_pyobj(mut payload: bytes::Bytes) -> Result<Value> {
                 .map(Bound::unbind)
                 .map_err(unpickle_failed)?,
             PICKLE_OUT_OF_BAND => {
-                let (oob, body) = OutOfBand::parse(payload)?;
+                let (oob, body) = BufferList::parse(payload, "Python value")?;
                 if oob.body_len() != Some(body.len()) {
                     return Err(Error::Codec(format!(
                         "malformed Python value: {} bytes of buffers where the head says {:?}",
@@ -265,7 +201,7 @@ fn decode_pyobj(mut payload: bytes::Bytes) -> Result<Value> {
                 // Writable, as the arrays a task returned were.
                 let body = pyo3::types::PyByteArray::new(py, &body);
                 let memory = PyMemoryView::from(&body).map_err(unpickle_failed)?;
-                oob.load(py, &memory).map_err(unpickle_failed)?
+                load_out_of_band(py, &oob, &memory).map_err(unpickle_failed)?
             }
             other => {
                 return Err(Error::Codec(format!(
@@ -286,7 +222,7 @@ fn decode_pyobj_split(mut head: bytes::Bytes, body: Vec<u64>, body_len: usize) -
         ));
     }
     let _ = head.split_to(1);
-    let (oob, rest) = OutOfBand::parse(head)?;
+    let (oob, rest) = BufferList::parse(head, "Python value")?;
     if !rest.is_empty() || oob.body_len() != Some(body_len) {
         return Err(Error::Codec(format!(
             "malformed Python value: a body of {body_len} bytes where the head says {:?}",
@@ -297,7 +233,7 @@ fn decode_pyobj_split(mut head: bytes::Bytes, body: Vec<u64>, body_len: usize) -
         use numpy::IntoPyArray;
         let words = body.into_pyarray(py);
         let memory = PyMemoryView::from(words.as_any()).map_err(unpickle_failed)?;
-        let obj = oob.load(py, &memory).map_err(unpickle_failed)?;
+        let obj = load_out_of_band(py, &oob, &memory).map_err(unpickle_failed)?;
         Ok(Value::new(PyObj(obj)))
     })
 }

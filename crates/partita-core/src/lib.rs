@@ -57,4 +57,4 @@ pub use scheduler::{
     CancelToken, ComputeOptions, Execution, ExecutionContext, LocalScheduler, RunStats, Scheduler,
     SyncScheduler, TaskObserver, compute, compute_with,
 };
-pub use value::{Codec, Data, FromValue, IntoValue, Local, Value, ValueList};
+pub use value::{BufferList, Codec, Data, FromValue, IntoValue, Local, Value, ValueList, padded8};

@@ -564,6 +564,91 @@ fn decode_list(payload: Bytes) -> Result<Value> {
 }
 register_codec!("list", decode_list);
 
+/// `len` rounded up to a multiple of 8: where the next buffer of a split body starts.
+pub fn padded8(len: usize) -> usize {
+    len.div_ceil(8) * 8
+}
+
+/// Several buffers carried in a split payload's body (see [`Data::encode_split`]) and
+/// described in its head, for codecs whose values hold buffers plus a description of their
+/// own (a pickle and the buffers it was given out of band). Head: `[n: u32, n lengths: u64,
+/// trailer length: u64, trailer]`, little-endian; body: the buffers in order, each padded
+/// to a multiple of 8 bytes, so each starts 8-byte aligned in the received body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BufferList {
+    /// Each buffer's length, without padding.
+    pub lengths: Vec<usize>,
+    /// The codec's description of the buffers (kept as it arrived, not copied).
+    pub trailer: Bytes,
+}
+
+impl BufferList {
+    /// Append the head describing buffers of `lengths` and `trailer` to `out`.
+    pub fn write_head(lengths: &[usize], trailer: &[u8], out: &mut Vec<u8>) {
+        out.reserve(12 + 8 * lengths.len() + trailer.len());
+        let count = u32::try_from(lengths.len()).expect("fewer than 2^32 buffers");
+        out.extend_from_slice(&count.to_le_bytes());
+        for &n in lengths {
+            out.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        out.extend_from_slice(&(trailer.len() as u64).to_le_bytes());
+        out.extend_from_slice(trailer);
+    }
+
+    /// The body's parts: each buffer, then the zeros that pad it to a multiple of 8.
+    pub fn body(buffers: Vec<Bytes>) -> Vec<Bytes> {
+        static ZEROS: [u8; 8] = [0; 8];
+        let mut parts = Vec::with_capacity(2 * buffers.len());
+        for b in buffers {
+            let pad = padded8(b.len()) - b.len();
+            parts.push(b);
+            if pad > 0 {
+                parts.push(Bytes::from_static(&ZEROS[..pad]));
+            }
+        }
+        parts
+    }
+
+    /// Read a head written by [`BufferList::write_head`] from the front of `head`; also
+    /// returns what follows it. A head cut short, or lengths that cannot be, is a codec
+    /// error naming `what` the value is.
+    pub fn parse(mut head: Bytes, what: &str) -> Result<(BufferList, Bytes)> {
+        let bad = |fault: &str| Error::Codec(format!("malformed {what}: {fault}"));
+        let mut take = |n: usize, fault: &str| match head.len() >= n {
+            true => Ok(head.split_to(n)),
+            false => Err(bad(fault)),
+        };
+        let word = |b: Bytes| u64::from_le_bytes(b[..].try_into().expect("8 bytes"));
+        let count = u32::from_le_bytes(take(4, "no buffer count")?[..].try_into().expect("4"));
+        let mut lengths = Vec::new();
+        for _ in 0..count {
+            let n = word(take(8, "buffer lengths cut short")?);
+            lengths.push(usize::try_from(n).map_err(|_| bad("a buffer longer than memory"))?);
+        }
+        let n = word(take(8, "no trailer length")?);
+        let n = usize::try_from(n).map_err(|_| bad("a trailer longer than memory"))?;
+        let trailer = take(n, "trailer cut short")?;
+        Ok((BufferList { lengths, trailer }, head))
+    }
+
+    /// The body's length, padding included; `None` if it overflows.
+    pub fn body_len(&self) -> Option<usize> {
+        (self.lengths.iter()).try_fold(0usize, |acc, &n| {
+            acc.checked_add(n.checked_next_multiple_of(8)?)
+        })
+    }
+
+    /// Where each buffer lies in the body, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let mut at = 0usize;
+        self.lengths.iter().map(move |&n| {
+            let range = at..at + n;
+            at += padded8(n);
+            range
+        })
+    }
+}
+
 /// Wraps any Rust value for local-only use in a graph (for example in a delayed function).
 ///
 /// It reports `size_of::<T>()` bytes and refuses to be encoded, with an error naming its type.
@@ -591,6 +676,65 @@ mod tests {
 
     fn round_trip(v: Value) -> Value {
         Value::decode(v.encode().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn buffer_lists_round_trip_aligned() {
+        let buffers = vec![
+            Bytes::from_static(b"abc"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 16]),
+            Bytes::from_static(b"0123456789"),
+        ];
+        let lengths: Vec<usize> = buffers.iter().map(Bytes::len).collect();
+        let mut head = Vec::new();
+        BufferList::write_head(&lengths, b"pickle", &mut head);
+        head.extend_from_slice(b"rest");
+        let body: Vec<u8> = BufferList::body(buffers.clone()).concat();
+        let (list, rest) = BufferList::parse(Bytes::from(head), "test value").unwrap();
+        assert_eq!(list.lengths, lengths);
+        assert_eq!(&list.trailer[..], b"pickle");
+        assert_eq!(&rest[..], b"rest");
+        assert_eq!(list.body_len(), Some(body.len()));
+        assert_eq!(
+            body.len(),
+            8 + 16 + 16,
+            "abc and 0123456789 padded, 16 as they are"
+        );
+        for (range, b) in list.ranges().zip(&buffers) {
+            assert_eq!(range.start % 8, 0);
+            assert_eq!(&body[range], &b[..]);
+        }
+    }
+
+    #[test]
+    fn malformed_buffer_lists_are_errors_naming_the_fault() {
+        let mut head = Vec::new();
+        BufferList::write_head(&[3, 5], b"pickle", &mut head);
+        // Every head cut short is refused, never a panic.
+        for cut in 0..head.len() {
+            let e = BufferList::parse(Bytes::copy_from_slice(&head[..cut]), "Python value")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("malformed Python value"), "{cut}: {e}");
+        }
+        let fault = |h: Vec<u8>| {
+            BufferList::parse(Bytes::from(h), "x")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(fault(vec![1, 0]).contains("no buffer count"));
+        // A count of four billion buffers with none there: refused, nothing allocated for them.
+        assert!(fault(u32::MAX.to_le_bytes().to_vec()).contains("buffer lengths cut short"));
+        let mut h = 0u32.to_le_bytes().to_vec();
+        h.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(fault(h).contains("trailer"));
+        // Lengths whose padded sum overflows have no body length.
+        let list = BufferList {
+            lengths: vec![usize::MAX - 3, 16],
+            trailer: Bytes::new(),
+        };
+        assert_eq!(list.body_len(), None);
     }
 
     #[test]
