@@ -514,6 +514,43 @@ fn root_tasks_are_taken_in_runs_so_reductions_read_local_inputs() {
 }
 
 #[test]
+fn a_worker_joining_late_takes_the_later_half_of_the_roots_left() {
+    // 200 roots of 1 ms on one one-thread worker; a second joins 20 ms in. It takes a run
+    // of its own, the later half of what is queued, so each worker's roots stay contiguous
+    // in priority order (a sum of neighbours finds its inputs in one place).
+    let mut config = SimConfig {
+        workers: 1,
+        nthreads: 1,
+        ..SimConfig::default()
+    };
+    config.scheduler.work_stealing = false;
+    let mut sim = Sim::new(config);
+    let roots: Vec<Key> = (0..200).map(|i| Key::new("read", [i])).collect();
+    let mut tasks: Vec<_> = roots.iter().map(|k| spec(k.clone(), vec![])).collect();
+    order_depth_first(&mut tasks, &roots);
+    sim.submit_at(Time::ZERO, C, tasks, roots.clone());
+    sim.add_worker_at(Time::from_millis(20), WorkerId(1), 1);
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, &roots);
+    let on: Vec<WorkerId> = roots
+        .iter()
+        .map(|k| sim.report().placements[k][0])
+        .collect();
+    let late = on.iter().filter(|w| **w == WorkerId(1)).count();
+    assert!(
+        (60..=120).contains(&late),
+        "the late worker ran {late} of 200"
+    );
+    // Worker 0's roots, then worker 1's, then worker 0's again at most once more (it
+    // finishes its run and splits what the other has left): few changes of worker.
+    let changes = on.windows(2).filter(|p| p[0] != p[1]).count();
+    assert!(
+        changes <= 4,
+        "{changes} changes of worker along the roots: {on:?}"
+    );
+}
+
+#[test]
 fn dependents_of_one_result_are_co_assigned_so_reductions_move_little() {
     // One small root read by 2,000 tasks, reduced 100 at a time, then to one key: the
     // 2,000 become ready together when the root finishes.
