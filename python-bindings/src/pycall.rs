@@ -82,8 +82,8 @@ impl PyObj {
     /// ten times faster for them); anything else with cloudpickle, protocol 5, and the
     /// buffers it offers out of band (a NumPy array's data) become the body, each padded
     /// to 8 bytes: the head is the format byte 1 and a [`BufferList`] head whose trailer is
-    /// the pickle. The receiver keeps the body in one buffer that the unpickled objects then share, so a
-    /// large array is copied once on each side instead of five times in all.
+    /// the pickle. The receiver keeps the body in one buffer that the unpickled objects
+    /// then share, so a large array is copied once on each side instead of five times.
     fn pickled(&self) -> Result<(Vec<u8>, Vec<bytes::Bytes>)> {
         crate::threadstate::attach_value(|py| {
             let obj = self.0.bind(py);
@@ -191,13 +191,7 @@ fn decode_pyobj(mut payload: bytes::Bytes) -> Result<Value> {
                 .map_err(unpickle_failed)?,
             PICKLE_OUT_OF_BAND => {
                 let (oob, body) = BufferList::parse(payload, "Python value")?;
-                if oob.body_len() != Some(body.len()) {
-                    return Err(Error::Codec(format!(
-                        "malformed Python value: {} bytes of buffers where the head says {:?}",
-                        body.len(),
-                        oob.body_len()
-                    )));
-                }
+                oob.check_body(body.len(), "Python value")?;
                 // Writable, as the arrays a task returned were.
                 let body = pyo3::types::PyByteArray::new(py, &body);
                 let memory = PyMemoryView::from(&body).map_err(unpickle_failed)?;
@@ -223,12 +217,13 @@ fn decode_pyobj_split(mut head: bytes::Bytes, body: Vec<u64>, body_len: usize) -
     }
     let _ = head.split_to(1);
     let (oob, rest) = BufferList::parse(head, "Python value")?;
-    if !rest.is_empty() || oob.body_len() != Some(body_len) {
+    if !rest.is_empty() {
         return Err(Error::Codec(format!(
-            "malformed Python value: a body of {body_len} bytes where the head says {:?}",
-            oob.body_len()
+            "malformed Python value: {} bytes after the pickle",
+            rest.len()
         )));
     }
+    oob.check_body(body_len, "Python value")?;
     crate::threadstate::attach_value(|py| {
         use numpy::IntoPyArray;
         let words = body.into_pyarray(py);

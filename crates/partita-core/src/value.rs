@@ -638,6 +638,16 @@ impl BufferList {
         })
     }
 
+    /// An error naming `what` unless the body holds exactly `len` bytes, as the head says.
+    pub fn check_body(&self, len: usize, what: &str) -> Result<()> {
+        match self.body_len() {
+            Some(n) if n == len => Ok(()),
+            n => Err(Error::Codec(format!(
+                "malformed {what}: a body of {len} bytes where the head says {n:?}"
+            ))),
+        }
+    }
+
     /// Where each buffer lies in the body, in order.
     pub fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
         let mut at = 0usize;
@@ -696,6 +706,12 @@ mod tests {
         assert_eq!(&list.trailer[..], b"pickle");
         assert_eq!(&rest[..], b"rest");
         assert_eq!(list.body_len(), Some(body.len()));
+        list.check_body(body.len(), "test value").unwrap();
+        let short = list.check_body(body.len() - 1, "test value").unwrap_err();
+        assert!(
+            short.to_string().contains("malformed test value"),
+            "{short}"
+        );
         assert_eq!(
             body.len(),
             8 + 16 + 16,
@@ -735,6 +751,7 @@ mod tests {
             trailer: Bytes::new(),
         };
         assert_eq!(list.body_len(), None);
+        assert!(list.check_body(16, "x").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use partita_core::Key;
 use partita_proto::Time;
-use partita_proto::messages::{ClientId, FromClient, WorkerId};
+use partita_proto::messages::{ClientId, FromClient, TaskSpec, WorkerId};
 use partita_proto::scheduler::TaskStatus;
 use partita_proto::sim::{
     KillMode, Outcome, Sim, SimConfig, TaskBehavior, chain, fan_out, order_depth_first, spec,
@@ -55,6 +55,15 @@ fn chain_tree_and_wide_map_finish() {
         sim.scheduler().task_status(&Key::new("tree", [0, 0])),
         TaskStatus::Released
     );
+}
+
+/// Order `tasks` depth-first towards `out`, submit them at time zero and run until `out`
+/// is in memory.
+fn compute_one(sim: &mut Sim, mut tasks: Vec<TaskSpec>, out: &Key) {
+    order_depth_first(&mut tasks, std::slice::from_ref(out));
+    sim.submit_at(Time::ZERO, C, tasks, vec![out.clone()]);
+    sim.run().unwrap();
+    assert_all_in_memory(sim, std::slice::from_ref(out));
 }
 
 fn peak_with_saturation(worker_saturation: f64) -> u64 {
@@ -493,10 +502,7 @@ fn root_tasks_are_taken_in_runs_so_reductions_read_local_inputs() {
     for t in &tasks {
         sim.set_behavior(t.key.clone(), quick(28));
     }
-    order_depth_first(&mut tasks, std::slice::from_ref(&out));
-    sim.submit_at(Time::ZERO, C, tasks, vec![out.clone()]);
-    sim.run().unwrap();
-    assert_all_in_memory(&sim, std::slice::from_ref(&out));
+    compute_one(&mut sim, tasks, &out);
     let placed = |k: &Key| sim.report().placements[k][0];
     let used: std::collections::BTreeSet<WorkerId> = leaves.iter().map(placed).collect();
     assert_eq!(used.len(), 2, "both workers share the roots");
@@ -569,10 +575,7 @@ fn dependents_of_one_result_are_co_assigned_so_reductions_move_little() {
     }
     let out = Key::named("out");
     tasks.push(spec(out.clone(), groups.clone()));
-    order_depth_first(&mut tasks, std::slice::from_ref(&out));
-    sim.submit_at(Time::ZERO, C, tasks, vec![out.clone()]);
-    sim.run().unwrap();
-    assert_all_in_memory(&sim, std::slice::from_ref(&out));
+    compute_one(&mut sim, tasks, &out);
     let placed = |k: &Key| sim.report().placements[k][0];
     let used: std::collections::BTreeSet<WorkerId> = leaves.iter().map(placed).collect();
     assert_eq!(used.len(), 2, "both workers share the leaves");
