@@ -1678,6 +1678,8 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pycall::delayed_call, m)?)?;
     m.add_function(wrap_pyfunction!(pycall::delayed_of_array, m)?)?;
     m.add_function(wrap_pyfunction!(pycall::delayed_of_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(pycall::encode_value, m)?)?;
+    m.add_function(wrap_pyfunction!(pycall::decode_value, m)?)?;
     m.add_class::<PyLocalCluster>()?;
     m.add("PartitaError", py.get_type::<PartitaError>())?;
     m.add("GraphError", py.get_type::<GraphError>())?;

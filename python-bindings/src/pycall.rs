@@ -8,7 +8,7 @@
 //! - **Python objects are values** ([`PyObj`], codec `python-pickle`), so a Python result
 //!   moves between workers and back to the client like any chunk or partition; what pickle
 //!   protocol 5 offers out of band (a NumPy array's data) travels as the encoding's body,
-//!   copied once on each side, and is unpickled over the buffer it arrives in. Array chunks
+//!   sent from the memory it lies in and unpickled over the buffer it arrives in. Array chunks
 //!   and frame partitions reaching a Python function arrive as NumPy arrays and polars frames.
 //! - **`map_blocks` and `map_partitions` kernels** are serializable ops too ([`PyBlocks`],
 //!   [`PyPartitions`]): the function is held as a Python object ([`PyFunction`]) and pickled
@@ -82,8 +82,9 @@ impl PyObj {
     /// ten times faster for them); anything else with cloudpickle, protocol 5, and the
     /// buffers it offers out of band (a NumPy array's data) become the body, each padded
     /// to 8 bytes: the head is the format byte 1 and a [`BufferList`] head whose trailer is
-    /// the pickle. The receiver keeps the body in one buffer that the unpickled objects
-    /// then share, so a large array is copied once on each side instead of five times.
+    /// the pickle. The body's parts borrow the buffers' memory ([`BorrowedView`]) and the
+    /// receiver keeps the body in one buffer that the unpickled objects then share, so a
+    /// large array is not copied outside the transport (it was five times once).
     fn pickled(&self) -> Result<(Vec<u8>, Vec<bytes::Bytes>)> {
         crate::threadstate::attach_value(|py| {
             let obj = self.0.bind(py);
@@ -109,17 +110,15 @@ impl PyObj {
             if buffers.is_empty() {
                 return Ok((in_band(&pickle)?, Vec::new()));
             }
-            // Each buffer's bytes, in memory order (`raw()`: contiguous buffers only; a
+            // Each buffer's memory, borrowed in place (`raw()`: contiguous buffers only; a
             // buffer that is not makes the whole object go in band).
             let mut raw = Vec::with_capacity(buffers.len());
             for b in buffers.iter() {
                 match b
                     .call_method0("raw")
-                    .and_then(|m| m.call_method0("tobytes"))
+                    .and_then(|view| BorrowedView::new(&view))
                 {
-                    Ok(bytes) => raw.push(bytes.cast_into::<PyBytes>().map_err(|e| {
-                        Error::Codec(format!("a pickle buffer gave no bytes: {e}"))
-                    })?),
+                    Ok(view) => raw.push(view),
                     Err(_) => {
                         let pickle = cloudpickle_dumps(py)
                             .and_then(|d| d.call1((obj,)))
@@ -128,14 +127,70 @@ impl PyObj {
                     }
                 }
             }
-            let lengths: Vec<usize> = raw.iter().map(|b| b.as_bytes().len()).collect();
+            let lengths: Vec<usize> = raw.iter().map(|b| b.as_ref().len()).collect();
             let mut head = vec![PICKLE_OUT_OF_BAND];
             BufferList::write_head(&lengths, pickle_bytes(&pickle)?, &mut head);
-            let buffers = (raw.into_iter())
-                .map(|b| bytes::Bytes::from_owner(pyo3::pybacked::PyBackedBytes::from(b)))
-                .collect();
+            let buffers = raw.into_iter().map(bytes::Bytes::from_owner).collect();
             Ok((head, BufferList::body(buffers)))
         })
+    }
+}
+
+/// A contiguous Python buffer's memory, borrowed without a copy for as long as a payload
+/// being sent needs it.
+///
+/// Key decision: the memoryview is held, not a `PyBuffer`. The memoryview keeps its own
+/// export of the buffer (so the memory stays put: NumPy refuses to resize an exported
+/// array) and dropping a `Py` on a thread without the GIL only queues its reference count
+/// for later, whereas releasing a `PyBuffer` waits for the GIL, and the sending thread (a
+/// runtime thread) must never wait for a thread that may hold the GIL while it waits for
+/// the runtime. The bytes are sent as they are when the stream reads them: an array that a
+/// task mutates in place while it travels arrives with some of both versions, as it would
+/// be seen by another thread of the same process.
+struct BorrowedView {
+    _view: Py<PyAny>,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl BorrowedView {
+    /// `view`: a C-contiguous buffer (`PickleBuffer.raw()`), sent as its bytes.
+    fn new(view: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let buffer = pyo3::buffer::PyUntypedBuffer::get(view)?;
+        if !buffer.is_c_contiguous() {
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "buffer is not contiguous",
+            ));
+        }
+        let (ptr, len) = (buffer.buf_ptr() as *const u8, buffer.len_bytes());
+        // Our own export ends here (with the GIL held); the memoryview's stays.
+        buffer.release(view.py());
+        Ok(Self {
+            _view: view.clone().unbind(),
+            ptr,
+            len,
+        })
+    }
+}
+
+// SAFETY: the memory is owned by the Python object behind `_view`, which this value keeps
+// alive and exported (so not freed or moved) until it is dropped; reading it needs no GIL.
+#[allow(unsafe_code)]
+unsafe impl Send for BorrowedView {}
+#[allow(unsafe_code)]
+unsafe impl Sync for BorrowedView {}
+
+impl AsRef<[u8]> for BorrowedView {
+    fn as_ref(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` and `len` describe one contiguous buffer exported by the memoryview
+        // this value holds (see `Send`).
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.ptr, self.len)
+        }
     }
 }
 
@@ -234,6 +289,49 @@ fn decode_pyobj_split(mut head: bytes::Bytes, body: Vec<u64>, body_len: usize) -
 }
 
 partita::register_codec!("python-pickle", decode_pyobj, split = decode_pyobj_split);
+
+/// `_partita._encode_value(obj) -> (head, body)`: a Python object's encoding as a worker
+/// sends it (`body` joins the body's parts; empty when the codec did not split it). With
+/// [`decode_value`], lets the Python tests feed the codec damaged payloads.
+#[pyfunction]
+#[pyo3(name = "_encode_value")]
+pub(crate) fn encode_value<'py>(
+    py: Python<'py>,
+    obj: Py<PyAny>,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let (head, parts) = Value::new(PyObj(obj))
+        .encode_split()
+        .map_err(crate::to_py)?;
+    let body: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    Ok((PyBytes::new(py, &head), PyBytes::new(py, &body)))
+}
+
+/// `_partita._decode_value(head, body=None)`: decode as a receiver does: `head` alone as a
+/// whole encoding, or `head` and a body that arrived apart (kept in 8-byte words). A value
+/// that is not a Python object comes back as an error naming its type.
+#[pyfunction]
+#[pyo3(name = "_decode_value", signature = (head, body = None))]
+pub(crate) fn decode_value(
+    py: Python<'_>,
+    head: Vec<u8>,
+    body: Option<Vec<u8>>,
+) -> PyResult<Py<PyAny>> {
+    let value = match body {
+        None => Value::decode(head),
+        Some(body) => {
+            let mut words = vec![0u64; body.len().div_ceil(8)];
+            for (word, chunk) in words.iter_mut().zip(body.chunks(8)) {
+                let mut bytes = [0u8; 8];
+                bytes[..chunk.len()].copy_from_slice(chunk);
+                *word = u64::from_le_bytes(bytes);
+            }
+            Value::decode_split(head.into(), words, body.len())
+        }
+    }
+    .map_err(crate::to_py)?;
+    let obj = value.get::<PyObj>().map_err(crate::to_py)?;
+    Ok(obj.0.clone_ref(py))
+}
 
 /// `None`, or exactly an int, float, bool, str or bytes.
 fn is_plain_scalar(obj: &Bound<'_, PyAny>) -> bool {
