@@ -26,11 +26,14 @@
 //! - **Failure is contained**: a wrong token, another protocol version, a malformed or
 //!   oversized frame closes that one connection; a lost worker is the state machine's
 //!   business (reschedule, recompute from lineage).
+//! - **Spill files hold the wire's split encoding** ([`spill_file`]): spilling never copies
+//!   a value into one buffer first, and reading it back keeps the body as it is read.
 
 pub mod client;
 pub mod cluster_file;
 pub mod local_cluster;
 pub mod scheduler;
+pub mod spill_file;
 pub mod wire;
 pub mod worker;
 

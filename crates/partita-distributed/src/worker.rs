@@ -8,7 +8,7 @@
 //! files go to a directory of this worker's own, removed when the worker stops.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -418,7 +418,7 @@ fn spill(shared: &Arc<Shared>, key: Key) {
     let path = shared.spill_dir.join(format!("{n}.value"));
     let shared = Arc::clone(shared);
     tokio::task::spawn_blocking(move || {
-        let written = value.encode().and_then(|bytes| write_atomic(&path, &bytes));
+        let written = crate::spill_file::write(&path, &value);
         let event = match written {
             Ok(()) => {
                 locked(&shared.spilled).insert(key.clone(), path);
@@ -440,16 +440,10 @@ fn unspill(shared: &Arc<Shared>, key: Key) {
     tokio::task::spawn_blocking(move || {
         let read = match path {
             None => Err(Error::Internal(format!("{key} has no spill file"))),
-            Some(path) => std::fs::read(&path)
-                .map_err(|source| Error::Io {
-                    path: path.display().to_string(),
-                    source,
-                })
-                .and_then(Value::decode)
-                .inspect(|_| {
-                    locked(&shared.spilled).remove(&key);
-                    let _ = std::fs::remove_file(&path);
-                }),
+            Some(path) => crate::spill_file::read(&path).inspect(|_| {
+                locked(&shared.spilled).remove(&key);
+                let _ = std::fs::remove_file(&path);
+            }),
         };
         let event = match read {
             Ok(value) => {
@@ -463,16 +457,6 @@ fn unspill(shared: &Arc<Shared>, key: Key) {
         };
         let _ = shared.events.send(event);
     });
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let io = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Serve values to peers and clients: one stream per request.
