@@ -9,11 +9,19 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use partita_proto::Time;
 use partita_proto::messages::ClientId;
-use partita_proto::sim::{Sim, SimConfig, fan_out, spec, wide_map};
+use partita_proto::sim::{Sim, SimConfig, fan_out, spec, tree_reduction, wide_map};
 
 fn simulate(tasks: Vec<partita_proto::messages::TaskSpec>, wanted: Vec<partita_core::Key>) {
+    simulate_on(2, tasks, wanted)
+}
+
+fn simulate_on(
+    workers: u32,
+    tasks: Vec<partita_proto::messages::TaskSpec>,
+    wanted: Vec<partita_core::Key>,
+) {
     let config = SimConfig {
-        workers: 2,
+        workers,
         nthreads: 1,
         check_consistency: false,
         max_steps: u64::MAX,
@@ -56,6 +64,13 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(20_000));
     g.bench_function("10,000 independent pairs", |b| {
         b.iter(|| simulate(tasks.clone(), outs.clone()))
+    });
+    // Many roots on many workers: each worker's first claim on the root queue splits a
+    // run of it (counted runs: half a run walked per claim, not the whole queue).
+    let (tasks, root) = tree_reduction("roots", 200_000, 100);
+    g.throughput(Throughput::Elements(tasks.len() as u64));
+    g.bench_function("200,000 roots summed 100 at a time on 64 workers", |b| {
+        b.iter(|| simulate_on(64, tasks.clone(), vec![root.clone()]))
     });
     g.finish();
 }

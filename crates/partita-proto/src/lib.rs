@@ -45,6 +45,7 @@
 //! ```
 
 pub mod messages;
+mod root_queue;
 pub mod scheduler;
 pub mod sim;
 pub mod worker;

@@ -42,18 +42,13 @@ use crate::messages::{
     ClientId, DepLocation, FromClient, FromWorker, Peer, TaskFailure, TaskSpec, ToClient, ToWorker,
     WorkerId, WorkerMetrics,
 };
+use crate::root_queue::RootQueue;
 use crate::{Time, moving_average};
 
 /// A burst of ready tasks is co-assigned in runs only if, for each task, moving its
 /// inputs costs at most this much more (microseconds at the configured bandwidth) on one
 /// worker than on another.
 const COASSIGN_MAX_COST_SPREAD: u64 = 1_000;
-
-/// A position in the root queue: (priority, seq).
-type QueuePos = (i64, u64);
-
-/// Where the first run of the root queue starts: before every task.
-const QUEUE_START: QueuePos = (i64::MIN, 0);
 
 /// What each input fetched from another worker costs beyond its bytes, in microseconds:
 /// both workers encode, track and decode it (10-20 us a key measured on loopback).
@@ -261,14 +256,9 @@ pub struct SchedulerState {
     tasks: FxHashMap<Key, Task>,
     workers: BTreeMap<WorkerId, WorkerInfo>,
     clients: BTreeMap<ClientId, BTreeSet<Key>>,
-    /// Ready tasks waiting for a slot, by (priority, seq).
-    queue: BTreeMap<QueuePos, Key>,
-    /// The queue cut into runs, one per worker taking from it (see [`Self::fill_slots`]):
-    /// where each run starts and who takes from it (`None`: nobody yet). A run ends where
-    /// the next begins; the first starts at [`QUEUE_START`], so every position has a run.
-    runs: BTreeMap<QueuePos, Option<WorkerId>>,
-    /// Where each worker's run starts.
-    run_of: BTreeMap<WorkerId, QueuePos>,
+    /// Ready root tasks waiting for a slot, by (priority, seq), in runs that workers take
+    /// from (see [`Self::fill_slots`] and [`crate::root_queue`]).
+    queue: RootQueue,
     /// Steal requests in flight: key -> (victim, thief).
     steals: BTreeMap<Key, (WorkerId, WorkerId)>,
     /// What tasks of each group (`Key::group`) take: moving averages
@@ -287,9 +277,7 @@ impl SchedulerState {
             tasks: FxHashMap::default(),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
-            queue: BTreeMap::new(),
-            runs: BTreeMap::from([(QUEUE_START, None)]),
-            run_of: BTreeMap::new(),
+            queue: RootQueue::default(),
             steals: BTreeMap::new(),
             durations: FxHashMap::default(),
             next_seq: 0,
@@ -833,21 +821,7 @@ impl SchedulerState {
                 ));
             }
         }
-        if !self.runs.contains_key(&QUEUE_START) {
-            return Err("the root queue's first run is missing".into());
-        }
-        let owners: BTreeMap<WorkerId, QueuePos> = (self.runs.iter())
-            .filter_map(|(pos, w)| Some(((*w)?, *pos)))
-            .collect();
-        if owners != self.run_of {
-            return Err(format!(
-                "the root queue's runs {:?} disagree with their owners {:?}",
-                self.runs, self.run_of
-            ));
-        }
-        if let Some(w) = self.run_of.keys().find(|w| !self.workers.contains_key(w)) {
-            return Err(format!("{w} left but still has a run of the root queue"));
-        }
+        self.queue.check(|w| self.workers.contains_key(w))?;
         Ok(())
     }
 
@@ -1179,7 +1153,7 @@ impl SchedulerState {
                     if w.metrics.paused || w.processing.len() >= most {
                         break;
                     }
-                    let Some((pos, key)) = self.next_root(id) else {
+                    let Some((pos, key)) = self.queue.next_for(id) else {
                         return; // the queue is empty
                     };
                     let w = &self.workers[&id];
@@ -1190,61 +1164,6 @@ impl SchedulerState {
                     self.queue.remove(&pos);
                     self.assign(key, id);
                 }
-            }
-        }
-    }
-
-    /// The queued tasks of the run starting at `start`, in order.
-    fn run_tasks(&self, start: QueuePos) -> std::collections::btree_map::Range<'_, QueuePos, Key> {
-        match self.runs.range(start..).nth(1) {
-            Some((end, _)) => self.queue.range(start..*end),
-            None => self.queue.range(start..),
-        }
-    }
-
-    /// The first queued task of `worker`'s run, taking a new run if it has none or its
-    /// run is empty; `None` when the queue is empty.
-    fn next_root(&mut self, worker: WorkerId) -> Option<(QueuePos, Key)> {
-        if let Some(&start) = self.run_of.get(&worker) {
-            if let Some((pos, key)) = self.run_tasks(start).next() {
-                return Some((*pos, key.clone()));
-            }
-            self.leave_run(worker);
-        }
-        // Count what each run holds, in one walk of both.
-        let mut counts: Vec<(QueuePos, Option<WorkerId>, usize)> =
-            (self.runs.iter()).map(|(pos, w)| (*pos, *w, 0)).collect();
-        let mut i = 0;
-        for pos in self.queue.keys() {
-            while i + 1 < counts.len() && counts[i + 1].0 <= *pos {
-                i += 1;
-            }
-            counts[i].2 += 1;
-        }
-        // A run nobody takes from, else the longest; ties go to the earliest.
-        let (start, owner, n) = (counts.into_iter())
-            .filter(|c| c.2 > 0)
-            .max_by_key(|(pos, owner, n)| (owner.is_none(), *n, std::cmp::Reverse(*pos)))?;
-        let split = match owner {
-            None => start,
-            Some(_) => *self.run_tasks(start).nth(n / 2).expect("counted").0,
-        };
-        if let Some(Some(previous)) = self.runs.insert(split, Some(worker)) {
-            self.run_of.remove(&previous);
-        }
-        self.run_of.insert(worker, split);
-        let (pos, key) = self.run_tasks(split).next()?;
-        Some((*pos, key.clone()))
-    }
-
-    /// `worker` no longer takes from its run: what is left of it joins the run before (or
-    /// nobody's, for the first).
-    fn leave_run(&mut self, worker: WorkerId) {
-        if let Some(start) = self.run_of.remove(&worker) {
-            if start == QUEUE_START {
-                self.runs.insert(start, None);
-            } else {
-                self.runs.remove(&start);
             }
         }
     }
@@ -1520,7 +1439,7 @@ impl SchedulerState {
         let Some(info) = self.workers.remove(&id) else {
             return;
         };
-        self.leave_run(id);
+        self.queue.leave(id);
         self.stats.workers_lost += 1;
         self.log(LogLevel::Warn, format!("{id} removed: {reason}"));
         self.steals
