@@ -95,8 +95,7 @@ impl RootQueue {
     /// run is empty; `None` when the queue is empty.
     pub(crate) fn next_for(&mut self, worker: WorkerId) -> Option<(QueuePos, Key)> {
         if let Some(&start) = self.run_of.get(&worker) {
-            if self.runs[&start].len > 0 {
-                let (pos, key) = self.run_tasks(start).next().expect("counted");
+            if let Some((pos, key)) = self.run_tasks(start).next() {
                 return Some((*pos, key.clone()));
             }
             self.leave(worker);
