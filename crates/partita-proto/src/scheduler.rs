@@ -247,6 +247,10 @@ struct WorkerInfo {
     has_what: FxHashSet<Key>,
     last_seen: Time,
     metrics: WorkerMetrics,
+    /// The extra root slots of [`SchedulerState::fill_slots`] found this worker full with
+    /// this many tasks in flight (0: not yet); it is not asked again until it has fewer.
+    /// (A limit raised meanwhile, as durations are learnt, applies from its next finish.)
+    full_of_roots_at: usize,
 }
 
 /// What of a task's dependencies each worker lacks: (microseconds to move their bytes at
@@ -419,6 +423,7 @@ impl SchedulerState {
                 has_what: FxHashSet::default(),
                 last_seen: now,
                 metrics: WorkerMetrics::default(),
+                full_of_roots_at: 0,
             },
         );
     }
@@ -1185,12 +1190,26 @@ impl SchedulerState {
                     if w.metrics.paused || w.processing.len() >= most {
                         break;
                     }
+                    // Found full before and nothing finished since: asking again after
+                    // every event, on every worker, was most of the scheduler's time with
+                    // dozens of workers.
+                    let full_at = w.full_of_roots_at;
+                    if !idle_threads_only && full_at > 0 {
+                        if w.processing.len() >= full_at {
+                            break;
+                        }
+                        // Something finished: the limit is looked at afresh.
+                        self.workers.get_mut(&id).expect("listed").full_of_roots_at = 0;
+                    }
                     let Some((pos, key)) = self.queue.next_for(id) else {
                         return; // the queue is empty
                     };
                     let w = &self.workers[&id];
-                    let slots = self.slots(w, self.quick_slots_per_thread(&key));
-                    if w.processing.len() >= slots.min(most) {
+                    let limit = self.slots(w, self.quick_slots_per_thread(&key)).min(most);
+                    if w.processing.len() >= limit {
+                        if !idle_threads_only {
+                            self.workers.get_mut(&id).expect("listed").full_of_roots_at = limit;
+                        }
                         break;
                     }
                     self.queue.remove(&pos);
