@@ -227,6 +227,10 @@ struct Task {
     who_has: BTreeSet<WorkerId>,
     nbytes: u64,
     processing_on: Option<WorkerId>,
+    /// Its worker refused to hand it over (it had started it): not asked again while it
+    /// stays there. Without this, stealing asked for the same running task after every
+    /// event, and an idle worker never got the queued one behind it.
+    started: bool,
     /// Occupancy this task added to its worker, removed exactly when it leaves.
     occupancy: u64,
     wanted_by: BTreeSet<ClientId>,
@@ -676,6 +680,7 @@ impl SchedulerState {
                     wanted_by: BTreeSet::new(),
                     suspicious: 0,
                     lost: false,
+                    started: false,
                     failure: None,
                 },
             );
@@ -1142,6 +1147,7 @@ impl SchedulerState {
         self.set_status(&key, TaskStatus::Processing);
         let t = self.tasks.get_mut(&key).expect("assigning a known task");
         t.processing_on = Some(worker);
+        t.started = false;
         t.occupancy = est;
         let msg = ToWorker::ComputeTask {
             key,
@@ -1257,6 +1263,7 @@ impl SchedulerState {
                 // The task the victim would run last, if moving its inputs is cheap.
                 let candidate = (self.workers[&victim].processing.iter())
                     .filter(|k| !self.steals.contains_key(*k))
+                    .filter(|k| self.tasks.get(*k).is_some_and(|t| !t.started))
                     .filter(|k| self.transfer_cost(k, thief) <= self.estimate(k))
                     .filter_map(|k| self.tasks.get(k).map(|t| (t.priority, t.seq, k)))
                     .max()
@@ -1278,6 +1285,11 @@ impl SchedulerState {
     fn steal_response(&mut self, worker: WorkerId, key: Key, stolen: bool) {
         let thief = self.steals.remove(&key).map(|(_, thief)| thief);
         if !stolen {
+            if let Some(t) = self.tasks.get_mut(&key)
+                && t.processing_on == Some(worker)
+            {
+                t.started = true;
+            }
             return;
         }
         // The worker dropped the task: whatever we planned, it must run somewhere else.

@@ -184,6 +184,61 @@ fn idle_worker_steals_and_finishes_sooner() {
 }
 
 #[test]
+fn a_started_task_is_not_asked_for_again_and_the_one_queued_behind_it_moves() {
+    // H2O q3's shape: ten partial group-bys of 60-90 ms, each split in two for two
+    // combines, on two one-thread workers. Worker 1 finishes its run first and takes the
+    // last root of worker 0's run as its extra slot, just after starting its own last one;
+    // worker 0 then idles while that root waits behind the running one. Stealing must
+    // take the queued root: asking again and again for the running one (which the worker
+    // refuses) left worker 0 idle for a whole task.
+    let mut sim = Sim::new(SimConfig {
+        workers: 2,
+        nthreads: 1,
+        latency: Duration::from_micros(300),
+        ..SimConfig::default()
+    });
+    let ms = [89, 64, 74, 90, 62, 72, 82, 65, 77, 77];
+    let roots: Vec<Key> = (0..10).map(|i| Key::new("partial", [i])).collect();
+    let mut tasks: Vec<_> = roots.iter().map(|k| spec(k.clone(), vec![])).collect();
+    for (k, ms) in roots.iter().zip(ms) {
+        let duration = Duration::from_millis(ms);
+        sim.set_behavior(
+            k.clone(),
+            TaskBehavior {
+                duration,
+                ..TaskBehavior::default()
+            },
+        );
+    }
+    let outs: Vec<Key> = (0..2).map(|j| Key::new("combine", [j])).collect();
+    let mut splits = vec![Vec::new(), Vec::new()];
+    for (i, root) in roots.iter().enumerate() {
+        for (j, split) in splits.iter_mut().enumerate() {
+            let k = Key::new("take", [i as u32, j as u32]);
+            tasks.push(spec(k.clone(), vec![root.clone()]));
+            split.push(k);
+        }
+    }
+    for (out, split) in outs.iter().zip(splits) {
+        tasks.push(spec(out.clone(), split));
+    }
+    order_depth_first(&mut tasks, &outs);
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    let end = sim.run().unwrap();
+    assert_all_in_memory(&sim, &outs);
+    let on = |w| {
+        (roots.iter())
+            .filter(|k| sim.report().placements[*k] == vec![w])
+            .count()
+    };
+    assert_eq!((on(WorkerId(0)), on(WorkerId(1))), (5, 5));
+    // 752 ms of roots on two threads, plus the combines and the round trips.
+    assert!(end < Time::from_millis(410), "finished at {end}");
+    let asked = sim.scheduler().stats().steal_requests;
+    assert!(asked <= 4, "{asked} steal requests");
+}
+
+#[test]
 fn worker_death_mid_computation_recomputes_lost_values() {
     let mut sim = Sim::new(SimConfig::default());
     // Three stages: 32 loads, 32 maps, a tree of sums over the maps.
