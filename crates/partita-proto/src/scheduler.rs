@@ -1098,11 +1098,26 @@ impl SchedulerState {
         (candidates.iter())
             .filter_map(|id| {
                 let w = self.workers.get(id)?;
-                let queued = (w.occupancy + est) / u64::from(w.nthreads);
+                let queued = (self.expected_occupancy(*id, w) + est) / u64::from(w.nthreads);
                 Some((self.fetch_cost(inputs.on(*id)).saturating_add(queued), *id))
             })
             .min()
             .map(|(_, id)| id)
+    }
+
+    /// `w`'s occupancy with the steals in flight counted where they are going: two tasks
+    /// ready together, one of them being stolen by an idle worker, otherwise each went to
+    /// the worker the other was leaving, and both were stolen back (a round trip each).
+    fn expected_occupancy(&self, id: WorkerId, w: &WorkerInfo) -> u64 {
+        (self.steals.iter()).fold(w.occupancy, |occ, (key, &(victim, thief))| {
+            if thief == id {
+                occ.saturating_add(self.estimate(key))
+            } else if victim == id {
+                occ.saturating_sub(self.estimate(key))
+            } else {
+                occ
+            }
+        })
     }
 
     /// Root slots per thread that `key`'s group has earned: for quick groups with small
@@ -1276,6 +1291,10 @@ impl SchedulerState {
                 *incoming.entry(thief).or_default() += 1;
                 *outgoing.entry(victim).or_default() += 1;
                 self.stats.steal_requests += 1;
+                self.log(
+                    LogLevel::Debug,
+                    format!("asking {victim} to hand {key} to {thief}"),
+                );
                 let msg = ToWorker::StealRequest { key };
                 self.out.push(SchedulerAction::SendToWorker(victim, msg));
             }
@@ -1284,6 +1303,8 @@ impl SchedulerState {
 
     fn steal_response(&mut self, worker: WorkerId, key: Key, stolen: bool) {
         let thief = self.steals.remove(&key).map(|(_, thief)| thief);
+        let answer = if stolen { "handed over" } else { "kept" };
+        self.log(LogLevel::Debug, format!("{worker} {answer} {key}"));
         if !stolen {
             if let Some(t) = self.tasks.get_mut(&key)
                 && t.processing_on == Some(worker)

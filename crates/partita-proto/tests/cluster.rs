@@ -183,32 +183,30 @@ fn idle_worker_steals_and_finishes_sooner() {
     );
 }
 
-#[test]
-fn a_started_task_is_not_asked_for_again_and_the_one_queued_behind_it_moves() {
-    // H2O q3's shape: ten partial group-bys of 60-90 ms, each split in two for two
-    // combines, on two one-thread workers. Worker 1 finishes its run first and takes the
-    // last root of worker 0's run as its extra slot, just after starting its own last one;
-    // worker 0 then idles while that root waits behind the running one. Stealing must
-    // take the queued root: asking again and again for the running one (which the worker
-    // refuses) left worker 0 idle for a whole task.
+/// H2O's split group-by on the simulator: ten partials of `ms` milliseconds, each split in
+/// two (`take`, `split_bytes` each) for two combines of 15 ms, on two one-thread workers.
+/// Returns the simulation run to its end, the partials and the end time.
+fn partials_then_two_combines(
+    ms: [u64; 10],
+    split_bytes: u64,
+    bandwidth: u64,
+) -> (Sim, Vec<Key>, Time) {
     let mut sim = Sim::new(SimConfig {
         workers: 2,
         nthreads: 1,
         latency: Duration::from_micros(300),
+        bandwidth,
         ..SimConfig::default()
     });
-    let ms = [89, 64, 74, 90, 62, 72, 82, 65, 77, 77];
+    let behave = |millis: u64, nbytes: u64| TaskBehavior {
+        duration: Duration::from_micros(millis * 1000),
+        nbytes,
+        ..TaskBehavior::default()
+    };
     let roots: Vec<Key> = (0..10).map(|i| Key::new("partial", [i])).collect();
     let mut tasks: Vec<_> = roots.iter().map(|k| spec(k.clone(), vec![])).collect();
     for (k, ms) in roots.iter().zip(ms) {
-        let duration = Duration::from_millis(ms);
-        sim.set_behavior(
-            k.clone(),
-            TaskBehavior {
-                duration,
-                ..TaskBehavior::default()
-            },
-        );
+        sim.set_behavior(k.clone(), behave(ms, 2 * split_bytes));
     }
     let outs: Vec<Key> = (0..2).map(|j| Key::new("combine", [j])).collect();
     let mut splits = vec![Vec::new(), Vec::new()];
@@ -216,26 +214,59 @@ fn a_started_task_is_not_asked_for_again_and_the_one_queued_behind_it_moves() {
         for (j, split) in splits.iter_mut().enumerate() {
             let k = Key::new("take", [i as u32, j as u32]);
             tasks.push(spec(k.clone(), vec![root.clone()]));
+            sim.set_behavior(k.clone(), behave(0, split_bytes));
             split.push(k);
         }
     }
     for (out, split) in outs.iter().zip(splits) {
         tasks.push(spec(out.clone(), split));
+        sim.set_behavior(out.clone(), behave(15, split_bytes));
     }
     order_depth_first(&mut tasks, &outs);
     sim.submit_at(Time::ZERO, C, tasks, outs.clone());
     let end = sim.run().unwrap();
     assert_all_in_memory(&sim, &outs);
+    (sim, roots, end)
+}
+
+#[test]
+fn a_started_task_is_not_asked_for_again_and_the_one_queued_behind_it_moves() {
+    // q3's partials (measured on the cluster): worker 1 finishes its run first and takes
+    // the last root of worker 0's run as its extra slot, just after starting its own last
+    // one; worker 0 then idles while that root waits behind the running one. Stealing must
+    // take the queued root: asking again and again for the running one (which the worker
+    // refuses) left worker 0 idle for a whole partial.
+    let ms = [89, 64, 74, 90, 62, 72, 82, 65, 77, 77];
+    let (sim, roots, end) = partials_then_two_combines(ms, 1024, 100_000_000);
     let on = |w| {
         (roots.iter())
             .filter(|k| sim.report().placements[*k] == vec![w])
             .count()
     };
     assert_eq!((on(WorkerId(0)), on(WorkerId(1))), (5, 5));
-    // 752 ms of roots on two threads, plus the combines and the round trips.
+    // 752 ms of partials on two threads, plus the combines and the round trips.
     assert!(end < Time::from_millis(410), "finished at {end}");
     let asked = sim.scheduler().stats().steal_requests;
     assert!(asked <= 4, "{asked} steal requests");
+}
+
+#[test]
+fn two_tasks_ready_together_are_not_swapped_between_workers() {
+    // q5's partials (measured): both combines become ready within microseconds of each
+    // other. The first goes where most of its inputs are, and the idle worker asks for it;
+    // the second must count that steal as under way, or it goes to the idle worker too,
+    // and then the first worker, now idle, steals it back: two moves and round trips where
+    // one does.
+    let ms = [74, 72, 83, 91, 46, 59, 71, 59, 52, 57];
+    let (sim, _, _) = partials_then_two_combines(ms, 1_200_000, 1_000_000_000);
+    let combines = [Key::new("combine", [0]), Key::new("combine", [1])];
+    let on: Vec<_> = combines
+        .iter()
+        .map(|k| &sim.report().placements[k])
+        .collect();
+    assert_ne!(on[0], on[1], "both combines ran on one worker");
+    let asked = sim.scheduler().stats().steal_requests;
+    assert!(asked <= 2, "{asked} steal requests");
 }
 
 #[test]
