@@ -377,6 +377,33 @@ fn cluster_processes_run_without_transparent_huge_pages() {
     }
 }
 
+/// A worker's polars pool gets the worker's threads (`local_cluster.rs`, `POLARS_THREADS`):
+/// the variable is in the worker's environment, unless the user set it for all.
+#[cfg(target_os = "linux")]
+#[test]
+fn local_workers_get_as_many_polars_threads_as_their_own() {
+    if std::env::var_os("POLARS_MAX_THREADS").is_some() {
+        return; // the user's choice wins; nothing to check
+    }
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        n_workers: 1,
+        threads_per_worker: 3,
+        binary: Some(test_worker_binary()),
+        ..LocalClusterOptions::default()
+    })
+    .expect("the cluster starts");
+    let env = |pid: u32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let has = |env: &[u8], entry: &[u8]| env.split(|b| *b == 0).any(|e| e == entry);
+    let worker = env(cluster.worker_pids()[0]);
+    assert!(
+        has(&worker, b"POLARS_MAX_THREADS=3"),
+        "{}",
+        String::from_utf8_lossy(&worker)
+    );
+    let scheduler = env(cluster.scheduler_pid());
+    assert!(!scheduler.windows(18).any(|w| w == b"POLARS_MAX_THREADS"));
+}
+
 #[test]
 fn dropping_a_local_cluster_ends_its_processes() {
     let cluster = start(2, 0);

@@ -62,7 +62,9 @@ enum Command {
         /// The cluster file the scheduler wrote.
         #[arg(long)]
         cluster_file: PathBuf,
-        /// Threads running tasks (default: one per core).
+        /// Threads running tasks (default: one per core). Polars inside the worker uses
+        /// POLARS_MAX_THREADS threads (default: one per core); with several workers on one
+        /// machine, set it to this (LocalCluster does).
         #[arg(long)]
         nthreads: Option<u32>,
         /// Memory limit: values spill to disk above 60% of it and new tasks pause above

@@ -85,6 +85,7 @@ impl LocalCluster {
                 "--cluster-file",
                 &file.display().to_string(),
             ],
+            &[],
             &dir.path().join("scheduler.log"),
         )?;
         let mut cluster = LocalCluster {
@@ -139,6 +140,7 @@ impl LocalCluster {
                 "--spill-dir",
                 &self.dir.path().display().to_string(),
             ],
+            &[(POLARS_THREADS, &nthreads)],
             &self.dir.path().join(format!("worker-{i}.log")),
         )?;
         self.workers.push(Some(child));
@@ -187,7 +189,22 @@ impl LocalCluster {
     }
 }
 
-fn spawn(binary: &Path, prefix: &[String], args: &[&str], log: &Path) -> Result<Child> {
+/// Polars' thread pool size. A worker told to use `threads_per_worker` threads gets as many
+/// polars threads: with polars' default (one per core) each of two one-thread workers on
+/// two cores ran its partial group-bys on two polars threads, four busy threads on two
+/// cores; with one, a q3 partial took 66 ms instead of 92 (medians) and H2O q1-q5 were
+/// quicker in 13 of 15 alternated pairs (BENCHMARKS.md). Dask's nanny likewise sets `OMP_NUM_THREADS` and its kin for workers.
+const POLARS_THREADS: &str = "POLARS_MAX_THREADS";
+
+/// Start `binary` with `args`, output to `log`, and `env` set where this process's own
+/// environment does not set the variable already (the user's choice wins).
+fn spawn(
+    binary: &Path,
+    prefix: &[String],
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Result<Child> {
     let io = |source| Error::Io {
         path: log.display().to_string(),
         source,
@@ -201,6 +218,11 @@ fn spawn(binary: &Path, prefix: &[String], args: &[&str], log: &Path) -> Result<
         // glibc keeps freed large blocks otherwise (its mmap threshold grows with them),
         // and a worker whose memory never shrinks after spilling stays paused.
         command.env("MALLOC_TRIM_THRESHOLD_", "65536");
+    }
+    for (name, value) in env {
+        if std::env::var_os(name).is_none() {
+            command.env(name, value);
+        }
     }
     command
         .args(prefix)
