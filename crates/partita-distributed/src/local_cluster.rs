@@ -192,7 +192,7 @@ impl LocalCluster {
 /// Polars' thread pool size. A worker told to use `threads_per_worker` threads gets as many
 /// polars threads: with polars' default (one per core) each of two one-thread workers on
 /// two cores ran its partial group-bys on two polars threads, four busy threads on two
-/// cores; with one, a q3 partial took 66 ms instead of 92 (medians) and H2O q1-q5 were
+/// cores; with one, q3's partials were 2-28% quicker (medians) and H2O q1-q5 were
 /// quicker in 13 of 15 alternated pairs (BENCHMARKS.md). Dask's nanny likewise sets `OMP_NUM_THREADS` and its kin for workers.
 const POLARS_THREADS: &str = "POLARS_MAX_THREADS";
 
