@@ -50,6 +50,39 @@ def test_python_kernels_run_on_the_cluster_and_unpicklable_ones_say_so(cluster_c
     assert pt.ones((10,), chunks=5).sum().compute(scheduler=cluster_client) == 10.0
 
 
+def test_persist_on_a_cluster_leaves_the_data_on_the_workers(cluster_client, tmp_path):
+    # Each block counts its runs in a file of its own: persisted blocks run once, and
+    # later computations, on the cluster or here, start from them.
+    def counted(b):
+        import uuid
+
+        (tmp_path / f"run-{uuid.uuid4()}").write_text("")
+        return b * 2
+
+    x = np.arange(20.0)
+    p = pt.from_numpy(x, chunks=5).map_blocks(counted).persist(scheduler=cluster_client)
+    runs = lambda: len(list(tmp_path.iterdir()))  # noqa: E731
+    persisted_runs = runs()
+    assert persisted_runs >= 4  # (and maybe one here, for the result's dtype)
+    np.testing.assert_allclose((p + 1).compute(scheduler=cluster_client), x * 2 + 1)
+    np.testing.assert_allclose(p.sum().compute(scheduler=cluster_client), (x * 2).sum())
+    np.testing.assert_allclose(p.compute(), x * 2)  # the threads scheduler fetches them
+    assert runs() == persisted_runs
+    # The blocks are on this cluster's workers, not in this process: another cluster
+    # cannot be handed them.
+    with pt.LocalCluster(n_workers=1) as other, pt.Client(other) as elsewhere:
+        with pytest.raises(pt.PartitaError, match="persisted on another cluster"):
+            p.sum().compute(scheduler=elsewhere)
+
+    frame = pl.DataFrame({"k": [1, 2, 1, 3, 2, 3], "v": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    df = pt.from_polars(frame, npartitions=3).filter(pl.col("v") > 1.5).persist(scheduler=cluster_client)
+    assert df.npartitions == 3
+    got = df.group_by("k").agg(pl.col("v").sum()).sort("k").compute(scheduler=cluster_client)
+    want = frame.filter(pl.col("v") > 1.5).group_by("k").agg(pl.col("v").sum()).sort("k")
+    assert got.equals(want)
+    assert df.compute().sort("v").equals(frame.filter(pl.col("v") > 1.5))
+
+
 def test_a_cluster_stops_its_processes_when_closed(tmp_path):
     with pt.LocalCluster(n_workers=1) as cluster:
         scheduler, workers = cluster.pids()

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use partita::distributed::{Client, ClusterFile, LocalCluster, LocalClusterOptions};
+use partita::distributed::{Client, ClusterFile, LocalCluster, LocalClusterOptions, Persisted};
 use partita::{
-    ComputeOptions, Error, FnOp, Graph, GraphBuilder, Key, Op, Scheduler, Value, compute_with,
+    ComputeOptions, Error, ExecutionContext, ExecutionPlan, FnOp, Graph, GraphBuilder, Key,
+    LocalScheduler, Op, OptimizeOptions, Scheduler, Value, compute_with,
 };
 use partita_tests::{Blob, Fail, FailTimes, Mix, Panic, SlowMix, cluster, test_worker_binary};
 
@@ -452,4 +453,64 @@ fn a_run_on_the_cluster_can_be_cancelled_promptly() {
     );
     let (graph, key, expected) = small_graph("after-cancel");
     assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
+}
+
+/// `Scheduler::persist` on a cluster leaves the value on the workers: later graphs read it
+/// there without running its task again, a local scheduler fetches it, a lost copy is
+/// recomputed from lineage, and another cluster's client says it cannot take it.
+#[test]
+fn persisted_values_stay_on_the_workers_and_are_not_recomputed() {
+    let mut cluster = start(1, 0);
+    let client = cluster.client().unwrap();
+    let runs_dir = tempfile::tempdir().unwrap();
+    let runs = || std::fs::read_dir(runs_dir.path()).unwrap().count();
+    // A value that counts the times its task runs (a file per run; it returns the count).
+    let counted = Key::named("persist-counted");
+    let mut b = GraphBuilder::new();
+    let op = FailTimes {
+        dir: runs_dir.path().into(),
+        failures: 0,
+    };
+    b.add_task(counted.clone(), Arc::new(op), &[]);
+    let plan = ExecutionPlan::new(b.build().unwrap(), &[counted], OptimizeOptions::default());
+    let ops = client
+        .persist(&plan.unwrap(), &ExecutionContext::default())
+        .unwrap();
+    assert!(Persisted::of(ops[0].as_ref()).is_some());
+    assert_eq!(runs(), 1);
+    // A later graph: the persisted value under a key of its own, and a task reading it.
+    let later = |salt: i64| {
+        let mut b = GraphBuilder::new();
+        let held = Key::new("persist-held", [salt as u32]);
+        b.add_task(held.clone(), Arc::clone(&ops[0]), &[]);
+        let out = Key::new("persist-use", [salt as u32]);
+        b.add_task(out.clone(), Arc::new(Mix { salt }), &[held]);
+        (b.build().unwrap(), out)
+    };
+    for salt in 0..3 {
+        let (graph, out) = later(salt);
+        let got = run(graph, std::slice::from_ref(&out), &client).unwrap();
+        assert_eq!(i64s(&got), [mix(salt, &[0])]);
+    }
+    let (graph, out) = later(3);
+    let got = run(graph, std::slice::from_ref(&out), &LocalScheduler::new()).unwrap();
+    assert_eq!(i64s(&got), [mix(3, &[0])]);
+    assert_eq!(runs(), 1, "the persisted task ran again");
+    // Another cluster cannot take it: the error names the key and says what to do.
+    let other = start(1, 0);
+    let (graph, out) = later(4);
+    let err = run(graph, &[out], &other.client().unwrap()).unwrap_err();
+    assert!(
+        err.to_string().contains("persisted on another cluster"),
+        "{err}"
+    );
+    // Its only holder dies: the value is made again from its task when next needed.
+    cluster.add_worker().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(30)).unwrap();
+    cluster.kill_worker(0).unwrap();
+    let (graph, out) = later(5);
+    let got = run(graph, std::slice::from_ref(&out), &client)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("scheduler")));
+    assert_eq!(i64s(&got), [mix(5, &[1])]);
+    assert_eq!(runs(), 2);
 }

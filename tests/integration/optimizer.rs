@@ -82,6 +82,66 @@ fn outputs_inside_a_chain_are_kept() {
     assert_eq!(as_i64s(&out)[1], (1..4).fold(1i64, |acc, i| i + acc * 31));
 }
 
+/// Stands for a value held elsewhere (as a cluster's persisted values do).
+#[derive(Debug)]
+struct Held(i64);
+
+impl serde::Serialize for Held {
+    fn serialize<S: serde::Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("held elsewhere"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Held {
+    fn deserialize<D: serde::Deserializer<'de>>(_d: D) -> Result<Held, D::Error> {
+        Err(serde::de::Error::custom("held elsewhere"))
+    }
+}
+
+#[typetag::serde(name = "test-held")]
+impl partita::Op for Held {
+    fn execute(&self, _inputs: &[Value]) -> partita::Result<Value> {
+        Ok(Value::new(self.0))
+    }
+    fn name(&self) -> &str {
+        "held"
+    }
+    fn remote_handle(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+#[test]
+fn handles_to_values_held_elsewhere_are_not_fused() {
+    // held -> a -> b: without the handle, the whole chain would be one task.
+    let mut b = GraphBuilder::new();
+    b.add_task(Key::named("held"), Arc::new(Held(4)), &[]);
+    b.add_task(
+        Key::named("a"),
+        Arc::new(Mix { salt: 1 }),
+        &[Key::named("held")],
+    );
+    b.add_task(
+        Key::named("b"),
+        Arc::new(Mix { salt: 2 }),
+        &[Key::named("a")],
+    );
+    let g = b.build().unwrap();
+    let mut ids = g.resolve(&[Key::named("b")]).unwrap();
+    let fused = fuse(g.clone(), &mut ids);
+    assert_eq!(fused.len(), 2);
+    let held = fused.id_of(&Key::named("held")).unwrap();
+    assert_eq!(fused.op(held).name(), "held");
+    assert_eq!(fused.dependencies(ids[0]), [held]);
+    let out = compute_with(
+        g,
+        &[Key::named("b")],
+        &SyncScheduler,
+        &ComputeOptions::default(),
+    );
+    assert_eq!(as_i64s(&out.unwrap().values), vec![2 + (1 + 4 * 31) * 31]);
+}
+
 #[test]
 fn an_error_inside_a_fused_chain_names_the_inner_task() {
     let mut b = GraphBuilder::new();

@@ -4,8 +4,8 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayD, IxDyn, Slice};
 use partita_core::{
-    Collection, ComputeOptions, Error, Key, Layer, Literal, Result, Scheduler, Task, Value,
-    compute_collections,
+    Collection, ComputeOptions, Error, Key, Layer, Literal, Op, Result, Scheduler, Task, Value,
+    compute_collections, persist_collections,
 };
 
 use crate::chunk::{Chunk, Element};
@@ -110,22 +110,33 @@ impl Array {
 
     /// An array whose blocks are already computed `values` (C order over `grid`).
     pub(crate) fn from_values(grid: ChunkGrid, dtype: DType, values: Vec<Value>) -> Result<Array> {
-        if values.len() != grid.num_blocks() {
+        let ops = values
+            .into_iter()
+            .map(|v| Arc::new(Literal(v)) as Arc<dyn Op>);
+        Array::from_ops(grid, dtype, ops.collect())
+    }
+
+    /// An array whose blocks are `ops` without inputs, in block order: values computed
+    /// already, or handles to them where a cluster keeps them (`persist`).
+    pub(crate) fn from_ops(grid: ChunkGrid, dtype: DType, ops: Vec<Arc<dyn Op>>) -> Result<Array> {
+        if ops.len() != grid.num_blocks() {
             return Err(Error::Internal(format!(
                 "{} computed blocks for a grid of {}",
-                values.len(),
+                ops.len(),
                 grid.num_blocks()
             )));
         }
-        let mut values = values.into_iter();
+        let mut ops = ops.into_iter();
         Ok(Array::from_blocks(
             "persist",
             grid,
             dtype,
             Vec::new(),
             |_| {
-                let v = values.next().unwrap_or_else(|| Value::new(()));
-                (Arc::new(Literal(v)), Vec::new())
+                let op = ops
+                    .next()
+                    .unwrap_or_else(|| Arc::new(Literal(Value::new(()))));
+                (op, Vec::new())
             },
         ))
     }
@@ -230,13 +241,15 @@ impl Array {
     }
 
     /// Compute every block now and return an array backed by the results (Dask's
-    /// `persist`): later graphs start from these values instead of recomputing.
+    /// `persist`): later graphs start from these values instead of recomputing. On a
+    /// cluster client the blocks stay on the workers (while this array or a graph built
+    /// from it lives); on a local scheduler they are held here.
     pub fn persist(&self, scheduler: &dyn Scheduler) -> Result<Array> {
-        let (mut values, _) = compute_collections(&[self], scheduler, &ComputeOptions::default())?;
-        Array::from_values(
+        let mut ops = persist_collections(&[self], scheduler, &ComputeOptions::default())?;
+        Array::from_ops(
             self.grid().clone(),
             self.dtype(),
-            values.pop().unwrap_or_default(),
+            ops.pop().unwrap_or_default(),
         )
     }
 }

@@ -652,7 +652,8 @@ impl FilteredArray {
     }
 
     /// Compute every block now and return an [`Array`] backed by the results, whose chunk
-    /// sizes are known from them.
+    /// sizes are known from them. The blocks come to this process, also from a cluster
+    /// (their sizes are read off them), unlike [`Array::persist`]'s.
     pub fn persist(&self, scheduler: &dyn Scheduler) -> Result<Array> {
         let (mut values, _) =
             compute_collections(&[&self.inner], scheduler, &ComputeOptions::default())?;

@@ -13,6 +13,8 @@ use rustc_hash::FxHashSet;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, Task};
 use crate::key::Key;
+use crate::op::Op;
+use crate::optimize::ExecutionPlan;
 use crate::scheduler::{ComputeOptions, RunStats, Scheduler, compute_with};
 use crate::value::Value;
 
@@ -127,6 +129,35 @@ pub trait Collection {
     fn layer(&self) -> &Arc<Layer>;
     /// The keys whose values make up the result (one per chunk or partition).
     fn output_keys(&self) -> Vec<Key>;
+}
+
+/// Persist several collections in one run: per collection, one op per output key that
+/// gives its value to later graphs ([`Scheduler::persist`]: the value itself on a local
+/// scheduler, a handle to where it stays on a cluster).
+pub fn persist_collections(
+    collections: &[&dyn Collection],
+    scheduler: &dyn Scheduler,
+    options: &ComputeOptions,
+) -> Result<Vec<Vec<Arc<dyn Op>>>> {
+    let roots: Vec<Arc<Layer>> = collections.iter().map(|c| Arc::clone(c.layer())).collect();
+    let graph = Layer::materialize(&roots)?;
+    let per: Vec<Vec<Key>> = collections.iter().map(|c| c.output_keys()).collect();
+    let all: Vec<Key> = per.iter().flatten().cloned().collect();
+    let plan = ExecutionPlan::new(graph, &all, options.optimize)?;
+    let ops = scheduler.persist(&plan, &options.context)?;
+    if ops.len() != all.len() {
+        return Err(Error::Internal(format!(
+            "the {} scheduler persisted {} of {} outputs",
+            scheduler.name(),
+            ops.len(),
+            all.len()
+        )));
+    }
+    let mut ops = ops.into_iter();
+    Ok(per
+        .iter()
+        .map(|keys| ops.by_ref().take(keys.len()).collect())
+        .collect())
 }
 
 /// Compute several collections in one run; returns each one's output values.

@@ -49,7 +49,7 @@ pub use delayed::Delayed;
 pub use error::{BoxError, Context, Error, Result};
 pub use graph::{Graph, GraphBuilder, Task, TaskId};
 pub use key::Key;
-pub use layer::{Collection, Layer, compute_collections};
+pub use layer::{Collection, Layer, compute_collections, persist_collections};
 pub use op::{FnOp, FusedChain, Literal, Op};
 pub use optimize::{ExecutionPlan, OptimizeOptions};
 pub use progress::{ProgressBar, ProgressFn, ProgressSink};

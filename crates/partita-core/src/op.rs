@@ -33,6 +33,15 @@ pub trait Op: Send + Sync + fmt::Debug {
 
     /// A short name for diagnostics and progress displays.
     fn name(&self) -> &str;
+
+    /// For an op that stands for a value held outside this process (a result persisted on
+    /// a cluster): itself, for the scheduler that holds the value, which uses it where it
+    /// is instead of running the op (see [`Scheduler::persist`](crate::Scheduler::persist)).
+    /// Such a task is never fused into another, so that scheduler sees it. `None` for
+    /// every other op.
+    fn remote_handle(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// Run `op` as the task `key`: its errors are wrapped to name the task (unless they

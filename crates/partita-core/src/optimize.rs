@@ -3,7 +3,8 @@
 //! - **cull** keeps only the tasks the requested outputs need.
 //! - **fuse** merges linear chains (a task whose only dependent has no other input) into one
 //!   [`FusedChain`] task: one scheduling decision and no stored intermediate per chain. Output
-//!   tasks are never fused into a successor, so output keys survive.
+//!   tasks are never fused into a successor, so output keys survive, nor are handles to
+//!   values held elsewhere ([`Op::remote_handle`]).
 //! - **order** gives every task a priority: a depth-first post-order from the outputs, so a
 //!   branch is finished (and its inputs released) before new roots are started. Schedulers
 //!   run the ready task with the smallest priority first.
@@ -139,10 +140,16 @@ pub fn fuse(graph: Graph, outputs: &mut [TaskId]) -> Graph {
         is_output[o.index()] = true;
     }
     // absorbed[t]: t's result goes only to a task whose only input is t, so t runs inside it.
+    // A handle to a value held elsewhere stays a task of its own: the scheduler holding
+    // the value must see it (`Op::remote_handle`).
     let absorbed: Vec<bool> = graph
         .ids()
         .map(|t| match graph.dependents(t) {
-            [next] => !is_output[t.index()] && graph.dependencies(*next).len() == 1,
+            [next] => {
+                !is_output[t.index()]
+                    && graph.dependencies(*next).len() == 1
+                    && graph.op(t).remote_handle().is_none()
+            }
             _ => false,
         })
         .collect();

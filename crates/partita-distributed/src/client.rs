@@ -24,7 +24,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use partita_core::{
-    Error, Execution, ExecutionContext, ExecutionPlan, Key, Result, RunStats, Scheduler, Value,
+    Error, Execution, ExecutionContext, ExecutionPlan, Key, Op, Result, RunStats, Scheduler, Value,
 };
 use partita_proto::messages::{FromClient, Peer, Role, TaskFailure, TaskSpec, ToClient};
 use serde_bytes::ByteBuf;
@@ -444,32 +444,58 @@ impl Drop for Inner {
 }
 
 /// A plan's tasks as the scheduler takes them, and its distinct outputs.
-fn task_specs(plan: &ExecutionPlan, retries: u32) -> Result<(Vec<TaskSpec>, Vec<Key>)> {
+fn task_specs(plan: &ExecutionPlan, retries: u32, inner: &Inner) -> Result<Specs> {
     let graph = &plan.graph;
     let mut tasks = Vec::with_capacity(graph.len());
+    // Tasks standing for values this client persisted: the key the cluster has them under.
+    let mut on_cluster: HashMap<&Key, Key> = HashMap::new();
+    let cluster_key = |on_cluster: &HashMap<&Key, Key>, k: &Key| -> Key {
+        on_cluster.get(k).cloned().unwrap_or_else(|| k.clone())
+    };
     for id in graph.ids() {
         let key = graph.key(id);
+        let op = graph.op(id);
+        if let Some(p) = Persisted::of(op.as_ref())
+            && std::ptr::eq(Arc::as_ptr(&p.future.inner), inner)
+        {
+            on_cluster.insert(key, p.future.key.clone());
+            continue;
+        }
         tasks.push(TaskSpec {
             key: key.clone(),
-            deps: graph
-                .dependencies(id)
-                .iter()
-                .map(|d| graph.key(*d).clone())
+            deps: (graph.dependencies(id).iter())
+                .map(|d| cluster_key(&on_cluster, graph.key(*d)))
                 .collect(),
-            payload: ByteBuf::from(encode_op(key, graph.op(id))?),
+            payload: ByteBuf::from(encode_op(key, op)?),
             priority: i64::from(plan.priority[id.index()]),
             retries,
         });
     }
     let mut wanted: Vec<Key> = Vec::new();
     let mut seen = HashSet::new();
+    let mut output_keys = Vec::with_capacity(plan.outputs.len());
     for id in &plan.outputs {
-        let k = graph.key(*id);
+        let k = cluster_key(&on_cluster, graph.key(*id));
         if seen.insert(k.clone()) {
             wanted.push(k.clone());
         }
+        output_keys.push(k);
     }
-    Ok((tasks, wanted))
+    Ok(Specs {
+        tasks,
+        wanted,
+        output_keys,
+    })
+}
+
+/// A plan as the scheduler gets it.
+struct Specs {
+    /// One per task, except those standing for values persisted on this cluster.
+    tasks: Vec<TaskSpec>,
+    /// The outputs' keys on the cluster, once each.
+    wanted: Vec<Key>,
+    /// Per entry of the plan's outputs, its key on the cluster.
+    output_keys: Vec<Key>,
 }
 
 impl Inner {
@@ -514,21 +540,139 @@ impl Scheduler for Client {
     fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
         self.inner.execute(plan, ctx)
     }
+
+    /// Compute `plan` and leave its outputs on the workers: one [`Persisted`] per output,
+    /// holding a future for it. Nothing comes back to this process.
+    fn persist(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Vec<Arc<dyn Op>>> {
+        if ctx.observer.is_some() {
+            return Err(observers_not_supported());
+        }
+        let futures = self.submit_plan(plan, self.retries())?;
+        let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+        let total = keys.iter().collect::<HashSet<_>>().len();
+        loop {
+            if ctx.cancel.is_cancelled() {
+                let _ = self.cancel(&futures);
+                return Err(Error::Cancelled);
+            }
+            let waited = self
+                .inner
+                .wait_done(&keys, Some(Duration::from_millis(100)));
+            if let Some(p) = &ctx.progress {
+                let done = (keys.iter().collect::<HashSet<_>>().into_iter())
+                    .filter(|k| {
+                        (lock(&self.inner.routes).tracked.get(*k))
+                            .is_some_and(|(_, s)| !matches!(s, KeyState::Pending))
+                    })
+                    .count();
+                p.advanced(done, total);
+            }
+            match waited {
+                Ok(()) => break,
+                // Not done within the interval: look at the cancel flag again.
+                Err(_) if futures.iter().all(|f| f.status() != FutureStatus::Lost) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // The first failure is the error, as when computing.
+        for f in &futures {
+            match f.state() {
+                KeyState::Erred(failure) => return Err(rebuild_error(failure)),
+                KeyState::Cancelled => {
+                    return Err(Error::Compute {
+                        key: f.key.clone(),
+                        source: Box::new(Error::Cancelled),
+                    });
+                }
+                KeyState::Lost => return Err(scheduler_gone()),
+                KeyState::Pending | KeyState::Finished(_) => {}
+            }
+        }
+        if let Some(p) = &ctx.progress {
+            p.finished(total, total, true);
+        }
+        Ok((futures.into_iter())
+            .map(|future| Arc::new(Persisted { future }) as Arc<dyn Op>)
+            .collect())
+    }
+}
+
+fn observers_not_supported() -> Error {
+    Error::NotImplemented(
+        "per-task observers on a cluster (tasks run in other processes); use the progress \
+         callback"
+            .into(),
+    )
+}
+
+/// A value persisted on a cluster ([`Scheduler::persist`] of a [`Client`]): the task
+/// stands for its future's key there. The client that made it sends no task for it, and
+/// later graphs read the value where it is, on the workers; the future keeps it there
+/// while this op (any graph, array or frame holding it) lives. Any other scheduler runs
+/// it by fetching the value ([`Future::result`]). It cannot be sent to another cluster.
+#[derive(Debug)]
+pub struct Persisted {
+    future: Future,
+}
+
+impl Persisted {
+    /// `op` as a persisted value, if it is one.
+    pub fn of(op: &dyn Op) -> Option<&Persisted> {
+        op.remote_handle()?.downcast_ref::<Persisted>()
+    }
+
+    /// The future holding the value on its cluster.
+    pub fn future(&self) -> &Future {
+        &self.future
+    }
+}
+
+impl serde::Serialize for Persisted {
+    fn serialize<S: serde::Serializer>(&self, _s: S) -> std::result::Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(format!(
+            "it is {}, persisted on another cluster (or with a closed client); compute it, \
+             or persist it with this cluster's client",
+            self.future.key
+        )))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Persisted {
+    fn deserialize<D: serde::Deserializer<'de>>(_d: D) -> std::result::Result<Persisted, D::Error> {
+        Err(serde::de::Error::custom(
+            "a value persisted on a cluster is never sent as a task",
+        ))
+    }
+}
+
+#[typetag::serde(name = "persisted")]
+impl Op for Persisted {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        self.future.result()
+    }
+
+    fn name(&self) -> &str {
+        "persisted"
+    }
+
+    fn remote_handle(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 impl Inner {
     fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
         let started = Instant::now();
         if ctx.observer.is_some() {
-            return Err(Error::NotImplemented(
-                "per-task observers on a cluster (tasks run in other processes); use the \
-                 progress callback"
-                    .into(),
-            ));
+            return Err(observers_not_supported());
         }
-        let graph = &plan.graph;
-        let (tasks, wanted) = task_specs(plan, self.retries.load(Ordering::Relaxed))?;
+        let Specs {
+            tasks,
+            wanted,
+            output_keys,
+        } = task_specs(plan, self.retries.load(Ordering::Relaxed), self)?;
         let seen: HashSet<Key> = wanted.iter().cloned().collect();
+        let tasks_sent = tasks.len();
         self.hold(&wanted);
         let (route_id, mut rx) = self.register(&wanted);
         let result = (|| {
@@ -609,15 +753,11 @@ impl Inner {
         if let Some(p) = &ctx.progress {
             p.finished(values.len(), values.len(), true);
         }
-        let out = plan
-            .outputs
-            .iter()
-            .map(|id| values[graph.key(*id)].clone())
-            .collect();
+        let out = output_keys.iter().map(|k| values[k].clone()).collect();
         Ok(Execution {
             values: out,
             stats: RunStats {
-                tasks_run: graph.len(),
+                tasks_run: tasks_sent,
                 elapsed: started.elapsed(),
                 ..RunStats::default()
             },
@@ -880,11 +1020,8 @@ impl Client {
     }
 
     fn submit_plan(&self, plan: &ExecutionPlan, retries: u32) -> Result<Vec<Future>> {
-        let (tasks, wanted) = task_specs(plan, retries)?;
-        let outputs: Vec<Key> = (plan.outputs.iter())
-            .map(|id| plan.graph.key(*id).clone())
-            .collect();
-        self.submit_specs(tasks, wanted, &outputs)
+        let specs = task_specs(plan, retries, &self.inner)?;
+        self.submit_specs(specs.tasks, specs.wanted, &specs.output_keys)
     }
 
     fn submit_specs(

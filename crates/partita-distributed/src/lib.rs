@@ -37,7 +37,7 @@ pub mod spill_file;
 pub mod wire;
 pub mod worker;
 
-pub use client::{AsCompleted, Client, Future, FutureStatus};
+pub use client::{AsCompleted, Client, Future, FutureStatus, Persisted};
 pub use cluster_file::ClusterFile;
 pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
 pub use scheduler::{SchedulerOptions, SchedulerServer};

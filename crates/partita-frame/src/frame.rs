@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use partita_core::op::{Identity, expect_inputs};
 use partita_core::{
     Collection, ComputeOptions, Delayed, Error, FnOp, Key, Layer, Literal, Op, Result, Scheduler,
-    Task, Value, compute_collections,
+    Task, Value, compute_collections, persist_collections,
 };
 use polars::prelude::{
     DataFrame as PlFrame, DataType, Expr, PolarsResult, Schema, SchemaRef, col, len,
@@ -457,9 +457,21 @@ impl DataFrame {
             .collect()
     }
 
-    /// Compute the partitions and keep them in memory: the result's graph is just the data.
+    /// Compute the partitions now and return a frame backed by them (Dask's `persist`):
+    /// later graphs start from these partitions. On a cluster client they stay on the
+    /// workers (while this frame or a graph built from it lives); on a local scheduler
+    /// they are held here. Schema and partitioning are kept.
     pub fn persist(&self, scheduler: &dyn Scheduler) -> Result<DataFrame> {
-        DataFrame::from_partitions(self.compute_partitions(scheduler)?)
+        let mut ops = persist_collections(&[self], scheduler, &ComputeOptions::default())?;
+        let ops = ops.pop().unwrap_or_default();
+        let name = Key::unique_name("persist");
+        let n = ops.len();
+        let tasks = (ops.into_iter().enumerate())
+            .map(|(i, op)| Task::new(partition_key(&name, i), op, vec![]))
+            .collect();
+        let layer = Layer::new(Arc::clone(&name), tasks, vec![]);
+        let frame = DataFrame::from_layer(name, layer, n, Arc::clone(self.schema()))?;
+        Ok(frame.with_partitioning(self.partitioning().clone()))
     }
 
     /// The number of rows, lazily (per partition a `len()` that parquet answers from

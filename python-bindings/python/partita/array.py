@@ -133,7 +133,9 @@ class Array:
 
     def persist(self, scheduler=None, num_workers=None):
         """Compute every block now; later graphs start from the results (whose chunk sizes
-        are known, also after a boolean mask)."""
+        are known, also after a boolean mask). With a Client the blocks stay on the
+        workers (like dask's client.persist) until the result is dropped; those of a
+        boolean mask's result come here, as their sizes are needed."""
         return Array(run_with_progress(lambda p: self._rust.persist(scheduler, num_workers, p)))
 
     def compute_chunk_sizes(self, scheduler=None, num_workers=None):

@@ -148,7 +148,9 @@ class DataFrame:
         return run_with_progress(lambda p: self._rust.compute(scheduler, num_workers, p))
 
     def persist(self, scheduler=None, num_workers=None):
-        """Compute every partition now; later graphs start from the results."""
+        """Compute every partition now; later graphs start from the results. With a Client
+        the partitions stay on the workers (like dask's client.persist) until the result is
+        dropped."""
         return DataFrame(run_with_progress(lambda p: self._rust.persist(scheduler, num_workers, p)))
 
     def head(self, n=5, scheduler=None, num_workers=None):

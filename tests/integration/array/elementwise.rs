@@ -2,7 +2,10 @@
 
 use ndarray::{ArrayD, IxDyn, Zip};
 use partita::array::{Array, DType, from_ndarray, where_};
-use partita::{ComputeOptions, Graph, Layer, LocalScheduler, SyncScheduler, compute_collections};
+use partita::distributed::Persisted;
+use partita::{
+    Collection, ComputeOptions, Graph, Layer, LocalScheduler, SyncScheduler, compute_collections,
+};
 use partita_tests::assert_array_eq;
 use proptest::prelude::*;
 
@@ -343,5 +346,33 @@ proptest! {
         let mixed = (&r.t().unwrap() * &stored).unwrap();
         let want = &rw.t() * &data(&rev, 0.1, 0.0);
         assert_array_eq(&mixed, &want, 1e-12);
+    }
+}
+
+/// `persist` on every scheduler gives an array equal to the original whose later graphs,
+/// on every scheduler, start from the persisted blocks (a cluster's stay on its workers and
+/// other schedulers fetch them).
+#[test]
+fn persisted_arrays_compute_alike_on_every_scheduler() {
+    let a = data(&[7, 5], 0.5, -3.0);
+    let x = from_ndarray(&a, [3, 2]).unwrap();
+    let y = (&x * 2.0).unwrap();
+    let expected = a.mapv(|v| v * 2.0 + 1.0);
+    for scheduler in partita_tests::schedulers() {
+        let persisted = y
+            .persist(scheduler.as_ref())
+            .unwrap_or_else(|e| panic!("persisting on {}: {e}", scheduler.name()));
+        assert_eq!(persisted.chunks(), y.chunks());
+        assert_array_eq(&(&persisted + 1.0).unwrap(), &expected, 0.0);
+        // Held, not recomputed: the persisted graph has one task per block, no inputs.
+        let graph = Layer::materialize(&[std::sync::Arc::clone(persisted.layer())]).unwrap();
+        assert_eq!(graph.len(), 9, "on {}", scheduler.name());
+        assert!(graph.ids().all(|id| graph.dependencies(id).is_empty()));
+        // On a cluster, handles to blocks left on the workers; elsewhere the values.
+        let remote = (graph.ids())
+            .filter(|id| Persisted::of(graph.op(*id).as_ref()).is_some())
+            .count();
+        let on_cluster = scheduler.name() == "distributed";
+        assert_eq!(remote, if on_cluster { 9 } else { 0 });
     }
 }

@@ -265,3 +265,32 @@ fn partitions_survive_the_wire_codec() {
     let back = partita::Graph::decode(&bytes).unwrap();
     assert_eq!(back.len(), graph.len());
 }
+
+/// `persist` on every scheduler keeps the rows, schema and partition count, and later
+/// graphs on every scheduler start from the persisted partitions.
+#[test]
+fn persisted_frames_compute_alike_on_every_scheduler() {
+    let data = sample(40, 7);
+    let frame = DataFrame::from_polars(data.clone(), 3)
+        .unwrap()
+        .filter(col("n").gt(lit(20)))
+        .unwrap();
+    let expected = data
+        .clone()
+        .lazy()
+        .filter(col("n").gt(lit(20)))
+        .with_columns([(col("n") * lit(2)).alias("twice")])
+        .collect()
+        .unwrap();
+    for scheduler in partita_tests::schedulers() {
+        let persisted = frame
+            .persist(scheduler.as_ref())
+            .unwrap_or_else(|e| panic!("persisting on {}: {e}", scheduler.name()));
+        assert_eq!(persisted.npartitions(), 3);
+        assert_eq!(persisted.schema(), frame.schema());
+        let later = persisted
+            .with_columns([(col("n") * lit(2)).alias("twice")])
+            .unwrap();
+        assert_frame_eq(&later, &expected, &["k", "g", "v", "n"], 0.0);
+    }
+}

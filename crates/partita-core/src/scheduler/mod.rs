@@ -18,6 +18,7 @@ pub use sync::SyncScheduler;
 use crate::error::{Error, Result, panic_message};
 use crate::graph::{Graph, TaskId};
 use crate::key::Key;
+use crate::op::{Literal, Op};
 use crate::optimize::{ExecutionPlan, OptimizeOptions};
 use crate::progress::ProgressSink;
 use crate::value::Value;
@@ -39,6 +40,18 @@ pub trait Scheduler: Send + Sync {
 
     /// Run `plan`.
     fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution>;
+
+    /// Run `plan` and keep its outputs where they were made: one op per entry of
+    /// `plan.outputs` that gives that value to later graphs (`persist`). Here, in this
+    /// process, that is the value itself ([`Literal`]); a cluster keeps values on its
+    /// workers and hands back handles ([`Op::remote_handle`]) that its later graphs read
+    /// in place, and that any other scheduler runs by fetching the value.
+    fn persist(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Vec<Arc<dyn Op>>> {
+        let execution = self.execute(plan, ctx)?;
+        Ok((execution.values.into_iter())
+            .map(|v| Arc::new(Literal(v)) as Arc<dyn Op>)
+            .collect())
+    }
 }
 
 /// A shared scheduler (a cluster client kept by several owners) is a scheduler.
@@ -49,6 +62,9 @@ impl<S: Scheduler + ?Sized> Scheduler for std::sync::Arc<S> {
     fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
         (**self).execute(plan, ctx)
     }
+    fn persist(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Vec<Arc<dyn Op>>> {
+        (**self).persist(plan, ctx)
+    }
 }
 
 /// A borrowed scheduler is a scheduler, so `Box<dyn Scheduler + 'a>` can hold a reference.
@@ -58,6 +74,9 @@ impl<S: Scheduler + ?Sized> Scheduler for &S {
     }
     fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
         (**self).execute(plan, ctx)
+    }
+    fn persist(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Vec<Arc<dyn Op>>> {
+        (**self).persist(plan, ctx)
     }
 }
 
