@@ -466,13 +466,20 @@ fn persisted_values_stay_on_the_workers_and_are_not_recomputed() {
     let runs = || std::fs::read_dir(runs_dir.path()).unwrap().count();
     // A value that counts the times its task runs (a file per run; it returns the count).
     let counted = Key::named("persist-counted");
-    let mut b = GraphBuilder::new();
-    let op = FailTimes {
-        dir: runs_dir.path().into(),
-        failures: 0,
+    let graph_of_counted = || {
+        let mut b = GraphBuilder::new();
+        let op = FailTimes {
+            dir: runs_dir.path().into(),
+            failures: 0,
+        };
+        b.add_task(counted.clone(), Arc::new(op), &[]);
+        b.build().unwrap()
     };
-    b.add_task(counted.clone(), Arc::new(op), &[]);
-    let plan = ExecutionPlan::new(b.build().unwrap(), &[counted], OptimizeOptions::default());
+    let plan = ExecutionPlan::new(
+        graph_of_counted(),
+        std::slice::from_ref(&counted),
+        OptimizeOptions::default(),
+    );
     let ops = client
         .persist(&plan.unwrap(), &ExecutionContext::default())
         .unwrap();
@@ -513,4 +520,9 @@ fn persisted_values_stay_on_the_workers_and_are_not_recomputed() {
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("scheduler")));
     assert_eq!(i64s(&got), [mix(5, &[1])]);
     assert_eq!(runs(), 2);
+    // Dropped, it is released: the same task submitted again runs again.
+    drop(ops);
+    let got = run(graph_of_counted(), std::slice::from_ref(&counted), &client).unwrap();
+    assert_eq!(i64s(&got), [2]);
+    assert_eq!(runs(), 3);
 }
