@@ -220,11 +220,18 @@ impl DataFrame {
     }
 
     /// Whether reading partition 0 costs no more than reading its own data: a file scan,
-    /// or in-memory partitions (a layer with no inputs).
+    /// or in-memory partitions (a layer with no inputs). Partitions persisted on a cluster
+    /// are not: reading one here would fetch all of it from a worker (80 MB for an H2O
+    /// file) to look at a sample.
     pub(crate) fn first_partition_is_cheap(&self) -> bool {
         match &self.0.input {
             Input::Scans(_) => true,
-            Input::Tasks { layer, .. } => layer.dependencies().is_empty(),
+            Input::Tasks { name, layer, .. } => {
+                let first = partition_key(name, 0);
+                layer.dependencies().is_empty()
+                    && !(layer.tasks().iter())
+                        .any(|t| t.key == first && t.op.remote_handle().is_some())
+            }
         }
     }
 

@@ -759,4 +759,59 @@ mod tests {
         assert_eq!(predict_distinct(s / 2, s, s, 5_000_000), 5_000_000);
         assert_eq!(predict_distinct(100, 100, s, 5_000_000), 100);
     }
+
+    /// Stands for a partition held elsewhere (as a cluster's persisted ones do); running
+    /// it here is an error, so a test sees whether anything did.
+    #[derive(Debug)]
+    struct HeldElsewhere;
+
+    impl Serialize for HeldElsewhere {
+        fn serialize<S: serde::Serializer>(&self, _s: S) -> std::result::Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("held elsewhere"))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for HeldElsewhere {
+        fn deserialize<D: serde::Deserializer<'de>>(_d: D) -> std::result::Result<Self, D::Error> {
+            Err(serde::de::Error::custom("held elsewhere"))
+        }
+    }
+
+    #[typetag::serde(name = "test-frame-held-elsewhere")]
+    impl Op for HeldElsewhere {
+        fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+            Err(Error::Internal(
+                "a partition held elsewhere was fetched".into(),
+            ))
+        }
+        fn name(&self) -> &str {
+            "held-elsewhere"
+        }
+        fn remote_handle(&self) -> Option<&dyn std::any::Any> {
+            Some(self)
+        }
+    }
+
+    #[test]
+    fn partitions_held_elsewhere_are_not_fetched_to_count_groups() {
+        let name = Key::unique_name("held");
+        let tasks = (0..3)
+            .map(|i| Task::new(partition_key(&name, i), Arc::new(HeldElsewhere), vec![]))
+            .collect();
+        let layer = Layer::new(Arc::clone(&name), tasks, vec![]);
+        let schema = polars::prelude::df!("k" => [1i64], "v" => [1.0])
+            .unwrap()
+            .schema()
+            .clone();
+        let frame = DataFrame::from_layer(name, layer, 3, schema).unwrap();
+        assert!(!frame.first_partition_is_cheap());
+        // Building the group-by samples nothing (the sample would run the op and fail).
+        for split_out in [None, Some(2)] {
+            let mut g = frame.group_by(&["k"]).unwrap();
+            if let Some(n) = split_out {
+                g = g.split_out(n);
+            }
+            g.agg([col("v").sum()]).unwrap();
+        }
+    }
 }
