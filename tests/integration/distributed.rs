@@ -502,6 +502,12 @@ fn persisted_values_stay_on_the_workers_and_are_not_recomputed() {
     let (graph, out) = later(3);
     let got = run(graph, std::slice::from_ref(&out), &LocalScheduler::new()).unwrap();
     assert_eq!(i64s(&got), [mix(3, &[0])]);
+    // Another client of the same cluster reads it there too.
+    let (graph, out) = later(6);
+    let second = cluster.client().unwrap();
+    let got = run(graph, std::slice::from_ref(&out), &second).unwrap();
+    assert_eq!(i64s(&got), [mix(6, &[0])]);
+    drop(second);
     assert_eq!(runs(), 1, "the persisted task ran again");
     // Another cluster cannot take it: the error names the key and says what to do.
     let other = start(1, 0);

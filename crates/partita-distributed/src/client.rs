@@ -456,7 +456,7 @@ fn task_specs(plan: &ExecutionPlan, retries: u32, inner: &Inner) -> Result<Specs
         let key = graph.key(id);
         let op = graph.op(id);
         if let Some(p) = Persisted::of(op.as_ref())
-            && std::ptr::eq(Arc::as_ptr(&p.future.inner), inner)
+            && p.future.inner.same_cluster(inner)
         {
             on_cluster.insert(key, p.future.key.clone());
             continue;
@@ -499,6 +499,14 @@ struct Specs {
 }
 
 impl Inner {
+    /// Whether `other` is a client of the same cluster (the same scheduler and token):
+    /// keys one of them keeps there, the other can name in its graphs.
+    fn same_cluster(&self, other: &Inner) -> bool {
+        std::ptr::eq(self, other)
+            || (self.cluster.address == other.cluster.address
+                && self.cluster.token == other.cluster.token)
+    }
+
     /// One more holder of each key in `keys`.
     fn hold(&self, keys: &[Key]) {
         let mut held = lock(&self.held);
@@ -606,7 +614,7 @@ fn observers_not_supported() -> Error {
 }
 
 /// A value persisted on a cluster ([`Scheduler::persist`] of a [`Client`]): the task
-/// stands for its future's key there. The client that made it sends no task for it, and
+/// stands for its future's key there. Clients of that cluster send no task for it, and
 /// later graphs read the value where it is, on the workers; the future keeps it there
 /// while this op (any graph, array or frame holding it) lives. Any other scheduler runs
 /// it by fetching the value ([`Future::result`]). It cannot be sent to another cluster.
@@ -630,8 +638,8 @@ impl Persisted {
 impl serde::Serialize for Persisted {
     fn serialize<S: serde::Serializer>(&self, _s: S) -> std::result::Result<S::Ok, S::Error> {
         Err(serde::ser::Error::custom(format!(
-            "it is {}, persisted on another cluster (or with a closed client); compute it, \
-             or persist it with this cluster's client",
+            "it is {}, persisted on another cluster; compute it, or persist it with this \
+             cluster's client",
             self.future.key
         )))
     }
