@@ -582,7 +582,7 @@ impl RustArray {
     ) -> PyResult<RustArray> {
         let s = self::scheduler(scheduler, num_workers)?;
         let array = self.0.clone();
-        run_interruptible(py, progress, |_| array.persist(s.as_ref())).map(RustArray)
+        run_interruptible(py, progress, |o| array.persist_with(s.as_ref(), o)).map(RustArray)
     }
 
     /// Write to a Zarr v3 array at `path`, block by block, renamed into place at the end.
@@ -1344,7 +1344,7 @@ impl RustFrame {
     ) -> PyResult<RustFrame> {
         let s = self::scheduler(scheduler, num_workers)?;
         let frame = self.0.clone();
-        run_interruptible(py, progress, |_| frame.persist(s.as_ref())).map(RustFrame)
+        run_interruptible(py, progress, |o| frame.persist_with(s.as_ref(), o)).map(RustFrame)
     }
 
     #[pyo3(signature = (path, scheduler = None, num_workers = None, progress = None))]

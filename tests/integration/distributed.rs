@@ -532,3 +532,37 @@ fn persisted_values_stay_on_the_workers_and_are_not_recomputed() {
     assert_eq!(i64s(&got), [2]);
     assert_eq!(runs(), 3);
 }
+
+#[test]
+fn persisting_on_the_cluster_can_be_cancelled_promptly() {
+    let client = cluster().expect("the test cluster");
+    // 200 tasks of 100 ms on 4 threads: about 5 s uncancelled.
+    let mut b = GraphBuilder::new();
+    let keys: Vec<Key> = (0..200).map(|i| Key::new("cancel-persist", [i])).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let op = SlowMix {
+            salt: i as i64,
+            ms: 100,
+        };
+        b.add_task(k.clone(), Arc::new(op), &[]);
+    }
+    let plan = ExecutionPlan::new(b.build().unwrap(), &keys, OptimizeOptions::default()).unwrap();
+    let options = ComputeOptions::default();
+    let cancel = options.context.cancel.clone();
+    let start = Instant::now();
+    let result = std::thread::scope(|s| {
+        let job = s.spawn(|| client.persist(&plan, &options.context));
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.cancel();
+        job.join().unwrap()
+    });
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let (graph, key, expected) = small_graph("after-cancelled-persist");
+    assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
+}

@@ -245,7 +245,16 @@ impl Array {
     /// cluster client the blocks stay on the workers (while this array or a graph built
     /// from it lives); on a local scheduler they are held here.
     pub fn persist(&self, scheduler: &dyn Scheduler) -> Result<Array> {
-        let mut ops = persist_collections(&[self], scheduler, &ComputeOptions::default())?;
+        self.persist_with(scheduler, &ComputeOptions::default())
+    }
+
+    /// [`Array::persist`] with progress reporting and cancellation.
+    pub fn persist_with(
+        &self,
+        scheduler: &dyn Scheduler,
+        options: &ComputeOptions,
+    ) -> Result<Array> {
+        let mut ops = persist_collections(&[self], scheduler, options)?;
         Array::from_ops(
             self.grid().clone(),
             self.dtype(),

@@ -447,7 +447,7 @@ impl Drop for Inner {
 fn task_specs(plan: &ExecutionPlan, retries: u32, inner: &Inner) -> Result<Specs> {
     let graph = &plan.graph;
     let mut tasks = Vec::with_capacity(graph.len());
-    // Tasks standing for values this client persisted: the key the cluster has them under.
+    // Tasks standing for values persisted on this cluster: the key it has them under.
     let mut on_cluster: HashMap<&Key, Key> = HashMap::new();
     let cluster_key = |on_cluster: &HashMap<&Key, Key>, k: &Key| -> Key {
         on_cluster.get(k).cloned().unwrap_or_else(|| k.clone())
@@ -557,7 +557,8 @@ impl Scheduler for Client {
         }
         let futures = self.submit_plan(plan, self.retries())?;
         let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
-        let total = keys.iter().collect::<HashSet<_>>().len();
+        let distinct: HashSet<&Key> = keys.iter().collect();
+        let total = distinct.len();
         loop {
             if ctx.cancel.is_cancelled() {
                 let _ = self.cancel(&futures);
@@ -567,12 +568,14 @@ impl Scheduler for Client {
                 .inner
                 .wait_done(&keys, Some(Duration::from_millis(100)));
             if let Some(p) = &ctx.progress {
-                let done = (keys.iter().collect::<HashSet<_>>().into_iter())
+                let routes = lock(&self.inner.routes);
+                let done = (distinct.iter())
                     .filter(|k| {
-                        (lock(&self.inner.routes).tracked.get(*k))
+                        (routes.tracked.get(**k))
                             .is_some_and(|(_, s)| !matches!(s, KeyState::Pending))
                     })
                     .count();
+                drop(routes);
                 p.advanced(done, total);
             }
             match waited {

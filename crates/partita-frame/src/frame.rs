@@ -469,7 +469,16 @@ impl DataFrame {
     /// workers (while this frame or a graph built from it lives); on a local scheduler
     /// they are held here. Schema and partitioning are kept.
     pub fn persist(&self, scheduler: &dyn Scheduler) -> Result<DataFrame> {
-        let mut ops = persist_collections(&[self], scheduler, &ComputeOptions::default())?;
+        self.persist_with(scheduler, &ComputeOptions::default())
+    }
+
+    /// [`DataFrame::persist`] with progress reporting and cancellation.
+    pub fn persist_with(
+        &self,
+        scheduler: &dyn Scheduler,
+        options: &ComputeOptions,
+    ) -> Result<DataFrame> {
+        let mut ops = persist_collections(&[self], scheduler, options)?;
         let ops = ops.pop().unwrap_or_default();
         let name = Key::unique_name("persist");
         let n = ops.len();
