@@ -420,12 +420,16 @@ fn dropping_a_local_cluster_ends_its_processes() {
     }
 }
 
-#[test]
-fn a_run_on_the_cluster_can_be_cancelled_promptly() {
+/// 200 tasks of 100 ms named `tag` (about 5 s on the test cluster's four threads), given
+/// to `job` with options whose cancel token fires after 300 ms: `job` must stop with
+/// `Error::Cancelled` within 2 s, and the cluster must stay usable.
+fn assert_cancelled_promptly<T: Send>(
+    tag: &str,
+    job: impl FnOnce(GraphBuilder, Vec<Key>, &ComputeOptions) -> partita::Result<T> + Send,
+) {
     let client = cluster().expect("the test cluster");
-    // 200 tasks of 100 ms on 4 threads: about 5 s uncancelled.
     let mut b = GraphBuilder::new();
-    let keys: Vec<Key> = (0..200).map(|i| Key::new("cancel-me", [i])).collect();
+    let keys: Vec<Key> = (0..200).map(|i| Key::new(tag, [i])).collect();
     for (i, k) in keys.iter().enumerate() {
         let op = SlowMix {
             salt: i as i64,
@@ -433,26 +437,34 @@ fn a_run_on_the_cluster_can_be_cancelled_promptly() {
         };
         b.add_task(k.clone(), Arc::new(op), &[]);
     }
-    let out = Key::named("cancel-me-out");
-    b.add_task(out.clone(), Arc::new(Mix { salt: 0 }), &keys);
     let options = ComputeOptions::default();
     let cancel = options.context.cancel.clone();
     let start = Instant::now();
     let result = std::thread::scope(|s| {
-        let job = s.spawn(|| compute_with(b.build().unwrap(), &[out], client, &options));
+        let job = s.spawn(|| job(b, keys, &options));
         std::thread::sleep(Duration::from_millis(300));
         cancel.cancel();
         job.join().unwrap()
     });
-    let err = result.unwrap_err();
+    let err = result.err().expect("cancelled");
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{:?}",
         start.elapsed()
     );
-    let (graph, key, expected) = small_graph("after-cancel");
+    let (graph, key, expected) = small_graph(&format!("after-{tag}"));
     assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
+}
+
+#[test]
+fn a_run_on_the_cluster_can_be_cancelled_promptly() {
+    assert_cancelled_promptly("cancel-me", |mut b, keys, options| {
+        let out = Key::named("cancel-me-out");
+        b.add_task(out.clone(), Arc::new(Mix { salt: 0 }), &keys);
+        let client = cluster().expect("the test cluster");
+        compute_with(b.build()?, &[out], client, options)
+    });
 }
 
 /// `Scheduler::persist` on a cluster leaves the value on the workers: later graphs read it
@@ -535,34 +547,9 @@ fn persisted_values_stay_on_the_workers_and_are_not_recomputed() {
 
 #[test]
 fn persisting_on_the_cluster_can_be_cancelled_promptly() {
-    let client = cluster().expect("the test cluster");
-    // 200 tasks of 100 ms on 4 threads: about 5 s uncancelled.
-    let mut b = GraphBuilder::new();
-    let keys: Vec<Key> = (0..200).map(|i| Key::new("cancel-persist", [i])).collect();
-    for (i, k) in keys.iter().enumerate() {
-        let op = SlowMix {
-            salt: i as i64,
-            ms: 100,
-        };
-        b.add_task(k.clone(), Arc::new(op), &[]);
-    }
-    let plan = ExecutionPlan::new(b.build().unwrap(), &keys, OptimizeOptions::default()).unwrap();
-    let options = ComputeOptions::default();
-    let cancel = options.context.cancel.clone();
-    let start = Instant::now();
-    let result = std::thread::scope(|s| {
-        let job = s.spawn(|| client.persist(&plan, &options.context));
-        std::thread::sleep(Duration::from_millis(300));
-        cancel.cancel();
-        job.join().unwrap()
+    assert_cancelled_promptly("cancel-persist", |b, keys, options| {
+        let plan = ExecutionPlan::new(b.build()?, &keys, OptimizeOptions::default())?;
+        let client = cluster().expect("the test cluster");
+        client.persist(&plan, &options.context)
     });
-    let err = result.unwrap_err();
-    assert!(matches!(err, Error::Cancelled), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
-    let (graph, key, expected) = small_graph("after-cancelled-persist");
-    assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
 }
