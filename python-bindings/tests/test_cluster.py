@@ -81,6 +81,14 @@ def test_persist_on_a_cluster_leaves_the_data_on_the_workers(cluster_client, tmp
     want = frame.filter(pl.col("v") > 1.5).group_by("k").agg(pl.col("v").sum()).sort("k")
     assert got.equals(want)
     assert df.compute().sort("v").equals(frame.filter(pl.col("v") > 1.5))
+    # Dask's spelling: client.persist(x) or client.persist([x, y]).
+    a, f = cluster_client.persist([pt.from_numpy(x, chunks=5) + 1, pt.from_polars(frame, npartitions=2)])
+    assert isinstance(a, pt.Array) and isinstance(f, pt.DataFrame)
+    np.testing.assert_allclose(a.sum().compute(scheduler=cluster_client), (x + 1).sum())
+    assert f.compute(scheduler=cluster_client).equals(frame)
+    np.testing.assert_allclose(cluster_client.persist(pt.from_numpy(x, chunks=4)).compute(), x)
+    with pytest.raises(TypeError, match="cannot persist a int"):
+        cluster_client.persist(3)
 
 
 def test_a_cluster_stops_its_processes_when_closed(tmp_path):

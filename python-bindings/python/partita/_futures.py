@@ -242,7 +242,23 @@ class Client(_partita.Client):
     """A connection to a partita cluster: `pt.Client(cluster_file_or_local_cluster)`.
 
     Pass it as `scheduler=` to any compute, or use its futures: `compute`, `submit`, `map`,
-    `gather`, `cancel`, `wait` (and `pt.as_completed`)."""
+    `gather`, `cancel`, `wait` (and `pt.as_completed`); `persist` keeps arrays and frames in
+    the workers' memory."""
+
+    def persist(self, collections):
+        """Compute an array or frame (or a list of them) now and keep the results in the
+        workers' memory, as dask's `client.persist`: returns the same kind of collection (or
+        a list), whose later graphs start from there; nothing is gathered here. The data
+        stays on the cluster until the returned collection is dropped."""
+
+        def one(c):
+            if not hasattr(c, "persist"):
+                raise TypeError(f"cannot persist a {type(c).__name__}; arrays and frames persist")
+            return c.persist(scheduler=self)
+
+        if isinstance(collections, (list, tuple)):
+            return [one(c) for c in collections]
+        return one(collections)
 
     def compute(self, collections, retries=None):
         """Start computing an array, frame or delayed value (or a list of them) and return at
