@@ -131,6 +131,30 @@ pub trait Collection {
     fn output_keys(&self) -> Vec<Key>;
 }
 
+/// The graph of several collections and their output keys, all in order, with how many
+/// each collection has.
+fn collections_graph(collections: &[&dyn Collection]) -> Result<(Graph, Vec<Key>, Vec<usize>)> {
+    let roots: Vec<Arc<Layer>> = collections.iter().map(|c| Arc::clone(c.layer())).collect();
+    let graph = Layer::materialize(&roots)?;
+    let mut all = Vec::new();
+    let mut counts = Vec::with_capacity(collections.len());
+    for c in collections {
+        let keys = c.output_keys();
+        counts.push(keys.len());
+        all.extend(keys);
+    }
+    Ok((graph, all, counts))
+}
+
+/// `items`, one per output key of all the collections in order, cut back into one vector
+/// per collection.
+fn per_collection<T>(items: Vec<T>, counts: &[usize]) -> Vec<Vec<T>> {
+    let mut items = items.into_iter();
+    (counts.iter())
+        .map(|n| items.by_ref().take(*n).collect())
+        .collect()
+}
+
 /// Persist several collections in one run: per collection, one op per output key that
 /// gives its value to later graphs ([`Scheduler::persist`]: the value itself on a local
 /// scheduler, a handle to where it stays on a cluster).
@@ -139,10 +163,7 @@ pub fn persist_collections(
     scheduler: &dyn Scheduler,
     options: &ComputeOptions,
 ) -> Result<Vec<Vec<Arc<dyn Op>>>> {
-    let roots: Vec<Arc<Layer>> = collections.iter().map(|c| Arc::clone(c.layer())).collect();
-    let graph = Layer::materialize(&roots)?;
-    let per: Vec<Vec<Key>> = collections.iter().map(|c| c.output_keys()).collect();
-    let all: Vec<Key> = per.iter().flatten().cloned().collect();
+    let (graph, all, counts) = collections_graph(collections)?;
     let plan = ExecutionPlan::new(graph, &all, options.optimize)?;
     let ops = scheduler.persist(&plan, &options.context)?;
     if ops.len() != all.len() {
@@ -153,11 +174,7 @@ pub fn persist_collections(
             all.len()
         )));
     }
-    let mut ops = ops.into_iter();
-    Ok(per
-        .iter()
-        .map(|keys| ops.by_ref().take(keys.len()).collect())
-        .collect())
+    Ok(per_collection(ops, &counts))
 }
 
 /// Compute several collections in one run; returns each one's output values.
@@ -166,15 +183,7 @@ pub fn compute_collections(
     scheduler: &dyn Scheduler,
     options: &ComputeOptions,
 ) -> Result<(Vec<Vec<Value>>, RunStats)> {
-    let roots: Vec<Arc<Layer>> = collections.iter().map(|c| Arc::clone(c.layer())).collect();
-    let graph = Layer::materialize(&roots)?;
-    let per: Vec<Vec<Key>> = collections.iter().map(|c| c.output_keys()).collect();
-    let all: Vec<Key> = per.iter().flatten().cloned().collect();
+    let (graph, all, counts) = collections_graph(collections)?;
     let execution = compute_with(graph, &all, scheduler, options)?;
-    let mut values = execution.values.into_iter();
-    let out = per
-        .iter()
-        .map(|keys| values.by_ref().take(keys.len()).collect())
-        .collect();
-    Ok((out, execution.stats))
+    Ok((per_collection(execution.values, &counts), execution.stats))
 }

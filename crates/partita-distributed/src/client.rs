@@ -86,6 +86,20 @@ impl KeyState {
             KeyState::Lost => FutureStatus::Lost,
         }
     }
+
+    /// The error `key` ended with, as the local schedulers report it: a failed task (maybe
+    /// a dependency), cancellation, or the lost connection; `None` while pending or done.
+    fn error(&self, key: &Key) -> Option<Error> {
+        match self {
+            KeyState::Pending | KeyState::Finished(_) => None,
+            KeyState::Erred(failure) => Some(rebuild_error(failure.clone())),
+            KeyState::Cancelled => Some(Error::Compute {
+                key: key.clone(),
+                source: Box::new(Error::Cancelled),
+            }),
+            KeyState::Lost => Some(scheduler_gone()),
+        }
+    }
 }
 
 /// A connection to a partita cluster. Cheap to share: the connection lives while the
@@ -586,18 +600,8 @@ impl Scheduler for Client {
             }
         }
         // The first failure is the error, as when computing.
-        for f in &futures {
-            match f.state() {
-                KeyState::Erred(failure) => return Err(rebuild_error(failure)),
-                KeyState::Cancelled => {
-                    return Err(Error::Compute {
-                        key: f.key.clone(),
-                        source: Box::new(Error::Cancelled),
-                    });
-                }
-                KeyState::Lost => return Err(scheduler_gone()),
-                KeyState::Pending | KeyState::Finished(_) => {}
-            }
+        if let Some(e) = futures.iter().find_map(|f| f.state().error(&f.key)) {
+            return Err(e);
         }
         if let Some(p) = &ctx.progress {
             p.finished(total, total, true);
@@ -937,15 +941,9 @@ impl Inner {
                     }
                     Err(e) => return Err(e),
                 },
-                Some(KeyState::Erred(failure)) => return Err(rebuild_error(failure)),
-                Some(KeyState::Cancelled) => {
-                    return Err(Error::Compute {
-                        key: key.clone(),
-                        source: Box::new(Error::Cancelled),
-                    });
-                }
-                Some(KeyState::Lost) | None => return Err(scheduler_gone()),
                 Some(KeyState::Pending) => continue,
+                Some(other) => return Err(other.error(key).unwrap_or_else(scheduler_gone)),
+                None => return Err(scheduler_gone()),
             }
         }
     }

@@ -176,18 +176,19 @@ impl DataFrame {
                 )));
             }
         }
-        let name = Key::unique_name("from-polars");
-        let n = parts.len();
-        let tasks = parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                Task::new(
-                    partition_key(&name, i),
-                    Arc::new(Literal(Partition::value(p))),
-                    vec![],
-                )
-            })
+        let ops = (parts.into_iter())
+            .map(|p| Arc::new(Literal(Partition::value(p))) as Arc<dyn Op>)
+            .collect();
+        DataFrame::from_ops("from-polars", ops, schema)
+    }
+
+    /// A frame whose partitions are `ops` without inputs, in order: values at hand, or
+    /// handles to them where a cluster keeps them (`persist`).
+    fn from_ops(name: &str, ops: Vec<Arc<dyn Op>>, schema: SchemaRef) -> Result<DataFrame> {
+        let name = Key::unique_name(name);
+        let n = ops.len();
+        let tasks = (ops.into_iter().enumerate())
+            .map(|(i, op)| Task::new(partition_key(&name, i), op, vec![]))
             .collect();
         let layer = Layer::new(Arc::clone(&name), tasks, vec![]);
         DataFrame::from_layer(name, layer, n, schema)
@@ -480,13 +481,7 @@ impl DataFrame {
     ) -> Result<DataFrame> {
         let mut ops = persist_collections(&[self], scheduler, options)?;
         let ops = ops.pop().unwrap_or_default();
-        let name = Key::unique_name("persist");
-        let n = ops.len();
-        let tasks = (ops.into_iter().enumerate())
-            .map(|(i, op)| Task::new(partition_key(&name, i), op, vec![]))
-            .collect();
-        let layer = Layer::new(Arc::clone(&name), tasks, vec![]);
-        let frame = DataFrame::from_layer(name, layer, n, Arc::clone(self.schema()))?;
+        let frame = DataFrame::from_ops("persist", ops, Arc::clone(self.schema()))?;
         Ok(frame.with_partitioning(self.partitioning().clone()))
     }
 
