@@ -378,11 +378,12 @@ fn cluster_processes_run_without_transparent_huge_pages() {
     }
 }
 
-/// A worker's polars pool gets the worker's threads (`local_cluster.rs`, `POLARS_THREADS`):
-/// the variable is in the worker's environment, unless the user set it for all.
+/// A worker's polars pool gets the worker's threads and its group-bys a larger
+/// pre-aggregation table (`local_cluster.rs`, `POLARS_THREADS`, `HOT_TABLE`): the variables
+/// are in the worker's environment, not the scheduler's, unless the user set them for all.
 #[cfg(target_os = "linux")]
 #[test]
-fn local_workers_get_as_many_polars_threads_as_their_own() {
+fn local_workers_get_polars_settings_for_their_work() {
     if std::env::var_os("POLARS_MAX_THREADS").is_some() {
         return; // the user's choice wins; nothing to check
     }
@@ -401,8 +402,14 @@ fn local_workers_get_as_many_polars_threads_as_their_own() {
         "{}",
         String::from_utf8_lossy(&worker)
     );
+    // A larger pre-aggregation table for partial group-bys (see local_cluster.rs).
+    if std::env::var_os("POLARS_HOT_TABLE_SIZE").is_none() {
+        assert!(has(&worker, b"POLARS_HOT_TABLE_SIZE=8192"));
+    }
     let scheduler = env(cluster.scheduler_pid());
-    assert!(!scheduler.windows(18).any(|w| w == b"POLARS_MAX_THREADS"));
+    for name in [&b"POLARS_MAX_THREADS"[..], b"POLARS_HOT_TABLE_SIZE"] {
+        assert!(!scheduler.windows(name.len()).any(|w| w == name));
+    }
 }
 
 #[test]

@@ -140,7 +140,7 @@ impl LocalCluster {
                 "--spill-dir",
                 &self.dir.path().display().to_string(),
             ],
-            &[(POLARS_THREADS, &nthreads)],
+            &[(POLARS_THREADS, &nthreads), HOT_TABLE],
             &self.dir.path().join(format!("worker-{i}.log")),
         )?;
         self.workers.push(Some(child));
@@ -195,6 +195,18 @@ impl LocalCluster {
 /// cores; with one, q3's partials were 2-28% quicker (medians) and H2O q1-q5 were
 /// quicker in 13 of 15 alternated pairs (BENCHMARKS.md). Dask's nanny likewise sets `OMP_NUM_THREADS` and its kin for workers.
 const POLARS_THREADS: &str = "POLARS_MAX_THREADS";
+
+/// Slots of the table in which polars 0.55's streaming group-by pre-aggregates each thread's
+/// rows (default 4,096; a key that finds no slot evicts another to a second pass). A
+/// partial group-by of 5,000-10,000 groups per partition (H2O q2: 10,000) evicted all the
+/// time: per file 48 ms, 40 ms with 8,192 slots, as polars 2.1 (whose table grows with the
+/// groups) 21-25 ms. On `LocalCluster(2, 1)`, three alternated rounds of H2O q1-q5: q2
+/// 0.275-0.281 s -> 0.220-0.230 s, q4 0.148-0.166 -> 0.135-0.144, q1 and q3 within noise,
+/// q5 (100,000 groups) 0.273-0.288 -> 0.287-0.289; 16,384 slots took q2 to 0.20-0.23 s
+/// but q3 from 0.42-0.47 to 0.49-0.53 s and q5 up 5-18% (a table that no longer fits the
+/// cache). Only the worker processes get it: in a user's own process Python polars reads
+/// the same variable.
+const HOT_TABLE: (&str, &str) = ("POLARS_HOT_TABLE_SIZE", "8192");
 
 /// Start `binary` with `args`, output to `log`, and `env` set where this process's own
 /// environment does not set the variable already (the user's choice wins).
