@@ -306,6 +306,54 @@ fn is_quick(shared: &Shared, key: &Key) -> bool {
         .is_some_and(|&(avg, n)| n >= INLINE_MIN_RUNS && avg < INLINE_MAX_MICROS)
 }
 
+/// What this process has used so far, for the debug task stream: a task that took longer
+/// than usual either computed longer (`cpu_micros`, over all threads: polars runs a plan on
+/// its own pool), waited for a core (`waited_micros`: runnable but not running) or faulted
+/// in fresh memory (`minflt`). Process-wide, so tasks running at the same time share them.
+/// Linux's counters (`/proc/self/task/*/schedstat`, `/proc/self/stat`); zero elsewhere.
+#[derive(Default)]
+struct Usage {
+    cpu_micros: u64,
+    waited_micros: u64,
+    minflt: u64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        let mut usage = Usage::default();
+        for thread in std::fs::read_dir("/proc/self/task").into_iter().flatten() {
+            let Ok(thread) = thread else { continue };
+            // schedstat: nanoseconds on a core, nanoseconds runnable in a queue, timeslices.
+            let Ok(text) = std::fs::read_to_string(thread.path().join("schedstat")) else {
+                continue;
+            };
+            let mut fields = text.split_ascii_whitespace().map(|f| f.parse::<u64>());
+            if let (Some(Ok(cpu)), Some(Ok(waited))) = (fields.next(), fields.next()) {
+                usage.cpu_micros += cpu / 1000;
+                usage.waited_micros += waited / 1000;
+            }
+        }
+        // stat: minor faults are the 10th field; the command name (2nd) may hold spaces,
+        // so count from the parenthesis that closes it.
+        if let Ok(text) = std::fs::read_to_string("/proc/self/stat")
+            && let Some((_, rest)) = text.rsplit_once(')')
+            && let Some(Ok(minflt)) = rest.split_ascii_whitespace().nth(7).map(str::parse)
+        {
+            usage.minflt = minflt;
+        }
+        usage
+    }
+
+    /// Used between `before` and now (threads that ended in between are not counted).
+    fn since(&self, before: &Usage) -> Usage {
+        Usage {
+            cpu_micros: self.cpu_micros.saturating_sub(before.cpu_micros),
+            waited_micros: self.waited_micros.saturating_sub(before.waited_micros),
+            minflt: self.minflt.saturating_sub(before.minflt),
+        }
+    }
+}
+
 /// Decode and run one task's op on the blocking pool.
 fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
     let shared = Arc::clone(shared);
@@ -325,6 +373,7 @@ fn run_task(shared: &Shared, key: Key, payload: &[u8], inputs: &[Key]) -> Worker
             .collect()
     };
     let start = Instant::now();
+    let usage = tracing::enabled!(tracing::Level::DEBUG).then(Usage::now);
     let result = match values {
         Err(missing) => Err(Error::Internal(format!(
             "input {missing} of task {key} is not in this worker's memory"
@@ -334,7 +383,18 @@ fn run_task(shared: &Shared, key: Key, payload: &[u8], inputs: &[Key]) -> Worker
     };
     let micros = start.elapsed().as_micros() as u64;
     // With the log's timestamps, `RUST_LOG=partita_distributed=debug` gives a task stream.
-    tracing::debug!(task = %key, micros, ok = result.is_ok(), "ran");
+    if let Some(before) = usage {
+        let used = Usage::now().since(&before);
+        tracing::debug!(
+            task = %key,
+            micros,
+            cpu_micros = used.cpu_micros,
+            waited_micros = used.waited_micros,
+            minflt = used.minflt,
+            ok = result.is_ok(),
+            "ran"
+        );
+    }
     {
         let mut durations = locked(&shared.durations);
         // By group: delayed calls have a name each (`inc-17`), timed by name none would
@@ -562,4 +622,31 @@ pub fn rss_bytes() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Usage;
+
+    /// The task stream's usage figures move with the work: CPU time with computing, minor
+    /// faults with touching memory the process never had.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn usage_counts_computing_and_fresh_memory() {
+        let before = Usage::now();
+        let start = std::time::Instant::now();
+        let mut x = 1u64;
+        while start.elapsed() < std::time::Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        // 64 MiB written page by page: 16,384 fresh pages (fewer if they come huge).
+        let mut fresh = vec![0u8; 64 << 20];
+        for page in fresh.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::hint::black_box(&fresh);
+        let used = Usage::now().since(&before);
+        assert!(used.cpu_micros >= 20_000, "cpu {} µs", used.cpu_micros);
+        assert!(used.minflt >= 32, "{} minor faults", used.minflt);
+    }
 }
