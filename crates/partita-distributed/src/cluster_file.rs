@@ -273,8 +273,20 @@ impl ClusterFile {
     }
 }
 
+/// ring's TLS 1.3 suites with AES-128-GCM first (ring's default puts AES-256-GCM first).
+/// Both ends are partita's, so the first suite is the one every connection uses.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 fn tls_error(e: impl std::fmt::Display) -> Error {
