@@ -1429,6 +1429,68 @@ impl PyClient {
         Ok(workers.into_iter().map(|(p, n)| (p.address, n)).collect())
     }
 
+    /// A snapshot of the cluster, shaped like Dask's `client.scheduler_info()`:
+    /// `{"type": "Scheduler", "address", "workers": {address: {"id", "nthreads",
+    /// "memory_limit", "processing", "held", "metrics": {"memory", "managed_bytes",
+    /// "spilled_bytes", "executing", "ready", "paused"}}}, "tasks": {state: count},
+    /// "stats": {counter: value}}`. A worker's metrics are its last report (every 200 ms
+    /// or so); `memory` is its resident set, `managed_bytes` the values it holds.
+    fn scheduler_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        use pyo3::types::PyDict;
+        let client = self.client()?;
+        let info = py.detach(|| client.info()).py_err()?;
+        let out = PyDict::new(py);
+        out.set_item("type", "Scheduler")?;
+        out.set_item("address", client.scheduler_address())?;
+        let workers = PyDict::new(py);
+        for w in &info.workers {
+            let m = &w.metrics;
+            let metrics = PyDict::new(py);
+            metrics.set_item("memory", m.rss)?;
+            metrics.set_item("managed_bytes", m.managed_bytes)?;
+            metrics.set_item("spilled_bytes", m.spilled_bytes)?;
+            metrics.set_item("executing", m.executing)?;
+            metrics.set_item("ready", m.pending)?;
+            metrics.set_item("paused", m.paused)?;
+            let worker = PyDict::new(py);
+            worker.set_item("id", w.peer.id.0)?;
+            worker.set_item("nthreads", w.nthreads)?;
+            worker.set_item("memory_limit", w.memory_limit)?;
+            worker.set_item("processing", w.processing)?;
+            worker.set_item("held", w.held)?;
+            worker.set_item("metrics", metrics)?;
+            workers.set_item(&w.peer.address, worker)?;
+        }
+        out.set_item("workers", workers)?;
+        let t = &info.tasks;
+        let tasks = PyDict::new(py);
+        for (state, n) in [
+            ("released", t.released),
+            ("waiting", t.waiting),
+            ("queued", t.queued),
+            ("processing", t.processing),
+            ("memory", t.memory),
+            ("erred", t.erred),
+        ] {
+            tasks.set_item(state, n)?;
+        }
+        out.set_item("tasks", tasks)?;
+        let st = &info.stats;
+        let stats = PyDict::new(py);
+        for (name, n) in [
+            ("tasks_finished", st.tasks_finished),
+            ("recomputed", st.recomputed),
+            ("lost_values", st.lost_values),
+            ("workers_lost", st.workers_lost),
+            ("steal_requests", st.steal_requests),
+            ("steals", st.steals),
+        ] {
+            stats.set_item(name, n)?;
+        }
+        out.set_item("stats", stats)?;
+        Ok(out)
+    }
+
     /// Wait until at least `n` workers are connected.
     #[pyo3(signature = (n, timeout = 30.0))]
     fn wait_for_workers(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<()> {

@@ -124,4 +124,27 @@ def test_debug_logs_give_a_task_stream(monkeypatch):
     ran = [line for line in logs.splitlines() if " ran " in line and "micros=" in line]
     assert len(ran) >= 10, logs
     assert any("ok=true" in line for line in ran)
+    # What the worker used meanwhile: CPU time, time waiting for a core, page faults.
+    assert all("cpu_micros=" in line and "minflt=" in line for line in ran), ran[:3]
     assert any(" fetched " in line and "from=" in line for line in logs.splitlines()), logs
+
+
+def test_scheduler_info_shows_workers_tasks_and_counters():
+    with pt.LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=2**30) as cluster:
+        with pt.Client(cluster) as client:
+            info = client.scheduler_info()
+            assert info["type"] == "Scheduler"
+            assert info["address"] == client.scheduler_address
+            assert len(info["workers"]) == 2, info
+            for address, w in info["workers"].items():
+                assert ":" in address
+                assert (w["nthreads"], w["memory_limit"]) == (1, 2**30), w
+                assert set(w["metrics"]) >= {"memory", "managed_bytes", "executing", "paused"}
+            assert sum(info["tasks"].values()) == 0
+            # Ten blocks held on the workers for `x`.
+            x = client.persist(pt.arange(0, 1000, chunks=100))
+            info = client.scheduler_info()
+            assert info["tasks"]["memory"] == 10, info["tasks"]
+            assert sum(w["held"] for w in info["workers"].values()) == 10
+            assert info["stats"]["tasks_finished"] == 10
+            assert x.sum().compute(scheduler=client) == sum(range(1000))

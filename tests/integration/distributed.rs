@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use partita::distributed::{Client, ClusterFile, LocalCluster, LocalClusterOptions, Persisted};
+use partita::distributed::{
+    Client, ClusterFile, ClusterInfo, LocalCluster, LocalClusterOptions, Persisted, TaskCounts,
+};
 use partita::{
     ComputeOptions, Error, ExecutionContext, ExecutionPlan, FnOp, Graph, GraphBuilder, Key,
     LocalScheduler, Op, OptimizeOptions, Scheduler, Value, compute_with,
@@ -89,6 +91,97 @@ fn a_failing_task_names_its_key_and_the_cluster_stays_usable() {
         let (graph, key, expected) = small_graph(name);
         assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
     }
+}
+
+/// Poll `info` until `done` holds (or 10 s pass): workers report on heartbeats and
+/// released keys go asynchronously.
+fn info_when(client: &Client, done: impl Fn(&ClusterInfo) -> bool) -> ClusterInfo {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = client.info().expect("the scheduler answers");
+        if done(&info) || Instant::now() > deadline {
+            return info;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cluster_info_shows_workers_tasks_and_memory() {
+    let cluster = start(2, 512 << 20);
+    let client = Client::connect(cluster.cluster_file()).expect("connects");
+    let info = client.info().unwrap();
+    assert_eq!(info.workers.len(), 2, "{info:?}");
+    for w in &info.workers {
+        assert_eq!((w.nthreads, w.memory_limit), (1, 512 << 20), "{w:?}");
+        assert!(w.peer.address.contains(':'), "{w:?}");
+    }
+    assert_ne!(info.workers[0].peer.address, info.workers[1].peer.address);
+    assert_eq!(info.tasks, TaskCounts::default());
+    assert_eq!(info.stats.tasks_finished, 0);
+
+    // A value held for a future: one task in memory, 1 MB on some worker.
+    let blob = client
+        .submit_task(
+            Key::named("info-blob"),
+            Arc::new(Blob {
+                len: 1 << 17,
+                seed: 1.0,
+            }),
+            &[],
+        )
+        .unwrap();
+    blob.wait(None).unwrap();
+    let info = info_when(&client, |i| {
+        i.workers
+            .iter()
+            .any(|w| w.metrics.managed_bytes >= 1 << 20 && w.metrics.rss > 0)
+    });
+    assert_eq!(info.tasks.memory, 1, "{info:?}");
+    assert_eq!(info.stats.tasks_finished, 1);
+    assert_eq!(info.workers.iter().map(|w| w.held).sum::<u64>(), 1);
+    assert!(
+        (info.workers.iter()).any(|w| w.metrics.managed_bytes >= 1 << 20 && w.metrics.rss > 0),
+        "{info:?}"
+    );
+    // `partita info`, as text and as JSON; a missing cluster file is named.
+    let info_command = |args: &[&str]| {
+        std::process::Command::new(test_worker_binary())
+            .arg("info")
+            .args(args)
+            .output()
+            .expect("the binary runs")
+    };
+    let file = cluster.cluster_file().display().to_string();
+    let text = info_command(&["--cluster-file", &file]);
+    assert!(text.status.success(), "{text:?}");
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("workers: 2\n"), "{text}");
+    assert!(text.contains("tasks: 1 in memory"), "{text}");
+    let json = info_command(&["--cluster-file", &file, "--json"]);
+    let parsed: ClusterInfo = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!((parsed.workers.len(), parsed.tasks.memory), (2, 1));
+    let missing = info_command(&["--cluster-file", "/nonexistent/cluster.json"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("/nonexistent/cluster.json"), "{err}");
+    // A failed task stays erred while wanted.
+    let failed = client
+        .submit_task(
+            Key::named("info-fails"),
+            Arc::new(Fail {
+                message: "no".into(),
+            }),
+            &[],
+        )
+        .unwrap();
+    assert!(failed.result().is_err());
+    assert_eq!(client.info().unwrap().tasks.erred, 1);
+    // Dropping the futures releases both.
+    drop((blob, failed));
+    let info = info_when(&client, |i| i.tasks.memory + i.tasks.erred == 0);
+    assert_eq!((info.tasks.memory, info.tasks.erred), (0, 0), "{info:?}");
+    assert_eq!(info.workers.iter().map(|w| w.held).sum::<u64>(), 0);
 }
 
 #[test]

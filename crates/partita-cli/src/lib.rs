@@ -3,6 +3,7 @@
 //! ```text
 //! partita scheduler --listen 0.0.0.0:8786 --cluster-file cluster.json
 //! partita worker --cluster-file cluster.json --nthreads 4 --memory-limit 8GiB
+//! partita info --cluster-file cluster.json
 //! ```
 //!
 //! Logs go to stderr through `tracing` (`RUST_LOG=debug` for more). Both commands turn
@@ -30,7 +31,7 @@ use partita_distributed::{ClusterFile, SchedulerOptions, SchedulerServer, Worker
 #[command(
     name = "partita",
     version,
-    about = "Run the scheduler or a worker of a partita cluster"
+    about = "Run the scheduler or a worker of a partita cluster, or show its state"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,6 +57,17 @@ enum Command {
         /// hostname); defaults to the bound address.
         #[arg(long)]
         advertise: Option<String>,
+    },
+    /// Print what the scheduler knows of the cluster now: its workers (threads, memory
+    /// limit, memory in use, values held and spilled, tasks running and assigned), tasks by
+    /// state, and counters since it started.
+    Info {
+        /// The cluster file the scheduler wrote.
+        #[arg(long)]
+        cluster_file: PathBuf,
+        /// Print JSON (the `ClusterInfo` structure) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Start a worker that joins the cluster named by a cluster file and runs its tasks.
     Worker {
@@ -141,6 +153,16 @@ where
         .try_init();
     partita_distributed::link_collections();
     let cli = Cli::parse_from(args);
+    if let Command::Info { cluster_file, json } = &cli.command {
+        // A client: it runs its own runtime.
+        return match print_info(cluster_file, *json) {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e}");
+                1
+            }
+        };
+    }
     small_pages_only();
     // The scheduler is one state machine: on one thread, a message from a peer goes from
     // quinn to the state machine and its answers back without waking another thread
@@ -233,8 +255,85 @@ async fn stop_signal(watch_stdin: bool) -> &'static str {
     }
 }
 
+/// `partita info`: ask the scheduler and print its answer.
+fn print_info(cluster_file: &std::path::Path, json: bool) -> partita_core::Result<()> {
+    let client = partita_distributed::Client::connect(cluster_file)?;
+    let info = client.info()?;
+    if json {
+        let text = serde_json::to_string_pretty(&info)
+            .map_err(|e| partita_core::Error::Codec(format!("cluster info as JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", describe(client.scheduler_address(), &info));
+    }
+    Ok(())
+}
+
+/// `bytes` for people: 1.5 GiB, 300 MiB, 12 KiB, 7 B.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The text `partita info` prints.
+fn describe(scheduler: &str, info: &partita_distributed::ClusterInfo) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "scheduler {scheduler}");
+    let _ = writeln!(out, "workers: {}", info.workers.len());
+    for w in &info.workers {
+        let m = &w.metrics;
+        let limit = match w.memory_limit {
+            0 => "no limit".to_string(),
+            n => format!("limit {}", human_bytes(n)),
+        };
+        let _ = writeln!(
+            out,
+            "  {} at {}: {} threads, {limit}, memory {}; holds {} values ({}, {} spilled); \
+             running {}, assigned {}{}",
+            w.peer.id,
+            w.peer.address,
+            w.nthreads,
+            human_bytes(m.rss),
+            w.held,
+            human_bytes(m.managed_bytes),
+            human_bytes(m.spilled_bytes),
+            m.executing,
+            w.processing,
+            if m.paused { ", paused (memory)" } else { "" },
+        );
+    }
+    let t = &info.tasks;
+    let _ = writeln!(
+        out,
+        "tasks: {} in memory, {} processing, {} queued, {} waiting, {} erred, {} released",
+        t.memory, t.processing, t.queued, t.waiting, t.erred, t.released
+    );
+    let s = &info.stats;
+    let _ = writeln!(
+        out,
+        "since start: {} tasks finished, {} recomputed, {} values lost with {} workers, \
+         {} of {} steal requests granted",
+        s.tasks_finished, s.recomputed, s.lost_values, s.workers_lost, s.steals, s.steal_requests
+    );
+    out
+}
+
 async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
     match command {
+        Command::Info { .. } => Err(partita_core::Error::Internal(
+            "`partita info` runs as a client, outside the runtime".into(),
+        )),
         Command::Scheduler {
             listen,
             cluster_file,
@@ -285,7 +384,61 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{describe, human_bytes, parse_size};
+    use partita_distributed::{ClusterInfo, TaskCounts, WorkerMetrics, WorkerStatus};
+    use partita_proto::messages::{Peer, WorkerId};
+
+    #[test]
+    fn info_text_names_every_worker_and_count() {
+        assert_eq!(human_bytes(7), "7 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        let worker = |id, paused| WorkerStatus {
+            peer: Peer {
+                id: WorkerId(id),
+                address: format!("10.0.0.{id}:9000"),
+            },
+            nthreads: 4,
+            memory_limit: if id == 1 { 8 << 30 } else { 0 },
+            processing: 3,
+            held: 12,
+            metrics: WorkerMetrics {
+                managed_bytes: 300 << 20,
+                spilled_bytes: 0,
+                rss: 2 << 30,
+                executing: 2,
+                pending: 1,
+                paused,
+            },
+        };
+        let info = ClusterInfo {
+            workers: vec![worker(1, false), worker(2, true)],
+            tasks: TaskCounts {
+                memory: 24,
+                processing: 6,
+                erred: 1,
+                ..TaskCounts::default()
+            },
+            stats: Default::default(),
+        };
+        let text = describe("10.0.0.9:8786", &info);
+        assert!(
+            text.starts_with("scheduler 10.0.0.9:8786\nworkers: 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("worker-1 at 10.0.0.1:9000: 4 threads, limit 8.0 GiB, memory 2.0 GiB; holds 12 values (300.0 MiB, 0 B spilled); running 2, assigned 3\n"), "{text}");
+        assert!(
+            text.contains("worker-2 at 10.0.0.2:9000: 4 threads, no limit,"),
+            "{text}"
+        );
+        assert!(text.contains("assigned 3, paused (memory)\n"), "{text}");
+        assert!(
+            text.contains(
+                "tasks: 24 in memory, 6 processing, 0 queued, 0 waiting, 1 erred, 0 released"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn sizes() {

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use partita_core::{
     Error, Execution, ExecutionContext, ExecutionPlan, Key, Op, Result, RunStats, Scheduler, Value,
 };
-use partita_proto::messages::{FromClient, Peer, Role, TaskFailure, TaskSpec, ToClient};
+use partita_proto::messages::{
+    ClusterInfo, FromClient, Peer, Role, TaskFailure, TaskSpec, ToClient,
+};
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
@@ -220,6 +222,23 @@ impl Client {
     /// The workers connected now, with their thread counts.
     pub fn workers(&self) -> Result<Vec<(Peer, u32)>> {
         self.inner.workers()
+    }
+
+    /// A snapshot of the cluster from the scheduler: every worker (address, threads,
+    /// memory limit, tasks assigned, values held, and its last report of memory in use,
+    /// spilled bytes, running tasks and whether it is paused), the tasks by state, and
+    /// counters (tasks finished, recomputed, workers lost, steals). Dask's
+    /// `client.scheduler_info()`.
+    pub fn info(&self) -> Result<ClusterInfo> {
+        self.inner.request(
+            &[FromClient::Info],
+            Duration::from_secs(10),
+            "answer",
+            |msg| match msg {
+                ToClient::Info { info } => Some(Ok(info)),
+                _ => None,
+            },
+        )
     }
 
     /// Wait until at least `n` workers are connected.
@@ -426,15 +445,16 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
                 }
             }
         }
-        ToClient::GraphRefused { .. } | ToClient::Workers { .. } => {}
+        ToClient::GraphRefused { .. } | ToClient::Workers { .. } | ToClient::Info { .. } => {}
     }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
         | ToClient::KeyErred { key, .. }
         | ToClient::Cancelled { key } => Some(key),
-        ToClient::GraphRefused { .. } | ToClient::WhoHasReply { .. } | ToClient::Workers { .. } => {
-            None
-        }
+        ToClient::GraphRefused { .. }
+        | ToClient::WhoHasReply { .. }
+        | ToClient::Workers { .. }
+        | ToClient::Info { .. } => None,
     };
     match key {
         Some(k) => {

@@ -40,6 +40,9 @@ pub mod worker;
 pub use client::{AsCompleted, Client, Future, FutureStatus, Persisted};
 pub use cluster_file::ClusterFile;
 pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
+pub use partita_proto::messages::{
+    ClusterInfo, SchedulerStats, TaskCounts, WorkerMetrics, WorkerStatus,
+};
 pub use scheduler::{SchedulerOptions, SchedulerServer};
 pub use worker::{WorkerOptions, run_worker};
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -199,6 +199,8 @@ pub enum FromClient {
     WhoHas { keys: Vec<Key> },
     /// Which workers are connected? Answered with [`ToClient::Workers`].
     ListWorkers,
+    /// What does the cluster look like now? Answered with [`ToClient::Info`].
+    Info,
 }
 
 /// Why a task failed, kept structured so a client can rebuild the error the local
@@ -310,6 +312,56 @@ pub enum ToClient {
     WhoHasReply { holders: Vec<(Key, Vec<Peer>)> },
     /// The answer to [`FromClient::ListWorkers`]: every live worker and its thread count.
     Workers { workers: Vec<(Peer, u32)> },
+    /// The answer to [`FromClient::Info`].
+    Info { info: ClusterInfo },
+}
+
+/// Counters of a scheduler's life so far.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerStats {
+    pub tasks_finished: u64,
+    /// Tasks finished again after their value had been lost.
+    pub recomputed: u64,
+    /// Values lost with the workers holding them.
+    pub lost_values: u64,
+    pub workers_lost: u64,
+    pub steal_requests: u64,
+    pub steals: u64,
+}
+
+/// What the scheduler knows of one worker.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub peer: Peer,
+    pub nthreads: u32,
+    /// Bytes; 0 is no limit.
+    pub memory_limit: u64,
+    /// Tasks sent to it and not finished.
+    pub processing: u64,
+    /// Values it holds (in memory or spilled).
+    pub held: u64,
+    /// What it last reported of its load and memory.
+    pub metrics: WorkerMetrics,
+}
+
+/// Tasks the scheduler knows, by state (forgotten ones it no longer knows).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub released: u64,
+    pub waiting: u64,
+    pub queued: u64,
+    pub processing: u64,
+    pub memory: u64,
+    pub erred: u64,
+}
+
+/// A snapshot of the cluster, for people and monitoring (`Client::info`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Connected workers, by id.
+    pub workers: Vec<WorkerStatus>,
+    pub tasks: TaskCounts,
+    pub stats: SchedulerStats,
 }
 
 /// Header of a data request to a worker's data server (worker to worker, or client).

@@ -157,30 +157,7 @@ pub enum SchedulerAction {
     Log(LogLevel, String),
 }
 
-/// Counters for tests and the dashboard.
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub struct SchedulerStats {
-    pub tasks_finished: u64,
-    /// Tasks finished again after their value had been lost.
-    pub recomputed: u64,
-    /// Values lost with the workers holding them.
-    pub lost_values: u64,
-    pub workers_lost: u64,
-    pub steal_requests: u64,
-    pub steals: u64,
-}
-
-/// What the scheduler knows of one worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WorkerSummary {
-    pub nthreads: u32,
-    pub memory_limit: u64,
-    /// Tasks sent to it and not finished.
-    pub processing: usize,
-    /// Values it holds.
-    pub held: usize,
-    pub metrics: WorkerMetrics,
-}
+pub use crate::messages::{ClusterInfo, SchedulerStats, TaskCounts, WorkerStatus};
 
 /// Why a task erred: the failure that stopped it (its own, or a dependency's).
 type Failure = TaskFailure;
@@ -344,15 +321,44 @@ impl SchedulerState {
     }
 
     /// A connected worker's threads, memory limit, load and last reported metrics.
-    pub fn worker(&self, id: WorkerId) -> Option<WorkerSummary> {
+    pub fn worker(&self, id: WorkerId) -> Option<WorkerStatus> {
         let w = self.workers.get(&id)?;
-        Some(WorkerSummary {
+        Some(WorkerStatus {
+            peer: Peer {
+                id,
+                address: w.address.clone(),
+            },
             nthreads: w.nthreads,
             memory_limit: w.memory_limit,
-            processing: w.processing.len(),
-            held: w.has_what.len(),
+            processing: w.processing.len() as u64,
+            held: w.has_what.len() as u64,
             metrics: w.metrics,
         })
+    }
+
+    /// Workers, tasks by state and counters: what [`FromClient::Info`] answers. One pass
+    /// over the tasks, so it is for people and monitoring, not for every event.
+    pub fn info(&self) -> ClusterInfo {
+        let mut tasks = TaskCounts::default();
+        for t in self.tasks.values() {
+            let count = match t.status {
+                TaskStatus::Released => &mut tasks.released,
+                TaskStatus::Waiting => &mut tasks.waiting,
+                TaskStatus::Queued => &mut tasks.queued,
+                TaskStatus::Processing => &mut tasks.processing,
+                TaskStatus::Memory => &mut tasks.memory,
+                TaskStatus::Erred => &mut tasks.erred,
+                TaskStatus::Forgotten => continue,
+            };
+            *count += 1;
+        }
+        ClusterInfo {
+            workers: (self.workers.keys())
+                .filter_map(|id| self.worker(*id))
+                .collect(),
+            tasks,
+            stats: self.stats,
+        }
     }
 
     /// Counters.
@@ -527,6 +533,10 @@ impl SchedulerState {
                     })
                     .collect();
                 let reply = ToClient::Workers { workers };
+                self.out.push(SchedulerAction::SendToClient(client, reply));
+            }
+            FromClient::Info => {
+                let reply = ToClient::Info { info: self.info() };
                 self.out.push(SchedulerAction::SendToClient(client, reply));
             }
         }

@@ -416,7 +416,7 @@ impl Sim {
                 self.report.refused.push((c, error));
                 None
             }
-            ToClient::WhoHasReply { .. } | ToClient::Workers { .. } => None,
+            ToClient::WhoHasReply { .. } | ToClient::Workers { .. } | ToClient::Info { .. } => None,
         };
         if let Some((key, outcome)) = outcome {
             self.awaiting.remove(&(c, key.clone()));

@@ -57,6 +57,46 @@ fn chain_tree_and_wide_map_finish() {
     );
 }
 
+/// `info()` (what a client's `FromClient::Info` gets) counts what happened: the workers
+/// with their threads, the tasks by state, every task finished once.
+#[test]
+fn info_reports_workers_tasks_by_state_and_counters() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (tree_tasks, root) = tree_reduction("tree", 64, 4);
+    let (map_tasks, mapped) = wide_map("map", 200);
+    let total = (tree_tasks.len() + map_tasks.len()) as u64;
+    sim.submit_at(Time::ZERO, C, tree_tasks, vec![root.clone()]);
+    sim.submit_at(Time::ZERO, C, map_tasks, mapped.clone());
+    let before = sim.scheduler().info();
+    assert_eq!(before.stats.tasks_finished, 0);
+    sim.run().unwrap();
+    let info = sim.scheduler().info();
+    let ids: Vec<WorkerId> = info.workers.iter().map(|w| w.peer.id).collect();
+    assert_eq!(ids, sim.scheduler().workers());
+    assert_eq!(ids.len() as u32, SimConfig::default().workers);
+    for w in &info.workers {
+        assert_eq!(w.nthreads, SimConfig::default().nthreads);
+        assert_eq!(w.processing, 0, "{w:?}");
+        assert_eq!(Some(w), sim.scheduler().worker(w.peer.id).as_ref());
+    }
+    // The wanted keys are in memory; the tree's inner tasks were released.
+    assert_eq!(info.tasks.memory, mapped.len() as u64 + 1);
+    assert_eq!(
+        info.workers.iter().map(|w| w.held).sum::<u64>(),
+        info.tasks.memory
+    );
+    assert_eq!(
+        (info.tasks.waiting, info.tasks.queued, info.tasks.processing),
+        (0, 0, 0)
+    );
+    assert_eq!(info.tasks.erred, 0);
+    assert_eq!(
+        info.tasks.released + info.tasks.memory,
+        sim.scheduler().task_count() as u64
+    );
+    assert_eq!(info.stats.tasks_finished, total);
+}
+
 /// Order `tasks` depth-first towards `out`, submit them at time zero and run until `out`
 /// is in memory.
 fn compute_one(sim: &mut Sim, mut tasks: Vec<TaskSpec>, out: &Key) {
