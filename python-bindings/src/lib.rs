@@ -1462,32 +1462,37 @@ impl PyClient {
             workers.set_item(&w.peer.address, worker)?;
         }
         out.set_item("workers", workers)?;
+        let counts = |pairs: &[(&str, u64)]| -> PyResult<Bound<'py, PyDict>> {
+            let dict = PyDict::new(py);
+            for (name, n) in pairs {
+                dict.set_item(name, n)?;
+            }
+            Ok(dict)
+        };
         let t = &info.tasks;
-        let tasks = PyDict::new(py);
-        for (state, n) in [
-            ("released", t.released),
-            ("waiting", t.waiting),
-            ("queued", t.queued),
-            ("processing", t.processing),
-            ("memory", t.memory),
-            ("erred", t.erred),
-        ] {
-            tasks.set_item(state, n)?;
-        }
-        out.set_item("tasks", tasks)?;
+        out.set_item(
+            "tasks",
+            counts(&[
+                ("released", t.released),
+                ("waiting", t.waiting),
+                ("queued", t.queued),
+                ("processing", t.processing),
+                ("memory", t.memory),
+                ("erred", t.erred),
+            ])?,
+        )?;
         let st = &info.stats;
-        let stats = PyDict::new(py);
-        for (name, n) in [
-            ("tasks_finished", st.tasks_finished),
-            ("recomputed", st.recomputed),
-            ("lost_values", st.lost_values),
-            ("workers_lost", st.workers_lost),
-            ("steal_requests", st.steal_requests),
-            ("steals", st.steals),
-        ] {
-            stats.set_item(name, n)?;
-        }
-        out.set_item("stats", stats)?;
+        out.set_item(
+            "stats",
+            counts(&[
+                ("tasks_finished", st.tasks_finished),
+                ("recomputed", st.recomputed),
+                ("lost_values", st.lost_values),
+                ("workers_lost", st.workers_lost),
+                ("steal_requests", st.steal_requests),
+                ("steals", st.steals),
+            ])?,
+        )?;
         Ok(out)
     }
 
