@@ -1,7 +1,7 @@
 //! `partita`: run the scheduler or a worker of a partita cluster.
 //!
 //! ```text
-//! partita scheduler --listen 0.0.0.0:8786 --cluster-file cluster.json
+//! partita scheduler --listen 0.0.0.0:8786 --cluster-file cluster.json [--metrics 127.0.0.1:8787]
 //! partita worker --cluster-file cluster.json --nthreads 4 --memory-limit 8GiB
 //! partita info --cluster-file cluster.json
 //! ```
@@ -57,6 +57,12 @@ enum Command {
         /// hostname); defaults to the bound address.
         #[arg(long)]
         advertise: Option<String>,
+        /// Also serve GET /metrics (Prometheus text: workers, memory, tasks by state,
+        /// counters) and GET /info (JSON) over plain HTTP at this address (TCP), e.g.
+        /// 127.0.0.1:8787. Read-only and without authentication: keep it on localhost or
+        /// a trusted network. Off unless given.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Print what the scheduler knows of the cluster now: its workers (threads, memory
     /// limit, memory in use, values held and spilled, tasks running and assigned), tasks by
@@ -338,9 +344,11 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
             listen,
             cluster_file,
             advertise,
+            metrics,
         } => {
             let mut options = SchedulerOptions::new(listen, cluster_file);
             options.advertise = advertise;
+            options.metrics = metrics;
             let server = SchedulerServer::bind(options).await?;
             let stop = server.shutdown_handle();
             tokio::spawn(async move {

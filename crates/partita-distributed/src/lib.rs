@@ -26,12 +26,15 @@
 //! - **Failure is contained**: a wrong token, another protocol version, a malformed or
 //!   oversized frame closes that one connection; a lost worker is the state machine's
 //!   business (reschedule, recompute from lineage).
+//! - **Monitoring is opt-in and off the task path** ([`metrics`]): `/metrics` and `/info`
+//!   over plain HTTP, each answered from a snapshot the scheduler's loop takes on request.
 //! - **Spill files hold the wire's split encoding** ([`spill_file`]): spilling never copies
 //!   a value into one buffer first, and reading it back keeps the body as it is read.
 
 pub mod client;
 pub mod cluster_file;
 pub mod local_cluster;
+pub mod metrics;
 pub mod scheduler;
 pub mod spill_file;
 pub mod wire;

@@ -35,6 +35,9 @@ pub struct SchedulerOptions {
     pub cluster_file: PathBuf,
     /// The state machine's tunables.
     pub config: SchedulerConfig,
+    /// Where to serve `/metrics` (Prometheus text) and `/info` (JSON) over plain HTTP;
+    /// `None` (the default) serves nothing. See the `metrics` module.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl SchedulerOptions {
@@ -49,6 +52,7 @@ impl SchedulerOptions {
                 heartbeat_timeout: Duration::from_secs(10),
                 ..SchedulerConfig::default()
             },
+            metrics: None,
         }
     }
 }
@@ -62,6 +66,7 @@ pub struct SchedulerServer {
     config: SchedulerConfig,
     shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 /// The channel to one peer's writer task.
@@ -96,9 +101,19 @@ impl SchedulerServer {
             address,
             ..provisional
         };
+        let metrics =
+            match options.metrics {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    Error::Transport(format!("cannot serve metrics on {addr}: {e}"))
+                })?),
+                None => None,
+            };
         cluster.write(&options.cluster_file)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         tracing::info!(address = %cluster.address, file = %options.cluster_file.display(), "scheduler listening");
+        if let Some(addr) = metrics.as_ref().and_then(|l| l.local_addr().ok()) {
+            tracing::info!("metrics at http://{addr}/metrics, cluster info at http://{addr}/info");
+        }
         Ok(SchedulerServer {
             endpoint,
             servers,
@@ -106,7 +121,13 @@ impl SchedulerServer {
             config: options.config,
             shutdown,
             shutdown_tx,
+            metrics,
         })
+    }
+
+    /// Where `/metrics` and `/info` are served, when [`SchedulerOptions::metrics`] asked.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The credentials peers join with.
@@ -120,8 +141,19 @@ impl SchedulerServer {
     }
 
     /// Serve until the shutdown handle fires.
-    pub async fn run(self) -> Result<()> {
+    pub async fn run(mut self) -> Result<()> {
         let (events_tx, mut events) = mpsc::unbounded_channel::<SchedulerEvent>();
+        // Snapshots for the metrics endpoint, answered by the loop between events.
+        let (info_tx, mut info_requests) = mpsc::channel(16);
+        if let Some(listener) = self.metrics.take() {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                info_tx,
+                self.shutdown.clone(),
+            ));
+        } else {
+            drop(info_tx);
+        }
         let registry = Arc::new(Mutex::new(Registry::default()));
         let ids = Arc::new(AtomicU32::new(0));
         let mut shutdown = self.shutdown.clone();
@@ -171,6 +203,10 @@ impl SchedulerServer {
                 .min(Duration::from_secs(1));
             let event = tokio::select! {
                 e = events.recv() => match e { Some(e) => e, None => break },
+                Some(reply) = info_requests.recv() => {
+                    let _ = reply.send(state.info());
+                    continue;
+                }
                 _ = tokio::time::sleep(wake) => SchedulerEvent::Tick,
                 _ = shutdown.changed() => break,
             };
