@@ -1,6 +1,6 @@
 //! Everything a peer can put on a partita connection, decoded from arbitrary bytes: the
-//! control messages of each direction (and the handshake), the length-prefixed frame
-//! splitter, a task graph, a task's op, and an encoded value (array chunks and reduction
+//! control messages of each direction (and the handshake, and the data streams' headers),
+//! the length-prefixed frame splitter, a task graph, a task's op, and an encoded value (array chunks and reduction
 //! partials; frame partitions are swept by tests/integration/wire.rs, as building polars
 //! instrumented takes longer than a fuzzing session). Each must return an error or a value,
 //! never panic, never allocate what a length field merely claims.
@@ -16,7 +16,8 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use partita_core::{Graph, Op, Value};
 use partita_proto::messages::{
-    FrameDecoder, FromClient, FromWorker, Hello, ToClient, ToWorker, decode,
+    DataOpen, DataResponse, FrameDecoder, FromClient, FromWorker, Hello, PushReply, ToClient,
+    ToWorker, decode,
 };
 
 // Link the array ops and codecs so their names are registered.
@@ -28,6 +29,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<ToClient>(data);
     let _ = decode::<FromWorker>(data);
     let _ = decode::<ToWorker>(data);
+    let _ = decode::<DataOpen>(data);
+    let _ = decode::<DataResponse>(data);
+    let _ = decode::<PushReply>(data);
     let mut frames = FrameDecoder::with_limit(1 << 16);
     for piece in data.chunks(7) {
         frames.push(piece);

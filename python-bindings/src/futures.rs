@@ -353,6 +353,28 @@ impl PyClient {
         })
     }
 
+    /// Scatter Python objects: each becomes a value on one worker (pickled as any Python
+    /// result is, a NumPy array's data out of band) and a future like `submit`'s.
+    pub(crate) fn scatter_objects(
+        &self,
+        py: Python<'_>,
+        objects: Vec<Py<PyAny>>,
+    ) -> PyResult<Vec<PyFuture>> {
+        let client = self.client()?;
+        let values: Vec<partita::Value> = (objects.into_iter())
+            .map(|o| partita::Value::new(crate::pycall::PyObj(o)))
+            .collect();
+        let futures = py.detach(|| client.scatter(values)).py_err()?;
+        Ok(futures
+            .into_iter()
+            .map(|f| PyFuture {
+                what: What::Object,
+                futures: vec![f],
+                client: Arc::clone(&client),
+            })
+            .collect())
+    }
+
     /// The results of `futures` (gathered concurrently), in order.
     pub(crate) fn gather_futures(
         &self,

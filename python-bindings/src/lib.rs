@@ -1538,6 +1538,16 @@ impl PyClient {
         self.submit_call(py, key, name, payload, deps, retries)
     }
 
+    /// Python objects pushed from here straight to workers: one future per object
+    /// (`client.scatter` in `partita._futures` wraps it).
+    fn _scatter(
+        &self,
+        py: Python<'_>,
+        objects: Vec<Py<PyAny>>,
+    ) -> PyResult<Vec<futures::PyFuture>> {
+        self.scatter_objects(py, objects)
+    }
+
     /// How many times a task whose function raises is run again before the error counts
     /// (Dask's `retries=`), for everything submitted or computed from now on. Default 0.
     #[getter]

@@ -93,6 +93,47 @@ def test_numpy_results_travel_intact_and_writable(cluster_client):
     assert cluster_client.submit(np.sum, big).result(timeout=60) == 3_000_000 * 3_000_001 // 2
 
 
+def test_scatter_puts_local_data_on_the_workers_for_submitted_functions(cluster_client):
+    def in_memory():
+        return cluster_client.scheduler_info()["tasks"]["memory"]
+
+    before = in_memory()
+    x = np.random.default_rng(3).normal(size=(500, 400))
+    frame = pl.DataFrame({"k": [1, 2, 1], "v": [0.5, 1.5, 2.5]})
+    fx = cluster_client.scatter(x)
+    assert isinstance(fx, pt.Future) and fx.key.startswith("scatter-")
+    np.testing.assert_array_equal(fx.result(timeout=60), x)
+    # Tasks read scattered data where it lies, as with dask.
+    assert cluster_client.submit(np.sum, fx).result(timeout=60) == pytest.approx(x.sum())
+    col_means = cluster_client.submit(lambda a, f: (a.mean(axis=0), f["v"].sum()), fx, cluster_client.scatter(frame))
+    got_means, got_v = col_means.result(timeout=60)
+    np.testing.assert_allclose(got_means, x.mean(axis=0))
+    assert got_v == frame["v"].sum()
+    # Lists, tuples and dicts give futures in the same shape; objects go to both workers.
+    listed = cluster_client.scatter([1, "two", {"three": 3}])
+    assert isinstance(listed, list)
+    assert cluster_client.gather(listed) == [1, "two", {"three": 3}]
+    tupled = cluster_client.scatter((4, 5))
+    assert isinstance(tupled, tuple) and cluster_client.gather(list(tupled)) == [4, 5]
+    named = cluster_client.scatter({"a": 10, "b": 20})
+    assert set(named) == {"a", "b"}
+    assert cluster_client.submit(add, named["a"], named["b"]).result(timeout=60) == 30
+    held = [w["held"] for w in cluster_client.scheduler_info()["workers"].values()]
+    assert len(held) == 2 and min(held) >= 1, held
+    assert cluster_client.scatter([]) == []
+    with pytest.raises(NotImplementedError, match="broadcast"):
+        cluster_client.scatter(1, broadcast=True)
+    # What cannot be pickled is an error naming why, and nothing stays behind.
+    with pytest.raises(Exception, match="cannot pickle"):
+        cluster_client.scatter([2, threading.Lock()])
+    # Dropping the futures frees the data on the workers.
+    del fx, col_means, listed, tupled, named
+    deadline = time.monotonic() + 30
+    while in_memory() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_memory() == before
+
+
 def test_a_failing_python_function_raises_its_error_naming_the_task(cluster_client):
     def boom(x):
         raise ValueError(f"bad value {x}")

@@ -350,6 +350,90 @@ fn killing_the_only_holder_of_needed_data_recomputes_it() {
 }
 
 #[test]
+fn scattered_values_feed_tasks_and_err_once_lost() {
+    let mut cluster = start(2, 0);
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(20)).unwrap();
+    // Numbers and an 8 MB chunk, pushed from this process straight to the workers.
+    let numbers: Vec<i64> = (0..6).map(|i| i * 10 + 1).collect();
+    let futures = client
+        .scatter(numbers.iter().map(|&n| Value::new(n)).collect())
+        .unwrap();
+    client
+        .wait(&futures, Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), numbers);
+    let info = client.info().unwrap();
+    let held: Vec<u64> = info.workers.iter().map(|w| w.held).collect();
+    assert_eq!(
+        held,
+        [3, 3],
+        "equal sizes alternate between the workers: {info:?}"
+    );
+    assert_eq!(info.stats.tasks_finished, 0, "nothing ran");
+    let big = ndarray::Array::from_shape_fn((1000, 1000), |(i, j)| (i * 1000 + j) as f64);
+    let chunk = client
+        .scatter(vec![Value::new(partita::array::Chunk::new(
+            big.clone().into_dyn(),
+        ))])
+        .unwrap();
+    let back = chunk[0].result().unwrap();
+    let back = back.get::<partita::array::Chunk>().unwrap();
+    assert_eq!(back.typed::<f64>().unwrap(), &big.into_dyn());
+    // Tasks read them where they are, like any other future.
+    let out = client
+        .submit_task(
+            Key::named("scatter-mix"),
+            Arc::new(Mix { salt: 1 }),
+            &futures,
+        )
+        .unwrap();
+    assert_eq!(
+        *out.result().unwrap().get::<i64>().unwrap(),
+        mix(1, &numbers)
+    );
+    drop(out);
+
+    // One worker dies: its scattered values cannot be recomputed, so their futures err
+    // saying so; the others still gather, and the cluster goes on scattering.
+    cluster.kill_worker(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let erred = loop {
+        let erred: Vec<&partita::distributed::Future> = (futures.iter())
+            .filter(|f| f.status() == partita::distributed::FutureStatus::Error)
+            .collect();
+        if !erred.is_empty() || Instant::now() > deadline {
+            break erred;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(erred.len(), 3, "{}", cluster.log("scheduler"));
+    let message = erred[0].result().unwrap_err().to_string();
+    assert!(message.contains("scatter it again"), "{message}");
+    for (f, n) in futures.iter().zip(&numbers) {
+        if f.status() == partita::distributed::FutureStatus::Finished {
+            assert_eq!(*f.result().unwrap().get::<i64>().unwrap(), *n);
+        }
+    }
+    let again = client.scatter(vec![Value::new(5i64)]).unwrap();
+    assert_eq!(*again[0].result().unwrap().get::<i64>().unwrap(), 5);
+}
+
+#[test]
+fn scattering_without_workers_is_an_error_and_leaves_nothing() {
+    let mut cluster = start(0, 0);
+    let client = cluster.client().unwrap();
+    let err = client.scatter(vec![Value::new(1i64)]).unwrap_err();
+    assert!(err.to_string().contains("no worker"), "{err}");
+    assert_eq!(client.info().unwrap().tasks, TaskCounts::default());
+    // Once a worker joins, the same client scatters.
+    cluster.add_worker().unwrap();
+    client.wait_for_workers(1, Duration::from_secs(20)).unwrap();
+    let one = client.scatter(vec![Value::new(1i64)]).unwrap();
+    assert_eq!(*one[0].result().unwrap().get::<i64>().unwrap(), 1);
+}
+
+#[test]
 fn a_small_memory_limit_spills_and_leaves_nothing_on_disk() {
     // 24 outputs of 16 MB each (384 MB) held until the run ends, on one worker limited
     // to 100 MB: most of them must live on disk for a while.

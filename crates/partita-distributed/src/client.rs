@@ -445,7 +445,11 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
                 }
             }
         }
-        ToClient::GraphRefused { .. } | ToClient::Workers { .. } | ToClient::Info { .. } => {}
+        ToClient::GraphRefused { .. }
+        | ToClient::Workers { .. }
+        | ToClient::Info { .. }
+        | ToClient::ScatterTo { .. }
+        | ToClient::ScatterRefused { .. } => {}
     }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
@@ -454,7 +458,9 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
         ToClient::GraphRefused { .. }
         | ToClient::WhoHasReply { .. }
         | ToClient::Workers { .. }
-        | ToClient::Info { .. } => None,
+        | ToClient::Info { .. }
+        | ToClient::ScatterTo { .. }
+        | ToClient::ScatterRefused { .. } => None,
     };
     match key {
         Some(k) => {
@@ -1090,6 +1096,76 @@ impl Client {
                 _ => None,
             },
         )?;
+        Ok(futures)
+    }
+
+    /// Put values held in this process on the cluster, Dask's `client.scatter`: one
+    /// future per value, in order, usable as an input of later tasks
+    /// ([`Client::submit_task`]) like any other. Each value goes straight from here to one
+    /// worker (the scheduler picks the one holding the fewest bytes), in its own encoding,
+    /// never through the scheduler; all are pushed concurrently, and this returns once
+    /// every worker has kept its value. A scattered value has no lineage: if every copy is
+    /// lost with its workers, its future (and whatever reads it) errs saying so, and it
+    /// must be scattered again. An error if no worker is connected, or a worker refuses a
+    /// value (one whose codec it does not link, such as a Python object for the plain
+    /// `partita` worker); nothing is left on the cluster then.
+    pub fn scatter(&self, values: Vec<Value>) -> Result<Vec<Future>> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        // Names no other client makes (a random token per call), like Dask's
+        // `ndarray-<token>`: `scatter-<token>-<i>`.
+        let mut token = [0u8; 8];
+        getrandom::fill(&mut token)
+            .map_err(|e| Error::Internal(format!("no random numbers for a key: {e}")))?;
+        let token = u64::from_le_bytes(token);
+        let keys: Vec<Key> = (0..values.len())
+            .map(|i| Key::named(format!("scatter-{token:016x}-{i}")))
+            .collect();
+        let futures: Vec<Future> = keys.iter().map(|k| Future::new(inner, k.clone())).collect();
+        let sized = (keys.iter().zip(&values))
+            .map(|(k, v)| (k.clone(), v.nbytes() as u64))
+            .collect();
+        let first = keys[0].clone();
+        let placements = inner.request(
+            &[FromClient::Scatter { keys: sized }],
+            Duration::from_secs(60),
+            "place the scattered values",
+            |msg| match msg {
+                ToClient::ScatterTo { placements }
+                    if placements.first().is_some_and(|(k, _)| *k == first) =>
+                {
+                    Some(Ok(placements))
+                }
+                ToClient::ScatterRefused { key, error } if key == first => Some(Err(
+                    Error::Transport(format!("the scheduler refused to scatter: {error}")),
+                )),
+                _ => None,
+            },
+        )?;
+        let by_key: HashMap<Key, Peer> = placements.into_iter().collect();
+        let mut pushes = tokio::task::JoinSet::new();
+        for (key, value) in keys.into_iter().zip(values) {
+            let Some(peer) = by_key.get(&key).cloned() else {
+                return Err(Error::Internal(format!(
+                    "the scheduler placed no worker for {key}"
+                )));
+            };
+            let peers = Arc::clone(&inner.peers);
+            pushes.spawn_on(
+                async move { peers.push(&peer.address, &key, &value).await },
+                inner.runtime.handle(),
+            );
+        }
+        // The first failure is the error; dropping the futures then releases every key,
+        // and the scheduler has the workers drop whatever arrived.
+        inner.runtime.block_on(async {
+            while let Some(done) = pushes.join_next().await {
+                done.map_err(|e| Error::Internal(format!("a push task failed: {e}")))??;
+            }
+            Ok::<(), Error>(())
+        })?;
         Ok(futures)
     }
 

@@ -6,8 +6,10 @@
 //!   `frame`/`encode`) in both directions. A writer task drains a channel and writes every
 //!   frame queued so far in one call, so bursts of small messages share packets.
 //! - A value is fetched on a fresh stream of a cached connection to the holder: `Hello`
-//!   (for the token) and `DataRequest` frames, answered by a `DataResponse` frame followed by
-//!   the value's own encoding (raw buffers for arrays, Arrow IPC for frames) as raw bytes.
+//!   (for the token) and `DataOpen::Fetch` frames, answered by a `DataResponse` frame
+//!   followed by the value's own encoding (raw buffers for arrays, Arrow IPC for frames) as
+//!   raw bytes. A client scattering a value pushes it the same way: `Hello`,
+//!   `DataOpen::Push` and the encoding, answered by a `PushReply`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use partita_core::{Error, Key, Result, Value};
 use partita_proto::messages::{
-    DataRequest, DataResponse, Hello, MAX_CONTROL_MESSAGE_BYTES, PROTOCOL_VERSION, Role, decode,
-    encode_framed_into,
+    DataOpen, DataPush, DataRequest, DataResponse, Hello, MAX_CONTROL_MESSAGE_BYTES,
+    PROTOCOL_VERSION, PushReply, Role, decode, encode_framed_into,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -34,7 +36,7 @@ pub enum Welcome {
 }
 
 /// Largest value a peer may announce (1 TiB): a corrupt length must not allocate wildly.
-const MAX_VALUE_BYTES: u64 = 1 << 40;
+pub(crate) const MAX_VALUE_BYTES: u64 = 1 << 40;
 
 fn transport(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Transport(format!("{what}: {e}"))
@@ -187,7 +189,7 @@ pub async fn join(
 /// array's elements), so a received array is copied once, out of quinn's buffers; a
 /// length the machine cannot allocate is an error, not an abort. The outer error is the stream's (the rest of the response is lost); the inner one this
 /// value's decoding.
-async fn read_value(
+pub(crate) async fn read_value(
     recv: &mut quinn::RecvStream,
     nbytes: u64,
     body: u64,
@@ -327,6 +329,39 @@ impl Peers {
         out
     }
 
+    /// Push `value` under `key` to the data server at `address` (a client's scatter), and
+    /// wait for the worker to say it kept it.
+    pub async fn push(&self, address: &str, key: &Key, value: &Value) -> Result<()> {
+        let conn = self.connection(address).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport("open", e))?;
+        let failed = |e| Error::Transport(format!("pushing {key} to worker {address}: {e}"));
+        // The body is the value's own memory (an array's buffer), as when a worker sends it.
+        let (head, mut parts) = value.encode_split()?;
+        let body: usize = parts.iter().map(|p| p.len()).sum();
+        let mut header = framed(&hello(&self.cluster, Role::Client, &self.name))?;
+        header.extend(framed(&DataOpen::Push(DataPush {
+            key: key.clone(),
+            nbytes: (head.len() + body) as u64,
+            body: body as u64,
+        }))?);
+        send.write_all(&header).await.map_err(failed)?;
+        send.write_chunk(head.into()).await.map_err(failed)?;
+        send.write_all_chunks(&mut parts).await.map_err(failed)?;
+        let _ = send.finish();
+        match read_msg::<PushReply>(&mut recv).await? {
+            Some(PushReply::Stored { key: got }) if &got == key => Ok(()),
+            Some(PushReply::Refused { reason, .. }) => Err(Error::Transport(format!(
+                "worker {address} refused {key}: {reason}"
+            ))),
+            Some(PushReply::Stored { key: got }) => Err(Error::Codec(format!(
+                "worker {address} answered for {got} where {key} was due"
+            ))),
+            None => Err(Error::Transport(format!(
+                "worker {address} closed the stream before keeping {key}"
+            ))),
+        }
+    }
+
     async fn fetch_into(
         &self,
         address: &str,
@@ -340,10 +375,10 @@ impl Peers {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport("open", e))?;
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mut request = framed(&hello(&self.cluster, Role::Client, &self.name))?;
-        request.extend(framed(&DataRequest {
+        request.extend(framed(&DataOpen::Fetch(DataRequest {
             request_id,
             keys: keys.to_vec(),
-        })?);
+        }))?);
         send.write_all(&request)
             .await
             .map_err(|e| transport("request", e))?;

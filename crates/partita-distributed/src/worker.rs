@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use partita_core::{Error, Key, Op, Result, Value};
 use partita_proto::messages::{
-    DataRequest, DataResponse, Hello, Role, TaskFailure, ToWorker, WorkerId,
+    DataOpen, DataPush, DataResponse, Hello, PushReply, Role, TaskFailure, ToWorker, WorkerId,
 };
 use partita_proto::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState};
 use partita_proto::{Time, moving_average};
@@ -563,9 +563,13 @@ async fn answer(
         .await?
         .ok_or_else(|| Error::Transport("data stream closed before its hello".into()))?;
     hello.check(&cluster.token)?;
-    let request: DataRequest = read_msg(&mut recv)
+    let open: DataOpen = read_msg(&mut recv)
         .await?
         .ok_or_else(|| Error::Transport("data stream closed before its request".into()))?;
+    let request = match open {
+        DataOpen::Fetch(request) => request,
+        DataOpen::Push(push) => return receive(send, recv, push, shared).await,
+    };
     // Ask the state machine for every key at once, then answer in the request's order.
     let mut pending = Vec::with_capacity(request.keys.len());
     for key in &request.keys {
@@ -606,6 +610,61 @@ async fn answer(
             }
         }
     }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+/// Keep a value a client pushed (its scatter) unless this worker holds the key already,
+/// tell the state machine, and answer the client.
+async fn receive(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    push: DataPush,
+    shared: &Shared,
+) -> Result<()> {
+    let DataPush { key, nbytes, body } = push;
+    if nbytes > crate::wire::MAX_VALUE_BYTES {
+        return Err(Error::Codec(format!(
+            "a client announced {nbytes} bytes for {key}"
+        )));
+    }
+    // A stream cut short is the stream's error; a value that does not decode (a codec
+    // this worker lacks, damaged bytes) is refused with the reason.
+    let reply = match crate::wire::read_value(&mut recv, nbytes, body, &key).await? {
+        Ok(value) => {
+            let nbytes = value.nbytes() as u64;
+            let fresh = match locked(&shared.store).entry(key.clone()) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(value);
+                    true
+                }
+                std::collections::hash_map::Entry::Occupied(_) => false,
+            };
+            if fresh {
+                let _ = shared.events.send(WorkerEvent::Received {
+                    key: key.clone(),
+                    nbytes,
+                });
+                PushReply::Stored { key }
+            } else {
+                PushReply::Refused {
+                    key,
+                    reason: "this worker holds that key already".into(),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!("a pushed value for {key} was refused: {e}");
+            PushReply::Refused {
+                key,
+                reason: e.to_string(),
+            }
+        }
+    };
+    send.write_all(&framed(&reply)?)
+        .await
+        .map_err(|e| Error::Transport(format!("answering a push: {e}")))?;
     let _ = send.finish();
     let _ = send.stopped().await;
     Ok(())

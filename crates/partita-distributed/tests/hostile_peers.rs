@@ -173,7 +173,7 @@ fn a_worker_data_server_refuses_strangers() {
 fn lying_data_servers_fail_each_key_with_an_error() {
     use partita_core::Key;
     use partita_distributed::wire::Peers;
-    use partita_proto::messages::{DataRequest, DataResponse, Hello};
+    use partita_proto::messages::{DataOpen, DataResponse, Hello};
     use std::sync::Arc;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -193,7 +193,9 @@ fn lying_data_servers_fail_each_key_with_an_error() {
             let conn = server.accept().await.unwrap().await.unwrap();
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let _: Hello = read_msg(&mut recv).await.unwrap().unwrap();
-                let request: DataRequest = read_msg(&mut recv).await.unwrap().unwrap();
+                let Some(DataOpen::Fetch(request)) = read_msg(&mut recv).await.unwrap() else {
+                    panic!("not a fetch");
+                };
                 let id = request.request_id;
                 let mut out = Vec::new();
                 if request.keys.len() == 3 {

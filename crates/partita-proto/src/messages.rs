@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -201,6 +201,10 @@ pub enum FromClient {
     ListWorkers,
     /// What does the cluster look like now? Answered with [`ToClient::Info`].
     Info,
+    /// Values this client will push to workers itself (Dask's `scatter`), each key with
+    /// its encoded size: answered with [`ToClient::ScatterTo`] (where to push each) or
+    /// [`ToClient::ScatterRefused`]. The client wants the keys from now on.
+    Scatter { keys: Vec<(Key, u64)> },
 }
 
 /// Why a task failed, kept structured so a client can rebuild the error the local
@@ -314,6 +318,12 @@ pub enum ToClient {
     Workers { workers: Vec<(Peer, u32)> },
     /// The answer to [`FromClient::Info`].
     Info { info: ClusterInfo },
+    /// The answer to [`FromClient::Scatter`]: the worker to push each value to, in the
+    /// request's order.
+    ScatterTo { placements: Vec<(Key, Peer)> },
+    /// A [`FromClient::Scatter`] refused as a whole (no worker, a key already known);
+    /// `key` is the request's first.
+    ScatterRefused { key: Key, error: String },
 }
 
 /// Counters of a scheduler's life so far.
@@ -371,6 +381,33 @@ pub struct DataRequest {
     pub request_id: u64,
     /// The values wanted: one request carries many, answered in this order.
     pub keys: Vec<Key>,
+}
+
+/// What a stream to a worker's data server asks for, after its [`Hello`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum DataOpen {
+    /// Send these values ([`DataResponse`] per key).
+    Fetch(DataRequest),
+    /// Keep this value, which follows; answered with a [`PushReply`].
+    Push(DataPush),
+}
+
+/// Header of a value a client pushes to a worker ([`FromClient::Scatter`]): `nbytes` of
+/// encoded value follow, the last `body` of them its bulk, as in [`DataResponse::Data`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DataPush {
+    pub key: Key,
+    pub nbytes: u64,
+    pub body: u64,
+}
+
+/// A worker's answer to a [`DataPush`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum PushReply {
+    /// Kept (and reported to the scheduler).
+    Stored { key: Key },
+    /// Not kept, and why (it holds the key already, the value did not decode).
+    Refused { key: Key, reason: String },
 }
 
 /// Header of the answer for one key of a request, in the request's order; for `Data`,
@@ -677,6 +714,8 @@ mod tests {
             let _ = decode::<FromClient>(&bytes);
             let _ = decode::<ToClient>(&bytes);
             let _ = decode::<Hello>(&bytes);
+            let _ = decode::<DataOpen>(&bytes);
+            let _ = decode::<PushReply>(&bytes);
             let mut dec = FrameDecoder::with_limit(1024);
             dec.push(&bytes);
             while let Ok(Some(f)) = dec.next_frame() {

@@ -30,6 +30,11 @@
 //! - **Worker death is lineage.** A dead worker's running tasks go back to waiting (each gets
 //!   a `suspicious` mark; `allowed_failures` marks err it); values only it held and still
 //!   needed are recomputed, transitively through released dependencies.
+//! - **Scattered values are tasks without an op.** A client's `Scatter` makes each value a
+//!   task "processing" on the worker chosen for it (the one holding the fewest bytes),
+//!   never sent there and never stolen; the client pushes the value to that worker, whose
+//!   `TaskFinished` puts it in memory like any result. Having no lineage, a scattered value
+//!   whose every copy is lost errs (with its dependents) instead of being recomputed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -214,6 +219,8 @@ struct Task {
     suspicious: u32,
     lost: bool,
     failure: Option<Failure>,
+    /// A value a client pushed ([`FromClient::Scatter`]): there is no op to run.
+    scattered: bool,
 }
 
 #[derive(Debug)]
@@ -539,7 +546,103 @@ impl SchedulerState {
                 let reply = ToClient::Info { info: self.info() };
                 self.out.push(SchedulerAction::SendToClient(client, reply));
             }
+            FromClient::Scatter { keys } => self.scatter(client, keys),
         }
+    }
+
+    /// Place values `client` is about to push: each becomes a task without an op,
+    /// processing on the worker holding the fewest bytes (values placed by this request
+    /// counted), wanted by `client`. See the module docs.
+    fn scatter(&mut self, client: ClientId, keys: Vec<(Key, u64)>) {
+        let Some((first, _)) = keys.first() else {
+            let reply = ToClient::ScatterTo {
+                placements: Vec::new(),
+            };
+            self.out.push(SchedulerAction::SendToClient(client, reply));
+            return;
+        };
+        let first = first.clone();
+        let refuse = |error: String| {
+            let key = first.clone();
+            SchedulerAction::SendToClient(client, ToClient::ScatterRefused { key, error })
+        };
+        if self.workers.is_empty() {
+            let error = "no worker is connected to hold scattered values".to_string();
+            self.out.push(refuse(error));
+            return;
+        }
+        let mut seen = FxHashSet::default();
+        for (key, _) in &keys {
+            if self.tasks.contains_key(key) || !seen.insert(key) {
+                let error = format!("key {key} is already known: scattered keys must be new");
+                self.out.push(refuse(error));
+                return;
+            }
+        }
+        let mut held: BTreeMap<WorkerId, u64> = (self.workers.iter())
+            .map(|(id, w)| {
+                let known: u64 = (w.has_what.iter().chain(&w.processing))
+                    .filter_map(|k| self.tasks.get(k))
+                    .map(|t| t.nbytes)
+                    .sum();
+                (*id, known.max(w.metrics.managed_bytes))
+            })
+            .collect();
+        let mut placements = Vec::with_capacity(keys.len());
+        for (key, nbytes) in keys {
+            let (&worker, _) = (held.iter())
+                .min_by_key(|(id, bytes)| (**bytes, **id))
+                .expect("workers checked above");
+            *held.get_mut(&worker).expect("chosen from the map") += nbytes;
+            self.next_seq += 1;
+            self.tasks.insert(
+                key.clone(),
+                Task {
+                    payload: ByteBuf::new(),
+                    deps: Vec::new(),
+                    dependents: FxHashSet::default(),
+                    active_dependents: 0,
+                    missing_deps: 0,
+                    priority: 0,
+                    seq: self.next_seq,
+                    retries_left: 0,
+                    status: TaskStatus::Released,
+                    who_has: BTreeSet::new(),
+                    nbytes,
+                    processing_on: Some(worker),
+                    // Never offered to a thief: only this worker will receive the value.
+                    started: true,
+                    occupancy: 0,
+                    wanted_by: BTreeSet::from([client]),
+                    suspicious: 0,
+                    lost: false,
+                    failure: None,
+                    scattered: true,
+                },
+            );
+            self.set_status(&key, TaskStatus::Processing);
+            let w = self.workers.get_mut(&worker).expect("chosen from the map");
+            w.processing.insert(key.clone());
+            self.clients.entry(client).or_default().insert(key.clone());
+            let peer = Peer {
+                id: worker,
+                address: w.address.clone(),
+            };
+            placements.push((key, peer));
+        }
+        let reply = ToClient::ScatterTo { placements };
+        self.out.push(SchedulerAction::SendToClient(client, reply));
+    }
+
+    /// Why a scattered value cannot be had any more.
+    fn scatter_lost(key: &Key, how: &str) -> TaskFailure {
+        TaskFailure::error(
+            key.clone(),
+            format!(
+                "the scattered value {how}, and a scattered value cannot be recomputed: \
+                 scatter it again"
+            ),
+        )
     }
 
     /// The task map's own copy of `key` when it has one: keys arriving in messages have
@@ -692,6 +795,7 @@ impl SchedulerState {
                     lost: false,
                     started: false,
                     failure: None,
+                    scattered: false,
                 },
             );
             added.push(spec.key);
@@ -884,6 +988,12 @@ impl SchedulerState {
                         self.free_on(w, k.clone());
                     }
                 }
+                // A value still on its way nobody needs any more: if it arrives, the worker
+                // is told to drop it (`task_finished` for a task not processing there).
+                TaskStatus::Processing if !needed && t.scattered => {
+                    self.unassign(&k);
+                    self.set_status(&k, TaskStatus::Released);
+                }
                 // A processing task nobody needs is released when it finishes.
                 _ => {}
             }
@@ -983,6 +1093,15 @@ impl SchedulerState {
         let Some(t) = self.tasks.get_mut(&key) else {
             return;
         };
+        if t.scattered {
+            // Only its pusher had the value: there is nothing to run.
+            let failure = Self::scatter_lost(
+                &key,
+                "is no longer on the cluster (lost with its workers, or released)",
+            );
+            self.err(key, failure);
+            return;
+        }
         if t.deps.is_empty() || self.workers.is_empty() {
             self.queue.insert((t.priority, t.seq), key.clone());
             self.set_status(&key, TaskStatus::Queued);
@@ -1353,20 +1472,23 @@ impl SchedulerState {
             return;
         }
         self.unassign(&key);
-        match self.durations.get_mut(key.group()) {
-            Some(d) => {
-                *d = (
-                    moving_average(d.0, micros),
-                    moving_average(d.1, nbytes),
-                    d.2 + 1,
-                )
+        // A scattered value arriving is not a task run: it teaches nothing about durations.
+        if !self.tasks[&key].scattered {
+            match self.durations.get_mut(key.group()) {
+                Some(d) => {
+                    *d = (
+                        moving_average(d.0, micros),
+                        moving_average(d.1, nbytes),
+                        d.2 + 1,
+                    )
+                }
+                None => {
+                    self.durations
+                        .insert(key.group().to_string(), (micros, nbytes, 1));
+                }
             }
-            None => {
-                self.durations
-                    .insert(key.group().to_string(), (micros, nbytes, 1));
-            }
+            self.stats.tasks_finished += 1;
         }
-        self.stats.tasks_finished += 1;
         self.set_status(&key, TaskStatus::Memory);
         let t = self.tasks.get_mut(&key).expect("checked");
         t.nbytes = nbytes;
@@ -1546,7 +1668,10 @@ impl SchedulerState {
             t.processing_on = None;
             t.occupancy = 0;
             t.suspicious += 1;
-            if t.suspicious >= self.config.allowed_failures {
+            if t.scattered {
+                let how = format!("was being pushed to {id}, which was removed ({reason})");
+                self.err(k.clone(), Self::scatter_lost(k, &how));
+            } else if t.suspicious >= self.config.allowed_failures {
                 let message = format!(
                     "it was running on {} workers that died (the last was {id}: {reason})",
                     t.suspicious
@@ -1648,6 +1773,170 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn scatter(s: &mut SchedulerState, c: u32, keys: &[(&Key, u64)]) -> Vec<SchedulerAction> {
+        let msg = FromClient::Scatter {
+            keys: keys.iter().map(|(k, n)| ((*k).clone(), *n)).collect(),
+        };
+        s.handle(
+            SchedulerEvent::FromClient {
+                client: ClientId(c),
+                msg,
+            },
+            Time::ZERO,
+        )
+    }
+
+    fn to_client(actions: &[SchedulerAction]) -> Vec<ToClient> {
+        (actions.iter())
+            .filter_map(|a| match a {
+                SchedulerAction::SendToClient(_, m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scattered_values_fill_the_emptiest_workers_and_feed_tasks() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        // No worker yet: refused, nothing kept.
+        let (a, b, c) = (Key::named("a"), Key::named("b"), Key::named("c"));
+        let refused = to_client(&scatter(&mut s, 0, &[(&a, 10)]));
+        assert!(
+            matches!(&refused[..], [ToClient::ScatterRefused { key, error }] if *key == a && error.contains("no worker")),
+            "{refused:?}"
+        );
+        assert_eq!(s.task_count(), 0);
+        join(&mut s, 0, 1);
+        join(&mut s, 1, 1);
+        // One worker holds c's 500 bytes: the big value goes to the other, then the small
+        // one to c's worker, which holds less counting the big one.
+        let ran = computes(&submit(&mut s, 1, vec![spec(&c, &[], 0)], &[&c]));
+        let holder = ran[0].0;
+        let other = 1 - holder;
+        finish(&mut s, holder, &c, 500);
+        let actions = scatter(&mut s, 0, &[(&a, 1000), (&b, 10)]);
+        assert!(computes(&actions).is_empty(), "nothing to run: {actions:?}");
+        let placed: Vec<(Key, u32)> = match &to_client(&actions)[..] {
+            [ToClient::ScatterTo { placements }] => placements
+                .iter()
+                .map(|(k, p)| (k.clone(), p.id.0))
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(placed, [(a.clone(), other), (b.clone(), holder)]);
+        assert_eq!(s.task_status(&a), TaskStatus::Processing);
+        // A key already known is refused whole.
+        let again = to_client(&scatter(&mut s, 0, &[(&Key::named("d"), 1), (&a, 1)]));
+        assert!(
+            matches!(&again[..], [ToClient::ScatterRefused { key, error }] if key.name() == "d" && error.contains("already known"))
+        );
+        assert_eq!(s.task_status(&Key::named("d")), TaskStatus::Forgotten);
+        // Empty values all go to the emptiest worker, more than its one thread: an idle
+        // worker joining steals none of them, as only that worker will receive them.
+        let empties: Vec<Key> = (0..4).map(|i| Key::new("e", [i])).collect();
+        let sized: Vec<(&Key, u64)> = empties.iter().map(|k| (k, 0)).collect();
+        scatter(&mut s, 0, &sized);
+        join(&mut s, 2, 4);
+        assert!(s.steals.is_empty(), "{:?}", s.steals);
+        s.check_consistency().unwrap();
+        // The pushes arrive: in memory, the client told, dependents run on them.
+        let told = to_client(&finish_in(&mut s, other, &a, 1000, 0));
+        assert!(matches!(&told[..], [ToClient::KeyInMemory { key, .. }] if *key == a));
+        finish_in(&mut s, holder, &b, 10, 0);
+        assert_eq!(s.stats().tasks_finished, 1, "only c ran");
+        let d = Key::named("d");
+        let actions = submit(&mut s, 0, vec![spec(&d, &[&a, &b], 0)], &[&d]);
+        let ran = computes(&actions);
+        assert_eq!(ran.len(), 1, "d runs once its inputs are in memory");
+        finish(&mut s, ran[0].0, &d, 8);
+        // Released by its client: freed on its worker, kept as d's lineage while d is
+        // known, forgotten with it.
+        let release = |s: &mut SchedulerState, keys: Vec<Key>| {
+            let msg = FromClient::ReleaseKeys { keys };
+            s.handle(
+                SchedulerEvent::FromClient {
+                    client: ClientId(0),
+                    msg,
+                },
+                Time::ZERO,
+            )
+        };
+        let actions = release(&mut s, vec![a.clone(), b.clone()]);
+        assert!(actions.iter().any(|x| matches!(x,
+            SchedulerAction::SendToWorker(w, ToWorker::FreeKeys { keys }) if w.0 == other && keys.contains(&a))));
+        assert_eq!(s.task_status(&a), TaskStatus::Released);
+        release(&mut s, vec![d.clone()]);
+        assert_eq!(s.task_status(&a), TaskStatus::Forgotten);
+        s.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn lost_scattered_values_err_instead_of_running() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        join(&mut s, 1, 1);
+        let (a, b, d) = (Key::named("a"), Key::named("b"), Key::named("d"));
+        scatter(&mut s, 0, &[(&a, 10), (&b, 10)]);
+        // a arrives on worker 0; b's worker 1 dies before b arrives.
+        finish_in(&mut s, 0, &a, 10, 0);
+        let lose = |s: &mut SchedulerState, w: u32| {
+            s.handle(
+                SchedulerEvent::WorkerLost {
+                    worker: WorkerId(w),
+                    reason: "killed".into(),
+                },
+                Time::ZERO,
+            )
+        };
+        let actions = lose(&mut s, 1);
+        assert!(computes(&actions).is_empty());
+        match &to_client(&actions)[..] {
+            [ToClient::KeyErred { key, error }] => {
+                assert_eq!(*key, b);
+                assert!(
+                    error.message.contains("was being pushed to worker-1"),
+                    "{error}"
+                );
+                assert!(error.message.contains("scatter it again"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A dependent of a runs where a is; then a's only copy dies with worker 0: a errs,
+        // and so does the dependent, and nothing is recomputed.
+        join(&mut s, 2, 1);
+        let actions = submit(&mut s, 1, vec![spec(&d, &[&a], 0)], &[&d]);
+        assert_eq!(computes(&actions), [(0, d.clone())]);
+        let actions = lose(&mut s, 0);
+        assert!(computes(&actions).is_empty(), "{actions:?}");
+        let erred: Vec<Key> = to_client(&actions)
+            .into_iter()
+            .filter_map(|m| match m {
+                ToClient::KeyErred { key, error } => {
+                    assert!(error.message.contains("lost with its workers"), "{error}");
+                    Some(key)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(erred.len(), 2, "{erred:?}");
+        assert!(erred.contains(&a) && erred.contains(&d));
+        s.check_consistency().unwrap();
+        // A value released while still on its way is dropped if it arrives after all.
+        let e = Key::named("e");
+        scatter(&mut s, 3, &[(&e, 10)]);
+        s.handle(
+            SchedulerEvent::ClientGone {
+                client: ClientId(3),
+            },
+            Time::ZERO,
+        );
+        assert_eq!(s.task_status(&e), TaskStatus::Forgotten);
+        let actions = finish_in(&mut s, 2, &e, 10, 0);
+        assert!(actions.iter().any(|x| matches!(x,
+            SchedulerAction::SendToWorker(WorkerId(2), ToWorker::FreeKeys { keys }) if keys.contains(&e))));
+        s.check_consistency().unwrap();
     }
 
     #[test]

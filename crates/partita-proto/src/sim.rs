@@ -416,7 +416,11 @@ impl Sim {
                 self.report.refused.push((c, error));
                 None
             }
-            ToClient::WhoHasReply { .. } | ToClient::Workers { .. } | ToClient::Info { .. } => None,
+            ToClient::WhoHasReply { .. }
+            | ToClient::Workers { .. }
+            | ToClient::Info { .. }
+            | ToClient::ScatterTo { .. }
+            | ToClient::ScatterRefused { .. } => None,
         };
         if let Some((key, outcome)) = outcome {
             self.awaiting.remove(&(c, key.clone()));

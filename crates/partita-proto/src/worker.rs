@@ -95,6 +95,12 @@ pub enum WorkerEvent {
         key: Key,
         from: WorkerId,
     },
+    /// A client pushed a value (its `Scatter`); the runtime holds it unless this worker
+    /// already did (then it kept the old one and says nothing).
+    Received {
+        key: Key,
+        nbytes: u64,
+    },
     /// A peer (or client) asks for a value on the data server.
     PeerWantsData {
         request_id: u64,
@@ -337,6 +343,7 @@ impl WorkerState {
             WorkerEvent::ExecuteFailed { key, error } => self.execute_done(key, Err(error), now),
             WorkerEvent::FetchDone { key, from, nbytes } => self.fetch_done(key, from, nbytes),
             WorkerEvent::FetchFailed { key, from } => self.fetch_failed(key, from),
+            WorkerEvent::Received { key, nbytes } => self.received(key, nbytes),
             WorkerEvent::PeerWantsData { request_id, key } => self.peer_wants(request_id, key),
             WorkerEvent::Spilled { key } => self.spilled(key, true),
             WorkerEvent::SpillFailed { key, error } => {
@@ -585,6 +592,25 @@ impl WorkerState {
             Err(_) if t.released => {}
             Err(error) => self.send(FromWorker::TaskErred { key, error }),
         }
+    }
+
+    /// A scattered value arrived: held like a result, reported as one (the scheduler has
+    /// it processing here). A key this worker already computes or holds keeps what it has.
+    fn received(&mut self, key: Key, nbytes: u64) {
+        if self.data.contains_key(&key) || self.tasks.contains_key(&key) {
+            self.log(
+                LogLevel::Warn,
+                format!("pushed value {key} ignored: this worker already has it"),
+            );
+            self.out.push(WorkerAction::DropValue { key });
+            return;
+        }
+        self.store(key.clone(), nbytes);
+        self.send(FromWorker::TaskFinished {
+            key,
+            nbytes,
+            compute_micros: 0,
+        });
     }
 
     fn fetch_done(&mut self, key: Key, from: WorkerId, nbytes: u64) {
@@ -1395,6 +1421,41 @@ mod tests {
                 key: k(1)
             }]
         );
+    }
+
+    #[test]
+    fn pushed_values_are_held_and_reported_like_results() {
+        let mut w = worker(1, 0);
+        let acts = w.handle(
+            WorkerEvent::Received {
+                key: k(1),
+                nbytes: 64,
+            },
+            Time::ZERO,
+        );
+        assert!(
+            acts.contains(&WorkerAction::SendToScheduler(FromWorker::TaskFinished {
+                key: k(1),
+                nbytes: 64,
+                compute_micros: 0,
+            }))
+        );
+        assert!(w.holds(&k(1)));
+        assert_eq!(w.metrics().managed_bytes, 64);
+        // Pushed again: the copy is dropped, the first kept, nothing reported.
+        let acts = w.handle(
+            WorkerEvent::Received {
+                key: k(1),
+                nbytes: 64,
+            },
+            Time::ZERO,
+        );
+        assert!(acts.contains(&WorkerAction::DropValue { key: k(1) }));
+        assert!(!acts.iter().any(|a| matches!(
+            a,
+            WorkerAction::SendToScheduler(FromWorker::TaskFinished { .. })
+        )));
+        assert_eq!(w.metrics().managed_bytes, 64);
     }
 
     #[test]

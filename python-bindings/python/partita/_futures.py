@@ -242,8 +242,8 @@ class Client(_partita.Client):
     """A connection to a partita cluster: `pt.Client(cluster_file_or_local_cluster)`.
 
     Pass it as `scheduler=` to any compute, or use its futures: `compute`, `submit`, `map`,
-    `gather`, `cancel`, `wait` (and `pt.as_completed`); `persist` keeps arrays and frames in
-    the workers' memory."""
+    `scatter`, `gather`, `cancel`, `wait` (and `pt.as_completed`); `persist` keeps arrays and
+    frames in the workers' memory."""
 
     def persist(self, collections):
         """Compute an array or frame (or a list of them) now and keep the results in the
@@ -282,6 +282,26 @@ class Client(_partita.Client):
             submit(self, func, *items, pure=pure, retries=retries, **kwargs)
             for items in zip(*iterables)
         ]
+
+    def scatter(self, data, broadcast=False):
+        """Put data held here on the cluster, as dask's `client.scatter`: a future for one
+        object, a list (or tuple) of futures for a list (or tuple), a dict of futures for a
+        dict. Each object goes straight to one worker (the one holding the least data),
+        pickled as a submitted function's result is (a NumPy array's buffer out of band),
+        never through the scheduler; pass the futures to `submit` and `map`, or `gather`
+        them back. A scattered object cannot be recomputed: if the workers holding it die,
+        its future errs saying so. Needs workers started with `python -m partita worker`."""
+        if broadcast:
+            raise NotImplementedError(
+                "scatter(broadcast=True) is not implemented: each object goes to one worker, "
+                "and tasks elsewhere fetch it from there"
+            )
+        if isinstance(data, dict):
+            futures = self._scatter(list(data.values()))
+            return dict(zip(data.keys(), futures))
+        if isinstance(data, (list, tuple)):
+            return type(data)(self._scatter(list(data)))
+        return self._scatter([data])[0]
 
     def gather(self, futures, timeout=None):
         """The result of a future, or the results of a list of futures (fetched together)."""
