@@ -1422,6 +1422,16 @@ impl PyClient {
         Ok(PyClient(std::sync::Mutex::new(Some(Arc::new(client)))))
     }
 
+    /// `http://host:port/metrics` when the scheduler serves metrics (`--metrics`,
+    /// `LocalCluster(metrics_address=...)`), else `None`: Dask's `client.dashboard_link`.
+    #[getter]
+    fn metrics_link(&self) -> PyResult<Option<String>> {
+        let client = self.client()?;
+        Ok(client
+            .metrics_address()
+            .map(|a| format!("http://{a}/metrics")))
+    }
+
     /// The connected workers: `(address, threads)` each.
     fn workers(&self, py: Python<'_>) -> PyResult<Vec<(String, u32)>> {
         let client = self.client()?;
@@ -1644,20 +1654,31 @@ impl PyLocalCluster {
 #[pymethods]
 impl PyLocalCluster {
     #[new]
-    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0))]
+    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None))]
     fn new(
         py: Python<'_>,
         n_workers: usize,
         threads_per_worker: u32,
         memory_limit: u64,
+        metrics_address: Option<String>,
     ) -> PyResult<PyLocalCluster> {
         let python: std::path::PathBuf = py.import("sys")?.getattr("executable")?.extract()?;
+        let metrics = match metrics_address {
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|e| {
+                PyValueError::new_err(format!(
+                    "metrics_address {a:?} is not an IP address and port (such as \
+                     \"127.0.0.1:8787\"): {e}"
+                ))
+            })?),
+            None => None,
+        };
         let options = LocalClusterOptions {
             n_workers,
             threads_per_worker: threads_per_worker.max(1),
             memory_limit,
             binary: Some(python),
             prefix_args: vec!["-m".into(), "partita".into()],
+            metrics,
         };
         let cluster = py.detach(|| LocalCluster::start(options)).py_err()?;
         Ok(PyLocalCluster(std::sync::Mutex::new(Some(cluster))))
@@ -1667,6 +1688,15 @@ impl PyLocalCluster {
     #[getter]
     fn cluster_file(&self) -> PyResult<String> {
         Ok(self.file()?.display().to_string())
+    }
+
+    /// `http://host:port/metrics` when started with `metrics_address`, else `None`
+    /// (Dask's `cluster.dashboard_link`).
+    #[getter]
+    fn metrics_link(&self) -> PyResult<Option<String>> {
+        let guard = self.cluster()?;
+        let c = guard.as_ref().expect("checked by cluster()");
+        Ok(c.metrics_address().map(|a| format!("http://{a}/metrics")))
     }
 
     /// Process ids: `(scheduler, [workers])`.

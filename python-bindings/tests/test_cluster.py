@@ -148,3 +148,24 @@ def test_scheduler_info_shows_workers_tasks_and_counters():
             assert sum(w["held"] for w in info["workers"].values()) == 10
             assert info["stats"]["tasks_finished"] == 10
             assert x.sum().compute(scheduler=client) == sum(range(1000))
+
+
+def test_metrics_link_serves_prometheus_text_when_asked():
+    import urllib.request
+
+    with pt.LocalCluster(n_workers=1, metrics_address="127.0.0.1:0") as cluster:
+        link = cluster.metrics_link
+        assert link.startswith("http://127.0.0.1:") and link.endswith("/metrics"), link
+        with pt.Client(cluster) as client:
+            assert client.metrics_link == link
+            assert pt.arange(0, 10, chunks=5).sum().compute(scheduler=client) == 45
+            text = urllib.request.urlopen(link, timeout=10).read().decode()
+            lines = text.splitlines()
+            assert "partita_workers 1" in lines, text
+            assert any(line.startswith("partita_tasks_finished_total ") for line in lines), text
+            info = urllib.request.urlopen(link.replace("/metrics", "/info"), timeout=10).read()
+            assert b'"workers"' in info
+    with pt.LocalCluster(n_workers=1) as cluster, pt.Client(cluster) as client:
+        assert cluster.metrics_link is None and client.metrics_link is None
+    with pytest.raises(ValueError, match="metrics_address"):
+        pt.LocalCluster(n_workers=1, metrics_address="localhost")

@@ -350,6 +350,36 @@ fn killing_the_only_holder_of_needed_data_recomputes_it() {
 }
 
 #[test]
+fn a_local_cluster_serves_metrics_when_asked() {
+    use std::io::{Read, Write};
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        n_workers: 1,
+        binary: Some(test_worker_binary()),
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..LocalClusterOptions::default()
+    })
+    .expect("the cluster starts");
+    let addr = cluster.metrics_address().expect("a port was picked");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    let client = cluster.client().unwrap();
+    assert_eq!(client.metrics_address(), Some(addr.as_str()));
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.lines().any(|l| l == "partita_workers 1"), "{text}");
+    // Without the option, nothing is served and the client says so.
+    let plain = partita_tests::cluster().expect("the test cluster");
+    assert_eq!(plain.metrics_address(), None);
+}
+
+#[test]
 fn scattered_values_feed_tasks_and_err_once_lost() {
     let mut cluster = start(2, 0);
     let client = cluster.client().unwrap();

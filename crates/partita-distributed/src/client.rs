@@ -219,6 +219,12 @@ impl Client {
         &self.inner.cluster.address
     }
 
+    /// Where the scheduler serves `/metrics` and `/info` (`host:port`, from the cluster
+    /// file), if it was started with `--metrics`; Dask's `client.dashboard_link`.
+    pub fn metrics_address(&self) -> Option<&str> {
+        self.inner.cluster.metrics.as_deref()
+    }
+
     /// The workers connected now, with their thread counts.
     pub fn workers(&self) -> Result<Vec<(Peer, u32)>> {
         self.inner.workers()

@@ -143,6 +143,10 @@ pub struct ClusterFile {
     pub key: String,
     /// The shared secret every connection presents.
     pub token: String,
+    /// Where the scheduler serves `/metrics` and `/info` (`host:port`), if it does
+    /// (`partita scheduler --metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterFile {
@@ -166,6 +170,7 @@ impl ClusterFile {
             certificate: certified.cert.pem(),
             key: certified.signing_key.serialize_pem(),
             token: secret.iter().map(|b| format!("{b:02x}")).collect(),
+            metrics: None,
         })
     }
 

@@ -22,6 +22,9 @@ pub struct LocalClusterOptions {
     pub binary: Option<PathBuf>,
     /// Extra arguments before the subcommand (the Python package passes `-m partita`).
     pub prefix_args: Vec<String>,
+    /// Have the scheduler serve `/metrics` and `/info` here (`127.0.0.1:0`: a free port);
+    /// [`LocalCluster::metrics_address`] says where. `None` (the default) serves nothing.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for LocalClusterOptions {
@@ -32,6 +35,7 @@ impl Default for LocalClusterOptions {
             memory_limit: 0,
             binary: None,
             prefix_args: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -75,16 +79,21 @@ impl LocalCluster {
                 source,
             })?;
         let file = dir.path().join("cluster.json");
+        let mut args = vec![
+            "scheduler".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cluster-file".into(),
+            file.display().to_string(),
+        ];
+        if let Some(addr) = options.metrics {
+            args.extend(["--metrics".into(), addr.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let scheduler = spawn(
             &binary,
             &options.prefix_args,
-            &[
-                "scheduler",
-                "--listen",
-                "127.0.0.1:0",
-                "--cluster-file",
-                &file.display().to_string(),
-            ],
+            &args,
             &[],
             &dir.path().join("scheduler.log"),
         )?;
@@ -116,6 +125,14 @@ impl LocalCluster {
         let client = cluster.client()?;
         client.wait_for_workers(cluster.options.n_workers, Duration::from_secs(30))?;
         Ok(cluster)
+    }
+
+    /// Where the scheduler serves `/metrics` and `/info` (`host:port`), when
+    /// [`LocalClusterOptions::metrics`] asked for them.
+    pub fn metrics_address(&self) -> Option<String> {
+        crate::ClusterFile::read(&self.cluster_file())
+            .ok()
+            .and_then(|c| c.metrics)
     }
 
     /// Start one more worker process; returns its index.

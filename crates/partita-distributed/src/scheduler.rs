@@ -89,18 +89,17 @@ impl SchedulerServer {
         let local = endpoint
             .local_addr()
             .map_err(|e| Error::Transport(format!("no local address: {e}")))?;
-        let address = options.advertise.clone().unwrap_or_else(|| {
-            let ip = if local.ip().is_unspecified() {
+        // An address others can reach: a wildcard bind is announced as loopback unless
+        // `advertise` says otherwise.
+        let reachable = |a: SocketAddr| {
+            let ip = if a.ip().is_unspecified() {
                 "127.0.0.1".to_string()
             } else {
-                local.ip().to_string()
+                a.ip().to_string()
             };
-            format!("{ip}:{}", local.port())
-        });
-        let cluster = ClusterFile {
-            address,
-            ..provisional
+            format!("{ip}:{}", a.port())
         };
+        let address = (options.advertise.clone()).unwrap_or_else(|| reachable(local));
         let metrics =
             match options.metrics {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -108,6 +107,14 @@ impl SchedulerServer {
                 })?),
                 None => None,
             };
+        let cluster = ClusterFile {
+            address,
+            // The bound port (`--metrics 127.0.0.1:0` picks one), for clients to show.
+            metrics: (metrics.as_ref())
+                .and_then(|l| l.local_addr().ok())
+                .map(reachable),
+            ..provisional
+        };
         cluster.write(&options.cluster_file)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         tracing::info!(address = %cluster.address, file = %options.cluster_file.display(), "scheduler listening");

@@ -41,6 +41,11 @@ fn metrics_and_info_describe_the_cluster_over_http() {
     let server = runtime.block_on(SchedulerServer::bind(options)).unwrap();
     let addr = server.metrics_address().expect("asked for metrics");
     let credentials = server.cluster().clone();
+    // The cluster file tells clients where, with the port the listener got.
+    assert_eq!(credentials.metrics, Some(addr.to_string()));
+    let written =
+        partita_distributed::ClusterFile::read(&dir.path().join("c.json")).expect("written");
+    assert_eq!(written.metrics, Some(addr.to_string()));
     let stop = server.shutdown_handle();
     let running = runtime.spawn(server.run());
     let worker = WorkerOptions {
