@@ -6,8 +6,8 @@
 //! cargo run --release -p partita-examples --bin cluster_workloads [-- NAME]
 //! ```
 //!
-//! NAME is one of `trivial [N]`, `chain`, `transfer`, `transpose-mean` (default: all). Each line prints the median of
-//! three runs; cluster start-up is not timed.
+//! NAME is one of `trivial [N]`, `chain`, `transfer`, `scatter`, `transpose-mean` (default:
+//! all). Each line prints the median of three runs; cluster start-up is not timed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -163,6 +163,28 @@ fn transfer(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// One 1 GB value (125,000,000 f64 in one chunk) pushed from this process to a worker
+/// (`Client::scatter`) and the future dropped; timed until the worker has kept it.
+fn scatter(client: &Client) -> Result<()> {
+    const N: usize = 125_000_000;
+    let values = random::random(&[N], [N], 7)?.compute::<f64>(&LocalScheduler::new())?;
+    let value = Value::new(partita::array::Chunk::new(values));
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let futures = client.scatter(vec![value.clone()])?;
+        times.push(start.elapsed());
+        client.wait(&futures, None)?;
+    }
+    let t = median(times);
+    println!(
+        "distributed  1 GB value scattered to a worker: median {:>7.3} s   {:>5.2} GB/s",
+        t.as_secs_f64(),
+        (N * 8) as f64 / 1e9 / t.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let which = std::env::args().nth(1);
     let want = |name: &str| which.as_deref().is_none_or(|w| w == name);
@@ -190,6 +212,9 @@ fn main() -> Result<()> {
     }
     if want("transfer") {
         transfer(&client)?;
+    }
+    if want("scatter") {
+        scatter(&client)?;
     }
     if want("transpose-mean") {
         transpose_mean(&local)?;
