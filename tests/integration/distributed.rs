@@ -422,10 +422,21 @@ fn scattered_values_feed_tasks_and_err_once_lost() {
         *out.result().unwrap().get::<i64>().unwrap(),
         mix(1, &numbers)
     );
-    drop(out);
+    // Released, they leave the workers.
+    drop((out, chunk, futures));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.info().unwrap().workers.iter().any(|w| w.held > 0) {
+        assert!(Instant::now() < deadline, "{:?}", client.info());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
-    // One worker dies: its scattered values cannot be recomputed, so their futures err
-    // saying so; the others still gather, and the cluster goes on scattering.
+    // One worker dies holding three of six fresh values (nothing read them, so there are
+    // no copies elsewhere): they cannot be recomputed, so their futures err saying so; the
+    // others still gather, and the cluster goes on scattering.
+    let futures = client
+        .scatter(numbers.iter().map(|&n| Value::new(n)).collect())
+        .unwrap();
+    client.wait(&futures, Some(Duration::from_secs(20))).unwrap();
     cluster.kill_worker(0).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let erred = loop {

@@ -584,10 +584,11 @@ impl WorkerState {
                 self.store(key.clone(), nbytes);
                 let compute_micros = now.since(t.started).as_micros() as u64;
                 self.send(FromWorker::TaskFinished {
-                    key,
+                    key: key.clone(),
                     nbytes,
                     compute_micros,
                 });
+                self.made_while_fetching(&key);
             }
             Err(_) if t.released => {}
             Err(error) => self.send(FromWorker::TaskErred { key, error }),
@@ -618,6 +619,19 @@ impl WorkerState {
             .fetches
             .get(&key)
             .is_some_and(|f| f.in_flight == Some(from));
+        if self
+            .data
+            .get(&key)
+            .is_some_and(|s| s.place == Place::Memory)
+        {
+            // Held here already (made here while the fetch was out): the runtime's copy is
+            // that value, which must stay; only the fetch is over.
+            if ours {
+                let batch = self.fetches.remove(&key).map_or(0, |f| f.batch);
+                self.settle_fetch(batch, from);
+            }
+            return;
+        }
         if !ours || self.data.contains_key(&key) {
             self.out.push(WorkerAction::DropValue { key });
             return;
@@ -633,6 +647,22 @@ impl WorkerState {
         self.send(FromWorker::AddKeys {
             keys: vec![(key, nbytes)],
         });
+        for t in waiting {
+            self.maybe_ready(&t);
+        }
+    }
+
+    /// `key` was just made here although tasks here wait for a fetch of it (the scheduler
+    /// had it recomputed here after its holder was lost): they run on this copy, and a
+    /// fetch not yet sent is dropped (one in flight is settled when it answers).
+    fn made_while_fetching(&mut self, key: &Key) {
+        let Some(waiting) = self.waiting_for.remove(key) else {
+            return;
+        };
+        if self.fetches.get(key).is_some_and(|f| f.in_flight.is_none()) {
+            self.unqueue_fetch(key);
+            self.fetches.remove(key);
+        }
         for t in waiting {
             self.maybe_ready(&t);
         }
@@ -1421,6 +1451,34 @@ mod tests {
                 key: k(1)
             }]
         );
+    }
+
+    #[test]
+    fn a_fetch_arriving_for_a_value_made_here_meanwhile_keeps_it() {
+        let mut w = worker(2, 0);
+        // t needs k(1) from worker 1; the fetch goes out.
+        let acts = w.handle(compute(k(2), 0, vec![(k(1), vec![1])]), Time::ZERO);
+        assert!(acts.iter().any(|a| matches!(a, WorkerAction::Fetch { .. })));
+        // Meanwhile this worker is asked to make k(1) itself (its holder was lost), and does.
+        produce(&mut w, k(1), 64);
+        assert!(w.holds(&k(1)));
+        // t runs on the copy made here, without waiting for the fetch ...
+        assert_eq!(w.metrics().executing, 1, "t runs");
+        // ... which answers after all: the value held here stays.
+        let acts = w.handle(
+            WorkerEvent::FetchDone {
+                key: k(1),
+                from: WorkerId(1),
+                nbytes: 64,
+            },
+            Time::ZERO,
+        );
+        assert!(
+            !acts.contains(&WorkerAction::DropValue { key: k(1) }),
+            "{acts:?}"
+        );
+        assert!(w.holds(&k(1)));
+        assert_eq!(w.metrics().managed_bytes, 64);
     }
 
     #[test]
