@@ -1479,30 +1479,8 @@ impl PyClient {
             }
             Ok(dict)
         };
-        let t = &info.tasks;
-        out.set_item(
-            "tasks",
-            counts(&[
-                ("released", t.released),
-                ("waiting", t.waiting),
-                ("queued", t.queued),
-                ("processing", t.processing),
-                ("memory", t.memory),
-                ("erred", t.erred),
-            ])?,
-        )?;
-        let st = &info.stats;
-        out.set_item(
-            "stats",
-            counts(&[
-                ("tasks_finished", st.tasks_finished),
-                ("recomputed", st.recomputed),
-                ("lost_values", st.lost_values),
-                ("workers_lost", st.workers_lost),
-                ("steal_requests", st.steal_requests),
-                ("steals", st.steals),
-            ])?,
-        )?;
+        out.set_item("tasks", counts(&info.tasks.by_state())?)?;
+        out.set_item("stats", counts(&info.stats.named())?)?;
         Ok(out)
     }
 

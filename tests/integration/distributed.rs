@@ -436,7 +436,9 @@ fn scattered_values_feed_tasks_and_err_once_lost() {
     let futures = client
         .scatter(numbers.iter().map(|&n| Value::new(n)).collect())
         .unwrap();
-    client.wait(&futures, Some(Duration::from_secs(20))).unwrap();
+    client
+        .wait(&futures, Some(Duration::from_secs(20)))
+        .unwrap();
     cluster.kill_worker(0).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let erred = loop {

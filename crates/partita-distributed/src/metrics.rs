@@ -108,15 +108,7 @@ pub fn encode(info: &ClusterInfo) -> Result<String, std::fmt::Error> {
         info.workers.len() as u64,
     );
     let tasks = Family::<Labels, Gauge>::default();
-    let t = &info.tasks;
-    for (state, n) in [
-        ("released", t.released),
-        ("waiting", t.waiting),
-        ("queued", t.queued),
-        ("processing", t.processing),
-        ("memory", t.memory),
-        ("erred", t.erred),
-    ] {
+    for (state, n) in info.tasks.by_state() {
         tasks
             .get_or_create(&vec![("state", state.to_string())])
             .set(i64::try_from(n).unwrap_or(i64::MAX));

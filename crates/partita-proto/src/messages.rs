@@ -365,6 +365,34 @@ pub struct TaskCounts {
     pub erred: u64,
 }
 
+impl TaskCounts {
+    /// Each count with its state's name (`"released"`, ..., `"erred"`), in life order.
+    pub fn by_state(&self) -> [(&'static str, u64); 6] {
+        [
+            ("released", self.released),
+            ("waiting", self.waiting),
+            ("queued", self.queued),
+            ("processing", self.processing),
+            ("memory", self.memory),
+            ("erred", self.erred),
+        ]
+    }
+}
+
+impl SchedulerStats {
+    /// Each counter with its field's name.
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("tasks_finished", self.tasks_finished),
+            ("recomputed", self.recomputed),
+            ("lost_values", self.lost_values),
+            ("workers_lost", self.workers_lost),
+            ("steal_requests", self.steal_requests),
+            ("steals", self.steals),
+        ]
+    }
+}
+
 /// A snapshot of the cluster, for people and monitoring (`Client::info`).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ClusterInfo {
