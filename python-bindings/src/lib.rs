@@ -1526,6 +1526,27 @@ impl PyClient {
         self.submit_call(py, key, name, payload, deps, retries)
     }
 
+    /// `{key: [worker address, ...]}` for every key of `futures` (a collection's future
+    /// has one per chunk or partition): where each is held now, `[]` while pending.
+    fn _who_has(
+        &self,
+        py: Python<'_>,
+        futures: Vec<Py<futures::PyFuture>>,
+    ) -> PyResult<Vec<(String, Vec<String>)>> {
+        let client = self.client()?;
+        let all: Vec<partita::distributed::Future> = (futures.iter())
+            .flat_map(|f| f.get().futures.iter().cloned())
+            .collect();
+        let holders = py.detach(|| client.who_has(&all)).py_err()?;
+        Ok(holders
+            .into_iter()
+            .map(|(k, peers)| {
+                let addresses = peers.into_iter().map(|p| p.address).collect();
+                (pycall::key_text(&k), addresses)
+            })
+            .collect())
+    }
+
     /// Python objects pushed from here straight to workers: one future per object
     /// (`client.scatter` in `partita._futures` wraps it).
     fn _scatter(

@@ -120,6 +120,13 @@ def test_scatter_puts_local_data_on_the_workers_for_submitted_functions(cluster_
     assert cluster_client.submit(add, named["a"], named["b"]).result(timeout=60) == 30
     held = [w["held"] for w in cluster_client.scheduler_info()["workers"].values()]
     assert len(held) == 2 and min(held) >= 1, held
+    # Where each lies, as dask's who_has says it.
+    workers = cluster_client.nthreads()
+    assert len(workers) == 2 and all(n >= 1 for n in workers.values()), workers
+    where = cluster_client.who_has(listed + [fx])
+    assert set(where) == {f.key for f in listed + [fx]}
+    assert all(len(holders) >= 1 and set(holders) <= set(workers) for holders in where.values()), where
+    assert list(cluster_client.who_has(fx)) == [fx.key]
     assert cluster_client.scatter([]) == []
     with pytest.raises(NotImplementedError, match="broadcast"):
         cluster_client.scatter(1, broadcast=True)

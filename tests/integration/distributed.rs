@@ -400,6 +400,18 @@ fn scattered_values_feed_tasks_and_err_once_lost() {
         [3, 3],
         "equal sizes alternate between the workers: {info:?}"
     );
+    let holders = client.who_has(&futures).unwrap();
+    let keys: Vec<&Key> = holders.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, futures.iter().map(|f| f.key()).collect::<Vec<_>>());
+    let mut workers: Vec<String> = (holders.iter())
+        .map(|(_, peers)| {
+            assert_eq!(peers.len(), 1, "{holders:?}");
+            peers[0].address.clone()
+        })
+        .collect();
+    workers.sort();
+    workers.dedup();
+    assert_eq!(workers.len(), 2, "{holders:?}");
     assert_eq!(info.stats.tasks_finished, 0, "nothing ran");
     let big = ndarray::Array::from_shape_fn((1000, 1000), |(i, j)| (i * 1000 + j) as f64);
     let chunk = client

@@ -1175,6 +1175,30 @@ impl Client {
         Ok(futures)
     }
 
+    /// Where each future's value is held now, in order: the workers holding its key (none
+    /// while it is pending or after it failed); Dask's `client.who_has(futures)`.
+    pub fn who_has(&self, futures: &[Future]) -> Result<Vec<(Key, Vec<Peer>)>> {
+        let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked = keys.clone();
+        self.inner.request(
+            &[FromClient::WhoHas { keys }],
+            Duration::from_secs(10),
+            "answer",
+            // The reply to this request, not another's (a gather asks too).
+            |msg| match msg {
+                ToClient::WhoHasReply { holders }
+                    if holders.iter().map(|(k, _)| k).eq(asked.iter()) =>
+                {
+                    Some(Ok(holders))
+                }
+                _ => None,
+            },
+        )
+    }
+
     /// The values of `futures`, in order, fetched concurrently once all are done; the
     /// first failure is the error.
     pub fn gather(&self, futures: &[Future]) -> Result<Vec<Value>> {

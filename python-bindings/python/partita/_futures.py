@@ -303,6 +303,19 @@ class Client(_partita.Client):
             return type(data)(self._scatter(list(data)))
         return self._scatter([data])[0]
 
+    def who_has(self, futures):
+        """Where the data of a future (or a list of them) is now, as dask's
+        `client.who_has`: `{key: [worker address, ...]}`, a key per chunk or partition of
+        a computed collection; `[]` for a key still pending."""
+        if isinstance(futures, Future):
+            futures = [futures]
+        return dict(self._who_has(list(futures)))
+
+    def nthreads(self):
+        """`{worker address: threads}` for the workers connected now (dask's
+        `client.nthreads()`)."""
+        return dict(self.workers())
+
     def gather(self, futures, timeout=None):
         """The result of a future, or the results of a list of futures (fetched together)."""
         if isinstance(futures, Future):
