@@ -386,12 +386,16 @@ fn scattered_values_feed_tasks_and_err_once_lost() {
     client.wait_for_workers(2, Duration::from_secs(20)).unwrap();
     // Numbers and an 8 MB chunk, pushed from this process straight to the workers.
     let numbers: Vec<i64> = (0..6).map(|i| i * 10 + 1).collect();
-    let futures = client
-        .scatter(numbers.iter().map(|&n| Value::new(n)).collect())
-        .unwrap();
-    client
-        .wait(&futures, Some(Duration::from_secs(20)))
-        .unwrap();
+    let scatter_numbers = || {
+        let futures = client
+            .scatter(numbers.iter().map(|&n| Value::new(n)).collect())
+            .unwrap();
+        client
+            .wait(&futures, Some(Duration::from_secs(20)))
+            .unwrap();
+        futures
+    };
+    let futures = scatter_numbers();
     assert_eq!(i64s(&client.gather(&futures).unwrap()), numbers);
     let info = client.info().unwrap();
     let held: Vec<u64> = info.workers.iter().map(|w| w.held).collect();
@@ -445,12 +449,7 @@ fn scattered_values_feed_tasks_and_err_once_lost() {
     // One worker dies holding three of six fresh values (nothing read them, so there are
     // no copies elsewhere): they cannot be recomputed, so their futures err saying so; the
     // others still gather, and the cluster goes on scattering.
-    let futures = client
-        .scatter(numbers.iter().map(|&n| Value::new(n)).collect())
-        .unwrap();
-    client
-        .wait(&futures, Some(Duration::from_secs(20)))
-        .unwrap();
+    let futures = scatter_numbers();
     cluster.kill_worker(0).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let erred = loop {
