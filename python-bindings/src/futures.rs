@@ -353,18 +353,28 @@ impl PyClient {
         })
     }
 
-    /// Scatter Python objects: each becomes a value on one worker (pickled as any Python
-    /// result is, a NumPy array's data out of band) and a future like `submit`'s.
+    /// Scatter Python objects: each becomes a value on one worker (on every worker with
+    /// `broadcast`), pickled as any Python result is (a NumPy array's data out of band),
+    /// and a future like `submit`'s.
     pub(crate) fn scatter_objects(
         &self,
         py: Python<'_>,
         objects: Vec<Py<PyAny>>,
+        broadcast: bool,
     ) -> PyResult<Vec<PyFuture>> {
         let client = self.client()?;
         let values: Vec<partita::Value> = (objects.into_iter())
             .map(|o| partita::Value::new(crate::pycall::PyObj(o)))
             .collect();
-        let futures = py.detach(|| client.scatter(values)).py_err()?;
+        let futures = py
+            .detach(|| {
+                if broadcast {
+                    client.scatter_broadcast(values)
+                } else {
+                    client.scatter(values)
+                }
+            })
+            .py_err()?;
         Ok(futures
             .into_iter()
             .map(|f| PyFuture {

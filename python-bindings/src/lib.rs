@@ -1549,12 +1549,14 @@ impl PyClient {
 
     /// Python objects pushed from here straight to workers: one future per object
     /// (`client.scatter` in `partita._futures` wraps it).
+    #[pyo3(signature = (objects, broadcast = false))]
     fn _scatter(
         &self,
         py: Python<'_>,
         objects: Vec<Py<PyAny>>,
+        broadcast: bool,
     ) -> PyResult<Vec<futures::PyFuture>> {
-        self.scatter_objects(py, objects)
+        self.scatter_objects(py, objects, broadcast)
     }
 
     /// How many times a task whose function raises is run again before the error counts

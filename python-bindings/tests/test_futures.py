@@ -128,8 +128,15 @@ def test_scatter_puts_local_data_on_the_workers_for_submitted_functions(cluster_
     assert all(len(holders) >= 1 and set(holders) <= set(workers) for holders in where.values()), where
     assert list(cluster_client.who_has(fx)) == [fx.key]
     assert cluster_client.scatter([]) == []
-    with pytest.raises(NotImplementedError, match="broadcast"):
-        cluster_client.scatter(1, broadcast=True)
+    # Broadcast: a copy on every worker.
+    table = cluster_client.scatter({"lookup": np.arange(1000)}, broadcast=True)["lookup"]
+    deadline = time.monotonic() + 30
+    while len(cluster_client.who_has(table)[table.key]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(cluster_client.who_has(table)[table.key]) == sorted(workers)
+    hits = cluster_client.map(lambda t, i: int(t[i]), [table] * 4, range(4))
+    assert cluster_client.gather(hits) == [0, 1, 2, 3]
+    del table, hits
     # What cannot be pickled is an error naming why, and nothing stays behind.
     with pytest.raises(Exception, match="cannot pickle"):
         cluster_client.scatter([2, threading.Lock()])

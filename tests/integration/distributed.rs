@@ -474,6 +474,58 @@ fn scattered_values_feed_tasks_and_err_once_lost() {
 }
 
 #[test]
+fn broadcast_values_sit_on_every_worker_and_outlive_one() {
+    let mut cluster = start(2, 0);
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(20)).unwrap();
+    let numbers = [3i64, 5, 7];
+    let futures = client
+        .scatter_broadcast(numbers.iter().map(|&n| Value::new(n)).collect())
+        .unwrap();
+    // Each copy is reported as the worker keeps it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let holders = client.who_has(&futures).unwrap();
+        if holders.iter().all(|(_, peers)| peers.len() == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{holders:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(client.info().unwrap().workers.iter().all(|w| w.held == 3));
+    // Either worker may die: every value is still held by the other.
+    cluster.kill_worker(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.workers().unwrap().len() > 1 {
+        assert!(Instant::now() < deadline, "the dead worker is still listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The scheduler knows each value's one holder left (asking also tells this client,
+    // whose gather would otherwise try the dead worker first and wait out its timeout).
+    let holders = client.who_has(&futures).unwrap();
+    assert!(holders.iter().all(|(_, p)| p.len() == 1), "{holders:?}");
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), numbers);
+    let out = client
+        .submit_task(
+            Key::named("broadcast-mix"),
+            Arc::new(Mix { salt: 2 }),
+            &futures,
+        )
+        .unwrap();
+    assert_eq!(
+        *out.result().unwrap().get::<i64>().unwrap(),
+        mix(2, &numbers)
+    );
+    // Released, every copy goes.
+    drop((out, futures));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.info().unwrap().workers.iter().any(|w| w.held > 0) {
+        assert!(Instant::now() < deadline, "{:?}", client.info());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn scattering_without_workers_is_an_error_and_leaves_nothing() {
     let mut cluster = start(0, 0);
     let client = cluster.client().unwrap();

@@ -266,6 +266,24 @@ impl Client {
 }
 
 impl Inner {
+    /// Push each value to its worker, concurrently; the first failure is the error.
+    fn push_all(&self, pushes: Vec<(Peer, Key, Value)>, copy: bool) -> Result<()> {
+        let mut running = tokio::task::JoinSet::new();
+        for (peer, key, value) in pushes {
+            let peers = Arc::clone(&self.peers);
+            running.spawn_on(
+                async move { peers.push(&peer.address, &key, &value, copy).await },
+                self.runtime.handle(),
+            );
+        }
+        self.runtime.block_on(async {
+            while let Some(done) = running.join_next().await {
+                done.map_err(|e| Error::Internal(format!("a push task failed: {e}")))??;
+            }
+            Ok::<(), Error>(())
+        })
+    }
+
     fn send(&self, msg: &FromClient) -> Result<()> {
         self.out
             .send(framed(msg)?)
@@ -1151,27 +1169,40 @@ impl Client {
             },
         )?;
         let by_key: HashMap<Key, Peer> = placements.into_iter().collect();
-        let mut pushes = tokio::task::JoinSet::new();
+        let mut pushes = Vec::with_capacity(keys.len());
         for (key, value) in keys.into_iter().zip(values) {
             let Some(peer) = by_key.get(&key).cloned() else {
                 return Err(Error::Internal(format!(
                     "the scheduler placed no worker for {key}"
                 )));
             };
-            let peers = Arc::clone(&inner.peers);
-            pushes.spawn_on(
-                async move { peers.push(&peer.address, &key, &value).await },
-                inner.runtime.handle(),
-            );
+            pushes.push((peer, key, value));
         }
         // The first failure is the error; dropping the futures then releases every key,
         // and the scheduler has the workers drop whatever arrived.
-        inner.runtime.block_on(async {
-            while let Some(done) = pushes.join_next().await {
-                done.map_err(|e| Error::Internal(format!("a push task failed: {e}")))??;
+        inner.push_all(pushes, false)?;
+        Ok(futures)
+    }
+
+    /// [`Client::scatter`], then a copy of each value on every other worker connected now
+    /// (Dask's `scatter(broadcast=True)`): tasks anywhere read it without fetching it, and
+    /// it is lost only with the last worker holding it. Workers that join later get no
+    /// copy. The copies leave once each value is in memory (the scheduler accepts a copy
+    /// of a value it knows to be held), and are freed with it.
+    pub fn scatter_broadcast(&self, values: Vec<Value>) -> Result<Vec<Future>> {
+        let futures = self.scatter(values.clone())?;
+        self.wait(&futures, Some(Duration::from_secs(60)))?;
+        let workers = self.workers()?;
+        let holders = self.who_has(&futures)?;
+        let mut copies = Vec::new();
+        for ((key, held), value) in holders.into_iter().zip(values) {
+            for (peer, _) in &workers {
+                if !held.iter().any(|h| h.id == peer.id) {
+                    copies.push((peer.clone(), key.clone(), value.clone()));
+                }
             }
-            Ok::<(), Error>(())
-        })?;
+        }
+        self.inner.push_all(copies, true)?;
         Ok(futures)
     }
 

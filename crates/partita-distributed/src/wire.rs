@@ -330,8 +330,9 @@ impl Peers {
     }
 
     /// Push `value` under `key` to the data server at `address` (a client's scatter), and
-    /// wait for the worker to say it kept it.
-    pub async fn push(&self, address: &str, key: &Key, value: &Value) -> Result<()> {
+    /// wait for the worker to say it kept it; `copy` for a further replica of a value the
+    /// cluster holds already.
+    pub async fn push(&self, address: &str, key: &Key, value: &Value, copy: bool) -> Result<()> {
         let conn = self.connection(address).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport("open", e))?;
         let failed = |e| Error::Transport(format!("pushing {key} to worker {address}: {e}"));
@@ -343,6 +344,7 @@ impl Peers {
             key: key.clone(),
             nbytes: (head.len() + body) as u64,
             body: body as u64,
+            copy,
         }))?);
         send.write_all(&header).await.map_err(failed)?;
         send.write_chunk(head.into()).await.map_err(failed)?;

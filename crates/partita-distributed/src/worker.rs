@@ -623,7 +623,12 @@ async fn receive(
     push: DataPush,
     shared: &Shared,
 ) -> Result<()> {
-    let DataPush { key, nbytes, body } = push;
+    let DataPush {
+        key,
+        nbytes,
+        body,
+        copy,
+    } = push;
     if nbytes > crate::wire::MAX_VALUE_BYTES {
         return Err(Error::Codec(format!(
             "a client announced {nbytes} bytes for {key}"
@@ -645,6 +650,7 @@ async fn receive(
                 let _ = shared.events.send(WorkerEvent::Received {
                     key: key.clone(),
                     nbytes,
+                    copy,
                 });
                 PushReply::Stored { key }
             } else {

@@ -427,6 +427,10 @@ pub struct DataPush {
     pub key: Key,
     pub nbytes: u64,
     pub body: u64,
+    /// A further copy of a value the cluster holds already (`scatter(broadcast=True)`):
+    /// reported as [`FromWorker::AddKeys`], not as the value arriving.
+    #[serde(default)]
+    pub copy: bool,
 }
 
 /// A worker's answer to a [`DataPush`].

@@ -96,10 +96,12 @@ pub enum WorkerEvent {
         from: WorkerId,
     },
     /// A client pushed a value (its `Scatter`); the runtime holds it unless this worker
-    /// already did (then it kept the old one and says nothing).
+    /// already did (then it kept the old one and says nothing). A `copy` is a further
+    /// replica of a value in memory elsewhere.
     Received {
         key: Key,
         nbytes: u64,
+        copy: bool,
     },
     /// A peer (or client) asks for a value on the data server.
     PeerWantsData {
@@ -343,7 +345,7 @@ impl WorkerState {
             WorkerEvent::ExecuteFailed { key, error } => self.execute_done(key, Err(error), now),
             WorkerEvent::FetchDone { key, from, nbytes } => self.fetch_done(key, from, nbytes),
             WorkerEvent::FetchFailed { key, from } => self.fetch_failed(key, from),
-            WorkerEvent::Received { key, nbytes } => self.received(key, nbytes),
+            WorkerEvent::Received { key, nbytes, copy } => self.received(key, nbytes, copy),
             WorkerEvent::PeerWantsData { request_id, key } => self.peer_wants(request_id, key),
             WorkerEvent::Spilled { key } => self.spilled(key, true),
             WorkerEvent::SpillFailed { key, error } => {
@@ -596,8 +598,9 @@ impl WorkerState {
     }
 
     /// A scattered value arrived: held like a result, reported as one (the scheduler has
-    /// it processing here). A key this worker already computes or holds keeps what it has.
-    fn received(&mut self, key: Key, nbytes: u64) {
+    /// it processing here), or, for a copy, as a replica like a fetched value. A key this
+    /// worker already computes or holds keeps what it has.
+    fn received(&mut self, key: Key, nbytes: u64, copy: bool) {
         if self.data.contains_key(&key) || self.tasks.contains_key(&key) {
             self.log(
                 LogLevel::Warn,
@@ -607,6 +610,12 @@ impl WorkerState {
             return;
         }
         self.store(key.clone(), nbytes);
+        if copy {
+            self.send(FromWorker::AddKeys {
+                keys: vec![(key, nbytes)],
+            });
+            return;
+        }
         self.send(FromWorker::TaskFinished {
             key,
             nbytes,
@@ -1488,6 +1497,7 @@ mod tests {
             WorkerEvent::Received {
                 key: k(1),
                 nbytes: 64,
+                copy: false,
             },
             Time::ZERO,
         );
@@ -1505,6 +1515,7 @@ mod tests {
             WorkerEvent::Received {
                 key: k(1),
                 nbytes: 64,
+                copy: false,
             },
             Time::ZERO,
         );
@@ -1514,6 +1525,22 @@ mod tests {
             WorkerAction::SendToScheduler(FromWorker::TaskFinished { .. })
         )));
         assert_eq!(w.metrics().managed_bytes, 64);
+        // A copy (broadcast) is reported as a replica, like a fetched value.
+        let acts = w.handle(
+            WorkerEvent::Received {
+                key: k(2),
+                nbytes: 8,
+                copy: true,
+            },
+            Time::ZERO,
+        );
+        assert_eq!(
+            acts,
+            [WorkerAction::SendToScheduler(FromWorker::AddKeys {
+                keys: vec![(k(2), 8)],
+            })]
+        );
+        assert!(w.holds(&k(2)));
     }
 
     #[test]

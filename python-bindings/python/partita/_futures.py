@@ -289,19 +289,16 @@ class Client(_partita.Client):
         dict. Each object goes straight to one worker (the one holding the least data),
         pickled as a submitted function's result is (a NumPy array's buffer out of band),
         never through the scheduler; pass the futures to `submit` and `map`, or `gather`
-        them back. A scattered object cannot be recomputed: if the workers holding it die,
-        its future errs saying so. Needs workers started with `python -m partita worker`."""
-        if broadcast:
-            raise NotImplementedError(
-                "scatter(broadcast=True) is not implemented: each object goes to one worker, "
-                "and tasks elsewhere fetch it from there"
-            )
+        them back. With `broadcast=True` every worker connected now gets a copy (tasks
+        anywhere read it without fetching it). A scattered object cannot be recomputed: if
+        the workers holding it die, its future errs saying so. Needs workers started with
+        `python -m partita worker`."""
         if isinstance(data, dict):
-            futures = self._scatter(list(data.values()))
+            futures = self._scatter(list(data.values()), broadcast)
             return dict(zip(data.keys(), futures))
         if isinstance(data, (list, tuple)):
-            return type(data)(self._scatter(list(data)))
-        return self._scatter([data])[0]
+            return type(data)(self._scatter(list(data), broadcast))
+        return self._scatter([data], broadcast)[0]
 
     def who_has(self, futures):
         """Where the data of a future (or a list of them) is now, as dask's
