@@ -48,6 +48,14 @@ fn status_name(futures: &[Future]) -> &'static str {
     }
 }
 
+/// The Rust futures behind Python ones: one per key (a collection's future has one per
+/// chunk or partition).
+pub(crate) fn every_key(futures: &[Py<PyFuture>]) -> Vec<Future> {
+    (futures.iter())
+        .flat_map(|f| f.get().futures.iter().cloned())
+        .collect()
+}
+
 /// Wait until every future is done, `timeout` seconds pass (`TimeoutError`), or Ctrl-C.
 fn wait_all(
     py: Python<'_>,
@@ -399,9 +407,7 @@ impl PyClient {
     /// Cancel every future in `futures`.
     pub(crate) fn cancel_futures(&self, futures: Vec<Py<PyFuture>>) -> PyResult<()> {
         let client = self.client()?;
-        let all: Vec<Future> = (futures.iter())
-            .flat_map(|f| f.get().futures.iter().cloned())
-            .collect();
+        let all = every_key(&futures);
         client.cancel(&all).py_err()
     }
 
@@ -413,9 +419,7 @@ impl PyClient {
         timeout: Option<f64>,
     ) -> PyResult<()> {
         let client = self.client()?;
-        let all: Vec<Future> = (futures.iter())
-            .flat_map(|f| f.get().futures.iter().cloned())
-            .collect();
+        let all = every_key(&futures);
         wait_all(py, &client, &all, timeout)
     }
 }

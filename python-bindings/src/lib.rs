@@ -1534,9 +1534,7 @@ impl PyClient {
         futures: Vec<Py<futures::PyFuture>>,
     ) -> PyResult<Vec<(String, Vec<String>)>> {
         let client = self.client()?;
-        let all: Vec<partita::distributed::Future> = (futures.iter())
-            .flat_map(|f| f.get().futures.iter().cloned())
-            .collect();
+        let all = futures::every_key(&futures);
         let holders = py.detach(|| client.who_has(&all)).py_err()?;
         Ok(holders
             .into_iter()

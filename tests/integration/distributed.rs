@@ -34,6 +34,15 @@ fn mix(salt: i64, inputs: &[i64]) -> i64 {
     (inputs.iter()).fold(salt, |acc, v| acc.wrapping_add(v.wrapping_mul(31)))
 }
 
+/// Wait (at most 30 s) until no worker holds a value.
+fn nothing_held(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.info().unwrap().workers.iter().any(|w| w.held > 0) {
+        assert!(Instant::now() < deadline, "{:?}", client.info());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn i64s(values: &[Value]) -> Vec<i64> {
     values.iter().map(|v| *v.get::<i64>().unwrap()).collect()
 }
@@ -440,11 +449,7 @@ fn scattered_values_feed_tasks_and_err_once_lost() {
     );
     // Released, they leave the workers.
     drop((out, chunk, futures));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.info().unwrap().workers.iter().any(|w| w.held > 0) {
-        assert!(Instant::now() < deadline, "{:?}", client.info());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    nothing_held(&client);
 
     // One worker dies holding three of six fresh values (nothing read them, so there are
     // no copies elsewhere): they cannot be recomputed, so their futures err saying so; the
@@ -518,11 +523,7 @@ fn broadcast_values_sit_on_every_worker_and_outlive_one() {
     );
     // Released, every copy goes.
     drop((out, futures));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.info().unwrap().workers.iter().any(|w| w.held > 0) {
-        assert!(Instant::now() < deadline, "{:?}", client.info());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    nothing_held(&client);
 }
 
 #[test]

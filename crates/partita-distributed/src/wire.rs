@@ -36,7 +36,7 @@ pub enum Welcome {
 }
 
 /// Largest value a peer may announce (1 TiB): a corrupt length must not allocate wildly.
-pub(crate) const MAX_VALUE_BYTES: u64 = 1 << 40;
+const MAX_VALUE_BYTES: u64 = 1 << 40;
 
 fn transport(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Transport(format!("{what}: {e}"))
@@ -187,14 +187,20 @@ pub async fn join(
 /// Read a value of `nbytes` whose last `body` bytes are its bulk: the head into a byte
 /// buffer, the body into 8-byte words the value's codec can keep as they are (an f64
 /// array's elements), so a received array is copied once, out of quinn's buffers; a
-/// length the machine cannot allocate is an error, not an abort. The outer error is the stream's (the rest of the response is lost); the inner one this
-/// value's decoding.
+/// length over [`MAX_VALUE_BYTES`] or that the machine cannot allocate is an error, not an
+/// abort. The outer error is the stream's (the rest of the response is lost); the inner
+/// one this value's decoding.
 pub(crate) async fn read_value(
     recv: &mut quinn::RecvStream,
     nbytes: u64,
     body: u64,
     key: &Key,
 ) -> Result<Result<Value>> {
+    if nbytes > MAX_VALUE_BYTES {
+        return Err(Error::Codec(format!(
+            "{key}: {nbytes} bytes announced, over the limit of {MAX_VALUE_BYTES}"
+        )));
+    }
     let too_big = |what: &str| Error::Codec(format!("{key}: {what} do not fit in memory"));
     let n = usize::try_from(nbytes).map_err(|_| too_big(&format!("{nbytes} bytes")))?;
     let body = usize::try_from(body).map_err(|_| too_big(&format!("{body} bytes")))?;
@@ -408,11 +414,6 @@ impl Peers {
                 ))));
                 continue;
             };
-            if nbytes > MAX_VALUE_BYTES {
-                return Err(Error::Codec(format!(
-                    "worker {address} announced {nbytes} bytes for {key}"
-                )));
-            }
             // A value that does not decode fails alone; a broken stream fails the rest.
             out.push(read_value(&mut recv, nbytes, body, key).await?);
         }

@@ -629,11 +629,6 @@ async fn receive(
         body,
         copy,
     } = push;
-    if nbytes > crate::wire::MAX_VALUE_BYTES {
-        return Err(Error::Codec(format!(
-            "a client announced {nbytes} bytes for {key}"
-        )));
-    }
     // A stream cut short is the stream's error; a value that does not decode (a codec
     // this worker lacks, damaged bytes) is refused with the reason.
     let reply = match crate::wire::read_value(&mut recv, nbytes, body, &key).await? {
@@ -668,9 +663,7 @@ async fn receive(
             }
         }
     };
-    send.write_all(&framed(&reply)?)
-        .await
-        .map_err(|e| Error::Transport(format!("answering a push: {e}")))?;
+    crate::wire::write_msg(&mut send, &reply).await?;
     let _ = send.finish();
     let _ = send.stopped().await;
     Ok(())

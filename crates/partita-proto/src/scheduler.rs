@@ -223,6 +223,33 @@ struct Task {
     scattered: bool,
 }
 
+impl Task {
+    /// A released task, known to nobody yet: no dependents, holders, worker or wants.
+    fn released(payload: ByteBuf, deps: Vec<Key>, priority: i64, seq: u64, retries: u32) -> Task {
+        Task {
+            payload,
+            deps,
+            dependents: FxHashSet::default(),
+            active_dependents: 0,
+            missing_deps: 0,
+            priority,
+            seq,
+            retries_left: retries,
+            status: TaskStatus::Released,
+            who_has: BTreeSet::new(),
+            nbytes: 0,
+            processing_on: None,
+            occupancy: 0,
+            wanted_by: BTreeSet::new(),
+            suspicious: 0,
+            lost: false,
+            started: false,
+            failure: None,
+            scattered: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct WorkerInfo {
     nthreads: u32,
@@ -598,26 +625,13 @@ impl SchedulerState {
             self.tasks.insert(
                 key.clone(),
                 Task {
-                    payload: ByteBuf::new(),
-                    deps: Vec::new(),
-                    dependents: FxHashSet::default(),
-                    active_dependents: 0,
-                    missing_deps: 0,
-                    priority: 0,
-                    seq: self.next_seq,
-                    retries_left: 0,
-                    status: TaskStatus::Released,
-                    who_has: BTreeSet::new(),
                     nbytes,
                     processing_on: Some(worker),
                     // Never offered to a thief: only this worker will receive the value.
                     started: true,
-                    occupancy: 0,
                     wanted_by: BTreeSet::from([client]),
-                    suspicious: 0,
-                    lost: false,
-                    failure: None,
                     scattered: true,
+                    ..Task::released(ByteBuf::new(), Vec::new(), 0, self.next_seq, 0)
                 },
             );
             self.set_status(&key, TaskStatus::Processing);
@@ -774,30 +788,14 @@ impl SchedulerState {
             // Dependencies share the names of their tasks' keys (submitted earlier, or
             // earlier in this submission: clients send tasks after their dependencies).
             let deps = (spec.deps.into_iter()).map(|d| self.canonical(d)).collect();
-            self.tasks.insert(
-                spec.key.clone(),
-                Task {
-                    payload: spec.payload,
-                    deps,
-                    dependents: FxHashSet::default(),
-                    active_dependents: 0,
-                    missing_deps: 0,
-                    priority: spec.priority,
-                    seq: self.next_seq,
-                    retries_left: spec.retries,
-                    status: TaskStatus::Released,
-                    who_has: BTreeSet::new(),
-                    nbytes: 0,
-                    processing_on: None,
-                    occupancy: 0,
-                    wanted_by: BTreeSet::new(),
-                    suspicious: 0,
-                    lost: false,
-                    started: false,
-                    failure: None,
-                    scattered: false,
-                },
+            let task = Task::released(
+                spec.payload,
+                deps,
+                spec.priority,
+                self.next_seq,
+                spec.retries,
             );
+            self.tasks.insert(spec.key.clone(), task);
             added.push(spec.key);
         }
         for k in &added {

@@ -584,13 +584,13 @@ impl WorkerState {
             Ok(_) if t.released => self.out.push(WorkerAction::DropValue { key }),
             Ok(nbytes) => {
                 self.store(key.clone(), nbytes);
+                self.made_while_fetching(&key);
                 let compute_micros = now.since(t.started).as_micros() as u64;
                 self.send(FromWorker::TaskFinished {
-                    key: key.clone(),
+                    key,
                     nbytes,
                     compute_micros,
                 });
-                self.made_while_fetching(&key);
             }
             Err(_) if t.released => {}
             Err(error) => self.send(FromWorker::TaskErred { key, error }),
@@ -1493,14 +1493,10 @@ mod tests {
     #[test]
     fn pushed_values_are_held_and_reported_like_results() {
         let mut w = worker(1, 0);
-        let acts = w.handle(
-            WorkerEvent::Received {
-                key: k(1),
-                nbytes: 64,
-                copy: false,
-            },
-            Time::ZERO,
-        );
+        let receive = |w: &mut WorkerState, key: Key, nbytes: u64, copy: bool| {
+            w.handle(WorkerEvent::Received { key, nbytes, copy }, Time::ZERO)
+        };
+        let acts = receive(&mut w, k(1), 64, false);
         assert!(
             acts.contains(&WorkerAction::SendToScheduler(FromWorker::TaskFinished {
                 key: k(1),
@@ -1511,14 +1507,7 @@ mod tests {
         assert!(w.holds(&k(1)));
         assert_eq!(w.metrics().managed_bytes, 64);
         // Pushed again: the copy is dropped, the first kept, nothing reported.
-        let acts = w.handle(
-            WorkerEvent::Received {
-                key: k(1),
-                nbytes: 64,
-                copy: false,
-            },
-            Time::ZERO,
-        );
+        let acts = receive(&mut w, k(1), 64, false);
         assert!(acts.contains(&WorkerAction::DropValue { key: k(1) }));
         assert!(!acts.iter().any(|a| matches!(
             a,
@@ -1526,14 +1515,7 @@ mod tests {
         )));
         assert_eq!(w.metrics().managed_bytes, 64);
         // A copy (broadcast) is reported as a replica, like a fetched value.
-        let acts = w.handle(
-            WorkerEvent::Received {
-                key: k(2),
-                nbytes: 8,
-                copy: true,
-            },
-            Time::ZERO,
-        );
+        let acts = receive(&mut w, k(2), 8, true);
         assert_eq!(
             acts,
             [WorkerAction::SendToScheduler(FromWorker::AddKeys {
