@@ -116,3 +116,30 @@ fn metrics_and_info_describe_the_cluster_over_http() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_metrics_address_in_use_is_an_error_naming_it_and_writes_no_cluster_file() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.json");
+    let mut options = SchedulerOptions::new("127.0.0.1:0".parse().unwrap(), file.clone());
+    options.metrics = Some(addr);
+    let Err(err) = runtime.block_on(SchedulerServer::bind(options)) else {
+        panic!("bound metrics on a port already taken");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot serve metrics") && text.contains(&addr.to_string()),
+        "{text}"
+    );
+    assert!(
+        !file.exists(),
+        "a cluster file for a scheduler that did not start"
+    );
+}
