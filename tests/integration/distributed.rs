@@ -505,11 +505,11 @@ fn broadcast_values_sit_on_every_worker_and_outlive_one() {
         assert!(Instant::now() < deadline, "the dead worker is still listed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The scheduler knows each value's one holder left (asking also tells this client,
-    // whose gather would otherwise try the dead worker first and wait out its timeout).
+    // The client heard the worker leave, so its gather goes straight to the live copies
+    // (not to the dead worker first, waiting out its timeout).
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), numbers);
     let holders = client.who_has(&futures).unwrap();
     assert!(holders.iter().all(|(_, p)| p.len() == 1), "{holders:?}");
-    assert_eq!(i64s(&client.gather(&futures).unwrap()), numbers);
     let out = client
         .submit_task(
             Key::named("broadcast-mix"),

@@ -177,10 +177,18 @@ impl Client {
             let (out, rx) = mpsc::unbounded_channel();
             spawn_writer(send, rx);
             let routes = Arc::clone(&routes);
+            let peers = Arc::new(Peers::new(endpoint.clone(), Arc::clone(&cluster), name));
+            let reader_peers = Arc::clone(&peers);
             tokio::spawn(async move {
                 loop {
                     match read_msg::<ToClient>(&mut recv).await {
-                        Ok(Some(msg)) => route(&routes, msg),
+                        Ok(Some(msg)) => {
+                            if let ToClient::WorkerLeft { peer } = &msg {
+                                // Fetches from it fail now rather than at its timeout.
+                                reader_peers.forget(&peer.address);
+                            }
+                            route(&routes, msg)
+                        }
                         Ok(None) | Err(_) => {
                             // Wake every waiter: the scheduler is gone.
                             let mut r = lock(&routes);
@@ -196,7 +204,6 @@ impl Client {
                     }
                 }
             });
-            let peers = Arc::new(Peers::new(endpoint.clone(), Arc::clone(&cluster), name));
             Ok::<_, Error>((endpoint, conn, out, peers))
         })?;
         Ok(Client {
@@ -469,6 +476,17 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
                 }
             }
         }
+        ToClient::WorkerLeft { peer } => {
+            for (_, state) in r.tracked.values_mut() {
+                if let KeyState::Finished(holders) = state {
+                    holders.retain(|p| p.id != peer.id);
+                    // Its only copy died: recomputed (a KeyInMemory follows) or erred.
+                    if holders.is_empty() {
+                        *state = KeyState::Pending;
+                    }
+                }
+            }
+        }
         ToClient::GraphRefused { .. }
         | ToClient::Workers { .. }
         | ToClient::Info { .. }
@@ -484,7 +502,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
         | ToClient::Workers { .. }
         | ToClient::Info { .. }
         | ToClient::ScatterTo { .. }
-        | ToClient::ScatterRefused { .. } => None,
+        | ToClient::ScatterRefused { .. }
+        | ToClient::WorkerLeft { .. } => None,
     };
     match key {
         Some(k) => {
@@ -1410,5 +1429,59 @@ impl AsCompleted {
 impl Drop for AsCompleted {
     fn drop(&mut self) {
         self.inner.unregister(self.route);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use partita_proto::messages::WorkerId;
+
+    fn peer(id: u32) -> Peer {
+        Peer {
+            id: WorkerId(id),
+            address: format!("127.0.0.1:{}", 9000 + id),
+        }
+    }
+
+    fn in_memory(key: &Key, on: &[u32]) -> ToClient {
+        ToClient::KeyInMemory {
+            key: key.clone(),
+            workers: on.iter().map(|&i| peer(i)).collect(),
+            nbytes: 8,
+        }
+    }
+
+    fn holders(routes: &Mutex<Routes>, key: &Key) -> Option<Vec<u32>> {
+        match &lock(routes).tracked[key].1 {
+            KeyState::Finished(peers) => Some(peers.iter().map(|p| p.id.0).collect()),
+            KeyState::Pending => None,
+            other => panic!("{key} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_worker_that_left_is_no_longer_asked_for_values() {
+        let routes = Mutex::new(Routes::default());
+        let (a, b, c) = (Key::named("a"), Key::named("b"), Key::named("c"));
+        for k in [&a, &b, &c] {
+            lock(&routes)
+                .tracked
+                .insert(k.clone(), (1, KeyState::Pending));
+        }
+        let (_id, mut rx) = register_locked(&mut lock(&routes), &[]);
+        route(&routes, in_memory(&a, &[1, 2]));
+        route(&routes, in_memory(&b, &[1]));
+        route(&routes, in_memory(&c, &[2]));
+        route(&routes, ToClient::WorkerLeft { peer: peer(1) });
+        // `a` is still on worker 2; `b`'s only copy is gone, so it waits for its
+        // recomputation; `c` is untouched.
+        assert_eq!(holders(&routes, &a), Some(vec![2]));
+        assert_eq!(holders(&routes, &b), None);
+        assert_eq!(holders(&routes, &c), Some(vec![2]));
+        route(&routes, in_memory(&b, &[2]));
+        assert_eq!(holders(&routes, &b), Some(vec![2]));
+        // Waiting computations hear of it too (to drop their own holder lists).
+        assert!(matches!(rx.try_recv(), Ok(ToClient::WorkerLeft { peer }) if peer.id.0 == 1));
     }
 }

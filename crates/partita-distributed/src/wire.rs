@@ -270,14 +270,20 @@ pub fn resolve(address: &str) -> Result<std::net::SocketAddr> {
 }
 
 /// Connections to peers' data servers, opened on first use and reused.
+///
+/// Each address has its own slot, locked while connecting: a connection attempt to a
+/// worker that died (which waits out the handshake timeout) holds up requests to that
+/// address only, never to the others nor [`Peers::forget`].
 #[derive(Debug)]
 pub struct Peers {
     endpoint: quinn::Endpoint,
     cluster: Arc<ClusterFile>,
     name: String,
-    connections: Mutex<HashMap<String, quinn::Connection>>,
+    connections: std::sync::Mutex<HashMap<String, Slot>>,
     next_request: AtomicU64,
 }
+
+type Slot = Arc<Mutex<Option<quinn::Connection>>>;
 
 impl Peers {
     pub fn new(endpoint: quinn::Endpoint, cluster: Arc<ClusterFile>, name: String) -> Peers {
@@ -285,20 +291,27 @@ impl Peers {
             endpoint,
             cluster,
             name,
-            connections: Mutex::new(HashMap::new()),
+            connections: std::sync::Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
         }
     }
 
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn connection(&self, address: &str) -> Result<quinn::Connection> {
-        let mut map = self.connections.lock().await;
-        if let Some(c) = map.get(address)
+        let slot = Arc::clone(self.slots().entry(address.to_string()).or_default());
+        let mut conn = slot.lock().await;
+        if let Some(c) = conn.as_ref()
             && c.close_reason().is_none()
         {
             return Ok(c.clone());
         }
         let addr = resolve(address)?;
-        let conn = self
+        let fresh = self
             .endpoint
             .connect_with(
                 self.cluster.client_config(Link::to(addr))?,
@@ -308,8 +321,22 @@ impl Peers {
             .map_err(|e| transport(&format!("cannot connect to worker {address}"), e))?
             .await
             .map_err(|e| transport(&format!("cannot connect to worker {address}"), e))?;
-        map.insert(address.to_string(), conn.clone());
-        Ok(conn)
+        *conn = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Close the connection to `address` (a worker that left), failing the fetches and
+    /// pushes on it at once; a later request connects afresh.
+    pub fn forget(&self, address: &str) {
+        let Some(slot) = self.slots().remove(address) else {
+            return;
+        };
+        // Locked: a connection attempt is under way, and fails by itself.
+        if let Ok(conn) = slot.try_lock()
+            && let Some(c) = conn.as_ref()
+        {
+            c.close(0u32.into(), b"the worker left the cluster");
+        }
     }
 
     /// Fetch `key` from the data server at `address`.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -324,6 +324,9 @@ pub enum ToClient {
     /// A [`FromClient::Scatter`] refused as a whole (no worker, a key already known);
     /// `key` is the request's first.
     ScatterRefused { key: Key, error: String },
+    /// A worker left the cluster (it closed, died or missed its heartbeats): values it held
+    /// are no longer there, so a client stops asking it for them.
+    WorkerLeft { peer: Peer },
 }
 
 /// Counters of a scheduler's life so far.

@@ -1656,6 +1656,16 @@ impl SchedulerState {
         self.queue.leave(id);
         self.stats.workers_lost += 1;
         self.log(LogLevel::Warn, format!("{id} removed: {reason}"));
+        // First, so clients drop it from where they look for values before they hear of
+        // any value recomputed elsewhere.
+        let peer = Peer {
+            id,
+            address: info.address.clone(),
+        };
+        for &c in self.clients.keys() {
+            let msg = ToClient::WorkerLeft { peer: peer.clone() };
+            self.out.push(SchedulerAction::SendToClient(c, msg));
+        }
         self.steals
             .retain(|_, (victim, thief)| *victim != id && *thief != id);
         let mut retry = Vec::new();
@@ -1891,7 +1901,11 @@ mod tests {
         let actions = lose(&mut s, 1);
         assert!(computes(&actions).is_empty());
         match &to_client(&actions)[..] {
-            [ToClient::KeyErred { key, error }] => {
+            [
+                ToClient::WorkerLeft { peer },
+                ToClient::KeyErred { key, error },
+            ] => {
+                assert_eq!(peer.id, WorkerId(1));
                 assert_eq!(*key, b);
                 assert!(
                     error.message.contains("was being pushed to worker-1"),
@@ -2057,6 +2071,67 @@ mod tests {
             Time::ZERO,
         );
         assert_eq!(s.task_count(), 0);
+    }
+
+    #[test]
+    fn clients_hear_that_a_worker_left_before_its_values_come_back() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        join(&mut s, 1, 1);
+        for c in [0, 1] {
+            let e = SchedulerEvent::ClientConnected {
+                client: ClientId(c),
+            };
+            s.handle(e, Time::ZERO);
+        }
+        let (a, b) = (Key::named("a"), Key::named("b"));
+        let acts = submit(
+            &mut s,
+            0,
+            vec![spec(&a, &[], 0), spec(&b, &[], 1)],
+            &[&a, &b],
+        );
+        for (w, key) in computes(&acts) {
+            finish(&mut s, w, &key, 8);
+        }
+        let on = |s: &SchedulerState, k: &Key| s.who_has(k)[0].0;
+        let gone = on(&s, &a);
+        let lost = SchedulerEvent::WorkerLost {
+            worker: WorkerId(gone),
+            reason: "connection lost".into(),
+        };
+        let acts = s.handle(lost, Time::ZERO);
+        // Every connected client hears of it (client 1 wants nothing yet), first thing.
+        let left = |c: u32| {
+            SchedulerAction::SendToClient(
+                ClientId(c),
+                ToClient::WorkerLeft {
+                    peer: Peer {
+                        id: WorkerId(gone),
+                        address: format!("w{gone}"),
+                    },
+                },
+            )
+        };
+        let told: Vec<&SchedulerAction> = (acts.iter())
+            .filter(|a| matches!(a, SchedulerAction::SendToClient(..)))
+            .collect();
+        assert_eq!(told, [&left(0), &left(1)], "{acts:?}");
+        // `a` is recomputed on the worker left; client 0 hears of it there.
+        let redo = computes(&acts);
+        assert_eq!(redo, vec![(1 - gone, a.clone())]);
+        let acts = finish(&mut s, 1 - gone, &a, 8);
+        assert!(matches!(
+            &to_client(&acts)[..],
+            [ToClient::KeyInMemory { key, workers, .. }]
+                if key == &a && workers.iter().all(|p| p.id.0 == 1 - gone)
+        ));
+        // Leaving twice (a late heartbeat check) says nothing more.
+        let lost = SchedulerEvent::WorkerLost {
+            worker: WorkerId(gone),
+            reason: "again".into(),
+        };
+        assert!(to_client(&s.handle(lost, Time::ZERO)).is_empty());
     }
 
     #[test]

@@ -420,7 +420,8 @@ impl Sim {
             | ToClient::Workers { .. }
             | ToClient::Info { .. }
             | ToClient::ScatterTo { .. }
-            | ToClient::ScatterRefused { .. } => None,
+            | ToClient::ScatterRefused { .. }
+            | ToClient::WorkerLeft { .. } => None,
         };
         if let Some((key, outcome)) = outcome {
             self.awaiting.remove(&(c, key.clone()));
