@@ -1441,7 +1441,7 @@ impl PyClient {
 
     /// A snapshot of the cluster, shaped like Dask's `client.scheduler_info()`:
     /// `{"type": "Scheduler", "address", "workers": {address: {"id", "nthreads",
-    /// "memory_limit", "processing", "held", "metrics": {"memory", "managed_bytes",
+    /// "memory_limit", "processing", "held", "retiring", "metrics": {"memory", "managed_bytes",
     /// "spilled_bytes", "executing", "ready", "paused"}}}, "tasks": {state: count},
     /// "stats": {counter: value}}`. A worker's metrics are its last report (every 200 ms
     /// or so); `memory` is its resident set, `managed_bytes` the values it holds.
@@ -1463,6 +1463,7 @@ impl PyClient {
             metrics.set_item("ready", m.pending)?;
             metrics.set_item("paused", m.paused)?;
             let worker = PyDict::new(py);
+            worker.set_item("retiring", w.retiring)?;
             worker.set_item("id", w.peer.id.0)?;
             worker.set_item("nthreads", w.nthreads)?;
             worker.set_item("memory_limit", w.memory_limit)?;
@@ -1543,6 +1544,43 @@ impl PyClient {
                 (pycall::key_text(&k), addresses)
             })
             .collect())
+    }
+
+    /// Copy every key of `futures` to at least `n` workers (every worker if `None`),
+    /// worker to worker, waiting for the futures and the copies (`client.replicate` in
+    /// `partita._futures` wraps it).
+    #[pyo3(signature = (futures, n = None))]
+    fn _replicate(
+        &self,
+        py: Python<'_>,
+        futures: Vec<Py<futures::PyFuture>>,
+        n: Option<usize>,
+    ) -> PyResult<()> {
+        let client = self.client()?;
+        let all = futures::every_key(&futures);
+        py.detach(|| client.replicate(&all, n)).py_err()?;
+        Ok(())
+    }
+
+    /// Retire the workers at `addresses` gracefully (Dask's `client.retire_workers`):
+    /// their values move to the other workers, then they stop. Returns `{address: {"id":
+    /// id}}` for each once gone. All or none: an unknown address, or retiring every
+    /// worker, is an error and retires nobody.
+    fn retire_workers<'py>(
+        &self,
+        py: Python<'py>,
+        workers: Vec<String>,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let client = self.client()?;
+        let addresses: Vec<&str> = workers.iter().map(String::as_str).collect();
+        let retired = py.detach(|| client.retire_workers(&addresses)).py_err()?;
+        let out = pyo3::types::PyDict::new(py);
+        for peer in retired {
+            let info = pyo3::types::PyDict::new(py);
+            info.set_item("id", peer.id.0)?;
+            out.set_item(peer.address, info)?;
+        }
+        Ok(out)
     }
 
     /// Python objects pushed from here straight to workers: one future per object

@@ -526,6 +526,143 @@ fn broadcast_values_sit_on_every_worker_and_outlive_one() {
     nothing_held(&client);
 }
 
+/// Values spread over the workers: scattered ones (no lineage) and computed ones.
+fn spread_values(client: &Client) -> (Vec<partita::distributed::Future>, Vec<i64>) {
+    let numbers: Vec<i64> = (0..8).map(|i| 100 + i).collect();
+    let mut futures = client
+        .scatter(numbers.iter().map(|&n| Value::new(n)).collect())
+        .unwrap();
+    let mut expected = numbers;
+    for i in 0..8 {
+        let key = Key::new("spread-computed", [i as u32]);
+        let op = Arc::new(Mix { salt: i });
+        futures.push(client.submit_task(key, op, &[]).unwrap());
+        expected.push(mix(i, &[]));
+    }
+    client
+        .wait(&futures, Some(Duration::from_secs(30)))
+        .unwrap();
+    (futures, expected)
+}
+
+#[test]
+fn retiring_a_worker_hands_its_values_off_scattered_ones_too() {
+    let cluster = start(2, 0);
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(20)).unwrap();
+    let (futures, expected) = spread_values(&client);
+    let holders = client.who_has(&futures).unwrap();
+    let leaving = holders[0].1[0].clone();
+    let held_there = (holders.iter())
+        .filter(|(_, on)| on.iter().any(|p| p.id == leaving.id))
+        .count();
+    assert!(held_there > 0 && held_there < futures.len(), "{holders:?}");
+    // Bad requests are refused whole, naming the address, and change nothing.
+    let err = client
+        .retire_workers(&[leaving.address.as_str(), "127.0.0.1:1"])
+        .unwrap_err();
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    let everyone: Vec<String> = client
+        .workers()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.address.clone())
+        .collect();
+    let everyone: Vec<&str> = everyone.iter().map(String::as_str).collect();
+    let err = client.retire_workers(&everyone).unwrap_err();
+    assert!(err.to_string().contains("no open worker"), "{err}");
+    assert_eq!(client.workers().unwrap().len(), 2);
+    // Retired: gone, and every value is on the other worker, none recomputed or lost.
+    let retired = client.retire_workers(&[leaving.address.as_str()]).unwrap();
+    assert_eq!(retired, std::slice::from_ref(&leaving));
+    assert_eq!(client.workers().unwrap().len(), 1);
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), expected);
+    let holders = client.who_has(&futures).unwrap();
+    assert!(
+        holders
+            .iter()
+            .all(|(_, on)| on.len() == 1 && on[0].id != leaving.id),
+        "{holders:?}"
+    );
+    let stats = client.info().unwrap().stats;
+    assert_eq!(
+        (
+            stats.workers_retired,
+            stats.workers_lost,
+            stats.lost_values,
+            stats.recomputed
+        ),
+        (1, 0, 0, 0),
+        "{stats:?}"
+    );
+    // And they feed new tasks.
+    let out = client
+        .submit_task(
+            Key::named("after-retire"),
+            Arc::new(Mix { salt: 1 }),
+            &futures,
+        )
+        .unwrap();
+    assert_eq!(
+        *out.result().unwrap().get::<i64>().unwrap(),
+        mix(1, &expected)
+    );
+    assert!(cluster.log("scheduler").contains("retiring"));
+}
+
+#[test]
+fn a_worker_asked_to_stop_retires_gracefully() {
+    let mut cluster = start(2, 0);
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(20)).unwrap();
+    let (futures, expected) = spread_values(&client);
+    // SIGTERM, as a service manager stops it: it hands its values off and exits cleanly.
+    cluster
+        .retire_worker(0, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("scheduler")));
+    assert_eq!(client.workers().unwrap().len(), 1);
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), expected);
+    let stats = client.info().unwrap().stats;
+    assert_eq!(
+        (stats.workers_retired, stats.lost_values),
+        (1, 0),
+        "{stats:?}"
+    );
+    assert!(
+        cluster.log("worker-0").contains("retiring"),
+        "{}",
+        cluster.log("worker-0")
+    );
+}
+
+#[test]
+fn replicate_copies_values_worker_to_worker() {
+    let cluster = start(2, 0);
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(20)).unwrap();
+    let (futures, expected) = spread_values(&client);
+    let holders = client.replicate(&futures, None).unwrap();
+    assert!(
+        holders.iter().all(|(_, on)| on.len() == 2),
+        "{holders:?}\n{}\n{}\n{}",
+        cluster.log("scheduler"),
+        cluster.log("worker-0"),
+        cluster.log("worker-1")
+    );
+    assert_eq!(client.who_has(&futures).unwrap(), holders);
+    // At least n: already there, nothing to do.
+    let again = client.replicate(&futures[..2], Some(1)).unwrap();
+    assert!(again.iter().all(|(_, on)| on.len() == 2));
+    assert!(client.replicate(&futures, Some(0)).is_err());
+    // Both copies are real: either worker may die now.
+    let mut cluster = cluster;
+    cluster.kill_worker(1).unwrap();
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), expected);
+    // Released, every copy goes.
+    drop(futures);
+    nothing_held(&client);
+}
+
 #[test]
 fn scattering_without_workers_is_an_error_and_leaves_nothing() {
     let mut cluster = start(0, 0);

@@ -101,7 +101,21 @@ enum Command {
         /// Folder for spill files (a private directory inside it, removed on exit).
         #[arg(long)]
         spill_dir: Option<PathBuf>,
+        /// Seconds to retire gracefully when asked to stop (SIGINT, SIGTERM): the worker
+        /// takes no new tasks, lets its running ones finish and hands the values only it
+        /// holds to other workers, then exits. Past this, or on a second signal, it exits
+        /// at once (its values are recomputed elsewhere, as after a crash).
+        #[arg(long, default_value = "60", value_parser = parse_seconds)]
+        retire_timeout: std::time::Duration,
     },
+}
+
+/// `60`, `2.5`: a duration in seconds.
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 =
+        (text.trim().parse()).map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{text:?} is not a number of seconds"))
 }
 
 /// `512MB`, `8GiB`, `2e9`, `1000`: a byte count.
@@ -246,18 +260,82 @@ fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
     rx
 }
 
-/// Ctrl-C, or stdin closing when asked to watch it.
+/// SIGINT (Ctrl-C) or SIGTERM (`kill`, a container or service manager stopping it).
+async fn signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = term.recv() => "terminated",
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupted"
+}
+
+/// Stdin reaching its end when asked to watch it; never otherwise.
+async fn stdin_end(watch_stdin: bool) {
+    if watch_stdin {
+        let _ = stdin_closed().await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A signal, or stdin closing when asked to watch it.
 async fn stop_signal(watch_stdin: bool) -> &'static str {
-    let stdin = async {
-        if watch_stdin {
-            let _ = stdin_closed().await;
-        } else {
+    tokio::select! {
+        why = signal() => why,
+        _ = stdin_end(watch_stdin) => "standard input closed",
+    }
+}
+
+/// Run a worker until the scheduler closes it; a signal retires it gracefully first
+/// (bounded by `retire_timeout`; a second signal stops it at once), stdin closing (its
+/// `LocalCluster` is gone) stops it at once.
+async fn work(
+    cluster: ClusterFile,
+    options: WorkerOptions,
+    watch_stdin: bool,
+    retire_timeout: std::time::Duration,
+) -> partita_core::Result<()> {
+    let (retire, retire_asked) = tokio::sync::oneshot::channel::<()>();
+    let asked = async move {
+        if retire_asked.await.is_err() {
             std::future::pending::<()>().await;
         }
     };
+    let worker = partita_distributed::run_worker_until(cluster, options, asked);
+    let mut worker = std::pin::pin!(worker);
+    let mut stdin = std::pin::pin!(stdin_end(watch_stdin));
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted",
-        _ = stdin => "standard input closed",
+        r = &mut worker => return r,
+        _ = &mut stdin => {
+            tracing::info!("standard input closed; worker stopping");
+            return Ok(());
+        }
+        why = signal() => tracing::info!(
+            "{why}; retiring: handing values off first (signal again to stop at once)"
+        ),
+    }
+    let _ = retire.send(());
+    tokio::select! {
+        r = &mut worker => r,
+        _ = &mut stdin => {
+            tracing::info!("standard input closed; worker stopping");
+            Ok(())
+        }
+        why = signal() => {
+            tracing::warn!("{why} again; stopping without finishing the retirement");
+            Ok(())
+        }
+        _ = tokio::time::sleep(retire_timeout) => {
+            tracing::warn!("not retired within {retire_timeout:?}; stopping anyway");
+            Ok(())
+        }
     }
 }
 
@@ -306,7 +384,7 @@ fn describe(scheduler: &str, info: &partita_distributed::ClusterInfo) -> String 
         let _ = writeln!(
             out,
             "  {} at {}: {} threads, {limit}, memory {}; holds {} values ({}, {} spilled); \
-             running {}, assigned {}{}",
+             running {}, assigned {}{}{}",
             w.peer.id,
             w.peer.address,
             w.nthreads,
@@ -317,6 +395,7 @@ fn describe(scheduler: &str, info: &partita_distributed::ClusterInfo) -> String 
             m.executing,
             w.processing,
             if m.paused { ", paused (memory)" } else { "" },
+            if w.retiring { ", retiring" } else { "" },
         );
     }
     let t = &info.tasks;
@@ -329,8 +408,14 @@ fn describe(scheduler: &str, info: &partita_distributed::ClusterInfo) -> String 
     let _ = writeln!(
         out,
         "since start: {} tasks finished, {} recomputed, {} values lost with {} workers, \
-         {} of {} steal requests granted",
-        s.tasks_finished, s.recomputed, s.lost_values, s.workers_lost, s.steals, s.steal_requests
+         {} workers retired, {} of {} steal requests granted",
+        s.tasks_finished,
+        s.recomputed,
+        s.lost_values,
+        s.workers_lost,
+        s.workers_retired,
+        s.steals,
+        s.steal_requests
     );
     out
 }
@@ -365,6 +450,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
             host,
             name,
             spill_dir,
+            retire_timeout,
         } => {
             let cluster = ClusterFile::read(&cluster_file)?;
             let mut options = WorkerOptions {
@@ -379,20 +465,14 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
             if let Some(n) = name {
                 options.name = n;
             }
-            tokio::select! {
-                r = partita_distributed::run_worker(cluster, options) => r,
-                why = stop_signal(watch_stdin) => {
-                    tracing::info!("{why}; worker stopping");
-                    Ok(())
-                }
-            }
+            work(cluster, options, watch_stdin, retire_timeout).await
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{describe, human_bytes, parse_size};
+    use super::{describe, human_bytes, parse_seconds, parse_size};
     use partita_distributed::{ClusterInfo, TaskCounts, WorkerMetrics, WorkerStatus};
     use partita_proto::messages::{Peer, WorkerId};
 
@@ -418,6 +498,7 @@ mod tests {
                 pending: 1,
                 paused,
             },
+            retiring: id == 2,
         };
         let info = ClusterInfo {
             workers: vec![worker(1, false), worker(2, true)],
@@ -439,13 +520,25 @@ mod tests {
             text.contains("worker-2 at 10.0.0.2:9000: 4 threads, no limit,"),
             "{text}"
         );
-        assert!(text.contains("assigned 3, paused (memory)\n"), "{text}");
+        assert!(
+            text.contains("assigned 3, paused (memory), retiring\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "tasks: 24 in memory, 6 processing, 0 queued, 0 waiting, 1 erred, 0 released"
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn retire_timeouts_are_seconds() {
+        use std::time::Duration;
+        assert_eq!(parse_seconds("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_seconds("soon").unwrap_err().contains("seconds"));
+        assert!(parse_seconds("-1").is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use partita_core::{
     Error, Execution, ExecutionContext, ExecutionPlan, Key, Op, Result, RunStats, Scheduler, Value,
 };
 use partita_proto::messages::{
-    ClusterInfo, FromClient, Peer, Role, TaskFailure, TaskSpec, ToClient,
+    ClusterInfo, FromClient, Peer, Role, TaskFailure, TaskSpec, ToClient, WorkerId,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
@@ -123,6 +123,8 @@ struct Inner {
     held: Mutex<HashMap<Key, usize>>,
     /// Times a failing task is run again before its error counts ([`Client::set_retries`]).
     retries: AtomicU32,
+    /// Numbers this client's requests that are answered by number ([`Client::replicate`]).
+    next_request: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -176,6 +178,7 @@ impl Client {
                 join(&endpoint, &cluster, Role::Client, &name).await?;
             let (out, rx) = mpsc::unbounded_channel();
             spawn_writer(send, rx);
+            let reader_out = out.clone();
             let routes = Arc::clone(&routes);
             let peers = Arc::new(Peers::new(endpoint.clone(), Arc::clone(&cluster), name));
             let reader_peers = Arc::clone(&peers);
@@ -187,7 +190,14 @@ impl Client {
                                 // Fetches from it fail now rather than at its timeout.
                                 reader_peers.forget(&peer.address);
                             }
-                            route(&routes, msg)
+                            let orphaned = route(&routes, msg);
+                            // Keys it alone held (as far as we heard): moved to another
+                            // worker (it retired), or lost and being recomputed. Ask.
+                            if !orphaned.is_empty()
+                                && let Ok(frame) = framed(&FromClient::WhoHas { keys: orphaned })
+                            {
+                                let _ = reader_out.send(frame);
+                            }
                         }
                         Ok(None) | Err(_) => {
                             // Wake every waiter: the scheduler is gone.
@@ -217,6 +227,7 @@ impl Client {
                 endpoint,
                 held: Mutex::new(HashMap::new()),
                 retries: AtomicU32::new(0),
+                next_request: AtomicU64::new(1),
             }),
         })
     }
@@ -444,7 +455,10 @@ fn scheduler_gone() -> Error {
     Error::Transport("lost the connection to the scheduler".into())
 }
 
-fn route(routes: &Mutex<Routes>, msg: ToClient) {
+/// Record what `msg` says of tracked keys and hand it to the computations waiting for
+/// it. Returns the keys a `WorkerLeft` left without a known holder.
+fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
+    let mut orphaned = Vec::new();
     let mut r = lock(routes);
     match &msg {
         ToClient::KeyInMemory { key, workers, .. } => {
@@ -462,7 +476,7 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
                 *state = KeyState::Cancelled;
             }
         }
-        ToClient::WhoHasReply { holders } => {
+        ToClient::WhoHasReply { holders } | ToClient::Replicated { holders, .. } => {
             for (key, workers) in holders {
                 if let Some((_, state)) = r.tracked.get_mut(key)
                     && matches!(state, KeyState::Pending | KeyState::Finished(_))
@@ -477,12 +491,14 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
             }
         }
         ToClient::WorkerLeft { peer } => {
-            for (_, state) in r.tracked.values_mut() {
-                if let KeyState::Finished(holders) = state {
+            for (key, (_, state)) in r.tracked.iter_mut() {
+                if let KeyState::Finished(holders) = state
+                    && holders.iter().any(|p| p.id == peer.id)
+                {
                     holders.retain(|p| p.id != peer.id);
-                    // Its only copy died: recomputed (a KeyInMemory follows) or erred.
                     if holders.is_empty() {
                         *state = KeyState::Pending;
+                        orphaned.push(key.clone());
                     }
                 }
             }
@@ -491,7 +507,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
         | ToClient::Workers { .. }
         | ToClient::Info { .. }
         | ToClient::ScatterTo { .. }
-        | ToClient::ScatterRefused { .. } => {}
+        | ToClient::ScatterRefused { .. }
+        | ToClient::Retiring { .. } => {}
     }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
@@ -503,7 +520,9 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
         | ToClient::Info { .. }
         | ToClient::ScatterTo { .. }
         | ToClient::ScatterRefused { .. }
-        | ToClient::WorkerLeft { .. } => None,
+        | ToClient::WorkerLeft { .. }
+        | ToClient::Replicated { .. }
+        | ToClient::Retiring { .. } => None,
     };
     match key {
         Some(k) => {
@@ -517,6 +536,7 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) {
             }
         }
     }
+    orphaned
 }
 
 impl Drop for Inner {
@@ -1225,6 +1245,86 @@ impl Client {
         Ok(futures)
     }
 
+    /// Copy each future's value to at least `n` workers (every worker if `None`; never
+    /// more than there are), worker to worker, the workers holding the fewest bytes
+    /// first; Dask's `client.replicate`. Waits for the futures to finish (an error if one
+    /// failed) and for the copies, and returns where each value is then. Copies are never
+    /// removed here; they go when the value is released. A copy whose fetch failed (its
+    /// holder died meanwhile) is simply missing from the answer.
+    pub fn replicate(&self, futures: &[Future], n: Option<usize>) -> Result<Vec<(Key, Vec<Peer>)>> {
+        let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if n == Some(0) {
+            return Err(Error::Graph(
+                "replicate to 0 workers: n must be at least 1".into(),
+            ));
+        }
+        self.inner.wait_done(&keys, None)?;
+        for f in futures {
+            if let Some(e) = f.state().error(&f.key) {
+                return Err(e);
+            }
+        }
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let n = n.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let holders = self.inner.request(
+            &[FromClient::Replicate { request, keys, n }],
+            Duration::from_secs(3600),
+            "finish replicating",
+            |msg| match msg {
+                ToClient::Replicated {
+                    request: r,
+                    holders,
+                } if r == request => Some(Ok(holders)),
+                _ => None,
+            },
+        )?;
+        Ok(holders)
+    }
+
+    /// Retire the workers at `addresses` gracefully (Dask's `client.retire_workers`): they
+    /// get no new work, their tasks not started move elsewhere, running ones finish, and
+    /// every value only they hold that is still needed moves to another worker; then they
+    /// stop. Returns the retired workers once they are gone. All or none: an error naming
+    /// the address if one is unknown, or if no worker would be left to take their values.
+    pub fn retire_workers(&self, addresses: &[&str]) -> Result<Vec<Peer>> {
+        let inner = &self.inner;
+        let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        let (id, mut rx) = inner.register(&[]);
+        let result = (|| {
+            inner.send(&FromClient::RetireWorkers { addresses })?;
+            let mut retiring: Option<Vec<Peer>> = None;
+            let mut gone: HashSet<WorkerId> = HashSet::new();
+            loop {
+                if let Some(workers) = &retiring
+                    && workers.iter().all(|p| gone.contains(&p.id))
+                {
+                    return Ok(workers.clone());
+                }
+                let msg = inner.runtime.block_on(rx.recv());
+                match msg {
+                    None => return Err(scheduler_gone()),
+                    Some(ToClient::Retiring { workers, refused }) if retiring.is_none() => {
+                        if let Some((address, why)) = refused.first() {
+                            return Err(Error::Transport(format!(
+                                "the scheduler refused to retire worker {address}: {why}"
+                            )));
+                        }
+                        retiring = Some(workers);
+                    }
+                    Some(ToClient::WorkerLeft { peer }) => {
+                        gone.insert(peer.id);
+                    }
+                    Some(_) => {}
+                }
+            }
+        })();
+        inner.unregister(id);
+        result
+    }
+
     /// Where each future's value is held now, in order: the workers holding its key (none
     /// while it is pending or after it failed); Dask's `client.who_has(futures)`.
     pub fn who_has(&self, futures: &[Future]) -> Result<Vec<(Key, Vec<Peer>)>> {
@@ -1435,7 +1535,6 @@ impl Drop for AsCompleted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use partita_proto::messages::WorkerId;
 
     fn peer(id: u32) -> Peer {
         Peer {
@@ -1473,12 +1572,18 @@ mod tests {
         route(&routes, in_memory(&a, &[1, 2]));
         route(&routes, in_memory(&b, &[1]));
         route(&routes, in_memory(&c, &[2]));
-        route(&routes, ToClient::WorkerLeft { peer: peer(1) });
-        // `a` is still on worker 2; `b`'s only copy is gone, so it waits for its
-        // recomputation; `c` is untouched.
+        let orphaned = route(&routes, ToClient::WorkerLeft { peer: peer(1) });
+        // `a` is still on worker 2; `b`'s only copy is gone (the client asks where it is
+        // now: moved off a retiring worker, or being recomputed); `c` is untouched.
         assert_eq!(holders(&routes, &a), Some(vec![2]));
         assert_eq!(holders(&routes, &b), None);
         assert_eq!(holders(&routes, &c), Some(vec![2]));
+        assert_eq!(orphaned, std::slice::from_ref(&b));
+        let reply = ToClient::WhoHasReply {
+            holders: vec![(b.clone(), vec![peer(3)])],
+        };
+        assert!(route(&routes, reply).is_empty());
+        assert_eq!(holders(&routes, &b), Some(vec![3]));
         route(&routes, in_memory(&b, &[2]));
         assert_eq!(holders(&routes, &b), Some(vec![2]));
         // Waiting computations hear of it too (to drop their own holder lists).

@@ -190,6 +190,43 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Ask worker `i` to stop as `partita worker` is asked to (SIGTERM): it retires
+    /// gracefully, handing the values only it holds to the other workers, and exits; waits
+    /// up to `timeout` for that. An error if it is not running, is not done in time (it is
+    /// killed then), or exits with a failure.
+    #[cfg(unix)]
+    pub fn retire_worker(&mut self, i: usize, timeout: Duration) -> Result<()> {
+        let mut child = self
+            .workers
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Internal(format!("no running worker {i}")))?;
+        terminate(&child)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = child.try_wait().map_err(|source| Error::Io {
+                path: format!("worker process {}", child.id()),
+                source,
+            })?;
+            match status {
+                Some(s) if s.success() => return Ok(()),
+                Some(s) => {
+                    return Err(Error::Transport(format!(
+                        "worker {i} exited with {s} while retiring: {}",
+                        self.log(&format!("worker-{i}"))
+                    )));
+                }
+                None if Instant::now() > deadline => {
+                    kill(child);
+                    return Err(Error::Transport(format!(
+                        "worker {i} did not retire within {timeout:?}; killed"
+                    )));
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
     /// The scheduler's process id.
     pub fn scheduler_pid(&self) -> u32 {
         self.scheduler.id()
@@ -268,6 +305,23 @@ fn spawn(
             ),
             source,
         })
+}
+
+/// Send SIGTERM to `child`.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn terminate(child: &Child) -> Result<()> {
+    let pid = libc::pid_t::try_from(child.id())
+        .map_err(|_| Error::Internal(format!("process id {} out of range", child.id())))?;
+    // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours; the
+    // child is not reaped yet (we hold its `Child`), so the pid is still its own.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(Error::Io {
+            path: format!("worker process {pid}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 fn kill(mut child: Child) {

@@ -128,6 +128,11 @@ pub fn encode(info: &ClusterInfo) -> Result<String, std::fmt::Error> {
             st.lost_values,
         ),
         ("workers_lost", "Workers declared dead", st.workers_lost),
+        (
+            "workers_retired",
+            "Workers that left gracefully, their values handed off",
+            st.workers_retired,
+        ),
         ("steal_requests", "Steal requests sent", st.steal_requests),
         ("steals", "Tasks moved by stealing", st.steals),
     ] {
@@ -139,8 +144,8 @@ pub fn encode(info: &ClusterInfo) -> Result<String, std::fmt::Error> {
     let family = || Family::<Labels, Gauge>::default();
     let (threads, limit, memory, managed, spilled) =
         (family(), family(), family(), family(), family());
-    let (executing, ready, assigned, held, paused) =
-        (family(), family(), family(), family(), family());
+    let (executing, ready, assigned, held, paused, retiring) =
+        (family(), family(), family(), family(), family(), family());
     for w in &info.workers {
         let labels = vec![
             ("worker", w.peer.id.to_string()),
@@ -158,6 +163,7 @@ pub fn encode(info: &ClusterInfo) -> Result<String, std::fmt::Error> {
             (&assigned, w.processing),
             (&held, w.held),
             (&paused, u64::from(m.paused)),
+            (&retiring, u64::from(w.retiring)),
         ] {
             f.get_or_create(&labels)
                 .set(i64::try_from(value).unwrap_or(i64::MAX));
@@ -201,6 +207,11 @@ pub fn encode(info: &ClusterInfo) -> Result<String, std::fmt::Error> {
         "1 while above the pause threshold of its memory limit",
         paused,
     );
+    w.register(
+        "retiring",
+        "1 while it hands its values off before leaving",
+        retiring,
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
@@ -232,6 +243,7 @@ mod tests {
                     pending: 1,
                     paused: true,
                 },
+                retiring: true,
             }],
             tasks: TaskCounts {
                 waiting: 2,
@@ -260,6 +272,8 @@ mod tests {
             format!("partita_worker_assigned_tasks{labels} 5"),
             format!("partita_worker_held_values{labels} 40"),
             format!("partita_worker_paused{labels} 1"),
+            format!("partita_worker_retiring{labels} 1"),
+            "partita_workers_retired_total 0".into(),
             "# TYPE partita_tasks_finished counter".into(),
             "# EOF".into(),
         ] {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use partita_core::{Error, Result};
 use partita_proto::Time;
-use partita_proto::messages::{ClientId, FromClient, FromWorker, Hello, Role, WorkerId};
+use partita_proto::messages::{ClientId, FromClient, FromWorker, Hello, Role, ToWorker, WorkerId};
 use partita_proto::scheduler::{SchedulerAction, SchedulerConfig, SchedulerEvent, SchedulerState};
 use tokio::sync::{mpsc, watch};
 
@@ -259,12 +259,24 @@ impl Outboxes {
     }
 }
 
+/// How long a retired worker has to close its connection after `Close`.
+const RETIRED_GRACE: Duration = Duration::from_secs(10);
+
 fn perform(registry: &Mutex<Registry>, outboxes: &mut Outboxes, actions: Vec<SchedulerAction>) {
     let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
     for action in actions {
         match action {
             SchedulerAction::SendToWorker(id, msg) => {
-                if let Some((out, _)) = reg.workers.get(&id) {
+                if let Some((out, conn)) = reg.workers.get(&id) {
+                    // A retired worker closes its connection itself; one that does not
+                    // within RETIRED_GRACE is closed from here.
+                    if matches!(msg, ToWorker::Close { .. }) {
+                        let conn = conn.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(RETIRED_GRACE).await;
+                            conn.close(0u32.into(), b"retired");
+                        });
+                    }
                     let outbox = outboxes.workers.entry(id).or_default();
                     if let Err(e) = outbox.push(&msg, out) {
                         tracing::error!(worker = %id, "cannot encode a message: {e}");

@@ -283,7 +283,20 @@ pub struct Peers {
     next_request: AtomicU64,
 }
 
-type Slot = Arc<Mutex<Option<quinn::Connection>>>;
+type Slot = Arc<Mutex<PeerLink>>;
+
+/// What is known of one peer's address.
+#[derive(Debug, Default)]
+struct PeerLink {
+    conn: Option<quinn::Connection>,
+    /// The peer stopped answering (its connection timed out, or connecting did) at this
+    /// instant: requests fail at once for [`UNREACHABLE_FOR`] instead of each waiting out
+    /// another handshake timeout (a worker that died, before the scheduler says so).
+    unreachable: Option<(std::time::Instant, String)>,
+}
+
+/// How long a peer that stopped answering is not tried again.
+const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Peers {
     pub fn new(endpoint: quinn::Endpoint, cluster: Arc<ClusterFile>, name: String) -> Peers {
@@ -304,25 +317,48 @@ impl Peers {
 
     async fn connection(&self, address: &str) -> Result<quinn::Connection> {
         let slot = Arc::clone(self.slots().entry(address.to_string()).or_default());
-        let mut conn = slot.lock().await;
-        if let Some(c) = conn.as_ref()
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
+        let mut link = slot.lock().await;
+        if let Some(c) = link.conn.take() {
+            match c.close_reason() {
+                None => {
+                    link.conn = Some(c.clone());
+                    return Ok(c);
+                }
+                Some(quinn::ConnectionError::TimedOut) => {
+                    link.unreachable = Some((std::time::Instant::now(), "timed out".into()));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some((since, why)) = &link.unreachable {
+            if since.elapsed() < UNREACHABLE_FOR {
+                return Err(Error::Transport(format!(
+                    "worker {address} is unreachable ({why} {:.1} s ago)",
+                    since.elapsed().as_secs_f64()
+                )));
+            }
+            link.unreachable = None;
         }
         let addr = resolve(address)?;
-        let fresh = self
+        let connecting = self
             .endpoint
             .connect_with(
                 self.cluster.client_config(Link::to(addr))?,
                 addr,
                 SERVER_NAME,
             )
-            .map_err(|e| transport(&format!("cannot connect to worker {address}"), e))?
-            .await
             .map_err(|e| transport(&format!("cannot connect to worker {address}"), e))?;
-        *conn = Some(fresh.clone());
-        Ok(fresh)
+        match connecting.await {
+            Ok(fresh) => {
+                link.conn = Some(fresh.clone());
+                Ok(fresh)
+            }
+            Err(e) => {
+                let why = format!("connecting failed: {e}");
+                link.unreachable = Some((std::time::Instant::now(), why));
+                Err(transport(&format!("cannot connect to worker {address}"), e))
+            }
+        }
     }
 
     /// Close the connection to `address` (a worker that left), failing the fetches and
@@ -332,8 +368,8 @@ impl Peers {
             return;
         };
         // Locked: a connection attempt is under way, and fails by itself.
-        if let Ok(conn) = slot.try_lock()
-            && let Some(c) = conn.as_ref()
+        if let Ok(link) = slot.try_lock()
+            && let Some(c) = link.conn.as_ref()
         {
             c.close(0u32.into(), b"the worker left the cluster");
         }

@@ -97,6 +97,18 @@ impl Drop for SpillDirGuard {
 
 /// Join the cluster and work until the scheduler goes away (an error saying so) .
 pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<()> {
+    run_worker_until(cluster, options, std::future::pending()).await
+}
+
+/// [`run_worker`], retiring gracefully once `retire` completes (a signal, say): the
+/// worker asks the scheduler to retire it, goes on serving its values while they are
+/// handed off to other workers and its running tasks finish, and returns `Ok` when the
+/// scheduler closes it.
+pub async fn run_worker_until(
+    cluster: ClusterFile,
+    options: WorkerOptions,
+    retire: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let cluster = Arc::new(cluster);
     let bind = crate::wire::resolve(&format!("{}:0", options.host))?;
     let servers = cluster.server_configs()?;
@@ -184,6 +196,9 @@ pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<
     config.heartbeat_interval = Duration::from_millis(500);
     let mut state = WorkerState::new(config, now());
     let mut outbox = Outbox::default();
+    let mut retire = std::pin::pin!(retire);
+    let mut retire_asked = false;
+    let mut stop = None;
     let result = loop {
         let wake = state
             .poll_timeout()
@@ -193,6 +208,11 @@ pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<
         let event = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => break Ok(()) },
             _ = tokio::time::sleep(wake) => WorkerEvent::Tick,
+            _ = &mut retire, if !retire_asked => {
+                retire_asked = true;
+                tracing::info!(worker = %id, "asking the scheduler to retire this worker");
+                WorkerEvent::Retire
+            }
             reason = &mut lost => {
                 let reason = reason.unwrap_or_else(|_| "reader stopped".into());
                 break Err(Error::Transport(format!("lost the scheduler: {reason}")));
@@ -202,12 +222,30 @@ pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<
         // pass says to the scheduler leaves in one piece when nothing is left to handle.
         let mut inline = Vec::new();
         let actions = state.handle(event, now());
-        perform(&shared, &mut outbox, &out_tx, actions, &mut inline);
+        perform(
+            &shared,
+            &mut outbox,
+            &out_tx,
+            actions,
+            &mut inline,
+            &mut stop,
+        );
         while let Some(event) = inline.pop().or_else(|| events.try_recv().ok()) {
             let actions = state.handle(event, now());
-            perform(&shared, &mut outbox, &out_tx, actions, &mut inline);
+            perform(
+                &shared,
+                &mut outbox,
+                &out_tx,
+                actions,
+                &mut inline,
+                &mut stop,
+            );
         }
         outbox.flush(&out_tx);
+        if let Some(reason) = stop.take() {
+            tracing::info!(worker = %id, "stopping: {reason}");
+            break Ok(());
+        }
     };
     conn.close(0u32.into(), b"worker stopping");
     endpoint.close(0u32.into(), b"worker stopping");
@@ -222,6 +260,7 @@ fn perform(
     out: &mpsc::UnboundedSender<Vec<u8>>,
     actions: Vec<WorkerAction>,
     inline: &mut Vec<WorkerEvent>,
+    stop: &mut Option<String>,
 ) {
     for action in actions {
         match action {
@@ -295,6 +334,7 @@ fn perform(
                 locked(&shared.store).remove(&key);
             }
             WorkerAction::Log(level, line) => crate::wire::log(level, &line),
+            WorkerAction::Stop { reason } => *stop = Some(reason),
         }
     }
 }

@@ -143,6 +143,12 @@ pub enum ToWorker {
     FreeKeys { keys: Vec<Key> },
     /// Give back `key` if it has not started; answer with [`FromWorker::StealResponse`].
     StealRequest { key: Key },
+    /// Fetch these values from their holders and keep them (a replica, or a retiring
+    /// worker's values handed off); answered per key with [`FromWorker::AddKeys`], or
+    /// [`FromWorker::MissingData`] per holder when none answered.
+    AcquireReplicas { keys: Vec<DepLocation> },
+    /// Retired: stop now (the scheduler has already removed the worker).
+    Close { reason: String },
 }
 
 /// A worker's load and memory, sent periodically.
@@ -181,6 +187,9 @@ pub enum FromWorker {
     AddKeys { keys: Vec<(Key, u64)> },
     /// `from_worker` could not provide `key` (it does not have it, or is unreachable).
     MissingData { key: Key, from_worker: WorkerId },
+    /// The worker wants to stop (it was told to, e.g. by a signal): retire it gracefully,
+    /// handing its values off, then send [`ToWorker::Close`].
+    Retire,
 }
 
 /// Client to scheduler.
@@ -205,6 +214,19 @@ pub enum FromClient {
     /// its encoded size: answered with [`ToClient::ScatterTo`] (where to push each) or
     /// [`ToClient::ScatterRefused`]. The client wants the keys from now on.
     Scatter { keys: Vec<(Key, u64)> },
+    /// Have each key in memory held by at least `n` workers (all open workers if `None`):
+    /// answered with [`ToClient::Replicated`] carrying `request` once every copy made (or
+    /// failed). Never removes copies.
+    Replicate {
+        request: u64,
+        keys: Vec<Key>,
+        n: Option<u32>,
+    },
+    /// Retire the workers at these addresses gracefully (Dask's `retire_workers`):
+    /// answered at once with [`ToClient::Retiring`]; each is a [`ToClient::WorkerLeft`]
+    /// when gone. All or none: an unknown address, or retiring every open worker (the
+    /// values would have nowhere to go), refuses the request.
+    RetireWorkers { addresses: Vec<String> },
 }
 
 /// Why a task failed, kept structured so a client can rebuild the error the local
@@ -324,9 +346,20 @@ pub enum ToClient {
     /// A [`FromClient::Scatter`] refused as a whole (no worker, a key already known);
     /// `key` is the request's first.
     ScatterRefused { key: Key, error: String },
-    /// A worker left the cluster (it closed, died or missed its heartbeats): values it held
-    /// are no longer there, so a client stops asking it for them.
+    /// A worker left the cluster (it retired, died or missed its heartbeats): values it
+    /// held are no longer there, so a client stops asking it for them.
     WorkerLeft { peer: Peer },
+    /// The answer to [`FromClient::Replicate`]: where each key is now.
+    Replicated {
+        request: u64,
+        holders: Vec<(Key, Vec<Peer>)>,
+    },
+    /// The answer to [`FromClient::RetireWorkers`]: the workers now retiring (or already),
+    /// or, if any address was refused (with why), none.
+    Retiring {
+        workers: Vec<Peer>,
+        refused: Vec<(String, String)>,
+    },
 }
 
 /// Counters of a scheduler's life so far.
@@ -338,6 +371,8 @@ pub struct SchedulerStats {
     /// Values lost with the workers holding them.
     pub lost_values: u64,
     pub workers_lost: u64,
+    /// Workers that left gracefully, their values handed off.
+    pub workers_retired: u64,
     pub steal_requests: u64,
     pub steals: u64,
 }
@@ -355,6 +390,9 @@ pub struct WorkerStatus {
     pub held: u64,
     /// What it last reported of its load and memory.
     pub metrics: WorkerMetrics,
+    /// Handing its values off before it leaves: it gets no new work.
+    #[serde(default)]
+    pub retiring: bool,
 }
 
 /// Tasks the scheduler knows, by state (forgotten ones it no longer knows).
@@ -384,12 +422,13 @@ impl TaskCounts {
 
 impl SchedulerStats {
     /// Each counter with its field's name.
-    pub fn named(&self) -> [(&'static str, u64); 6] {
+    pub fn named(&self) -> [(&'static str, u64); 7] {
         [
             ("tasks_finished", self.tasks_finished),
             ("recomputed", self.recomputed),
             ("lost_values", self.lost_values),
             ("workers_lost", self.workers_lost),
+            ("workers_retired", self.workers_retired),
             ("steal_requests", self.steal_requests),
             ("steals", self.steals),
         ]

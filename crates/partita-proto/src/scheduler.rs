@@ -266,6 +266,19 @@ struct WorkerInfo {
     /// this many tasks in flight (0: not yet); it is not asked again until it has fewer.
     /// (A limit raised meanwhile, as durations are learnt, applies from its next finish.)
     full_of_roots_at: usize,
+    /// Leaving gracefully: no new work; its values are handed off, then it is closed.
+    retiring: bool,
+    /// Acquisitions in flight that take values off it while it retires.
+    handoffs: usize,
+}
+
+/// Whom an acquisition in flight ([`ToWorker::AcquireReplicas`]) serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// A retiring worker handing the value off.
+    Handoff(WorkerId),
+    /// A client's [`FromClient::Replicate`] request.
+    Replica(ClientId, u64),
 }
 
 /// What of a task's dependencies each worker lacks: (microseconds to move their bytes at
@@ -300,6 +313,11 @@ pub struct SchedulerState {
     durations: FxHashMap<String, (u64, u64, u64)>,
     next_seq: u64,
     stats: SchedulerStats,
+    /// Values being fetched to be kept (replicas, hand-offs): key -> recipient -> whom
+    /// the copy serves.
+    acquiring: FxHashMap<Key, BTreeMap<WorkerId, Vec<Purpose>>>,
+    /// Replicate requests in flight: (client, request) -> (their keys, acquisitions left).
+    replications: BTreeMap<(ClientId, u64), (Vec<Key>, usize)>,
     out: Vec<SchedulerAction>,
 }
 
@@ -316,6 +334,8 @@ impl SchedulerState {
             durations: FxHashMap::default(),
             next_seq: 0,
             stats: SchedulerStats::default(),
+            acquiring: FxHashMap::default(),
+            replications: BTreeMap::new(),
             out: Vec::new(),
         }
     }
@@ -367,6 +387,7 @@ impl SchedulerState {
             processing: w.processing.len() as u64,
             held: w.has_what.len() as u64,
             metrics: w.metrics,
+            retiring: w.retiring,
         })
     }
 
@@ -419,7 +440,7 @@ impl SchedulerState {
             } => self.worker_joined(worker, nthreads, memory_limit, address, now),
             SchedulerEvent::WorkerLost { worker, reason } => {
                 if self.workers.contains_key(&worker) {
-                    self.remove_worker(worker, &reason);
+                    self.remove_worker(worker, &reason, false);
                 }
             }
             SchedulerEvent::FromWorker { worker, msg } => self.worker_message(worker, msg, now),
@@ -437,6 +458,7 @@ impl SchedulerState {
         if self.config.work_stealing {
             self.balance();
         }
+        self.close_retired();
         std::mem::take(&mut self.out)
     }
 
@@ -468,6 +490,8 @@ impl SchedulerState {
                 last_seen: now,
                 metrics: WorkerMetrics::default(),
                 full_of_roots_at: 0,
+                retiring: false,
+                handoffs: 0,
             },
         );
     }
@@ -482,7 +506,7 @@ impl SchedulerState {
             let reason = format!("no heartbeat for {} ms", timeout.as_millis());
             self.out
                 .push(SchedulerAction::CloseWorker(id, reason.clone()));
-            self.remove_worker(id, &reason);
+            self.remove_worker(id, &reason, false);
         }
     }
 
@@ -514,21 +538,33 @@ impl SchedulerState {
                 self.steal_response(worker, key, stolen)
             }
             FromWorker::AddKeys { keys } => {
+                let mut kept = Vec::new();
                 for (key, _) in keys {
+                    let key = self.canonical(key);
                     match self.tasks.get_mut(&key) {
                         Some(t) if t.status == TaskStatus::Memory => {
                             t.who_has.insert(worker);
                             if let Some(w) = self.workers.get_mut(&worker) {
-                                w.has_what.insert(key);
+                                w.has_what.insert(key.clone());
                             }
+                            kept.push(key.clone());
                         }
-                        _ => self.free_on(worker, key),
+                        _ => self.free_on(worker, key.clone()),
                     }
+                    // After the copy is counted: a Replicated answer lists it.
+                    self.acquired(&key, worker);
+                }
+                // A copy that reached a worker retiring meanwhile moves on.
+                if self.workers.get(&worker).is_some_and(|w| w.retiring) {
+                    self.hand_off(worker, kept);
                 }
             }
             FromWorker::MissingData { key, from_worker } => {
-                self.missing_data(worker, key, from_worker)
+                let key = self.canonical(key);
+                self.missing_data(worker, key.clone(), from_worker);
+                self.acquired(&key, worker);
             }
+            FromWorker::Retire => self.retire(worker),
         }
     }
 
@@ -574,6 +610,8 @@ impl SchedulerState {
                 self.out.push(SchedulerAction::SendToClient(client, reply));
             }
             FromClient::Scatter { keys } => self.scatter(client, keys),
+            FromClient::Replicate { request, keys, n } => self.replicate(client, request, keys, n),
+            FromClient::RetireWorkers { addresses } => self.retire_workers(client, addresses),
         }
     }
 
@@ -593,7 +631,7 @@ impl SchedulerState {
             let key = first.clone();
             SchedulerAction::SendToClient(client, ToClient::ScatterRefused { key, error })
         };
-        if self.workers.is_empty() {
+        if self.open_workers().is_empty() {
             let error = "no worker is connected to hold scattered values".to_string();
             self.out.push(refuse(error));
             return;
@@ -606,15 +644,7 @@ impl SchedulerState {
                 return;
             }
         }
-        let mut held: BTreeMap<WorkerId, u64> = (self.workers.iter())
-            .map(|(id, w)| {
-                let known: u64 = (w.has_what.iter().chain(&w.processing))
-                    .filter_map(|k| self.tasks.get(k))
-                    .map(|t| t.nbytes)
-                    .sum();
-                (*id, known.max(w.metrics.managed_bytes))
-            })
-            .collect();
+        let mut held = self.open_bytes();
         let mut placements = Vec::with_capacity(keys.len());
         for (key, nbytes) in keys {
             let (&worker, _) = (held.iter())
@@ -662,6 +692,272 @@ impl SchedulerState {
     /// The task map's own copy of `key` when it has one: keys arriving in messages have
     /// names of their own, and every later comparison with a copy that shares the map's
     /// name stops at its address instead of reading the name (see `Key`'s `PartialEq`).
+    /// Workers that take new work: every one not retiring.
+    fn open_workers(&self) -> Vec<WorkerId> {
+        (self.workers.iter())
+            .filter(|(_, w)| !w.retiring)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Bytes each open worker holds or will hold: its values and its tasks' outputs as
+    /// known, or the managed bytes it reported if more. One pass over what they hold.
+    fn open_bytes(&self) -> BTreeMap<WorkerId, u64> {
+        (self.workers.iter())
+            .filter(|(_, w)| !w.retiring)
+            .map(|(id, w)| {
+                let known: u64 = (w.has_what.iter().chain(&w.processing))
+                    .filter_map(|k| self.tasks.get(k))
+                    .map(|t| t.nbytes)
+                    .sum();
+                (*id, known.max(w.metrics.managed_bytes))
+            })
+            .collect()
+    }
+
+    /// Ask `worker` to fetch and keep `keys` for `purpose`, in one message; a key it is
+    /// acquiring already serves one more purpose and is not asked for again.
+    fn acquire(&mut self, worker: WorkerId, keys: Vec<Key>, purpose: Purpose) {
+        let mut locations = Vec::new();
+        for key in keys {
+            let purposes = (self.acquiring.entry(key.clone()).or_default())
+                .entry(worker)
+                .or_default();
+            purposes.push(purpose);
+            if purposes.len() == 1 {
+                locations.push(DepLocation {
+                    who_has: self.peers_holding(&key),
+                    nbytes: self.tasks.get(&key).map_or(0, |t| t.nbytes),
+                    key,
+                });
+            }
+            if let Purpose::Handoff(from) = purpose
+                && let Some(w) = self.workers.get_mut(&from)
+            {
+                w.handoffs += 1;
+            }
+        }
+        if !locations.is_empty() {
+            let msg = ToWorker::AcquireReplicas { keys: locations };
+            self.out.push(SchedulerAction::SendToWorker(worker, msg));
+        }
+    }
+
+    /// `worker`'s acquisition of `key` is over (kept, failed, or the worker left): settle
+    /// whom it served.
+    fn acquired(&mut self, key: &Key, worker: WorkerId) {
+        let Some(by_worker) = self.acquiring.get_mut(key) else {
+            return;
+        };
+        let purposes = by_worker.remove(&worker).unwrap_or_default();
+        if by_worker.is_empty() {
+            self.acquiring.remove(key);
+        }
+        for purpose in purposes {
+            match purpose {
+                Purpose::Handoff(from) => {
+                    if let Some(w) = self.workers.get_mut(&from) {
+                        w.handoffs = w.handoffs.saturating_sub(1);
+                    }
+                }
+                Purpose::Replica(client, request) => {
+                    let Some((_, left)) = self.replications.get_mut(&(client, request)) else {
+                        continue;
+                    };
+                    *left -= 1;
+                    if *left == 0 {
+                        let (keys, _) =
+                            (self.replications.remove(&(client, request))).expect("found above");
+                        self.replicated(client, request, &keys);
+                    }
+                }
+            }
+        }
+    }
+
+    fn replicated(&mut self, client: ClientId, request: u64, keys: &[Key]) {
+        let holders = (keys.iter())
+            .map(|k| (k.clone(), self.peers_holding(k)))
+            .collect();
+        let reply = ToClient::Replicated { request, holders };
+        self.out.push(SchedulerAction::SendToClient(client, reply));
+    }
+
+    /// Copy each key in memory to open workers lacking it, the emptiest first, until `n`
+    /// (default: every open worker) hold it or are acquiring it; answer once all settled.
+    fn replicate(&mut self, client: ClientId, request: u64, keys: Vec<Key>, n: Option<u32>) {
+        let keys: Vec<Key> = distinct(&keys)
+            .into_iter()
+            .map(|k| self.canonical(k))
+            .collect();
+        let mut bytes = self.open_bytes();
+        let want = n.map_or(bytes.len(), |n| (n as usize).min(bytes.len()));
+        let mut plan: BTreeMap<WorkerId, Vec<Key>> = BTreeMap::new();
+        let mut joined = Vec::new();
+        for key in &keys {
+            let Some(t) = self.tasks.get(key) else {
+                continue;
+            };
+            if t.status != TaskStatus::Memory {
+                continue;
+            }
+            let in_flight: Vec<WorkerId> =
+                (self.acquiring.get(key)).map_or(Vec::new(), |m| m.keys().copied().collect());
+            let has = |w: &WorkerId| t.who_has.contains(w) || in_flight.contains(w);
+            let mut copies = bytes.keys().filter(|w| has(w)).count();
+            joined.extend(in_flight.iter().map(|w| (key.clone(), *w)));
+            while copies < want {
+                let Some((&to, _)) = (bytes.iter())
+                    .filter(|(w, _)| !has(w) && !plan.get(w).is_some_and(|p| p.contains(key)))
+                    .min_by_key(|(w, b)| (**b, **w))
+                else {
+                    break;
+                };
+                *bytes.get_mut(&to).expect("chosen from the map") += t.nbytes;
+                plan.entry(to).or_default().push(key.clone());
+                copies += 1;
+            }
+        }
+        let purpose = Purpose::Replica(client, request);
+        let mut pending = 0;
+        for (key, w) in joined {
+            if let Some(p) = self.acquiring.get_mut(&key).and_then(|m| m.get_mut(&w)) {
+                p.push(purpose);
+                pending += 1;
+            }
+        }
+        for (to, keys) in plan {
+            pending += keys.len();
+            self.acquire(to, keys, purpose);
+        }
+        if pending == 0 {
+            self.replicated(client, request, &keys);
+        } else {
+            self.replications.insert((client, request), (keys, pending));
+        }
+    }
+
+    /// A client asks these workers to retire: all of them, or none if an address is
+    /// unknown or no open worker would be left to take their values.
+    fn retire_workers(&mut self, client: ClientId, addresses: Vec<String>) {
+        let mut refused = Vec::new();
+        let mut chosen = BTreeSet::new();
+        for a in &addresses {
+            match self.workers.iter().find(|(_, w)| &w.address == a) {
+                Some((id, _)) => {
+                    chosen.insert(*id);
+                }
+                None => refused.push((a.clone(), "no worker has this address".to_string())),
+            }
+        }
+        let open_left = (self.open_workers().iter())
+            .filter(|id| !chosen.contains(id))
+            .count();
+        if refused.is_empty() && open_left == 0 && !chosen.is_empty() {
+            for id in &chosen {
+                let why = "no open worker would be left to take its values".to_string();
+                refused.push((self.workers[id].address.clone(), why));
+            }
+        }
+        let mut workers = Vec::new();
+        if refused.is_empty() {
+            for id in chosen {
+                workers.push(Peer {
+                    id,
+                    address: self.workers[&id].address.clone(),
+                });
+                self.retire(id);
+            }
+        }
+        let reply = ToClient::Retiring { workers, refused };
+        self.out.push(SchedulerAction::SendToClient(client, reply));
+    }
+
+    /// Start `id`'s retirement: no new work; its tasks not started are asked back (and
+    /// placed elsewhere when handed over); the values only it holds are handed off.
+    fn retire(&mut self, id: WorkerId) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.retiring {
+            return;
+        }
+        w.retiring = true;
+        let (processing, held) = (sorted(&w.processing), sorted(&w.has_what));
+        self.queue.leave(id);
+        self.log(
+            LogLevel::Info,
+            format!("{id} retiring: handing {} values off", held.len()),
+        );
+        for key in processing {
+            let unstarted = (self.tasks.get(&key)).is_some_and(|t| !t.started && !t.scattered);
+            if unstarted && !self.steals.contains_key(&key) {
+                let msg = ToWorker::StealRequest { key };
+                self.out.push(SchedulerAction::SendToWorker(id, msg));
+            }
+        }
+        self.hand_off(id, held);
+    }
+
+    /// Have open workers acquire those of `keys` that retiring `from` holds, that are still
+    /// needed and that no open worker holds or is acquiring; each goes to the open worker
+    /// holding the fewest bytes.
+    fn hand_off(&mut self, from: WorkerId, keys: Vec<Key>) {
+        let mut bytes: Option<BTreeMap<WorkerId, u64>> = None;
+        let mut plan: BTreeMap<WorkerId, Vec<Key>> = BTreeMap::new();
+        for key in keys {
+            let Some(t) = self.tasks.get(&key) else {
+                continue;
+            };
+            if t.status != TaskStatus::Memory || !self.is_needed(&key) {
+                continue;
+            }
+            let open = |w: &WorkerId| self.workers.get(w).is_some_and(|i| !i.retiring);
+            if t.who_has.iter().any(open) {
+                continue;
+            }
+            // Being acquired already (a replica, or from another retiring holder): join.
+            if let Some(&to) = self.acquiring.get(&key).and_then(|m| m.keys().next()) {
+                plan.entry(to).or_default().push(key);
+                continue;
+            }
+            let nbytes = t.nbytes;
+            let bytes = bytes.get_or_insert_with(|| self.open_bytes());
+            let Some((&to, _)) = bytes.iter().min_by_key(|(w, b)| (**b, **w)) else {
+                return; // no open worker: it closes with what it holds
+            };
+            *bytes.get_mut(&to).expect("chosen from the map") += nbytes;
+            plan.entry(to).or_default().push(key);
+        }
+        for (to, keys) in plan {
+            self.acquire(to, keys, Purpose::Handoff(from));
+        }
+    }
+
+    /// Close retiring workers with nothing left to run or hand off, and, when no open
+    /// worker is left to take anything, every retiring worker at once.
+    fn close_retired(&mut self) {
+        let none_open = self.workers.values().all(|w| w.retiring);
+        let done: Vec<WorkerId> = (self.workers.iter())
+            .filter(|(_, w)| {
+                w.retiring && (none_open || (w.processing.is_empty() && w.handoffs == 0))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let reason = if none_open {
+                "retired (no open worker was left to take its values)"
+            } else {
+                "retired"
+            };
+            let msg = ToWorker::Close {
+                reason: reason.to_string(),
+            };
+            self.out.push(SchedulerAction::SendToWorker(id, msg));
+            self.remove_worker(id, reason, true);
+        }
+    }
+
     fn canonical(&self, key: Key) -> Key {
         match self.tasks.get_key_value(&key) {
             Some((k, _)) => k.clone(),
@@ -1088,7 +1384,7 @@ impl SchedulerState {
     }
 
     fn make_ready(&mut self, key: Key) {
-        let Some(t) = self.tasks.get_mut(&key) else {
+        let Some(t) = self.tasks.get(&key) else {
             return;
         };
         if t.scattered {
@@ -1100,12 +1396,12 @@ impl SchedulerState {
             self.err(key, failure);
             return;
         }
-        if t.deps.is_empty() || self.workers.is_empty() {
+        let candidates = self.open_workers();
+        if t.deps.is_empty() || candidates.is_empty() {
             self.queue.insert((t.priority, t.seq), key.clone());
             self.set_status(&key, TaskStatus::Queued);
             return;
         }
-        let candidates: Vec<WorkerId> = self.workers.keys().copied().collect();
         if let Some(w) = self.choose_worker(&key, &candidates) {
             self.assign(key, w);
         }
@@ -1118,14 +1414,16 @@ impl SchedulerState {
     /// priority order usually feed the same consumer (a tree reduction's group), which then
     /// finds most of its inputs where it runs. Like Dask's co-assignment of root-ish tasks.
     fn make_ready_burst(&mut self, keys: Vec<Key>) {
-        let threads: u64 = self.workers.values().map(|w| u64::from(w.nthreads)).sum();
-        if self.workers.len() < 2 || (keys.len() as u64) < 2 * threads {
+        let candidates = self.open_workers();
+        let threads: u64 = (candidates.iter())
+            .map(|id| u64::from(self.workers[id].nthreads))
+            .sum();
+        if candidates.len() < 2 || (keys.len() as u64) < 2 * threads {
             for k in keys {
                 self.make_ready(k);
             }
             return;
         }
-        let candidates: Vec<WorkerId> = self.workers.keys().copied().collect();
         let mut together = Vec::new();
         for k in keys {
             let Some(t) = self.tasks.get(&k) else {
@@ -1144,6 +1442,7 @@ impl SchedulerState {
         together.sort_unstable();
         // The least loaded workers (per thread) take the first runs.
         let mut order: Vec<(u64, WorkerId, u64)> = (self.workers.iter())
+            .filter(|(_, w)| !w.retiring)
             .map(|(id, w)| {
                 (
                     w.occupancy / u64::from(w.nthreads),
@@ -1326,7 +1625,7 @@ impl SchedulerState {
         if self.queue.is_empty() {
             return;
         }
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        let ids = self.open_workers();
         for idle_threads_only in [true, false] {
             for &id in &ids {
                 loop {
@@ -1378,6 +1677,7 @@ impl SchedulerState {
         let thieves: Vec<WorkerId> = (self.workers.iter())
             .filter(|(id, w)| {
                 !w.metrics.paused
+                    && !w.retiring
                     && w.processing.len() + incoming.get(id).copied().unwrap_or(0)
                         < w.nthreads as usize
             })
@@ -1392,8 +1692,9 @@ impl SchedulerState {
                     break;
                 }
                 // The victim with the most unstarted-looking work beyond its threads.
+                // (A retiring worker has been asked for all of its tasks already.)
                 let victim = (self.workers.iter())
-                    .filter(|(id, _)| **id != thief && !exhausted.contains(*id))
+                    .filter(|(id, w)| **id != thief && !w.retiring && !exhausted.contains(*id))
                     .filter_map(|(id, w)| {
                         let out = outgoing.get(id).copied().unwrap_or(0);
                         let excess = w.processing.len().saturating_sub(out + w.nthreads as usize);
@@ -1517,8 +1818,11 @@ impl SchedulerState {
         ready.sort_unstable();
         self.make_ready_burst(ready.into_iter().map(|(_, _, k)| k).collect());
         let mut work = deps;
-        work.push(key);
+        work.push(key.clone());
         self.settle(work);
+        if self.workers.get(&worker).is_some_and(|w| w.retiring) {
+            self.hand_off(worker, vec![key]);
+        }
     }
 
     fn task_erred(&mut self, worker: WorkerId, key: Key, error: TaskFailure) {
@@ -1649,13 +1953,21 @@ impl SchedulerState {
         }
     }
 
-    fn remove_worker(&mut self, id: WorkerId, reason: &str) {
+    /// Forget worker `id`: it died (`retired` false: its running tasks count as suspicious)
+    /// or retired (its values were handed off; what was not is no longer needed, or
+    /// there was nowhere to put it).
+    fn remove_worker(&mut self, id: WorkerId, reason: &str, retired: bool) {
         let Some(info) = self.workers.remove(&id) else {
             return;
         };
         self.queue.leave(id);
-        self.stats.workers_lost += 1;
-        self.log(LogLevel::Warn, format!("{id} removed: {reason}"));
+        if retired {
+            self.stats.workers_retired += 1;
+            self.log(LogLevel::Info, format!("{id} removed: {reason}"));
+        } else {
+            self.stats.workers_lost += 1;
+            self.log(LogLevel::Warn, format!("{id} removed: {reason}"));
+        }
         // First, so clients drop it from where they look for values before they hear of
         // any value recomputed elsewhere.
         let peer = Peer {
@@ -1668,6 +1980,14 @@ impl SchedulerState {
         }
         self.steals
             .retain(|_, (victim, thief)| *victim != id && *thief != id);
+        // Copies it was acquiring will not come.
+        let acquiring: Vec<Key> = (self.acquiring.iter())
+            .filter(|(_, by_worker)| by_worker.contains_key(&id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in acquiring {
+            self.acquired(&k, id);
+        }
         let mut retry = Vec::new();
         for k in &sorted(&info.processing) {
             let Some(t) = self.tasks.get_mut(k) else {
@@ -1675,7 +1995,9 @@ impl SchedulerState {
             };
             t.processing_on = None;
             t.occupancy = 0;
-            t.suspicious += 1;
+            if !retired {
+                t.suspicious += 1;
+            }
             if t.scattered {
                 let how = format!("was being pushed to {id}, which was removed ({reason})");
                 self.err(k.clone(), Self::scatter_lost(k, &how));
@@ -1696,7 +2018,11 @@ impl SchedulerState {
             };
             t.who_has.remove(&id);
             if t.who_has.is_empty() && t.status == TaskStatus::Memory {
-                self.value_lost(k);
+                if retired && !self.is_needed(&k) {
+                    self.settle(vec![k]);
+                } else {
+                    self.value_lost(k);
+                }
             }
         }
         self.activate(retry);

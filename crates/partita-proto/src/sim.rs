@@ -109,6 +109,10 @@ pub struct SimReport {
     pub refused: Vec<(ClientId, String)>,
     /// Workers each key was executed on, in order.
     pub placements: BTreeMap<Key, Vec<WorkerId>>,
+    /// Workers that stopped when the scheduler retired them.
+    pub stopped: Vec<WorkerId>,
+    /// What clients heard that is not a key's outcome (`WorkerLeft`, `Replicated`, ...).
+    pub client_messages: Vec<(ClientId, ToClient)>,
     /// Peer-to-peer transfers and their bytes.
     pub transfers: u64,
     pub transfer_bytes: u64,
@@ -257,6 +261,17 @@ impl Sim {
     /// A worker dies at `at`.
     pub fn kill_worker_at(&mut self, at: Time, id: WorkerId, mode: KillMode) {
         self.push(at, SimEvent::Kill(id, mode));
+    }
+
+    /// A worker is asked to stop at `at` (a signal): it asks the scheduler to retire it,
+    /// and stops when told to.
+    pub fn retire_worker_at(&mut self, at: Time, id: WorkerId) {
+        self.push(at, SimEvent::ToWorker(id, WorkerEvent::Retire));
+    }
+
+    /// Is this worker running (joined, not killed nor stopped)?
+    pub fn is_alive(&self, id: WorkerId) -> bool {
+        self.workers.get(&id).is_some_and(|w| w.alive)
     }
 
     /// `client` submits a graph at `at`; `run` waits for every wanted key.
@@ -416,12 +431,17 @@ impl Sim {
                 self.report.refused.push((c, error));
                 None
             }
-            ToClient::WhoHasReply { .. }
+            other @ (ToClient::WhoHasReply { .. }
             | ToClient::Workers { .. }
             | ToClient::Info { .. }
             | ToClient::ScatterTo { .. }
             | ToClient::ScatterRefused { .. }
-            | ToClient::WorkerLeft { .. } => None,
+            | ToClient::WorkerLeft { .. }
+            | ToClient::Replicated { .. }
+            | ToClient::Retiring { .. }) => {
+                self.report.client_messages.push((c, other));
+                None
+            }
         };
         if let Some((key, outcome)) = outcome {
             self.awaiting.remove(&(c, key.clone()));
@@ -630,6 +650,16 @@ impl Sim {
                 .report
                 .logs
                 .push(format!("{now} {w} {level:?}: {text}")),
+            WorkerAction::Stop { reason } => {
+                let sw = self.workers.get_mut(&w).expect("checked alive");
+                sw.alive = false;
+                sw.memory.clear();
+                sw.disk.clear();
+                self.report.stopped.push(w);
+                self.report
+                    .logs
+                    .push(format!("{now} {w} stopped: {reason}"));
+            }
         }
     }
 

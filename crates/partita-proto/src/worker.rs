@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use partita_core::Key;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_bytes::ByteBuf;
 
 use crate::Time;
@@ -131,6 +131,8 @@ pub enum WorkerEvent {
     },
     /// Time passed: send a heartbeat if due ([`WorkerState::poll_timeout`]).
     Tick,
+    /// The worker was asked to stop (a signal): ask the scheduler to retire it.
+    Retire,
 }
 
 /// What the runtime must do.
@@ -178,6 +180,10 @@ pub enum WorkerAction {
     /// Drop a value held in memory.
     DropValue {
         key: Key,
+    },
+    /// The scheduler retired this worker: stop.
+    Stop {
+        reason: String,
     },
     Log(LogLevel, String),
 }
@@ -263,6 +269,11 @@ pub struct WorkerState {
     waiting_for: FxHashMap<Key, BTreeSet<Key>>,
     /// Value key -> peer requests waiting for it to be unspilled.
     peer_requests: FxHashMap<Key, Vec<u64>>,
+    /// Values the scheduler asked this worker to fetch and keep (replicas, hand-offs),
+    /// whether or not a task here waits for them.
+    replicas: FxHashSet<Key>,
+    /// Asked the scheduler to retire it.
+    retiring: bool,
     managed: u64,
     spilled: u64,
     spilling: u64,
@@ -291,6 +302,8 @@ impl WorkerState {
             next_batch: 0,
             waiting_for: FxHashMap::default(),
             peer_requests: FxHashMap::default(),
+            replicas: FxHashSet::default(),
+            retiring: false,
             managed: 0,
             spilled: 0,
             spilling: 0,
@@ -365,6 +378,11 @@ impl WorkerState {
                     self.next_heartbeat = now + self.config.heartbeat_interval;
                 }
             }
+            WorkerEvent::Retire => {
+                if !std::mem::replace(&mut self.retiring, true) {
+                    self.send(FromWorker::Retire);
+                }
+            }
         }
         self.check_memory(false);
         self.start_fetches();
@@ -404,6 +422,58 @@ impl WorkerState {
                     stolen: stealable,
                 });
             }
+            ToWorker::AcquireReplicas { keys } => {
+                for dep in keys {
+                    self.acquire(dep);
+                }
+            }
+            ToWorker::Close { reason } => self.out.push(WorkerAction::Stop { reason }),
+        }
+    }
+
+    /// Fetch `dep` to keep it (a replica or a hand-off); one held already is reported
+    /// at once, so the scheduler's acquisition settles.
+    fn acquire(&mut self, dep: DepLocation) {
+        if let Some(s) = self.data.get(&dep.key) {
+            let keys = vec![(dep.key, s.nbytes)];
+            self.send(FromWorker::AddKeys { keys });
+            return;
+        }
+        self.replicas.insert(dep.key.clone());
+        self.clock += 1;
+        // After the inputs of tasks (lower runs first).
+        self.want_fetch(&dep, i64::MAX, self.clock);
+    }
+
+    /// Fetch `dep` from the holders it names (merged with a fetch of it under way), at
+    /// `priority` or more urgent.
+    fn want_fetch(&mut self, dep: &DepLocation, priority: i64, seq: u64) {
+        let me = self.config.id;
+        let holders: Vec<Peer> = dep.who_has.iter().filter(|p| p.id != me).cloned().collect();
+        self.fetches
+            .entry(dep.key.clone())
+            .or_insert_with(|| Fetch {
+                nbytes: dep.nbytes,
+                untried: Vec::new(),
+                failed: Vec::new(),
+                in_flight: None,
+                batch: 0,
+                priority,
+                seq,
+            });
+        // Out of the queues while its holders and priority change.
+        self.unqueue_fetch(&dep.key);
+        let fetch = self.fetches.get_mut(&dep.key).expect("inserted above");
+        // Fresh locations from the scheduler supersede earlier failures.
+        for p in holders {
+            if !fetch.untried.contains(&p) && fetch.in_flight != Some(p.id) {
+                fetch.failed.retain(|f| *f != p.id);
+                fetch.untried.push(p);
+            }
+        }
+        if fetch.in_flight.is_none() {
+            fetch.priority = fetch.priority.min(priority);
+            self.queue_fetch(&dep.key);
         }
     }
 
@@ -434,33 +504,7 @@ impl WorkerState {
                 .entry(dep.key.clone())
                 .or_default()
                 .insert(key.clone());
-            let me = self.config.id;
-            let holders: Vec<Peer> = dep.who_has.iter().filter(|p| p.id != me).cloned().collect();
-            self.fetches
-                .entry(dep.key.clone())
-                .or_insert_with(|| Fetch {
-                    nbytes: dep.nbytes,
-                    untried: Vec::new(),
-                    failed: Vec::new(),
-                    in_flight: None,
-                    batch: 0,
-                    priority,
-                    seq,
-                });
-            // Out of the queues while its holders and priority change.
-            self.unqueue_fetch(&dep.key);
-            let fetch = self.fetches.get_mut(&dep.key).expect("inserted above");
-            // Fresh locations from the scheduler supersede earlier failures.
-            for p in holders {
-                if !fetch.untried.contains(&p) && fetch.in_flight != Some(p.id) {
-                    fetch.failed.retain(|f| *f != p.id);
-                    fetch.untried.push(p);
-                }
-            }
-            if fetch.in_flight.is_none() {
-                fetch.priority = fetch.priority.min(priority);
-                self.queue_fetch(&dep.key);
-            }
+            self.want_fetch(dep, priority, seq);
         }
         let phase = if missing {
             Phase::Fetching
@@ -507,8 +551,10 @@ impl WorkerState {
                 w.remove(key);
                 if w.is_empty() {
                     self.waiting_for.remove(d);
-                    // Nobody needs a fetch that has not started.
-                    if self.fetches.get(d).is_some_and(|f| f.in_flight.is_none()) {
+                    // Nobody needs a fetch that has not started (unless it is a replica).
+                    if !self.replicas.contains(d)
+                        && self.fetches.get(d).is_some_and(|f| f.in_flight.is_none())
+                    {
                         self.unqueue_fetch(d);
                         self.fetches.remove(d);
                     }
@@ -519,6 +565,16 @@ impl WorkerState {
 
     fn free(&mut self, key: Key) {
         self.drop_task(&key);
+        if self.replicas.remove(&key)
+            && !self.waiting_for.contains_key(&key)
+            && self
+                .fetches
+                .get(&key)
+                .is_some_and(|f| f.in_flight.is_none())
+        {
+            self.unqueue_fetch(&key);
+            self.fetches.remove(&key);
+        }
         let Some(s) = self.data.get_mut(&key) else {
             return;
         };
@@ -639,6 +695,12 @@ impl WorkerState {
                 let batch = self.fetches.remove(&key).map_or(0, |f| f.batch);
                 self.settle_fetch(batch, from);
             }
+            if self.replicas.remove(&key) {
+                let nbytes = self.data[&key].nbytes;
+                self.send(FromWorker::AddKeys {
+                    keys: vec![(key, nbytes)],
+                });
+            }
             return;
         }
         if !ours || self.data.contains_key(&key) {
@@ -648,7 +710,8 @@ impl WorkerState {
         let batch = self.fetches.remove(&key).map_or(0, |f| f.batch);
         self.settle_fetch(batch, from);
         let waiting = self.waiting_for.remove(&key).unwrap_or_default();
-        if waiting.is_empty() {
+        let replica = self.replicas.remove(&key);
+        if waiting.is_empty() && !replica {
             self.out.push(WorkerAction::DropValue { key });
             return;
         }
@@ -718,12 +781,13 @@ impl WorkerState {
         let untried = !f.untried.is_empty();
         let batch = f.batch;
         self.settle_fetch(batch, from);
-        if !self.waiting_for.contains_key(&key) {
+        if !self.waiting_for.contains_key(&key) && !self.replicas.contains(&key) {
             self.fetches.remove(&key);
         } else if untried {
             self.queue_fetch(&key);
         } else {
             // Every holder failed: the scheduler sorts out where the value is now.
+            self.replicas.remove(&key);
             let f = self.fetches.remove(&key).expect("checked");
             for w in f.failed {
                 self.send(FromWorker::MissingData {
@@ -1523,6 +1587,83 @@ mod tests {
             })]
         );
         assert!(w.holds(&k(2)));
+    }
+
+    #[test]
+    fn acquired_values_are_fetched_kept_and_reported() {
+        let mut w = worker(1, 0);
+        let acquire = |keys: Vec<(Key, Vec<u32>)>| {
+            WorkerEvent::FromScheduler(ToWorker::AcquireReplicas {
+                keys: (keys.into_iter())
+                    .map(|(key, on)| DepLocation {
+                        key,
+                        who_has: on.into_iter().map(peer).collect(),
+                        nbytes: 10,
+                    })
+                    .collect(),
+            })
+        };
+        let add = |key: Key, nbytes: u64| {
+            WorkerAction::SendToScheduler(FromWorker::AddKeys {
+                keys: vec![(key, nbytes)],
+            })
+        };
+        // One held already is reported at once.
+        produce(&mut w, k(1), 8);
+        assert_eq!(
+            w.handle(acquire(vec![(k(1), vec![2])]), Time::ZERO),
+            [add(k(1), 8)]
+        );
+        // Others are fetched, with no task waiting, and kept.
+        let acts = w.handle(acquire(vec![(k(2), vec![2]), (k(3), vec![3])]), Time::ZERO);
+        assert_eq!(fetch_requests(&acts), [(vec![k(2)], 2), (vec![k(3)], 3)]);
+        let done = WorkerEvent::FetchDone {
+            key: k(2),
+            from: WorkerId(2),
+            nbytes: 10,
+        };
+        assert_eq!(w.handle(done, Time::ZERO), [add(k(2), 10)]);
+        assert!(w.holds(&k(2)));
+        // No holder answers: the scheduler hears which one failed.
+        let failed = WorkerEvent::FetchFailed {
+            key: k(3),
+            from: WorkerId(3),
+        };
+        let acts = w.handle(failed, Time::ZERO);
+        assert_eq!(
+            acts,
+            [WorkerAction::SendToScheduler(FromWorker::MissingData {
+                key: k(3),
+                from_worker: WorkerId(3),
+            })]
+        );
+        assert!(!w.holds(&k(3)));
+        // A task that read a replica being fetched is stolen: the replica still arrives.
+        w.handle(acquire(vec![(k(4), vec![2])]), Time::ZERO);
+        w.handle(compute(k(5), 0, vec![(k(4), vec![2])]), Time::ZERO);
+        let steal = WorkerEvent::FromScheduler(ToWorker::StealRequest { key: k(5) });
+        w.handle(steal, Time::ZERO);
+        let done = WorkerEvent::FetchDone {
+            key: k(4),
+            from: WorkerId(2),
+            nbytes: 10,
+        };
+        assert!(w.handle(done, Time::ZERO).contains(&add(k(4), 10)));
+        assert!(w.holds(&k(4)));
+        // Asked to stop: it asks to retire once; told to close, it stops.
+        let acts = w.handle(WorkerEvent::Retire, Time::ZERO);
+        assert_eq!(acts, [WorkerAction::SendToScheduler(FromWorker::Retire)]);
+        assert!(w.handle(WorkerEvent::Retire, Time::ZERO).is_empty());
+        let close = WorkerEvent::FromScheduler(ToWorker::Close {
+            reason: "retired".into(),
+        });
+        let acts = w.handle(close, Time::ZERO);
+        assert_eq!(
+            acts,
+            [WorkerAction::Stop {
+                reason: "retired".into()
+            }]
+        );
     }
 
     #[test]

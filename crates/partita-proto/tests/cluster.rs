@@ -710,3 +710,165 @@ fn dependents_of_one_result_are_co_assigned_so_reductions_move_little() {
     let transfers = sim.report().transfers;
     assert!(transfers < 100, "{transfers} transfers");
 }
+
+/// Each key's holders, as the scheduler knows them.
+fn holders(sim: &Sim, keys: &[Key]) -> Vec<Vec<WorkerId>> {
+    keys.iter().map(|k| sim.scheduler().who_has(k)).collect()
+}
+
+#[test]
+fn a_retiring_worker_hands_its_values_off_and_nothing_is_recomputed() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (tasks, outs) = wide_map("m", 40);
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    sim.run().unwrap();
+    let on_1: Vec<&Key> = (outs.iter())
+        .filter(|k| sim.scheduler().who_has(k).contains(&WorkerId(1)))
+        .collect();
+    assert!(!on_1.is_empty(), "worker 1 holds some results");
+    let at = sim.now() + Duration::from_millis(1);
+    sim.retire_worker_at(at, WorkerId(1));
+    sim.run_until(at + Duration::from_secs(1));
+    assert_eq!(sim.report().stopped, [WorkerId(1)]);
+    assert!(!sim.is_alive(WorkerId(1)));
+    assert_all_in_memory(&sim, &outs);
+    for (k, held) in outs.iter().zip(holders(&sim, &outs)) {
+        assert!(
+            !held.is_empty() && !held.contains(&WorkerId(1)),
+            "{k}: {held:?}"
+        );
+        assert_eq!(sim.report().executions(k), 1, "{k} computed again");
+    }
+    let stats = sim.scheduler().stats();
+    assert_eq!(
+        (stats.workers_retired, stats.workers_lost, stats.lost_values),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert!(sim.scheduler().worker(WorkerId(1)).is_none());
+    // The client heard it leave.
+    assert!(sim.report().client_messages.iter().any(|(_, m)| matches!(
+        m,
+        partita_proto::messages::ToClient::WorkerLeft { peer } if peer.id == WorkerId(1)
+    )));
+}
+
+#[test]
+fn retiring_mid_computation_moves_work_and_values_and_loses_nothing() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (tasks, root) = tree_reduction("t", 64, 4);
+    for t in &tasks {
+        let behavior = TaskBehavior {
+            duration: Duration::from_millis(2),
+            ..TaskBehavior::default()
+        };
+        sim.set_behavior(t.key.clone(), behavior);
+    }
+    sim.submit_at(Time::ZERO, C, tasks, vec![root.clone()]);
+    sim.retire_worker_at(Time::from_millis(9), WorkerId(2));
+    sim.run().unwrap();
+    assert_all_in_memory(&sim, std::slice::from_ref(&root));
+    assert_eq!(sim.report().stopped, [WorkerId(2)]);
+    let stats = sim.scheduler().stats();
+    assert_eq!((stats.lost_values, stats.recomputed), (0, 0), "{stats:?}");
+    // Nothing ran on worker 2 once it asked to leave (allowing for the message's way).
+    let late: Vec<&Key> = (sim.report().placements.iter())
+        .filter(|(_, on)| on.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(late.is_empty(), "ran twice: {late:?}");
+    sim.scheduler().check_consistency().unwrap();
+}
+
+#[test]
+fn replicate_copies_values_to_the_workers_asked_for() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (tasks, outs) = wide_map("r", 8);
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    sim.run().unwrap();
+    let at = sim.now();
+    let replicate = |request, n| FromClient::Replicate {
+        request,
+        keys: outs.clone(),
+        n,
+    };
+    sim.client_sends_at(at, C, replicate(1, Some(2)));
+    sim.run_until(at + Duration::from_millis(100));
+    assert!(holders(&sim, &outs).iter().all(|h| h.len() == 2));
+    sim.client_sends_at(sim.now(), C, replicate(2, None));
+    sim.run_until(sim.now() + Duration::from_millis(100));
+    assert!(holders(&sim, &outs).iter().all(|h| h.len() == 4));
+    let answers: Vec<(u64, usize)> = (sim.report().client_messages.iter())
+        .filter_map(|(_, m)| match m {
+            partita_proto::messages::ToClient::Replicated { request, holders } => {
+                assert_eq!(holders.len(), outs.len());
+                let fewest = holders.iter().map(|(_, on)| on.len()).min();
+                Some((*request, fewest.unwrap_or(0)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [(1, 2), (2, 4)]);
+    // The copies are real: a worker that held none before serves a task reading them all.
+    let before = sim.report().transfers;
+    assert!(before >= 8 * 3, "{before} transfers");
+    // Released, every copy goes.
+    sim.client_sends_at(sim.now(), C, FromClient::ReleaseKeys { keys: outs.clone() });
+    sim.run_until(sim.now() + Duration::from_millis(100));
+    for w in 0..4 {
+        assert_eq!(sim.held_bytes(WorkerId(w)), (0, 0), "worker {w}");
+    }
+}
+
+#[test]
+fn client_retirement_is_all_or_nothing_and_the_last_worker_goes_at_once() {
+    use partita_proto::messages::ToClient;
+    let mut sim = Sim::new(SimConfig {
+        workers: 2,
+        ..SimConfig::default()
+    });
+    let (tasks, outs) = wide_map("w", 10);
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    sim.run().unwrap();
+    let retire = |addresses: &[&str]| FromClient::RetireWorkers {
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+    };
+    let last_reply = |sim: &Sim| {
+        (sim.report().client_messages.iter().rev())
+            .find_map(|(_, m)| match m {
+                ToClient::Retiring { workers, refused } => Some((workers.clone(), refused.clone())),
+                _ => None,
+            })
+            .expect("a Retiring reply")
+    };
+    // An unknown address, or every worker: refused, and nobody retires.
+    sim.client_sends_at(sim.now(), C, retire(&["sim://worker-0", "nowhere:1"]));
+    sim.run_until(sim.now() + Duration::from_millis(50));
+    let (workers, refused) = last_reply(&sim);
+    assert!(workers.is_empty());
+    assert_eq!(refused[0].0, "nowhere:1");
+    sim.client_sends_at(sim.now(), C, retire(&["sim://worker-0", "sim://worker-1"]));
+    sim.run_until(sim.now() + Duration::from_millis(50));
+    let (workers, refused) = last_reply(&sim);
+    assert!(workers.is_empty() && refused.len() == 2, "{refused:?}");
+    assert!(refused[0].1.contains("no open worker"), "{refused:?}");
+    assert!(sim.report().stopped.is_empty());
+    // One of two: it retires, its values move to the other.
+    sim.client_sends_at(sim.now(), C, retire(&["sim://worker-0"]));
+    sim.run_until(sim.now() + Duration::from_millis(100));
+    let (workers, _) = last_reply(&sim);
+    assert_eq!(workers.len(), 1);
+    assert_eq!(sim.report().stopped, [WorkerId(0)]);
+    assert!(holders(&sim, &outs).iter().all(|h| h == &[WorkerId(1)]));
+    // The last worker asking to stop goes at once; its values are lost as in a death and
+    // computed again when a worker joins.
+    let at = sim.now();
+    sim.retire_worker_at(at, WorkerId(1));
+    sim.run_until(at + Duration::from_millis(50));
+    assert_eq!(sim.report().stopped, [WorkerId(0), WorkerId(1)]);
+    assert!(sim.scheduler().stats().lost_values >= 10);
+    sim.add_worker_at(sim.now(), WorkerId(2), 2);
+    sim.run_until(sim.now() + Duration::from_millis(200));
+    assert_all_in_memory(&sim, &outs);
+    assert!(holders(&sim, &outs).iter().all(|h| h == &[WorkerId(2)]));
+}

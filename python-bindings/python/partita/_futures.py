@@ -308,6 +308,17 @@ class Client(_partita.Client):
             futures = [futures]
         return dict(self._who_has(list(futures)))
 
+    def replicate(self, futures, n=None):
+        """Copy the data of a future (or a list of them) to at least `n` workers, every
+        worker by default, as dask's `client.replicate`: worker to worker, the workers
+        holding the least data first; returns once the copies are made (after waiting for
+        the futures). Tasks anywhere then read the data without fetching it, and it
+        survives the death of all but one of its holders. Copies go when the future is
+        released; none is removed here."""
+        if isinstance(futures, Future):
+            futures = [futures]
+        self._replicate(list(futures), n)
+
     def nthreads(self):
         """`{worker address: threads}` for the workers connected now (dask's
         `client.nthreads()`)."""
