@@ -169,3 +169,37 @@ def test_metrics_link_serves_prometheus_text_when_asked():
         assert cluster.metrics_link is None and client.metrics_link is None
     with pytest.raises(ValueError, match="metrics_address"):
         pt.LocalCluster(n_workers=1, metrics_address="localhost")
+
+
+def test_replicate_and_retire_workers_keep_data_on_the_cluster():
+    with pt.LocalCluster(n_workers=2, threads_per_worker=1) as cluster, pt.Client(cluster) as client:
+        rng = np.random.default_rng(11)
+        arrays = [rng.normal(size=(200, 50)) for _ in range(4)]
+        frame = pl.DataFrame({"k": [1, 2, 1, 3], "v": [0.5, 1.5, 2.5, 3.5]})
+        futures = client.scatter(arrays + [frame])
+        sums = client.map(np.sum, futures[:4])
+        # Copies on both workers, worker to worker.
+        client.replicate(futures + sums)
+        assert all(len(on) == 2 for on in client.who_has(futures + sums).values())
+        # A worker retired: its data moves to the other one, nothing is lost or recomputed.
+        workers = sorted(client.nthreads())
+        scattered_alone = client.scatter([np.arange(10.0), np.ones(7)])
+        retired = client.retire_workers([workers[0]])
+        assert list(retired) == [workers[0]] and isinstance(retired[workers[0]]["id"], int)
+        assert sorted(client.nthreads()) == workers[1:]
+        got = client.gather(futures + sums + scattered_alone)
+        for a, b in zip(got[:4], arrays):
+            np.testing.assert_array_equal(a, b)
+        assert got[4].equals(frame)
+        assert got[5:9] == pytest.approx([a.sum() for a in arrays])
+        np.testing.assert_array_equal(got[9], np.arange(10.0))
+        np.testing.assert_array_equal(got[10], np.ones(7))
+        stats = client.scheduler_info()["stats"]
+        assert stats["workers_retired"] == 1 and stats["lost_values"] == 0, stats
+        # The last worker is not retired by a client (its data would have nowhere to go),
+        # nor an unknown address; the error names it.
+        with pytest.raises(pt.TransportError, match="no open worker"):
+            client.retire_workers(workers[1:])
+        with pytest.raises(pt.TransportError, match="127.0.0.1:1"):
+            client.retire_workers(["127.0.0.1:1"])
+        assert client.submit(np.sum, scattered_alone[0]).result(timeout=60) == 45.0
