@@ -677,6 +677,93 @@ fn scattering_without_workers_is_an_error_and_leaves_nothing() {
     assert_eq!(*one[0].result().unwrap().get::<i64>().unwrap(), 1);
 }
 
+/// A one-worker cluster whose worker runs under a nanny.
+fn start_with_nanny(memory_limit: u64) -> LocalCluster {
+    LocalCluster::start(LocalClusterOptions {
+        n_workers: 1,
+        threads_per_worker: 1,
+        memory_limit,
+        binary: Some(test_worker_binary()),
+        nanny: true,
+        ..LocalClusterOptions::default()
+    })
+    .expect("the cluster starts")
+}
+
+/// The pid of the worker process worker `i`'s nanny started last (from its log).
+fn nanny_child(cluster: &LocalCluster, i: usize) -> Option<u32> {
+    (cluster.log(&format!("worker-{i}")).lines().rev()).find_map(|l| {
+        let rest = l.split("worker process ").nth(1)?;
+        rest.strip_suffix(" started")?.parse().ok()
+    })
+}
+
+#[test]
+fn a_nanny_starts_a_new_worker_when_its_worker_is_killed() {
+    let cluster = start_with_nanny(0);
+    let client = cluster.client().unwrap();
+    let (graph, out, expected) = small_graph("nanny-before");
+    assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
+    let first = client.workers().unwrap()[0].0.clone();
+    let nanny = cluster.worker_pids()[0];
+    let child = nanny_child(&cluster, 0).unwrap_or_else(|| panic!("{}", cluster.log("worker-0")));
+    assert_ne!(child, nanny);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &child.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The scheduler loses the old worker and a new process joins as a new worker.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let workers = client.workers().unwrap();
+        if workers.len() == 1 && workers[0].0.id != first.id {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{workers:?}\n{}",
+            cluster.log("worker-0")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cluster.worker_pids(), [nanny], "the nanny itself lives on");
+    assert_ne!(nanny_child(&cluster, 0), Some(child));
+    let (graph, out, expected) = small_graph("nanny-after");
+    assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
+    let log = cluster.log("worker-0");
+    assert!(log.contains("starting a new one"), "{log}");
+}
+
+#[test]
+fn a_nanny_kills_a_worker_past_its_memory_limit_and_the_task_errs() {
+    let cluster = start_with_nanny(200 << 20);
+    let client = cluster.client().unwrap();
+    // 400 MiB held for 2 s: each worker that runs it passes 95% of 200 MiB and is killed;
+    // after three such deaths the task errs, naming itself.
+    let hog = client
+        .submit_task(
+            Key::named("memory-hog"),
+            Arc::new(partita_tests::Hog {
+                bytes: 400 << 20,
+                ms: 2000,
+            }),
+            &[],
+        )
+        .unwrap();
+    let err = hog.result().unwrap_err().to_string();
+    assert!(err.contains("memory-hog") && err.contains("died"), "{err}");
+    let log = cluster.log("worker-0");
+    assert!(
+        log.contains("of its 200 MiB memory limit; killing it"),
+        "{log}"
+    );
+    // The cluster goes on with a fresh worker.
+    client.wait_for_workers(1, Duration::from_secs(60)).unwrap();
+    let (graph, out, expected) = small_graph("after-hog");
+    assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
+}
+
 #[test]
 fn a_small_memory_limit_spills_and_leaves_nothing_on_disk() {
     // 24 outputs of 16 MB each (384 MB) held until the run ends, on one worker limited

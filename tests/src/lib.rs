@@ -76,6 +76,30 @@ impl Op for Blob {
     }
 }
 
+/// Takes `bytes` of memory (every page written) for `ms` milliseconds, then returns how
+/// many bytes it held: a task whose memory blows up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hog {
+    pub bytes: usize,
+    pub ms: u64,
+}
+
+#[typetag::serde(name = "test-hog")]
+impl Op for Hog {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        let mut held = vec![0u8; self.bytes];
+        for page in held.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(self.ms));
+        let touched = held.iter().step_by(4096).filter(|b| **b == 1).count();
+        Ok(Value::new((touched * 4096).min(self.bytes) as i64))
+    }
+    fn name(&self) -> &str {
+        "hog"
+    }
+}
+
 /// Element-wise sum of equally long f64 vectors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddVectors;

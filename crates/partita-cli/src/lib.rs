@@ -25,6 +25,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod nanny;
 use partita_distributed::{ClusterFile, SchedulerOptions, SchedulerServer, WorkerOptions};
 
 #[derive(Parser, Debug)]
@@ -107,6 +109,16 @@ enum Command {
         /// at once (its values are recomputed elsewhere, as after a crash).
         #[arg(long, default_value = "60", value_parser = parse_seconds)]
         retire_timeout: std::time::Duration,
+        /// Run the worker in this process, without a nanny. By default (on Unix) this
+        /// process is a nanny: it runs the worker as a child process, starts a new one when
+        /// it crashes or is killed (after 1 s, doubling to 30 s while it keeps dying), and
+        /// kills it when its memory passes --memory-terminate of --memory-limit.
+        #[arg(long)]
+        no_nanny: bool,
+        /// With --memory-limit and a nanny: kill (and restart) the worker when its
+        /// resident memory passes this fraction of the limit. 0 disables.
+        #[arg(long, default_value = "0.95")]
+        memory_terminate: f64,
     },
 }
 
@@ -184,6 +196,35 @@ where
         };
     }
     small_pages_only();
+    if let Command::Worker {
+        no_nanny: false,
+        memory_limit,
+        memory_terminate,
+        retire_timeout,
+        ..
+    } = &cli.command
+        && cfg!(unix)
+    {
+        let options = nanny::NannyOptions {
+            memory_limit: *memory_limit,
+            terminate: *memory_terminate,
+            watch_stdin: cli.exit_on_stdin_close,
+            retire_timeout: *retire_timeout,
+        };
+        return match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(nanny::run(options)),
+            Err(e) => {
+                tracing::error!("cannot start the nanny's runtime: {e}");
+                1
+            }
+        };
+    }
+    if matches!(cli.command, Command::Worker { .. }) {
+        nanny::follow_nanny();
+    }
     // The scheduler is one state machine: on one thread, a message from a peer goes from
     // quinn to the state machine and its answers back without waking another thread
     // (10,000 Python tasks: 2.2 s -> 1.75 s). Workers keep a pool: their data transfers
@@ -204,12 +245,19 @@ where
     // not across to the main thread (10,000 Python tasks: 8% less CPU in the workers).
     let result = runtime.block_on(async {
         let task = tokio::spawn(run(cli.command, cli.exit_on_stdin_close));
-        task.await.unwrap_or_else(|e| {
-            Err(partita_core::Error::Internal(format!(
-                "the process's main task failed: {e}"
-            )))
-        })
+        task.await
     });
+    let result = match result {
+        Ok(r) => r,
+        // Like a panic on the main thread: 101, which a nanny restarts.
+        Err(e) if e.is_panic() => {
+            tracing::error!("the process's main task panicked: {e}");
+            return 101;
+        }
+        Err(e) => Err(partita_core::Error::Internal(format!(
+            "the process's main task failed: {e}"
+        ))),
+    };
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -451,6 +499,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
             name,
             spill_dir,
             retire_timeout,
+            ..
         } => {
             let cluster = ClusterFile::read(&cluster_file)?;
             let mut options = WorkerOptions {

@@ -25,6 +25,10 @@ pub struct LocalClusterOptions {
     /// Have the scheduler serve `/metrics` and `/info` here (`127.0.0.1:0`: a free port);
     /// [`LocalCluster::metrics_address`] says where. `None` (the default) serves nothing.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Run each worker under a nanny (`partita worker` without `--no-nanny`): a worker
+    /// that crashes or passes 95% of its memory limit is started again. Off by default,
+    /// so [`LocalCluster::kill_worker`] kills a worker for good (chaos tests).
+    pub nanny: bool,
 }
 
 impl Default for LocalClusterOptions {
@@ -36,6 +40,7 @@ impl Default for LocalClusterOptions {
             binary: None,
             prefix_args: Vec::new(),
             metrics: None,
+            nanny: false,
         }
     }
 }
@@ -141,22 +146,27 @@ impl LocalCluster {
         let nthreads = self.options.threads_per_worker.to_string();
         let memory = self.options.memory_limit.to_string();
         let file = self.cluster_file().display().to_string();
+        let (name, spill) = (format!("local-{i}"), self.dir.path().display().to_string());
+        let mut args = vec![
+            "worker",
+            "--cluster-file",
+            &file,
+            "--nthreads",
+            &nthreads,
+            "--memory-limit",
+            &memory,
+            "--name",
+            &name,
+            "--spill-dir",
+            &spill,
+        ];
+        if !self.options.nanny {
+            args.push("--no-nanny");
+        }
         let child = spawn(
             &self.binary,
             &self.options.prefix_args,
-            &[
-                "worker",
-                "--cluster-file",
-                &file,
-                "--nthreads",
-                &nthreads,
-                "--memory-limit",
-                &memory,
-                "--name",
-                &format!("local-{i}"),
-                "--spill-dir",
-                &self.dir.path().display().to_string(),
-            ],
+            &args,
             &[(POLARS_THREADS, &nthreads), HOT_TABLE],
             &self.dir.path().join(format!("worker-{i}.log")),
         )?;
@@ -179,7 +189,8 @@ impl LocalCluster {
         Client::connect(self.cluster_file())
     }
 
-    /// Kill worker `i` with SIGKILL (no goodbye), for chaos tests.
+    /// Kill worker `i` with SIGKILL (no goodbye), for chaos tests (with
+    /// [`LocalClusterOptions::nanny`], the nanny and so its worker).
     pub fn kill_worker(&mut self, i: usize) -> Result<()> {
         let child = self
             .workers

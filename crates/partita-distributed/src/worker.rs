@@ -712,7 +712,16 @@ async fn receive(
 /// The process's resident memory in bytes (Linux: `VmRSS` of /proc/self/status), 0 where
 /// unknown.
 pub fn rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+    rss_from("/proc/self/status")
+}
+
+/// Process `pid`'s resident memory in bytes (Linux; 0 elsewhere or once it is gone).
+pub fn rss_of(pid: u32) -> u64 {
+    rss_from(&format!("/proc/{pid}/status"))
+}
+
+fn rss_from(path: &str) -> u64 {
+    let Ok(status) = std::fs::read_to_string(path) else {
         return 0;
     };
     status

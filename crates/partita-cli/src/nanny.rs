@@ -1,0 +1,239 @@
+//! The nanny: `partita worker` as a supervisor of its own worker process (Dask's `Nanny`).
+//!
+//! Key decisions:
+//! - **The same command line, once more, as the child** (`--no-nanny` appended), so a
+//!   custom worker binary (one linking more ops) or `python -m partita worker` supervises
+//!   itself without knowing how it was started. The child gets a pipe on stdin that only
+//!   the nanny holds and, on Linux, dies with it (`PR_SET_PDEATHSIG`, set by the child when
+//!   `PARTITA_NANNY_PID` names its parent): no worker outlives its nanny.
+//! - **Restart what crashed, not what stopped.** A child killed by a signal (the OOM killer,
+//!   a segfault, the nanny's own memory check) or ending in a Rust panic (exit code 101) is
+//!   started again, after a pause that doubles from 1 s to 30 s while it keeps dying within
+//!   a minute. A child that exits by itself (0: retired; another code: an error such as an
+//!   unreachable scheduler, which a restart would not fix) ends the nanny with its code.
+//! - **Memory is watched from outside**: with a memory limit, the child's resident memory
+//!   is sampled every 100 ms and the child killed above the terminate fraction (Dask's
+//!   0.95): the worker spills and pauses by itself below that, but one task can blow
+//!   through everything, and the machine should not swap or kill something else.
+//! - **Signals go to the worker as a retirement**: SIGINT/SIGTERM become SIGTERM for the
+//!   child, which hands its values off and exits; a second signal kills it.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How the nanny watches its worker.
+#[derive(Clone, Debug)]
+pub(crate) struct NannyOptions {
+    /// The worker's memory limit in bytes (0: none, nothing watched).
+    pub memory_limit: u64,
+    /// Kill the worker above this fraction of `memory_limit` (0: never).
+    pub terminate: f64,
+    /// Stop (and kill the worker) when stdin reaches its end.
+    pub watch_stdin: bool,
+    /// How long the worker may take to retire after a signal before it is killed.
+    pub retire_timeout: Duration,
+}
+
+/// The environment variable naming the nanny's pid for its child.
+pub(crate) const NANNY_PID: &str = "PARTITA_NANNY_PID";
+
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const LONGEST_PAUSE: Duration = Duration::from_secs(30);
+/// A worker that lived this long before dying is restarted after the first pause again.
+const LIVED_LONG: Duration = Duration::from_secs(60);
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// What ended one run of the child.
+enum Ended {
+    /// It exited (or died) by itself, or was killed for its memory.
+    Exited(ExitStatus),
+    /// The nanny was told to stop; the exit code to end with.
+    Stopped(i32),
+}
+
+/// Supervise worker processes until one exits by itself or the nanny is stopped; the
+/// process's exit code.
+pub(crate) async fn run(options: NannyOptions) -> i32 {
+    let mut stdin = std::pin::pin!(crate::stdin_end(options.watch_stdin));
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let started = Instant::now();
+        let status = match supervise_once(&options, stdin.as_mut()).await {
+            Ok(Ended::Exited(status)) => status,
+            Ok(Ended::Stopped(code)) => return code,
+            Err(e) => {
+                tracing::error!("nanny: cannot start the worker process: {e}");
+                return 1;
+            }
+        };
+        if !crashed(&status) {
+            tracing::info!("nanny: the worker process exited ({status}); stopping");
+            return status.code().unwrap_or(1);
+        }
+        if started.elapsed() >= LIVED_LONG {
+            pause = FIRST_PAUSE;
+        }
+        tracing::warn!(
+            "nanny: the worker process died ({status}); starting a new one in {:.0?}",
+            pause
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            why = crate::signal() => {
+                tracing::info!("nanny: {why}; stopping");
+                return 0;
+            }
+            _ = stdin.as_mut() => return 0,
+        }
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// Died of a signal or a panic (exit code 101): worth starting again.
+fn crashed(status: &ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if status.signal().is_some() {
+            return true;
+        }
+    }
+    status.code() == Some(101)
+}
+
+/// Start one worker process and watch it until it ends or the nanny is told to stop.
+async fn supervise_once(
+    options: &NannyOptions,
+    mut stdin: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> std::io::Result<Ended> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--no-nanny")
+        .env(NANNY_PID, std::process::id().to_string())
+        // A pipe only this process holds: the child's `--exit-on-stdin-close` (when
+        // given) then follows the nanny, not whoever started it.
+        .stdin(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let _pipe = child.stdin.take();
+    let pid = child.id().unwrap_or(0);
+    tracing::info!("nanny: worker process {pid} started");
+    let limit = options.memory_limit as f64 * options.terminate;
+    let watch_memory = options.memory_limit > 0 && options.terminate > 0.0;
+    let mut sample = tokio::time::interval(SAMPLE_EVERY);
+    // One listener for the whole run: none is missed between turns of the loop.
+    let mut stop = std::pin::pin!(crate::signal());
+    loop {
+        tokio::select! {
+            status = child.wait() => return Ok(Ended::Exited(status?)),
+            _ = sample.tick(), if watch_memory => {
+                let rss = partita_distributed::rss_of(pid);
+                if rss as f64 > limit {
+                    tracing::warn!(
+                        "nanny: worker process {pid} uses {} MiB, over {:.0}% of its {} MiB \
+                         memory limit; killing it",
+                        rss >> 20,
+                        options.terminate * 100.0,
+                        options.memory_limit >> 20
+                    );
+                    let _ = child.start_kill();
+                    return Ok(Ended::Exited(child.wait().await?));
+                }
+            }
+            why = stop.as_mut() => {
+                tracing::info!("nanny: {why}; asking worker process {pid} to retire");
+                return Ok(Ended::Stopped(retire(&mut child, pid, options).await));
+            }
+            _ = stdin.as_mut() => {
+                tracing::info!("nanny: standard input closed; stopping the worker");
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Ok(Ended::Stopped(0));
+            }
+        }
+    }
+}
+
+/// Pass the stop on to the child as SIGTERM (a graceful retirement) and wait for it: at
+/// most its retirement timeout and a little more, or until a second signal kills it.
+async fn retire(child: &mut tokio::process::Child, pid: u32, options: &NannyOptions) -> i32 {
+    if let Err(e) = terminate(pid) {
+        tracing::warn!("nanny: cannot signal worker process {pid}: {e}; killing it");
+        let _ = child.start_kill();
+    }
+    let backstop = options.retire_timeout + Duration::from_secs(5);
+    let killed = tokio::select! {
+        status = child.wait() => return status.map_or(1, |s| s.code().unwrap_or(1)),
+        why = crate::signal() => format!("{why} again"),
+        _ = tokio::time::sleep(backstop) => format!("not retired within {backstop:?}"),
+    };
+    tracing::warn!("nanny: {killed}; killing worker process {pid}");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    1
+}
+
+/// Send SIGTERM to `pid`.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn terminate(pid: u32) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours; the
+    // child is not reaped yet (we hold it), so the pid is still its own.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn terminate(_pid: u32) -> std::io::Result<()> {
+    Err(std::io::Error::other("signals need Unix"))
+}
+
+/// In a worker started by a nanny: die with it (Linux), and stop at once if it is gone
+/// already (the race before the first call).
+#[allow(unsafe_code)]
+pub(crate) fn follow_nanny() {
+    let Some(nanny) = std::env::var(NANNY_PID)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return;
+    };
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+        let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        if rc != 0 {
+            tracing::warn!(
+                "cannot tie this worker to its nanny: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(unix)]
+    if std::os::unix::process::parent_id() != nanny {
+        tracing::error!("the nanny (process {nanny}) is gone; stopping");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crashed;
+
+    #[cfg(unix)]
+    #[test]
+    fn crashes_are_signals_and_panics_not_errors() {
+        use std::os::unix::process::ExitStatusExt;
+        use std::process::ExitStatus;
+        // Raw wait statuses: a signal number, or an exit code shifted by 8.
+        assert!(crashed(&ExitStatus::from_raw(9)));
+        assert!(crashed(&ExitStatus::from_raw(11)));
+        assert!(crashed(&ExitStatus::from_raw(101 << 8)));
+        assert!(!crashed(&ExitStatus::from_raw(0)));
+        assert!(!crashed(&ExitStatus::from_raw(1 << 8)));
+    }
+}
