@@ -733,6 +733,13 @@ fn a_nanny_starts_a_new_worker_when_its_worker_is_killed() {
     assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
     let log = cluster.log("worker-0");
     assert!(log.contains("starting a new one"), "{log}");
+    // The new process said which nanny started it, so the scheduler dropped the old
+    // worker as it joined instead of waiting out the old connection's timeout.
+    let log = cluster.log("scheduler");
+    assert!(
+        log.contains("its nanny started a new worker process"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -514,6 +514,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
             if let Some(n) = name {
                 options.name = n;
             }
+            options.nanny = std::env::var(nanny::NANNY_ID).ok();
             work(cluster, options, watch_stdin, retire_timeout).await
         }
     }

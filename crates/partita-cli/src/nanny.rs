@@ -36,6 +36,9 @@ pub(crate) struct NannyOptions {
 
 /// The environment variable naming the nanny's pid for its child.
 pub(crate) const NANNY_PID: &str = "PARTITA_NANNY_PID";
+/// The environment variable giving the child its nanny's identity, which it tells the
+/// scheduler: a new worker from the same nanny replaces the old one at once.
+pub(crate) const NANNY_ID: &str = "PARTITA_NANNY_ID";
 
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const LONGEST_PAUSE: Duration = Duration::from_secs(30);
@@ -56,9 +59,14 @@ enum Ended {
 pub(crate) async fn run(options: NannyOptions) -> i32 {
     let mut stdin = std::pin::pin!(crate::stdin_end(options.watch_stdin));
     let mut pause = FIRST_PAUSE;
+    // Unique while this nanny lives (a pid alone may be reused by another machine's).
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let id = format!("{}-{}", std::process::id(), since.as_nanos());
     loop {
         let started = Instant::now();
-        let status = match supervise_once(&options, stdin.as_mut()).await {
+        let status = match supervise_once(&options, &id, stdin.as_mut()).await {
             Ok(Ended::Exited(status)) => status,
             Ok(Ended::Stopped(code)) => return code,
             Err(e) => {
@@ -104,6 +112,7 @@ fn crashed(status: &ExitStatus) -> bool {
 /// Start one worker process and watch it until it ends or the nanny is told to stop.
 async fn supervise_once(
     options: &NannyOptions,
+    id: &str,
     mut stdin: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> std::io::Result<Ended> {
     let exe = std::env::current_exe()?;
@@ -111,6 +120,7 @@ async fn supervise_once(
         .args(std::env::args_os().skip(1))
         .arg("--no-nanny")
         .env(NANNY_PID, std::process::id().to_string())
+        .env(NANNY_ID, id)
         // A pipe only this process holds: the child's `--exit-on-stdin-close` (when
         // given) then follows the nanny, not whoever started it.
         .stdin(Stdio::piped())

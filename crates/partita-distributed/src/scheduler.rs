@@ -364,6 +364,7 @@ async fn serve_peer(
             nthreads,
             memory_limit,
             address,
+            nanny,
         } => {
             let worker = WorkerId(id);
             tracing::info!(%worker, name = %hello.name, %address, nthreads, "worker joined");
@@ -375,6 +376,7 @@ async fn serve_peer(
                 nthreads,
                 memory_limit,
                 address,
+                nanny,
             });
             let reason = pump::<FromWorker>(&mut recv, &conn, &mut shutdown, |msg| {
                 events

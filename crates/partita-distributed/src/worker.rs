@@ -37,6 +37,9 @@ pub struct WorkerOptions {
     pub name: String,
     /// Where spill files go (a fresh directory inside it); the system temp dir by default.
     pub spill_dir: Option<PathBuf>,
+    /// The identity of the nanny that started this worker process, if any: the
+    /// scheduler drops the worker that nanny started before when this one joins.
+    pub nanny: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -47,6 +50,7 @@ impl Default for WorkerOptions {
             host: "127.0.0.1".into(),
             name: format!("worker-{}", std::process::id()),
             spill_dir: None,
+            nanny: None,
         }
     }
 }
@@ -123,6 +127,7 @@ pub async fn run_worker_until(
         nthreads: options.nthreads,
         memory_limit: options.memory_limit,
         address: address.clone(),
+        nanny: options.nanny.clone(),
     };
     let (conn, send, mut recv, id) = join(&endpoint, &cluster, role, &options.name).await?;
     let id = WorkerId(id);

@@ -71,6 +71,7 @@ fn run(bytes: &[u8], root: &Key) -> usize {
             nthreads: 1,
             memory_limit: 0,
             address: format!("127.0.0.1:{}", 4000 + w),
+            nanny: None,
         };
         s.handle(e, Time::ZERO);
     }

@@ -61,6 +61,11 @@ pub enum Role {
         nthreads: u32,
         memory_limit: u64,
         address: String,
+        /// The nanny that started it, if any (unique per nanny): a worker joining from
+        /// the nanny of a connected worker replaces it (that one died; its nanny only
+        /// starts a new one once the old has exited).
+        #[serde(default)]
+        nanny: Option<String>,
     },
     /// A client submitting graphs.
     Client,

@@ -137,6 +137,8 @@ pub enum SchedulerEvent {
         nthreads: u32,
         memory_limit: u64,
         address: String,
+        /// Its nanny's identity ([`crate::messages::Role::Worker`]).
+        nanny: Option<String>,
     },
     /// A worker's connection closed.
     WorkerLost { worker: WorkerId, reason: String },
@@ -270,6 +272,8 @@ struct WorkerInfo {
     retiring: bool,
     /// Acquisitions in flight that take values off it while it retires.
     handoffs: usize,
+    /// The nanny that started it ([`SchedulerEvent::WorkerJoined`]).
+    nanny: Option<String>,
 }
 
 /// Whom an acquisition in flight ([`ToWorker::AcquireReplicas`]) serves.
@@ -437,7 +441,14 @@ impl SchedulerState {
                 nthreads,
                 memory_limit,
                 address,
-            } => self.worker_joined(worker, nthreads, memory_limit, address, now),
+                nanny,
+            } => {
+                self.replace_from_nanny(nanny.as_deref());
+                self.worker_joined(worker, nthreads, memory_limit, address, now);
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.nanny = nanny;
+                }
+            }
             SchedulerEvent::WorkerLost { worker, reason } => {
                 if self.workers.contains_key(&worker) {
                     self.remove_worker(worker, &reason, false);
@@ -492,8 +503,26 @@ impl SchedulerState {
                 full_of_roots_at: 0,
                 retiring: false,
                 handoffs: 0,
+                nanny: None,
             },
         );
+    }
+
+    /// A worker joining from `nanny`: the worker that nanny started before is dead (a
+    /// nanny starts a new worker only once the old one has exited), so it goes now rather
+    /// than when its connection times out.
+    fn replace_from_nanny(&mut self, nanny: Option<&str>) {
+        let Some(nanny) = nanny else { return };
+        let old: Vec<WorkerId> = (self.workers.iter())
+            .filter(|(_, w)| w.nanny.as_deref() == Some(nanny))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            let reason = "its nanny started a new worker process".to_string();
+            self.out
+                .push(SchedulerAction::CloseWorker(id, reason.clone()));
+            self.remove_worker(id, &reason, false);
+        }
     }
 
     fn check_heartbeats(&mut self, now: Time) {
@@ -2050,6 +2079,7 @@ mod tests {
             nthreads,
             memory_limit: 0,
             address: format!("w{id}"),
+            nanny: None,
         };
         s.handle(e, Time::ZERO);
     }
@@ -2458,6 +2488,45 @@ mod tests {
             reason: "again".into(),
         };
         assert!(to_client(&s.handle(lost, Time::ZERO)).is_empty());
+    }
+
+    #[test]
+    fn a_worker_from_the_same_nanny_replaces_the_old_one_at_once() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        let joined = |s: &mut SchedulerState, id: u32, nanny: &str| {
+            let e = SchedulerEvent::WorkerJoined {
+                worker: WorkerId(id),
+                nthreads: 1,
+                memory_limit: 0,
+                address: format!("w{id}"),
+                nanny: Some(nanny.to_string()),
+            };
+            s.handle(e, Time::ZERO)
+        };
+        joined(&mut s, 0, "n1");
+        joined(&mut s, 1, "n2");
+        let a = Key::named("a");
+        let acts = submit(&mut s, 0, vec![spec(&a, &[], 0)], &[&a]);
+        let (w, _) = computes(&acts)[0].clone();
+        finish(&mut s, w, &a, 8);
+        // The nanny of `a`'s worker starts a new worker process: the old one goes now
+        // (closed, its value lost and recomputed), not at its connection's timeout.
+        let nanny = if w == 0 { "n1" } else { "n2" };
+        let acts = joined(&mut s, 7, nanny);
+        assert!(
+            acts.iter().any(|a| matches!(
+                a,
+                SchedulerAction::CloseWorker(id, why) if id.0 == w && why.contains("nanny")
+            )),
+            "{acts:?}"
+        );
+        assert!(s.worker(WorkerId(w)).is_none());
+        assert_eq!(s.workers().len(), 2);
+        assert_eq!(s.stats().workers_lost, 1);
+        assert!(!computes(&acts).is_empty(), "a is recomputed: {acts:?}");
+        // Another nanny's worker replaces nobody.
+        joined(&mut s, 8, "n3");
+        assert_eq!(s.workers().len(), 3);
     }
 
     #[test]

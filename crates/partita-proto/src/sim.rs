@@ -396,6 +396,7 @@ impl Sim {
                     nthreads,
                     memory_limit: self.config.memory_limit,
                     address: format!("sim://{id}"),
+                    nanny: None,
                 };
                 self.scheduler_handles(e);
                 self.push(now, SimEvent::WorkerTick(id));
