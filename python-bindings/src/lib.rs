@@ -1546,6 +1546,25 @@ impl PyClient {
             .collect())
     }
 
+    /// One Python call prepared by `partita._futures` run on every worker now (Dask's
+    /// `client.run`): `[(address, result)]`, or the first worker's error raised.
+    fn _run(
+        &self,
+        py: Python<'_>,
+        name: String,
+        payload: Vec<u8>,
+    ) -> PyResult<Vec<(String, Py<PyAny>)>> {
+        let client = self.client()?;
+        let op = Arc::new(pycall::PyCall { name, payload });
+        let answers = py.detach(|| client.run(op)).py_err()?;
+        let mut out = Vec::with_capacity(answers.len());
+        for (peer, result) in answers {
+            let value = result.py_err()?;
+            out.push((peer.address, pycall::value_to_py(py, &value).py_err()?));
+        }
+        Ok(out)
+    }
+
     /// Copy every key of `futures` to at least `n` workers (every worker if `None`),
     /// worker to worker, waiting for the futures and the copies (`client.replicate` in
     /// `partita._futures` wraps it).
@@ -1691,13 +1710,14 @@ impl PyLocalCluster {
 #[pymethods]
 impl PyLocalCluster {
     #[new]
-    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None))]
+    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None, nanny = false))]
     fn new(
         py: Python<'_>,
         n_workers: usize,
         threads_per_worker: u32,
         memory_limit: u64,
         metrics_address: Option<String>,
+        nanny: bool,
     ) -> PyResult<PyLocalCluster> {
         let python: std::path::PathBuf = py.import("sys")?.getattr("executable")?.extract()?;
         let metrics = match metrics_address {
@@ -1716,6 +1736,7 @@ impl PyLocalCluster {
             binary: Some(python),
             prefix_args: vec!["-m".into(), "partita".into()],
             metrics,
+            nanny,
         };
         let cluster = py.detach(|| LocalCluster::start(options)).py_err()?;
         Ok(PyLocalCluster(std::sync::Mutex::new(Some(cluster))))

@@ -203,3 +203,23 @@ def test_replicate_and_retire_workers_keep_data_on_the_cluster():
         with pytest.raises(pt.TransportError, match="127.0.0.1:1"):
             client.retire_workers(["127.0.0.1:1"])
         assert client.submit(np.sum, scattered_alone[0]).result(timeout=60) == 45.0
+
+
+def test_a_nanny_starts_a_new_worker_process_when_one_is_killed():
+    import signal
+    import time
+
+    with pt.LocalCluster(n_workers=1, nanny=True) as cluster, pt.Client(cluster) as client:
+        [(address, pid)] = client.run(os.getpid).items()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            workers = client.nthreads()
+            if len(workers) == 1 and address not in workers:
+                break
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.05)
+        [new_pid] = client.run(os.getpid).values()
+        assert new_pid != pid
+        x = np.arange(12.0)
+        assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=client) == x.sum()

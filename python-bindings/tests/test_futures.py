@@ -260,3 +260,24 @@ def test_submit_checks_its_arguments(cluster_client):
         cluster_client.submit(inc, cluster_client.compute(a))
     with pytest.raises(TypeError, match="partita arrays"):
         cluster_client.compute(np.ones(3))
+
+
+def test_run_calls_a_function_in_every_worker_process(cluster_client):
+    import os
+
+    pids = cluster_client.run(os.getpid)
+    assert set(pids) == set(cluster_client.nthreads())
+    assert len(set(pids.values())) == len(pids) == 2 and os.getpid() not in pids.values()
+    assert set(cluster_client.run(lambda x, y=0: x + y, 40, y=2).values()) == {42}
+    x = np.arange(6.0)
+    assert list(cluster_client.run(np.sum, x).values()) == [x.sum(), x.sum()]
+
+    def boom(text):
+        raise ValueError(text)
+
+    with pytest.raises(pt.ComputeError, match="bad 7"):
+        cluster_client.run(boom, "bad 7")
+    with pytest.raises(TypeError, match="plain arguments"):
+        cluster_client.run(np.sum, cluster_client.scatter(x))
+    # Nothing stays behind, and the client goes on.
+    assert cluster_client.submit(inc, 1).result(timeout=60) == 2

@@ -275,6 +275,34 @@ fn closures_cannot_leave_the_process_and_say_so() {
     assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
 }
 
+#[test]
+fn run_calls_an_op_in_every_worker_process() {
+    let client = cluster().expect("the test cluster");
+    let workers = client.workers().unwrap();
+    let answers = client.run(Arc::new(partita_tests::ProcessId)).unwrap();
+    assert_eq!(answers.len(), workers.len());
+    let pids: std::collections::HashSet<i64> = (answers.iter())
+        .map(|(_, r)| *r.as_ref().unwrap().get::<i64>().unwrap())
+        .collect();
+    assert_eq!(pids.len(), workers.len(), "one process each: {answers:?}");
+    assert!(!pids.contains(&i64::from(std::process::id())));
+    // An op failing on the workers: each error names it; the cluster goes on.
+    let message = "no such file 42".to_string();
+    let failed = client.run(Arc::new(Fail { message })).unwrap();
+    for (peer, r) in &failed {
+        let text = r.as_ref().unwrap_err().to_string();
+        assert!(
+            text.contains("run-fail") && text.contains("no such file 42"),
+            "{peer:?}: {text}"
+        );
+    }
+    let closure = Arc::new(FnOp::new("local-only", |_: &[Value]| Ok(Value::new(1i64))));
+    let err = client.run(closure).unwrap_err().to_string();
+    assert!(err.contains("run-local-only"), "{err}");
+    let (graph, key, expected) = small_graph("after-run");
+    assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
+}
+
 /// Roots -> middles -> one output, all slow enough to be interrupted.
 fn staged_graph(roots: usize, fan: usize, ms: u64) -> (Graph, Key, i64) {
     let mut b = GraphBuilder::new();

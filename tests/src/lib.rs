@@ -76,6 +76,20 @@ impl Op for Blob {
     }
 }
 
+/// The id of the process running it (`i64`): which worker ran what.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessId;
+
+#[typetag::serde(name = "test-process-id")]
+impl Op for ProcessId {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        Ok(Value::new(i64::from(std::process::id())))
+    }
+    fn name(&self) -> &str {
+        "process-id"
+    }
+}
+
 /// Takes `bytes` of memory (every page written) for `ms` milliseconds, then returns how
 /// many bytes it held: a task whose memory blows up.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,9 +1,10 @@
 //! The nanny: `partita worker` as a supervisor of its own worker process (Dask's `Nanny`).
 //!
 //! Key decisions:
-//! - **The same command line, once more, as the child** (`--no-nanny` appended), so a
-//!   custom worker binary (one linking more ops) or `python -m partita worker` supervises
-//!   itself without knowing how it was started. The child gets a pipe on stdin that only
+//! - **The same command line, once more, as the child** (`--no-nanny` appended; the
+//!   program by the path it was invoked with), so a custom worker binary (one linking
+//!   more ops) or `python -m partita worker` supervises itself without knowing how it was
+//!   started. The child gets a pipe on stdin that only
 //!   the nanny holds and, on Linux, dies with it (`PR_SET_PDEATHSIG`, set by the child when
 //!   `PARTITA_NANNY_PID` names its parent): no worker outlives its nanny.
 //! - **Restart what crashed, not what stopped.** A child killed by a signal (the OOM killer,
@@ -115,7 +116,12 @@ async fn supervise_once(
     id: &str,
     mut stdin: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> std::io::Result<Ended> {
-    let exe = std::env::current_exe()?;
+    // The program as it was invoked, not `current_exe` (which resolves symbolic links): a
+    // virtualenv's `python` finds its packages only when run by its own path.
+    let exe = match std::env::args_os().next() {
+        Some(program) if !program.is_empty() => std::path::PathBuf::from(program),
+        _ => std::env::current_exe()?,
+    };
     let mut child = tokio::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .arg("--no-nanny")

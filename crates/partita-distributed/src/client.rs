@@ -1245,6 +1245,46 @@ impl Client {
         Ok(futures)
     }
 
+    /// Run `op` (with no inputs) on every worker connected now, at once and outside any
+    /// graph, and return each worker's result (Dask's `client.run`): for looking around
+    /// (versions, process ids, memory) or preparing a worker (loading a model, setting
+    /// up logging). It runs beside the worker's tasks, not in one of their slots; nothing
+    /// is kept. A worker whose op failed has its error, naming `run-<op name>`.
+    pub fn run(&self, op: Arc<dyn Op>) -> Result<Vec<(Peer, Result<Value>)>> {
+        let key = Key::named(format!("run-{}", op.name()));
+        let payload = Arc::new(encode_op(&key, &op)?);
+        let workers = self.workers()?;
+        let inner = &self.inner;
+        let results = inner.runtime.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, (peer, _)) in workers.iter().enumerate() {
+                let (peers, payload, key) =
+                    (Arc::clone(&inner.peers), Arc::clone(&payload), key.clone());
+                let address = peer.address.clone();
+                set.spawn(async move { (i, peers.run(&address, &key, &payload).await) });
+            }
+            let mut out: Vec<Option<Result<Value>>> = (0..workers.len()).map(|_| None).collect();
+            while let Some(joined) = set.join_next().await {
+                if let Ok((i, result)) = joined {
+                    out[i] = Some(match result {
+                        Ok(Ok(value)) => Ok(value),
+                        Ok(Err(failure)) => Err(rebuild_error(failure)),
+                        Err(e) => Err(e),
+                    });
+                }
+            }
+            out
+        });
+        Ok((workers.into_iter().zip(results))
+            .map(|((peer, _), r)| {
+                let r = r.unwrap_or_else(|| {
+                    Err(Error::Internal(format!("no answer from {}", peer.address)))
+                });
+                (peer, r)
+            })
+            .collect())
+    }
+
     /// Copy each future's value to at least `n` workers (every worker if `None`; never
     /// more than there are), worker to worker, the workers holding the fewest bytes
     /// first; Dask's `client.replicate`. Waits for the futures to finish (an error if one

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use partita_core::{Error, Key, Result, Value};
 use partita_proto::messages::{
     DataOpen, DataPush, DataRequest, DataResponse, Hello, MAX_CONTROL_MESSAGE_BYTES,
-    PROTOCOL_VERSION, PushReply, Role, decode, encode_framed_into,
+    PROTOCOL_VERSION, PushReply, Role, RunReply, RunRequest, TaskFailure, decode,
+    encode_framed_into,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -429,6 +430,35 @@ impl Peers {
             ))),
             None => Err(Error::Transport(format!(
                 "worker {address} closed the stream before keeping {key}"
+            ))),
+        }
+    }
+
+    /// Run an encoded op (no inputs) on the worker at `address`: its value, or
+    /// `Err(failure)` when the op failed there; the outer error is the stream's.
+    pub async fn run(
+        &self,
+        address: &str,
+        key: &Key,
+        payload: &[u8],
+    ) -> Result<std::result::Result<Value, TaskFailure>> {
+        let conn = self.connection(address).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport("open", e))?;
+        let mut request = framed(&hello(&self.cluster, Role::Client, &self.name))?;
+        request.extend(framed(&DataOpen::Run(RunRequest {
+            key: key.clone(),
+            payload: serde_bytes::ByteBuf::from(payload.to_vec()),
+        }))?);
+        let failed = |e| Error::Transport(format!("running {key} on worker {address}: {e}"));
+        send.write_all(&request).await.map_err(failed)?;
+        let _ = send.finish();
+        match read_msg::<RunReply>(&mut recv).await? {
+            Some(RunReply::Value { nbytes, body }) => {
+                read_value(&mut recv, nbytes, body, key).await?.map(Ok)
+            }
+            Some(RunReply::Failed { error }) => Ok(Err(error)),
+            None => Err(Error::Transport(format!(
+                "worker {address} closed the stream before answering {key}"
             ))),
         }
     }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use partita_core::{Error, Key, Op, Result, Value};
 use partita_proto::messages::{
-    DataOpen, DataPush, DataResponse, Hello, PushReply, Role, TaskFailure, ToWorker, WorkerId,
+    DataOpen, DataPush, DataResponse, Hello, PushReply, Role, RunReply, RunRequest, TaskFailure,
+    ToWorker, WorkerId,
 };
 use partita_proto::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState};
 use partita_proto::{Time, moving_average};
@@ -614,6 +615,7 @@ async fn answer(
     let request = match open {
         DataOpen::Fetch(request) => request,
         DataOpen::Push(push) => return receive(send, recv, push, shared).await,
+        DataOpen::Run(run) => return run_here(send, run).await,
     };
     // Ask the state machine for every key at once, then answer in the request's order.
     let mut pending = Vec::with_capacity(request.keys.len());
@@ -654,6 +656,37 @@ async fn answer(
                 send.write_all(&header).await.map_err(write)?;
             }
         }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+/// Run a client's op here (its `run`) on the blocking pool, outside the task slots, and
+/// answer with its value or its failure.
+async fn run_here(mut send: quinn::SendStream, run: RunRequest) -> Result<()> {
+    let RunRequest { key, payload } = run;
+    let result = tokio::task::spawn_blocking(move || {
+        decode_op(&key, &payload)
+            .and_then(|op| partita_core::op::execute_guarded(&key, op.as_ref(), &[]))
+            .map_err(|e| failure_of(&key, &e))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("running a client's op: {e}")))?;
+    let write = |e| Error::Transport(format!("answering a client's run: {e}"));
+    match result {
+        Ok(value) => {
+            let (head, mut parts) = value.encode_split()?;
+            let body: usize = parts.iter().map(|p| p.len()).sum();
+            let header = framed(&RunReply::Value {
+                nbytes: (head.len() + body) as u64,
+                body: body as u64,
+            })?;
+            send.write_all(&header).await.map_err(write)?;
+            send.write_chunk(head.into()).await.map_err(write)?;
+            send.write_all_chunks(&mut parts).await.map_err(write)?;
+        }
+        Err(error) => crate::wire::write_msg(&mut send, &RunReply::Failed { error }).await?,
     }
     let _ = send.finish();
     let _ = send.stopped().await;

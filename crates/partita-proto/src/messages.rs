@@ -465,6 +465,27 @@ pub enum DataOpen {
     Fetch(DataRequest),
     /// Keep this value, which follows; answered with a [`PushReply`].
     Push(DataPush),
+    /// Run this op (no inputs) here, now, outside the task slots, and answer with a
+    /// [`RunReply`]: a client's `run` (Dask's `client.run`).
+    Run(RunRequest),
+}
+
+/// An op to run on a worker outside any graph; `key` names it in errors.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub key: Key,
+    /// The encoded op, as in [`TaskSpec::payload`].
+    pub payload: ByteBuf,
+}
+
+/// A worker's answer to a [`RunRequest`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum RunReply {
+    /// The value follows (`nbytes`, the last `body` of them its bulk), as in
+    /// [`DataResponse::Data`].
+    Value { nbytes: u64, body: u64 },
+    /// The op failed (or did not decode here).
+    Failed { error: TaskFailure },
 }
 
 /// Header of a value a client pushes to a worker ([`FromClient::Scatter`]): `nbytes` of

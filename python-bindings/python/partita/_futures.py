@@ -308,6 +308,21 @@ class Client(_partita.Client):
             futures = [futures]
         return dict(self._who_has(list(futures)))
 
+    def run(self, func, *args, **kwargs):
+        """Call `func(*args, **kwargs)` on every worker now, outside any graph, as dask's
+        `client.run`: `{worker address: result}`. For looking around (versions, process
+        ids, memory) or preparing workers (loading a model, configuring logging). It runs
+        beside the workers' tasks; nothing is kept. If it raises on a worker, the first
+        such error is raised here. Arguments are plain data (futures are not resolved)."""
+        if not callable(func):
+            raise TypeError(f"run takes a function first, got {type(func).__name__}")
+        found = _Args(Future)
+        args = tuple(_prepare(a, found) for a in args)
+        kwargs = {k: _prepare(v, found) for k, v in kwargs.items()}
+        if found.deps:
+            raise TypeError("client.run takes plain arguments; pass a future's result, not the future")
+        return dict(self._run(_name(func), _dumps_call(func, args, kwargs, found.plain)))
+
     def replicate(self, futures, n=None):
         """Copy the data of a future (or a list of them) to at least `n` workers, every
         worker by default, as dask's `client.replicate`: worker to worker, the workers
