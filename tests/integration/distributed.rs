@@ -43,6 +43,13 @@ fn nothing_held(client: &Client) {
     }
 }
 
+/// `Mix { salt: 1 }` of `inputs`, run on the cluster as a task named `name`.
+fn mix_on(client: &Client, name: &str, inputs: &[partita::distributed::Future]) -> i64 {
+    let op = Arc::new(Mix { salt: 1 });
+    let out = client.submit_task(Key::named(name), op, inputs).unwrap();
+    *out.result().unwrap().get::<i64>().unwrap()
+}
+
 fn i64s(values: &[Value]) -> Vec<i64> {
     values.iter().map(|v| *v.get::<i64>().unwrap()).collect()
 }
@@ -464,19 +471,9 @@ fn scattered_values_feed_tasks_and_err_once_lost() {
     let back = back.get::<partita::array::Chunk>().unwrap();
     assert_eq!(back.typed::<f64>().unwrap(), &big.into_dyn());
     // Tasks read them where they are, like any other future.
-    let out = client
-        .submit_task(
-            Key::named("scatter-mix"),
-            Arc::new(Mix { salt: 1 }),
-            &futures,
-        )
-        .unwrap();
-    assert_eq!(
-        *out.result().unwrap().get::<i64>().unwrap(),
-        mix(1, &numbers)
-    );
+    assert_eq!(mix_on(&client, "scatter-mix", &futures), mix(1, &numbers));
     // Released, they leave the workers.
-    drop((out, chunk, futures));
+    drop((chunk, futures));
     nothing_held(&client);
 
     // One worker dies holding three of six fresh values (nothing read them, so there are
@@ -538,19 +535,9 @@ fn broadcast_values_sit_on_every_worker_and_outlive_one() {
     assert_eq!(i64s(&client.gather(&futures).unwrap()), numbers);
     let holders = client.who_has(&futures).unwrap();
     assert!(holders.iter().all(|(_, p)| p.len() == 1), "{holders:?}");
-    let out = client
-        .submit_task(
-            Key::named("broadcast-mix"),
-            Arc::new(Mix { salt: 2 }),
-            &futures,
-        )
-        .unwrap();
-    assert_eq!(
-        *out.result().unwrap().get::<i64>().unwrap(),
-        mix(2, &numbers)
-    );
+    assert_eq!(mix_on(&client, "broadcast-mix", &futures), mix(1, &numbers));
     // Released, every copy goes.
-    drop((out, futures));
+    drop(futures);
     nothing_held(&client);
 }
 
@@ -624,17 +611,7 @@ fn retiring_a_worker_hands_its_values_off_scattered_ones_too() {
         "{stats:?}"
     );
     // And they feed new tasks.
-    let out = client
-        .submit_task(
-            Key::named("after-retire"),
-            Arc::new(Mix { salt: 1 }),
-            &futures,
-        )
-        .unwrap();
-    assert_eq!(
-        *out.result().unwrap().get::<i64>().unwrap(),
-        mix(1, &expected)
-    );
+    assert_eq!(mix_on(&client, "after-retire", &futures), mix(1, &expected));
     assert!(cluster.log("scheduler").contains("retiring"));
 }
 

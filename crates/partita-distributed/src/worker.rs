@@ -227,16 +227,11 @@ pub async fn run_worker_until(
         // Results of tasks run inline come first, then whatever else arrived; what this
         // pass says to the scheduler leaves in one piece when nothing is left to handle.
         let mut inline = Vec::new();
-        let actions = state.handle(event, now());
-        perform(
-            &shared,
-            &mut outbox,
-            &out_tx,
-            actions,
-            &mut inline,
-            &mut stop,
-        );
-        while let Some(event) = inline.pop().or_else(|| events.try_recv().ok()) {
+        let mut first = Some(event);
+        while let Some(event) = (first.take())
+            .or_else(|| inline.pop())
+            .or_else(|| events.try_recv().ok())
+        {
             let actions = state.handle(event, now());
             perform(
                 &shared,
