@@ -191,6 +191,27 @@ pub async fn join(
 /// length over [`MAX_VALUE_BYTES`] or that the machine cannot allocate is an error, not an
 /// abort. The outer error is the stream's (the rest of the response is lost); the inner
 /// one this value's decoding.
+/// Send `value` on `send`: `before` (bytes already framed: a hello, a request), then the
+/// header `header(nbytes, body)` makes, then the value's encoding, its body straight from
+/// the value's memory (an array's buffer) as quinn takes it, never copied into an encoding
+/// first. `what` names the transfer in errors.
+pub(crate) async fn write_value<H: Serialize>(
+    send: &mut quinn::SendStream,
+    mut before: Vec<u8>,
+    value: &Value,
+    header: impl FnOnce(u64, u64) -> H,
+    what: &str,
+) -> Result<()> {
+    let (head, mut parts) = value.encode_split()?;
+    let body: usize = parts.iter().map(|p| p.len()).sum();
+    before.extend(framed(&header((head.len() + body) as u64, body as u64))?);
+    let failed = |e| Error::Transport(format!("{what}: {e}"));
+    send.write_all(&before).await.map_err(failed)?;
+    send.write_chunk(head.into()).await.map_err(failed)?;
+    send.write_all_chunks(&mut parts).await.map_err(failed)?;
+    Ok(())
+}
+
 pub(crate) async fn read_value(
     recv: &mut quinn::RecvStream,
     nbytes: u64,
@@ -405,20 +426,17 @@ impl Peers {
     pub async fn push(&self, address: &str, key: &Key, value: &Value, copy: bool) -> Result<()> {
         let conn = self.connection(address).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport("open", e))?;
-        let failed = |e| Error::Transport(format!("pushing {key} to worker {address}: {e}"));
-        // The body is the value's own memory (an array's buffer), as when a worker sends it.
-        let (head, mut parts) = value.encode_split()?;
-        let body: usize = parts.iter().map(|p| p.len()).sum();
-        let mut header = framed(&hello(&self.cluster, Role::Client, &self.name))?;
-        header.extend(framed(&DataOpen::Push(DataPush {
-            key: key.clone(),
-            nbytes: (head.len() + body) as u64,
-            body: body as u64,
-            copy,
-        }))?);
-        send.write_all(&header).await.map_err(failed)?;
-        send.write_chunk(head.into()).await.map_err(failed)?;
-        send.write_all_chunks(&mut parts).await.map_err(failed)?;
+        let hello = framed(&hello(&self.cluster, Role::Client, &self.name))?;
+        let push = |nbytes, body| {
+            DataOpen::Push(DataPush {
+                key: key.clone(),
+                nbytes,
+                body,
+                copy,
+            })
+        };
+        let what = format!("pushing {key} to worker {address}");
+        write_value(&mut send, hello, value, push, &what).await?;
         let _ = send.finish();
         match read_msg::<PushReply>(&mut recv).await? {
             Some(PushReply::Stored { key: got }) if &got == key => Ok(()),

@@ -23,7 +23,7 @@ use partita_proto::{Time, moving_average};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster_file::{ClusterFile, ServerConfigs};
-use crate::wire::{Outbox, Peers, framed, join, read_msg, spawn_writer};
+use crate::wire::{Outbox, Peers, framed, join, read_msg, spawn_writer, write_value};
 
 /// How to start a worker.
 #[derive(Clone, Debug)]
@@ -629,19 +629,14 @@ async fn answer(
         let write = |e| Error::Transport(format!("sending {key}: {e}"));
         match value {
             Some(value) => {
-                // The body shares the value's memory (an array's buffer): handed to quinn
-                // as it is, never copied into an encoding first.
-                let (head, mut parts) = value.encode_split()?;
-                let body: usize = parts.iter().map(|p| p.len()).sum();
-                let header = framed(&DataResponse::Data {
+                let data = |nbytes, body| DataResponse::Data {
                     request_id: request.request_id,
                     key: key.clone(),
-                    nbytes: (head.len() + body) as u64,
-                    body: body as u64,
-                })?;
-                send.write_all(&header).await.map_err(write)?;
-                send.write_chunk(head.into()).await.map_err(write)?;
-                send.write_all_chunks(&mut parts).await.map_err(write)?;
+                    nbytes,
+                    body,
+                };
+                let what = format!("sending {key}");
+                write_value(&mut send, Vec::new(), &value, data, &what).await?;
             }
             None => {
                 let header = framed(&DataResponse::Missing {
@@ -668,18 +663,11 @@ async fn run_here(mut send: quinn::SendStream, run: RunRequest) -> Result<()> {
     })
     .await
     .map_err(|e| Error::Internal(format!("running a client's op: {e}")))?;
-    let write = |e| Error::Transport(format!("answering a client's run: {e}"));
     match result {
         Ok(value) => {
-            let (head, mut parts) = value.encode_split()?;
-            let body: usize = parts.iter().map(|p| p.len()).sum();
-            let header = framed(&RunReply::Value {
-                nbytes: (head.len() + body) as u64,
-                body: body as u64,
-            })?;
-            send.write_all(&header).await.map_err(write)?;
-            send.write_chunk(head.into()).await.map_err(write)?;
-            send.write_all_chunks(&mut parts).await.map_err(write)?;
+            let reply = |nbytes, body| RunReply::Value { nbytes, body };
+            let what = "answering a client's run";
+            write_value(&mut send, Vec::new(), &value, reply, what).await?;
         }
         Err(error) => crate::wire::write_msg(&mut send, &RunReply::Failed { error }).await?,
     }
