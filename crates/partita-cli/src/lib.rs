@@ -19,6 +19,11 @@
 //!     partita_cli::main()
 //! }
 //! ```
+//!
+//! `partita worker` is a nanny (`nanny.rs`) that runs the process's own command line again
+//! (`std::env::args_os`, plus `--no-nanny`) as the worker (`python -m partita worker ...`
+//! does start itself again so): a program calling [`main_from`] whose own command line
+//! would not start the same worker should pass `--no-nanny`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
