@@ -352,6 +352,37 @@ fn killing_a_worker_mid_computation_still_gives_the_right_answer() {
 }
 
 #[test]
+fn retiring_a_worker_mid_computation_loses_and_recomputes_nothing() {
+    let cluster = start(3, 0);
+    let client = cluster.client().unwrap();
+    let (graph, out, expected) = staged_graph(36, 4, 60);
+    let values = std::thread::scope(|s| {
+        let job = s.spawn(|| run(graph, std::slice::from_ref(&out), &client));
+        std::thread::sleep(Duration::from_millis(400));
+        // While its tasks run and its results wait for their readers.
+        let other = cluster.client().unwrap();
+        let leaving = other.workers().unwrap()[0].0.address.clone();
+        let retired = other.retire_workers(&[leaving.as_str()]).unwrap();
+        assert_eq!(retired.len(), 1);
+        job.join().unwrap()
+    });
+    let values = values.unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("scheduler")));
+    assert_eq!(i64s(&values), [expected]);
+    let stats = client.info().unwrap().stats;
+    assert_eq!(
+        (
+            stats.workers_retired,
+            stats.workers_lost,
+            stats.lost_values,
+            stats.recomputed
+        ),
+        (1, 0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(client.workers().unwrap().len(), 2);
+}
+
+#[test]
 fn killing_the_only_holder_of_needed_data_recomputes_it() {
     let mut cluster = start(3, 0);
     let client = cluster.client().unwrap();
