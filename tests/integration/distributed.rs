@@ -50,6 +50,18 @@ fn mix_on(client: &Client, name: &str, inputs: &[partita::distributed::Future]) 
     *out.result().unwrap().get::<i64>().unwrap()
 }
 
+/// The scheduler counts one worker retired, none lost, no value lost or recomputed.
+fn retired_one_and_lost_nothing(client: &Client) {
+    let s = client.info().unwrap().stats;
+    let counts = (
+        s.workers_retired,
+        s.workers_lost,
+        s.lost_values,
+        s.recomputed,
+    );
+    assert_eq!(counts, (1, 0, 0, 0), "{s:?}");
+}
+
 fn i64s(values: &[Value]) -> Vec<i64> {
     values.iter().map(|v| *v.get::<i64>().unwrap()).collect()
 }
@@ -368,17 +380,7 @@ fn retiring_a_worker_mid_computation_loses_and_recomputes_nothing() {
     });
     let values = values.unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("scheduler")));
     assert_eq!(i64s(&values), [expected]);
-    let stats = client.info().unwrap().stats;
-    assert_eq!(
-        (
-            stats.workers_retired,
-            stats.workers_lost,
-            stats.lost_values,
-            stats.recomputed
-        ),
-        (1, 0, 0, 0),
-        "{stats:?}"
-    );
+    retired_one_and_lost_nothing(&client);
     assert_eq!(client.workers().unwrap().len(), 2);
 }
 
@@ -630,17 +632,7 @@ fn retiring_a_worker_hands_its_values_off_scattered_ones_too() {
             .all(|(_, on)| on.len() == 1 && on[0].id != leaving.id),
         "{holders:?}"
     );
-    let stats = client.info().unwrap().stats;
-    assert_eq!(
-        (
-            stats.workers_retired,
-            stats.workers_lost,
-            stats.lost_values,
-            stats.recomputed
-        ),
-        (1, 0, 0, 0),
-        "{stats:?}"
-    );
+    retired_one_and_lost_nothing(&client);
     // And they feed new tasks.
     assert_eq!(mix_on(&client, "after-retire", &futures), mix(1, &expected));
     assert!(cluster.log("scheduler").contains("retiring"));

@@ -322,6 +322,8 @@ pub struct SchedulerState {
     acquiring: FxHashMap<Key, BTreeMap<WorkerId, Vec<Purpose>>>,
     /// Replicate requests in flight: (client, request) -> (their keys, acquisitions left).
     replications: BTreeMap<(ClientId, u64), (Vec<Key>, usize)>,
+    /// Workers retiring now: with none, closing retired workers costs nothing per event.
+    retiring: usize,
     out: Vec<SchedulerAction>,
 }
 
@@ -340,6 +342,7 @@ impl SchedulerState {
             stats: SchedulerStats::default(),
             acquiring: FxHashMap::default(),
             replications: BTreeMap::new(),
+            retiring: 0,
             out: Vec::new(),
         }
     }
@@ -676,10 +679,8 @@ impl SchedulerState {
         let mut held = self.open_bytes();
         let mut placements = Vec::with_capacity(keys.len());
         for (key, nbytes) in keys {
-            let (&worker, _) = (held.iter())
-                .min_by_key(|(id, bytes)| (**bytes, **id))
-                .expect("workers checked above");
-            *held.get_mut(&worker).expect("chosen from the map") += nbytes;
+            let worker =
+                Self::take_emptiest(&mut held, nbytes, |_| true).expect("workers checked above");
             self.next_seq += 1;
             self.tasks.insert(
                 key.clone(),
@@ -742,6 +743,20 @@ impl SchedulerState {
                 (*id, known.max(w.metrics.managed_bytes))
             })
             .collect()
+    }
+
+    /// The worker in `bytes` holding the fewest (ties: the lowest id) that `ok` accepts,
+    /// charged `nbytes` more for the next choice.
+    fn take_emptiest(
+        bytes: &mut BTreeMap<WorkerId, u64>,
+        nbytes: u64,
+        ok: impl Fn(&WorkerId) -> bool,
+    ) -> Option<WorkerId> {
+        let (&to, _) = (bytes.iter())
+            .filter(|(w, _)| ok(w))
+            .min_by_key(|(w, b)| (**b, **w))?;
+        *bytes.get_mut(&to).expect("chosen from the map") += nbytes;
+        Some(to)
     }
 
     /// Ask `worker` to fetch and keep `keys` for `purpose`, in one message; a key it is
@@ -835,14 +850,13 @@ impl SchedulerState {
             let has = |w: &WorkerId| t.who_has.contains(w) || in_flight.contains(w);
             let mut copies = bytes.keys().filter(|w| has(w)).count();
             joined.extend(in_flight.iter().map(|w| (key.clone(), *w)));
+            let mut chosen = Vec::new();
             while copies < want {
-                let Some((&to, _)) = (bytes.iter())
-                    .filter(|(w, _)| !has(w) && !plan.get(w).is_some_and(|p| p.contains(key)))
-                    .min_by_key(|(w, b)| (**b, **w))
-                else {
+                let fresh = |w: &WorkerId| !has(w) && !chosen.contains(w);
+                let Some(to) = Self::take_emptiest(&mut bytes, t.nbytes, fresh) else {
                     break;
                 };
-                *bytes.get_mut(&to).expect("chosen from the map") += t.nbytes;
+                chosen.push(to);
                 plan.entry(to).or_default().push(key.clone());
                 copies += 1;
             }
@@ -913,6 +927,7 @@ impl SchedulerState {
         }
         w.retiring = true;
         let (processing, held) = (sorted(&w.processing), sorted(&w.has_what));
+        self.retiring += 1;
         self.queue.leave(id);
         self.log(
             LogLevel::Info,
@@ -952,10 +967,9 @@ impl SchedulerState {
             }
             let nbytes = t.nbytes;
             let bytes = bytes.get_or_insert_with(|| self.open_bytes());
-            let Some((&to, _)) = bytes.iter().min_by_key(|(w, b)| (**b, **w)) else {
+            let Some(to) = Self::take_emptiest(bytes, nbytes, |_| true) else {
                 return; // no open worker: it closes with what it holds
             };
-            *bytes.get_mut(&to).expect("chosen from the map") += nbytes;
             plan.entry(to).or_default().push(key);
         }
         for (to, keys) in plan {
@@ -966,6 +980,9 @@ impl SchedulerState {
     /// Close retiring workers with nothing left to run or hand off, and, when no open
     /// worker is left to take anything, every retiring worker at once.
     fn close_retired(&mut self) {
+        if self.retiring == 0 {
+            return;
+        }
         let none_open = self.workers.values().all(|w| w.retiring);
         let done: Vec<WorkerId> = (self.workers.iter())
             .filter(|(_, w)| {
@@ -1284,6 +1301,13 @@ impl SchedulerState {
             }
         }
         self.queue.check(|w| self.workers.contains_key(w))?;
+        let retiring = self.workers.values().filter(|w| w.retiring).count();
+        if retiring != self.retiring {
+            return Err(format!(
+                "{retiring} workers retire but {} are counted",
+                self.retiring
+            ));
+        }
         Ok(())
     }
 
@@ -1425,8 +1449,11 @@ impl SchedulerState {
             self.err(key, failure);
             return;
         }
-        let candidates = self.open_workers();
-        if t.deps.is_empty() || candidates.is_empty() {
+        let candidates = match t.deps.is_empty() {
+            true => Vec::new(), // roots wait in the queue for a slot
+            false => self.open_workers(),
+        };
+        if candidates.is_empty() {
             self.queue.insert((t.priority, t.seq), key.clone());
             self.set_status(&key, TaskStatus::Queued);
             return;
@@ -1989,6 +2016,9 @@ impl SchedulerState {
         let Some(info) = self.workers.remove(&id) else {
             return;
         };
+        if info.retiring {
+            self.retiring -= 1;
+        }
         self.queue.leave(id);
         if retired {
             self.stats.workers_retired += 1;
