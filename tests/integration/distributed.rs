@@ -682,6 +682,21 @@ fn replicate_copies_values_worker_to_worker() {
     let again = client.replicate(&futures[..2], Some(1)).unwrap();
     assert!(again.iter().all(|(_, on)| on.len() == 2));
     assert!(client.replicate(&futures, Some(0)).is_err());
+    // A future that failed cannot be copied: its error, naming the task.
+    let failed = client
+        .submit_task(
+            Key::named("replicate-failing"),
+            Arc::new(Fail {
+                message: "nothing to copy".into(),
+            }),
+            &[],
+        )
+        .unwrap();
+    let err = client.replicate(&[failed], None).unwrap_err().to_string();
+    assert!(
+        err.contains("replicate-failing") && err.contains("nothing to copy"),
+        "{err}"
+    );
     // Both copies are real: either worker may die now.
     let mut cluster = cluster;
     cluster.kill_worker(1).unwrap();

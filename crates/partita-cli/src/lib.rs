@@ -122,9 +122,19 @@ enum Command {
         no_nanny: bool,
         /// With --memory-limit and a nanny: kill (and restart) the worker when its
         /// resident memory passes this fraction of the limit. 0 disables.
-        #[arg(long, default_value = "0.95")]
+        #[arg(long, default_value = "0.95", value_parser = parse_fraction)]
         memory_terminate: f64,
     },
+}
+
+/// `0.95`: a fraction of a whole, from 0 to 1.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "{text:?} is not a fraction from 0 to 1 (such as 0.95)"
+        )),
+    }
 }
 
 /// `60`, `2.5`: a duration in seconds.
@@ -527,7 +537,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{describe, human_bytes, parse_seconds, parse_size};
+    use super::{describe, human_bytes, parse_fraction, parse_seconds, parse_size};
     use partita_distributed::{ClusterInfo, TaskCounts, WorkerMetrics, WorkerStatus};
     use partita_proto::messages::{Peer, WorkerId};
 
@@ -585,6 +595,15 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn memory_terminate_is_a_fraction() {
+        assert_eq!(parse_fraction("0.95"), Ok(0.95));
+        assert_eq!(parse_fraction("0"), Ok(0.0));
+        assert!(parse_fraction("-1").unwrap_err().contains("from 0 to 1"));
+        assert!(parse_fraction("1.5").is_err());
+        assert!(parse_fraction("most").is_err());
     }
 
     #[test]
