@@ -1,6 +1,7 @@
 //! partita's integration tests: one binary, one module per area.
 
 mod array;
+mod datasets;
 mod delayed;
 mod distributed;
 mod frame;

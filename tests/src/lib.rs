@@ -300,6 +300,18 @@ pub fn local_schedulers() -> Vec<Box<dyn Scheduler>> {
 /// `PARTITA_TEST_DISTRIBUTED=0`. The processes exit with the test binary (they watch a
 /// pipe from it), however it ends.
 pub fn cluster() -> Option<&'static Client> {
+    shared_cluster().map(|(_, client)| client)
+}
+
+/// Another client of the shared cluster (see [`cluster`]), for tests of what one client
+/// leaves to another; it disconnects when dropped.
+pub fn another_client() -> Option<Client> {
+    shared_cluster().map(|(cluster, _)| {
+        (cluster.client()).unwrap_or_else(|e| panic!("cannot connect a second client: {e}"))
+    })
+}
+
+fn shared_cluster() -> Option<&'static (LocalCluster, Client)> {
     static CLUSTER: OnceLock<Option<(LocalCluster, Client)>> = OnceLock::new();
     let entry = CLUSTER.get_or_init(|| {
         if std::env::var("PARTITA_TEST_DISTRIBUTED").is_ok_and(|v| v == "0") {
@@ -317,7 +329,7 @@ pub fn cluster() -> Option<&'static Client> {
         let client = (cluster.client()).unwrap_or_else(|e| panic!("cannot connect: {e}"));
         Some((cluster, client))
     });
-    entry.as_ref().map(|(_, client)| client)
+    entry.as_ref()
 }
 
 /// A static is never dropped, so the shared cluster's folder (cluster file with its token,

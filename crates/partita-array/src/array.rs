@@ -117,8 +117,9 @@ impl Array {
     }
 
     /// An array whose blocks are `ops` without inputs, in block order: values computed
-    /// already, or handles to them where a cluster keeps them (`persist`).
-    pub(crate) fn from_ops(grid: ChunkGrid, dtype: DType, ops: Vec<Arc<dyn Op>>) -> Result<Array> {
+    /// already, or handles to them where a cluster keeps them (`persist`, a published
+    /// dataset). Each op must produce its block of `grid` with `dtype`.
+    pub fn from_ops(grid: ChunkGrid, dtype: DType, ops: Vec<Arc<dyn Op>>) -> Result<Array> {
         if ops.len() != grid.num_blocks() {
             return Err(Error::Internal(format!(
                 "{} computed blocks for a grid of {}",

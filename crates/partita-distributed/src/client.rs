@@ -27,12 +27,13 @@ use partita_core::{
     Error, Execution, ExecutionContext, ExecutionPlan, Key, Op, Result, RunStats, Scheduler, Value,
 };
 use partita_proto::messages::{
-    ClusterInfo, FromClient, Peer, Role, TaskFailure, TaskSpec, ToClient, WorkerId,
+    ClusterInfo, DatasetReply, FromClient, Peer, Role, TaskFailure, TaskSpec, ToClient, WorkerId,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
 use crate::cluster_file::ClusterFile;
+use crate::dataset::Dataset;
 use crate::wire::{Peers, framed, join, read_msg, spawn_writer};
 use crate::worker::encode_op;
 
@@ -448,6 +449,12 @@ impl Inner {
     }
 }
 
+fn unexpected_reply(reply: &DatasetReply) -> Error {
+    Error::Transport(format!(
+        "the scheduler answered a dataset request with {reply:?}"
+    ))
+}
+
 /// How many failed gathers one computation tolerates (each followed by a `WhoHas`).
 const MAX_GATHER_RETRIES: u32 = 50;
 
@@ -508,7 +515,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::Info { .. }
         | ToClient::ScatterTo { .. }
         | ToClient::ScatterRefused { .. }
-        | ToClient::Retiring { .. } => {}
+        | ToClient::Retiring { .. }
+        | ToClient::Dataset { .. } => {}
     }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
@@ -522,7 +530,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::ScatterRefused { .. }
         | ToClient::WorkerLeft { .. }
         | ToClient::Replicated { .. }
-        | ToClient::Retiring { .. } => None,
+        | ToClient::Retiring { .. }
+        | ToClient::Dataset { .. } => None,
     };
     match key {
         Some(k) => {
@@ -543,6 +552,16 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.conn.close(0u32.into(), b"client closing");
         self.endpoint.close(0u32.into(), b"client closing");
+        // Let the close frame leave before the runtime stops: without it the scheduler
+        // noticed the client gone only at the idle timeout, and kept every key it wanted
+        // (values on the workers) 5 s longer. Bounded; skipped on a runtime's own thread.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let endpoint = self.endpoint.clone();
+            self.runtime.block_on(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+            });
+        }
     }
 }
 
@@ -720,6 +739,11 @@ pub struct Persisted {
 }
 
 impl Persisted {
+    /// The op standing for `future`'s value on its cluster.
+    pub fn new(future: Future) -> Persisted {
+        Persisted { future }
+    }
+
     /// `op` as a persisted value, if it is one.
     pub fn of(op: &dyn Op) -> Option<&Persisted> {
         op.remote_handle()?.downcast_ref::<Persisted>()
@@ -1363,6 +1387,94 @@ impl Client {
         })();
         inner.unregister(id);
         result
+    }
+
+    /// Publish `data` under `name` for any client of this cluster to get
+    /// ([`Client::get_dataset`]); Dask's `client.publish_dataset`. Its values stay on the
+    /// workers (recomputed from lineage if lost) after this client and its futures are
+    /// gone, until [`Client::unpublish_dataset`]. Only data on the cluster is published:
+    /// futures of this cluster and arrays or frames persisted with a client of it (an
+    /// error naming the block otherwise). An error if `name` is taken, unless `replace`.
+    pub fn publish_dataset(&self, name: &str, data: &Dataset, replace: bool) -> Result<()> {
+        let (futures, payload) = data.encode()?;
+        if let Some(f) = futures.iter().find(|f| !f.inner.same_cluster(&self.inner)) {
+            return Err(Error::Graph(format!(
+                "cannot publish {name:?}: {} belongs to another cluster",
+                f.key
+            )));
+        }
+        let keys = futures.iter().map(|f| f.key.clone()).collect();
+        let reply = self.dataset_request(|request| FromClient::PublishDataset {
+            request,
+            name: name.to_string(),
+            keys,
+            payload: ByteBuf::from(payload),
+            replace,
+        })?;
+        // The futures lived until the scheduler counted the dataset's hold on their keys.
+        drop(futures);
+        match reply {
+            DatasetReply::Done => Ok(()),
+            DatasetReply::Refused { error } => Err(Error::Graph(error)),
+            other => Err(unexpected_reply(&other)),
+        }
+    }
+
+    /// The dataset published under `name`, its keys now wanted by this client as any
+    /// future's are (they stay while the returned futures or collection live, even if the
+    /// dataset is unpublished); `None` if nothing is published under that name.
+    pub fn get_dataset(&self, name: &str) -> Result<Option<Dataset>> {
+        let reply = self.dataset_request(|request| FromClient::GetDataset {
+            request,
+            name: name.to_string(),
+        })?;
+        let (keys, payload) = match reply {
+            DatasetReply::Found { keys, payload } => (keys, payload),
+            DatasetReply::Refused { .. } => return Ok(None),
+            other => return Err(unexpected_reply(&other)),
+        };
+        let futures =
+            (self.submit_specs(Vec::new(), keys.clone(), &keys)).map_err(|e| Error::Context {
+                context: format!("getting dataset {name:?} (unpublished meanwhile?)"),
+                source: Box::new(e),
+            })?;
+        Dataset::decode(name, &payload, futures).map(Some)
+    }
+
+    /// Forget the dataset `name`: its values go once no client holds them. `false` if
+    /// nothing was published under that name.
+    pub fn unpublish_dataset(&self, name: &str) -> Result<bool> {
+        let reply = self.dataset_request(|request| FromClient::UnpublishDataset {
+            request,
+            name: name.to_string(),
+        })?;
+        match reply {
+            DatasetReply::Done => Ok(true),
+            DatasetReply::Refused { .. } => Ok(false),
+            other => Err(unexpected_reply(&other)),
+        }
+    }
+
+    /// The names of the datasets published now, sorted; Dask's `client.list_datasets()`.
+    pub fn list_datasets(&self) -> Result<Vec<String>> {
+        match self.dataset_request(|request| FromClient::ListDatasets { request })? {
+            DatasetReply::Names { names } => Ok(names),
+            other => Err(unexpected_reply(&other)),
+        }
+    }
+
+    /// Send the dataset request `make(request number)` and wait for its answer.
+    fn dataset_request(&self, make: impl FnOnce(u64) -> FromClient) -> Result<DatasetReply> {
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        self.inner.request(
+            &[make(request)],
+            Duration::from_secs(60),
+            "answer a dataset request",
+            |msg| match msg {
+                ToClient::Dataset { request: r, reply } if r == request => Some(Ok(reply)),
+                _ => None,
+            },
+        )
     }
 
     /// Where each future's value is held now, in order: the workers holding its key (none

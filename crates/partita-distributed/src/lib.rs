@@ -33,6 +33,7 @@
 
 pub mod client;
 pub mod cluster_file;
+pub mod dataset;
 pub mod local_cluster;
 pub mod metrics;
 pub mod scheduler;
@@ -42,6 +43,7 @@ pub mod worker;
 
 pub use client::{AsCompleted, Client, Future, FutureStatus, Persisted};
 pub use cluster_file::ClusterFile;
+pub use dataset::Dataset;
 pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
 pub use partita_proto::messages::{
     ClusterInfo, SchedulerStats, TaskCounts, WorkerMetrics, WorkerStatus,

@@ -96,8 +96,10 @@ impl DataFrame {
         &self.0.partitioning
     }
 
-    /// This frame, declared partitioned as `partitioning` (the caller guarantees it).
-    pub(crate) fn with_partitioning(&self, partitioning: Partitioning) -> DataFrame {
+    /// This frame, declared partitioned as `partitioning`: the caller guarantees it (a
+    /// frame rebuilt from the partitions of one that was so partitioned). A wrong claim
+    /// makes later group-bys and joins skip a shuffle they need.
+    pub fn with_partitioning(&self, partitioning: Partitioning) -> DataFrame {
         DataFrame(Arc::new(Inner {
             name: Arc::clone(&self.0.name),
             input: self.0.input.clone(),
@@ -183,8 +185,9 @@ impl DataFrame {
     }
 
     /// A frame whose partitions are `ops` without inputs, in order: values at hand, or
-    /// handles to them where a cluster keeps them (`persist`).
-    fn from_ops(name: &str, ops: Vec<Arc<dyn Op>>, schema: SchemaRef) -> Result<DataFrame> {
+    /// handles to them where a cluster keeps them (`persist`, a published dataset). Each
+    /// op must produce a partition with `schema`.
+    pub fn from_ops(name: &str, ops: Vec<Arc<dyn Op>>, schema: SchemaRef) -> Result<DataFrame> {
         let name = Key::unique_name(name);
         let n = ops.len();
         let tasks = (ops.into_iter().enumerate())

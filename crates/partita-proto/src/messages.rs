@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -232,6 +232,38 @@ pub enum FromClient {
     /// when gone. All or none: an unknown address, or retiring every open worker (the
     /// values would have nowhere to go), refuses the request.
     RetireWorkers { addresses: Vec<String> },
+    /// Keep `keys` on the cluster under `name`, with `payload` (what the client needs to
+    /// rebuild the object: opaque here), for any client to get (Dask's `publish_dataset`):
+    /// they live until unpublished, whoever else releases them. Refused if a key is not
+    /// known (no live future holds it) or, unless `replace`, the name is taken. Answered
+    /// with [`ToClient::Dataset`] carrying `request`.
+    PublishDataset {
+        request: u64,
+        name: String,
+        keys: Vec<Key>,
+        payload: ByteBuf,
+        replace: bool,
+    },
+    /// The keys and payload published under `name` ([`DatasetReply::Found`]), or a
+    /// refusal naming it. The keys are not wanted by this client until it submits them.
+    GetDataset { request: u64, name: String },
+    /// Forget the dataset `name` (its keys go once nothing else wants them).
+    UnpublishDataset { request: u64, name: String },
+    /// The names published now, sorted ([`DatasetReply::Names`]).
+    ListDatasets { request: u64 },
+}
+
+/// The answer to a dataset request ([`FromClient::PublishDataset`] and the others).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum DatasetReply {
+    /// Published or unpublished.
+    Done,
+    /// Not done, saying why (naming the dataset or key).
+    Refused { error: String },
+    /// What [`FromClient::GetDataset`] asked for.
+    Found { keys: Vec<Key>, payload: ByteBuf },
+    /// What [`FromClient::ListDatasets`] asked for.
+    Names { names: Vec<String> },
 }
 
 /// Why a task failed, kept structured so a client can rebuild the error the local
@@ -365,6 +397,8 @@ pub enum ToClient {
         workers: Vec<Peer>,
         refused: Vec<(String, String)>,
     },
+    /// The answer to a dataset request carrying `request`.
+    Dataset { request: u64, reply: DatasetReply },
 }
 
 /// Counters of a scheduler's life so far.

@@ -44,8 +44,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde_bytes::ByteBuf;
 
 use crate::messages::{
-    ClientId, DepLocation, FromClient, FromWorker, Peer, TaskFailure, TaskSpec, ToClient, ToWorker,
-    WorkerId, WorkerMetrics,
+    ClientId, DatasetReply, DepLocation, FromClient, FromWorker, Peer, TaskFailure, TaskSpec,
+    ToClient, ToWorker, WorkerId, WorkerMetrics,
 };
 use crate::root_queue::RootQueue;
 use crate::{Time, moving_average};
@@ -223,6 +223,8 @@ struct Task {
     failure: Option<Failure>,
     /// A value a client pushed ([`FromClient::Scatter`]): there is no op to run.
     scattered: bool,
+    /// Datasets listing it ([`FromClient::PublishDataset`]): wanted while any does.
+    published: u32,
 }
 
 impl Task {
@@ -248,6 +250,7 @@ impl Task {
             started: false,
             failure: None,
             scattered: false,
+            published: 0,
         }
     }
 }
@@ -324,6 +327,9 @@ pub struct SchedulerState {
     replications: BTreeMap<(ClientId, u64), (Vec<Key>, usize)>,
     /// Workers retiring now: with none, closing retired workers costs nothing per event.
     retiring: usize,
+    /// Published datasets by name: their keys (each counted in its task's `published`)
+    /// and the payload their publisher attached.
+    datasets: BTreeMap<String, (Vec<Key>, ByteBuf)>,
     out: Vec<SchedulerAction>,
 }
 
@@ -343,6 +349,7 @@ impl SchedulerState {
             acquiring: FxHashMap::default(),
             replications: BTreeMap::new(),
             retiring: 0,
+            datasets: BTreeMap::new(),
             out: Vec::new(),
         }
     }
@@ -644,7 +651,92 @@ impl SchedulerState {
             FromClient::Scatter { keys } => self.scatter(client, keys),
             FromClient::Replicate { request, keys, n } => self.replicate(client, request, keys, n),
             FromClient::RetireWorkers { addresses } => self.retire_workers(client, addresses),
+            FromClient::PublishDataset {
+                request,
+                name,
+                keys,
+                payload,
+                replace,
+            } => {
+                let reply = self.publish(name, keys, payload, replace);
+                self.dataset_reply(client, request, reply);
+            }
+            FromClient::GetDataset { request, name } => {
+                let reply = match self.datasets.get(&name) {
+                    Some((keys, payload)) => DatasetReply::Found {
+                        keys: keys.clone(),
+                        payload: payload.clone(),
+                    },
+                    None => DatasetReply::Refused {
+                        error: format!("no dataset named {name:?} is published"),
+                    },
+                };
+                self.dataset_reply(client, request, reply);
+            }
+            FromClient::UnpublishDataset { request, name } => {
+                let reply = match self.datasets.remove(&name) {
+                    Some((keys, _)) => {
+                        self.unpublish_keys(keys);
+                        DatasetReply::Done
+                    }
+                    None => DatasetReply::Refused {
+                        error: format!("no dataset named {name:?} is published"),
+                    },
+                };
+                self.dataset_reply(client, request, reply);
+            }
+            FromClient::ListDatasets { request } => {
+                let names = self.datasets.keys().cloned().collect();
+                self.dataset_reply(client, request, DatasetReply::Names { names });
+            }
         }
+    }
+
+    fn dataset_reply(&mut self, client: ClientId, request: u64, reply: DatasetReply) {
+        let msg = ToClient::Dataset { request, reply };
+        self.out.push(SchedulerAction::SendToClient(client, msg));
+    }
+
+    /// Keep `keys` under `name` (see [`FromClient::PublishDataset`]).
+    fn publish(
+        &mut self,
+        name: String,
+        keys: Vec<Key>,
+        payload: ByteBuf,
+        replace: bool,
+    ) -> DatasetReply {
+        if self.datasets.contains_key(&name) && !replace {
+            return DatasetReply::Refused {
+                error: format!("a dataset named {name:?} is already published"),
+            };
+        }
+        let keys: Vec<Key> = keys.into_iter().map(|k| self.canonical(k)).collect();
+        if let Some(k) = keys.iter().find(|k| !self.tasks.contains_key(*k)) {
+            return DatasetReply::Refused {
+                error: format!(
+                    "cannot publish {name:?}: {k} is not on the cluster (no live future holds it)"
+                ),
+            };
+        }
+        for k in &keys {
+            self.tasks.get_mut(k).expect("checked above").published += 1;
+        }
+        // Known only as lineage (nobody wanted it): computed again, as for a submit.
+        self.activate(keys.clone());
+        if let Some((old, _)) = self.datasets.insert(name, (keys, payload)) {
+            self.unpublish_keys(old);
+        }
+        DatasetReply::Done
+    }
+
+    /// One dataset fewer lists each of `keys`: those nothing else needs go.
+    fn unpublish_keys(&mut self, keys: Vec<Key>) {
+        for k in &keys {
+            if let Some(t) = self.tasks.get_mut(k) {
+                t.published = t.published.saturating_sub(1);
+            }
+        }
+        self.settle(keys);
     }
 
     /// Place values `client` is about to push: each becomes a task without an op,
@@ -1220,7 +1312,7 @@ impl SchedulerState {
         let Some(t) = self.tasks.get(key) else {
             return false;
         };
-        !t.wanted_by.is_empty() || t.active_dependents > 0
+        !t.wanted_by.is_empty() || t.published > 0 || t.active_dependents > 0
     }
 
     /// The one place a task's status changes, so its dependencies' `active_dependents`
@@ -1300,6 +1392,24 @@ impl SchedulerState {
                 ));
             }
         }
+        let mut published: FxHashMap<&Key, u32> = FxHashMap::default();
+        for (name, (keys, _)) in &self.datasets {
+            for k in keys {
+                if !self.tasks.contains_key(k) {
+                    return Err(format!("dataset {name:?} lists forgotten {k}"));
+                }
+                *published.entry(k).or_default() += 1;
+            }
+        }
+        for (k, t) in &self.tasks {
+            let counted = published.get(k).copied().unwrap_or(0);
+            if t.published != counted {
+                return Err(format!(
+                    "{k} is in {counted} datasets but counts {}",
+                    t.published
+                ));
+            }
+        }
         self.queue.check(|w| self.workers.contains_key(w))?;
         let retiring = self.workers.values().filter(|w| w.retiring).count();
         if retiring != self.retiring {
@@ -1346,7 +1456,8 @@ impl SchedulerState {
             }
             let t = &self.tasks[&k];
             let forgettable = matches!(t.status, TaskStatus::Released | TaskStatus::Erred);
-            if forgettable && t.wanted_by.is_empty() && t.dependents.is_empty() {
+            if forgettable && t.wanted_by.is_empty() && t.published == 0 && t.dependents.is_empty()
+            {
                 let t = self.tasks.remove(&k).expect("checked above");
                 for d in t.deps {
                     if let Some(dt) = self.tasks.get_mut(&d) {
@@ -2634,6 +2745,160 @@ mod tests {
             )]
         );
         assert_eq!(s.task_status(&x), TaskStatus::Forgotten);
+    }
+
+    fn dataset_request(s: &mut SchedulerState, c: u32, msg: FromClient) -> DatasetReply {
+        let acts = s.handle(
+            SchedulerEvent::FromClient {
+                client: ClientId(c),
+                msg,
+            },
+            Time::ZERO,
+        );
+        s.check_consistency().unwrap();
+        let replies: Vec<DatasetReply> = (to_client(&acts).into_iter())
+            .filter_map(|m| match m {
+                ToClient::Dataset { reply, .. } => Some(reply),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 1, "{acts:?}");
+        replies.into_iter().next().unwrap()
+    }
+
+    fn publish(name: &str, keys: &[&Key], replace: bool) -> FromClient {
+        FromClient::PublishDataset {
+            request: 1,
+            name: name.into(),
+            keys: keys.iter().map(|k| (*k).clone()).collect(),
+            payload: ByteBuf::from(name.as_bytes().to_vec()),
+            replace,
+        }
+    }
+
+    #[test]
+    fn published_keys_outlive_their_client_until_unpublished() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 2);
+        let (x, y) = (Key::new("x", [0]), Key::new("y", [0]));
+        submit(&mut s, 1, vec![spec(&x, &[], 0), spec(&y, &[&x], 0)], &[&y]);
+        let name = |n: &str| n.to_string();
+        // Unknown keys and taken names are refused, naming them; nothing changes.
+        let z = Key::new("z", [0]);
+        let r = dataset_request(&mut s, 1, publish("a", &[&y, &z], false));
+        assert!(
+            matches!(&r, DatasetReply::Refused { error } if error.contains("('z', 0)")),
+            "{r:?}"
+        );
+        assert_eq!(
+            dataset_request(&mut s, 1, publish("a", &[&y], false)),
+            DatasetReply::Done
+        );
+        let r = dataset_request(&mut s, 2, publish("a", &[&y], false));
+        assert!(matches!(&r, DatasetReply::Refused { error } if error.contains("\"a\"")));
+        // Published while pending: computed, then kept after its only client leaves.
+        finish(&mut s, 0, &x, 10);
+        finish(&mut s, 0, &y, 20);
+        s.handle(
+            SchedulerEvent::ClientGone {
+                client: ClientId(1),
+            },
+            Time::ZERO,
+        );
+        s.check_consistency().unwrap();
+        assert_eq!(s.task_status(&y), TaskStatus::Memory);
+        // x was only y's input: freed once y is in memory.
+        assert_eq!(s.task_status(&x), TaskStatus::Released);
+        let get = |n: &str| FromClient::GetDataset {
+            request: 2,
+            name: n.into(),
+        };
+        let found = dataset_request(&mut s, 2, get("a"));
+        assert_eq!(
+            found,
+            DatasetReply::Found {
+                keys: vec![y.clone()],
+                payload: ByteBuf::from(b"a".to_vec())
+            }
+        );
+        let r = dataset_request(&mut s, 2, get("b"));
+        assert!(matches!(&r, DatasetReply::Refused { error } if error.contains("\"b\"")));
+        // Two datasets share y; replacing one keeps it, the last unpublish frees it.
+        assert_eq!(
+            dataset_request(&mut s, 2, publish("b", &[&y], false)),
+            DatasetReply::Done
+        );
+        assert_eq!(
+            dataset_request(&mut s, 2, publish("a", &[&y], true)),
+            DatasetReply::Done
+        );
+        let list = dataset_request(&mut s, 3, FromClient::ListDatasets { request: 3 });
+        assert_eq!(
+            list,
+            DatasetReply::Names {
+                names: vec![name("a"), name("b")]
+            }
+        );
+        let unpublish = |n: &str| FromClient::UnpublishDataset {
+            request: 4,
+            name: n.into(),
+        };
+        assert_eq!(
+            dataset_request(&mut s, 3, unpublish("a")),
+            DatasetReply::Done
+        );
+        assert_eq!(s.task_status(&y), TaskStatus::Memory);
+        let r = dataset_request(&mut s, 3, unpublish("a"));
+        assert!(matches!(r, DatasetReply::Refused { .. }));
+        let acts = s.handle(
+            SchedulerEvent::FromClient {
+                client: ClientId(3),
+                msg: unpublish("b"),
+            },
+            Time::ZERO,
+        );
+        assert!(acts.contains(&SchedulerAction::SendToWorker(
+            WorkerId(0),
+            ToWorker::FreeKeys {
+                keys: vec![y.clone()]
+            }
+        )));
+        assert_eq!(s.task_status(&y), TaskStatus::Forgotten);
+        assert_eq!(s.task_status(&x), TaskStatus::Forgotten);
+        s.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn a_client_getting_a_dataset_wants_its_keys_like_any_submit() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        let x = Key::new("x", [0]);
+        submit(&mut s, 1, vec![spec(&x, &[], 0)], &[&x]);
+        finish(&mut s, 0, &x, 10);
+        assert_eq!(
+            dataset_request(&mut s, 1, publish("a", &[&x], false)),
+            DatasetReply::Done
+        );
+        s.handle(
+            SchedulerEvent::ClientGone {
+                client: ClientId(1),
+            },
+            Time::ZERO,
+        );
+        // The getter submits the keys it was given, with no tasks: told they are in memory.
+        let acts = submit(&mut s, 2, vec![], &[&x]);
+        assert!(
+            (to_client(&acts).iter())
+                .any(|m| matches!(m, ToClient::KeyInMemory { key, .. } if *key == x)),
+            "{acts:?}"
+        );
+        // Unpublished while the getter holds it: kept for the getter.
+        let msg = FromClient::UnpublishDataset {
+            request: 5,
+            name: "a".into(),
+        };
+        assert_eq!(dataset_request(&mut s, 2, msg), DatasetReply::Done);
+        assert_eq!(s.task_status(&x), TaskStatus::Memory);
     }
 
     #[test]

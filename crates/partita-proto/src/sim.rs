@@ -439,7 +439,8 @@ impl Sim {
             | ToClient::ScatterRefused { .. }
             | ToClient::WorkerLeft { .. }
             | ToClient::Replicated { .. }
-            | ToClient::Retiring { .. }) => {
+            | ToClient::Retiring { .. }
+            | ToClient::Dataset { .. }) => {
                 self.report.client_messages.push((c, other));
                 None
             }

@@ -872,3 +872,48 @@ fn client_retirement_is_all_or_nothing_and_the_last_worker_goes_at_once() {
     assert_all_in_memory(&sim, &outs);
     assert!(holders(&sim, &outs).iter().all(|h| h == &[WorkerId(2)]));
 }
+
+#[test]
+fn a_published_value_lost_with_its_worker_is_recomputed_for_nobody_in_particular() {
+    let mut sim = Sim::new(SimConfig::default());
+    let (tasks, root) = tree_reduction("t", 16, 4);
+    compute_one(&mut sim, tasks, &root);
+    let at = sim.now() + Duration::from_millis(1);
+    let publish = FromClient::PublishDataset {
+        request: 1,
+        name: "total".into(),
+        keys: vec![root.clone()],
+        payload: Default::default(),
+        replace: false,
+    };
+    sim.client_sends_at(at, C, publish);
+    // The publisher lets go of every key it had.
+    let release = FromClient::ReleaseKeys {
+        keys: vec![root.clone()],
+    };
+    sim.client_sends_at(at + Duration::from_millis(1), C, release);
+    sim.run_until(at + Duration::from_millis(10));
+    assert_eq!(sim.scheduler().task_status(&root), TaskStatus::Memory);
+    let holder = sim.scheduler().who_has(&root)[0];
+    let at = sim.now() + Duration::from_millis(1);
+    sim.kill_worker_at(at, holder, KillMode::Disconnect);
+    sim.run_until(at + Duration::from_secs(2));
+    // Recomputed from lineage: a dataset wants its keys as a client would.
+    assert_eq!(sim.scheduler().task_status(&root), TaskStatus::Memory);
+    assert_eq!(sim.report().executions(&root), 2);
+    assert!(!sim.scheduler().who_has(&root).contains(&holder));
+    // Another client gets it by wanting the key, with no tasks.
+    let other = ClientId(7);
+    sim.submit_at(sim.now(), other, vec![], vec![root.clone()]);
+    sim.run().unwrap();
+    assert_eq!(
+        sim.report().outcomes.get(&(other, root.clone())),
+        Some(&Outcome::InMemory)
+    );
+    assert!(
+        sim.report().violations.is_empty(),
+        "{:?}",
+        sim.report().violations
+    );
+    sim.scheduler().check_consistency().unwrap();
+}
