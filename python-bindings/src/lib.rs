@@ -18,6 +18,7 @@
 //!   take the GIL per call: locally they call the function object, on a cluster it travels
 //!   cloudpickled to workers started by `python -m partita worker`.
 
+mod datasets;
 mod filtered;
 mod futures;
 mod pycall;
@@ -1600,6 +1601,46 @@ impl PyClient {
             out.set_item(peer.address, info)?;
         }
         Ok(out)
+    }
+
+    /// Publish a pickle and the futures, persisted arrays and frames it refers to under
+    /// `name` (`client.publish_dataset` in `partita._futures` wraps it).
+    fn _publish_dataset(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        pickle: Vec<u8>,
+        parts: Vec<Bound<'_, PyAny>>,
+        replace: bool,
+    ) -> PyResult<()> {
+        self.publish_parts(py, name, pickle, parts, replace)
+    }
+
+    /// `(pickle or None, parts)` of the dataset `name`, its keys now held by this client
+    /// (`client.get_dataset` in `partita._futures` wraps it); `KeyError` if none.
+    fn _get_dataset(&self, py: Python<'_>, name: &str) -> PyResult<datasets::Parts> {
+        self.get_parts(py, name)
+    }
+
+    /// Forget the dataset `name` (Dask's `client.unpublish_dataset`); its data goes once
+    /// no client holds it. `KeyError` if nothing is published under that name.
+    fn unpublish_dataset(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let client = self.client()?;
+        if py.detach(|| client.unpublish_dataset(name)).py_err()? {
+            Ok(())
+        } else {
+            Err(pyo3::exceptions::PyKeyError::new_err(format!(
+                "no dataset named {name:?} is published"
+            )))
+        }
+    }
+
+    /// The names of the datasets published on the cluster now, sorted, as a tuple (Dask's
+    /// `client.list_datasets()`).
+    fn list_datasets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let client = self.client()?;
+        let names = py.detach(|| client.list_datasets()).py_err()?;
+        PyTuple::new(py, names)
     }
 
     /// Python objects pushed from here straight to workers: one future per object

@@ -223,3 +223,48 @@ def test_a_nanny_starts_a_new_worker_process_when_one_is_killed():
         assert new_pid != pid
         x = np.arange(12.0)
         assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=client) == x.sum()
+
+
+def test_published_datasets_outlive_their_publisher_and_compute_alike():
+    x = np.random.default_rng(5).normal(size=(60, 40))
+    frame = pl.DataFrame({"k": [i % 7 for i in range(50)], "v": [float(i) for i in range(50)]})
+    with pt.LocalCluster(n_workers=2, threads_per_worker=1) as cluster:
+        with pt.Client(cluster) as publisher:
+            a = publisher.persist(pt.from_numpy(x, chunks=(20, 20)) * 2)
+            df = publisher.persist(pt.from_polars(frame, npartitions=3))
+            total = publisher.compute(a.sum())
+            call = publisher.submit(sum, [1, 2, 3])
+            bundle = {"a": a, "df": df, "total": total, "call": call, "note": "plain"}
+            publisher.publish_dataset(bundle=bundle)
+            publisher.publish_dataset(a, name="array")
+            with pytest.raises(KeyError, match="array"):
+                publisher.publish_dataset(a, name="array")
+            publisher.publish_dataset(a, name="array", override=True)
+            with pytest.raises(TypeError, match="persist"):
+                publisher.publish_dataset(lazy=pt.from_numpy(x, chunks=20) + 1)
+            with pytest.raises(TypeError, match="delayed"):
+                publisher.publish_dataset(d=pt.delayed(sum)([1]))
+            del a, df, total, call, bundle
+        # The publisher and everything it held are gone; the published data is not.
+        with pt.Client(cluster) as getter:
+            assert getter.list_datasets() == ("array", "bundle")
+            got = getter.get_dataset("bundle")
+            assert got["note"] == "plain"
+            np.testing.assert_allclose((got["a"] + 1).compute(scheduler=getter), x * 2 + 1)
+            grouped = got["df"].group_by("k").agg(pl.col("v").sum()).sort("k")
+            assert grouped.compute(scheduler=getter).equals(frame.group_by("k").agg(pl.col("v").sum()).sort("k"))
+            np.testing.assert_allclose(got["total"].result(timeout=60), (x * 2).sum())
+            assert got["call"].result(timeout=60) == 6
+            assert "array" in getter.datasets and sorted(getter.datasets) == ["array", "bundle"]
+            np.testing.assert_allclose(getter.datasets["array"].compute(scheduler=getter), x * 2)
+            del getter.datasets["array"]
+            getter.unpublish_dataset("bundle")
+            assert getter.list_datasets() == ()
+            with pytest.raises(KeyError, match="bundle"):
+                getter.get_dataset("bundle")
+            assert getter.get_dataset("bundle", default=None) is None
+            with pytest.raises(KeyError, match="bundle"):
+                getter.unpublish_dataset("bundle")
+            # Unpublished, but still held by this client's objects.
+            np.testing.assert_allclose(got["a"].compute(scheduler=getter), x * 2)
+            assert got["df"].compute(scheduler=getter).equals(frame)

@@ -63,8 +63,10 @@ enum Form {
 }
 
 impl Dataset {
-    /// Its futures (in order) and the payload that rebuilds it around them.
-    pub(crate) fn encode(&self) -> Result<(Vec<Future>, Vec<u8>)> {
+    /// Its futures (in order) and the payload that rebuilds it around them
+    /// ([`Dataset::decode`]); what [`crate::Client::publish_dataset`] sends, public for
+    /// bindings that nest datasets in their own encodings.
+    pub fn encode(&self) -> Result<(Vec<Future>, Vec<u8>)> {
         let (futures, form) = match self {
             Dataset::Futures(f) => (f.clone(), Form::Futures),
             Dataset::Array(a) => {
@@ -101,8 +103,9 @@ impl Dataset {
         Ok((futures, payload))
     }
 
-    /// The dataset `payload` describes, around `futures` (its keys, wanted by this client).
-    pub(crate) fn decode(name: &str, payload: &[u8], futures: Vec<Future>) -> Result<Dataset> {
+    /// The dataset `payload` describes, around `futures` (its keys, wanted by this client);
+    /// `name` is for errors.
+    pub fn decode(name: &str, payload: &[u8], futures: Vec<Future>) -> Result<Dataset> {
         let form: Form = rmp_serde::from_slice(payload).map_err(|e| {
             Error::Codec(format!(
                 "dataset {name:?} was published in a form this client does not read: {e}"

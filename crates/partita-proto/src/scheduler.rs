@@ -7,8 +7,9 @@
 //!
 //! Key decisions:
 //! - **Keys are identity.** Two submissions of the same key share one task; each client has a
-//!   wanted set, and a task lives while a client wants it or a dependent that will still run
-//!   needs its data. Data nobody needs is freed on every worker holding it; a released task
+//!   wanted set, and a task lives while a client wants it, a published dataset lists it
+//!   (`FromClient::PublishDataset`: named keys that outlive their client), or a dependent
+//!   that will still run needs its data. Data nobody needs is freed on every worker holding it; a released task
 //!   is kept (as lineage) while any dependent is known, and forgotten after.
 //! - **Root-task queuing.** Ready tasks without dependencies wait in a priority queue and are
 //!   sent only when a worker has a free slot (`ceil(nthreads * worker_saturation)`), so file

@@ -238,6 +238,105 @@ def _rust(collection):
     return rust
 
 
+_NO_DEFAULT = object()
+
+
+class _DatasetPickler(pickle.Pickler):
+    """Pickles a published object with its futures and persisted collections replaced by
+    references to parts (`Client._publish_dataset` turns those into keys on the cluster)."""
+
+    def __init__(self, file):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.parts = []
+
+    def persistent_id(self, obj):
+        from .array import Array
+        from .frame import DataFrame
+
+        if isinstance(obj, Future):
+            part = obj
+        elif isinstance(obj, (Array, DataFrame)):
+            part = obj._rust
+        elif isinstance(obj, Delayed):
+            raise TypeError(
+                "a delayed value is not published; compute it on the cluster "
+                "(client.compute) and publish the future"
+            )
+        else:
+            return None
+        self.parts.append(part)
+        return len(self.parts) - 1
+
+
+class _DatasetUnpickler(pickle.Unpickler):
+    def __init__(self, file, parts):
+        super().__init__(file)
+        self.parts = parts
+
+    def persistent_load(self, pid):
+        return _wrap_part(self.parts[pid])
+
+
+def _wrap_part(part):
+    from .array import Array
+    from .frame import DataFrame
+
+    if isinstance(part, _partita.RustArray):
+        return Array(part)
+    if isinstance(part, _partita.RustFrame):
+        return DataFrame(part)
+    return part
+
+
+def _pickle_dataset(obj):
+    import io
+
+    buf = io.BytesIO()
+    pickler = _DatasetPickler(buf)
+    pickler.dump(obj)
+    return buf.getvalue(), pickler.parts
+
+
+def _unpickle_dataset(pickled, parts):
+    import io
+
+    if pickled is None:
+        # Published from Rust: its one part.
+        return _wrap_part(parts[0])
+    return _DatasetUnpickler(io.BytesIO(pickled), parts).load()
+
+
+class _Datasets:
+    """`client.datasets`: the published datasets as a mapping."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getitem__(self, name):
+        return self._client.get_dataset(name)
+
+    def __setitem__(self, name, value):
+        self._client.publish_dataset(value, name=name)
+
+    def __delitem__(self, name):
+        self._client.unpublish_dataset(name)
+
+    def __contains__(self, name):
+        return name in self._client.list_datasets()
+
+    def __iter__(self):
+        return iter(self._client.list_datasets())
+
+    def __len__(self):
+        return len(self._client.list_datasets())
+
+    def keys(self):
+        return list(self._client.list_datasets())
+
+    def __repr__(self):
+        return f"<Datasets: {list(self._client.list_datasets())}>"
+
+
 class Client(_partita.Client):
     """A connection to a partita cluster: `pt.Client(cluster_file_or_local_cluster)`.
 
@@ -333,6 +432,51 @@ class Client(_partita.Client):
         if isinstance(futures, Future):
             futures = [futures]
         self._replicate(list(futures), n)
+
+    def publish_dataset(self, *args, name=None, override=False, **kwargs):
+        """Publish data on the cluster under a name for any client to get, as dask's
+        `client.publish_dataset`: `client.publish_dataset(df=frame)` or
+        `client.publish_dataset(frame, name="df")`. The data stays on the workers after this
+        client and its futures are gone, until `unpublish_dataset`. What is published is
+        on the cluster already: futures, and arrays and frames persisted with a client of
+        this cluster (`client.persist(x)`), alone or inside lists, dicts and other
+        picklable objects (a lazy array or frame raises TypeError: persist it first).
+        KeyError if a name is taken, unless `override=True`."""
+        if args:
+            if name is None:
+                raise TypeError("publish_dataset(obj, name=...) needs the dataset's name")
+            kwargs[name] = args[0] if len(args) == 1 else args
+        elif name is not None:
+            raise TypeError("name= names a positional object: publish_dataset(obj, name=...)")
+        if not kwargs:
+            raise TypeError("publish_dataset needs something to publish")
+        if not override:
+            taken = sorted(set(self.list_datasets()) & kwargs.keys())
+            if taken:
+                raise KeyError(f"dataset {taken[0]!r} is already published; override=True replaces it")
+        for n, obj in kwargs.items():
+            pickled, parts = _pickle_dataset(obj)
+            self._publish_dataset(n, pickled, parts, override)
+
+    def get_dataset(self, name, default=_NO_DEFAULT):
+        """The data published under `name` (by any client), as it was published: its
+        futures and persisted arrays and frames now belong to this client, and the data
+        stays while they live, even if the dataset is unpublished. KeyError if nothing is
+        published under that name, unless a `default` is given."""
+        try:
+            pickled, parts = self._get_dataset(name)
+        except KeyError:
+            if default is _NO_DEFAULT:
+                raise
+            return default
+        return _unpickle_dataset(pickled, parts)
+
+    @property
+    def datasets(self):
+        """The published datasets as a mapping (dask's `client.datasets`): `client.datasets
+        ["df"]` gets, `client.datasets["df"] = x` publishes, `del client.datasets["df"]`
+        unpublishes, `list(client.datasets)` lists."""
+        return _Datasets(self)
 
     def nthreads(self):
         """`{worker address: threads}` for the workers connected now (dask's
