@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use partita::Key;
-use partita::distributed::{AsCompleted, Client, Future, FutureStatus};
+use partita::distributed::{AsCompleted, Client, Future, FutureStatus, SubmitOptions};
 use pyo3::exceptions::{PyTimeoutError, PyTypeError};
 use pyo3::prelude::*;
 
@@ -287,13 +287,12 @@ impl PyAsCompleted {
 /// `wait` (the Python signatures are in lib.rs).
 impl PyClient {
     /// Start computing collections (arrays, frames) on the cluster and return at once:
-    /// one `Future` per collection; each task retried `retries` times if given, else as
-    /// the client says.
+    /// one `Future` per collection, submitted with `options` (retries, restrictions).
     pub(crate) fn compute_futures(
         &self,
         py: Python<'_>,
         collections: Vec<Bound<'_, PyAny>>,
-        retries: Option<u32>,
+        options: &SubmitOptions,
     ) -> PyResult<Vec<PyFuture>> {
         let client = self.client()?;
         let items = collections
@@ -304,8 +303,7 @@ impl PyClient {
             .detach(|| {
                 let refs: Vec<&dyn partita::Collection> =
                     items.iter().map(AnyCollection::as_collection).collect();
-                let retries = retries.unwrap_or_else(|| client.retries());
-                client.submit_collections_with_retries(&refs, retries)
+                client.submit_collections_with(&refs, options)
             })
             .py_err()?;
         Ok(items
@@ -320,8 +318,7 @@ impl PyClient {
     }
 
     /// Submit one Python call prepared by `partita._futures` (its key, name, pickled
-    /// payload and the futures it reads), retried `retries` times if given, else as the
-    /// client says.
+    /// payload and the futures it reads), submitted with `options`.
     pub(crate) fn submit_call(
         &self,
         py: Python<'_>,
@@ -329,7 +326,7 @@ impl PyClient {
         name: String,
         payload: Vec<u8>,
         deps: Vec<Py<PyFuture>>,
-        retries: Option<u32>,
+        options: &SubmitOptions,
     ) -> PyResult<PyFuture> {
         let client = self.client()?;
         let mut inputs = Vec::with_capacity(deps.len());
@@ -349,10 +346,7 @@ impl PyClient {
         }
         let op = Arc::new(crate::pycall::PyCall { name, payload });
         let future = py
-            .detach(|| {
-                let retries = retries.unwrap_or_else(|| client.retries());
-                client.submit_task_with_retries(Key::named(key), op, &inputs, retries)
-            })
+            .detach(|| client.submit_task_with(Key::named(key), op, &inputs, options))
             .py_err()?;
         Ok(PyFuture {
             what: What::Object,

@@ -1502,20 +1502,29 @@ impl PyClient {
 
     /// Start computing collections on the cluster and return at once: a `Future` per
     /// collection (the list given) or one (a single collection). Python wrappers (`Array`,
-    /// `DataFrame`) are unwrapped by `partita._futures`. `retries` overrides the client's.
-    #[pyo3(signature = (collections, retries = None))]
+    /// `DataFrame`) are unwrapped by `partita._futures`. `retries` overrides the client's;
+    /// `workers` (addresses or hosts) restricts where the tasks run.
+    #[pyo3(signature = (collections, retries = None, workers = Vec::new(), allow_other_workers = false))]
     fn _compute(
         &self,
         py: Python<'_>,
         collections: Vec<Bound<'_, PyAny>>,
         retries: Option<u32>,
+        workers: Vec<String>,
+        allow_other_workers: bool,
     ) -> PyResult<Vec<futures::PyFuture>> {
-        self.compute_futures(py, collections, retries)
+        let options = partita::distributed::SubmitOptions {
+            retries,
+            workers,
+            allow_other_workers,
+        };
+        self.compute_futures(py, collections, &options)
     }
 
     /// One Python call prepared by `partita._futures.prepare_call`; `retries` overrides
-    /// the client's.
-    #[pyo3(signature = (key, name, payload, deps, retries = None))]
+    /// the client's; `workers` (addresses or hosts) restricts where it runs.
+    #[pyo3(signature = (key, name, payload, deps, retries = None, workers = Vec::new(), allow_other_workers = false))]
+    #[allow(clippy::too_many_arguments)]
     fn _submit_call(
         &self,
         py: Python<'_>,
@@ -1524,8 +1533,15 @@ impl PyClient {
         payload: Vec<u8>,
         deps: Vec<Py<futures::PyFuture>>,
         retries: Option<u32>,
+        workers: Vec<String>,
+        allow_other_workers: bool,
     ) -> PyResult<futures::PyFuture> {
-        self.submit_call(py, key, name, payload, deps, retries)
+        let options = partita::distributed::SubmitOptions {
+            retries,
+            workers,
+            allow_other_workers,
+        };
+        self.submit_call(py, key, name, payload, deps, &options)
     }
 
     /// `{key: [worker address, ...]}` for every key of `futures` (a collection's future

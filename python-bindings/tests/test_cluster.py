@@ -268,3 +268,27 @@ def test_published_datasets_outlive_their_publisher_and_compute_alike():
             # Unpublished, but still held by this client's objects.
             np.testing.assert_allclose(got["a"].compute(scheduler=getter), x * 2)
             assert got["df"].compute(scheduler=getter).equals(frame)
+
+
+def test_workers_restrict_where_tasks_run_as_in_dask(cluster_client):
+    client = cluster_client
+    pids = client.run(os.getpid)
+    a, b = sorted(pids)
+    # Every call on b, though a is as idle.
+    futures = client.map(lambda i: (i, os.getpid()), range(8), workers=b, pure=False)
+    assert {pid for _, pid in client.gather(futures)} == {pids[b]}
+    # A computation restricted to a, by a list of addresses; same answer as NumPy.
+    x = np.random.default_rng(8).normal(size=(40, 30))
+    total = client.compute(pt.from_numpy(x, chunks=(10, 10)).sum(axis=0), workers=[a])
+    np.testing.assert_allclose(total.result(timeout=60), x.sum(axis=0))
+    assert set(sum(client.who_has(total).values(), [])) == {a}
+    # No such worker: it waits; allowed elsewhere, it runs.
+    waiting = client.submit(os.getpid, workers="10.255.255.1:9", pure=False)
+    with pytest.raises(TimeoutError):
+        waiting.result(timeout=0.3)
+    assert waiting.status == "pending"
+    anywhere = client.submit(os.getpid, workers=["10.255.255.1:9"], allow_other_workers=True, pure=False)
+    assert anywhere.result(timeout=60) in pids.values()
+    waiting.cancel()
+    with pytest.raises(TypeError, match="strings"):
+        client.submit(os.getpid, workers=[1])

@@ -12,7 +12,9 @@ use partita::{
     ComputeOptions, Error, ExecutionContext, ExecutionPlan, FnOp, Graph, GraphBuilder, Key,
     LocalScheduler, Op, OptimizeOptions, Scheduler, Value, compute_with,
 };
-use partita_tests::{Blob, Fail, FailTimes, Mix, Panic, SlowMix, cluster, test_worker_binary};
+use partita_tests::{
+    Blob, Fail, FailTimes, Mix, Panic, ProcessId, SlowMix, cluster, test_worker_binary,
+};
 
 fn start(n_workers: usize, memory_limit: u64) -> LocalCluster {
     LocalCluster::start(LocalClusterOptions {
@@ -1117,4 +1119,72 @@ fn persisting_on_the_cluster_can_be_cancelled_promptly() {
         let client = cluster().expect("the test cluster");
         client.persist(&plan, &options.context)
     });
+}
+
+/// Dask's `workers=`: tasks run only on the workers named (by address or host), wait for
+/// one that is not connected, or run anywhere meanwhile with `allow_other_workers`.
+#[test]
+fn restricted_tasks_run_where_asked_and_wait_for_absent_workers() {
+    use partita::distributed::SubmitOptions;
+    let client = cluster().expect("the test cluster");
+    let pid_of: std::collections::HashMap<String, i64> = (client.run(Arc::new(ProcessId)))
+        .unwrap()
+        .into_iter()
+        .map(|(peer, r)| (peer.address, *r.unwrap().get::<i64>().unwrap()))
+        .collect();
+    let mut addresses: Vec<String> = pid_of.keys().cloned().collect();
+    addresses.sort();
+    let (a, b) = (addresses[0].clone(), addresses[1].clone());
+    // Eight quick tasks, all on b though a is as idle (and would steal them otherwise).
+    let only_b = SubmitOptions::on_workers([b.clone()]);
+    let pids: Vec<partita::distributed::Future> = (0..8)
+        .map(|i| {
+            let key = Key::new("restricted-pid", [i]);
+            (client.submit_task_with(key, Arc::new(ProcessId), &[], &only_b)).unwrap()
+        })
+        .collect();
+    let ran = i64s(&client.gather(&pids).unwrap());
+    assert!(ran.iter().all(|p| *p == pid_of[&b]), "{ran:?} {pid_of:?}");
+    // A whole graph on a, by its host and port; same value as the local scheduler's.
+    let (graph, key, expected) = small_graph("restricted-graph");
+    let on_a = SubmitOptions::on_workers([a.clone()]);
+    let futures = client.submit_with(graph, &[key], &on_a).unwrap();
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), [expected]);
+    let holders: Vec<String> = (client.who_has(&futures).unwrap()[0].1.iter())
+        .map(|p| p.address.clone())
+        .collect();
+    assert_eq!(holders.as_slice(), std::slice::from_ref(&a));
+    // No such worker: it waits (pending, not failed); loosely restricted, it runs anyway.
+    let absent = SubmitOptions::on_workers(["10.255.255.1:9"]);
+    let waiting = (client.submit_task_with(
+        Key::named("restricted-absent"),
+        Arc::new(ProcessId),
+        &[],
+        &absent,
+    ))
+    .unwrap();
+    assert!(waiting.wait(Some(Duration::from_millis(300))).is_err());
+    assert_eq!(
+        waiting.status(),
+        partita::distributed::FutureStatus::Pending
+    );
+    let loose = SubmitOptions {
+        allow_other_workers: true,
+        ..absent
+    };
+    let anywhere = (client.submit_task_with(
+        Key::named("restricted-loose"),
+        Arc::new(ProcessId),
+        &[],
+        &loose,
+    ))
+    .unwrap();
+    let pid = *anywhere.result().unwrap().get::<i64>().unwrap();
+    assert!(pid_of.values().any(|p| *p == pid));
+    // Cancelled while it waits: gone, and the cluster goes on.
+    waiting.cancel().unwrap();
+    drop((waiting, anywhere, pids, futures));
+    nothing_held(client);
+    let (graph, key, expected) = small_graph("after-restricted");
+    assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
 }

@@ -27,7 +27,8 @@ use partita_core::{
     Error, Execution, ExecutionContext, ExecutionPlan, Key, Op, Result, RunStats, Scheduler, Value,
 };
 use partita_proto::messages::{
-    ClusterInfo, DatasetReply, FromClient, Peer, Role, TaskFailure, TaskSpec, ToClient, WorkerId,
+    ClusterInfo, DatasetReply, FromClient, Peer, Restrictions, Role, TaskFailure, TaskSpec,
+    ToClient, WorkerId,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
@@ -102,6 +103,45 @@ impl KeyState {
             }),
             KeyState::Lost => Some(scheduler_gone()),
         }
+    }
+}
+
+/// How a submission runs (Dask's keyword arguments of `submit` and `compute`).
+#[derive(Clone, Debug, Default)]
+pub struct SubmitOptions {
+    /// Times a failing task is run again before its error counts; `None`: the client's
+    /// ([`Client::set_retries`]).
+    pub retries: Option<u32>,
+    /// The workers its tasks may run on: addresses (`host:port`, as [`Client::workers`]
+    /// lists them) or hosts (any worker there); empty: anywhere. A task whose workers are
+    /// all gone waits for one to join (the scheduler logs a warning), as Dask's do.
+    pub workers: Vec<String>,
+    /// With `workers`: run anywhere while none of them is connected, rather than wait.
+    pub allow_other_workers: bool,
+}
+
+impl SubmitOptions {
+    /// Just a number of retries.
+    pub fn retries(n: u32) -> SubmitOptions {
+        SubmitOptions {
+            retries: Some(n),
+            ..SubmitOptions::default()
+        }
+    }
+
+    /// Only on these workers (addresses or hosts).
+    pub fn on_workers(workers: impl IntoIterator<Item = impl Into<String>>) -> SubmitOptions {
+        SubmitOptions {
+            workers: workers.into_iter().map(Into::into).collect(),
+            ..SubmitOptions::default()
+        }
+    }
+
+    fn restrictions(&self) -> Option<Restrictions> {
+        (!self.workers.is_empty()).then(|| Restrictions {
+            workers: self.workers.clone(),
+            loose: self.allow_other_workers,
+        })
     }
 }
 
@@ -566,7 +606,12 @@ impl Drop for Inner {
 }
 
 /// A plan's tasks as the scheduler takes them, and its distinct outputs.
-fn task_specs(plan: &ExecutionPlan, retries: u32, inner: &Inner) -> Result<Specs> {
+fn task_specs(
+    plan: &ExecutionPlan,
+    retries: u32,
+    restrictions: Option<&Restrictions>,
+    inner: &Inner,
+) -> Result<Specs> {
     let graph = &plan.graph;
     let mut tasks = Vec::with_capacity(graph.len());
     // Tasks standing for values persisted on this cluster: the key it has them under.
@@ -591,6 +636,7 @@ fn task_specs(plan: &ExecutionPlan, retries: u32, inner: &Inner) -> Result<Specs
             payload: ByteBuf::from(encode_op(key, op)?),
             priority: i64::from(plan.priority[id.index()]),
             retries,
+            restrictions: restrictions.cloned(),
         });
     }
     let mut wanted: Vec<Key> = Vec::new();
@@ -677,7 +723,7 @@ impl Scheduler for Client {
         if ctx.observer.is_some() {
             return Err(observers_not_supported());
         }
-        let futures = self.submit_plan(plan, self.retries())?;
+        let futures = self.submit_plan(plan, &SubmitOptions::default())?;
         let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
         let distinct: HashSet<&Key> = keys.iter().collect();
         let total = distinct.len();
@@ -798,7 +844,7 @@ impl Inner {
             tasks,
             wanted,
             output_keys,
-        } = task_specs(plan, self.retries.load(Ordering::Relaxed), self)?;
+        } = task_specs(plan, self.retries.load(Ordering::Relaxed), None, self)?;
         let seen: HashSet<Key> = wanted.iter().cloned().collect();
         let tasks_sent = tasks.len();
         self.hold(&wanted);
@@ -1078,8 +1124,19 @@ impl Client {
         outputs: &[Key],
         retries: u32,
     ) -> Result<Vec<Future>> {
+        self.submit_with(graph, outputs, &SubmitOptions::retries(retries))
+    }
+
+    /// [`Client::submit`] with options: retries, and the workers its tasks may run on
+    /// (Dask's `client.compute(x, workers=..., allow_other_workers=...)`).
+    pub fn submit_with(
+        &self,
+        graph: partita_core::Graph,
+        outputs: &[Key],
+        options: &SubmitOptions,
+    ) -> Result<Vec<Future>> {
         let plan = ExecutionPlan::new(graph, outputs, partita_core::OptimizeOptions::default())?;
-        self.submit_plan(&plan, retries)
+        self.submit_plan(&plan, options)
     }
 
     /// Submit several collections (arrays, frames, delayed values) in one graph, so work
@@ -1098,11 +1155,20 @@ impl Client {
         collections: &[&dyn partita_core::Collection],
         retries: u32,
     ) -> Result<Vec<Vec<Future>>> {
+        self.submit_collections_with(collections, &SubmitOptions::retries(retries))
+    }
+
+    /// [`Client::submit_collections`] with options (retries, worker restrictions).
+    pub fn submit_collections_with(
+        &self,
+        collections: &[&dyn partita_core::Collection],
+        options: &SubmitOptions,
+    ) -> Result<Vec<Vec<Future>>> {
         let roots: Vec<_> = collections.iter().map(|c| Arc::clone(c.layer())).collect();
         let graph = partita_core::layer::Layer::materialize(&roots)?;
         let per: Vec<Vec<Key>> = collections.iter().map(|c| c.output_keys()).collect();
         let all: Vec<Key> = per.iter().flatten().cloned().collect();
-        let mut futures = self.submit_with_retries(graph, &all, retries)?.into_iter();
+        let mut futures = self.submit_with(graph, &all, options)?.into_iter();
         Ok(per
             .iter()
             .map(|keys| futures.by_ref().take(keys.len()).collect())
@@ -1130,19 +1196,34 @@ impl Client {
         deps: &[Future],
         retries: u32,
     ) -> Result<Future> {
+        self.submit_task_with(key, op, deps, &SubmitOptions::retries(retries))
+    }
+
+    /// [`Client::submit_task`] with options: retries, and the workers it may run on
+    /// (Dask's `client.submit(f, workers=..., allow_other_workers=...)`).
+    pub fn submit_task_with(
+        &self,
+        key: Key,
+        op: Arc<dyn partita_core::Op>,
+        deps: &[Future],
+        options: &SubmitOptions,
+    ) -> Result<Future> {
         let spec = TaskSpec {
             payload: ByteBuf::from(encode_op(&key, &op)?),
             deps: deps.iter().map(|f| f.key.clone()).collect(),
             key: key.clone(),
             priority: 0,
-            retries,
+            retries: options.retries.unwrap_or_else(|| self.retries()),
+            restrictions: options.restrictions(),
         };
         let mut futures = self.submit_specs(vec![spec], vec![key.clone()], &[key])?;
         Ok(futures.remove(0))
     }
 
-    fn submit_plan(&self, plan: &ExecutionPlan, retries: u32) -> Result<Vec<Future>> {
-        let specs = task_specs(plan, retries, &self.inner)?;
+    fn submit_plan(&self, plan: &ExecutionPlan, options: &SubmitOptions) -> Result<Vec<Future>> {
+        let retries = options.retries.unwrap_or_else(|| self.retries());
+        let restrictions = options.restrictions();
+        let specs = task_specs(plan, retries, restrictions.as_ref(), &self.inner)?;
         self.submit_specs(specs.tasks, specs.wanted, &specs.output_keys)
     }
 

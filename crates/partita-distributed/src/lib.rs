@@ -41,7 +41,7 @@ pub mod spill_file;
 pub mod wire;
 pub mod worker;
 
-pub use client::{AsCompleted, Client, Future, FutureStatus, Persisted};
+pub use client::{AsCompleted, Client, Future, FutureStatus, Persisted, SubmitOptions};
 pub use cluster_file::ClusterFile;
 pub use dataset::Dataset;
 pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -121,6 +121,27 @@ pub struct TaskSpec {
     pub priority: i64,
     /// How many times an erring task is run again before it counts as erred.
     pub retries: u32,
+    /// Where it may run (Dask's `workers=`); `None`, and left out of the message: anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restrictions: Option<Restrictions>,
+}
+
+/// The workers a task may run on (Dask's `workers=` and `allow_other_workers=`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Restrictions {
+    /// Worker addresses (`host:port`, as [`Peer::address`]) or hosts (every worker there).
+    pub workers: Vec<String>,
+    /// Run anywhere while none of them is connected, instead of waiting for one.
+    pub loose: bool,
+}
+
+impl Restrictions {
+    /// Does a worker at `address` satisfy these restrictions' list?
+    pub fn allows(&self, address: &str) -> bool {
+        let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        (self.workers.iter()).any(|w| w == address || w == host || w == bare)
+    }
 }
 
 /// Where a dependency's value can be fetched from.
@@ -741,6 +762,7 @@ mod tests {
                     payload: ByteBuf::from(vec![1, 2, 3]),
                     priority: -4,
                     retries: 2,
+                    restrictions: None,
                 }],
                 wanted: vec![Key::new("x", [0, 3])],
             },
@@ -787,6 +809,7 @@ mod tests {
                 payload: ByteBuf::from(vec![0u8; MAX_CONTROL_MESSAGE_BYTES]),
                 priority: 0,
                 retries: 0,
+                restrictions: None,
             }],
             wanted: vec![],
         };

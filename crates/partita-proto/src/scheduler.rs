@@ -45,8 +45,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde_bytes::ByteBuf;
 
 use crate::messages::{
-    ClientId, DatasetReply, DepLocation, FromClient, FromWorker, Peer, TaskFailure, TaskSpec,
-    ToClient, ToWorker, WorkerId, WorkerMetrics,
+    ClientId, DatasetReply, DepLocation, FromClient, FromWorker, Peer, Restrictions, TaskFailure,
+    TaskSpec, ToClient, ToWorker, WorkerId, WorkerMetrics,
 };
 use crate::root_queue::RootQueue;
 use crate::{Time, moving_average};
@@ -226,6 +226,8 @@ struct Task {
     scattered: bool,
     /// Datasets listing it ([`FromClient::PublishDataset`]): wanted while any does.
     published: u32,
+    /// The workers it may run on ([`TaskSpec::restrictions`]); boxed, being rare.
+    restrictions: Option<Box<Restrictions>>,
 }
 
 impl Task {
@@ -252,6 +254,7 @@ impl Task {
             failure: None,
             scattered: false,
             published: 0,
+            restrictions: None,
         }
     }
 }
@@ -331,6 +334,10 @@ pub struct SchedulerState {
     /// Published datasets by name: their keys (each counted in its task's `published`)
     /// and the payload their publisher attached.
     datasets: BTreeMap<String, (Vec<Key>, ByteBuf)>,
+    /// Ready tasks (status `Queued`) that no open worker may run (their restrictions
+    /// name none connected): Dask's "no-worker" state, by (priority, seq). Retried when
+    /// a worker joins.
+    no_worker: BTreeMap<(i64, u64), Key>,
     out: Vec<SchedulerAction>,
 }
 
@@ -351,6 +358,7 @@ impl SchedulerState {
             replications: BTreeMap::new(),
             retiring: 0,
             datasets: BTreeMap::new(),
+            no_worker: BTreeMap::new(),
             out: Vec::new(),
         }
     }
@@ -517,6 +525,26 @@ impl SchedulerState {
                 nanny: None,
             },
         );
+        self.retry_no_worker(id);
+    }
+
+    /// Place the tasks waiting for a worker their restrictions allow, if `id` is one.
+    fn retry_no_worker(&mut self, id: WorkerId) {
+        let Some(address) = self.workers.get(&id).map(|w| w.address.clone()) else {
+            return;
+        };
+        let ready: Vec<((i64, u64), Key)> = (self.no_worker.iter())
+            .filter(|(_, k)| {
+                (self.tasks.get(*k))
+                    .and_then(|t| t.restrictions.as_ref())
+                    .is_none_or(|r| r.allows(&address))
+            })
+            .map(|(pos, k)| (*pos, k.clone()))
+            .collect();
+        for (pos, key) in ready {
+            self.no_worker.remove(&pos);
+            self.make_ready(key);
+        }
     }
 
     /// A worker joining from `nanny`: the worker that nanny started before is dead (a
@@ -1223,13 +1251,14 @@ impl SchedulerState {
             // Dependencies share the names of their tasks' keys (submitted earlier, or
             // earlier in this submission: clients send tasks after their dependencies).
             let deps = (spec.deps.into_iter()).map(|d| self.canonical(d)).collect();
-            let task = Task::released(
+            let mut task = Task::released(
                 spec.payload,
                 deps,
                 spec.priority,
                 self.next_seq,
                 spec.retries,
             );
+            task.restrictions = spec.restrictions.map(Box::new);
             self.tasks.insert(spec.key.clone(), task);
             added.push(spec.key);
         }
@@ -1412,6 +1441,18 @@ impl SchedulerState {
             }
         }
         self.queue.check(|w| self.workers.contains_key(w))?;
+        for ((prio, seq), k) in &self.no_worker {
+            match self.tasks.get(k) {
+                Some(t)
+                    if t.status == TaskStatus::Queued && (t.priority, t.seq) == (*prio, *seq) => {}
+                other => {
+                    return Err(format!(
+                        "{k} waits for a worker as {:?}",
+                        other.map(|t| t.status)
+                    ));
+                }
+            }
+        }
         let retiring = self.workers.values().filter(|w| w.retiring).count();
         if retiring != self.retiring {
             return Err(format!(
@@ -1433,6 +1474,7 @@ impl SchedulerState {
             match t.status {
                 TaskStatus::Waiting | TaskStatus::Queued if !needed => {
                     self.queue.remove(&(t.priority, t.seq));
+                    self.no_worker.remove(&(t.priority, t.seq));
                     work.extend(t.deps.iter().cloned());
                     self.set_status(&k, TaskStatus::Released);
                 }
@@ -1561,9 +1603,31 @@ impl SchedulerState {
             self.err(key, failure);
             return;
         }
-        let candidates = match t.deps.is_empty() {
-            true => Vec::new(), // roots wait in the queue for a slot
-            false => self.open_workers(),
+        let allowed = (t.restrictions.as_deref()).map(|r| {
+            let allowed: Vec<WorkerId> = (self.workers.iter())
+                .filter(|(_, w)| !w.retiring && r.allows(&w.address))
+                .map(|(id, _)| *id)
+                .collect();
+            (allowed, r.loose)
+        });
+        let candidates = match allowed {
+            // Restricted: placed at once among the workers allowed (never queued as a
+            // root: the queue's runs are for any worker).
+            Some((allowed, _)) if !allowed.is_empty() => allowed,
+            Some((_, false)) => {
+                let r = t.restrictions.as_deref().expect("restricted");
+                let text = format!(
+                    "{key} waits for a worker among {:?}: none is connected",
+                    r.workers
+                );
+                self.no_worker.insert((t.priority, t.seq), key.clone());
+                self.set_status(&key, TaskStatus::Queued);
+                self.log(LogLevel::Warn, text);
+                return;
+            }
+            // Unrestricted, or loosely restricted to workers not connected.
+            _ if t.deps.is_empty() => Vec::new(), // roots wait in the queue for a slot
+            _ => self.open_workers(),
         };
         if candidates.is_empty() {
             self.queue.insert((t.priority, t.seq), key.clone());
@@ -1601,7 +1665,7 @@ impl SchedulerState {
             let inputs = self.missing_inputs(&k);
             let costs = candidates.iter().map(|w| inputs.on(*w).0);
             let (lo, hi) = costs.fold((u64::MAX, 0), |(lo, hi), c| (lo.min(c), hi.max(c)));
-            if t.deps.is_empty() || hi - lo > COASSIGN_MAX_COST_SPREAD {
+            if t.deps.is_empty() || t.restrictions.is_some() || hi - lo > COASSIGN_MAX_COST_SPREAD {
                 self.make_ready(k);
             } else {
                 together.push((t.priority, t.seq, k));
@@ -1872,9 +1936,14 @@ impl SchedulerState {
                     .map(|(_, id)| id);
                 let Some(victim) = victim else { break };
                 // The task the victim would run last, if moving its inputs is cheap.
+                let thief_address = &self.workers[&thief].address;
+                let may_move = |t: &Task| {
+                    !t.started
+                        && (t.restrictions.as_deref()).is_none_or(|r| r.allows(thief_address))
+                };
                 let candidate = (self.workers[&victim].processing.iter())
                     .filter(|k| !self.steals.contains_key(*k))
-                    .filter(|k| self.tasks.get(*k).is_some_and(|t| !t.started))
+                    .filter(|k| self.tasks.get(*k).is_some_and(may_move))
                     .filter(|k| self.transfer_cost(k, thief) <= self.estimate(k))
                     .filter_map(|k| self.tasks.get(k).map(|t| (t.priority, t.seq, k)))
                     .max()
@@ -2040,6 +2109,7 @@ impl SchedulerState {
             }
             let (prio, seq) = (t.priority, t.seq);
             self.queue.remove(&(prio, seq));
+            self.no_worker.remove(&(prio, seq));
             if let Some(w) = self.unassign(&k) {
                 self.free_on(w, k.clone());
             }
@@ -2212,6 +2282,7 @@ mod tests {
             payload: ByteBuf::new(),
             priority,
             retries: 0,
+            restrictions: None,
         }
     }
 
@@ -2900,6 +2971,145 @@ mod tests {
         };
         assert_eq!(dataset_request(&mut s, 2, msg), DatasetReply::Done);
         assert_eq!(s.task_status(&x), TaskStatus::Memory);
+    }
+
+    fn join_at(
+        s: &mut SchedulerState,
+        id: u32,
+        nthreads: u32,
+        address: &str,
+    ) -> Vec<SchedulerAction> {
+        let e = SchedulerEvent::WorkerJoined {
+            worker: WorkerId(id),
+            nthreads,
+            memory_limit: 0,
+            address: address.into(),
+            nanny: None,
+        };
+        s.handle(e, Time::ZERO)
+    }
+
+    fn only_on(mut spec: TaskSpec, workers: &[&str], loose: bool) -> TaskSpec {
+        spec.restrictions = Some(Restrictions {
+            workers: workers.iter().map(|w| w.to_string()).collect(),
+            loose,
+        });
+        spec
+    }
+
+    #[test]
+    fn restrictions_match_addresses_and_hosts() {
+        let r = Restrictions {
+            workers: vec!["10.0.0.1".into(), "10.0.0.2:4000".into(), "::1".into()],
+            loose: false,
+        };
+        assert!(r.allows("10.0.0.1:4000") && r.allows("10.0.0.1:5000"));
+        assert!(r.allows("10.0.0.2:4000") && !r.allows("10.0.0.2:4001"));
+        assert!(r.allows("[::1]:4000") && !r.allows("10.0.0.3:4000"));
+    }
+
+    #[test]
+    fn restricted_tasks_run_only_where_allowed_and_wait_for_such_a_worker() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join_at(&mut s, 0, 1, "10.0.0.1:4000");
+        join_at(&mut s, 1, 1, "10.0.0.2:4000");
+        let (a, b, c) = (Key::new("a", [0]), Key::new("b", [0]), Key::new("c", [0]));
+        // A root restricted to a worker is placed there at once, not queued.
+        let acts = submit(
+            &mut s,
+            1,
+            vec![only_on(spec(&a, &[], 0), &["10.0.0.2:4000"], false)],
+            &[&a],
+        );
+        assert_eq!(computes(&acts), vec![(1, a.clone())]);
+        // Restricted to a host with no worker: it waits, and the log says why.
+        let acts = submit(
+            &mut s,
+            1,
+            vec![only_on(spec(&b, &[], 1), &["10.0.0.3"], false)],
+            &[&b],
+        );
+        assert!(computes(&acts).is_empty(), "{acts:?}");
+        assert_eq!(s.task_status(&b), TaskStatus::Queued);
+        assert!(acts.iter().any(
+            |a| matches!(a, SchedulerAction::Log(LogLevel::Warn, t) if t.contains("10.0.0.3"))
+        ));
+        s.check_consistency().unwrap();
+        // Loosely restricted to it: runs anywhere meanwhile (worker 0 has the free thread).
+        let acts = submit(
+            &mut s,
+            1,
+            vec![only_on(spec(&c, &[], 2), &["10.0.0.3"], true)],
+            &[&c],
+        );
+        assert_eq!(computes(&acts), vec![(0, c.clone())]);
+        // A worker on that host joins: the waiting task goes to it.
+        let acts = join_at(&mut s, 2, 1, "10.0.0.3:5000");
+        assert_eq!(computes(&acts), vec![(2, b.clone())]);
+        // It dies: the task waits again, though two workers are idle enough.
+        finish(&mut s, 1, &a, 8);
+        let lost = SchedulerEvent::WorkerLost {
+            worker: WorkerId(2),
+            reason: "killed".into(),
+        };
+        let acts = s.handle(lost, Time::ZERO);
+        assert!(computes(&acts).is_empty(), "{acts:?}");
+        assert_eq!(s.task_status(&b), TaskStatus::Queued);
+        s.check_consistency().unwrap();
+        // A dependent restricted to worker 0 reads a's value from worker 1.
+        let d = Key::new("d", [0]);
+        let acts = submit(
+            &mut s,
+            1,
+            vec![only_on(spec(&d, &[&a], 3), &["10.0.0.1:4000"], false)],
+            &[&d],
+        );
+        assert_eq!(computes(&acts), vec![(0, d.clone())]);
+        // Released while waiting for a worker: forgotten, nothing left behind.
+        let release = FromClient::ReleaseKeys {
+            keys: vec![b.clone()],
+        };
+        s.handle(
+            SchedulerEvent::FromClient {
+                client: ClientId(1),
+                msg: release,
+            },
+            Time::ZERO,
+        );
+        assert_eq!(s.task_status(&b), TaskStatus::Forgotten);
+        s.check_consistency().unwrap();
+        let acts = join_at(&mut s, 3, 1, "10.0.0.3:5001");
+        assert!(computes(&acts).is_empty(), "{acts:?}");
+    }
+
+    #[test]
+    fn idle_workers_do_not_steal_tasks_restricted_elsewhere() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join_at(&mut s, 0, 1, "10.0.0.1:4000");
+        join_at(&mut s, 1, 1, "10.0.0.2:4000");
+        let keys: Vec<Key> = (0..4).map(|i| Key::new("r", [i])).collect();
+        let specs = (keys.iter())
+            .map(|k| only_on(spec(k, &[], 0), &["10.0.0.1"], false))
+            .collect();
+        let refs: Vec<&Key> = keys.iter().collect();
+        let acts = submit(&mut s, 1, specs, &refs);
+        assert_eq!(computes(&acts).iter().filter(|(w, _)| *w == 0).count(), 4);
+        let steals = |acts: &[SchedulerAction]| {
+            (acts.iter())
+                .filter(|a| {
+                    matches!(
+                        a,
+                        SchedulerAction::SendToWorker(_, ToWorker::StealRequest { .. })
+                    )
+                })
+                .count()
+        };
+        assert_eq!(steals(&acts), 0);
+        // Nor when one of them finishes and the balance is looked at again.
+        let acts = finish(&mut s, 0, &keys[0], 8);
+        assert_eq!(steals(&acts), 0, "{acts:?}");
+        assert!(computes(&acts).is_empty(), "{acts:?}");
+        s.check_consistency().unwrap();
     }
 
     #[test]

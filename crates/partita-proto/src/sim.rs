@@ -685,6 +685,7 @@ pub fn spec(key: Key, deps: Vec<Key>) -> TaskSpec {
         payload: ByteBuf::new(),
         priority: 0,
         retries: 0,
+        restrictions: None,
     }
 }
 

@@ -208,7 +208,20 @@ def _name(f):
     return getattr(f, "__name__", None) or type(f).__name__
 
 
-def submit(client, f, *args, key=None, pure=True, retries=None, **kwargs):
+def _workers(workers):
+    """`workers=` as a list of addresses or hosts: one string, or any iterable of them."""
+    if workers is None:
+        return []
+    if isinstance(workers, str):
+        return [workers]
+    workers = list(workers)
+    for w in workers:
+        if not isinstance(w, str):
+            raise TypeError(f"workers= takes worker addresses or hosts (strings), got {type(w).__name__}")
+    return workers
+
+
+def submit(client, f, *args, key=None, pure=True, retries=None, workers=None, allow_other_workers=False, **kwargs):
     if not callable(f):
         raise TypeError(f"submit takes a function first, got {type(f).__name__}")
     found = _Args(Future)
@@ -225,7 +238,7 @@ def submit(client, f, *args, key=None, pure=True, retries=None, **kwargs):
             key = f"{_name(f)}-{h.hexdigest()[:32]}"
         else:
             key = f"{_name(f)}-{uuid.uuid4().hex}"
-    return client._submit_call(str(key), _name(f), payload, deps, retries)
+    return client._submit_call(str(key), _name(f), payload, deps, retries, _workers(workers), allow_other_workers)
 
 
 def _rust(collection):
@@ -359,26 +372,50 @@ class Client(_partita.Client):
             return [one(c) for c in collections]
         return one(collections)
 
-    def compute(self, collections, retries=None):
+    def compute(self, collections, retries=None, workers=None, allow_other_workers=False):
         """Start computing an array, frame or delayed value (or a list of them) and return at
         once with a `Future` (or a list of them); `future.result()` gives the NumPy array,
         frame or Python object. A task that raises is run again up to `retries` times
-        (default: `client.retries`) before its error counts."""
+        (default: `client.retries`) before its error counts. `workers` (an address as
+        `client.nthreads()` lists them, a host, or a list of those) restricts where the
+        tasks run, as dask's: they wait for such a worker if none is connected, unless
+        `allow_other_workers=True`."""
+        workers = _workers(workers)
         if isinstance(collections, (list, tuple)):
-            return self._compute([_rust(c) for c in collections], retries)
-        return self._compute([_rust(collections)], retries)[0]
+            return self._compute([_rust(c) for c in collections], retries, workers, allow_other_workers)
+        return self._compute([_rust(collections)], retries, workers, allow_other_workers)[0]
 
-    def submit(self, func, *args, key=None, pure=True, retries=None, **kwargs):
+    def submit(self, func, *args, key=None, pure=True, retries=None, workers=None, allow_other_workers=False, **kwargs):
         """Run `func(*args, **kwargs)` on a worker; futures among the arguments are replaced
         by their values there. Needs workers started with `python -m partita worker`. If it
         raises, it is run again up to `retries` times (default: `client.retries`, 0 unless
-        set) before the error counts."""
-        return submit(self, func, *args, key=key, pure=pure, retries=retries, **kwargs)
+        set) before the error counts. `workers` and `allow_other_workers` restrict where
+        it runs, as for `compute`."""
+        return submit(
+            self,
+            func,
+            *args,
+            key=key,
+            pure=pure,
+            retries=retries,
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            **kwargs,
+        )
 
-    def map(self, func, *iterables, pure=True, retries=None, **kwargs):
+    def map(self, func, *iterables, pure=True, retries=None, workers=None, allow_other_workers=False, **kwargs):
         """`submit(func, *items)` for the items of `iterables` taken together."""
         return [
-            submit(self, func, *items, pure=pure, retries=retries, **kwargs)
+            submit(
+                self,
+                func,
+                *items,
+                pure=pure,
+                retries=retries,
+                workers=workers,
+                allow_other_workers=allow_other_workers,
+                **kwargs,
+            )
             for items in zip(*iterables)
         ]
 

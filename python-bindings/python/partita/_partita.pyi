@@ -123,9 +123,22 @@ class Client:
     def close(self) -> None: ...
     def __enter__(self) -> Client: ...
     def __exit__(self, *args: Any) -> None: ...
-    def _compute(self, collections: list[Any], retries: int | None = None) -> list[Future]: ...
+    def _compute(
+        self,
+        collections: list[Any],
+        retries: int | None = None,
+        workers: list[str] = ...,
+        allow_other_workers: bool = False,
+    ) -> list[Future]: ...
     def _submit_call(
-        self, key: str, name: str, payload: bytes, deps: list[Future], retries: Optional[int] = None
+        self,
+        key: str,
+        name: str,
+        payload: bytes,
+        deps: list[Future],
+        retries: Optional[int] = None,
+        workers: list[str] = ...,
+        allow_other_workers: bool = False,
     ) -> Future: ...
     @property
     def retries(self) -> int: ...
