@@ -1638,6 +1638,21 @@ impl PyClient {
         self.get_parts(py, name)
     }
 
+    /// Forget all work and data on the cluster and restart every worker process (Dask's
+    /// `client.restart`): every client's futures are cancelled, published datasets
+    /// dropped; returns once as many workers as before are back (TimeoutError after
+    /// `timeout` seconds). Needs workers under a nanny (`pt.LocalCluster(nanny=True)`,
+    /// `partita worker` without `--no-nanny`); otherwise TransportError naming one, and
+    /// nothing is done.
+    #[pyo3(signature = (timeout = 60.0))]
+    fn restart(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let client = self.client()?;
+        let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
+            PyValueError::new_err(format!("timeout must be seconds >= 0, got {timeout}"))
+        })?;
+        py.detach(|| client.restart(timeout)).py_err()
+    }
+
     /// Forget the dataset `name` (Dask's `client.unpublish_dataset`); its data goes once
     /// no client holds it. `KeyError` if nothing is published under that name.
     fn unpublish_dataset(&self, py: Python<'_>, name: &str) -> PyResult<()> {
@@ -1713,12 +1728,14 @@ impl PyClient {
     }
 
     /// Disconnect (also at the end of a `with` block).
-    fn close(&self) {
-        let mut guard = self
+    fn close(&self, py: Python<'_>) {
+        let taken = self
             .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.take();
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        // The last handle waits (briefly) for its close to reach the scheduler.
+        py.detach(|| drop(taken));
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -1726,8 +1743,8 @@ impl PyClient {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) {
-        self.close();
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) {
+        self.close(py);
     }
 
     fn __repr__(&self) -> String {

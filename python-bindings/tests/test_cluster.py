@@ -292,3 +292,26 @@ def test_workers_restrict_where_tasks_run_as_in_dask(cluster_client):
     waiting.cancel()
     with pytest.raises(TypeError, match="strings"):
         client.submit(os.getpid, workers=[1])
+
+
+def test_restart_replaces_worker_processes_and_cancels_futures():
+    with pt.LocalCluster(n_workers=2, nanny=True) as cluster, pt.Client(cluster) as client:
+        client.wait_for_workers(2)
+        before = set(client.run(os.getpid).values())
+        x = np.arange(20.0)
+        total = client.compute(pt.from_numpy(x, chunks=5).sum())
+        assert total.result(timeout=60) == x.sum()
+        client.publish_dataset(kept=client.scatter(x))
+        client.restart()
+        after = set(client.run(os.getpid).values())
+        assert len(after) == 2 and not (after & before)
+        assert total.status == "cancelled"
+        with pytest.raises(pt.CancelledError):
+            total.result(timeout=5)
+        assert client.list_datasets() == ()
+        assert pt.from_numpy(x, chunks=5).sum().compute(scheduler=client) == x.sum()
+
+
+def test_restart_without_a_nanny_says_so(cluster_client):
+    with pytest.raises(pt.TransportError, match="nanny"):
+        cluster_client.restart()

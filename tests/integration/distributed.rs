@@ -1188,3 +1188,84 @@ fn restricted_tasks_run_where_asked_and_wait_for_absent_workers() {
     let (graph, key, expected) = small_graph("after-restricted");
     assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
 }
+
+/// Dask's `client.restart`: every worker process is replaced through its nanny, all work
+/// and data are dropped (futures cancelled, datasets gone), and the cluster works after.
+#[test]
+fn restart_replaces_every_worker_process_and_forgets_everything() {
+    use partita::distributed::{Dataset, FutureStatus};
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        n_workers: 2,
+        threads_per_worker: 1,
+        binary: Some(test_worker_binary()),
+        nanny: true,
+        ..LocalClusterOptions::default()
+    })
+    .expect("the cluster starts");
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(30)).unwrap();
+    let pids = |client: &Client| -> std::collections::BTreeSet<i64> {
+        (client.run(Arc::new(ProcessId)).unwrap().into_iter())
+            .map(|(_, r)| *r.unwrap().get::<i64>().unwrap())
+            .collect()
+    };
+    let before = pids(&client);
+    let (graph, key, expected) = small_graph("restart-before");
+    let done = client.submit(graph, &[key]).unwrap();
+    assert_eq!(i64s(&client.gather(&done).unwrap()), [expected]);
+    let slow = (client.submit_task(
+        Key::named("restart-slow"),
+        Arc::new(SlowMix {
+            salt: 1,
+            ms: 30_000,
+        }),
+        &[],
+    ))
+    .unwrap();
+    let scattered = client.scatter(vec![Value::new(5i64)]).unwrap();
+    client
+        .publish_dataset("kept", &Dataset::Futures(scattered.clone()), false)
+        .unwrap();
+    let started = Instant::now();
+    if let Err(e) = client.restart(Duration::from_secs(60)) {
+        panic!(
+            "{e}\n{}\n{}",
+            cluster.log("worker-0"),
+            cluster.log("scheduler")
+        );
+    }
+    // Not held up by the 30 s task.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let after = pids(&client);
+    assert_eq!(after.len(), 2);
+    assert!(after.is_disjoint(&before), "{before:?} -> {after:?}");
+    for f in done.iter().chain([&slow]).chain(&scattered) {
+        assert_eq!(f.status(), FutureStatus::Cancelled, "{f:?}");
+        assert!(f.result().is_err());
+    }
+    assert!(client.list_datasets().unwrap().is_empty());
+    let info = client.info().unwrap();
+    assert_eq!(info.tasks.memory + info.tasks.processing, 0, "{info:?}");
+    assert!(info.workers.iter().all(|w| w.held == 0), "{info:?}");
+    // The same graph again computes afresh.
+    let (graph, key, expected) = small_graph("restart-before");
+    assert_eq!(i64s(&run(graph, &[key], &client).unwrap()), [expected]);
+}
+
+#[test]
+fn restart_without_nannies_is_refused_and_changes_nothing() {
+    let client = cluster().expect("the test cluster");
+    let (graph, key, expected) = small_graph("no-restart");
+    let futures = client.submit(graph, &[key]).unwrap();
+    client.wait(&futures, None).unwrap();
+    let err = client
+        .restart(Duration::from_secs(5))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nanny") && err.contains("127.0.0.1"), "{err}");
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), [expected]);
+}

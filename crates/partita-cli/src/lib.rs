@@ -32,7 +32,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod nanny;
-use partita_distributed::{ClusterFile, SchedulerOptions, SchedulerServer, WorkerOptions};
+use partita_distributed::{
+    ClusterFile, SchedulerOptions, SchedulerServer, WorkerExit, WorkerOptions,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -175,9 +177,11 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parse the command line and run the scheduler or worker it asks for.
 pub fn main() -> ExitCode {
-    match main_from(std::env::args_os()) {
-        0 => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
+    // The code itself, not just failure: a nanny restarts a worker ending in 101 (a panic)
+    // or 75 (a cluster restart).
+    match u8::try_from(main_from(std::env::args_os())) {
+        Ok(code) => ExitCode::from(code),
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -274,7 +278,16 @@ where
         ))),
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => {
+            if code == nanny::RESTART_EXIT_CODE {
+                // Out now, for the nanny's fresh process: tasks still running on the
+                // blocking pool (Python calls too, in `python -m partita`) are not waited
+                // for, nor is an interpreter's shutdown.
+                runtime.shutdown_background();
+                std::process::exit(code);
+            }
+            code
+        }
         Err(e) => {
             tracing::error!("{e}");
             1
@@ -358,27 +371,33 @@ async fn stop_signal(watch_stdin: bool) -> &'static str {
 
 /// Run a worker until the scheduler closes it; a signal retires it gracefully first
 /// (bounded by `retire_timeout`; a second signal stops it at once), stdin closing (its
-/// `LocalCluster` is gone) stops it at once.
+/// `LocalCluster` is gone) stops it at once. `Ok` carries the exit code (75 when the
+/// scheduler restarts the cluster, for the nanny).
 async fn work(
     cluster: ClusterFile,
     options: WorkerOptions,
     watch_stdin: bool,
     retire_timeout: std::time::Duration,
-) -> partita_core::Result<()> {
+) -> partita_core::Result<i32> {
     let (retire, retire_asked) = tokio::sync::oneshot::channel::<()>();
     let asked = async move {
         if retire_asked.await.is_err() {
             std::future::pending::<()>().await;
         }
     };
-    let worker = partita_distributed::run_worker_until(cluster, options, asked);
+    let worker = async move {
+        match partita_distributed::run_worker_until(cluster, options, asked).await? {
+            WorkerExit::Restart => Ok(nanny::RESTART_EXIT_CODE),
+            WorkerExit::Stopped => Ok(0),
+        }
+    };
     let mut worker = std::pin::pin!(worker);
     let mut stdin = std::pin::pin!(stdin_end(watch_stdin));
     tokio::select! {
         r = &mut worker => return r,
         _ = &mut stdin => {
             tracing::info!("standard input closed; worker stopping");
-            return Ok(());
+            return Ok(0);
         }
         why = signal() => tracing::info!(
             "{why}; retiring: handing values off first (signal again to stop at once)"
@@ -389,15 +408,15 @@ async fn work(
         r = &mut worker => r,
         _ = &mut stdin => {
             tracing::info!("standard input closed; worker stopping");
-            Ok(())
+            Ok(0)
         }
         why = signal() => {
             tracing::warn!("{why} again; stopping without finishing the retirement");
-            Ok(())
+            Ok(0)
         }
         _ = tokio::time::sleep(retire_timeout) => {
             tracing::warn!("not retired within {retire_timeout:?}; stopping anyway");
-            Ok(())
+            Ok(0)
         }
     }
 }
@@ -483,7 +502,8 @@ fn describe(scheduler: &str, info: &partita_distributed::ClusterInfo) -> String 
     out
 }
 
-async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
+/// The process's work; `Ok` carries its exit code.
+async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
     match command {
         Command::Info { .. } => Err(partita_core::Error::Internal(
             "`partita info` runs as a client, outside the runtime".into(),
@@ -504,7 +524,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<()> {
                 tracing::info!("{why}; scheduler shutting down");
                 let _ = stop.send(true);
             });
-            server.run().await
+            server.run().await.map(|()| 0)
         }
         Command::Worker {
             cluster_file,

@@ -7,10 +7,11 @@
 //!   started. The child gets a pipe on stdin that only
 //!   the nanny holds and, on Linux, dies with it (`PR_SET_PDEATHSIG`, set by the child when
 //!   `PARTITA_NANNY_PID` names its parent): no worker outlives its nanny.
-//! - **Restart what crashed, not what stopped.** A child killed by a signal (the OOM killer,
-//!   a segfault, the nanny's own memory check) or ending in a Rust panic (exit code 101) is
-//!   started again, after a pause that doubles from 1 s to 30 s while it keeps dying within
-//!   a minute. A child that exits by itself (0: retired; another code: an error such as an
+//! - **Restart what crashed, or was told to, not what stopped.** A worker the scheduler
+//!   restarts (`Client::restart`) exits with code 75 and is started again at once. A
+//!   child killed by a signal (the OOM killer, a segfault, the nanny's own memory check)
+//!   or ending in a Rust panic (exit code 101) is started again, after a pause that
+//!   doubles from 1 s to 30 s while it keeps dying within a minute. A child that exits by itself (0: retired; another code: an error such as an
 //!   unreachable scheduler, which a restart would not fix) ends the nanny with its code.
 //! - **Memory is watched from outside**: with a memory limit, the child's resident memory
 //!   is sampled every 100 ms and the child killed above the terminate fraction (Dask's
@@ -40,6 +41,10 @@ pub(crate) const NANNY_PID: &str = "PARTITA_NANNY_PID";
 /// The environment variable giving the child its nanny's identity, which it tells the
 /// scheduler: a new worker from the same nanny replaces the old one at once.
 pub(crate) const NANNY_ID: &str = "PARTITA_NANNY_ID";
+
+/// The worker's exit code when the scheduler restarts it (`Client::restart`): started
+/// again at once (EX_TEMPFAIL).
+pub(crate) const RESTART_EXIT_CODE: i32 = 75;
 
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const LONGEST_PAUSE: Duration = Duration::from_secs(30);
@@ -75,6 +80,11 @@ pub(crate) async fn run(options: NannyOptions) -> i32 {
                 return 1;
             }
         };
+        if status.code() == Some(RESTART_EXIT_CODE) {
+            tracing::info!("nanny: the cluster restarts; starting a fresh worker process");
+            pause = FIRST_PAUSE;
+            continue;
+        }
         if !crashed(&status) {
             tracing::info!("nanny: the worker process exited ({status}); stopping");
             return status.code().unwrap_or(1);

@@ -556,7 +556,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::ScatterTo { .. }
         | ToClient::ScatterRefused { .. }
         | ToClient::Retiring { .. }
-        | ToClient::Dataset { .. } => {}
+        | ToClient::Dataset { .. }
+        | ToClient::Restarting { .. } => {}
     }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
@@ -571,7 +572,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::WorkerLeft { .. }
         | ToClient::Replicated { .. }
         | ToClient::Retiring { .. }
-        | ToClient::Dataset { .. } => None,
+        | ToClient::Dataset { .. }
+        | ToClient::Restarting { .. } => None,
     };
     match key {
         Some(k) => {
@@ -1470,6 +1472,36 @@ impl Client {
         result
     }
 
+    /// Forget every task and restart every worker process (Dask's `client.restart`, for
+    /// a cluster whose memory or state went bad): running work stops, all data on the
+    /// workers goes, every client's futures are cancelled and published datasets dropped.
+    /// Returns once as many workers as before are connected again (an error after
+    /// `timeout`). Every worker must run under a nanny (`partita worker` without
+    /// `--no-nanny`; [`crate::LocalClusterOptions::nanny`]): otherwise an error naming
+    /// one, and nothing is done.
+    pub fn restart(&self, timeout: Duration) -> Result<()> {
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let n = self.inner.request(
+            &[FromClient::Restart { request }],
+            Duration::from_secs(60),
+            "answer the restart",
+            |msg| match msg {
+                ToClient::Restarting {
+                    request: r,
+                    workers,
+                    refused,
+                } if r == request => Some(match refused {
+                    Some(why) => Err(Error::Transport(format!(
+                        "the scheduler refused to restart the cluster: {why}"
+                    ))),
+                    None => Ok(workers),
+                }),
+                _ => None,
+            },
+        )?;
+        self.wait_for_workers(n as usize, timeout)
+    }
+
     /// Publish `data` under `name` for any client of this cluster to get
     /// ([`Client::get_dataset`]); Dask's `client.publish_dataset`. Its values stay on the
     /// workers (recomputed from lineage if lost) after this client and its futures are
@@ -1514,11 +1546,23 @@ impl Client {
             DatasetReply::Refused { .. } => return Ok(None),
             other => return Err(unexpected_reply(&other)),
         };
-        let futures =
-            (self.submit_specs(Vec::new(), keys.clone(), &keys)).map_err(|e| Error::Context {
-                context: format!("getting dataset {name:?} (unpublished meanwhile?)"),
-                source: Box::new(e),
-            })?;
+        let futures = match self.submit_specs(Vec::new(), keys.clone(), &keys) {
+            Ok(futures) => futures,
+            Err(e) => {
+                // Unpublished (and its keys forgotten) since the answer: not there now.
+                let again = self.dataset_request(|request| FromClient::GetDataset {
+                    request,
+                    name: name.to_string(),
+                })?;
+                if matches!(again, DatasetReply::Refused { .. }) {
+                    return Ok(None);
+                }
+                return Err(Error::Context {
+                    context: format!("getting dataset {name:?}"),
+                    source: Box::new(e),
+                });
+            }
+        };
         Dataset::decode(name, &payload, futures).map(Some)
     }
 

@@ -159,9 +159,9 @@ fn persisted_futures(layer: &Arc<Layer>, keys: &[Key], what: &str) -> Result<Vec
                 .map(|p| p.future().clone())
                 .ok_or_else(|| {
                     Error::Type(format!(
-                        "only data already on the cluster is published: this {what} is not \
-                         persisted there ({k} is still to compute); persist it with this \
-                         cluster's client first"
+                        "only data already on a cluster is published: this {what} is not \
+                         persisted on one ({k} is not a value held there); persist it with \
+                         this cluster's client first"
                     ))
                 })
         })

@@ -100,8 +100,18 @@ impl Drop for SpillDirGuard {
     }
 }
 
+/// How a worker's run ended, when not in an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// The scheduler closed it (it retired), or its process stopped it.
+    Stopped,
+    /// The scheduler told it to exit for its nanny to start a fresh process
+    /// ([`crate::Client::restart`]).
+    Restart,
+}
+
 /// Join the cluster and work until the scheduler goes away (an error saying so) .
-pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<()> {
+pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<WorkerExit> {
     run_worker_until(cluster, options, std::future::pending()).await
 }
 
@@ -113,7 +123,7 @@ pub async fn run_worker_until(
     cluster: ClusterFile,
     options: WorkerOptions,
     retire: impl std::future::Future<Output = ()>,
-) -> Result<()> {
+) -> Result<WorkerExit> {
     let cluster = Arc::new(cluster);
     let bind = crate::wire::resolve(&format!("{}:0", options.host))?;
     let servers = cluster.server_configs()?;
@@ -212,7 +222,7 @@ pub async fn run_worker_until(
             .unwrap_or(Duration::from_millis(500))
             .min(Duration::from_millis(500));
         let event = tokio::select! {
-            e = events.recv() => match e { Some(e) => e, None => break Ok(()) },
+            e = events.recv() => match e { Some(e) => e, None => break Ok(WorkerExit::Stopped) },
             _ = tokio::time::sleep(wake) => WorkerEvent::Tick,
             _ = &mut retire, if !retire_asked => {
                 retire_asked = true;
@@ -243,9 +253,12 @@ pub async fn run_worker_until(
             );
         }
         outbox.flush(&out_tx);
-        if let Some(reason) = stop.take() {
+        if let Some((reason, restart)) = stop.take() {
             tracing::info!(worker = %id, "stopping: {reason}");
-            break Ok(());
+            break Ok(match restart {
+                true => WorkerExit::Restart,
+                false => WorkerExit::Stopped,
+            });
         }
     };
     conn.close(0u32.into(), b"worker stopping");
@@ -261,7 +274,7 @@ fn perform(
     out: &mpsc::UnboundedSender<Vec<u8>>,
     actions: Vec<WorkerAction>,
     inline: &mut Vec<WorkerEvent>,
-    stop: &mut Option<String>,
+    stop: &mut Option<(String, bool)>,
 ) {
     for action in actions {
         match action {
@@ -335,7 +348,7 @@ fn perform(
                 locked(&shared.store).remove(&key);
             }
             WorkerAction::Log(level, line) => crate::wire::log(level, &line),
-            WorkerAction::Stop { reason } => *stop = Some(reason),
+            WorkerAction::Stop { reason, restart } => *stop = Some((reason, restart)),
         }
     }
 }

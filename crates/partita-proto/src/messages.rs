@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -136,11 +136,15 @@ pub struct Restrictions {
 }
 
 impl Restrictions {
-    /// Does a worker at `address` satisfy these restrictions' list?
+    /// Does a worker at `address` satisfy these restrictions' list? An entry matches its
+    /// address or its host, with or without a scheme (`tcp://10.0.0.1:4000`, as Dask
+    /// users write them).
     pub fn allows(&self, address: &str) -> bool {
         let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        (self.workers.iter()).any(|w| w == address || w == host || w == bare)
+        (self.workers.iter())
+            .map(|w| w.split_once("://").map_or(w.as_str(), |(_, rest)| rest))
+            .any(|w| w == address || w == host || w == bare)
     }
 }
 
@@ -175,6 +179,9 @@ pub enum ToWorker {
     AcquireReplicas { keys: Vec<DepLocation> },
     /// Retired: stop now (the scheduler has already removed the worker).
     Close { reason: String },
+    /// Exit now, dropping everything, for the nanny to start a fresh process
+    /// ([`FromClient::Restart`]; the scheduler has already removed the worker).
+    Restart,
 }
 
 /// A worker's load and memory, sent periodically.
@@ -272,6 +279,11 @@ pub enum FromClient {
     UnpublishDataset { request: u64, name: String },
     /// The names published now, sorted ([`DatasetReply::Names`]).
     ListDatasets { request: u64 },
+    /// Forget every task and restart every worker process through its nanny (Dask's
+    /// `client.restart`): every client's futures are cancelled, published datasets
+    /// dropped. Refused (nothing done) if a worker runs without a nanny. Answered with
+    /// [`ToClient::Restarting`].
+    Restart { request: u64 },
 }
 
 /// The answer to a dataset request ([`FromClient::PublishDataset`] and the others).
@@ -420,6 +432,13 @@ pub enum ToClient {
     },
     /// The answer to a dataset request carrying `request`.
     Dataset { request: u64, reply: DatasetReply },
+    /// The answer to [`FromClient::Restart`]: how many workers are restarting (the
+    /// cluster has that many again once they are back), or why nothing was done.
+    Restarting {
+        request: u64,
+        workers: u32,
+        refused: Option<String>,
+    },
 }
 
 /// Counters of a scheduler's life so far.

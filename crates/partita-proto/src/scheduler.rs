@@ -338,6 +338,8 @@ pub struct SchedulerState {
     /// name none connected): Dask's "no-worker" state, by (priority, seq). Retried when
     /// a worker joins.
     no_worker: BTreeMap<(i64, u64), Key>,
+    /// Worker lists warned about since `no_worker` was last empty.
+    no_worker_warned: FxHashSet<Vec<String>>,
     out: Vec<SchedulerAction>,
 }
 
@@ -359,6 +361,7 @@ impl SchedulerState {
             retiring: 0,
             datasets: BTreeMap::new(),
             no_worker: BTreeMap::new(),
+            no_worker_warned: FxHashSet::default(),
             out: Vec::new(),
         }
     }
@@ -489,6 +492,9 @@ impl SchedulerState {
             self.balance();
         }
         self.close_retired();
+        if self.no_worker.is_empty() && !self.no_worker_warned.is_empty() {
+            self.no_worker_warned.clear();
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -718,7 +724,82 @@ impl SchedulerState {
                 let names = self.datasets.keys().cloned().collect();
                 self.dataset_reply(client, request, DatasetReply::Names { names });
             }
+            FromClient::Restart { request } => self.restart(client, request),
         }
+    }
+
+    /// Forget every task, cancel every client's futures, and have every worker exit for
+    /// its nanny to start it afresh (see [`FromClient::Restart`]). The workers go from the
+    /// state at once: their replacements join as new workers.
+    fn restart(&mut self, client: ClientId, request: u64) {
+        let reply = |workers: u32, refused: Option<String>| {
+            let msg = ToClient::Restarting {
+                request,
+                workers,
+                refused,
+            };
+            SchedulerAction::SendToClient(client, msg)
+        };
+        if let Some(w) = self.workers.values().find(|w| w.nanny.is_none()) {
+            let why = format!(
+                "worker {} runs without a nanny (started with --no-nanny), so nothing would \
+                 start it again; restart needs every worker under a nanny",
+                w.address
+            );
+            self.out.push(reply(0, Some(why)));
+            return;
+        }
+        self.log(
+            LogLevel::Warn,
+            format!(
+                "restarting: {} workers, {} tasks forgotten",
+                self.workers.len(),
+                self.tasks.len()
+            ),
+        );
+        for (c, keys) in &mut self.clients {
+            for key in std::mem::take(keys) {
+                let msg = ToClient::Cancelled { key };
+                self.out.push(SchedulerAction::SendToClient(*c, msg));
+            }
+        }
+        for ((c, request), (keys, _)) in std::mem::take(&mut self.replications) {
+            let holders = keys.into_iter().map(|k| (k, Vec::new())).collect();
+            let msg = ToClient::Replicated { request, holders };
+            self.out.push(SchedulerAction::SendToClient(c, msg));
+        }
+        if !self.datasets.is_empty() {
+            let names: Vec<String> = std::mem::take(&mut self.datasets).into_keys().collect();
+            self.log(
+                LogLevel::Warn,
+                format!("restarting: datasets {names:?} unpublished (their data is gone)"),
+            );
+        }
+        self.tasks.clear();
+        self.steals.clear();
+        self.acquiring.clear();
+        self.no_worker.clear();
+        self.no_worker_warned.clear();
+        self.queue = RootQueue::default();
+        self.retiring = 0;
+        let workers = std::mem::take(&mut self.workers);
+        let n = workers.len();
+        for (id, w) in workers {
+            // No CloseWorker: closing the connection could drop the message; the worker
+            // exits, its connection closes, and the runtime's WorkerLost finds it gone.
+            self.out
+                .push(SchedulerAction::SendToWorker(id, ToWorker::Restart));
+            let peer = Peer {
+                id,
+                address: w.address,
+            };
+            for &c in self.clients.keys() {
+                let msg = ToClient::WorkerLeft { peer: peer.clone() };
+                self.out.push(SchedulerAction::SendToClient(c, msg));
+            }
+        }
+        self.out
+            .push(reply(u32::try_from(n).unwrap_or(u32::MAX), None));
     }
 
     fn dataset_reply(&mut self, client: ClientId, request: u64, reply: DatasetReply) {
@@ -1258,7 +1339,10 @@ impl SchedulerState {
                 self.next_seq,
                 spec.retries,
             );
-            task.restrictions = spec.restrictions.map(Box::new);
+            // An empty list would allow no worker at all: it means none.
+            task.restrictions = (spec.restrictions)
+                .filter(|r| !r.workers.is_empty())
+                .map(Box::new);
             self.tasks.insert(spec.key.clone(), task);
             added.push(spec.key);
         }
@@ -1444,13 +1528,17 @@ impl SchedulerState {
         for ((prio, seq), k) in &self.no_worker {
             match self.tasks.get(k) {
                 Some(t)
-                    if t.status == TaskStatus::Queued && (t.priority, t.seq) == (*prio, *seq) => {}
-                other => {
+                    if t.status == TaskStatus::Queued
+                        && (t.priority, t.seq) == (*prio, *seq)
+                        && t.missing_deps == 0
+                        && t.restrictions.as_ref().is_some_and(|r| !r.loose) => {}
+                Some(t) => {
                     return Err(format!(
-                        "{k} waits for a worker as {:?}",
-                        other.map(|t| t.status)
+                        "{k} waits for a worker as {:?}, missing {} inputs, restricted {:?}",
+                        t.status, t.missing_deps, t.restrictions
                     ));
                 }
+                None => return Err(format!("forgotten {k} waits for a worker")),
             }
         }
         let retiring = self.workers.values().filter(|w| w.retiring).count();
@@ -1616,13 +1704,17 @@ impl SchedulerState {
             Some((allowed, _)) if !allowed.is_empty() => allowed,
             Some((_, false)) => {
                 let r = t.restrictions.as_deref().expect("restricted");
+                // Once per list of workers while tasks wait (a restricted graph is many).
+                let first = self.no_worker_warned.insert(r.workers.clone());
                 let text = format!(
                     "{key} waits for a worker among {:?}: none is connected",
                     r.workers
                 );
                 self.no_worker.insert((t.priority, t.seq), key.clone());
                 self.set_status(&key, TaskStatus::Queued);
-                self.log(LogLevel::Warn, text);
+                if first {
+                    self.log(LogLevel::Warn, text);
+                }
                 return;
             }
             // Unrestricted, or loosely restricted to workers not connected.
@@ -2174,9 +2266,19 @@ impl SchedulerState {
         t.lost = true;
         let dependents = sorted(&t.dependents);
         for d in dependents {
-            if let Some(w) = self.tasks.get(&d).and_then(|dt| dt.processing_on) {
+            let Some(dt) = self.tasks.get(&d) else {
+                continue;
+            };
+            if let Some(w) = dt.processing_on {
                 self.unassign(&d);
                 self.free_on(w, d.clone());
+                self.set_status(&d, TaskStatus::Waiting);
+            } else if dt.status == TaskStatus::Queued {
+                // Ready no longer: sent out later (a slot, or an allowed worker, freeing
+                // up), it would wait for an input nobody holds.
+                let pos = (dt.priority, dt.seq);
+                self.queue.remove(&pos);
+                self.no_worker.remove(&pos);
                 self.set_status(&d, TaskStatus::Waiting);
             }
         }
@@ -3080,6 +3182,113 @@ mod tests {
         s.check_consistency().unwrap();
         let acts = join_at(&mut s, 3, 1, "10.0.0.3:5001");
         assert!(computes(&acts).is_empty(), "{acts:?}");
+    }
+
+    #[test]
+    fn a_waiting_restricted_task_whose_input_is_lost_waits_for_it_too() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join_at(&mut s, 0, 1, "10.0.0.1:4000");
+        let (a, d) = (Key::new("a", [0]), Key::new("d", [0]));
+        submit(&mut s, 1, vec![spec(&a, &[], 0)], &[&a]);
+        finish(&mut s, 0, &a, 8);
+        let restricted = only_on(spec(&d, &[&a], 1), &["tcp://10.0.0.9"], false);
+        let acts = submit(&mut s, 1, vec![restricted], &[&d]);
+        assert!(computes(&acts).is_empty(), "{acts:?}");
+        // Its input dies with the only worker: it is no longer ready.
+        let lost = SchedulerEvent::WorkerLost {
+            worker: WorkerId(0),
+            reason: "killed".into(),
+        };
+        s.handle(lost, Time::ZERO);
+        assert_eq!(s.task_status(&d), TaskStatus::Waiting);
+        s.check_consistency().unwrap();
+        // The allowed worker joins (its scheme-less address matches): the input is
+        // computed first, then the task, both there.
+        let acts = join_at(&mut s, 9, 1, "10.0.0.9:7000");
+        assert_eq!(computes(&acts), vec![(9, a.clone())]);
+        let acts = finish(&mut s, 9, &a, 8);
+        assert_eq!(computes(&acts), vec![(9, d.clone())]);
+        s.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn restart_forgets_everything_and_needs_nannies() {
+        let restart = |s: &mut SchedulerState| {
+            let msg = FromClient::Restart { request: 4 };
+            let acts = s.handle(
+                SchedulerEvent::FromClient {
+                    client: ClientId(1),
+                    msg,
+                },
+                Time::ZERO,
+            );
+            s.check_consistency().unwrap();
+            acts
+        };
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        let (a, b) = (Key::new("a", [0]), Key::new("b", [0]));
+        submit(&mut s, 1, vec![spec(&a, &[], 0), spec(&b, &[&a], 0)], &[&b]);
+        // A worker without a nanny: refused, nothing changes.
+        let acts = restart(&mut s);
+        assert!(matches!(
+            to_client(&acts).as_slice(),
+            [ToClient::Restarting { request: 4, workers: 0, refused: Some(why) }] if why.contains("w0")
+        ));
+        assert_eq!(s.task_status(&a), TaskStatus::Processing);
+        let nannied = SchedulerEvent::WorkerJoined {
+            worker: WorkerId(1),
+            nthreads: 1,
+            memory_limit: 0,
+            address: "w1".into(),
+            nanny: Some("n1".into()),
+        };
+        s.handle(nannied, Time::ZERO);
+        s.handle(
+            SchedulerEvent::WorkerLost {
+                worker: WorkerId(0),
+                reason: "gone".into(),
+            },
+            Time::ZERO,
+        );
+        assert_eq!(
+            dataset_request(&mut s, 1, publish("d", &[&b], false)),
+            DatasetReply::Done
+        );
+        // Every worker under a nanny: told to restart, gone from the state; the client's
+        // keys are cancelled; nothing is left.
+        let acts = restart(&mut s);
+        assert!(acts.contains(&SchedulerAction::SendToWorker(
+            WorkerId(1),
+            ToWorker::Restart
+        )));
+        let told = to_client(&acts);
+        assert!(
+            told.contains(&ToClient::Cancelled { key: b.clone() }),
+            "{told:?}"
+        );
+        assert!(told.contains(&ToClient::Restarting {
+            request: 4,
+            workers: 1,
+            refused: None
+        }));
+        assert_eq!(s.task_count(), 0);
+        assert!(s.workers().is_empty());
+        // The old connection's events are ignored; the nanny's new worker takes new work.
+        let late = finish(&mut s, 1, &a, 8);
+        assert!(computes(&late).is_empty());
+        let fresh = SchedulerEvent::WorkerJoined {
+            worker: WorkerId(2),
+            nthreads: 1,
+            memory_limit: 0,
+            address: "w1b".into(),
+            nanny: Some("n1".into()),
+        };
+        s.handle(fresh, Time::ZERO);
+        let acts = submit(&mut s, 1, vec![spec(&a, &[], 0)], &[&a]);
+        assert_eq!(computes(&acts), vec![(2, a.clone())]);
+        let list = dataset_request(&mut s, 1, FromClient::ListDatasets { request: 5 });
+        assert_eq!(list, DatasetReply::Names { names: vec![] });
     }
 
     #[test]

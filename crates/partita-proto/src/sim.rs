@@ -440,7 +440,8 @@ impl Sim {
             | ToClient::WorkerLeft { .. }
             | ToClient::Replicated { .. }
             | ToClient::Retiring { .. }
-            | ToClient::Dataset { .. }) => {
+            | ToClient::Dataset { .. }
+            | ToClient::Restarting { .. }) => {
                 self.report.client_messages.push((c, other));
                 None
             }
@@ -652,7 +653,7 @@ impl Sim {
                 .report
                 .logs
                 .push(format!("{now} {w} {level:?}: {text}")),
-            WorkerAction::Stop { reason } => {
+            WorkerAction::Stop { reason, .. } => {
                 let sw = self.workers.get_mut(&w).expect("checked alive");
                 sw.alive = false;
                 sw.memory.clear();

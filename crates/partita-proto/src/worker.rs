@@ -181,9 +181,11 @@ pub enum WorkerAction {
     DropValue {
         key: Key,
     },
-    /// The scheduler retired this worker: stop.
+    /// The scheduler retired this worker: stop (exit for its nanny to start a fresh
+    /// process when `restart`).
     Stop {
         reason: String,
+        restart: bool,
     },
     Log(LogLevel, String),
 }
@@ -427,7 +429,14 @@ impl WorkerState {
                     self.acquire(dep);
                 }
             }
-            ToWorker::Close { reason } => self.out.push(WorkerAction::Stop { reason }),
+            ToWorker::Close { reason } => self.out.push(WorkerAction::Stop {
+                reason,
+                restart: false,
+            }),
+            ToWorker::Restart => self.out.push(WorkerAction::Stop {
+                reason: "the cluster is restarting".into(),
+                restart: true,
+            }),
         }
     }
 
@@ -1661,7 +1670,8 @@ mod tests {
         assert_eq!(
             acts,
             [WorkerAction::Stop {
-                reason: "retired".into()
+                reason: "retired".into(),
+                restart: false,
             }]
         );
     }

@@ -12,6 +12,7 @@ closures and notebook functions travel by value. Workers started by `python -m p
 worker` (as `pt.LocalCluster` starts them) run calls with `run_call`.
 """
 
+import collections.abc
 import hashlib
 import operator
 import pickle
@@ -214,7 +215,10 @@ def _workers(workers):
         return []
     if isinstance(workers, str):
         return [workers]
-    workers = list(workers)
+    try:
+        workers = list(workers)
+    except TypeError:
+        workers = [workers]
     for w in workers:
         if not isinstance(w, str):
             raise TypeError(f"workers= takes worker addresses or hosts (strings), got {type(w).__name__}")
@@ -319,7 +323,7 @@ def _unpickle_dataset(pickled, parts):
     return _DatasetUnpickler(io.BytesIO(pickled), parts).load()
 
 
-class _Datasets:
+class _Datasets(collections.abc.MutableMapping):
     """`client.datasets`: the published datasets as a mapping."""
 
     def __init__(self, client):
@@ -342,9 +346,6 @@ class _Datasets:
 
     def __len__(self):
         return len(self._client.list_datasets())
-
-    def keys(self):
-        return list(self._client.list_datasets())
 
     def __repr__(self):
         return f"<Datasets: {list(self._client.list_datasets())}>"
