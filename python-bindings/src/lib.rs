@@ -1638,6 +1638,21 @@ impl PyClient {
         self.get_parts(py, name)
     }
 
+    /// This client restricted to `workers` (addresses or hosts) for what it computes or
+    /// persists as a `scheduler=` (`client.persist(x, workers=...)` in
+    /// `partita._futures` uses it): the same connection.
+    #[pyo3(signature = (workers, allow_other_workers = false))]
+    fn _with_options(&self, workers: Vec<String>, allow_other_workers: bool) -> PyResult<PyClient> {
+        let client = self.client()?;
+        let options = partita::distributed::SubmitOptions {
+            retries: None,
+            workers,
+            allow_other_workers,
+        };
+        let restricted = Arc::new(client.with_options(options));
+        Ok(PyClient(std::sync::Mutex::new(Some(restricted))))
+    }
+
     /// Forget all work and data on the cluster and restart every worker process (Dask's
     /// `client.restart`): every client's futures are cancelled, published datasets
     /// dropped; returns once as many workers as before are back (TimeoutError after

@@ -315,3 +315,15 @@ def test_restart_replaces_worker_processes_and_cancels_futures():
 def test_restart_without_a_nanny_says_so(cluster_client):
     with pytest.raises(pt.TransportError, match="nanny"):
         cluster_client.restart()
+
+
+def test_persist_with_workers_keeps_the_data_there(cluster_client):
+    client = cluster_client
+    a, b = sorted(client.nthreads())
+    x = np.random.default_rng(9).normal(size=(30, 20))
+    y = client.persist(pt.from_numpy(x, chunks=(10, 10)) * 2, workers=[b])
+    np.testing.assert_allclose((y + 1).compute(scheduler=client), x * 2 + 1)
+    # Computing it runs nothing: the future's keys are the blocks, all held on b.
+    future = client.compute(y)
+    np.testing.assert_allclose(future.result(timeout=60), x * 2)
+    assert set(sum(client.who_has(future).values(), [])) == {b}

@@ -1154,6 +1154,24 @@ fn restricted_tasks_run_where_asked_and_wait_for_absent_workers() {
         .map(|p| p.address.clone())
         .collect();
     assert_eq!(holders.as_slice(), std::slice::from_ref(&a));
+    // Persisted through a restricted handle (Dask's persist(workers=)): blocks kept on b.
+    let data =
+        ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[8, 6]), |i| (i[0] * 6 + i[1]) as f64);
+    let x = partita::array::from_ndarray(&data, [4, 3]).unwrap();
+    let on_b = client.with_options(SubmitOptions::on_workers([b.clone()]));
+    let y = (&x * 2.0).unwrap().persist(&on_b).unwrap();
+    let blocks =
+        partita::Layer::materialize(&[Arc::clone(partita::Collection::layer(&y))]).unwrap();
+    let held: Vec<partita::distributed::Future> = (blocks.ids())
+        .filter_map(|id| Persisted::of(blocks.op(id).as_ref()).map(|p| p.future().clone()))
+        .collect();
+    assert_eq!(held.len(), 4);
+    for (key, peers) in client.who_has(&held).unwrap() {
+        let on: Vec<&str> = peers.iter().map(|p| p.address.as_str()).collect();
+        assert_eq!(on, [b.as_str()], "{key}");
+    }
+    assert_eq!(y.compute::<f64>(client).unwrap(), data.mapv(|v| v * 2.0));
+    drop((held, blocks, y));
     // No such worker: it waits (pending, not failed); loosely restricted, it runs anyway.
     let absent = SubmitOptions::on_workers(["10.255.255.1:9"]);
     let waiting = (client.submit_task_with(

@@ -149,6 +149,8 @@ impl SubmitOptions {
 /// client or any of its futures does.
 pub struct Client {
     inner: Arc<Inner>,
+    /// Applied to what this handle computes, persists and submits ([`Client::with_options`]).
+    options: SubmitOptions,
 }
 
 struct Inner {
@@ -258,6 +260,7 @@ impl Client {
             Ok::<_, Error>((endpoint, conn, out, peers))
         })?;
         Ok(Client {
+            options: SubmitOptions::default(),
             inner: Arc::new(Inner {
                 runtime,
                 cluster,
@@ -304,6 +307,17 @@ impl Client {
                 _ => None,
             },
         )
+    }
+
+    /// This client with `options` for what it computes, persists or submits without
+    /// options of its own (`x.compute(&c)`, `x.persist(&c)`, [`Client::submit`]): the same
+    /// connection, futures and retries setting. Dask's `workers=` on `compute` and
+    /// `persist`: `x.persist(&client.with_options(SubmitOptions::on_workers([addr])))`.
+    pub fn with_options(&self, options: SubmitOptions) -> Client {
+        Client {
+            inner: Arc::clone(&self.inner),
+            options,
+        }
     }
 
     /// Wait until at least `n` workers are connected.
@@ -716,7 +730,7 @@ impl Scheduler for Client {
     }
 
     fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
-        self.inner.execute(plan, ctx)
+        self.inner.execute(plan, ctx, &self.options)
     }
 
     /// Compute `plan` and leave its outputs on the workers: one [`Persisted`] per output,
@@ -725,7 +739,7 @@ impl Scheduler for Client {
         if ctx.observer.is_some() {
             return Err(observers_not_supported());
         }
-        let futures = self.submit_plan(plan, &SubmitOptions::default())?;
+        let futures = self.submit_plan(plan, &self.options)?;
         let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
         let distinct: HashSet<&Key> = keys.iter().collect();
         let total = distinct.len();
@@ -837,16 +851,23 @@ impl Op for Persisted {
 }
 
 impl Inner {
-    fn execute(&self, plan: &ExecutionPlan, ctx: &ExecutionContext) -> Result<Execution> {
+    fn execute(
+        &self,
+        plan: &ExecutionPlan,
+        ctx: &ExecutionContext,
+        options: &SubmitOptions,
+    ) -> Result<Execution> {
         let started = Instant::now();
         if ctx.observer.is_some() {
             return Err(observers_not_supported());
         }
+        let retries = (options.retries).unwrap_or_else(|| self.retries.load(Ordering::Relaxed));
+        let restrictions = options.restrictions();
         let Specs {
             tasks,
             wanted,
             output_keys,
-        } = task_specs(plan, self.retries.load(Ordering::Relaxed), None, self)?;
+        } = task_specs(plan, retries, restrictions.as_ref(), self)?;
         let seen: HashSet<Key> = wanted.iter().cloned().collect();
         let tasks_sent = tasks.len();
         self.hold(&wanted);
@@ -1115,7 +1136,7 @@ impl Client {
     /// (in that order); the graph is optimized as [`partita_core::compute`] would. An
     /// error if the scheduler refuses the graph, or an op cannot leave this process.
     pub fn submit(&self, graph: partita_core::Graph, outputs: &[Key]) -> Result<Vec<Future>> {
-        self.submit_with_retries(graph, outputs, self.retries())
+        self.submit_with(graph, outputs, &self.options)
     }
 
     /// [`Client::submit`] whose tasks are each run again up to `retries` times when they
@@ -1147,7 +1168,7 @@ impl Client {
         &self,
         collections: &[&dyn partita_core::Collection],
     ) -> Result<Vec<Vec<Future>>> {
-        self.submit_collections_with_retries(collections, self.retries())
+        self.submit_collections_with(collections, &self.options)
     }
 
     /// [`Client::submit_collections`] with its own number of retries per task (see
@@ -1186,7 +1207,7 @@ impl Client {
         op: Arc<dyn partita_core::Op>,
         deps: &[Future],
     ) -> Result<Future> {
-        self.submit_task_with_retries(key, op, deps, self.retries())
+        self.submit_task_with(key, op, deps, &self.options)
     }
 
     /// [`Client::submit_task`] with its own number of retries (Dask's

@@ -358,16 +358,21 @@ class Client(_partita.Client):
     `scatter`, `gather`, `cancel`, `wait` (and `pt.as_completed`); `persist` keeps arrays and
     frames in the workers' memory."""
 
-    def persist(self, collections):
+    def persist(self, collections, workers=None, allow_other_workers=False):
         """Compute an array or frame (or a list of them) now and keep the results in the
         workers' memory, as dask's `client.persist`: returns the same kind of collection (or
         a list), whose later graphs start from there; nothing is gathered here. The data
-        stays on the cluster until the returned collection is dropped."""
+        stays on the cluster until the returned collection is dropped. `workers` and
+        `allow_other_workers` restrict where it is computed (and so kept), as for
+        `compute`."""
+        target = self
+        if workers is not None:
+            target = self._with_options(_workers(workers), allow_other_workers)
 
         def one(c):
             if not hasattr(c, "persist"):
                 raise TypeError(f"cannot persist a {type(c).__name__}; arrays and frames persist")
-            return c.persist(scheduler=self)
+            return c.persist(scheduler=target)
 
         if isinstance(collections, (list, tuple)):
             return [one(c) for c in collections]
