@@ -1771,7 +1771,11 @@ impl PyClient {
 }
 
 /// A scheduler and worker processes on this machine (`python -m partita ...`), stopped by
-/// `close()`, at the end of a `with` block, or when this process exits.
+/// `close()`, at the end of a `with` block, or when this process exits. Each worker runs
+/// under a nanny process by default, as Dask's do: a crashed or killed worker is started
+/// again, one past `memory_limit`'s terminate fraction is killed and restarted, and
+/// `client.restart()` works; `nanny=False` saves the extra process (about 80 MB and
+/// 0.2 s of start-up per worker).
 #[pyclass(name = "LocalCluster", module = "partita._partita", frozen)]
 struct PyLocalCluster(std::sync::Mutex<Option<LocalCluster>>);
 
@@ -1799,7 +1803,7 @@ impl PyLocalCluster {
 #[pymethods]
 impl PyLocalCluster {
     #[new]
-    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None, nanny = false))]
+    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None, nanny = true))]
     fn new(
         py: Python<'_>,
         n_workers: usize,

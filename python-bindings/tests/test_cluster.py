@@ -312,9 +312,12 @@ def test_restart_replaces_worker_processes_and_cancels_futures():
         assert pt.from_numpy(x, chunks=5).sum().compute(scheduler=client) == x.sum()
 
 
-def test_restart_without_a_nanny_says_so(cluster_client):
-    with pytest.raises(pt.TransportError, match="nanny"):
-        cluster_client.restart()
+def test_restart_without_a_nanny_says_so():
+    with pt.LocalCluster(n_workers=1, nanny=False) as cluster, pt.Client(cluster) as client:
+        x = client.scatter(7)
+        with pytest.raises(pt.TransportError, match="nanny"):
+            client.restart()
+        assert x.result(timeout=60) == 7
 
 
 def test_persist_with_workers_keeps_the_data_there(cluster_client):

@@ -192,7 +192,7 @@ class LocalCluster:
         threads_per_worker: int = 1,
         memory_limit: int = 0,
         metrics_address: Optional[str] = None,
-        nanny: bool = False,
+        nanny: bool = True,
     ) -> None: ...
     @property
     def metrics_link(self) -> Optional[str]: ...
