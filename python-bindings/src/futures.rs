@@ -363,6 +363,7 @@ impl PyClient {
         py: Python<'_>,
         objects: Vec<Py<PyAny>>,
         broadcast: bool,
+        workers: &[String],
     ) -> PyResult<Vec<PyFuture>> {
         let client = self.client()?;
         let values: Vec<partita::Value> = (objects.into_iter())
@@ -371,9 +372,9 @@ impl PyClient {
         let futures = py
             .detach(|| {
                 if broadcast {
-                    client.scatter_broadcast(values)
+                    client.scatter_broadcast_on(values, workers)
                 } else {
-                    client.scatter(values)
+                    client.scatter_on(values, workers)
                 }
             })
             .py_err()?;

@@ -1690,15 +1690,17 @@ impl PyClient {
     }
 
     /// Python objects pushed from here straight to workers: one future per object
-    /// (`client.scatter` in `partita._futures` wraps it).
-    #[pyo3(signature = (objects, broadcast = false))]
+    /// (`client.scatter` in `partita._futures` wraps it); only onto `workers` (addresses
+    /// or hosts) when given.
+    #[pyo3(signature = (objects, broadcast = false, workers = Vec::new()))]
     fn _scatter(
         &self,
         py: Python<'_>,
         objects: Vec<Py<PyAny>>,
         broadcast: bool,
+        workers: Vec<String>,
     ) -> PyResult<Vec<futures::PyFuture>> {
-        self.scatter_objects(py, objects, broadcast)
+        self.scatter_objects(py, objects, broadcast, &workers)
     }
 
     /// How many times a task whose function raises is run again before the error counts

@@ -1172,6 +1172,18 @@ fn restricted_tasks_run_where_asked_and_wait_for_absent_workers() {
     }
     assert_eq!(y.compute::<f64>(client).unwrap(), data.mapv(|v| v * 2.0));
     drop((held, blocks, y));
+    // Scattered onto a named worker (Dask's scatter(workers=)), or refused naming it.
+    let values = vec![Value::new(3i64), Value::new(4i64), Value::new(5i64)];
+    let on_a = client.scatter_on(values, std::slice::from_ref(&a)).unwrap();
+    for (key, peers) in client.who_has(&on_a).unwrap() {
+        let on: Vec<&str> = peers.iter().map(|p| p.address.as_str()).collect();
+        assert_eq!(on, [a.as_str()], "{key}");
+    }
+    assert_eq!(i64s(&client.gather(&on_a).unwrap()), [3, 4, 5]);
+    let absent_worker = ["10.255.255.1:9".to_string()];
+    let err = (client.scatter_on(vec![Value::new(1i64)], &absent_worker)).unwrap_err();
+    assert!(err.to_string().contains("10.255.255.1:9"), "{err}");
+    drop(on_a);
     // No such worker: it waits (pending, not failed); loosely restricted, it runs anyway.
     let absent = SubmitOptions::on_workers(["10.255.255.1:9"]);
     let waiting = (client.submit_task_with(

@@ -1301,6 +1301,12 @@ impl Client {
     /// value (one whose codec it does not link, such as a Python object for the plain
     /// `partita` worker); nothing is left on the cluster then.
     pub fn scatter(&self, values: Vec<Value>) -> Result<Vec<Future>> {
+        self.scatter_on(values, &[])
+    }
+
+    /// [`Client::scatter`] onto the given workers only (addresses or hosts; all if empty),
+    /// Dask's `scatter(data, workers=...)`: an error naming them if none is connected.
+    pub fn scatter_on(&self, values: Vec<Value>, workers: &[String]) -> Result<Vec<Future>> {
         if values.is_empty() {
             return Ok(Vec::new());
         }
@@ -1320,7 +1326,10 @@ impl Client {
             .collect();
         let first = keys[0].clone();
         let placements = inner.request(
-            &[FromClient::Scatter { keys: sized }],
+            &[FromClient::Scatter {
+                keys: sized,
+                workers: workers.to_vec(),
+            }],
             Duration::from_secs(60),
             "place the scattered values",
             |msg| match msg {
@@ -1357,9 +1366,21 @@ impl Client {
     /// copy. The copies leave once each value is in memory (the scheduler accepts a copy
     /// of a value it knows to be held), and are freed with it.
     pub fn scatter_broadcast(&self, values: Vec<Value>) -> Result<Vec<Future>> {
-        let futures = self.scatter(values.clone())?;
+        self.scatter_broadcast_on(values, &[])
+    }
+
+    /// [`Client::scatter_broadcast`] to the given workers only (addresses or hosts; all
+    /// if empty): Dask's `scatter(data, workers=..., broadcast=True)`.
+    pub fn scatter_broadcast_on(&self, values: Vec<Value>, only: &[String]) -> Result<Vec<Future>> {
+        let futures = self.scatter_on(values.clone(), only)?;
         self.wait(&futures, Some(Duration::from_secs(60)))?;
-        let workers = self.workers()?;
+        let allowed = Restrictions {
+            workers: only.to_vec(),
+            loose: false,
+        };
+        let workers: Vec<(Peer, u32)> = (self.workers()?.into_iter())
+            .filter(|(p, _)| only.is_empty() || allowed.allows(&p.address))
+            .collect();
         let holders = self.who_has(&futures)?;
         let mut copies = Vec::new();
         for ((key, held), value) in holders.into_iter().zip(values) {

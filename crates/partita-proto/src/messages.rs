@@ -245,8 +245,13 @@ pub enum FromClient {
     Info,
     /// Values this client will push to workers itself (Dask's `scatter`), each key with
     /// its encoded size: answered with [`ToClient::ScatterTo`] (where to push each) or
-    /// [`ToClient::ScatterRefused`]. The client wants the keys from now on.
-    Scatter { keys: Vec<(Key, u64)> },
+    /// [`ToClient::ScatterRefused`]. The client wants the keys from now on. With
+    /// `workers` (addresses or hosts, as [`Restrictions::workers`]), only on those.
+    Scatter {
+        keys: Vec<(Key, u64)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        workers: Vec<String>,
+    },
     /// Have each key in memory held by at least `n` workers (all open workers if `None`):
     /// answered with [`ToClient::Replicated`] carrying `request` once every copy made (or
     /// failed). Never removes copies.

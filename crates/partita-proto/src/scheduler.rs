@@ -683,7 +683,7 @@ impl SchedulerState {
                 let reply = ToClient::Info { info: self.info() };
                 self.out.push(SchedulerAction::SendToClient(client, reply));
             }
-            FromClient::Scatter { keys } => self.scatter(client, keys),
+            FromClient::Scatter { keys, workers } => self.scatter(client, keys, workers),
             FromClient::Replicate { request, keys, n } => self.replicate(client, request, keys, n),
             FromClient::RetireWorkers { addresses } => self.retire_workers(client, addresses),
             FromClient::PublishDataset {
@@ -852,7 +852,7 @@ impl SchedulerState {
     /// Place values `client` is about to push: each becomes a task without an op,
     /// processing on the worker holding the fewest bytes (values placed by this request
     /// counted), wanted by `client`. See the module docs.
-    fn scatter(&mut self, client: ClientId, keys: Vec<(Key, u64)>) {
+    fn scatter(&mut self, client: ClientId, keys: Vec<(Key, u64)>, workers: Vec<String>) {
         let Some((first, _)) = keys.first() else {
             let reply = ToClient::ScatterTo {
                 placements: Vec::new(),
@@ -865,8 +865,22 @@ impl SchedulerState {
             let key = first.clone();
             SchedulerAction::SendToClient(client, ToClient::ScatterRefused { key, error })
         };
-        if self.open_workers().is_empty() {
-            let error = "no worker is connected to hold scattered values".to_string();
+        let only = Restrictions {
+            workers,
+            loose: false,
+        };
+        let mut held = self.open_bytes();
+        if !only.workers.is_empty() {
+            held.retain(|id, _| only.allows(&self.workers[id].address));
+        }
+        if held.is_empty() {
+            let error = match only.workers.is_empty() {
+                true => "no worker is connected to hold scattered values".to_string(),
+                false => format!(
+                    "no worker among {:?} is connected to hold scattered values",
+                    only.workers
+                ),
+            };
             self.out.push(refuse(error));
             return;
         }
@@ -878,7 +892,6 @@ impl SchedulerState {
                 return;
             }
         }
-        let mut held = self.open_bytes();
         let mut placements = Vec::with_capacity(keys.len());
         for (key, nbytes) in keys {
             let worker =
@@ -2455,8 +2468,18 @@ mod tests {
     }
 
     fn scatter(s: &mut SchedulerState, c: u32, keys: &[(&Key, u64)]) -> Vec<SchedulerAction> {
+        scatter_on(s, c, keys, &[])
+    }
+
+    fn scatter_on(
+        s: &mut SchedulerState,
+        c: u32,
+        keys: &[(&Key, u64)],
+        workers: &[&str],
+    ) -> Vec<SchedulerAction> {
         let msg = FromClient::Scatter {
             keys: keys.iter().map(|(k, n)| ((*k).clone(), *n)).collect(),
+            workers: workers.iter().map(|w| w.to_string()).collect(),
         };
         s.handle(
             SchedulerEvent::FromClient {
@@ -3289,6 +3312,32 @@ mod tests {
         assert_eq!(computes(&acts), vec![(2, a.clone())]);
         let list = dataset_request(&mut s, 1, FromClient::ListDatasets { request: 5 });
         assert_eq!(list, DatasetReply::Names { names: vec![] });
+    }
+
+    #[test]
+    fn scattering_on_named_workers_places_only_there() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join_at(&mut s, 0, 1, "10.0.0.1:4000");
+        join_at(&mut s, 1, 1, "10.0.0.2:4000");
+        let keys: Vec<Key> = (0..4).map(|i| Key::new("sc", [i])).collect();
+        let sized: Vec<(&Key, u64)> = keys.iter().map(|k| (k, 100)).collect();
+        let acts = scatter_on(&mut s, 1, &sized, &["10.0.0.2"]);
+        let told = to_client(&acts);
+        let [ToClient::ScatterTo { placements }] = told.as_slice() else {
+            panic!("{acts:?}")
+        };
+        assert!(
+            placements.iter().all(|(_, p)| p.id == WorkerId(1)),
+            "{placements:?}"
+        );
+        let other = Key::new("sc", [9]);
+        let acts = scatter_on(&mut s, 1, &[(&other, 1)], &["10.0.0.3:1"]);
+        assert!(matches!(
+            to_client(&acts).as_slice(),
+            [ToClient::ScatterRefused { error, .. }] if error.contains("10.0.0.3:1")
+        ));
+        assert_eq!(s.task_status(&other), TaskStatus::Forgotten);
+        s.check_consistency().unwrap();
     }
 
     #[test]

@@ -425,7 +425,7 @@ class Client(_partita.Client):
             for items in zip(*iterables)
         ]
 
-    def scatter(self, data, broadcast=False):
+    def scatter(self, data, broadcast=False, workers=None):
         """Put data held here on the cluster, as dask's `client.scatter`: a future for one
         object, a list (or tuple) of futures for a list (or tuple), a dict of futures for a
         dict. Each object goes straight to one worker (the one holding the least data),
@@ -434,13 +434,15 @@ class Client(_partita.Client):
         them back. With `broadcast=True` every worker connected now gets a copy (tasks
         anywhere read it without fetching it). A scattered object cannot be recomputed: if
         the workers holding it die, its future errs saying so. Needs workers started with
-        `python -m partita worker`."""
+        `python -m partita worker`. `workers` (an address, a host, or a list) puts the
+        data only there (and broadcasts only to them)."""
+        workers = _workers(workers)
         if isinstance(data, dict):
-            futures = self._scatter(list(data.values()), broadcast)
+            futures = self._scatter(list(data.values()), broadcast, workers)
             return dict(zip(data.keys(), futures))
         if isinstance(data, (list, tuple)):
-            return type(data)(self._scatter(list(data), broadcast))
-        return self._scatter([data], broadcast)[0]
+            return type(data)(self._scatter(list(data), broadcast, workers))
+        return self._scatter([data], broadcast, workers)[0]
 
     def who_has(self, futures):
         """Where the data of a future (or a list of them) is now, as dask's
