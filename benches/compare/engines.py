@@ -100,8 +100,11 @@ class PartitaEngine(Engine):
 
     def start(self, memory_limit: int = 0) -> None:
         if self.cluster:
+            # No nannies: the figures measure the workers themselves (and a nanny would
+            # kill a worker of the memory group past 95% of its limit instead of letting
+            # it spill), as before nannies became pt.LocalCluster's default.
             self._cluster = self.pt.LocalCluster(
-                n_workers=2, threads_per_worker=1, memory_limit=memory_limit
+                n_workers=2, threads_per_worker=1, memory_limit=memory_limit, nanny=False
             )
             self.scheduler = self.pt.Client(self._cluster)
 

@@ -29,7 +29,7 @@ def both(a, b):
 
 
 def main(rounds: int) -> None:
-    with pt.LocalCluster(n_workers=2, threads_per_worker=1) as cluster:
+    with pt.LocalCluster(n_workers=2, threads_per_worker=1, nanny=False) as cluster:
         client = pt.Client(cluster)
         times = []
         for r in range(rounds):

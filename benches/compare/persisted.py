@@ -39,7 +39,7 @@ def main():
     if engine == "partita":
         import partita as pt
 
-        with pt.LocalCluster(n_workers=2, threads_per_worker=1) as cluster, pt.Client(cluster) as client:
+        with pt.LocalCluster(n_workers=2, threads_per_worker=1, nanny=False) as cluster, pt.Client(cluster) as client:
             t = time.perf_counter()
             df = pt.read_parquet(DATA).persist(scheduler=client)
             out.append(f"persist {time.perf_counter() - t:.2f} s")

@@ -284,6 +284,15 @@ where
                 // blocking pool (Python calls too, in `python -m partita`) are not waited
                 // for, nor is an interpreter's shutdown.
                 runtime.shutdown_background();
+                #[cfg(unix)]
+                #[allow(unsafe_code)]
+                // SAFETY: `_exit` ends the process at once and touches no memory of ours;
+                // nothing buffered is lost (logs go to stderr unbuffered), and skipping
+                // atexit handlers is the point (a library's may wait for a running call).
+                unsafe {
+                    libc::_exit(code)
+                };
+                #[cfg(not(unix))]
                 std::process::exit(code);
             }
             code

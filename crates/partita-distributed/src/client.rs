@@ -1113,7 +1113,12 @@ impl Inner {
                     Err(e) if failures < MAX_GATHER_RETRIES => {
                         failures += 1;
                         tracing::warn!("gathering {key} failed ({e}); asking the scheduler again");
-                        if let Some((_, s)) = lock(&self.routes).tracked.get_mut(key) {
+                        // Unless the scheduler said something final meanwhile (a restart
+                        // cancels it while its holder exits): that would be lost, and the
+                        // key, forgotten there, would stay pending for good.
+                        if let Some((_, s)) = lock(&self.routes).tracked.get_mut(key)
+                            && matches!(s, KeyState::Finished(_))
+                        {
                             *s = KeyState::Pending;
                         }
                         std::thread::sleep(Duration::from_millis(200));

@@ -749,6 +749,12 @@ impl SchedulerState {
             self.out.push(reply(0, Some(why)));
             return;
         }
+        // Its nanny would start it again, undoing the retirement someone asked for.
+        if let Some(w) = self.workers.values().find(|w| w.retiring) {
+            let why = format!("worker {} is retiring; restart once it has left", w.address);
+            self.out.push(reply(0, Some(why)));
+            return;
+        }
         self.log(
             LogLevel::Warn,
             format!(
@@ -3278,6 +3284,18 @@ mod tests {
             dataset_request(&mut s, 1, publish("d", &[&b], false)),
             DatasetReply::Done
         );
+        // A retiring worker (its nanny would start it again): refused too. (Set by hand:
+        // the refusal comes before this event's retirement step would close it.)
+        s.workers.get_mut(&WorkerId(1)).unwrap().retiring = true;
+        let mut refused = None;
+        s.restart(ClientId(1), 4);
+        for a in std::mem::take(&mut s.out) {
+            if let SchedulerAction::SendToClient(_, ToClient::Restarting { refused: r, .. }) = a {
+                refused = r;
+            }
+        }
+        assert!(refused.is_some_and(|why| why.contains("retiring")));
+        s.workers.get_mut(&WorkerId(1)).unwrap().retiring = false;
         // Every worker under a nanny: told to restart, gone from the state; the client's
         // keys are cancelled; nothing is left.
         let acts = restart(&mut s);
