@@ -62,11 +62,7 @@ fn encode(dataset: &Dataset) -> PyResult<(Vec<Future>, Vec<u8>)> {
 
 /// The dataset a Python future stands for: its futures, and what rebuilds its result.
 fn future_dataset(f: &PyFuture) -> PyResult<Dataset> {
-    let ops = || {
-        (f.futures.iter())
-            .map(|fut| Arc::new(Persisted::new(fut.clone())) as Arc<dyn partita::Op>)
-            .collect::<Vec<_>>()
-    };
+    let ops = || Persisted::ops(f.futures.iter().cloned());
     Ok(match &f.what {
         What::Object | What::Collection(AnyCollection::Delayed(_)) => {
             Dataset::Futures(f.futures.clone())

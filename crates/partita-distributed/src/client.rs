@@ -776,9 +776,7 @@ impl Scheduler for Client {
         if let Some(p) = &ctx.progress {
             p.finished(total, total, true);
         }
-        Ok((futures.into_iter())
-            .map(|future| Arc::new(Persisted { future }) as Arc<dyn Op>)
-            .collect())
+        Ok(Persisted::ops(futures))
     }
 }
 
@@ -804,6 +802,14 @@ impl Persisted {
     /// The op standing for `future`'s value on its cluster.
     pub fn new(future: Future) -> Persisted {
         Persisted { future }
+    }
+
+    /// One op per future, in order: the blocks or partitions of a collection kept on the
+    /// cluster ([`partita_array::Array::from_ops`], [`partita_frame::DataFrame::from_ops`]).
+    pub fn ops(futures: impl IntoIterator<Item = Future>) -> Vec<Arc<dyn Op>> {
+        (futures.into_iter())
+            .map(|future| Arc::new(Persisted { future }) as Arc<dyn Op>)
+            .collect()
     }
 
     /// `op` as a persisted value, if it is one.

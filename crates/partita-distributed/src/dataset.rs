@@ -111,11 +111,7 @@ impl Dataset {
                 "dataset {name:?} was published in a form this client does not read: {e}"
             ))
         })?;
-        let ops = || {
-            (futures.iter())
-                .map(|f| Arc::new(Persisted::new(f.clone())) as Arc<dyn partita_core::Op>)
-                .collect::<Vec<_>>()
-        };
+        let ops = || Persisted::ops(futures.iter().cloned());
         Ok(match form {
             Form::Futures => Dataset::Futures(futures),
             Form::Array {

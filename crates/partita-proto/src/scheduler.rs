@@ -9,7 +9,8 @@
 //! - **Keys are identity.** Two submissions of the same key share one task; each client has a
 //!   wanted set, and a task lives while a client wants it, a published dataset lists it
 //!   (`FromClient::PublishDataset`: named keys that outlive their client), or a dependent
-//!   that will still run needs its data. Data nobody needs is freed on every worker holding it; a released task
+//!   that will still run needs its data. Data nobody needs is freed on every worker
+//!   holding it; a released task
 //!   is kept (as lineage) while any dependent is known, and forgotten after.
 //! - **Root-task queuing.** Ready tasks without dependencies wait in a priority queue and are
 //!   sent only when a worker has a free slot (`ceil(nthreads * worker_saturation)`), so file
@@ -795,14 +796,7 @@ impl SchedulerState {
             // exits, its connection closes, and the runtime's WorkerLost finds it gone.
             self.out
                 .push(SchedulerAction::SendToWorker(id, ToWorker::Restart));
-            let peer = Peer {
-                id,
-                address: w.address,
-            };
-            for &c in self.clients.keys() {
-                let msg = ToClient::WorkerLeft { peer: peer.clone() };
-                self.out.push(SchedulerAction::SendToClient(c, msg));
-            }
+            self.tell_clients_left(id, w.address);
         }
         self.out
             .push(reply(u32::try_from(n).unwrap_or(u32::MAX), None));
@@ -1711,10 +1705,8 @@ impl SchedulerState {
             return;
         }
         let allowed = (t.restrictions.as_deref()).map(|r| {
-            let allowed: Vec<WorkerId> = (self.workers.iter())
-                .filter(|(_, w)| !w.retiring && r.allows(&w.address))
-                .map(|(id, _)| *id)
-                .collect();
+            let mut allowed = self.open_workers();
+            allowed.retain(|id| r.allows(&self.workers[id].address));
             (allowed, r.loose)
         });
         let candidates = match allowed {
@@ -1724,14 +1716,18 @@ impl SchedulerState {
             Some((_, false)) => {
                 let r = t.restrictions.as_deref().expect("restricted");
                 // Once per list of workers while tasks wait (a restricted graph is many).
-                let first = self.no_worker_warned.insert(r.workers.clone());
-                let text = format!(
-                    "{key} waits for a worker among {:?}: none is connected",
-                    r.workers
-                );
+                let warn = (!self.no_worker_warned.contains(&r.workers)).then(|| {
+                    format!(
+                        "{key} waits for a worker among {:?}: none is connected",
+                        r.workers
+                    )
+                });
+                if warn.is_some() {
+                    self.no_worker_warned.insert(r.workers.clone());
+                }
                 self.no_worker.insert((t.priority, t.seq), key.clone());
                 self.set_status(&key, TaskStatus::Queued);
-                if first {
+                if let Some(text) = warn {
                     self.log(LogLevel::Warn, text);
                 }
                 return;
@@ -2312,6 +2308,15 @@ impl SchedulerState {
         }
     }
 
+    /// Every client hears that worker `id` at `address` left (it stops asking it for values).
+    fn tell_clients_left(&mut self, id: WorkerId, address: String) {
+        let peer = Peer { id, address };
+        for &c in self.clients.keys() {
+            let msg = ToClient::WorkerLeft { peer: peer.clone() };
+            self.out.push(SchedulerAction::SendToClient(c, msg));
+        }
+    }
+
     /// Forget worker `id`: it died (`retired` false: its running tasks count as suspicious)
     /// or retired (its values were handed off; what was not is no longer needed, or
     /// there was nowhere to put it).
@@ -2332,14 +2337,7 @@ impl SchedulerState {
         }
         // First, so clients drop it from where they look for values before they hear of
         // any value recomputed elsewhere.
-        let peer = Peer {
-            id,
-            address: info.address.clone(),
-        };
-        for &c in self.clients.keys() {
-            let msg = ToClient::WorkerLeft { peer: peer.clone() };
-            self.out.push(SchedulerAction::SendToClient(c, msg));
-        }
+        self.tell_clients_left(id, info.address.clone());
         self.steals
             .retain(|_, (victim, thief)| *victim != id && *thief != id);
         // Copies it was acquiring will not come.
@@ -2950,15 +2948,16 @@ mod tests {
         assert_eq!(s.task_status(&x), TaskStatus::Forgotten);
     }
 
-    fn dataset_request(s: &mut SchedulerState, c: u32, msg: FromClient) -> DatasetReply {
-        let acts = s.handle(
-            SchedulerEvent::FromClient {
-                client: ClientId(c),
-                msg,
-            },
-            Time::ZERO,
-        );
+    /// Client `c` sends `msg`; the scheduler stays consistent.
+    fn client_says(s: &mut SchedulerState, c: u32, msg: FromClient) -> Vec<SchedulerAction> {
+        let client = ClientId(c);
+        let acts = s.handle(SchedulerEvent::FromClient { client, msg }, Time::ZERO);
         s.check_consistency().unwrap();
+        acts
+    }
+
+    fn dataset_request(s: &mut SchedulerState, c: u32, msg: FromClient) -> DatasetReply {
+        let acts = client_says(s, c, msg);
         let replies: Vec<DatasetReply> = (to_client(&acts).into_iter())
             .filter_map(|m| match m {
                 ToClient::Dataset { reply, .. } => Some(reply),
@@ -3053,13 +3052,7 @@ mod tests {
         assert_eq!(s.task_status(&y), TaskStatus::Memory);
         let r = dataset_request(&mut s, 3, unpublish("a"));
         assert!(matches!(r, DatasetReply::Refused { .. }));
-        let acts = s.handle(
-            SchedulerEvent::FromClient {
-                client: ClientId(3),
-                msg: unpublish("b"),
-            },
-            Time::ZERO,
-        );
+        let acts = client_says(&mut s, 3, unpublish("b"));
         assert!(acts.contains(&SchedulerAction::SendToWorker(
             WorkerId(0),
             ToWorker::FreeKeys {
@@ -3200,15 +3193,8 @@ mod tests {
         let release = FromClient::ReleaseKeys {
             keys: vec![b.clone()],
         };
-        s.handle(
-            SchedulerEvent::FromClient {
-                client: ClientId(1),
-                msg: release,
-            },
-            Time::ZERO,
-        );
+        client_says(&mut s, 1, release);
         assert_eq!(s.task_status(&b), TaskStatus::Forgotten);
-        s.check_consistency().unwrap();
         let acts = join_at(&mut s, 3, 1, "10.0.0.3:5001");
         assert!(computes(&acts).is_empty(), "{acts:?}");
     }
@@ -3242,18 +3228,8 @@ mod tests {
 
     #[test]
     fn restart_forgets_everything_and_needs_nannies() {
-        let restart = |s: &mut SchedulerState| {
-            let msg = FromClient::Restart { request: 4 };
-            let acts = s.handle(
-                SchedulerEvent::FromClient {
-                    client: ClientId(1),
-                    msg,
-                },
-                Time::ZERO,
-            );
-            s.check_consistency().unwrap();
-            acts
-        };
+        let restart =
+            |s: &mut SchedulerState| client_says(s, 1, FromClient::Restart { request: 4 });
         let mut s = SchedulerState::new(SchedulerConfig::default());
         join(&mut s, 0, 1);
         let (a, b) = (Key::new("a", [0]), Key::new("b", [0]));
