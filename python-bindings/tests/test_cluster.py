@@ -294,6 +294,7 @@ def test_workers_restrict_where_tasks_run_as_in_dask(cluster_client):
         client.submit(os.getpid, workers=[1])
     # Scattered onto one worker, or refused naming the absent one.
     data = client.scatter([np.arange(5.0), "text"], workers=[a])
+    client.wait(data, timeout=30)  # the scheduler hears of them from the worker
     assert set(sum(client.who_has(data).values(), [])) == {a}
     np.testing.assert_array_equal(data[0].result(timeout=60), np.arange(5.0))
     with pytest.raises(pt.TransportError, match="10.255.255.1:9"):

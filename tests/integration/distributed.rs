@@ -1175,6 +1175,8 @@ fn restricted_tasks_run_where_asked_and_wait_for_absent_workers() {
     // Scattered onto a named worker (Dask's scatter(workers=)), or refused naming it.
     let values = vec![Value::new(3i64), Value::new(4i64), Value::new(5i64)];
     let on_a = client.scatter_on(values, std::slice::from_ref(&a)).unwrap();
+    // Pushed, but the scheduler hears so from the worker: wait for that before asking.
+    client.wait(&on_a, Some(Duration::from_secs(30))).unwrap();
     for (key, peers) in client.who_has(&on_a).unwrap() {
         let on: Vec<&str> = peers.iter().map(|p| p.address.as_str()).collect();
         assert_eq!(on, [a.as_str()], "{key}");
