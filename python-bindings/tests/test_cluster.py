@@ -332,8 +332,11 @@ def test_persist_with_workers_keeps_the_data_there(cluster_client):
     a, b = sorted(client.nthreads())
     x = np.random.default_rng(9).normal(size=(30, 20))
     y = client.persist(pt.from_numpy(x, chunks=(10, 10)) * 2, workers=[b])
-    np.testing.assert_allclose((y + 1).compute(scheduler=client), x * 2 + 1)
     # Computing it runs nothing: the future's keys are the blocks, all held on b.
     future = client.compute(y)
     np.testing.assert_allclose(future.result(timeout=60), x * 2)
     assert set(sum(client.who_has(future).values(), [])) == {b}
+    # Tasks on top of it are unrestricted: a worker running one fetches a copy of its
+    # input, so afterwards every block is still on b, perhaps elsewhere too.
+    np.testing.assert_allclose((y + 1).compute(scheduler=client), x * 2 + 1)
+    assert all(b in holders for holders in client.who_has(future).values())
