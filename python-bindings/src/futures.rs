@@ -183,6 +183,54 @@ impl PyFuture {
         self.client.cancel(&self.futures).py_err()
     }
 
+    /// Whether it was cancelled (by `cancel`, or a `client.restart`).
+    fn cancelled(&self) -> bool {
+        self.status() == "cancelled"
+    }
+
+    /// Wait (at most `timeout` seconds) and return the exception `result()` would raise,
+    /// without fetching the value: `None` if it finished (Dask's `future.exception()`).
+    #[pyo3(signature = (timeout = None))]
+    fn exception(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+        wait_all(py, &self.client, &self.futures, timeout)?;
+        let error = self.futures.iter().find_map(Future::error);
+        Ok(error.map(|e| crate::to_py(e).into_value(py).into_any()))
+    }
+
+    /// Call `fn(future)` once it is done (finished, failed, cancelled or lost), at once if
+    /// it is already: on a thread of its own, as Dask's `add_done_callback`. An exception
+    /// the callback raises is printed (`sys.unraisablehook`), not raised anywhere.
+    fn add_done_callback(slf: Py<Self>, py: Python<'_>, callback: Py<PyAny>) -> PyResult<()> {
+        if !callback.bind(py).is_callable() {
+            return Err(PyTypeError::new_err(
+                "add_done_callback takes a function of the future",
+            ));
+        }
+        let (client, futures) = {
+            let me = slf.get();
+            (Arc::clone(&me.client), me.futures.clone())
+        };
+        std::thread::Builder::new()
+            .name("partita-done-callback".into())
+            .spawn(move || {
+                // Blocks until every key is done; a closed client makes them lost (done).
+                while !futures.iter().all(Future::done) {
+                    let _ = client.wait(&futures, Some(Duration::from_secs(1)));
+                }
+                Python::attach(|py| {
+                    if let Err(e) = callback.call1(py, (slf,)) {
+                        e.write_unraisable(py, Some(callback.bind(py)));
+                    }
+                });
+            })
+            .map_err(|e| {
+                pyo3::exceptions::PyRuntimeError::new_err(format!(
+                    "cannot start a thread for the callback: {e}"
+                ))
+            })?;
+        Ok(())
+    }
+
     fn __repr__(&self) -> String {
         let what = match &self.what {
             What::Collection(AnyCollection::Array(_) | AnyCollection::Filtered(_)) => "array",

@@ -122,7 +122,7 @@ create_exception!(
 create_exception!(_partita, InternalError, PartitaError, "A bug in partita.");
 
 /// The Python exception for a partita error, by the kind of its root cause.
-fn to_py(e: partita::Error) -> PyErr {
+pub(crate) fn to_py(e: partita::Error) -> PyErr {
     use partita::Error as E;
     let message = e.to_string();
     let kind = match &e {
@@ -1442,7 +1442,8 @@ impl PyClient {
 
     /// A snapshot of the cluster, shaped like Dask's `client.scheduler_info()`:
     /// `{"type": "Scheduler", "address", "workers": {address: {"id", "nthreads",
-    /// "memory_limit", "processing", "held", "retiring", "metrics": {"memory", "managed_bytes",
+    /// "memory_limit", "processing", "held", "retiring", "resources": {name: amount},
+    /// "metrics": {"memory", "managed_bytes",
     /// "spilled_bytes", "executing", "ready", "paused"}}}, "tasks": {state: count},
     /// "stats": {counter: value}}`. A worker's metrics are its last report (every 200 ms
     /// or so); `memory` is its resident set, `managed_bytes` the values it holds.
@@ -1470,6 +1471,11 @@ impl PyClient {
             worker.set_item("memory_limit", w.memory_limit)?;
             worker.set_item("processing", w.processing)?;
             worker.set_item("held", w.held)?;
+            let resources = PyDict::new(py);
+            for (name, amount) in w.resources.iter() {
+                resources.set_item(name, amount)?;
+            }
+            worker.set_item("resources", resources)?;
             worker.set_item("metrics", metrics)?;
             workers.set_item(&w.peer.address, worker)?;
         }
@@ -1504,7 +1510,7 @@ impl PyClient {
     /// collection (the list given) or one (a single collection). Python wrappers (`Array`,
     /// `DataFrame`) are unwrapped by `partita._futures`. `retries` overrides the client's;
     /// `workers` (addresses or hosts) restricts where the tasks run.
-    #[pyo3(signature = (collections, retries = None, workers = Vec::new(), allow_other_workers = false))]
+    #[pyo3(signature = (collections, retries = None, workers = Vec::new(), allow_other_workers = false, resources = None))]
     fn _compute(
         &self,
         py: Python<'_>,
@@ -1512,18 +1518,20 @@ impl PyClient {
         retries: Option<u32>,
         workers: Vec<String>,
         allow_other_workers: bool,
+        resources: Option<std::collections::BTreeMap<String, f64>>,
     ) -> PyResult<Vec<futures::PyFuture>> {
         let options = partita::distributed::SubmitOptions {
             retries,
             workers,
             allow_other_workers,
+            resources: resources_of(resources)?,
         };
         self.compute_futures(py, collections, &options)
     }
 
     /// One Python call prepared by `partita._futures.prepare_call`; `retries` overrides
     /// the client's; `workers` (addresses or hosts) restricts where it runs.
-    #[pyo3(signature = (key, name, payload, deps, retries = None, workers = Vec::new(), allow_other_workers = false))]
+    #[pyo3(signature = (key, name, payload, deps, retries = None, workers = Vec::new(), allow_other_workers = false, resources = None))]
     #[allow(clippy::too_many_arguments)]
     fn _submit_call(
         &self,
@@ -1535,11 +1543,13 @@ impl PyClient {
         retries: Option<u32>,
         workers: Vec<String>,
         allow_other_workers: bool,
+        resources: Option<std::collections::BTreeMap<String, f64>>,
     ) -> PyResult<futures::PyFuture> {
         let options = partita::distributed::SubmitOptions {
             retries,
             workers,
             allow_other_workers,
+            resources: resources_of(resources)?,
         };
         self.submit_call(py, key, name, payload, deps, &options)
     }
@@ -1641,13 +1651,19 @@ impl PyClient {
     /// This client restricted to `workers` (addresses or hosts) for what it computes or
     /// persists as a `scheduler=` (`client.persist(x, workers=...)` in
     /// `partita._futures` uses it): the same connection.
-    #[pyo3(signature = (workers, allow_other_workers = false))]
-    fn _with_options(&self, workers: Vec<String>, allow_other_workers: bool) -> PyResult<PyClient> {
+    #[pyo3(signature = (workers, allow_other_workers = false, resources = None))]
+    fn _with_options(
+        &self,
+        workers: Vec<String>,
+        allow_other_workers: bool,
+        resources: Option<std::collections::BTreeMap<String, f64>>,
+    ) -> PyResult<PyClient> {
         let client = self.client()?;
         let options = partita::distributed::SubmitOptions {
             retries: None,
             workers,
             allow_other_workers,
+            resources: resources_of(resources)?,
         };
         let restricted = Arc::new(client.with_options(options));
         Ok(PyClient(std::sync::Mutex::new(Some(restricted))))
@@ -1802,10 +1818,18 @@ impl PyLocalCluster {
     }
 }
 
+/// Dask's `resources={"GPU": 1}`: a ValueError naming a bad amount.
+fn resources_of(
+    resources: Option<std::collections::BTreeMap<String, f64>>,
+) -> PyResult<partita::distributed::Resources> {
+    partita::distributed::Resources::new(resources.unwrap_or_default())
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 #[pymethods]
 impl PyLocalCluster {
     #[new]
-    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None, nanny = true))]
+    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None, nanny = true, resources = None))]
     fn new(
         py: Python<'_>,
         n_workers: usize,
@@ -1813,6 +1837,7 @@ impl PyLocalCluster {
         memory_limit: u64,
         metrics_address: Option<String>,
         nanny: bool,
+        resources: Option<std::collections::BTreeMap<String, f64>>,
     ) -> PyResult<PyLocalCluster> {
         let python: std::path::PathBuf = py.import("sys")?.getattr("executable")?.extract()?;
         let metrics = match metrics_address {
@@ -1832,6 +1857,7 @@ impl PyLocalCluster {
             prefix_args: vec!["-m".into(), "partita".into()],
             metrics,
             nanny,
+            resources: resources_of(resources)?,
         };
         let cluster = py.detach(|| LocalCluster::start(options)).py_err()?;
         Ok(PyLocalCluster(std::sync::Mutex::new(Some(cluster))))

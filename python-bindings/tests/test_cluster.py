@@ -340,3 +340,45 @@ def test_persist_with_workers_keeps_the_data_there(cluster_client):
     # input, so afterwards every block is still on b, perhaps elsewhere too.
     np.testing.assert_allclose((y + 1).compute(scheduler=client), x * 2 + 1)
     assert all(b in holders for holders in client.who_has(future).values())
+
+
+def _span(_):
+    import os
+    import time
+
+    start = time.time()
+    time.sleep(0.15)
+    return os.getpid(), start, time.time()
+
+
+def test_resources_limit_where_and_how_many_tasks_run_as_in_dask():
+    with (
+        pt.LocalCluster(n_workers=1, threads_per_worker=2, nanny=False, resources={"SLOT": 1}) as cluster,
+        pt.Client(cluster) as client,
+    ):
+        (worker,) = client.scheduler_info()["workers"].values()
+        assert worker["resources"] == {"SLOT": 1.0}
+        # Two threads, one slot: the tasks asking for it run one after the other.
+        spans = client.gather(client.map(_span, range(4), resources={"SLOT": 1}, pure=False))
+        spans.sort(key=lambda s: s[1])
+        assert all(later[1] >= earlier[2] for earlier, later in zip(spans, spans[1:])), spans
+        # A whole computation holding it; same answer as NumPy.
+        x = np.random.default_rng(11).normal(size=(30, 20))
+        total = client.compute(pt.from_numpy(x, chunks=(10, 10)).sum(axis=0), resources={"SLOT": 1})
+        np.testing.assert_allclose(total.result(timeout=60), x.sum(axis=0))
+        kept = client.persist(pt.from_numpy(x, chunks=(10, 10)) * 3, resources={"SLOT": 0.5})
+        np.testing.assert_allclose(kept.compute(scheduler=client), x * 3)
+        # Nobody offers a GPU: it waits, as dask's does.
+        waiting = client.submit(os.getpid, resources={"GPU": 1}, pure=False)
+        with pytest.raises(TimeoutError):
+            waiting.result(timeout=0.3)
+        assert waiting.status == "pending"
+        waiting.cancel()
+        with pytest.raises(ValueError, match="SLOT"):
+            client.submit(os.getpid, resources={"SLOT": -1})
+        with pytest.raises(TypeError, match="numbers"):
+            client.submit(os.getpid, resources={"SLOT": "one"})
+        with pytest.raises(TypeError, match="dict"):
+            client.compute(pt.from_numpy(x, chunks=10).sum(), resources="SLOT=1")
+        # Still usable after the refusals.
+        assert client.submit(os.getpid, pure=False).result(timeout=60) > 0

@@ -281,3 +281,44 @@ def test_run_calls_a_function_in_every_worker_process(cluster_client):
         cluster_client.run(np.sum, cluster_client.scatter(x))
     # Nothing stays behind, and the client goes on.
     assert cluster_client.submit(inc, 1).result(timeout=60) == 2
+
+
+def test_exception_cancelled_and_done_callbacks_as_in_dask(cluster_client, monkeypatch):
+    import os
+    import queue
+
+    def boom(x):
+        raise ValueError(f"bad value {x}")
+
+    client = cluster_client
+    ok = client.submit(inc, 2)
+    failing = client.submit(boom, 5)
+    assert ok.exception(timeout=60) is None
+    error = failing.exception(timeout=60)
+    assert isinstance(error, pt.ComputeError) and "bad value 5" in str(error)
+    assert not ok.cancelled() and not failing.cancelled()
+    seen = queue.Queue()
+    # Already done: called at once (on another thread), with the future.
+    ok.add_done_callback(lambda f: seen.put((f.key, f.status, threading.current_thread() is threading.main_thread())))
+    assert seen.get(timeout=10) == (ok.key, "finished", False)
+    # Called when it finishes, not before.
+    slow = client.submit(time.sleep, 0.3, pure=False)
+    slow.add_done_callback(lambda f: seen.put((f.key, f.status)))
+    assert seen.empty()
+    assert seen.get(timeout=60) == (slow.key, "finished")
+    # Cancelled: done too; exception() says so without raising.
+    waiting = client.submit(os.getpid, workers="10.255.255.1:9", pure=False)
+    waiting.add_done_callback(lambda f: seen.put((f.key, f.cancelled())))
+    waiting.cancel()
+    assert seen.get(timeout=30) == (waiting.key, True)
+    assert isinstance(waiting.exception(timeout=10), pt.CancelledError)
+    # A callback that raises is reported as unraisable, never raised into the client.
+    reported = queue.Queue()
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.put(u.exc_type))
+    ok.add_done_callback(lambda f: 1 / 0)
+    assert reported.get(timeout=10) is ZeroDivisionError
+    with pytest.raises(TypeError, match="function"):
+        ok.add_done_callback(3)
+    with pytest.raises(TimeoutError):
+        client.submit(time.sleep, 1, pure=False).exception(timeout=0.05)
+    assert client.submit(inc, 1).result(timeout=60) == 2

@@ -13,7 +13,7 @@ use partita::{
     LocalScheduler, Op, OptimizeOptions, Scheduler, Value, compute_with,
 };
 use partita_tests::{
-    Blob, Fail, FailTimes, Mix, Panic, ProcessId, SlowMix, cluster, test_worker_binary,
+    Blob, Fail, FailTimes, Mix, Panic, ProcessId, SlowMix, Span, cluster, test_worker_binary,
 };
 
 fn start(n_workers: usize, memory_limit: u64) -> LocalCluster {
@@ -1219,6 +1219,70 @@ fn restricted_tasks_run_where_asked_and_wait_for_absent_workers() {
     nothing_held(client);
     let (graph, key, expected) = small_graph("after-restricted");
     assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
+}
+
+/// Dask's resources: tasks asking for one wait while no worker offers it, then run only
+/// on a worker offering it and never more at once than it offers (here one slot on a
+/// worker of two threads); tasks asking for nothing run anywhere meanwhile.
+#[test]
+fn tasks_asking_for_resources_run_where_offered_and_no_more_at_once() {
+    use partita::distributed::{FutureStatus, Resources, SubmitOptions};
+    let mut cluster = LocalCluster::start(LocalClusterOptions {
+        n_workers: 1,
+        threads_per_worker: 2,
+        binary: Some(test_worker_binary()),
+        ..LocalClusterOptions::default()
+    })
+    .expect("the cluster starts");
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(1, Duration::from_secs(30)).unwrap();
+    let one_slot = Resources::parse("SLOT=1").unwrap();
+    let slot = SubmitOptions::with_resources(one_slot.clone());
+    let spans = |tag: &str, options: &SubmitOptions| -> Vec<partita::distributed::Future> {
+        (0..4)
+            .map(|i| {
+                let key = Key::new(tag, [i]);
+                (client.submit_task_with(key, Arc::new(Span { ms: 150 }), &[], options)).unwrap()
+            })
+            .collect()
+    };
+    // No worker offers a slot: they wait, pending (not failed).
+    let asking = spans("slot-span", &slot);
+    assert!(
+        client
+            .wait(&asking, Some(Duration::from_millis(500)))
+            .is_err()
+    );
+    assert!(asking.iter().all(|f| f.status() == FutureStatus::Pending));
+    // A worker offering one slot joins: they all run there, one after the other.
+    cluster.add_worker_offering(&one_slot).unwrap();
+    let plain = spans("plain-span", &SubmitOptions::default());
+    let ran: Vec<Vec<i64>> = (client.gather(&asking).unwrap().iter())
+        .map(|v| v.get::<Vec<i64>>().unwrap().clone())
+        .collect();
+    let info = client.info().unwrap();
+    let offering: Vec<&str> = (info.workers.iter())
+        .filter(|w| w.resources == one_slot)
+        .map(|w| w.peer.address.as_str())
+        .collect();
+    assert_eq!(offering.len(), 1, "{info:?}");
+    let pids: std::collections::BTreeMap<String, i64> = (client.run(Arc::new(ProcessId)))
+        .unwrap()
+        .into_iter()
+        .map(|(peer, r)| (peer.address, *r.unwrap().get::<i64>().unwrap()))
+        .collect();
+    let slot_pid = pids[offering[0]];
+    assert!(ran.iter().all(|r| r[0] == slot_pid), "{ran:?} {pids:?}");
+    let mut by_start = ran.clone();
+    by_start.sort_by_key(|r| r[1]);
+    for pair in by_start.windows(2) {
+        assert!(
+            pair[1][1] >= pair[0][2],
+            "slot tasks overlapped: {by_start:?}"
+        );
+    }
+    // The others ran too, wherever.
+    assert_eq!(client.gather(&plain).unwrap().len(), 4);
 }
 
 /// Dask's `client.restart`: every worker process is replaced through its nanny, all work

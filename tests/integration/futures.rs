@@ -105,6 +105,9 @@ fn a_failing_future_names_the_task_and_others_are_unaffected() {
         err.contains("fut-bad") && err.contains("no such row 12"),
         "{err}"
     );
+    // The same error without fetching anything; none for the finished one.
+    assert_eq!(futures[0].error().map(|e| e.to_string()), Some(err));
+    assert!(futures[1].error().is_none());
     let err = client.gather(&futures).unwrap_err().to_string();
     assert!(err.contains("fut-bad"), "{err}");
     assert_eq!(*futures[1].result().unwrap().get::<i64>().unwrap(), 5);

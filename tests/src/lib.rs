@@ -90,6 +90,33 @@ impl Op for ProcessId {
     }
 }
 
+/// Sleeps `ms` milliseconds and says where and when it ran: `[process id, start, end]`
+/// (microseconds since the Unix epoch), so a test can see which tasks overlapped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Span {
+    pub ms: u64,
+}
+
+#[typetag::serde(name = "test-span")]
+impl Op for Span {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        let micros = || {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.map_or(0, |d| d.as_micros() as i64)
+        };
+        let start = micros();
+        std::thread::sleep(std::time::Duration::from_millis(self.ms));
+        Ok(Value::new(vec![
+            i64::from(std::process::id()),
+            start,
+            micros(),
+        ]))
+    }
+    fn name(&self) -> &str {
+        "span"
+    }
+}
+
 /// Takes `bytes` of memory (every page written) for `ms` milliseconds, then returns how
 /// many bytes it held: a task whose memory blows up.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -33,7 +33,7 @@ use clap::{Parser, Subcommand};
 
 mod nanny;
 use partita_distributed::{
-    ClusterFile, SchedulerOptions, SchedulerServer, WorkerExit, WorkerOptions,
+    ClusterFile, Resources, SchedulerOptions, SchedulerServer, WorkerExit, WorkerOptions,
 };
 
 #[derive(Parser, Debug)]
@@ -126,7 +126,19 @@ enum Command {
         /// resident memory passes this fraction of the limit. 0 disables.
         #[arg(long, default_value = "0.95", value_parser = parse_fraction)]
         memory_terminate: f64,
+        /// Abstract resources this worker offers, as NAME=AMOUNT pairs separated by spaces
+        /// or commas: "GPU=2 MEMORY=10e9" (Dask's --resources). A task submitted asking
+        /// for resources runs only on a worker offering at least that much, and a worker
+        /// runs such tasks only while their sum fits what it offers. Names and amounts
+        /// mean whatever you decide; nothing is measured.
+        #[arg(long, default_value = "", value_parser = parse_resources)]
+        resources: Resources,
     },
+}
+
+/// `"GPU=2 MEMORY=10e9"`: abstract resources.
+fn parse_resources(text: &str) -> Result<Resources, String> {
+    Resources::parse(text).map_err(|e| e.to_string())
 }
 
 /// `0.95`: a fraction of a whole, from 0 to 1.
@@ -472,10 +484,14 @@ fn describe(scheduler: &str, info: &partita_distributed::ClusterInfo) -> String 
             0 => "no limit".to_string(),
             n => format!("limit {}", human_bytes(n)),
         };
+        let offers = match w.resources.is_empty() {
+            true => String::new(),
+            false => format!(", offers {}", w.resources),
+        };
         let _ = writeln!(
             out,
-            "  {} at {}: {} threads, {limit}, memory {}; holds {} values ({}, {} spilled); \
-             running {}, assigned {}{}{}",
+            "  {} at {}: {} threads{offers}, {limit}, memory {}; holds {} values ({}, {} \
+             spilled); running {}, assigned {}{}{}",
             w.peer.id,
             w.peer.address,
             w.nthreads,
@@ -543,6 +559,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
             name,
             spill_dir,
             retire_timeout,
+            resources,
             ..
         } => {
             let cluster = ClusterFile::read(&cluster_file)?;
@@ -550,6 +567,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
                 memory_limit,
                 host,
                 spill_dir,
+                resources,
                 ..WorkerOptions::default()
             };
             if let Some(n) = nthreads {
@@ -566,7 +584,10 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::{describe, human_bytes, parse_fraction, parse_seconds, parse_size};
+    use super::{
+        Cli, Command, Resources, describe, human_bytes, parse_fraction, parse_seconds, parse_size,
+    };
+    use clap::Parser;
     use partita_distributed::{ClusterInfo, TaskCounts, WorkerMetrics, WorkerStatus};
     use partita_proto::messages::{Peer, WorkerId};
 
@@ -593,6 +614,10 @@ mod tests {
                 paused,
             },
             retiring: id == 2,
+            resources: match id {
+                2 => Resources::parse("GPU=2").unwrap(),
+                _ => Resources::default(),
+            },
         };
         let info = ClusterInfo {
             workers: vec![worker(1, false), worker(2, true)],
@@ -611,7 +636,7 @@ mod tests {
         );
         assert!(text.contains("worker-1 at 10.0.0.1:9000: 4 threads, limit 8.0 GiB, memory 2.0 GiB; holds 12 values (300.0 MiB, 0 B spilled); running 2, assigned 3\n"), "{text}");
         assert!(
-            text.contains("worker-2 at 10.0.0.2:9000: 4 threads, no limit,"),
+            text.contains("worker-2 at 10.0.0.2:9000: 4 threads, offers GPU=2, no limit,"),
             "{text}"
         );
         assert!(
@@ -642,6 +667,37 @@ mod tests {
         assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
         assert!(parse_seconds("soon").unwrap_err().contains("seconds"));
         assert!(parse_seconds("-1").is_err());
+    }
+
+    #[test]
+    fn worker_resources_parse_as_dask_writes_them() {
+        let cli = Cli::try_parse_from([
+            "partita",
+            "worker",
+            "--cluster-file",
+            "c.json",
+            "--resources",
+            "GPU=2 MEMORY=10e9",
+        ])
+        .unwrap();
+        let Command::Worker { resources, .. } = cli.command else {
+            panic!("a worker");
+        };
+        assert_eq!(resources.to_string(), "GPU=2 MEMORY=10000000000");
+        let none = Cli::try_parse_from(["partita", "worker", "--cluster-file", "c.json"]);
+        assert!(
+            matches!(none.unwrap().command, Command::Worker { resources, .. } if resources.is_empty())
+        );
+        let bad = [
+            "partita",
+            "worker",
+            "--cluster-file",
+            "c",
+            "--resources",
+            "GPU",
+        ];
+        let err = Cli::try_parse_from(bad).unwrap_err().to_string();
+        assert!(err.contains("NAME=AMOUNT"), "{err}");
     }
 
     #[test]

@@ -27,8 +27,8 @@ use partita_core::{
     Error, Execution, ExecutionContext, ExecutionPlan, Key, Op, Result, RunStats, Scheduler, Value,
 };
 use partita_proto::messages::{
-    ClusterInfo, DatasetReply, FromClient, Peer, Restrictions, Role, TaskFailure, TaskSpec,
-    ToClient, WorkerId,
+    ClusterInfo, DatasetReply, FromClient, Peer, Resources, Restrictions, Role, TaskFailure,
+    TaskSpec, ToClient, WorkerId,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
@@ -118,6 +118,10 @@ pub struct SubmitOptions {
     pub workers: Vec<String>,
     /// With `workers`: run anywhere while none of them is connected, rather than wait.
     pub allow_other_workers: bool,
+    /// What each of its tasks holds while it runs (Dask's `resources=`, e.g. `GPU=1`):
+    /// only workers offering at least that much run them (`partita worker --resources`),
+    /// each as many at once as its offer covers. Tasks wait for such a worker to join.
+    pub resources: Resources,
 }
 
 impl SubmitOptions {
@@ -137,11 +141,21 @@ impl SubmitOptions {
         }
     }
 
+    /// Its tasks hold these resources while they run.
+    pub fn with_resources(resources: Resources) -> SubmitOptions {
+        SubmitOptions {
+            resources,
+            ..SubmitOptions::default()
+        }
+    }
+
     fn restrictions(&self) -> Option<Restrictions> {
-        (!self.workers.is_empty()).then(|| Restrictions {
+        let r = Restrictions {
             workers: self.workers.clone(),
             loose: self.allow_other_workers,
-        })
+            resources: self.resources.clone(),
+        };
+        (!r.is_empty()).then_some(r)
     }
 }
 
@@ -1028,6 +1042,13 @@ impl Future {
         Ok(self.status())
     }
 
+    /// Why it ended without a value, once done: the error [`Future::result`] would return
+    /// (a failed task, a cancellation, the lost connection), without fetching anything;
+    /// `None` while pending or once finished (Dask's `future.exception()`).
+    pub fn error(&self) -> Option<Error> {
+        self.state().error(&self.key)
+    }
+
     /// Wait for the value and fetch it from a worker holding it. A failed task gives the
     /// error the local schedulers would (naming the task that failed).
     pub fn result(&self) -> Result<Value> {
@@ -1388,9 +1409,10 @@ impl Client {
         let allowed = Restrictions {
             workers: only.to_vec(),
             loose: false,
+            resources: Resources::default(),
         };
         let workers: Vec<(Peer, u32)> = (self.workers()?.into_iter())
-            .filter(|(p, _)| only.is_empty() || allowed.allows(&p.address))
+            .filter(|(p, _)| only.is_empty() || allowed.lists(&p.address))
             .collect();
         let holders = self.who_has(&futures)?;
         let mut copies = Vec::new();

@@ -46,7 +46,7 @@ pub use cluster_file::ClusterFile;
 pub use dataset::Dataset;
 pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
 pub use partita_proto::messages::{
-    ClusterInfo, SchedulerStats, TaskCounts, WorkerMetrics, WorkerStatus,
+    ClusterInfo, Resources, SchedulerStats, TaskCounts, WorkerMetrics, WorkerStatus,
 };
 pub use scheduler::{SchedulerOptions, SchedulerServer};
 pub use worker::{WorkerExit, WorkerOptions, rss_of, run_worker, run_worker_until};

@@ -29,6 +29,8 @@ pub struct LocalClusterOptions {
     /// that crashes or passes 95% of its memory limit is started again. Off by default,
     /// so [`LocalCluster::kill_worker`] kills a worker for good (chaos tests).
     pub nanny: bool,
+    /// Abstract resources every worker offers (`--resources`; Dask's `LocalCluster(resources=)`).
+    pub resources: crate::Resources,
 }
 
 impl Default for LocalClusterOptions {
@@ -41,6 +43,7 @@ impl Default for LocalClusterOptions {
             prefix_args: Vec::new(),
             metrics: None,
             nanny: false,
+            resources: crate::Resources::default(),
         }
     }
 }
@@ -142,11 +145,19 @@ impl LocalCluster {
 
     /// Start one more worker process; returns its index.
     pub fn add_worker(&mut self) -> Result<usize> {
+        let resources = self.options.resources.clone();
+        self.add_worker_offering(&resources)
+    }
+
+    /// Start one more worker process offering `resources` instead of the options' (a
+    /// cluster where some workers have what others lack); returns its index.
+    pub fn add_worker_offering(&mut self, resources: &crate::Resources) -> Result<usize> {
         let i = self.workers.len();
         let nthreads = self.options.threads_per_worker.to_string();
         let memory = self.options.memory_limit.to_string();
         let file = self.cluster_file().display().to_string();
         let (name, spill) = (format!("local-{i}"), self.dir.path().display().to_string());
+        let resources = resources.to_string();
         let mut args = vec![
             "worker",
             "--cluster-file",
@@ -162,6 +173,9 @@ impl LocalCluster {
         ];
         if !self.options.nanny {
             args.push("--no-nanny");
+        }
+        if !resources.is_empty() {
+            args.extend(["--resources", &resources]);
         }
         let child = spawn(
             &self.binary,

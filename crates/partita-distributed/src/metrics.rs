@@ -244,6 +244,7 @@ mod tests {
                     paused: true,
                 },
                 retiring: true,
+                resources: Default::default(),
             }],
             tasks: TaskCounts {
                 waiting: 2,

@@ -365,6 +365,7 @@ async fn serve_peer(
             memory_limit,
             address,
             nanny,
+            resources,
         } => {
             let worker = WorkerId(id);
             tracing::info!(%worker, name = %hello.name, %address, nthreads, "worker joined");
@@ -377,6 +378,7 @@ async fn serve_peer(
                 memory_limit,
                 address,
                 nanny,
+                resources,
             });
             let reason = pump::<FromWorker>(&mut recv, &conn, &mut shutdown, |msg| {
                 events

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use partita_core::{Error, Key, Op, Result, Value};
 use partita_proto::messages::{
-    DataOpen, DataPush, DataResponse, Hello, PushReply, Role, RunReply, RunRequest, TaskFailure,
-    ToWorker, WorkerId,
+    DataOpen, DataPush, DataResponse, Hello, PushReply, Resources, Role, RunReply, RunRequest,
+    TaskFailure, ToWorker, WorkerId,
 };
 use partita_proto::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState};
 use partita_proto::{Time, moving_average};
@@ -41,6 +41,8 @@ pub struct WorkerOptions {
     /// The identity of the nanny that started this worker process, if any: the
     /// scheduler drops the worker that nanny started before when this one joins.
     pub nanny: Option<String>,
+    /// Abstract resources it offers to tasks that ask for them (Dask's `--resources`).
+    pub resources: Resources,
 }
 
 impl Default for WorkerOptions {
@@ -52,6 +54,7 @@ impl Default for WorkerOptions {
             name: format!("worker-{}", std::process::id()),
             spill_dir: None,
             nanny: None,
+            resources: Resources::default(),
         }
     }
 }
@@ -139,6 +142,7 @@ pub async fn run_worker_until(
         memory_limit: options.memory_limit,
         address: address.clone(),
         nanny: options.nanny.clone(),
+        resources: options.resources.clone(),
     };
     let (conn, send, mut recv, id) = join(&endpoint, &cluster, role, &options.name).await?;
     let id = WorkerId(id);
@@ -210,6 +214,7 @@ pub async fn run_worker_until(
     let now = || Time(start.elapsed().as_micros() as u64);
     let mut config = WorkerConfig::new(id, options.nthreads, options.memory_limit);
     config.heartbeat_interval = Duration::from_millis(500);
+    config.resources = options.resources.clone();
     let mut state = WorkerState::new(config, now());
     let mut outbox = Outbox::default();
     let mut retire = std::pin::pin!(retire);

@@ -15,7 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use partita_core::Key;
 use partita_proto::Time;
 use partita_proto::messages::{
-    self, ClientId, FromClient, FromWorker, ToClient, ToWorker, WorkerId,
+    self, ClientId, FromClient, FromWorker, Resources, ToClient, ToWorker, WorkerId,
 };
 use partita_proto::scheduler::{SchedulerAction, SchedulerConfig, SchedulerEvent, SchedulerState};
 use partita_proto::sim::{order_depth_first, spec};
@@ -72,6 +72,7 @@ fn run(bytes: &[u8], root: &Key) -> usize {
             memory_limit: 0,
             address: format!("127.0.0.1:{}", 4000 + w),
             nanny: None,
+            resources: Resources::default(),
         };
         s.handle(e, Time::ZERO);
     }

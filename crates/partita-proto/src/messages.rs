@@ -10,6 +10,7 @@
 //! - **Untrusted input is an error, never a panic:** [`decode`] and [`FrameDecoder`] bound
 //!   sizes by [`MAX_CONTROL_MESSAGE_BYTES`] before allocating and name what was wrong.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use partita_core::{Error, Key, Result};
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -66,6 +67,9 @@ pub enum Role {
         /// starts a new one once the old has exited).
         #[serde(default)]
         nanny: Option<String>,
+        /// What it offers tasks that ask for abstract resources (Dask's `--resources`).
+        #[serde(default)]
+        resources: Resources,
     },
     /// A client submitting graphs.
     Client,
@@ -129,23 +133,146 @@ pub struct TaskSpec {
 /// The workers a task may run on (Dask's `workers=` and `allow_other_workers=`).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Restrictions {
-    /// Worker addresses (`host:port`, as [`Peer::address`]) or hosts (every worker there).
+    /// Worker addresses (`host:port`, as [`Peer::address`]) or hosts (every worker there);
+    /// empty: any worker (that has the `resources`).
     pub workers: Vec<String>,
-    /// Run anywhere while none of them is connected, instead of waiting for one.
+    /// Run anywhere while none of them is connected, instead of waiting for one. The
+    /// resources still apply (as in Dask, `allow_other_workers` loosens only the list).
     pub loose: bool,
+    /// What it holds while it runs (Dask's `resources=`): only workers offering at least
+    /// this much may run it, and a worker runs such tasks only while their sum fits.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
 }
 
 impl Restrictions {
-    /// Does a worker at `address` satisfy these restrictions' list? An entry matches its
+    /// Restricts nothing (no list, no resources): treated as no restrictions at all.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty() && self.resources.is_empty()
+    }
+
+    /// May a worker at `address` offering `resources` run it? Its list is ignored when
+    /// `listed_only` is false (a loose restriction with no listed worker connected).
+    pub fn allows(&self, address: &str, resources: &Resources, listed_only: bool) -> bool {
+        resources.covers(&self.resources)
+            && (!listed_only || self.workers.is_empty() || self.lists(address))
+    }
+
+    /// Does this restriction's list name a worker at `address`? An entry matches its
     /// address or its host, with or without a scheme (`tcp://10.0.0.1:4000`, as Dask
     /// users write them).
-    pub fn allows(&self, address: &str) -> bool {
+    pub fn lists(&self, address: &str) -> bool {
         let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         (self.workers.iter())
             .map(|w| w.split_once("://").map_or(w.as_str(), |(_, rest)| rest))
             .any(|w| w == address || w == host || w == bare)
     }
+}
+
+/// Abstract resources by name (Dask's `resources=`: `GPU=2`, `MEMORY=10e9`): what a worker
+/// offers, or what a task holds while it runs. Amounts are finite and not negative; the
+/// scheduler and workers only compare and add them, they mean what the user says.
+#[derive(Clone, Default, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Resources(BTreeMap<String, f64>);
+
+// Amounts are never NaN ([`Resources::new`] checks; [`Resources::check`] for the wire).
+impl Eq for Resources {}
+
+impl Resources {
+    /// From `(name, amount)` pairs; a repeated name adds up. An empty name, or an amount
+    /// that is negative, NaN or infinite, is an error naming it.
+    pub fn new<S: Into<String>>(pairs: impl IntoIterator<Item = (S, f64)>) -> Result<Resources> {
+        let mut map = BTreeMap::new();
+        for (name, amount) in pairs {
+            let name = name.into();
+            check_resource(&name, amount)?;
+            *map.entry(name).or_insert(0.0) += amount;
+        }
+        Ok(Resources(map))
+    }
+
+    /// Parse Dask's command-line form, `"GPU=2 MEMORY=10e9"` (spaces or commas between).
+    pub fn parse(text: &str) -> Result<Resources> {
+        let pairs = (text.split([' ', ',']).filter(|s| !s.is_empty()))
+            .map(|item| {
+                let bad = || {
+                    Error::Graph(format!(
+                        "resource {item:?} is not NAME=AMOUNT (as in \"GPU=2 MEMORY=10e9\")"
+                    ))
+                };
+                let (name, amount) = item.split_once('=').ok_or_else(bad)?;
+                let amount: f64 = amount.trim().parse().map_err(|_| bad())?;
+                Ok((name.trim().to_string(), amount))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Resources::new(pairs)
+    }
+
+    /// Every amount valid (a peer's message is checked before it is believed).
+    pub fn check(&self) -> Result<()> {
+        (self.0.iter()).try_for_each(|(name, amount)| check_resource(name, *amount))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The resources by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// Is there at least `need` of every resource `need` names?
+    pub fn covers(&self, need: &Resources) -> bool {
+        (need.0.iter()).all(|(name, amount)| self.0.get(name).is_some_and(|have| have >= amount))
+    }
+
+    /// Take `need` out (a task starts); [`Resources::covers`] must hold.
+    pub fn take(&mut self, need: &Resources) {
+        for (name, amount) in &need.0 {
+            if let Some(have) = self.0.get_mut(name) {
+                *have -= amount;
+            }
+        }
+    }
+
+    /// Give `need` back (a task ended), up to `total`: rounding never makes more.
+    pub fn give(&mut self, need: &Resources, total: &Resources) {
+        for (name, amount) in &need.0 {
+            if let (Some(have), Some(max)) = (self.0.get_mut(name), total.0.get(name)) {
+                *have = (*have + amount).min(*max);
+            }
+        }
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (name, amount) in &self.0 {
+            if !std::mem::take(&mut first) {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={amount}")?;
+        }
+        Ok(())
+    }
+}
+
+fn check_resource(name: &str, amount: f64) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::Graph(format!(
+            "a resource needs a name (amount {amount})"
+        )));
+    }
+    if !amount.is_finite() || amount < 0.0 {
+        return Err(Error::Graph(format!(
+            "resource {name:?} has amount {amount}: it must be a finite number, 0 or more"
+        )));
+    }
+    Ok(())
 }
 
 /// Where a dependency's value can be fetched from.
@@ -168,6 +295,9 @@ pub enum ToWorker {
         payload: ByteBuf,
         priority: i64,
         deps: Vec<DepLocation>,
+        /// What it holds while it runs ([`Restrictions::resources`]); mostly none.
+        #[serde(default, skip_serializing_if = "Resources::is_empty")]
+        resources: Resources,
     },
     /// Forget these keys: drop their values (and spill files) or pending tasks.
     FreeKeys { keys: Vec<Key> },
@@ -477,6 +607,9 @@ pub struct WorkerStatus {
     /// Handing its values off before it leaves: it gets no new work.
     #[serde(default)]
     pub retiring: bool,
+    /// The abstract resources it offers.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// Tasks the scheduler knows, by state (forgotten ones it no longer knows).
@@ -795,6 +928,56 @@ mod tests {
             },
             FromClient::WhoHas { keys: vec![] },
         ]
+    }
+
+    #[test]
+    fn resources_parse_compare_and_refuse_bad_amounts() {
+        let offer = Resources::parse("GPU=2, MEMORY=10e9 GPU=1").unwrap();
+        assert_eq!(offer.to_string(), "GPU=3 MEMORY=10000000000");
+        let one_gpu = Resources::new([("GPU", 1.0)]).unwrap();
+        assert!(offer.covers(&one_gpu) && offer.covers(&Resources::default()));
+        assert!(!one_gpu.covers(&offer));
+        assert!(!Resources::default().covers(&one_gpu));
+        let mut free = offer.clone();
+        free.take(&Resources::new([("GPU", 2.5)]).unwrap());
+        assert!(!free.covers(&one_gpu));
+        free.give(&Resources::new([("GPU", 2.5)]).unwrap(), &offer);
+        assert_eq!(free, offer);
+        for bad in ["GPU", "GPU=two", "=1", "GPU=-1", "GPU=nan", "GPU=inf"] {
+            let err = Resources::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("GPU") || err.contains("name"), "{bad}: {err}");
+        }
+        // Restrictions: resources always apply, the list only while `listed_only`.
+        let r = Restrictions {
+            workers: vec!["10.0.0.1".into()],
+            loose: true,
+            resources: one_gpu.clone(),
+        };
+        assert!(r.allows("10.0.0.1:4000", &offer, true));
+        assert!(!r.allows("10.0.0.2:4000", &offer, true));
+        assert!(r.allows("10.0.0.2:4000", &offer, false));
+        assert!(!r.allows("10.0.0.1:4000", &Resources::default(), false));
+        // On the wire: left out when empty, and read back equal.
+        let spec = |resources: Resources| TaskSpec {
+            key: Key::named("t"),
+            deps: vec![],
+            payload: ByteBuf::new(),
+            priority: 0,
+            retries: 0,
+            restrictions: Some(Restrictions {
+                workers: vec![],
+                loose: false,
+                resources,
+            }),
+        };
+        let plain = encode(&spec(Resources::default())).unwrap();
+        let with = encode(&spec(offer.clone())).unwrap();
+        assert!(with.len() > plain.len());
+        assert_eq!(decode::<TaskSpec>(&with).unwrap(), spec(offer));
+        assert_eq!(
+            decode::<TaskSpec>(&plain).unwrap(),
+            spec(Resources::default())
+        );
     }
 
     #[test]

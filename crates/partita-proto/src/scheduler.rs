@@ -46,8 +46,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde_bytes::ByteBuf;
 
 use crate::messages::{
-    ClientId, DatasetReply, DepLocation, FromClient, FromWorker, Peer, Restrictions, TaskFailure,
-    TaskSpec, ToClient, ToWorker, WorkerId, WorkerMetrics,
+    ClientId, DatasetReply, DepLocation, FromClient, FromWorker, Peer, Resources, Restrictions,
+    TaskFailure, TaskSpec, ToClient, ToWorker, WorkerId, WorkerMetrics,
 };
 use crate::root_queue::RootQueue;
 use crate::{Time, moving_average};
@@ -141,6 +141,8 @@ pub enum SchedulerEvent {
         address: String,
         /// Its nanny's identity ([`crate::messages::Role::Worker`]).
         nanny: Option<String>,
+        /// The abstract resources it offers (none, mostly).
+        resources: Resources,
     },
     /// A worker's connection closed.
     WorkerLost { worker: WorkerId, reason: String },
@@ -282,6 +284,8 @@ struct WorkerInfo {
     handoffs: usize,
     /// The nanny that started it ([`SchedulerEvent::WorkerJoined`]).
     nanny: Option<String>,
+    /// The abstract resources it offers.
+    resources: Resources,
 }
 
 /// Whom an acquisition in flight ([`ToWorker::AcquireReplicas`]) serves.
@@ -339,8 +343,8 @@ pub struct SchedulerState {
     /// name none connected): Dask's "no-worker" state, by (priority, seq). Retried when
     /// a worker joins.
     no_worker: BTreeMap<(i64, u64), Key>,
-    /// Worker lists warned about since `no_worker` was last empty.
-    no_worker_warned: FxHashSet<Vec<String>>,
+    /// Kinds of worker (lists, resources) warned about since `no_worker` was last empty.
+    no_worker_warned: FxHashSet<String>,
     out: Vec<SchedulerAction>,
 }
 
@@ -415,6 +419,7 @@ impl SchedulerState {
             held: w.has_what.len() as u64,
             metrics: w.metrics,
             retiring: w.retiring,
+            resources: w.resources.clone(),
         })
     }
 
@@ -465,9 +470,17 @@ impl SchedulerState {
                 memory_limit,
                 address,
                 nanny,
+                resources,
             } => {
                 self.replace_from_nanny(nanny.as_deref());
-                self.worker_joined(worker, nthreads, memory_limit, address, now);
+                let offer = match resources.check() {
+                    Ok(()) => resources,
+                    Err(e) => {
+                        self.log(LogLevel::Warn, format!("{worker} offers no resources: {e}"));
+                        Resources::default()
+                    }
+                };
+                self.worker_joined(worker, nthreads, memory_limit, address, offer, now);
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.nanny = nanny;
                 }
@@ -503,7 +516,15 @@ impl SchedulerState {
         self.out.push(SchedulerAction::Log(level, text));
     }
 
-    fn worker_joined(&mut self, id: WorkerId, nthreads: u32, limit: u64, addr: String, now: Time) {
+    fn worker_joined(
+        &mut self,
+        id: WorkerId,
+        nthreads: u32,
+        limit: u64,
+        addr: String,
+        resources: Resources,
+        now: Time,
+    ) {
         if self.workers.contains_key(&id) {
             self.log(
                 LogLevel::Warn,
@@ -511,9 +532,13 @@ impl SchedulerState {
             );
             return;
         }
+        let offers = match resources.is_empty() {
+            true => String::new(),
+            false => format!(", offering {resources}"),
+        };
         self.log(
             LogLevel::Info,
-            format!("{id} joined with {nthreads} threads at {addr}"),
+            format!("{id} joined with {nthreads} threads at {addr}{offers}"),
         );
         self.workers.insert(
             id,
@@ -530,6 +555,7 @@ impl SchedulerState {
                 retiring: false,
                 handoffs: 0,
                 nanny: None,
+                resources,
             },
         );
         self.retry_no_worker(id);
@@ -537,14 +563,15 @@ impl SchedulerState {
 
     /// Place the tasks waiting for a worker their restrictions allow, if `id` is one.
     fn retry_no_worker(&mut self, id: WorkerId) {
-        let Some(address) = self.workers.get(&id).map(|w| w.address.clone()) else {
+        let Some(w) = self.workers.get(&id) else {
             return;
         };
+        // A loose task waits only for the resources it asks for.
         let ready: Vec<((i64, u64), Key)> = (self.no_worker.iter())
             .filter(|(_, k)| {
                 (self.tasks.get(*k))
                     .and_then(|t| t.restrictions.as_ref())
-                    .is_none_or(|r| r.allows(&address))
+                    .is_none_or(|r| r.allows(&w.address, &w.resources, !r.loose))
             })
             .map(|(pos, k)| (*pos, k.clone()))
             .collect();
@@ -868,10 +895,11 @@ impl SchedulerState {
         let only = Restrictions {
             workers,
             loose: false,
+            resources: Resources::default(),
         };
         let mut held = self.open_bytes();
         if !only.workers.is_empty() {
-            held.retain(|id, _| only.allows(&self.workers[id].address));
+            held.retain(|id, _| only.lists(&self.workers[id].address));
         }
         if held.is_empty() {
             let error = match only.workers.is_empty() {
@@ -1251,6 +1279,9 @@ impl SchedulerState {
             if self.tasks.contains_key(&spec.key) {
                 continue;
             }
+            if let Some(Err(e)) = (spec.restrictions.as_ref()).map(|r| r.resources.check()) {
+                return Err(Error::Graph(format!("task {}: {e}", spec.key)));
+            }
             if new.insert(&spec.key, i).is_some() {
                 return Err(Error::DuplicateKey {
                     key: spec.key.clone(),
@@ -1353,9 +1384,7 @@ impl SchedulerState {
                 spec.retries,
             );
             // An empty list would allow no worker at all: it means none.
-            task.restrictions = (spec.restrictions)
-                .filter(|r| !r.workers.is_empty())
-                .map(Box::new);
+            task.restrictions = (spec.restrictions).filter(|r| !r.is_empty()).map(Box::new);
             self.tasks.insert(spec.key.clone(), task);
             added.push(spec.key);
         }
@@ -1544,7 +1573,8 @@ impl SchedulerState {
                     if t.status == TaskStatus::Queued
                         && (t.priority, t.seq) == (*prio, *seq)
                         && t.missing_deps == 0
-                        && t.restrictions.as_ref().is_some_and(|r| !r.loose) => {}
+                        && (t.restrictions.as_ref())
+                            .is_some_and(|r| !r.loose || !r.resources.is_empty()) => {}
                 Some(t) => {
                     return Err(format!(
                         "{k} waits for a worker as {:?}, missing {} inputs, restricted {:?}",
@@ -1705,25 +1735,35 @@ impl SchedulerState {
             return;
         }
         let allowed = (t.restrictions.as_deref()).map(|r| {
-            let mut allowed = self.open_workers();
-            allowed.retain(|id| r.allows(&self.workers[id].address));
-            (allowed, r.loose)
+            let mut fit = self.open_workers();
+            fit.retain(|id| {
+                r.resources.is_empty() || self.workers[id].resources.covers(&r.resources)
+            });
+            let mut listed = fit.clone();
+            listed.retain(|id| r.workers.is_empty() || r.lists(&self.workers[id].address));
+            (listed, fit, r.loose, r.resources.is_empty())
         });
         let candidates = match allowed {
             // Restricted: placed at once among the workers allowed (never queued as a
             // root: the queue's runs are for any worker).
-            Some((allowed, _)) if !allowed.is_empty() => allowed,
-            Some((_, false)) => {
+            Some((listed, ..)) if !listed.is_empty() => listed,
+            // Loose, none of its list connected: any worker with the resources asked.
+            Some((_, fit, true, false)) if !fit.is_empty() => fit,
+            Some((_, _, false, _) | (_, _, true, false)) => {
                 let r = t.restrictions.as_deref().expect("restricted");
-                // Once per list of workers while tasks wait (a restricted graph is many).
-                let warn = (!self.no_worker_warned.contains(&r.workers)).then(|| {
-                    format!(
-                        "{key} waits for a worker among {:?}: none is connected",
-                        r.workers
-                    )
-                });
+                let what = match (r.workers.is_empty(), r.resources.is_empty()) {
+                    (false, true) => format!("a worker among {:?}", r.workers),
+                    (true, _) => format!("a worker offering {}", r.resources),
+                    (false, false) if r.loose => format!("a worker offering {}", r.resources),
+                    (false, false) => {
+                        format!("a worker among {:?} offering {}", r.workers, r.resources)
+                    }
+                };
+                // Once per kind of worker while tasks wait (a restricted graph is many).
+                let warn = (!self.no_worker_warned.contains(&what))
+                    .then(|| format!("{key} waits for {what}: none is connected"));
                 if warn.is_some() {
-                    self.no_worker_warned.insert(r.workers.clone());
+                    self.no_worker_warned.insert(what);
                 }
                 self.no_worker.insert((t.priority, t.seq), key.clone());
                 self.set_status(&key, TaskStatus::Queued);
@@ -1929,11 +1969,14 @@ impl SchedulerState {
         t.processing_on = Some(worker);
         t.started = false;
         t.occupancy = est;
+        let resources =
+            (t.restrictions.as_ref()).map_or_else(Resources::default, |r| r.resources.clone());
         let msg = ToWorker::ComputeTask {
             key,
             payload: t.payload.clone(),
             priority: t.priority,
             deps,
+            resources,
         };
         self.out.push(SchedulerAction::SendToWorker(worker, msg));
     }
@@ -2043,10 +2086,12 @@ impl SchedulerState {
                     .map(|(_, id)| id);
                 let Some(victim) = victim else { break };
                 // The task the victim would run last, if moving its inputs is cheap.
-                let thief_address = &self.workers[&thief].address;
+                let thief_info = &self.workers[&thief];
                 let may_move = |t: &Task| {
                     !t.started
-                        && (t.restrictions.as_deref()).is_none_or(|r| r.allows(thief_address))
+                        && (t.restrictions.as_deref()).is_none_or(|r| {
+                            r.allows(&thief_info.address, &thief_info.resources, true)
+                        })
                 };
                 let candidate = (self.workers[&victim].processing.iter())
                     .filter(|k| !self.steals.contains_key(*k))
@@ -2412,6 +2457,7 @@ mod tests {
             memory_limit: 0,
             address: format!("w{id}"),
             nanny: None,
+            resources: Resources::default(),
         };
         s.handle(e, Time::ZERO);
     }
@@ -2842,6 +2888,7 @@ mod tests {
                 memory_limit: 0,
                 address: format!("w{id}"),
                 nanny: Some(nanny.to_string()),
+                resources: Resources::default(),
             };
             s.handle(e, Time::ZERO)
         };
@@ -3103,12 +3150,23 @@ mod tests {
         nthreads: u32,
         address: &str,
     ) -> Vec<SchedulerAction> {
+        join_offering(s, id, nthreads, address, Resources::default())
+    }
+
+    fn join_offering(
+        s: &mut SchedulerState,
+        id: u32,
+        nthreads: u32,
+        address: &str,
+        resources: Resources,
+    ) -> Vec<SchedulerAction> {
         let e = SchedulerEvent::WorkerJoined {
             worker: WorkerId(id),
             nthreads,
             memory_limit: 0,
             address: address.into(),
             nanny: None,
+            resources,
         };
         s.handle(e, Time::ZERO)
     }
@@ -3117,7 +3175,18 @@ mod tests {
         spec.restrictions = Some(Restrictions {
             workers: workers.iter().map(|w| w.to_string()).collect(),
             loose,
+            resources: Resources::default(),
         });
+        spec
+    }
+
+    fn asking(mut spec: TaskSpec, resources: &str) -> TaskSpec {
+        let r = spec.restrictions.get_or_insert_with(|| Restrictions {
+            workers: vec![],
+            loose: false,
+            resources: Resources::default(),
+        });
+        r.resources = Resources::parse(resources).unwrap();
         spec
     }
 
@@ -3126,10 +3195,84 @@ mod tests {
         let r = Restrictions {
             workers: vec!["10.0.0.1".into(), "10.0.0.2:4000".into(), "::1".into()],
             loose: false,
+            resources: Resources::default(),
         };
-        assert!(r.allows("10.0.0.1:4000") && r.allows("10.0.0.1:5000"));
-        assert!(r.allows("10.0.0.2:4000") && !r.allows("10.0.0.2:4001"));
-        assert!(r.allows("[::1]:4000") && !r.allows("10.0.0.3:4000"));
+        assert!(r.lists("10.0.0.1:4000") && r.lists("10.0.0.1:5000"));
+        assert!(r.lists("10.0.0.2:4000") && !r.lists("10.0.0.2:4001"));
+        assert!(r.lists("[::1]:4000") && !r.lists("10.0.0.3:4000"));
+    }
+
+    #[test]
+    fn tasks_asking_for_resources_go_only_to_workers_offering_them() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        let gpus = |n: &str| Resources::parse(&format!("GPU={n}")).unwrap();
+        join_at(&mut s, 0, 4, "10.0.0.1:4000");
+        join_offering(&mut s, 1, 1, "10.0.0.2:4000", gpus("1"));
+        let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|n| Key::new(n, [0]));
+        // A root asking for a GPU goes to the worker with one at once (not through the
+        // root queue, whose slots are any worker's), and carries what it asks for.
+        let acts = submit(&mut s, 1, vec![asking(spec(&a, &[], 0), "GPU=1")], &[&a]);
+        assert_eq!(computes(&acts), vec![(1, a.clone())]);
+        assert!(acts.iter().any(|x| matches!(x,
+            SchedulerAction::SendToWorker(_, ToWorker::ComputeTask { resources, .. })
+                if *resources == gpus("1"))));
+        // More than any worker offers: it waits, and the log says for what.
+        let acts = submit(&mut s, 1, vec![asking(spec(&b, &[], 1), "GPU=2")], &[&b]);
+        assert!(computes(&acts).is_empty(), "{acts:?}");
+        assert_eq!(s.task_status(&b), TaskStatus::Queued);
+        assert!(acts.iter().any(
+            |a| matches!(a, SchedulerAction::Log(LogLevel::Warn, t) if t.contains("offering GPU=2"))
+        ));
+        s.check_consistency().unwrap();
+        // Loosely restricted to worker 0, which has no GPU: worker 0 is not allowed, the
+        // resource still is asked for: it runs on worker 1 (a dependent of a, there).
+        let loose = asking(only_on(spec(&c, &[&a], 2), &["10.0.0.1"], true), "GPU=1");
+        let acts = submit(&mut s, 1, vec![loose], &[&c]);
+        assert!(computes(&acts).is_empty(), "{acts:?}"); // waits for a first
+        let acts = finish(&mut s, 1, &a, 8);
+        assert_eq!(computes(&acts), vec![(1, c.clone())]);
+        // Not stolen by the idle worker without a GPU, however long worker 1 is busy.
+        let d_spec = asking(spec(&d, &[], 3), "GPU=1");
+        submit(&mut s, 1, vec![d_spec], &[&d]);
+        assert_eq!(s.worker(WorkerId(1)).unwrap().processing, 2);
+        for t in 1..20 {
+            let acts = s.handle(SchedulerEvent::Tick, Time::from_millis(t * 100));
+            assert!(!acts.iter().any(|a| matches!(
+                a,
+                SchedulerAction::SendToWorker(_, ToWorker::StealRequest { .. })
+            )));
+        }
+        // A worker offering enough joins: the waiting task goes to it.
+        let acts = join_offering(&mut s, 2, 1, "10.0.0.3:4000", gpus("4"));
+        assert_eq!(computes(&acts), vec![(2, b.clone())]);
+        assert_eq!(s.worker(WorkerId(2)).unwrap().resources, gpus("4"));
+        s.check_consistency().unwrap();
+        // A bad amount (the wire may carry anything) is refused naming the task.
+        let mut bad = asking(spec(&e, &[], 0), "GPU=1");
+        bad.restrictions.as_mut().unwrap().resources = nan_resources();
+        let acts = submit(&mut s, 1, vec![bad], &[&e]);
+        assert!(matches!(to_client(&acts).as_slice(),
+            [ToClient::GraphRefused { error }] if error.contains("e-0") || error.contains("GPU")));
+        // So is a worker's: it joins offering nothing.
+        let bad_offer = SchedulerEvent::WorkerJoined {
+            worker: WorkerId(3),
+            nthreads: 1,
+            memory_limit: 0,
+            address: "10.0.0.4:4000".into(),
+            nanny: None,
+            resources: nan_resources(),
+        };
+        let acts = s.handle(bad_offer, Time::ZERO);
+        assert!(computes(&acts).is_empty(), "{acts:?}");
+        assert!(s.worker(WorkerId(3)).unwrap().resources.is_empty());
+        s.check_consistency().unwrap();
+    }
+
+    /// Resources holding NaN, as only a decoded message can (constructors refuse it).
+    fn nan_resources() -> Resources {
+        let bytes =
+            crate::messages::encode(&BTreeMap::from([("GPU".to_string(), f64::NAN)])).unwrap();
+        crate::messages::decode(&bytes).unwrap()
     }
 
     #[test]
@@ -3247,6 +3390,7 @@ mod tests {
             memory_limit: 0,
             address: "w1".into(),
             nanny: Some("n1".into()),
+            resources: Resources::default(),
         };
         s.handle(nannied, Time::ZERO);
         s.handle(
@@ -3300,6 +3444,7 @@ mod tests {
             memory_limit: 0,
             address: "w1b".into(),
             nanny: Some("n1".into()),
+            resources: Resources::default(),
         };
         s.handle(fresh, Time::ZERO);
         let acts = submit(&mut s, 1, vec![spec(&a, &[], 0)], &[&a]);

@@ -17,7 +17,7 @@ use serde_bytes::ByteBuf;
 
 use crate::Time;
 use crate::messages::{
-    ClientId, FromClient, FromWorker, TaskFailure, TaskSpec, ToClient, WorkerId,
+    ClientId, FromClient, FromWorker, Resources, TaskFailure, TaskSpec, ToClient, WorkerId,
 };
 use crate::scheduler::{SchedulerAction, SchedulerConfig, SchedulerEvent, SchedulerState};
 use crate::worker::{WorkerAction, WorkerConfig, WorkerEvent, WorkerState};
@@ -397,6 +397,7 @@ impl Sim {
                     memory_limit: self.config.memory_limit,
                     address: format!("sim://{id}"),
                     nanny: None,
+                    resources: Resources::default(),
                 };
                 self.scheduler_handles(e);
                 self.push(now, SimEvent::WorkerTick(id));

@@ -6,6 +6,10 @@
 //!
 //! Key decisions:
 //! - **At most `nthreads` tasks run**; ready tasks wait in priority order (lowest first).
+//!   A task asking for abstract resources (Dask's `resources=`) runs only while they are
+//!   free here; such tasks wait in their own queue, whose head, while it does not fit, holds
+//!   back the others of that queue (a large request is not starved by small ones) but not
+//!   the tasks that ask for nothing.
 //! - **Fetches are bounded** per peer and in total, and try the holders the scheduler named
 //!   one after the other; when all fail the scheduler hears [`FromWorker::MissingData`] per
 //!   holder and resends the task with fresh locations (or recomputes the value).
@@ -24,7 +28,7 @@ use serde_bytes::ByteBuf;
 
 use crate::Time;
 use crate::messages::{
-    DepLocation, FromWorker, Peer, TaskFailure, ToWorker, WorkerId, WorkerMetrics,
+    DepLocation, FromWorker, Peer, Resources, TaskFailure, ToWorker, WorkerId, WorkerMetrics,
 };
 use crate::scheduler::LogLevel;
 
@@ -50,6 +54,8 @@ pub struct WorkerConfig {
     pub fetch_batch_bytes: u64,
     /// And for at most this many keys (keeps a request far below the message size limit).
     pub fetch_batch_keys: usize,
+    /// The abstract resources this worker offers (Dask's `--resources`).
+    pub resources: Resources,
 }
 
 impl WorkerConfig {
@@ -67,6 +73,7 @@ impl WorkerConfig {
             max_fetches_total: 8,
             fetch_batch_bytes: 50 << 20,
             fetch_batch_keys: 1000,
+            resources: Resources::default(),
         }
     }
 }
@@ -210,6 +217,8 @@ struct WorkerTask {
     started: Time,
     /// The scheduler freed it while executing: drop the result, report nothing.
     released: bool,
+    /// What it holds while it runs (taken from `WorkerState::free_resources`).
+    resources: Resources,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -254,6 +263,10 @@ pub struct WorkerState {
     lru: BTreeMap<u64, Key>,
     clock: u64,
     ready: BTreeSet<(i64, u64, Key)>,
+    /// Ready tasks that ask for resources, in the same order.
+    constrained: BTreeSet<(i64, u64, Key)>,
+    /// The resources not held by running tasks.
+    free_resources: Resources,
     /// Tasks executing or loading inputs: each holds a thread.
     running: u32,
     fetches: FxHashMap<Key, Fetch>,
@@ -289,6 +302,8 @@ impl WorkerState {
     /// A worker starting at `now`; its first heartbeat is due at once.
     pub fn new(config: WorkerConfig, now: Time) -> WorkerState {
         WorkerState {
+            free_resources: config.resources.clone(),
+            constrained: BTreeSet::new(),
             config,
             tasks: FxHashMap::default(),
             data: FxHashMap::default(),
@@ -407,7 +422,8 @@ impl WorkerState {
                 payload,
                 priority,
                 deps,
-            } => self.compute_task(key, payload, priority, deps),
+                resources,
+            } => self.compute_task(key, payload, priority, deps, resources),
             ToWorker::FreeKeys { keys } => {
                 for key in keys {
                     self.free(key);
@@ -486,7 +502,14 @@ impl WorkerState {
         }
     }
 
-    fn compute_task(&mut self, key: Key, payload: ByteBuf, priority: i64, deps: Vec<DepLocation>) {
+    fn compute_task(
+        &mut self,
+        key: Key,
+        payload: ByteBuf,
+        priority: i64,
+        deps: Vec<DepLocation>,
+        resources: Resources,
+    ) {
         if let Some(t) = self.tasks.get_mut(&key) {
             // Freed and sent again while still running: keep the run, report its result.
             t.released = false;
@@ -531,10 +554,29 @@ impl WorkerState {
                 phase,
                 started: Time::ZERO,
                 released: false,
+                resources,
             },
         );
         if !missing {
-            self.ready.insert((priority, seq, key));
+            self.enqueue(key);
+        }
+    }
+
+    /// A task whose inputs are here waits for a thread (and its resources).
+    fn enqueue(&mut self, key: Key) {
+        let t = &self.tasks[&key];
+        let queue = match t.resources.is_empty() {
+            true => &mut self.ready,
+            false => &mut self.constrained,
+        };
+        queue.insert((t.priority, t.seq, key));
+    }
+
+    /// A task stopped holding a thread (and its resources).
+    fn release_slot(&mut self, resources: &Resources) {
+        self.running -= 1;
+        if !resources.is_empty() {
+            self.free_resources.give(resources, &self.config.resources);
         }
     }
 
@@ -546,9 +588,12 @@ impl WorkerState {
             return;
         }
         let t = self.tasks.remove(key).expect("checked");
-        self.ready.remove(&(t.priority, t.seq, key.clone()));
+        let entry = (t.priority, t.seq, key.clone());
+        if !self.ready.remove(&entry) {
+            self.constrained.remove(&entry);
+        }
         if t.phase == Phase::LoadingInputs {
-            self.running -= 1;
+            self.release_slot(&t.resources);
             for d in &t.deps {
                 if let Some(s) = self.data.get_mut(d) {
                     s.pinned = s.pinned.saturating_sub(1);
@@ -644,7 +689,7 @@ impl WorkerState {
             return;
         }
         let t = self.tasks.remove(&key).expect("checked");
-        self.running -= 1;
+        self.release_slot(&t.resources);
         match result {
             Ok(_) if t.released => self.out.push(WorkerAction::DropValue { key }),
             Ok(nbytes) => {
@@ -755,7 +800,7 @@ impl WorkerState {
         };
         if t.phase == Phase::Fetching && t.deps.iter().all(|d| self.data.contains_key(d)) {
             t.phase = Phase::Ready;
-            self.ready.insert((t.priority, t.seq, key.clone()));
+            self.enqueue(key.clone());
         }
     }
 
@@ -919,7 +964,7 @@ impl WorkerState {
 
     fn start_tasks(&mut self, now: Time) {
         while self.may_start() && self.running < self.config.nthreads {
-            let Some((_, _, key)) = self.ready.pop_first() else {
+            let Some(key) = self.next_ready() else {
                 return;
             };
             let deps = self.tasks[&key].deps.clone();
@@ -935,6 +980,10 @@ impl WorkerState {
                 continue;
             }
             self.running += 1;
+            let resources = &self.tasks[&key].resources;
+            if !resources.is_empty() {
+                self.free_resources.take(resources);
+            }
             let mut loading = false;
             for d in &deps {
                 let Some(s) = self.data.get_mut(d) else {
@@ -958,6 +1007,22 @@ impl WorkerState {
                 self.execute(key, now);
             }
         }
+    }
+
+    /// The ready task to start next: the first in priority order of those asking for
+    /// nothing and the head of those asking for resources, if what it asks for is free.
+    fn next_ready(&mut self) -> Option<Key> {
+        let fits = (self.constrained.first())
+            .filter(|(_, _, k)| self.free_resources.covers(&self.tasks[k].resources));
+        let take_constrained = match (fits, self.ready.first()) {
+            (Some(c), Some(r)) => c < r,
+            (fits, _) => fits.is_some(),
+        };
+        let queue = match take_constrained {
+            true => &mut self.constrained,
+            false => &mut self.ready,
+        };
+        queue.pop_first().map(|(_, _, key)| key)
     }
 
     /// Emit `Execute` for a task whose inputs are all in memory.
@@ -1190,6 +1255,7 @@ mod tests {
             payload: ByteBuf::new(),
             priority,
             deps,
+            resources: Resources::default(),
         })
     }
 
@@ -1210,6 +1276,64 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn tasks_asking_for_resources_run_only_while_they_are_free() {
+        let gpus = |n: f64| Resources::new([("GPU", n)]).unwrap();
+        let mut config = WorkerConfig::new(WorkerId(0), 4, 0);
+        config.resources = gpus(2.0);
+        let mut w = WorkerState::new(config, Time::ZERO);
+        let asking = |key: Key, priority: i64, n: f64| match compute(key, priority, vec![]) {
+            WorkerEvent::FromScheduler(ToWorker::ComputeTask {
+                key,
+                payload,
+                priority,
+                deps,
+                ..
+            }) => WorkerEvent::FromScheduler(ToWorker::ComputeTask {
+                key,
+                payload,
+                priority,
+                deps,
+                resources: gpus(n),
+            }),
+            _ => unreachable!(),
+        };
+        let done = |key: Key| WorkerEvent::ExecuteDone { key, nbytes: 8 };
+        let mut started = Vec::new();
+        // Two GPUs: k0 and k1 (one each) run, k2 (two) waits at the head of its queue and
+        // holds back k3 (one) behind it; k4, asking nothing, takes a third thread.
+        for (i, n) in [(0, 1.0), (1, 1.0), (2, 2.0), (3, 1.0)] {
+            started.extend(executes(
+                &w.handle(asking(k(i), i64::from(i), n), Time::ZERO),
+            ));
+        }
+        started.extend(executes(&w.handle(compute(k(4), 9, vec![]), Time::ZERO)));
+        assert_eq!(started, vec![k(0), k(1), k(4)]);
+        // One GPU back: not enough for k2; both back: k2 runs, then k3 after it.
+        assert_eq!(
+            executes(&w.handle(done(k(0)), Time::ZERO)),
+            Vec::<Key>::new()
+        );
+        assert_eq!(executes(&w.handle(done(k(1)), Time::ZERO)), vec![k(2)]);
+        assert_eq!(executes(&w.handle(done(k(2)), Time::ZERO)), vec![k(3)]);
+        // Freed before it ran, a waiting task gives nothing back twice; stolen likewise.
+        w.handle(asking(k(5), 0, 2.0), Time::ZERO);
+        w.handle(
+            WorkerEvent::FromScheduler(ToWorker::FreeKeys { keys: vec![k(5)] }),
+            Time::ZERO,
+        );
+        assert_eq!(
+            executes(&w.handle(done(k(3)), Time::ZERO)),
+            Vec::<Key>::new()
+        );
+        assert_eq!(w.free_resources, gpus(2.0));
+        // A task asking for more than there is never runs (the scheduler does not send
+        // one; a worker must not count on that).
+        assert!(executes(&w.handle(asking(k(6), 0, 3.0), Time::ZERO)).is_empty());
+        assert!(executes(&w.handle(asking(k(7), 1, 1.0), Time::ZERO)).is_empty());
+        assert_eq!(w.metrics().executing, 1); // k4
     }
 
     #[test]

@@ -14,6 +14,7 @@ worker` (as `pt.LocalCluster` starts them) run calls with `run_call`.
 
 import collections.abc
 import hashlib
+import numbers
 import operator
 import pickle
 import sys
@@ -225,7 +226,32 @@ def _workers(workers):
     return workers
 
 
-def submit(client, f, *args, key=None, pure=True, retries=None, workers=None, allow_other_workers=False, **kwargs):
+def _resources(resources):
+    """`resources=` as `{name: amount}` (None: none), as dask's `{"GPU": 1}`."""
+    if resources is None:
+        return None
+    if not isinstance(resources, collections.abc.Mapping):
+        raise TypeError(f"resources= takes a dict such as {{'GPU': 1}}, got {type(resources).__name__}")
+    out = {}
+    for name, amount in resources.items():
+        if not isinstance(name, str) or isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+            raise TypeError(f"resources= maps names (strings) to numbers, got {name!r}: {amount!r}")
+        out[name] = float(amount)
+    return out
+
+
+def submit(
+    client,
+    f,
+    *args,
+    key=None,
+    pure=True,
+    retries=None,
+    workers=None,
+    allow_other_workers=False,
+    resources=None,
+    **kwargs,
+):
     if not callable(f):
         raise TypeError(f"submit takes a function first, got {type(f).__name__}")
     found = _Args(Future)
@@ -242,7 +268,9 @@ def submit(client, f, *args, key=None, pure=True, retries=None, workers=None, al
             key = f"{_name(f)}-{h.hexdigest()[:32]}"
         else:
             key = f"{_name(f)}-{uuid.uuid4().hex}"
-    return client._submit_call(str(key), _name(f), payload, deps, retries, _workers(workers), allow_other_workers)
+    return client._submit_call(
+        str(key), _name(f), payload, deps, retries, _workers(workers), allow_other_workers, _resources(resources)
+    )
 
 
 def _rust(collection):
@@ -358,16 +386,16 @@ class Client(_partita.Client):
     `scatter`, `gather`, `cancel`, `wait` (and `pt.as_completed`); `persist` keeps arrays and
     frames in the workers' memory."""
 
-    def persist(self, collections, workers=None, allow_other_workers=False):
+    def persist(self, collections, workers=None, allow_other_workers=False, resources=None):
         """Compute an array or frame (or a list of them) now and keep the results in the
         workers' memory, as dask's `client.persist`: returns the same kind of collection (or
         a list), whose later graphs start from there; nothing is gathered here. The data
-        stays on the cluster until the returned collection is dropped. `workers` and
-        `allow_other_workers` restrict where it is computed (and so kept), as for
-        `compute`."""
+        stays on the cluster until the returned collection is dropped. `workers`,
+        `allow_other_workers` and `resources` restrict where it is computed (and so kept),
+        as for `compute`."""
         target = self
-        if workers is not None:
-            target = self._with_options(_workers(workers), allow_other_workers)
+        if workers is not None or resources is not None:
+            target = self._with_options(_workers(workers), allow_other_workers, _resources(resources))
 
         def one(c):
             if not hasattr(c, "persist"):
@@ -378,25 +406,40 @@ class Client(_partita.Client):
             return [one(c) for c in collections]
         return one(collections)
 
-    def compute(self, collections, retries=None, workers=None, allow_other_workers=False):
+    def compute(self, collections, retries=None, workers=None, allow_other_workers=False, resources=None):
         """Start computing an array, frame or delayed value (or a list of them) and return at
         once with a `Future` (or a list of them); `future.result()` gives the NumPy array,
         frame or Python object. A task that raises is run again up to `retries` times
         (default: `client.retries`) before its error counts. `workers` (an address as
         `client.nthreads()` lists them, a host, or a list of those) restricts where the
         tasks run, as dask's: they wait for such a worker if none is connected, unless
-        `allow_other_workers=True`."""
+        `allow_other_workers=True`. `resources` (`{"GPU": 1}`, as dask's) is what each
+        task holds while it runs: only workers started offering that much
+        (`--resources "GPU=2"`, `pt.LocalCluster(resources=...)`) run them, each as many
+        at once as its offer covers; with none connected they wait for one."""
         workers = _workers(workers)
+        resources = _resources(resources)
         if isinstance(collections, (list, tuple)):
-            return self._compute([_rust(c) for c in collections], retries, workers, allow_other_workers)
-        return self._compute([_rust(collections)], retries, workers, allow_other_workers)[0]
+            return self._compute([_rust(c) for c in collections], retries, workers, allow_other_workers, resources)
+        return self._compute([_rust(collections)], retries, workers, allow_other_workers, resources)[0]
 
-    def submit(self, func, *args, key=None, pure=True, retries=None, workers=None, allow_other_workers=False, **kwargs):
+    def submit(
+        self,
+        func,
+        *args,
+        key=None,
+        pure=True,
+        retries=None,
+        workers=None,
+        allow_other_workers=False,
+        resources=None,
+        **kwargs,
+    ):
         """Run `func(*args, **kwargs)` on a worker; futures among the arguments are replaced
         by their values there. Needs workers started with `python -m partita worker`. If it
         raises, it is run again up to `retries` times (default: `client.retries`, 0 unless
-        set) before the error counts. `workers` and `allow_other_workers` restrict where
-        it runs, as for `compute`."""
+        set) before the error counts. `workers`, `allow_other_workers` and `resources`
+        restrict where it runs, as for `compute`."""
         return submit(
             self,
             func,
@@ -406,10 +449,21 @@ class Client(_partita.Client):
             retries=retries,
             workers=workers,
             allow_other_workers=allow_other_workers,
+            resources=resources,
             **kwargs,
         )
 
-    def map(self, func, *iterables, pure=True, retries=None, workers=None, allow_other_workers=False, **kwargs):
+    def map(
+        self,
+        func,
+        *iterables,
+        pure=True,
+        retries=None,
+        workers=None,
+        allow_other_workers=False,
+        resources=None,
+        **kwargs,
+    ):
         """`submit(func, *items)` for the items of `iterables` taken together."""
         return [
             submit(
@@ -420,6 +474,7 @@ class Client(_partita.Client):
                 retries=retries,
                 workers=workers,
                 allow_other_workers=allow_other_workers,
+                resources=resources,
                 **kwargs,
             )
             for items in zip(*iterables)
