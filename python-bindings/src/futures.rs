@@ -183,6 +183,13 @@ impl PyFuture {
         self.client.cancel(&self.futures).py_err()
     }
 
+    /// Run it to the end even once dropped (`pt.fire_and_forget`).
+    fn _fire_and_forget(&self) -> PyResult<()> {
+        (self.futures.iter())
+            .try_for_each(Future::fire_and_forget)
+            .py_err()
+    }
+
     /// Whether it was cancelled (by `cancel`, or a `client.restart`).
     fn cancelled(&self) -> bool {
         self.status() == "cancelled"

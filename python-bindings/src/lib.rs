@@ -1510,7 +1510,8 @@ impl PyClient {
     /// collection (the list given) or one (a single collection). Python wrappers (`Array`,
     /// `DataFrame`) are unwrapped by `partita._futures`. `retries` overrides the client's;
     /// `workers` (addresses or hosts) restricts where the tasks run.
-    #[pyo3(signature = (collections, retries = None, workers = Vec::new(), allow_other_workers = false, resources = None))]
+    #[pyo3(signature = (collections, retries = None, workers = Vec::new(), allow_other_workers = false, resources = None, priority = 0))]
+    #[allow(clippy::too_many_arguments)]
     fn _compute(
         &self,
         py: Python<'_>,
@@ -1519,19 +1520,21 @@ impl PyClient {
         workers: Vec<String>,
         allow_other_workers: bool,
         resources: Option<std::collections::BTreeMap<String, f64>>,
+        priority: i32,
     ) -> PyResult<Vec<futures::PyFuture>> {
         let options = partita::distributed::SubmitOptions {
             retries,
             workers,
             allow_other_workers,
             resources: resources_of(resources)?,
+            priority,
         };
         self.compute_futures(py, collections, &options)
     }
 
     /// One Python call prepared by `partita._futures.prepare_call`; `retries` overrides
     /// the client's; `workers` (addresses or hosts) restricts where it runs.
-    #[pyo3(signature = (key, name, payload, deps, retries = None, workers = Vec::new(), allow_other_workers = false, resources = None))]
+    #[pyo3(signature = (key, name, payload, deps, retries = None, workers = Vec::new(), allow_other_workers = false, resources = None, priority = 0))]
     #[allow(clippy::too_many_arguments)]
     fn _submit_call(
         &self,
@@ -1544,12 +1547,14 @@ impl PyClient {
         workers: Vec<String>,
         allow_other_workers: bool,
         resources: Option<std::collections::BTreeMap<String, f64>>,
+        priority: i32,
     ) -> PyResult<futures::PyFuture> {
         let options = partita::distributed::SubmitOptions {
             retries,
             workers,
             allow_other_workers,
             resources: resources_of(resources)?,
+            priority,
         };
         self.submit_call(py, key, name, payload, deps, &options)
     }
@@ -1651,12 +1656,13 @@ impl PyClient {
     /// This client restricted to `workers` (addresses or hosts) for what it computes or
     /// persists as a `scheduler=` (`client.persist(x, workers=...)` in
     /// `partita._futures` uses it): the same connection.
-    #[pyo3(signature = (workers, allow_other_workers = false, resources = None))]
+    #[pyo3(signature = (workers, allow_other_workers = false, resources = None, priority = 0))]
     fn _with_options(
         &self,
         workers: Vec<String>,
         allow_other_workers: bool,
         resources: Option<std::collections::BTreeMap<String, f64>>,
+        priority: i32,
     ) -> PyResult<PyClient> {
         let client = self.client()?;
         let options = partita::distributed::SubmitOptions {
@@ -1664,6 +1670,7 @@ impl PyClient {
             workers,
             allow_other_workers,
             resources: resources_of(resources)?,
+            priority,
         };
         let restricted = Arc::new(client.with_options(options));
         Ok(PyClient(std::sync::Mutex::new(Some(restricted))))

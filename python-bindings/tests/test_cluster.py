@@ -342,16 +342,14 @@ def test_persist_with_workers_keeps_the_data_there(cluster_client):
     assert all(b in holders for holders in client.who_has(future).values())
 
 
-def _span(_):
-    import os
-    import time
-
-    start = time.time()
-    time.sleep(0.15)
-    return os.getpid(), start, time.time()
-
-
 def test_resources_limit_where_and_how_many_tasks_run_as_in_dask():
+    def _span(_):  # defined here so it travels by value (workers cannot import this module)
+        import time
+
+        start = time.time()
+        time.sleep(0.15)
+        return start, time.time()
+
     with (
         pt.LocalCluster(n_workers=1, threads_per_worker=2, nanny=False, resources={"SLOT": 1}) as cluster,
         pt.Client(cluster) as client,
@@ -360,8 +358,8 @@ def test_resources_limit_where_and_how_many_tasks_run_as_in_dask():
         assert worker["resources"] == {"SLOT": 1.0}
         # Two threads, one slot: the tasks asking for it run one after the other.
         spans = client.gather(client.map(_span, range(4), resources={"SLOT": 1}, pure=False))
-        spans.sort(key=lambda s: s[1])
-        assert all(later[1] >= earlier[2] for earlier, later in zip(spans, spans[1:])), spans
+        spans.sort()
+        assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
         # A whole computation holding it; same answer as NumPy.
         x = np.random.default_rng(11).normal(size=(30, 20))
         total = client.compute(pt.from_numpy(x, chunks=(10, 10)).sum(axis=0), resources={"SLOT": 1})
@@ -382,3 +380,25 @@ def test_resources_limit_where_and_how_many_tasks_run_as_in_dask():
             client.compute(pt.from_numpy(x, chunks=10).sum(), resources="SLOT=1")
         # Still usable after the refusals.
         assert client.submit(os.getpid, pure=False).result(timeout=60) > 0
+
+
+def test_priority_starts_urgent_work_before_queued_work_as_in_dask():
+    def started(_):  # defined here so it travels by value
+        import time
+
+        now = time.time()
+        time.sleep(0.06)
+        return now
+
+    with pt.LocalCluster(n_workers=1, nanny=False) as cluster, pt.Client(cluster) as client:
+        first = client.submit(started, -1, pure=False)
+        queued = client.map(started, range(6), pure=False)
+        urgent = client.submit(started, 99, priority=10, pure=False)
+        at = urgent.result(timeout=60)
+        assert first.result(timeout=60) < at
+        # At most the one or two the worker had taken before the urgent call came.
+        assert sum(s < at for s in client.gather(queued)) <= 2
+        # A whole computation too (same answer as NumPy).
+        x = np.random.default_rng(12).normal(size=(20, 20))
+        total = client.compute(pt.from_numpy(x, chunks=10).sum(), priority=-3)
+        np.testing.assert_allclose(total.result(timeout=60), x.sum())

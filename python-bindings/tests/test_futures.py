@@ -322,3 +322,37 @@ def test_exception_cancelled_and_done_callbacks_as_in_dask(cluster_client, monke
     with pytest.raises(TimeoutError):
         client.submit(time.sleep, 1, pure=False).exception(timeout=0.05)
     assert client.submit(inc, 1).result(timeout=60) == 2
+
+
+def test_fire_and_forget_runs_a_dropped_call_to_the_end_then_frees_it(cluster_client, tmp_path):
+    client = cluster_client
+
+    def known():
+        return sum(client.scheduler_info()["tasks"].values())
+
+    def write(_, path, text):
+        import os
+
+        with open(path + ".part", "w") as f:
+            f.write(text)
+        os.replace(path + ".part", path)
+        return len(text)
+
+    before = known()
+    target = tmp_path / "written.txt"
+    # It waits for a slow input: nothing of it has started when both futures are dropped
+    # (without fire_and_forget both would be cancelled and nothing written).
+    slow = client.submit(time.sleep, 0.5, pure=False)
+    future = client.submit(write, slow, str(target), "hello", pure=False)
+    pt.fire_and_forget({"calls": [future]})
+    del future, slow
+    deadline = time.monotonic() + 30
+    while not target.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert target.read_text() == "hello"
+    # Done, it is released: the scheduler forgets it.
+    while known() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert known() == before
+    with pytest.raises(TypeError, match="futures"):
+        pt.fire_and_forget(3)

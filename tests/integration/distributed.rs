@@ -1221,6 +1221,39 @@ fn restricted_tasks_run_where_asked_and_wait_for_absent_workers() {
     assert_eq!(i64s(&run(graph, &[key], client).unwrap()), [expected]);
 }
 
+/// Dask's `priority=`: a later submission of higher priority starts before the queued
+/// tasks of an earlier one (one worker, one thread, busy with a first task meanwhile).
+#[test]
+fn higher_priority_submissions_start_before_queued_lower_ones() {
+    use partita::distributed::SubmitOptions;
+    let cluster = start(1, 0);
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(1, Duration::from_secs(30)).unwrap();
+    let span = |tag: &str, i: u32, options: &SubmitOptions| {
+        let key = Key::new(tag, [i]);
+        (client.submit_task_with(key, Arc::new(Span { ms: 60 }), &[], options)).unwrap()
+    };
+    let blocker = span("prio-blocker", 0, &SubmitOptions::default());
+    let low: Vec<_> = (0..6)
+        .map(|i| span("prio-low", i, &SubmitOptions::default()))
+        .collect();
+    let urgent = SubmitOptions {
+        priority: 10,
+        ..SubmitOptions::default()
+    };
+    let high = span("prio-high", 0, &urgent);
+    let start_of =
+        |f: &partita::distributed::Future| f.result().unwrap().get::<Vec<i64>>().unwrap()[1];
+    let high_start = start_of(&high);
+    assert!(start_of(&blocker) < high_start);
+    // At most the one or two the worker took before the urgent task came (its slots).
+    let before = low.iter().filter(|f| start_of(f) < high_start).count();
+    assert!(
+        before <= 2,
+        "{before} of 6 lower-priority tasks started first"
+    );
+}
+
 /// Dask's resources: tasks asking for one wait while no worker offers it, then run only
 /// on a worker offering it and never more at once than it offers (here one slot on a
 /// worker of two threads); tasks asking for nothing run anywhere meanwhile.

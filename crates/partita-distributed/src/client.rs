@@ -122,6 +122,11 @@ pub struct SubmitOptions {
     /// only workers offering at least that much run them (`partita worker --resources`),
     /// each as many at once as its offer covers. Tasks wait for such a worker to join.
     pub resources: Resources,
+    /// Higher goes first (Dask's `priority=`): its tasks are started before any of a
+    /// lower priority not started yet, wherever they wait (the scheduler's queues, the
+    /// workers' ready queues); within one priority, the graph's own order. Running tasks
+    /// are never interrupted. 0 by default.
+    pub priority: i32,
 }
 
 impl SubmitOptions {
@@ -147,6 +152,12 @@ impl SubmitOptions {
             resources,
             ..SubmitOptions::default()
         }
+    }
+
+    /// Added to the graph order of each task (lower runs first): a priority step outranks
+    /// any graph order, which is a `u32`.
+    fn priority_offset(&self) -> i64 {
+        -(i64::from(self.priority) << 32)
     }
 
     fn restrictions(&self) -> Option<Restrictions> {
@@ -638,10 +649,12 @@ impl Drop for Inner {
 /// A plan's tasks as the scheduler takes them, and its distinct outputs.
 fn task_specs(
     plan: &ExecutionPlan,
+    options: &SubmitOptions,
     retries: u32,
-    restrictions: Option<&Restrictions>,
     inner: &Inner,
 ) -> Result<Specs> {
+    let restrictions = options.restrictions();
+    let offset = options.priority_offset();
     let graph = &plan.graph;
     let mut tasks = Vec::with_capacity(graph.len());
     // Tasks standing for values persisted on this cluster: the key it has them under.
@@ -664,9 +677,9 @@ fn task_specs(
                 .map(|d| cluster_key(&on_cluster, graph.key(*d)))
                 .collect(),
             payload: ByteBuf::from(encode_op(key, op)?),
-            priority: i64::from(plan.priority[id.index()]),
+            priority: i64::from(plan.priority[id.index()]) + offset,
             retries,
-            restrictions: restrictions.cloned(),
+            restrictions: restrictions.clone(),
         });
     }
     let mut wanted: Vec<Key> = Vec::new();
@@ -882,12 +895,11 @@ impl Inner {
             return Err(observers_not_supported());
         }
         let retries = (options.retries).unwrap_or_else(|| self.retries.load(Ordering::Relaxed));
-        let restrictions = options.restrictions();
         let Specs {
             tasks,
             wanted,
             output_keys,
-        } = task_specs(plan, retries, restrictions.as_ref(), self)?;
+        } = task_specs(plan, options, retries, self)?;
         let seen: HashSet<Key> = wanted.iter().cloned().collect();
         let tasks_sent = tasks.len();
         self.hold(&wanted);
@@ -1053,6 +1065,16 @@ impl Future {
     /// error the local schedulers would (naming the task that failed).
     pub fn result(&self) -> Result<Value> {
         self.inner.result(&self.key)
+    }
+
+    /// Have the cluster run the key to the end even once no client wants it (Dask's
+    /// `fire_and_forget`): for tasks run for what they do (write a file, call a service),
+    /// not for a value anyone gathers. Dropping this future afterwards does not stop it;
+    /// the value is released once computed (or its error once it fails).
+    pub fn fire_and_forget(&self) -> Result<()> {
+        self.inner.send(&FromClient::FireAndForget {
+            keys: vec![self.key.clone()],
+        })
     }
 
     /// Ask the scheduler to stop computing the key and forget it (for this client).
@@ -1267,7 +1289,7 @@ impl Client {
             payload: ByteBuf::from(encode_op(&key, &op)?),
             deps: deps.iter().map(|f| f.key.clone()).collect(),
             key: key.clone(),
-            priority: 0,
+            priority: options.priority_offset(),
             retries: options.retries.unwrap_or_else(|| self.retries()),
             restrictions: options.restrictions(),
         };
@@ -1277,8 +1299,7 @@ impl Client {
 
     fn submit_plan(&self, plan: &ExecutionPlan, options: &SubmitOptions) -> Result<Vec<Future>> {
         let retries = options.retries.unwrap_or_else(|| self.retries());
-        let restrictions = options.restrictions();
-        let specs = task_specs(plan, retries, restrictions.as_ref(), &self.inner)?;
+        let specs = task_specs(plan, options, retries, &self.inner)?;
         self.submit_specs(specs.tasks, specs.wanted, &specs.output_keys)
     }
 

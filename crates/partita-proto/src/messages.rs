@@ -419,6 +419,10 @@ pub enum FromClient {
     /// dropped. Refused (nothing done) if a worker runs without a nanny. Answered with
     /// [`ToClient::Restarting`].
     Restart { request: u64 },
+    /// Run these keys to the end even if no client wants them any more (Dask's
+    /// `fire_and_forget`): each is kept until it is in memory or has erred, then released
+    /// unless something else needs it. Keys already done, or unknown, are left alone.
+    FireAndForget { keys: Vec<Key> },
 }
 
 /// The answer to a dataset request ([`FromClient::PublishDataset`] and the others).

@@ -231,6 +231,8 @@ struct Task {
     published: u32,
     /// The workers it may run on ([`TaskSpec::restrictions`]); boxed, being rare.
     restrictions: Option<Box<Restrictions>>,
+    /// Wanted until it is in memory or has erred ([`FromClient::FireAndForget`]).
+    fire_and_forget: bool,
 }
 
 impl Task {
@@ -258,6 +260,7 @@ impl Task {
             scattered: false,
             published: 0,
             restrictions: None,
+            fire_and_forget: false,
         }
     }
 }
@@ -753,6 +756,19 @@ impl SchedulerState {
                 self.dataset_reply(client, request, DatasetReply::Names { names });
             }
             FromClient::Restart { request } => self.restart(client, request),
+            FromClient::FireAndForget { keys } => {
+                let mut fired = Vec::new();
+                for k in keys {
+                    let k = self.canonical(k);
+                    if let Some(t) = self.tasks.get_mut(&k)
+                        && !matches!(t.status, TaskStatus::Memory | TaskStatus::Erred)
+                    {
+                        t.fire_and_forget = true;
+                        fired.push(k);
+                    }
+                }
+                self.activate(fired);
+            }
         }
     }
 
@@ -1468,7 +1484,7 @@ impl SchedulerState {
         let Some(t) = self.tasks.get(key) else {
             return false;
         };
-        !t.wanted_by.is_empty() || t.published > 0 || t.active_dependents > 0
+        !t.wanted_by.is_empty() || t.published > 0 || t.active_dependents > 0 || t.fire_and_forget
     }
 
     /// The one place a task's status changes, so its dependencies' `active_dependents`
@@ -1558,6 +1574,12 @@ impl SchedulerState {
             }
         }
         for (k, t) in &self.tasks {
+            if t.fire_and_forget && matches!(t.status, TaskStatus::Memory | TaskStatus::Erred) {
+                return Err(format!(
+                    "{k} is done ({:?}) but still fired and forgotten",
+                    t.status
+                ));
+            }
             let counted = published.get(k).copied().unwrap_or(0);
             if t.published != counted {
                 return Err(format!(
@@ -1630,7 +1652,11 @@ impl SchedulerState {
             }
             let t = &self.tasks[&k];
             let forgettable = matches!(t.status, TaskStatus::Released | TaskStatus::Erred);
-            if forgettable && t.wanted_by.is_empty() && t.published == 0 && t.dependents.is_empty()
+            if forgettable
+                && t.wanted_by.is_empty()
+                && t.published == 0
+                && !t.fire_and_forget
+                && t.dependents.is_empty()
             {
                 let t = self.tasks.remove(&k).expect("checked above");
                 for d in t.deps {
@@ -2181,6 +2207,8 @@ impl SchedulerState {
         let t = self.tasks.get_mut(&key).expect("checked");
         t.nbytes = nbytes;
         t.who_has.insert(worker);
+        // Fired and forgotten: done now (`settle` below releases it if nobody needs it).
+        t.fire_and_forget = false;
         if std::mem::take(&mut t.lost) {
             self.stats.recomputed += 1;
         }
@@ -2268,6 +2296,7 @@ impl SchedulerState {
             self.set_status(&k, TaskStatus::Erred);
             let t = self.tasks.get_mut(&k).expect("checked");
             t.failure = Some(failure.clone());
+            t.fire_and_forget = false;
             let clients: Vec<ClientId> = t.wanted_by.iter().copied().collect();
             stack.extend(sorted(&t.dependents));
             settle.extend(t.deps.iter().cloned());
@@ -3001,6 +3030,53 @@ mod tests {
         let acts = s.handle(SchedulerEvent::FromClient { client, msg }, Time::ZERO);
         s.check_consistency().unwrap();
         acts
+    }
+
+    #[test]
+    fn fired_and_forgotten_tasks_run_to_the_end_then_go() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| Key::new(n, [0]));
+        let specs = vec![
+            spec(&a, &[], 0),
+            spec(&b, &[&a], 1),
+            spec(&c, &[], 2),
+            spec(&d, &[&c], 3),
+        ];
+        submit(&mut s, 1, specs, &[&b, &d]);
+        let fire = FromClient::FireAndForget {
+            keys: vec![b.clone(), d.clone(), Key::named("unknown")],
+        };
+        client_says(&mut s, 1, fire);
+        // The client lets go of both: they stay, and so do their inputs.
+        let release = FromClient::ReleaseKeys {
+            keys: vec![b.clone(), d.clone()],
+        };
+        client_says(&mut s, 1, release);
+        assert_eq!(s.task_status(&b), TaskStatus::Waiting);
+        assert_eq!(s.task_status(&a), TaskStatus::Processing);
+        // b runs and finishes: released and forgotten with its input.
+        finish(&mut s, 0, &a, 8);
+        assert_eq!(s.task_status(&b), TaskStatus::Processing);
+        finish(&mut s, 0, &b, 8);
+        assert_eq!(s.task_status(&b), TaskStatus::Forgotten);
+        assert_eq!(s.task_status(&a), TaskStatus::Forgotten);
+        // d's input fails: d errs, and goes too (nobody hears of it).
+        let failed = FromWorker::TaskErred {
+            key: c.clone(),
+            error: TaskFailure::error(c.clone(), "no disk"),
+        };
+        let acts = s.handle(
+            SchedulerEvent::FromWorker {
+                worker: WorkerId(0),
+                msg: failed,
+            },
+            Time::ZERO,
+        );
+        assert!(to_client(&acts).is_empty(), "{acts:?}");
+        assert_eq!(s.task_status(&d), TaskStatus::Forgotten);
+        assert_eq!(s.task_count(), 0);
+        s.check_consistency().unwrap();
     }
 
     fn dataset_request(s: &mut SchedulerState, c: u32, msg: FromClient) -> DatasetReply {

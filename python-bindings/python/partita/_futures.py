@@ -250,6 +250,7 @@ def submit(
     workers=None,
     allow_other_workers=False,
     resources=None,
+    priority=0,
     **kwargs,
 ):
     if not callable(f):
@@ -269,7 +270,7 @@ def submit(
         else:
             key = f"{_name(f)}-{uuid.uuid4().hex}"
     return client._submit_call(
-        str(key), _name(f), payload, deps, retries, _workers(workers), allow_other_workers, _resources(resources)
+        str(key), _name(f), payload, deps, retries, _workers(workers), allow_other_workers, _resources(resources), priority
     )
 
 
@@ -386,16 +387,16 @@ class Client(_partita.Client):
     `scatter`, `gather`, `cancel`, `wait` (and `pt.as_completed`); `persist` keeps arrays and
     frames in the workers' memory."""
 
-    def persist(self, collections, workers=None, allow_other_workers=False, resources=None):
+    def persist(self, collections, workers=None, allow_other_workers=False, resources=None, priority=0):
         """Compute an array or frame (or a list of them) now and keep the results in the
         workers' memory, as dask's `client.persist`: returns the same kind of collection (or
         a list), whose later graphs start from there; nothing is gathered here. The data
         stays on the cluster until the returned collection is dropped. `workers`,
         `allow_other_workers` and `resources` restrict where it is computed (and so kept),
-        as for `compute`."""
+        and `priority` orders it, as for `compute`."""
         target = self
-        if workers is not None or resources is not None:
-            target = self._with_options(_workers(workers), allow_other_workers, _resources(resources))
+        if workers is not None or resources is not None or priority:
+            target = self._with_options(_workers(workers), allow_other_workers, _resources(resources), priority)
 
         def one(c):
             if not hasattr(c, "persist"):
@@ -406,7 +407,7 @@ class Client(_partita.Client):
             return [one(c) for c in collections]
         return one(collections)
 
-    def compute(self, collections, retries=None, workers=None, allow_other_workers=False, resources=None):
+    def compute(self, collections, retries=None, workers=None, allow_other_workers=False, resources=None, priority=0):
         """Start computing an array, frame or delayed value (or a list of them) and return at
         once with a `Future` (or a list of them); `future.result()` gives the NumPy array,
         frame or Python object. A task that raises is run again up to `retries` times
@@ -416,12 +417,12 @@ class Client(_partita.Client):
         `allow_other_workers=True`. `resources` (`{"GPU": 1}`, as dask's) is what each
         task holds while it runs: only workers started offering that much
         (`--resources "GPU=2"`, `pt.LocalCluster(resources=...)`) run them, each as many
-        at once as its offer covers; with none connected they wait for one."""
-        workers = _workers(workers)
-        resources = _resources(resources)
-        if isinstance(collections, (list, tuple)):
-            return self._compute([_rust(c) for c in collections], retries, workers, allow_other_workers, resources)
-        return self._compute([_rust(collections)], retries, workers, allow_other_workers, resources)[0]
+        at once as its offer covers; with none connected they wait for one. A higher
+        `priority` (an int, 0 by default) starts its tasks before those of lower priority
+        still waiting, as dask's (running tasks are not interrupted)."""
+        rust = [_rust(c) for c in collections] if isinstance(collections, (list, tuple)) else [_rust(collections)]
+        futures = self._compute(rust, retries, _workers(workers), allow_other_workers, _resources(resources), priority)
+        return futures if isinstance(collections, (list, tuple)) else futures[0]
 
     def submit(
         self,
@@ -433,13 +434,14 @@ class Client(_partita.Client):
         workers=None,
         allow_other_workers=False,
         resources=None,
+        priority=0,
         **kwargs,
     ):
         """Run `func(*args, **kwargs)` on a worker; futures among the arguments are replaced
         by their values there. Needs workers started with `python -m partita worker`. If it
         raises, it is run again up to `retries` times (default: `client.retries`, 0 unless
         set) before the error counts. `workers`, `allow_other_workers` and `resources`
-        restrict where it runs, as for `compute`."""
+        restrict where it runs, and `priority` orders it, as for `compute`."""
         return submit(
             self,
             func,
@@ -450,6 +452,7 @@ class Client(_partita.Client):
             workers=workers,
             allow_other_workers=allow_other_workers,
             resources=resources,
+            priority=priority,
             **kwargs,
         )
 
@@ -462,6 +465,7 @@ class Client(_partita.Client):
         workers=None,
         allow_other_workers=False,
         resources=None,
+        priority=0,
         **kwargs,
     ):
         """`submit(func, *items)` for the items of `iterables` taken together."""
@@ -475,6 +479,7 @@ class Client(_partita.Client):
                 workers=workers,
                 allow_other_workers=allow_other_workers,
                 resources=resources,
+                priority=priority,
                 **kwargs,
             )
             for items in zip(*iterables)
@@ -605,6 +610,23 @@ class Client(_partita.Client):
 def as_completed(futures):
     """Iterate over `futures` in the order they finish (or fail)."""
     return _partita.AsCompleted(list(futures))
+
+
+def fire_and_forget(obj):
+    """Have the cluster run a future (or the futures in a list, tuple, set or dict's
+    values, nested) to the end even once every reference to it is gone, as dask's
+    `fire_and_forget`: for calls made for what they do (write a file, notify a service).
+    Its value is released once computed, its error once it fails."""
+    if isinstance(obj, Future):
+        obj._fire_and_forget()
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            fire_and_forget(v)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for v in obj:
+            fire_and_forget(v)
+    else:
+        raise TypeError(f"fire_and_forget takes futures (or lists and dicts of them), got {type(obj).__name__}")
 
 
 def wait(futures, timeout=None):
