@@ -1825,6 +1825,13 @@ impl PyLocalCluster {
     }
 }
 
+/// The private folder of the worker running in this process (removed when it stops), or
+/// `None` outside a worker.
+#[pyfunction]
+fn worker_local_directory() -> Option<String> {
+    partita::distributed::local_directory().map(|p| p.display().to_string())
+}
+
 /// Dask's `resources={"GPU": 1}`: a ValueError naming a bad amount.
 fn resources_of(
     resources: Option<std::collections::BTreeMap<String, f64>>,
@@ -1949,6 +1956,7 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<filtered::RustFilteredArray>()?;
     m.add_class::<RustFrame>()?;
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
+    m.add_function(wrap_pyfunction!(worker_local_directory, m)?)?;
     m.add_function(wrap_pyfunction!(full, m)?)?;
     m.add_function(wrap_pyfunction!(arange, m)?)?;
     m.add_function(wrap_pyfunction!(linspace, m)?)?;

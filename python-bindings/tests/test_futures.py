@@ -356,3 +356,32 @@ def test_fire_and_forget_runs_a_dropped_call_to_the_end_then_frees_it(cluster_cl
     assert known() == before
     with pytest.raises(TypeError, match="futures"):
         pt.fire_and_forget(3)
+
+
+def test_upload_file_puts_a_local_module_on_the_workers(cluster_client, tmp_path, monkeypatch):
+    import importlib
+    import uuid
+
+    name = f"partita_upload_{uuid.uuid4().hex[:8]}"
+    source = tmp_path / f"{name}.py"
+    source.write_text("def scale(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    # By reference: the workers cannot import it yet.
+    with pytest.raises(pt.ComputeError, match=name):
+        cluster_client.submit(module.scale, 4).result(timeout=60)
+    cluster_client.upload_file(source)
+    assert cluster_client.submit(module.scale, 4, pure=False).result(timeout=60) == 12
+    # An edited version replaces it (reloaded where it was imported).
+    source.write_text("def scale(x):\n    return 5 * x\n")
+    cluster_client.upload_file(str(source))
+    assert cluster_client.submit(module.scale, 4, pure=False).result(timeout=60) == 20
+    assert set(cluster_client.run(lambda: __import__(name).scale(1)).values()) == {5}
+    # A file that does not import is an error here; the cluster goes on.
+    broken = tmp_path / f"{name}_broken.py"
+    broken.write_text("def nope(:\n")
+    with pytest.raises(Exception, match="SyntaxError|invalid syntax"):
+        cluster_client.upload_file(broken)
+    with pytest.raises(ValueError, match=r"\.py"):
+        cluster_client.upload_file(tmp_path / "notes.txt")
+    assert cluster_client.submit(inc, 1).result(timeout=60) == 2

@@ -49,7 +49,9 @@ pub use partita_proto::messages::{
     ClusterInfo, Resources, SchedulerStats, TaskCounts, WorkerMetrics, WorkerStatus,
 };
 pub use scheduler::{SchedulerOptions, SchedulerServer};
-pub use worker::{WorkerExit, WorkerOptions, rss_of, run_worker, run_worker_until};
+pub use worker::{
+    WorkerExit, WorkerOptions, local_directory, rss_of, run_worker, run_worker_until,
+};
 
 /// Make sure the op and value registrations of the array and frame crates are linked into
 /// any binary using this crate (typetag and codec tables are filled by link-time

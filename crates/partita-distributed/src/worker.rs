@@ -99,8 +99,25 @@ struct SpillDirGuard(PathBuf);
 
 impl Drop for SpillDirGuard {
     fn drop(&mut self) {
+        let mut current = LOCAL_DIRECTORY.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref() == Some(&self.0) {
+            *current = None;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The private folder of the worker running in this process, while one runs.
+static LOCAL_DIRECTORY: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The private folder of the worker running in this process (its spill files live there;
+/// removed when it stops), or `None` outside a worker: where code running in tasks may
+/// keep files of its own (Dask's `get_worker().local_directory`).
+pub fn local_directory() -> Option<PathBuf> {
+    LOCAL_DIRECTORY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 /// How a worker's run ended, when not in an error.
@@ -155,6 +172,7 @@ pub async fn run_worker_until(
         source,
     })?;
     let _guard = SpillDirGuard(spill_dir.clone());
+    *LOCAL_DIRECTORY.lock().unwrap_or_else(|e| e.into_inner()) = Some(spill_dir.clone());
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {

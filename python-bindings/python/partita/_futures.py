@@ -16,6 +16,7 @@ import collections.abc
 import hashlib
 import numbers
 import operator
+import os
 import pickle
 import sys
 import types
@@ -224,6 +225,53 @@ def _workers(workers):
         if not isinstance(w, str):
             raise TypeError(f"workers= takes worker addresses or hosts (strings), got {type(w).__name__}")
     return workers
+
+
+_UPLOADS = None
+
+
+def _install_upload(name, data, load):
+    """On a worker: `client.upload_file`'s file, written atomically into this process's
+    upload folder (on `sys.path`; an archive goes on it itself), then imported."""
+    import atexit
+    import importlib
+    import importlib.util
+    import shutil
+    import tempfile
+
+    global _UPLOADS
+    if _UPLOADS is None:
+        # In the worker's own folder, removed with it (whatever way the process ends).
+        local = _partita.worker_local_directory()
+        if local is None:
+            _UPLOADS = tempfile.mkdtemp(prefix=f"partita-uploads-{os.getpid()}-")
+            atexit.register(shutil.rmtree, _UPLOADS, ignore_errors=True)
+        else:
+            _UPLOADS = os.path.join(local, "uploads")
+            os.makedirs(_UPLOADS, exist_ok=True)
+    path = os.path.join(_UPLOADS, name)
+    part = path + ".part"
+    with open(part, "wb") as f:
+        f.write(data)
+    os.replace(part, path)
+    if name.endswith(".py"):
+        # A new version within the same second and size would pass for the cached one.
+        try:
+            os.remove(importlib.util.cache_from_source(path))
+        except OSError:
+            pass
+    entry = _UPLOADS if name.endswith(".py") else path
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+    importlib.invalidate_caches()
+    # Functions unpickled by name before may be the old version's.
+    _FUNCTIONS.clear()
+    if load and name.endswith(".py"):
+        module = name[: -len(".py")]
+        if module in sys.modules:
+            importlib.reload(sys.modules[module])
+        else:
+            importlib.import_module(module)
 
 
 def _resources(resources):
@@ -526,6 +574,21 @@ class Client(_partita.Client):
         if found.deps:
             raise TypeError("client.run takes plain arguments; pass a future's result, not the future")
         return dict(self._run(_name(func), _dumps_call(func, args, kwargs, found.plain)))
+
+    def upload_file(self, filename, load=True):
+        """Send a local `.py`, `.zip`, `.egg` or `.whl` file to every worker connected now
+        and put it on their import path, as dask's `client.upload_file`: functions from
+        a module you are editing then run on the cluster by reference. A `.py` file is
+        imported at once with `load=True` (reloaded if it was imported before, so an
+        edited file takes effect); an error importing it on a worker is raised here. The
+        files live in a folder per worker process, removed when it exits; a worker that
+        joins (or restarts) later does not have them: upload again."""
+        name = os.path.basename(os.fspath(filename))
+        if not name.endswith((".py", ".zip", ".egg", ".whl")):
+            raise ValueError(f"upload_file takes a .py, .zip, .egg or .whl file, got {name!r}")
+        with open(filename, "rb") as f:
+            data = f.read()
+        self.run(_install_upload, name, data, load)
 
     def replicate(self, futures, n=None):
         """Copy the data of a future (or a list of them) to at least `n` workers, every
