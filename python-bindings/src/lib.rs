@@ -1492,6 +1492,28 @@ impl PyClient {
         Ok(out)
     }
 
+    /// The task runs the scheduler remembers numbered `since` or later, and the next
+    /// number: `(next, [(key, worker, start, stop, nbytes, erred)])`, times in Unix seconds.
+    fn _task_stream(&self, py: Python<'_>, since: u64) -> PyResult<(u64, Vec<TaskRow>)> {
+        let client = self.client()?;
+        let (next, records) = py.detach(|| client.task_stream(since)).py_err()?;
+        let seconds = |micros: u64| micros as f64 / 1e6;
+        let records = (records.into_iter())
+            .map(|r| {
+                let key = crate::pycall::key_text(&r.key);
+                (
+                    key,
+                    r.worker,
+                    seconds(r.start),
+                    seconds(r.stop),
+                    r.nbytes,
+                    r.erred,
+                )
+            })
+            .collect();
+        Ok((next, records))
+    }
+
     /// Wait until at least `n` workers are connected.
     #[pyo3(signature = (n, timeout = 30.0))]
     fn wait_for_workers(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<()> {
@@ -1831,6 +1853,9 @@ impl PyLocalCluster {
 fn worker_local_directory() -> Option<String> {
     partita::distributed::local_directory().map(|p| p.display().to_string())
 }
+
+/// A task run as `Client._task_stream` gives it: key, worker, start, stop, nbytes, erred.
+type TaskRow = (String, String, f64, f64, u64, bool);
 
 /// Dask's `resources={"GPU": 1}`: a ValueError naming a bad amount.
 fn resources_of(

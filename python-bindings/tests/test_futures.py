@@ -385,3 +385,36 @@ def test_upload_file_puts_a_local_module_on_the_workers(cluster_client, tmp_path
     with pytest.raises(ValueError, match=r"\.py"):
         cluster_client.upload_file(tmp_path / "notes.txt")
     assert cluster_client.submit(inc, 1).result(timeout=60) == 2
+
+
+def test_the_task_stream_says_where_and_when_tasks_ran_as_in_dask(cluster_client):
+    client = cluster_client
+    workers = set(client.nthreads())
+
+    def slow(x):
+        import time
+
+        time.sleep(0.1)
+        return x
+
+    def bad(x):
+        raise ValueError(x)
+
+    before = time.time()
+    with pt.get_task_stream(client) as ts:
+        futures = client.map(slow, range(3), pure=False)
+        failing = client.submit(bad, 1, pure=False)
+        client.gather(futures)
+        failing.wait(timeout=60)
+    after = time.time()
+    runs = {r["key"]: r for r in ts.data}
+    assert set(runs) == {f.key for f in futures} | {failing.key}, ts.data
+    for f in futures:
+        run = runs[f.key]
+        assert run["worker"] in workers and run["status"] == "OK" and run["nbytes"] > 0
+        (span,) = run["startstops"]
+        assert span["action"] == "compute"
+        assert before <= span["start"] and span["stop"] - span["start"] >= 0.1 and span["stop"] <= after
+    assert runs[failing.key]["status"] == "error"
+    # The whole stream remembers them too.
+    assert {f.key for f in futures} <= {r["key"] for r in client.get_task_stream()}

@@ -185,3 +185,56 @@ fn a_python_task_on_a_worker_without_python_says_how_to_start_one() {
         "{err}"
     );
 }
+
+/// Dask's task stream: each run with its worker and times, from a number on.
+#[test]
+fn the_task_stream_says_where_and_when_each_task_ran() {
+    let client = cluster().expect("the test cluster");
+    let unix_micros = || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.unwrap().as_micros() as u64
+    };
+    let (from, none) = client.task_stream(u64::MAX).unwrap();
+    assert!(none.is_empty());
+    let before = unix_micros();
+    let mut b = GraphBuilder::new();
+    let (slow, fine) = (Key::named("stream-slow"), Key::named("stream-after"));
+    b.add_task(slow.clone(), Arc::new(SlowMix { salt: 1, ms: 100 }), &[]);
+    b.add_task(
+        fine.clone(),
+        Arc::new(Mix { salt: 2 }),
+        std::slice::from_ref(&slow),
+    );
+    // Both wanted, so the optimizer does not fuse them into one task.
+    let wanted = [slow.clone(), fine.clone()];
+    let futures = client.submit(b.build().unwrap(), &wanted).unwrap();
+    client.gather(&futures).unwrap();
+    let after = unix_micros();
+    let (next, records) = client.task_stream(from).unwrap();
+    let workers: Vec<String> = (client.workers().unwrap().into_iter())
+        .map(|(p, _)| p.address)
+        .collect();
+    // Other tests may run meanwhile: look at this graph's two runs.
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.key == slow || r.key == fine)
+        .collect();
+    assert_eq!(mine.len(), 2, "{records:?}");
+    assert!(next >= from + 2);
+    for r in &mine {
+        assert!(workers.contains(&r.worker), "{r:?} {workers:?}");
+        assert!(!r.erred && r.nbytes > 0);
+        // Wall-clock times of this run (the scheduler's clock is this machine's).
+        assert!(
+            before <= r.start && r.start <= r.stop && r.stop <= after + 1_000,
+            "{r:?}"
+        );
+    }
+    assert!(
+        mine[0].key == slow && mine[0].stop - mine[0].start >= 100_000,
+        "{mine:?}"
+    );
+    // The second after the first (a worker may start it a little before the scheduler
+    // hears the first is done, whose time that stop is).
+    assert!(mine[1].start + 50_000 >= mine[0].stop, "{mine:?}");
+}

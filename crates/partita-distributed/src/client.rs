@@ -28,7 +28,7 @@ use partita_core::{
 };
 use partita_proto::messages::{
     ClusterInfo, DatasetReply, FromClient, Peer, Resources, Restrictions, Role, TaskFailure,
-    TaskSpec, ToClient, WorkerId,
+    TaskRecord, TaskSpec, ToClient, WorkerId,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
@@ -596,7 +596,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::ScatterRefused { .. }
         | ToClient::Retiring { .. }
         | ToClient::Dataset { .. }
-        | ToClient::Restarting { .. } => {}
+        | ToClient::Restarting { .. }
+        | ToClient::TaskStream { .. } => {}
     }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
@@ -612,7 +613,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::Replicated { .. }
         | ToClient::Retiring { .. }
         | ToClient::Dataset { .. }
-        | ToClient::Restarting { .. } => None,
+        | ToClient::Restarting { .. }
+        | ToClient::TaskStream { .. } => None,
     };
     match key {
         Some(k) => {
@@ -1674,6 +1676,28 @@ impl Client {
             DatasetReply::Refused { .. } => Ok(false),
             other => Err(unexpected_reply(&other)),
         }
+    }
+
+    /// The task runs the scheduler remembers (its last 100,000) numbered `since` or later,
+    /// oldest first, and the number the next run will get: Dask's task stream. Pass
+    /// `u64::MAX` for just that number, then that number later for what ran in between:
+    /// where each task ran, when (Unix microseconds; the scheduler's clock), its output's
+    /// size, and whether it raised.
+    pub fn task_stream(&self, since: u64) -> Result<(u64, Vec<TaskRecord>)> {
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        self.inner.request(
+            &[FromClient::TaskStream { request, since }],
+            Duration::from_secs(60),
+            "answer a task stream request",
+            |msg| match msg {
+                ToClient::TaskStream {
+                    request: r,
+                    next,
+                    records,
+                } if r == request => Some(Ok((next, records))),
+                _ => None,
+            },
+        )
     }
 
     /// The names of the datasets published now, sorted; Dask's `client.list_datasets()`.

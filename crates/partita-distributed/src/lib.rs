@@ -46,7 +46,7 @@ pub use cluster_file::ClusterFile;
 pub use dataset::Dataset;
 pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
 pub use partita_proto::messages::{
-    ClusterInfo, Resources, SchedulerStats, TaskCounts, WorkerMetrics, WorkerStatus,
+    ClusterInfo, Resources, SchedulerStats, TaskCounts, TaskRecord, WorkerMetrics, WorkerStatus,
 };
 pub use scheduler::{SchedulerOptions, SchedulerServer};
 pub use worker::{

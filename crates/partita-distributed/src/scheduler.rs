@@ -200,7 +200,11 @@ impl SchedulerServer {
         // The state machine's loop.
         let start = Instant::now();
         let now = || Time(start.elapsed().as_micros() as u64);
-        let mut state = SchedulerState::new(self.config.clone());
+        let mut config = self.config.clone();
+        config.clock_origin_unix_micros = (std::time::SystemTime::now())
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let mut state = SchedulerState::new(config);
         let mut outboxes = Outboxes::default();
         loop {
             let wake = state

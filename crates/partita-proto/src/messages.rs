@@ -423,6 +423,31 @@ pub enum FromClient {
     /// `fire_and_forget`): each is kept until it is in memory or has erred, then released
     /// unless something else needs it. Keys already done, or unknown, are left alone.
     FireAndForget { keys: Vec<Key> },
+    /// The task runs the scheduler remembers (the last [`TASK_STREAM_LENGTH`]) from
+    /// number `since` on (`u64::MAX`: none, just the next number); Dask's task stream.
+    /// Answered with [`ToClient::TaskStream`].
+    TaskStream { request: u64, since: u64 },
+}
+
+/// Task runs a scheduler remembers for [`FromClient::TaskStream`] (as Dask's task stream).
+pub const TASK_STREAM_LENGTH: usize = 100_000;
+
+/// One run of a task: where and when, as the scheduler heard of it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Its number in the stream (consecutive).
+    pub seq: u64,
+    pub key: Key,
+    /// The worker's address.
+    pub worker: String,
+    /// Microseconds since the Unix epoch: the end is when the scheduler heard of it, the
+    /// start that less the run time the worker measured.
+    pub start: u64,
+    pub stop: u64,
+    /// Its value's size; 0 for a failed run.
+    pub nbytes: u64,
+    /// The run raised (a retried one too).
+    pub erred: bool,
 }
 
 /// The answer to a dataset request ([`FromClient::PublishDataset`] and the others).
@@ -577,6 +602,13 @@ pub enum ToClient {
         request: u64,
         workers: u32,
         refused: Option<String>,
+    },
+    /// The answer to [`FromClient::TaskStream`]: the runs still remembered from the number
+    /// asked on, in order, and the number the next run will get.
+    TaskStream {
+        request: u64,
+        next: u64,
+        records: Vec<TaskRecord>,
     },
 }
 

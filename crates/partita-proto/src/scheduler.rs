@@ -38,7 +38,7 @@
 //!   `TaskFinished` puts it in memory like any result. Having no lineage, a scattered value
 //!   whose every copy is lost errs (with its dependents) instead of being recomputed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use partita_core::Key;
@@ -47,7 +47,8 @@ use serde_bytes::ByteBuf;
 
 use crate::messages::{
     ClientId, DatasetReply, DepLocation, FromClient, FromWorker, Peer, Resources, Restrictions,
-    TaskFailure, TaskSpec, ToClient, ToWorker, WorkerId, WorkerMetrics,
+    TASK_STREAM_LENGTH, TaskFailure, TaskRecord, TaskSpec, ToClient, ToWorker, WorkerId,
+    WorkerMetrics,
 };
 use crate::root_queue::RootQueue;
 use crate::{Time, moving_average};
@@ -85,6 +86,9 @@ pub struct SchedulerConfig {
     /// than `worker_saturation` slots), up to [`MAX_ROOT_SLOTS`] per thread and as long as
     /// their outputs stay under [`ROOT_QUEUE_BYTES`].
     pub root_queue_target: Duration,
+    /// The Unix time, in microseconds, of [`Time::ZERO`]: turns times into wall-clock
+    /// ones for the task stream (0 in simulations).
+    pub clock_origin_unix_micros: u64,
 }
 
 /// Most root tasks in flight per worker thread, however quick they are.
@@ -105,6 +109,7 @@ impl Default for SchedulerConfig {
             transfer_latency: Duration::from_millis(1),
             default_task_duration: Duration::from_millis(500),
             root_queue_target: Duration::from_millis(5),
+            clock_origin_unix_micros: 0,
         }
     }
 }
@@ -339,6 +344,11 @@ pub struct SchedulerState {
     replications: BTreeMap<(ClientId, u64), (Vec<Key>, usize)>,
     /// Workers retiring now: with none, closing retired workers costs nothing per event.
     retiring: usize,
+    /// The last runs of tasks, for [`FromClient::TaskStream`], and the next one's number.
+    task_stream: VecDeque<TaskRecord>,
+    task_stream_next: u64,
+    /// The time of the event being handled.
+    now: Time,
     /// Published datasets by name: their keys (each counted in its task's `published`)
     /// and the payload their publisher attached.
     datasets: BTreeMap<String, (Vec<Key>, ByteBuf)>,
@@ -367,6 +377,9 @@ impl SchedulerState {
             acquiring: FxHashMap::default(),
             replications: BTreeMap::new(),
             retiring: 0,
+            task_stream: VecDeque::new(),
+            task_stream_next: 0,
+            now: Time::ZERO,
             datasets: BTreeMap::new(),
             no_worker: BTreeMap::new(),
             no_worker_warned: FxHashSet::default(),
@@ -466,6 +479,7 @@ impl SchedulerState {
 
     /// Apply one event; returns what the runtime must do, in order.
     pub fn handle(&mut self, event: SchedulerEvent, now: Time) -> Vec<SchedulerAction> {
+        self.now = now;
         match event {
             SchedulerEvent::WorkerJoined {
                 worker,
@@ -756,6 +770,21 @@ impl SchedulerState {
                 self.dataset_reply(client, request, DatasetReply::Names { names });
             }
             FromClient::Restart { request } => self.restart(client, request),
+            FromClient::TaskStream { request, since } => {
+                let first = self
+                    .task_stream
+                    .front()
+                    .map_or(self.task_stream_next, |r| r.seq);
+                let skip = usize::try_from(since.saturating_sub(first)).unwrap_or(usize::MAX);
+                let records = self.task_stream.iter().skip(skip).cloned().collect();
+                let next = self.task_stream_next;
+                let reply = ToClient::TaskStream {
+                    request,
+                    next,
+                    records,
+                };
+                self.out.push(SchedulerAction::SendToClient(client, reply));
+            }
             FromClient::FireAndForget { keys } => {
                 let mut fired = Vec::new();
                 for k in keys {
@@ -2175,6 +2204,27 @@ impl SchedulerState {
         }
     }
 
+    /// Remember a run of `key` on `worker` that took `micros` and ended now.
+    fn record_run(&mut self, key: &Key, worker: WorkerId, micros: u64, nbytes: u64, erred: bool) {
+        let Some(w) = self.workers.get(&worker) else {
+            return;
+        };
+        let stop = self.config.clock_origin_unix_micros + self.now.as_micros();
+        if self.task_stream.len() >= TASK_STREAM_LENGTH {
+            self.task_stream.pop_front();
+        }
+        self.task_stream.push_back(TaskRecord {
+            seq: self.task_stream_next,
+            key: key.clone(),
+            worker: w.address.clone(),
+            start: stop.saturating_sub(micros),
+            stop,
+            nbytes,
+            erred,
+        });
+        self.task_stream_next += 1;
+    }
+
     fn task_finished(&mut self, worker: WorkerId, key: Key, nbytes: u64, micros: u64) {
         let on_worker = self
             .tasks
@@ -2188,6 +2238,7 @@ impl SchedulerState {
         self.unassign(&key);
         // A scattered value arriving is not a task run: it teaches nothing about durations.
         if !self.tasks[&key].scattered {
+            self.record_run(&key, worker, micros, nbytes, false);
             match self.durations.get_mut(key.group()) {
                 Some(d) => {
                     *d = (
@@ -2255,6 +2306,7 @@ impl SchedulerState {
             return;
         }
         self.unassign(&key);
+        self.record_run(&key, worker, 0, 0, true);
         let t = self.tasks.get_mut(&key).expect("checked");
         if t.retries_left > 0 {
             t.retries_left -= 1;
@@ -3030,6 +3082,77 @@ mod tests {
         let acts = s.handle(SchedulerEvent::FromClient { client, msg }, Time::ZERO);
         s.check_consistency().unwrap();
         acts
+    }
+
+    #[test]
+    fn the_task_stream_remembers_where_and_when_tasks_ran() {
+        let config = SchedulerConfig {
+            clock_origin_unix_micros: 1_000_000_000,
+            ..SchedulerConfig::default()
+        };
+        let mut s = SchedulerState::new(config);
+        join(&mut s, 0, 1);
+        let (a, b) = (Key::new("a", [0]), Key::new("b", [0]));
+        submit(&mut s, 1, vec![spec(&a, &[], 0), spec(&b, &[&a], 1)], &[&b]);
+        let done = FromWorker::TaskFinished {
+            key: a.clone(),
+            nbytes: 64,
+            compute_micros: 2_000,
+        };
+        s.handle(
+            SchedulerEvent::FromWorker {
+                worker: WorkerId(0),
+                msg: done,
+            },
+            Time::from_millis(5),
+        );
+        let failed = FromWorker::TaskErred {
+            key: b.clone(),
+            error: TaskFailure::error(b.clone(), "no"),
+        };
+        s.handle(
+            SchedulerEvent::FromWorker {
+                worker: WorkerId(0),
+                msg: failed,
+            },
+            Time::from_millis(9),
+        );
+        let stream = |s: &mut SchedulerState, since| match to_client(&client_says(
+            s,
+            1,
+            FromClient::TaskStream { request: 3, since },
+        ))
+        .as_slice()
+        {
+            [
+                ToClient::TaskStream {
+                    request: 3,
+                    next,
+                    records,
+                },
+            ] => (*next, records.clone()),
+            other => panic!("{other:?}"),
+        };
+        let (next, records) = stream(&mut s, 0);
+        assert_eq!(next, 2);
+        let want = |seq, key: &Key, start, stop, nbytes, erred| TaskRecord {
+            seq,
+            key: key.clone(),
+            worker: "w0".into(),
+            start,
+            stop,
+            nbytes,
+            erred,
+        };
+        assert_eq!(
+            records,
+            [
+                want(0, &a, 1_000_003_000, 1_000_005_000, 64, false),
+                want(1, &b, 1_000_009_000, 1_000_009_000, 0, true)
+            ]
+        );
+        assert_eq!(stream(&mut s, 1).1, records[1..]);
+        assert_eq!(stream(&mut s, u64::MAX), (2, vec![]));
     }
 
     #[test]

@@ -442,7 +442,8 @@ impl Sim {
             | ToClient::Replicated { .. }
             | ToClient::Retiring { .. }
             | ToClient::Dataset { .. }
-            | ToClient::Restarting { .. }) => {
+            | ToClient::Restarting { .. }
+            | ToClient::TaskStream { .. }) => {
                 self.report.client_messages.push((c, other));
                 None
             }

@@ -101,7 +101,16 @@ from .array import (
     where,
     zeros,
 )
-from ._futures import Client, Delayed, Future, as_completed, delayed, fire_and_forget, wait
+from ._futures import (
+    Client,
+    Delayed,
+    Future,
+    as_completed,
+    delayed,
+    fire_and_forget,
+    get_task_stream,
+    wait,
+)
 from .diagnostics import GraphPicture, ProgressBar
 from .frame import DataFrame, GroupBy, concat, from_polars, read_csv, read_ipc, read_parquet
 

@@ -575,6 +575,14 @@ class Client(_partita.Client):
             raise TypeError("client.run takes plain arguments; pass a future's result, not the future")
         return dict(self._run(_name(func), _dumps_call(func, args, kwargs, found.plain)))
 
+    def get_task_stream(self):
+        """Where and when the tasks the scheduler remembers (its last 100,000) ran, oldest
+        first, as dask's `client.get_task_stream()`: a dict per run with `key`, `worker`
+        (its address), `status` (`"OK"` or `"error"`), `nbytes` and `startstops`, a tuple
+        of one `{"action": "compute", "start": ..., "stop": ...}` in Unix seconds. For what
+        one block of code ran, use `with pt.get_task_stream(client) as ts:` and `ts.data`."""
+        return _task_records(self._task_stream(0)[1])
+
     def upload_file(self, filename, load=True):
         """Send a local `.py`, `.zip`, `.egg` or `.whl` file to every worker connected now
         and put it on their import path, as dask's `client.upload_file`: functions from
@@ -673,6 +681,38 @@ class Client(_partita.Client):
 def as_completed(futures):
     """Iterate over `futures` in the order they finish (or fail)."""
     return _partita.AsCompleted(list(futures))
+
+
+def _task_records(rows):
+    return [
+        {
+            "key": key,
+            "worker": worker,
+            "status": "error" if erred else "OK",
+            "nbytes": nbytes,
+            "startstops": ({"action": "compute", "start": start, "stop": stop},),
+        }
+        for key, worker, start, stop, nbytes, erred in rows
+    ]
+
+
+class get_task_stream:
+    """`with pt.get_task_stream(client) as ts:` ... then `ts.data`: the runs of tasks
+    (records as `client.get_task_stream()` gives them) that the scheduler heard of while
+    the block ran, as dask's `get_task_stream` context manager."""
+
+    def __init__(self, client):
+        self.client = client
+        self.data = []
+        self._since = None
+
+    def __enter__(self):
+        self._since = self.client._task_stream(2**64 - 1)[0]
+        return self
+
+    def __exit__(self, *exc):
+        self.data.extend(_task_records(self.client._task_stream(self._since)[1]))
+        return False
 
 
 def fire_and_forget(obj):
