@@ -296,6 +296,19 @@ struct WorkerInfo {
     resources: Resources,
 }
 
+/// A run of a task in the task stream ([`TaskRecord`] on the wire, where the worker is
+/// its address: kept as an id here so recording a run allocates nothing).
+#[derive(Debug)]
+struct Run {
+    seq: u64,
+    key: Key,
+    worker: WorkerId,
+    micros: u64,
+    stop: u64,
+    nbytes: u64,
+    erred: bool,
+}
+
 /// Whom an acquisition in flight ([`ToWorker::AcquireReplicas`]) serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Purpose {
@@ -345,8 +358,10 @@ pub struct SchedulerState {
     /// Workers retiring now: with none, closing retired workers costs nothing per event.
     retiring: usize,
     /// The last runs of tasks, for [`FromClient::TaskStream`], and the next one's number.
-    task_stream: VecDeque<TaskRecord>,
+    task_stream: VecDeque<Run>,
     task_stream_next: u64,
+    /// The address of every worker that has joined (runs name workers gone since).
+    addresses: FxHashMap<WorkerId, String>,
     /// The time of the event being handled.
     now: Time,
     /// Published datasets by name: their keys (each counted in its task's `published`)
@@ -379,6 +394,7 @@ impl SchedulerState {
             retiring: 0,
             task_stream: VecDeque::new(),
             task_stream_next: 0,
+            addresses: FxHashMap::default(),
             now: Time::ZERO,
             datasets: BTreeMap::new(),
             no_worker: BTreeMap::new(),
@@ -575,6 +591,7 @@ impl SchedulerState {
                 resources,
             },
         );
+        self.addresses.insert(id, self.workers[&id].address.clone());
         self.retry_no_worker(id);
     }
 
@@ -776,7 +793,17 @@ impl SchedulerState {
                     .front()
                     .map_or(self.task_stream_next, |r| r.seq);
                 let skip = usize::try_from(since.saturating_sub(first)).unwrap_or(usize::MAX);
-                let records = self.task_stream.iter().skip(skip).cloned().collect();
+                let records = (self.task_stream.iter().skip(skip))
+                    .map(|r| TaskRecord {
+                        seq: r.seq,
+                        key: r.key.clone(),
+                        worker: self.addresses.get(&r.worker).cloned().unwrap_or_default(),
+                        start: r.stop.saturating_sub(r.micros),
+                        stop: r.stop,
+                        nbytes: r.nbytes,
+                        erred: r.erred,
+                    })
+                    .collect();
                 let next = self.task_stream_next;
                 let reply = ToClient::TaskStream {
                     request,
@@ -2206,18 +2233,15 @@ impl SchedulerState {
 
     /// Remember a run of `key` on `worker` that took `micros` and ended now.
     fn record_run(&mut self, key: &Key, worker: WorkerId, micros: u64, nbytes: u64, erred: bool) {
-        let Some(w) = self.workers.get(&worker) else {
-            return;
-        };
         let stop = self.config.clock_origin_unix_micros + self.now.as_micros();
         if self.task_stream.len() >= TASK_STREAM_LENGTH {
             self.task_stream.pop_front();
         }
-        self.task_stream.push_back(TaskRecord {
+        self.task_stream.push_back(Run {
             seq: self.task_stream_next,
             key: key.clone(),
-            worker: w.address.clone(),
-            start: stop.saturating_sub(micros),
+            worker,
+            micros,
             stop,
             nbytes,
             erred,
