@@ -504,34 +504,13 @@ class Client(_partita.Client):
             **kwargs,
         )
 
-    def map(
-        self,
-        func,
-        *iterables,
-        pure=True,
-        retries=None,
-        workers=None,
-        allow_other_workers=False,
-        resources=None,
-        priority=0,
-        **kwargs,
-    ):
-        """`submit(func, *items)` for the items of `iterables` taken together."""
-        return [
-            submit(
-                self,
-                func,
-                *items,
-                pure=pure,
-                retries=retries,
-                workers=workers,
-                allow_other_workers=allow_other_workers,
-                resources=resources,
-                priority=priority,
-                **kwargs,
-            )
-            for items in zip(*iterables)
-        ]
+    def map(self, func, *iterables, **kwargs):
+        """`submit(func, *items, **kwargs)` for the items of `iterables` taken together;
+        the keywords (`pure`, `retries`, `workers`, `resources`, `priority`, ...) are
+        `submit`'s and apply to every call."""
+        if "key" in kwargs:
+            raise TypeError("map takes no key=: each call gets its own")
+        return [submit(self, func, *items, **kwargs) for items in zip(*iterables)]
 
     def scatter(self, data, broadcast=False, workers=None):
         """Put data held here on the cluster, as dask's `client.scatter`: a future for one
