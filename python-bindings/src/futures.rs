@@ -136,6 +136,65 @@ impl PyFuture {
     }
 }
 
+/// A done-callback waiting for its future ([`PyFuture::add_done_callback`]).
+struct PendingCallback {
+    futures: Vec<Future>,
+    future: Py<PyFuture>,
+    callback: Py<PyAny>,
+}
+
+/// The callback thread's inbox, the thread started with the first callback.
+static CALLBACKS: Mutex<Option<std::sync::mpsc::Sender<PendingCallback>>> = Mutex::new(None);
+
+fn callbacks() -> PyResult<std::sync::mpsc::Sender<PendingCallback>> {
+    let mut inbox = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = inbox.as_ref() {
+        return Ok(tx.clone());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("partita-callbacks".into())
+        .spawn(move || run_callbacks(rx))
+        .map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "cannot start the callback thread: {e}"
+            ))
+        })?;
+    *inbox = Some(tx.clone());
+    Ok(tx)
+}
+
+/// The callback thread: waits for callbacks, looks at their futures every 20 ms while
+/// any waits, and calls those whose futures are done, in the order they were added.
+fn run_callbacks(rx: std::sync::mpsc::Receiver<PendingCallback>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut waiting: Vec<PendingCallback> = Vec::new();
+    loop {
+        let next = match waiting.is_empty() {
+            true => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            false => rx.recv_timeout(Duration::from_millis(20)),
+        };
+        match next {
+            Ok(p) => waiting.push(p),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        waiting.extend(rx.try_iter());
+        let (done, left): (Vec<_>, Vec<_>) =
+            (waiting.into_iter()).partition(|p| p.futures.iter().all(Future::done));
+        waiting = left;
+        if !done.is_empty() {
+            Python::attach(|py| {
+                for p in done {
+                    if let Err(e) = p.callback.call1(py, (p.future,)) {
+                        e.write_unraisable(py, Some(p.callback.bind(py)));
+                    }
+                }
+            });
+        }
+    }
+}
+
 #[pymethods]
 impl PyFuture {
     /// The keys this future waits for (one per chunk or partition, or the call's key).
@@ -205,37 +264,24 @@ impl PyFuture {
     }
 
     /// Call `fn(future)` once it is done (finished, failed, cancelled or lost), at once if
-    /// it is already: on a thread of its own, as Dask's `add_done_callback`. An exception
-    /// the callback raises is printed (`sys.unraisablehook`), not raised anywhere.
+    /// it is already: on partita's callback thread (one for all callbacks, as Dask runs
+    /// them on its event loop), so a slow callback delays the others. An exception the
+    /// callback raises is printed (`sys.unraisablehook`), not raised anywhere.
     fn add_done_callback(slf: Py<Self>, py: Python<'_>, callback: Py<PyAny>) -> PyResult<()> {
         if !callback.bind(py).is_callable() {
             return Err(PyTypeError::new_err(
                 "add_done_callback takes a function of the future",
             ));
         }
-        let (client, futures) = {
-            let me = slf.get();
-            (Arc::clone(&me.client), me.futures.clone())
+        let futures = slf.get().futures.clone();
+        let pending = PendingCallback {
+            futures,
+            future: slf,
+            callback,
         };
-        std::thread::Builder::new()
-            .name("partita-done-callback".into())
-            .spawn(move || {
-                // Blocks until every key is done; a closed client makes them lost (done).
-                while !futures.iter().all(Future::done) {
-                    let _ = client.wait(&futures, Some(Duration::from_secs(1)));
-                }
-                Python::attach(|py| {
-                    if let Err(e) = callback.call1(py, (slf,)) {
-                        e.write_unraisable(py, Some(callback.bind(py)));
-                    }
-                });
-            })
-            .map_err(|e| {
-                pyo3::exceptions::PyRuntimeError::new_err(format!(
-                    "cannot start a thread for the callback: {e}"
-                ))
-            })?;
-        Ok(())
+        callbacks()?
+            .send(pending)
+            .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("the callback thread is gone"))
     }
 
     fn __repr__(&self) -> String {

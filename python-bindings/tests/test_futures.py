@@ -298,7 +298,7 @@ def test_exception_cancelled_and_done_callbacks_as_in_dask(cluster_client, monke
     assert isinstance(error, pt.ComputeError) and "bad value 5" in str(error)
     assert not ok.cancelled() and not failing.cancelled()
     seen = queue.Queue()
-    # Already done: called at once (on another thread), with the future.
+    # Already done: called at once (on partita's callback thread), with the future.
     ok.add_done_callback(lambda f: seen.put((f.key, f.status, threading.current_thread() is threading.main_thread())))
     assert seen.get(timeout=10) == (ok.key, "finished", False)
     # Called when it finishes, not before.

@@ -157,7 +157,8 @@ impl SubmitOptions {
     /// Added to the graph order of each task (lower runs first): a priority step outranks
     /// any graph order, which is a `u32`.
     fn priority_offset(&self) -> i64 {
-        -(i64::from(self.priority) << 32)
+        // i32::MIN would make i64::MIN, whose negation overflows.
+        -(i64::from(self.priority.max(i32::MIN + 1)) << 32)
     }
 
     fn restrictions(&self) -> Option<Restrictions> {
@@ -1684,20 +1685,37 @@ impl Client {
     /// where each task ran, when (Unix microseconds; the scheduler's clock), its output's
     /// size, and whether it raised.
     pub fn task_stream(&self, since: u64) -> Result<(u64, Vec<TaskRecord>)> {
-        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
-        self.inner.request(
-            &[FromClient::TaskStream { request, since }],
-            Duration::from_secs(60),
-            "answer a task stream request",
-            |msg| match msg {
-                ToClient::TaskStream {
-                    request: r,
-                    next,
-                    records,
-                } if r == request => Some(Ok((next, records))),
-                _ => None,
-            },
-        )
+        let mut all: Vec<TaskRecord> = Vec::new();
+        let mut from = since;
+        loop {
+            let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+            let (next, records) = self.inner.request(
+                &[FromClient::TaskStream {
+                    request,
+                    since: from,
+                }],
+                Duration::from_secs(60),
+                "answer a task stream request",
+                |msg| match msg {
+                    ToClient::TaskStream {
+                        request: r,
+                        next,
+                        records,
+                    } if r == request => Some(Ok((next, records))),
+                    _ => None,
+                },
+            )?;
+            // An answer holds a bounded number of bytes: ask for the rest.
+            let more = records
+                .last()
+                .map(|r| r.seq + 1)
+                .filter(|after| *after < next);
+            all.extend(records);
+            match more {
+                Some(after) => from = after,
+                None => return Ok((next, all)),
+            }
+        }
     }
 
     /// The names of the datasets published now, sorted; Dask's `client.list_datasets()`.
@@ -1946,6 +1964,25 @@ mod tests {
             workers: on.iter().map(|&i| peer(i)).collect(),
             nbytes: 8,
         }
+    }
+
+    #[test]
+    fn user_priorities_move_whole_bands_of_graph_order_without_overflow() {
+        let offset = |priority| {
+            SubmitOptions {
+                priority,
+                ..SubmitOptions::default()
+            }
+            .priority_offset()
+        };
+        assert_eq!(offset(0), 0);
+        // Priority 1 goes before any graph order of priority 0, and after any of 2.
+        assert!(offset(1) + i64::from(u32::MAX) < offset(0));
+        assert!(offset(2) + i64::from(u32::MAX) < offset(1));
+        // The extremes stay in range with any graph order added.
+        assert!(offset(i32::MIN).checked_add(i64::from(u32::MAX)).is_some());
+        assert!(offset(i32::MAX) < offset(i32::MAX - 1));
+        assert_eq!(offset(i32::MIN), offset(i32::MIN + 1));
     }
 
     fn holders(routes: &Mutex<Routes>, key: &Key) -> Option<Vec<u32>> {

@@ -111,7 +111,7 @@ impl Drop for SpillDirGuard {
 static LOCAL_DIRECTORY: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// The private folder of the worker running in this process (its spill files live there;
-/// removed when it stops), or `None` outside a worker: where code running in tasks may
+/// removed when it stops, short of a SIGKILL), or `None` outside a worker: where code running in tasks may
 /// keep files of its own (Dask's `get_worker().local_directory`).
 pub fn local_directory() -> Option<PathBuf> {
     LOCAL_DIRECTORY

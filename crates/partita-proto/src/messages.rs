@@ -229,6 +229,15 @@ impl Resources {
         (need.0.iter()).all(|(name, amount)| self.0.get(name).is_some_and(|have| have >= amount))
     }
 
+    /// [`Resources::covers`], forgiving the rounding that taking and giving back
+    /// fractions leaves (1, less 0.3, 0.2 and 0.1, given back in that order, is
+    /// 0.9999999999999999).
+    pub fn nearly_covers(&self, need: &Resources) -> bool {
+        (need.0.iter()).all(|(name, amount)| {
+            (self.0.get(name)).is_some_and(|have| *have >= amount - 1e-9 * amount.max(1.0))
+        })
+    }
+
     /// Take `need` out (a task starts); [`Resources::covers`] must hold.
     pub fn take(&mut self, need: &Resources) {
         for (name, amount) in &need.0 {
@@ -265,6 +274,12 @@ fn check_resource(name: &str, amount: f64) -> Result<()> {
     if name.is_empty() {
         return Err(Error::Graph(format!(
             "a resource needs a name (amount {amount})"
+        )));
+    }
+    if name.contains(|c: char| c.is_whitespace() || c == ',' || c == '=') {
+        return Err(Error::Graph(format!(
+            "resource name {name:?} has a space, comma or '=' (it could not be written as \
+             --resources NAME=AMOUNT)"
         )));
     }
     if !amount.is_finite() || amount < 0.0 {
@@ -441,7 +456,8 @@ pub struct TaskRecord {
     /// The worker's address.
     pub worker: String,
     /// Microseconds since the Unix epoch: the end is when the scheduler heard of it, the
-    /// start that less the run time the worker measured.
+    /// start that less the run time the worker measured (the same as stop for a failed
+    /// run, whose time is not reported).
     pub start: u64,
     pub stop: u64,
     /// Its value's size; 0 for a failed run.
@@ -983,6 +999,19 @@ mod tests {
             let err = Resources::parse(bad).unwrap_err().to_string();
             assert!(err.contains("GPU") || err.contains("name"), "{bad}: {err}");
         }
+        let err = Resources::new([("my gpu", 1.0)]).unwrap_err().to_string();
+        assert!(err.contains("\"my gpu\"") && err.contains("space"), "{err}");
+        // Fractions taken and given back may round below the whole: nearly is enough.
+        let mut left = Resources::parse("MEMORY=1").unwrap();
+        let whole = left.clone();
+        let part = |p| Resources::new([("MEMORY", p)]).unwrap();
+        for p in [0.3, 0.2, 0.1] {
+            left.take(&part(p));
+        }
+        for p in [0.3, 0.2, 0.1] {
+            left.give(&part(p), &whole);
+        }
+        assert!(!left.covers(&whole) && left.nearly_covers(&whole), "{left}");
         // Restrictions: resources always apply, the list only while `listed_only`.
         let r = Restrictions {
             workers: vec!["10.0.0.1".into()],

@@ -12,6 +12,10 @@
 //!   the runs only (one per worker at most, plus nobody's) and splitting one walks half of
 //!   that run, not the whole queue: with W workers starting on N roots the claims walk
 //!   about N positions in all, where counting the queue at each claim walked W x N.
+//! - **User priority before runs.** A client's `priority=` moves its tasks a band of 2^32
+//!   positions ahead (graph orders are `u32`); a task in a better band than the head of
+//!   the asking worker's run is served first, whichever run it lies in, so urgent work
+//!   starts on every worker asking rather than only the one whose run it fell into.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Range;
@@ -25,6 +29,12 @@ pub(crate) type QueuePos = (i64, u64);
 
 /// Where the first run of the root queue starts: before every task.
 pub(crate) const QUEUE_START: QueuePos = (i64::MIN, 0);
+
+/// The user priority level of a task priority: the client subtracts `priority << 32`
+/// from a `u32` graph order.
+fn priority_band(priority: i64) -> i64 {
+    priority >> 32
+}
 
 /// One run: who takes from it (`None`: nobody yet) and how many queued tasks it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,8 +102,18 @@ impl RootQueue {
     }
 
     /// The first queued task of `worker`'s run, taking a new run if it has none or its
-    /// run is empty; `None` when the queue is empty.
+    /// run is empty, or the queue's first task if that has a better user priority;
+    /// `None` when the queue is empty.
     pub(crate) fn next_for(&mut self, worker: WorkerId) -> Option<(QueuePos, Key)> {
+        let own = self.next_in_run(worker)?;
+        let (first, key) = self.tasks.first_key_value()?;
+        Some(match priority_band(first.0) < priority_band(own.0.0) {
+            true => (*first, key.clone()),
+            false => own,
+        })
+    }
+
+    fn next_in_run(&mut self, worker: WorkerId) -> Option<(QueuePos, Key)> {
         if let Some(&start) = self.run_of.get(&worker) {
             if let Some((pos, key)) = self.run_tasks(start).next() {
                 return Some((*pos, key.clone()));
@@ -238,6 +258,29 @@ mod tests {
             q.check(|_| true).unwrap();
         }
         assert!(q.next_for(WorkerId(0)).is_none());
+    }
+
+    #[test]
+    fn a_better_user_priority_is_served_first_whatever_run_it_is_in() {
+        let mut q = queue(100);
+        assert_eq!(take(&mut q, 0), 0); // worker 0's run: all of it
+        assert_eq!(take(&mut q, 1), 50); // worker 1's: 51 on
+        // Urgent tasks (priority 1: a band ahead) land before everything, in worker 0's
+        // run; worker 1 asking next gets one all the same, then worker 0 the other.
+        let urgent = |i: u64| (-(1i64 << 32) + i as i64, 1000 + i);
+        q.insert(urgent(0), Key::new("u", [0]));
+        q.insert(urgent(1), Key::new("u", [1]));
+        assert_eq!(take(&mut q, 1), 1000);
+        assert_eq!(take(&mut q, 0), 1001);
+        // Then each goes back to its own run.
+        assert_eq!(take(&mut q, 1), 51);
+        assert_eq!(take(&mut q, 0), 1);
+        q.check(|_| true).unwrap();
+        // Within one band, positions still follow the runs: an earlier graph order in
+        // worker 0's run waits for worker 0.
+        q.insert((0, 0), Key::new("early", [0]));
+        assert_eq!(take(&mut q, 1), 52);
+        assert_eq!(take(&mut q, 0), 0);
     }
 
     #[test]

@@ -91,6 +91,11 @@ pub struct SchedulerConfig {
     pub clock_origin_unix_micros: u64,
 }
 
+/// The records in one answer to [`FromClient::TaskStream`] stay under this estimate
+/// (a worker address, the numbers and the names, with room to spare): far below
+/// [`crate::messages::MAX_CONTROL_MESSAGE_BYTES`].
+const TASK_STREAM_REPLY_BYTES: usize = 16 << 20;
+
 /// Most root tasks in flight per worker thread, however quick they are.
 pub const MAX_ROOT_SLOTS: usize = 256;
 
@@ -793,7 +798,14 @@ impl SchedulerState {
                     .front()
                     .map_or(self.task_stream_next, |r| r.seq);
                 let skip = usize::try_from(since.saturating_sub(first)).unwrap_or(usize::MAX);
+                // At most TASK_STREAM_REPLY_BYTES (estimated) per answer: the client asks
+                // again from the number after the last it got.
+                let mut bytes = 0;
                 let records = (self.task_stream.iter().skip(skip))
+                    .take_while(|r| {
+                        bytes += 128 + r.key.name().len() + 11 * r.key.index().len();
+                        bytes <= TASK_STREAM_REPLY_BYTES
+                    })
                     .map(|r| TaskRecord {
                         seq: r.seq,
                         key: r.key.clone(),

@@ -269,6 +269,9 @@ pub struct WorkerState {
     free_resources: Resources,
     /// Tasks executing or loading inputs: each holds a thread.
     running: u32,
+    /// Those of them holding resources: with none, the free resources are reset to the
+    /// whole offer (rounding never accumulates).
+    holding: u32,
     fetches: FxHashMap<Key, Fetch>,
     /// Fetches waiting to start, most urgent first ...
     fetch_queue: BTreeSet<(i64, u64, Key)>,
@@ -311,6 +314,7 @@ impl WorkerState {
             clock: 0,
             ready: BTreeSet::new(),
             running: 0,
+            holding: 0,
             fetches: FxHashMap::default(),
             fetch_queue: BTreeSet::new(),
             fetch_queue_by_peer: BTreeMap::new(),
@@ -576,7 +580,11 @@ impl WorkerState {
     fn release_slot(&mut self, resources: &Resources) {
         self.running -= 1;
         if !resources.is_empty() {
-            self.free_resources.give(resources, &self.config.resources);
+            self.holding -= 1;
+            match self.holding {
+                0 => self.free_resources = self.config.resources.clone(),
+                _ => self.free_resources.give(resources, &self.config.resources),
+            }
         }
     }
 
@@ -982,6 +990,7 @@ impl WorkerState {
             self.running += 1;
             let resources = &self.tasks[&key].resources;
             if !resources.is_empty() {
+                self.holding += 1;
                 self.free_resources.take(resources);
             }
             let mut loading = false;
@@ -1013,7 +1022,7 @@ impl WorkerState {
     /// nothing and the head of those asking for resources, if what it asks for is free.
     fn next_ready(&mut self) -> Option<Key> {
         let fits = (self.constrained.first())
-            .filter(|(_, _, k)| self.free_resources.covers(&self.tasks[k].resources));
+            .filter(|(_, _, k)| self.free_resources.nearly_covers(&self.tasks[k].resources));
         let take_constrained = match (fits, self.ready.first()) {
             (Some(c), Some(r)) => c < r,
             (fits, _) => fits.is_some(),

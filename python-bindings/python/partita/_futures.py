@@ -241,7 +241,7 @@ def _install_upload(name, data, load):
 
     global _UPLOADS
     if _UPLOADS is None:
-        # In the worker's own folder, removed with it (whatever way the process ends).
+        # In the worker's own folder, removed with it.
         local = _partita.worker_local_directory()
         if local is None:
             _UPLOADS = tempfile.mkdtemp(prefix=f"partita-uploads-{os.getpid()}-")
@@ -568,8 +568,9 @@ class Client(_partita.Client):
         a module you are editing then run on the cluster by reference. A `.py` file is
         imported at once with `load=True` (reloaded if it was imported before, so an
         edited file takes effect); an error importing it on a worker is raised here. The
-        files live in a folder per worker process, removed when it exits; a worker that
-        joins (or restarts) later does not have them: upload again."""
+        files live in the worker's own folder, removed when it stops (short of a
+        SIGKILL, as its spill files); a worker that joins (or restarts) later does not
+        have them: upload again."""
         name = os.path.basename(os.fspath(filename))
         if not name.endswith((".py", ".zip", ".egg", ".whl")):
             raise ValueError(f"upload_file takes a .py, .zip, .egg or .whl file, got {name!r}")
