@@ -28,7 +28,7 @@ use partita_core::{
 };
 use partita_proto::messages::{
     ClusterInfo, DatasetReply, FromClient, Peer, Resources, Restrictions, Role, TaskFailure,
-    TaskRecord, TaskSpec, ToClient, WorkerId,
+    TaskRecord, TaskSpec, ToClient, WorkerId, task_priority,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
@@ -155,10 +155,9 @@ impl SubmitOptions {
     }
 
     /// Added to the graph order of each task (lower runs first): a priority step outranks
-    /// any graph order, which is a `u32`.
+    /// any graph order, which is a `u32` ([`partita_proto::messages::task_priority`]).
     fn priority_offset(&self) -> i64 {
-        // i32::MIN would make i64::MIN, whose negation overflows.
-        -(i64::from(self.priority.max(i32::MIN + 1)) << 32)
+        task_priority(self.priority, 0)
     }
 
     fn restrictions(&self) -> Option<Restrictions> {
@@ -657,7 +656,6 @@ fn task_specs(
     inner: &Inner,
 ) -> Result<Specs> {
     let restrictions = options.restrictions();
-    let offset = options.priority_offset();
     let graph = &plan.graph;
     let mut tasks = Vec::with_capacity(graph.len());
     // Tasks standing for values persisted on this cluster: the key it has them under.
@@ -680,7 +678,7 @@ fn task_specs(
                 .map(|d| cluster_key(&on_cluster, graph.key(*d)))
                 .collect(),
             payload: ByteBuf::from(encode_op(key, op)?),
-            priority: i64::from(plan.priority[id.index()]) + offset,
+            priority: task_priority(options.priority, plan.priority[id.index()]),
             retries,
             restrictions: restrictions.clone(),
         });

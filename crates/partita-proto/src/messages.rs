@@ -121,13 +121,27 @@ pub struct TaskSpec {
     pub deps: Vec<Key>,
     /// The encoded op; opaque to the scheduler.
     pub payload: ByteBuf,
-    /// Lower runs first (the client's optimizer order).
+    /// Lower runs first: the client's optimizer order within a user priority band
+    /// ([`task_priority`]).
     pub priority: i64,
     /// How many times an erring task is run again before it counts as erred.
     pub retries: u32,
     /// Where it may run (Dask's `workers=`); `None`, and left out of the message: anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restrictions: Option<Restrictions>,
+}
+
+/// A task's [`TaskSpec::priority`]: its graph order (lower first) moved a whole band of
+/// 2^32 ahead per step of the user's priority (Dask's `priority=`, higher first), so
+/// every queue ordered by it serves a higher user priority first with no field of its
+/// own. `i32::MIN` counts as `i32::MIN + 1` (its band would overflow).
+pub fn task_priority(user_priority: i32, graph_order: u32) -> i64 {
+    -(i64::from(user_priority.max(i32::MIN + 1)) << 32) + i64::from(graph_order)
+}
+
+/// The user priority band of a [`TaskSpec::priority`] (lower: more urgent).
+pub fn priority_band(priority: i64) -> i64 {
+    priority >> 32
 }
 
 /// The workers a task may run on (Dask's `workers=` and `allow_other_workers=`).

@@ -22,19 +22,13 @@ use std::collections::btree_map::Range;
 
 use partita_core::Key;
 
-use crate::messages::WorkerId;
+use crate::messages::{WorkerId, priority_band};
 
 /// A position in the root queue: (priority, seq).
 pub(crate) type QueuePos = (i64, u64);
 
 /// Where the first run of the root queue starts: before every task.
 pub(crate) const QUEUE_START: QueuePos = (i64::MIN, 0);
-
-/// The user priority level of a task priority: the client subtracts `priority << 32`
-/// from a `u32` graph order.
-fn priority_band(priority: i64) -> i64 {
-    priority >> 32
-}
 
 /// One run: who takes from it (`None`: nobody yet) and how many queued tasks it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2567,15 +2567,26 @@ mod tests {
         }
     }
 
-    fn join(s: &mut SchedulerState, id: u32, nthreads: u32) {
-        let e = SchedulerEvent::WorkerJoined {
+    /// Worker `id` joining (no memory limit).
+    fn joined_event(
+        id: u32,
+        nthreads: u32,
+        address: &str,
+        nanny: Option<&str>,
+        resources: Resources,
+    ) -> SchedulerEvent {
+        SchedulerEvent::WorkerJoined {
             worker: WorkerId(id),
             nthreads,
             memory_limit: 0,
-            address: format!("w{id}"),
-            nanny: None,
-            resources: Resources::default(),
-        };
+            address: address.into(),
+            nanny: nanny.map(str::to_string),
+            resources,
+        }
+    }
+
+    fn join(s: &mut SchedulerState, id: u32, nthreads: u32) {
+        let e = joined_event(id, nthreads, &format!("w{id}"), None, Resources::default());
         s.handle(e, Time::ZERO);
     }
 
@@ -2999,14 +3010,7 @@ mod tests {
     fn a_worker_from_the_same_nanny_replaces_the_old_one_at_once() {
         let mut s = SchedulerState::new(SchedulerConfig::default());
         let joined = |s: &mut SchedulerState, id: u32, nanny: &str| {
-            let e = SchedulerEvent::WorkerJoined {
-                worker: WorkerId(id),
-                nthreads: 1,
-                memory_limit: 0,
-                address: format!("w{id}"),
-                nanny: Some(nanny.to_string()),
-                resources: Resources::default(),
-            };
+            let e = joined_event(id, 1, &format!("w{id}"), Some(nanny), Resources::default());
             s.handle(e, Time::ZERO)
         };
         joined(&mut s, 0, "n1");
@@ -3395,15 +3399,10 @@ mod tests {
         address: &str,
         resources: Resources,
     ) -> Vec<SchedulerAction> {
-        let e = SchedulerEvent::WorkerJoined {
-            worker: WorkerId(id),
-            nthreads,
-            memory_limit: 0,
-            address: address.into(),
-            nanny: None,
-            resources,
-        };
-        s.handle(e, Time::ZERO)
+        s.handle(
+            joined_event(id, nthreads, address, None, resources),
+            Time::ZERO,
+        )
     }
 
     fn only_on(mut spec: TaskSpec, workers: &[&str], loose: bool) -> TaskSpec {
@@ -3489,14 +3488,7 @@ mod tests {
         assert!(matches!(to_client(&acts).as_slice(),
             [ToClient::GraphRefused { error }] if error.contains("e-0") || error.contains("GPU")));
         // So is a worker's: it joins offering nothing.
-        let bad_offer = SchedulerEvent::WorkerJoined {
-            worker: WorkerId(3),
-            nthreads: 1,
-            memory_limit: 0,
-            address: "10.0.0.4:4000".into(),
-            nanny: None,
-            resources: nan_resources(),
-        };
+        let bad_offer = joined_event(3, 1, "10.0.0.4:4000", None, nan_resources());
         let acts = s.handle(bad_offer, Time::ZERO);
         assert!(computes(&acts).is_empty(), "{acts:?}");
         assert!(s.worker(WorkerId(3)).unwrap().resources.is_empty());
@@ -3619,14 +3611,7 @@ mod tests {
             [ToClient::Restarting { request: 4, workers: 0, refused: Some(why) }] if why.contains("w0")
         ));
         assert_eq!(s.task_status(&a), TaskStatus::Processing);
-        let nannied = SchedulerEvent::WorkerJoined {
-            worker: WorkerId(1),
-            nthreads: 1,
-            memory_limit: 0,
-            address: "w1".into(),
-            nanny: Some("n1".into()),
-            resources: Resources::default(),
-        };
+        let nannied = joined_event(1, 1, "w1", Some("n1"), Resources::default());
         s.handle(nannied, Time::ZERO);
         s.handle(
             SchedulerEvent::WorkerLost {
@@ -3673,14 +3658,7 @@ mod tests {
         // The old connection's events are ignored; the nanny's new worker takes new work.
         let late = finish(&mut s, 1, &a, 8);
         assert!(computes(&late).is_empty());
-        let fresh = SchedulerEvent::WorkerJoined {
-            worker: WorkerId(2),
-            nthreads: 1,
-            memory_limit: 0,
-            address: "w1b".into(),
-            nanny: Some("n1".into()),
-            resources: Resources::default(),
-        };
+        let fresh = joined_event(2, 1, "w1b", Some("n1"), Resources::default());
         s.handle(fresh, Time::ZERO);
         let acts = submit(&mut s, 1, vec![spec(&a, &[], 0)], &[&a]);
         assert_eq!(computes(&acts), vec![(2, a.clone())]);
