@@ -1415,6 +1415,10 @@ impl PyClient {
 impl PyClient {
     #[new]
     fn new(py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<PyClient> {
+        if let Ok(shared) = address.cast::<WorkerConnection>() {
+            let client = shared.get().0.clone();
+            return Ok(PyClient(std::sync::Mutex::new(Some(Arc::new(client)))));
+        }
         let path: std::path::PathBuf = match address.cast::<PyLocalCluster>() {
             Ok(cluster) => cluster.get().file()?,
             Err(_) => address.extract()?,
@@ -1789,6 +1793,11 @@ impl PyClient {
         self.wait_futures(py, futures, timeout)
     }
 
+    /// Not closed yet.
+    fn _is_open(&self) -> bool {
+        self.client().is_ok()
+    }
+
     /// Disconnect (also at the end of a `with` block).
     fn close(&self, py: Python<'_>) {
         let taken = self
@@ -1852,6 +1861,41 @@ impl PyLocalCluster {
 #[pyfunction]
 fn worker_local_directory() -> Option<String> {
     partita::distributed::local_directory().map(|p| p.display().to_string())
+}
+
+/// The connection tasks of this worker process share (`pt.get_client()` wraps it in a
+/// `Client`).
+#[pyclass(frozen, module = "partita._partita")]
+struct WorkerConnection(Client);
+
+/// The cluster connection of the worker running in this process, made at the first call
+/// (`None` outside a worker process): what `pt.get_client()` returns inside a task.
+#[pyfunction]
+fn worker_connection(py: Python<'_>) -> PyResult<Option<WorkerConnection>> {
+    if partita::distributed::local_directory().is_none() {
+        return Ok(None);
+    }
+    let client = py.detach(partita::distributed::get_client).py_err()?;
+    Ok(Some(WorkerConnection(client)))
+}
+
+/// Dask's `secede()`: the task running on this thread gives its worker thread back while
+/// it waits.
+#[pyfunction]
+fn secede(py: Python<'_>) -> PyResult<()> {
+    py.detach(partita::distributed::secede).py_err()
+}
+
+/// Dask's `rejoin()`: wait until the worker has a thread for this seceded task again.
+#[pyfunction]
+fn rejoin(py: Python<'_>) -> PyResult<()> {
+    py.detach(partita::distributed::rejoin).py_err()
+}
+
+/// The key of the task running on this thread on a worker, or `None`.
+#[pyfunction]
+fn current_task() -> Option<String> {
+    partita::distributed::current_task().map(|k| pycall::key_text(&k))
 }
 
 /// A task run as `Client._task_stream` gives it: key, worker, start, stop, nbytes, erred.
@@ -1982,6 +2026,11 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RustFrame>()?;
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(worker_local_directory, m)?)?;
+    m.add_function(wrap_pyfunction!(worker_connection, m)?)?;
+    m.add_function(wrap_pyfunction!(secede, m)?)?;
+    m.add_function(wrap_pyfunction!(rejoin, m)?)?;
+    m.add_function(wrap_pyfunction!(current_task, m)?)?;
+    m.add_class::<WorkerConnection>()?;
     m.add_function(wrap_pyfunction!(full, m)?)?;
     m.add_function(wrap_pyfunction!(arange, m)?)?;
     m.add_function(wrap_pyfunction!(linspace, m)?)?;

@@ -418,3 +418,76 @@ def test_the_task_stream_says_where_and_when_tasks_ran_as_in_dask(cluster_client
     assert runs[failing.key]["status"] == "error"
     # The whole stream remembers them too.
     assert {f.key for f in futures} <= {r["key"] for r in client.get_task_stream()}
+
+
+def fib_by_tasks(n):
+    """Fibonacci by tasks that submit tasks, waiting in a worker_client block."""
+    if n < 2:
+        return n
+    with pt.worker_client() as client:
+        a = client.submit(fib_by_tasks, n - 1)
+        b = client.submit(fib_by_tasks, n - 2)
+        return a.result() + b.result()
+
+
+def test_tasks_submit_tasks_through_get_client_and_secede_as_in_dask(cluster_client):
+    def fib(n):
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    # Two one-thread workers, and up to nine tasks waiting on their subtasks at once:
+    # without seceding, the first two would hold both threads forever.
+    assert cluster_client.submit(fib_by_tasks, 10).result(timeout=120) == fib(10)
+
+    # The lower-level calls: a task gets the worker's client, secedes, waits, rejoins.
+    def total_of_squares(n):
+        client = pt.get_client()
+        assert isinstance(client, pt.Client)
+        futures = client.map(lambda v: v * v, range(n))
+        pt.secede()
+        values = client.gather(futures)
+        pt.rejoin()
+        return sum(values), pt.current_task()
+
+    future = cluster_client.submit(total_of_squares, 20)
+    total, key = future.result(timeout=60)
+    assert total == sum(v * v for v in range(20)) and key == future.key
+    # A task can compute collections through its worker's client too.
+    x = np.arange(12.0).reshape(3, 4)
+
+    def sum_on_cluster(values):
+        with pt.worker_client() as client:
+            return pt.from_numpy(values, chunks=(2, 2)).sum(axis=0).compute(scheduler=client)
+
+    np.testing.assert_array_equal(cluster_client.submit(sum_on_cluster, x).result(timeout=60), x.sum(axis=0))
+
+    # Outside a task: get_client is the last open client; the others say where they work.
+    assert pt.get_client() is cluster_client
+    assert pt.current_task() is None
+    with pytest.raises(ValueError, match="worker_client"):
+        with pt.worker_client():
+            pass
+    with pytest.raises(pt.PartitaNotImplementedError, match="secede"):
+        pt.secede()
+    with pytest.raises(pt.PartitaNotImplementedError, match="rejoin"):
+        pt.rejoin()
+    # A task that raises after seceding reports its error; the cluster goes on.
+
+    def fails_while_seceded():
+        pt.secede()
+        raise RuntimeError("boom after secede")
+
+    with pytest.raises(pt.ComputeError, match="boom after secede"):
+        cluster_client.submit(fails_while_seceded).result(timeout=60)
+    assert cluster_client.submit(inc, 1).result(timeout=60) == 2
+
+
+def test_get_client_without_any_client_raises():
+    import partita._futures as futures
+
+    saved = list(futures._clients)
+    futures._clients.clear()
+    try:
+        with pytest.raises(ValueError, match="no client found"):
+            pt.get_client()
+    finally:
+        futures._clients[:] = saved

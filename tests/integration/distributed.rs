@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use partita::distributed::{
-    Client, ClusterFile, ClusterInfo, LocalCluster, LocalClusterOptions, Persisted, TaskCounts,
+    Client, ClusterFile, ClusterInfo, FutureStatus, LocalCluster, LocalClusterOptions, Persisted,
+    TaskCounts,
 };
 use partita::{
     ComputeOptions, Error, ExecutionContext, ExecutionPlan, FnOp, Graph, GraphBuilder, Key,
     LocalScheduler, Op, OptimizeOptions, Scheduler, Value, compute_with,
 };
 use partita_tests::{
-    Blob, Fail, FailTimes, Mix, Panic, ProcessId, SlowMix, Span, cluster, test_worker_binary,
+    Blob, CurrentTask, Fail, FailTimes, Mix, Panic, ProcessId, SlowMix, Span, TaskFib, cluster,
+    test_worker_binary,
 };
 
 fn start(n_workers: usize, memory_limit: u64) -> LocalCluster {
@@ -1397,4 +1399,48 @@ fn restart_without_nannies_is_refused_and_changes_nothing() {
         .to_string();
     assert!(err.contains("nanny") && err.contains("127.0.0.1"), "{err}");
     assert_eq!(i64s(&client.gather(&futures).unwrap()), [expected]);
+}
+
+/// Tasks that wait on tasks they submitted: two one-thread workers, and fib(12)'s chain
+/// holds up to eleven tasks waiting at once. Without `secede` the first two would hold
+/// both threads and wait forever for their subtasks; with it the cluster computes it.
+#[test]
+fn tasks_that_submit_tasks_and_secede_do_not_deadlock() {
+    let cluster = start(2, 0);
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(30)).unwrap();
+    let fib = |n: u32| -> i64 {
+        let (mut a, mut b) = (0i64, 1i64);
+        for _ in 0..n {
+            (a, b) = (b, a + b);
+        }
+        a
+    };
+    let future = (client.submit_task(TaskFib::key(12), Arc::new(TaskFib { n: 12 }), &[])).unwrap();
+    assert_eq!(
+        future.wait(Some(Duration::from_secs(60))).unwrap(),
+        FutureStatus::Finished
+    );
+    assert_eq!(*future.result().unwrap().get::<i64>().unwrap(), fib(12));
+    // Every task ran; the workers hold threads for nothing now.
+    let info = client.info().unwrap();
+    assert!(
+        info.workers
+            .iter()
+            .all(|w| w.metrics.executing == 0 || w.processing == 0)
+    );
+    // A task knows its key; outside a worker, the calls say where they work.
+    let key = Key::named("which-task");
+    let f = client
+        .submit_task(key.clone(), Arc::new(CurrentTask), &[])
+        .unwrap();
+    assert_eq!(
+        *f.result().unwrap().get::<String>().unwrap(),
+        key.to_string()
+    );
+    let err = partita::distributed::get_client().unwrap_err().to_string();
+    assert!(err.contains("get_client() works in a task"), "{err}");
+    assert!(partita::distributed::secede().is_err());
+    assert!(partita::distributed::rejoin().is_err());
+    assert_eq!(partita::distributed::current_task(), None);
 }

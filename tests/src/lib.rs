@@ -228,6 +228,63 @@ impl Op for FailTimes {
     }
 }
 
+/// Fibonacci number `n` computed by tasks that submit tasks: for `n` of 2 and more it
+/// submits `n - 1` and `n - 2` through its worker's client, gives its thread back
+/// (`secede`) while it waits for them, rejoins, and adds their results. Keys are
+/// `task-fib-<n>`, so the two branches share their subtrees.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskFib {
+    pub n: u32,
+}
+
+impl TaskFib {
+    pub fn key(n: u32) -> Key {
+        Key::named(format!("task-fib-{n}"))
+    }
+}
+
+#[typetag::serde(name = "test-task-fib")]
+impl Op for TaskFib {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        use partita::distributed::{get_client, rejoin, secede};
+        if self.n < 2 {
+            return Ok(Value::new(i64::from(self.n)));
+        }
+        let client = get_client()?;
+        let futures = [self.n - 1, self.n - 2]
+            .map(|n| client.submit_task(TaskFib::key(n), Arc::new(TaskFib { n }), &[]));
+        let [a, b] = futures;
+        let (a, b) = (a?, b?);
+        secede()?;
+        let values = client.gather(&[a, b]);
+        rejoin()?;
+        let values = values?;
+        Ok(Value::new(
+            values[0].get::<i64>()? + values[1].get::<i64>()?,
+        ))
+    }
+    fn name(&self) -> &str {
+        "task-fib"
+    }
+}
+
+/// The key of the task running this op, as the worker says (`current_task`), or "none".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CurrentTask;
+
+#[typetag::serde(name = "test-current-task")]
+impl Op for CurrentTask {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        let key = partita::distributed::current_task();
+        Ok(Value::new(
+            key.map_or("none".to_string(), |k| k.to_string()),
+        ))
+    }
+    fn name(&self) -> &str {
+        "current-task"
+    }
+}
+
 /// Always panics with `message`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Panic {

@@ -170,8 +170,9 @@ impl SubmitOptions {
     }
 }
 
-/// A connection to a partita cluster. Cheap to share: the connection lives while the
-/// client or any of its futures does.
+/// A connection to a partita cluster. Cheap to share (a clone is the same connection):
+/// the connection lives while the client, a clone or any of its futures does.
+#[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
     /// Applied to what this handle computes, persists and submits ([`Client::with_options`]).

@@ -38,6 +38,7 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod scheduler;
 pub mod spill_file;
+pub mod task_context;
 pub mod wire;
 pub mod worker;
 
@@ -49,6 +50,7 @@ pub use partita_proto::messages::{
     ClusterInfo, Resources, SchedulerStats, TaskCounts, TaskRecord, WorkerMetrics, WorkerStatus,
 };
 pub use scheduler::{SchedulerOptions, SchedulerServer};
+pub use task_context::{current_task, get_client, rejoin, secede};
 pub use worker::{
     WorkerExit, WorkerOptions, local_directory, rss_of, run_worker, run_worker_until,
 };

@@ -23,6 +23,7 @@ use partita_proto::{Time, moving_average};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster_file::{ClusterFile, ServerConfigs};
+use crate::task_context::{self, WorkerHandle};
 use crate::wire::{Outbox, Peers, framed, join, read_msg, spawn_writer, write_value};
 
 /// How to start a worker.
@@ -72,6 +73,8 @@ struct Shared {
     /// Time ops of each task group (`Key::group`) take on this worker: (moving average in
     /// micros, count).
     durations: Mutex<HashMap<String, (u64, u32)>>,
+    /// What tasks see of this worker ([`crate::task_context`]).
+    handle: WorkerHandle,
 }
 
 /// Ops of a kind (task group, `Key::group`) whose moving average is under this many
@@ -175,6 +178,13 @@ pub async fn run_worker_until(
     *LOCAL_DIRECTORY.lock().unwrap_or_else(|e| e.into_inner()) = Some(spill_dir.clone());
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let handle = WorkerHandle {
+        cluster: Arc::clone(&cluster),
+        events: events_tx.clone(),
+        rejoining: Arc::default(),
+        uses_cluster: Arc::default(),
+    };
+    let _registration = task_context::register_worker(handle.clone());
     let shared = Arc::new(Shared {
         store: Mutex::new(HashMap::new()),
         spill_dir,
@@ -185,6 +195,7 @@ pub async fn run_worker_until(
         events: events_tx.clone(),
         peers: Peers::new(endpoint.clone(), Arc::clone(&cluster), options.name.clone()),
         durations: Mutex::new(HashMap::new()),
+        handle,
     });
 
     // To the scheduler.
@@ -286,6 +297,8 @@ pub async fn run_worker_until(
     };
     conn.close(0u32.into(), b"worker stopping");
     endpoint.close(0u32.into(), b"worker stopping");
+    // Tasks waiting to rejoin learn that no thread is coming.
+    locked(&shared.handle.rejoining).clear();
     result
 }
 
@@ -312,7 +325,8 @@ fn perform(
                 inputs,
             } => {
                 if is_quick(shared, &key) {
-                    inline.push(run_task(shared, key, &payload, &inputs));
+                    let run = || run_task(shared, key.clone(), &payload, &inputs);
+                    inline.push(task_context::run_as(&key, &shared.handle, true, run));
                 } else {
                     execute(shared, key, payload.into_vec(), inputs);
                 }
@@ -370,6 +384,11 @@ fn perform(
             WorkerAction::DropValue { key } => {
                 locked(&shared.store).remove(&key);
             }
+            WorkerAction::Rejoined { key } => {
+                if let Some(wake) = locked(&shared.handle.rejoining).remove(&key) {
+                    let _ = wake.send(());
+                }
+            }
             WorkerAction::Log(level, line) => crate::wire::log(level, &line),
             WorkerAction::Stop { reason, restart } => *stop = Some((reason, restart)),
         }
@@ -377,10 +396,12 @@ fn perform(
 }
 
 /// Has this task's kind been quick enough here to run on the event loop's thread?
+/// Never one whose kind used the cluster from inside ([`task_context`]): those block.
 fn is_quick(shared: &Shared, key: &Key) -> bool {
     locked(&shared.durations)
         .get(key.group())
         .is_some_and(|&(avg, n)| n >= INLINE_MIN_RUNS && avg < INLINE_MAX_MICROS)
+        && !locked(&shared.handle.uses_cluster).contains(key.group())
 }
 
 /// What this process has used so far, for the debug task stream: a task that took longer
@@ -435,7 +456,8 @@ impl Usage {
 fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
     let shared = Arc::clone(shared);
     tokio::task::spawn_blocking(move || {
-        let event = run_task(&shared, key, &payload, &inputs);
+        let run = || run_task(&shared, key.clone(), &payload, &inputs);
+        let event = task_context::run_as(&key, &shared.handle, false, run);
         let _ = shared.events.send(event);
     });
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -382,6 +382,9 @@ pub enum FromWorker {
     /// The worker wants to stop (it was told to, e.g. by a signal): retire it gracefully,
     /// handing its values off, then send [`ToWorker::Close`].
     Retire,
+    /// The executing task `key` gave its thread back while it waits (Dask's `secede`,
+    /// its "long-running" task): no longer count it as this worker's load.
+    Seceded { key: Key },
 }
 
 /// Client to scheduler.

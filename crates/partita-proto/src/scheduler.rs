@@ -299,6 +299,16 @@ struct WorkerInfo {
     nanny: Option<String>,
     /// The abstract resources it offers.
     resources: Resources,
+    /// Its processing tasks that seceded ([`FromWorker::Seceded`]): running, but holding
+    /// no thread, so not counted as its load.
+    long_running: FxHashSet<Key>,
+}
+
+impl WorkerInfo {
+    /// Tasks counted against its threads: those processing there, less the seceded.
+    fn busy(&self) -> usize {
+        self.processing.len() - self.long_running.len()
+    }
 }
 
 /// A run of a task in the task stream ([`TaskRecord`] on the wire, where the worker is
@@ -585,6 +595,7 @@ impl SchedulerState {
                 memory_limit: limit,
                 address: addr,
                 processing: FxHashSet::default(),
+                long_running: FxHashSet::default(),
                 occupancy: 0,
                 has_what: FxHashSet::default(),
                 last_seen: now,
@@ -706,6 +717,10 @@ impl SchedulerState {
                 self.acquired(&key, worker);
             }
             FromWorker::Retire => self.retire(worker),
+            FromWorker::Seceded { key } => {
+                let key = self.canonical(key);
+                self.seceded(worker, key)
+            }
         }
     }
 
@@ -1674,6 +1689,13 @@ impl SchedulerState {
                 None => return Err(format!("forgotten {k} waits for a worker")),
             }
         }
+        for (id, w) in &self.workers {
+            if let Some(k) = w.long_running.iter().find(|k| !w.processing.contains(*k)) {
+                return Err(format!(
+                    "{k} is long-running on {id} but not processing there"
+                ));
+            }
+        }
         let retiring = self.workers.values().filter(|w| w.retiring).count();
         if retiring != self.retiring {
             return Err(format!(
@@ -2082,6 +2104,7 @@ impl SchedulerState {
         let w = t.processing_on.take()?;
         if let Some(info) = self.workers.get_mut(&w) {
             info.processing.remove(key);
+            info.long_running.remove(key);
             info.occupancy = info.occupancy.saturating_sub(t.occupancy);
         }
         t.occupancy = 0;
@@ -2110,7 +2133,7 @@ impl SchedulerState {
                         true => w.nthreads as usize,
                         false => self.slots(w, MAX_ROOT_SLOTS),
                     };
-                    if w.metrics.paused || w.processing.len() >= most {
+                    if w.metrics.paused || w.busy() >= most {
                         break;
                     }
                     // Found full before and nothing finished since: asking again after
@@ -2118,7 +2141,7 @@ impl SchedulerState {
                     // dozens of workers.
                     let full_at = w.full_of_roots_at;
                     if !idle_threads_only && full_at > 0 {
-                        if w.processing.len() >= full_at {
+                        if w.busy() >= full_at {
                             break;
                         }
                         // Something finished: the limit is looked at afresh.
@@ -2129,7 +2152,7 @@ impl SchedulerState {
                     };
                     let w = &self.workers[&id];
                     let limit = self.slots(w, self.quick_slots_per_thread(&key)).min(most);
-                    if w.processing.len() >= limit {
+                    if w.busy() >= limit {
                         if !idle_threads_only {
                             self.workers.get_mut(&id).expect("listed").full_of_roots_at = limit;
                         }
@@ -2154,8 +2177,7 @@ impl SchedulerState {
             .filter(|(id, w)| {
                 !w.metrics.paused
                     && !w.retiring
-                    && w.processing.len() + incoming.get(id).copied().unwrap_or(0)
-                        < w.nthreads as usize
+                    && w.busy() + incoming.get(id).copied().unwrap_or(0) < w.nthreads as usize
             })
             .map(|(id, _)| *id)
             .collect();
@@ -2163,7 +2185,7 @@ impl SchedulerState {
         for thief in thieves {
             loop {
                 let t_info = &self.workers[&thief];
-                let load = t_info.processing.len() + incoming.get(&thief).copied().unwrap_or(0);
+                let load = t_info.busy() + incoming.get(&thief).copied().unwrap_or(0);
                 if load >= t_info.nthreads as usize {
                     break;
                 }
@@ -2173,7 +2195,7 @@ impl SchedulerState {
                     .filter(|(id, w)| **id != thief && !w.retiring && !exhausted.contains(*id))
                     .filter_map(|(id, w)| {
                         let out = outgoing.get(id).copied().unwrap_or(0);
-                        let excess = w.processing.len().saturating_sub(out + w.nthreads as usize);
+                        let excess = w.busy().saturating_sub(out + w.nthreads as usize);
                         (excess > 0).then_some((std::cmp::Reverse(excess), *id))
                     })
                     .min()
@@ -2210,6 +2232,30 @@ impl SchedulerState {
                 self.out.push(SchedulerAction::SendToWorker(victim, msg));
             }
         }
+    }
+
+    /// A task processing on `worker` gave its thread back: it has started (so is never
+    /// stolen) and no longer counts as the worker's load or occupancy.
+    fn seceded(&mut self, worker: WorkerId, key: Key) {
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return;
+        };
+        if t.processing_on != Some(worker) {
+            return;
+        }
+        t.started = true;
+        let occupancy = std::mem::take(&mut t.occupancy);
+        self.steals.remove(&key);
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.occupancy = w.occupancy.saturating_sub(occupancy);
+        w.long_running.insert(key.clone());
+        w.full_of_roots_at = 0;
+        self.log(
+            LogLevel::Debug,
+            format!("{key} seceded on {worker}: not counted as its load"),
+        );
     }
 
     fn steal_response(&mut self, worker: WorkerId, key: Key, stolen: bool) {
@@ -3719,6 +3765,55 @@ mod tests {
         let acts = finish(&mut s, 0, &keys[0], 8);
         assert_eq!(steals(&acts), 0, "{acts:?}");
         assert!(computes(&acts).is_empty(), "{acts:?}");
+        s.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn seceded_tasks_free_their_slot_and_are_never_stolen() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        let roots: Vec<Key> = (0..6).map(|i| Key::new("r", [i])).collect();
+        let tasks = (roots.iter().enumerate())
+            .map(|(i, k)| spec(k, &[], i as i64))
+            .collect();
+        let acts = submit(&mut s, 0, tasks, &roots.iter().collect::<Vec<_>>());
+        // ceil(1 * 1.1) = 2 slots.
+        let sent = |acts: &[SchedulerAction]| -> Vec<Key> {
+            computes(acts).into_iter().map(|(_, k)| k).collect()
+        };
+        assert_eq!(sent(&acts), [roots[0].clone(), roots[1].clone()]);
+        let seceded = |s: &mut SchedulerState, w: u32, key: &Key| {
+            let msg = FromWorker::Seceded { key: key.clone() };
+            let worker = WorkerId(w);
+            s.handle(SchedulerEvent::FromWorker { worker, msg }, Time::ZERO)
+        };
+        // r0 waits on tasks it submitted, holding no thread: its slot goes to r2.
+        let acts = seceded(&mut s, 0, &roots[0]);
+        assert_eq!(sent(&acts), [roots[2].clone()]);
+        assert_eq!(s.worker(WorkerId(0)).unwrap().processing, 3);
+        s.check_consistency().unwrap();
+        // A stray report (another worker, an unknown key) changes nothing.
+        assert!(sent(&seceded(&mut s, 0, &Key::new("gone", [0]))).is_empty());
+        // An idle worker joining takes queued roots, and steals only unstarted tasks:
+        // never r0.
+        join(&mut s, 1, 1);
+        for _ in 0..3 {
+            let mut acts = Vec::new();
+            for k in &roots {
+                if s.processing_on(k) == Some(WorkerId(1)) {
+                    acts.extend(finish(&mut s, 1, k, 8));
+                }
+            }
+            for a in &acts {
+                if let SchedulerAction::SendToWorker(_, ToWorker::StealRequest { key }) = a {
+                    assert_ne!(key, &roots[0]);
+                }
+            }
+        }
+        assert_eq!(s.processing_on(&roots[0]), Some(WorkerId(0)));
+        // Finishing it ends its long run.
+        finish(&mut s, 0, &roots[0], 8);
+        assert_eq!(s.task_status(&roots[0]), TaskStatus::Memory);
         s.check_consistency().unwrap();
     }
 

@@ -651,6 +651,10 @@ impl Sim {
                     .memory
                     .remove(&key);
             }
+            // Simulated tasks never secede, so never rejoin.
+            WorkerAction::Rejoined { key } => {
+                self.violation(format!("{w} lets {key} rejoin, which never seceded"))
+            }
             WorkerAction::Log(level, text) => self
                 .report
                 .logs

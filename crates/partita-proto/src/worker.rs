@@ -19,7 +19,7 @@
 //!   tasks until it drops. A value stays readable in memory until the runtime confirms the
 //!   spill, so a task may start on an input that is being written out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use partita_core::Key;
@@ -140,6 +140,17 @@ pub enum WorkerEvent {
     Tick,
     /// The worker was asked to stop (a signal): ask the scheduler to retire it.
     Retire,
+    /// The executing task `key` stops holding a thread while it waits (on tasks it
+    /// submitted, say): the next ready task may start. Dask's `secede`.
+    Secede {
+        key: Key,
+    },
+    /// The seceded task `key` wants a thread again: answered with
+    /// [`WorkerAction::Rejoined`] once one is free (at once if the task is not seceded).
+    /// Dask's `rejoin`.
+    Rejoin {
+        key: Key,
+    },
 }
 
 /// What the runtime must do.
@@ -195,6 +206,10 @@ pub enum WorkerAction {
         restart: bool,
     },
     Log(LogLevel, String),
+    /// The task that asked to rejoin holds a thread again: let it go on.
+    Rejoined {
+        key: Key,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -219,6 +234,8 @@ struct WorkerTask {
     released: bool,
     /// What it holds while it runs (taken from `WorkerState::free_resources`).
     resources: Resources,
+    /// Executing without holding a thread ([`WorkerEvent::Secede`]).
+    seceded: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -270,8 +287,12 @@ pub struct WorkerState {
     /// Tasks executing or loading inputs: each holds a thread.
     running: u32,
     /// Those of them holding resources: with none, the free resources are reset to the
-    /// whole offer (rounding never accumulates).
+    /// whole offer (rounding never accumulates). Seceded tasks count here, not in
+    /// `running`.
     holding: u32,
+    /// Seceded tasks waiting for a thread again, first come first served, ahead of any
+    /// ready task.
+    rejoining: VecDeque<Key>,
     fetches: FxHashMap<Key, Fetch>,
     /// Fetches waiting to start, most urgent first ...
     fetch_queue: BTreeSet<(i64, u64, Key)>,
@@ -315,6 +336,7 @@ impl WorkerState {
             ready: BTreeSet::new(),
             running: 0,
             holding: 0,
+            rejoining: VecDeque::new(),
             fetches: FxHashMap::default(),
             fetch_queue: BTreeSet::new(),
             fetch_queue_by_peer: BTreeMap::new(),
@@ -404,6 +426,8 @@ impl WorkerState {
                     self.send(FromWorker::Retire);
                 }
             }
+            WorkerEvent::Secede { key } => self.secede(key),
+            WorkerEvent::Rejoin { key } => self.rejoin(key),
         }
         self.check_memory(false);
         self.start_fetches();
@@ -558,6 +582,7 @@ impl WorkerState {
                 phase,
                 started: Time::ZERO,
                 released: false,
+                seceded: false,
                 resources,
             },
         );
@@ -576,9 +601,38 @@ impl WorkerState {
         queue.insert((t.priority, t.seq, key));
     }
 
-    /// A task stopped holding a thread (and its resources).
-    fn release_slot(&mut self, resources: &Resources) {
+    /// An executing task gives its thread back while it waits: the scheduler stops
+    /// counting it as load too.
+    fn secede(&mut self, key: Key) {
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return;
+        };
+        if t.phase != Phase::Executing || t.seceded {
+            return;
+        }
+        t.seceded = true;
         self.running -= 1;
+        self.send(FromWorker::Seceded { key });
+    }
+
+    /// A seceded task wants a thread back: now if one is free and nobody asked before it,
+    /// else when one frees ([`WorkerState::start_tasks`]).
+    fn rejoin(&mut self, key: Key) {
+        if self.tasks.get(&key).is_none_or(|t| !t.seceded) {
+            // Not seceded (or gone): nothing to wait for.
+            self.out.push(WorkerAction::Rejoined { key });
+            return;
+        }
+        if !self.rejoining.contains(&key) {
+            self.rejoining.push_back(key);
+        }
+    }
+
+    /// A task stopped holding a thread (unless seceded) and its resources.
+    fn release_slot(&mut self, resources: &Resources, seceded: bool) {
+        if !seceded {
+            self.running -= 1;
+        }
         if !resources.is_empty() {
             self.holding -= 1;
             match self.holding {
@@ -601,7 +655,7 @@ impl WorkerState {
             self.constrained.remove(&entry);
         }
         if t.phase == Phase::LoadingInputs {
-            self.release_slot(&t.resources);
+            self.release_slot(&t.resources, false);
             for d in &t.deps {
                 if let Some(s) = self.data.get_mut(d) {
                     s.pinned = s.pinned.saturating_sub(1);
@@ -697,7 +751,11 @@ impl WorkerState {
             return;
         }
         let t = self.tasks.remove(&key).expect("checked");
-        self.release_slot(&t.resources);
+        self.release_slot(&t.resources, t.seceded);
+        if t.seceded {
+            // Finished while waiting to rejoin (the runtime let it go, say, as it stopped).
+            self.rejoining.retain(|k| *k != key);
+        }
         match result {
             Ok(_) if t.released => self.out.push(WorkerAction::DropValue { key }),
             Ok(nbytes) => {
@@ -971,6 +1029,20 @@ impl WorkerState {
     }
 
     fn start_tasks(&mut self, now: Time) {
+        // Seceded tasks coming back come first: they were running already (and may
+        // hold memory that finishing them frees), so a pause does not hold them back.
+        while self.running < self.config.nthreads {
+            let Some(key) = self.rejoining.pop_front() else {
+                break;
+            };
+            if let Some(t) = self.tasks.get_mut(&key)
+                && t.seceded
+            {
+                t.seceded = false;
+                self.running += 1;
+            }
+            self.out.push(WorkerAction::Rejoined { key });
+        }
         while self.may_start() && self.running < self.config.nthreads {
             let Some(key) = self.next_ready() else {
                 return;
@@ -1343,6 +1415,65 @@ mod tests {
         assert!(executes(&w.handle(asking(k(6), 0, 3.0), Time::ZERO)).is_empty());
         assert!(executes(&w.handle(asking(k(7), 1, 1.0), Time::ZERO)).is_empty());
         assert_eq!(w.metrics().executing, 1); // k4
+    }
+
+    #[test]
+    fn a_seceded_task_gives_its_thread_back_until_it_rejoins() {
+        let mut w = worker(1, 0);
+        let rejoined = |acts: &[WorkerAction]| -> Vec<Key> {
+            (acts.iter())
+                .filter_map(|a| match a {
+                    WorkerAction::Rejoined { key } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let done = |key: Key| WorkerEvent::ExecuteDone { key, nbytes: 8 };
+        assert_eq!(
+            executes(&w.handle(compute(k(0), 0, vec![]), Time::ZERO)),
+            [k(0)]
+        );
+        assert!(executes(&w.handle(compute(k(1), 1, vec![]), Time::ZERO)).is_empty());
+        assert!(executes(&w.handle(compute(k(2), 2, vec![]), Time::ZERO)).is_empty());
+        // k0 secedes: the scheduler hears of it and k1 takes the thread.
+        let acts = w.handle(WorkerEvent::Secede { key: k(0) }, Time::ZERO);
+        assert_eq!(executes(&acts), [k(1)]);
+        assert!(acts.iter().any(|a| matches!(a,
+            WorkerAction::SendToScheduler(FromWorker::Seceded { key }) if *key == k(0))));
+        assert_eq!(w.metrics().executing, 1);
+        // Seceding twice changes nothing.
+        assert!(
+            w.handle(WorkerEvent::Secede { key: k(0) }, Time::ZERO)
+                .is_empty()
+        );
+        // k0 wants its thread back while k1 holds it: it waits, and gets it before k2.
+        assert!(rejoined(&w.handle(WorkerEvent::Rejoin { key: k(0) }, Time::ZERO)).is_empty());
+        let acts = w.handle(done(k(1)), Time::ZERO);
+        assert_eq!((rejoined(&acts), executes(&acts)), (vec![k(0)], vec![]));
+        assert_eq!(w.metrics().executing, 1);
+        // Finishing gives the thread back once: k2 runs, and only it.
+        assert_eq!(executes(&w.handle(done(k(0)), Time::ZERO)), [k(2)]);
+        assert_eq!(w.metrics().executing, 1);
+        // A seceded task that finishes gives back no thread it does not hold.
+        w.handle(WorkerEvent::Secede { key: k(2) }, Time::ZERO);
+        assert_eq!(w.metrics().executing, 0);
+        assert_eq!(
+            executes(&w.handle(compute(k(3), 3, vec![]), Time::ZERO)),
+            [k(3)]
+        );
+        w.handle(done(k(2)), Time::ZERO);
+        assert_eq!(w.metrics().executing, 1);
+        w.handle(done(k(3)), Time::ZERO);
+        assert_eq!(w.metrics().executing, 0);
+        // Rejoining what never seceded (or is gone) is answered at once.
+        assert_eq!(
+            rejoined(&w.handle(WorkerEvent::Rejoin { key: k(9) }, Time::ZERO)),
+            [k(9)]
+        );
+        assert!(
+            w.handle(WorkerEvent::Secede { key: k(9) }, Time::ZERO)
+                .is_empty()
+        );
     }
 
     #[test]

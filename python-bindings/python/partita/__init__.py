@@ -106,10 +106,15 @@ from ._futures import (
     Delayed,
     Future,
     as_completed,
+    current_task,
     delayed,
     fire_and_forget,
+    get_client,
     get_task_stream,
+    rejoin,
+    secede,
     wait,
+    worker_client,
 )
 from .diagnostics import GraphPicture, ProgressBar
 from .frame import DataFrame, GroupBy, concat, from_polars, read_csv, read_ipc, read_parquet

@@ -433,7 +433,10 @@ class Client(_partita.Client):
 
     Pass it as `scheduler=` to any compute, or use its futures: `compute`, `submit`, `map`,
     `scatter`, `gather`, `cancel`, `wait` (and `pt.as_completed`); `persist` keeps arrays and
-    frames in the workers' memory."""
+    frames in the workers' memory. Inside a task on a worker, `pt.get_client()` gives one."""
+
+    def __init__(self, address):
+        _remember(self)
 
     def persist(self, collections, workers=None, allow_other_workers=False, resources=None, priority=0):
         """Compute an array or frame (or a list of them) now and keep the results in the
@@ -710,6 +713,83 @@ def fire_and_forget(obj):
             fire_and_forget(v)
     else:
         raise TypeError(f"fire_and_forget takes futures (or lists and dicts of them), got {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks that submit tasks
+
+# Clients made in this process, oldest first (weakly held): the last still open is what
+# `get_client()` gives outside a worker, as dask's default client.
+_clients = []
+
+
+def _remember(client):
+    import weakref
+
+    _clients[:] = [r for r in _clients if r() is not None]
+    _clients.append(weakref.ref(client))
+
+
+def get_client():
+    """The client to use here, as dask's `get_client`: inside a task running on a worker,
+    a client of that worker's cluster (one connection per worker process, made at the
+    first call), to submit more tasks, gather futures or publish datasets from the task;
+    elsewhere the last `Client` made in this process that is still open. A task that then
+    waits on what it submitted should `secede()` first (or use `with worker_client()`), or
+    tasks waiting for their subtasks could hold every worker thread. ValueError when
+    there is no client."""
+    shared = _partita.worker_connection()
+    if shared is not None:
+        return Client(shared)
+    for ref in reversed(_clients):
+        client = ref()
+        if client is not None and client._is_open():
+            return client
+    raise ValueError("no client found: make one with pt.Client(cluster_file_or_local_cluster)")
+
+
+def secede():
+    """Give this task's worker thread back while it waits (on futures of tasks it
+    submitted, say), as dask's `secede`: the worker starts its next ready task, and the
+    scheduler no longer counts this one as the worker's load. Resources the task holds
+    stay held. Only in a task running on a worker."""
+    _partita.secede()
+
+
+def rejoin():
+    """After `secede()`: block until the worker has a thread for this task again (ahead of
+    tasks queued there), as dask's `rejoin`."""
+    _partita.rejoin()
+
+
+class worker_client:
+    """`with pt.worker_client() as client:` inside a task on a worker, as dask's: the
+    worker's client, with the task seceded for the block (its thread serves other tasks
+    while this one waits on futures) and rejoined after it. `separate_thread=False`
+    keeps the thread (for a block that only submits, never waits)."""
+
+    def __init__(self, timeout=None, separate_thread=True):
+        self._separate = separate_thread
+        self._client = None
+
+    def __enter__(self):
+        if _partita.current_task() is None:
+            raise ValueError("worker_client() works in a task running on a worker; elsewhere use pt.Client(...)")
+        self._client = get_client()
+        if self._separate:
+            secede()
+        return self._client
+
+    def __exit__(self, *exc):
+        if self._separate:
+            rejoin()
+        return False
+
+
+def current_task():
+    """The key of the task running on this thread, when it runs on a worker (dask's
+    `get_worker().get_current_task()`), else None."""
+    return _partita.current_task()
 
 
 def wait(futures, timeout=None):
