@@ -116,6 +116,111 @@ fn part_to_py(
     })
 }
 
+/// A pickle and the parts it refers to (futures, `RustArray`s and `RustFrame`s, in
+/// reference order) as one opaque dataset: what a published dataset, a variable's value or
+/// a queue item is on the wire. `what` names it in errors.
+pub(crate) fn parts_dataset(
+    what: &str,
+    pickle: Vec<u8>,
+    parts: Vec<Bound<'_, PyAny>>,
+) -> PyResult<Dataset> {
+    let mut all = Vec::new();
+    let mut described = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (kind, dataset) = if let Ok(f) = part.cast::<PyFuture>() {
+            (Kind::Future, future_dataset(f.get())?)
+        } else if let Ok(a) = part.cast::<RustArray>() {
+            (Kind::Array, Dataset::Array(a.get().0.clone()))
+        } else if let Ok(df) = part.cast::<RustFrame>() {
+            (Kind::Frame, Dataset::Frame(df.get().0.clone()))
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "cannot keep a {} in {what}; futures, persisted arrays and persisted \
+                 frames are kept",
+                part.get_type().name()?
+            )));
+        };
+        let (futures, form) = encode(&dataset)?;
+        described.push(Part {
+            kind,
+            form,
+            futures: futures.len(),
+        });
+        all.extend(futures);
+    }
+    let envelope = Envelope {
+        pickle,
+        parts: described,
+    };
+    let bytes = rmp_serde::to_vec_named(&envelope)
+        .map_err(|e| Error::Codec(format!("encoding {what}: {e}")))
+        .py_err()?;
+    Ok(Dataset::Opaque {
+        bytes,
+        futures: all,
+    })
+}
+
+/// The pickle (`None` if the dataset came from Rust) and parts of a dataset, as Python
+/// objects holding `client`'s futures.
+pub(crate) fn dataset_parts(
+    py: Python<'_>,
+    client: &Arc<partita::distributed::Client>,
+    what: &str,
+    dataset: Dataset,
+) -> PyResult<Parts> {
+    let (bytes, futures) = match dataset {
+        Dataset::Opaque { bytes, futures } => (bytes, futures),
+        Dataset::Futures(futures) => {
+            let list: Vec<Py<PyAny>> = (futures.into_iter())
+                .map(|f| {
+                    let future = PyFuture {
+                        what: What::Object,
+                        futures: vec![f],
+                        client: Arc::clone(client),
+                    };
+                    Ok(future.into_pyobject(py)?.into_any().unbind())
+                })
+                .collect::<PyResult<_>>()?;
+            let list = pyo3::types::PyList::new(py, list)?.into_any().unbind();
+            return Ok((None, vec![list]));
+        }
+        Dataset::Array(a) => {
+            return Ok((
+                None,
+                vec![RustArray(a).into_pyobject(py)?.into_any().unbind()],
+            ));
+        }
+        Dataset::Frame(df) => {
+            return Ok((
+                None,
+                vec![RustFrame(df).into_pyobject(py)?.into_any().unbind()],
+            ));
+        }
+    };
+    let envelope: Envelope = rmp_serde::from_slice(&bytes)
+        .map_err(|e| {
+            Error::Codec(format!(
+                "{what} was not made from Python (or by another version): {e}"
+            ))
+        })
+        .py_err()?;
+    let mut futures = futures.into_iter();
+    let mut parts = Vec::with_capacity(envelope.parts.len());
+    for part in envelope.parts {
+        let mine: Vec<Future> = futures.by_ref().take(part.futures).collect();
+        if mine.len() != part.futures {
+            return Err(Error::Codec(format!(
+                "{what} lists fewer futures than its parts need"
+            )))
+            .py_err();
+        }
+        let dataset = Dataset::decode(what, &part.form, mine.clone()).py_err()?;
+        parts.push(part_to_py(py, client, part.kind, dataset, mine)?);
+    }
+    Ok((Some(PyBytes::new(py, &envelope.pickle).unbind()), parts))
+}
+
 impl PyClient {
     /// Publish `pickle` and the `parts` it refers to (futures, `RustArray`s and
     /// `RustFrame`s, in reference order) under `name`.
@@ -128,41 +233,7 @@ impl PyClient {
         replace: bool,
     ) -> PyResult<()> {
         let client = self.client()?;
-        let mut all = Vec::new();
-        let mut described = Vec::with_capacity(parts.len());
-        for part in &parts {
-            let (kind, dataset) = if let Ok(f) = part.cast::<PyFuture>() {
-                (Kind::Future, future_dataset(f.get())?)
-            } else if let Ok(a) = part.cast::<RustArray>() {
-                (Kind::Array, Dataset::Array(a.get().0.clone()))
-            } else if let Ok(df) = part.cast::<RustFrame>() {
-                (Kind::Frame, Dataset::Frame(df.get().0.clone()))
-            } else {
-                return Err(PyTypeError::new_err(format!(
-                    "cannot publish a {} as a part of a dataset; futures, persisted arrays \
-                     and persisted frames are",
-                    part.get_type().name()?
-                )));
-            };
-            let (futures, form) = encode(&dataset)?;
-            described.push(Part {
-                kind,
-                form,
-                futures: futures.len(),
-            });
-            all.extend(futures);
-        }
-        let envelope = Envelope {
-            pickle,
-            parts: described,
-        };
-        let bytes = rmp_serde::to_vec_named(&envelope)
-            .map_err(|e| Error::Codec(format!("encoding dataset {name:?}: {e}")))
-            .py_err()?;
-        let dataset = Dataset::Opaque {
-            bytes,
-            futures: all,
-        };
+        let dataset = parts_dataset(&format!("dataset {name:?}"), pickle, parts)?;
         py.detach(|| client.publish_dataset(name, &dataset, replace))
             .py_err()
     }
@@ -177,55 +248,6 @@ impl PyClient {
                 "no dataset named {name:?} is published"
             )));
         };
-        let (bytes, futures) = match dataset {
-            Dataset::Opaque { bytes, futures } => (bytes, futures),
-            Dataset::Futures(futures) => {
-                let list: Vec<Py<PyAny>> = (futures.into_iter())
-                    .map(|f| {
-                        let future = PyFuture {
-                            what: What::Object,
-                            futures: vec![f],
-                            client: Arc::clone(&client),
-                        };
-                        Ok(future.into_pyobject(py)?.into_any().unbind())
-                    })
-                    .collect::<PyResult<_>>()?;
-                let list = pyo3::types::PyList::new(py, list)?.into_any().unbind();
-                return Ok((None, vec![list]));
-            }
-            Dataset::Array(a) => {
-                return Ok((
-                    None,
-                    vec![RustArray(a).into_pyobject(py)?.into_any().unbind()],
-                ));
-            }
-            Dataset::Frame(df) => {
-                return Ok((
-                    None,
-                    vec![RustFrame(df).into_pyobject(py)?.into_any().unbind()],
-                ));
-            }
-        };
-        let envelope: Envelope = rmp_serde::from_slice(&bytes)
-            .map_err(|e| {
-                Error::Codec(format!(
-                    "dataset {name:?} was not published from Python (or by another version): {e}"
-                ))
-            })
-            .py_err()?;
-        let mut futures = futures.into_iter();
-        let mut parts = Vec::with_capacity(envelope.parts.len());
-        for part in envelope.parts {
-            let mine: Vec<Future> = futures.by_ref().take(part.futures).collect();
-            if mine.len() != part.futures {
-                return Err(Error::Codec(format!(
-                    "dataset {name:?} lists fewer futures than its parts need"
-                )))
-                .py_err();
-            }
-            let dataset = Dataset::decode(name, &part.form, mine.clone()).py_err()?;
-            parts.push(part_to_py(py, &client, part.kind, dataset, mine)?);
-        }
-        Ok((Some(PyBytes::new(py, &envelope.pickle).unbind()), parts))
+        dataset_parts(py, &client, &format!("dataset {name:?}"), dataset)
     }
 }

@@ -1679,6 +1679,118 @@ impl PyClient {
         self.get_parts(py, name)
     }
 
+    /// An event operation (`pt.Event` wraps it): "set", "clear", "is_set", or "wait"
+    /// (`timeout` seconds, None for ever) answering whether it is set.
+    #[pyo3(signature = (name, op, timeout = None))]
+    fn _event(&self, py: Python<'_>, name: &str, op: &str, timeout: Option<f64>) -> PyResult<bool> {
+        use partita::distributed::Event;
+        let event = Event::new(&*self.client()?, name);
+        match op {
+            "set" => py.detach(|| event.set()).py_err().map(|()| true),
+            "clear" => py.detach(|| event.clear()).py_err().map(|()| false),
+            "is_set" => py.detach(|| event.is_set()).py_err(),
+            "wait" => {
+                let timeout = seconds(timeout)?;
+                interruptible(py, |stop| event.wait_or_interrupt(timeout, stop))
+            }
+            other => Err(PyValueError::new_err(format!(
+                "unknown event operation {other:?}"
+            ))),
+        }
+    }
+
+    /// Take a lease of the semaphore `name` (`pt.Semaphore`, `pt.Lock`): whether one is
+    /// held before `timeout` seconds (None: for ever) pass.
+    #[pyo3(signature = (name, max_leases, timeout = None))]
+    fn _acquire(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        max_leases: u32,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let sem = partita::distributed::Semaphore::new(&*self.client()?, name, max_leases);
+        let timeout = seconds(timeout)?;
+        interruptible(py, |stop| sem.acquire_or_interrupt(timeout, stop))
+    }
+
+    /// Give back a lease of the semaphore `name` this client holds.
+    fn _release(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let sem = partita::distributed::Semaphore::new(&*self.client()?, name, 1);
+        py.detach(|| sem.release()).map_err(|e| match e {
+            partita::Error::Graph(m) => pyo3::exceptions::PyRuntimeError::new_err(m),
+            other => to_py(other),
+        })
+    }
+
+    /// Leases of the semaphore `name` held now.
+    fn _leases(&self, py: Python<'_>, name: &str) -> PyResult<u32> {
+        let sem = partita::distributed::Semaphore::new(&*self.client()?, name, 1);
+        py.detach(|| sem.leases()).py_err()
+    }
+
+    /// Put a pickle and its parts in the variable (`queue=False`) or queue `name`.
+    fn _put_item(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        queue: bool,
+        pickle: Vec<u8>,
+        parts: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        use partita::distributed::{Queue, Variable};
+        let client = self.client()?;
+        let what = item_name(name, queue);
+        let value = datasets::parts_dataset(&what, pickle, parts)?;
+        match queue {
+            true => py.detach(|| Queue::new(&client, name).put(&value)).py_err(),
+            false => py
+                .detach(|| Variable::new(&client, name).set(&value))
+                .py_err(),
+        }
+    }
+
+    /// The variable's value or the queue's next item as `(pickle, parts)`, waiting at
+    /// most `timeout` seconds (None: for ever); None if it passed.
+    #[pyo3(signature = (name, queue, timeout = None))]
+    fn _get_item(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        queue: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<datasets::Parts>> {
+        use partita::distributed::{Queue, Variable};
+        let client = self.client()?;
+        let timeout = seconds(timeout)?;
+        let value = match queue {
+            true => {
+                let q = Queue::new(&client, name);
+                interruptible(py, |stop| q.get_or_interrupt(timeout, stop))?
+            }
+            false => {
+                let v = Variable::new(&client, name);
+                interruptible(py, |stop| v.get_or_interrupt(timeout, stop))?
+            }
+        };
+        let what = item_name(name, queue);
+        value
+            .map(|d| datasets::dataset_parts(py, &client, &what, d))
+            .transpose()
+    }
+
+    /// Forget the variable `name`.
+    fn _delete_variable(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let var = partita::distributed::Variable::new(&*self.client()?, name);
+        py.detach(|| var.delete()).py_err()
+    }
+
+    /// Items in the queue `name`.
+    fn _queue_size(&self, py: Python<'_>, name: &str) -> PyResult<u64> {
+        let queue = partita::distributed::Queue::new(&*self.client()?, name);
+        py.detach(|| queue.len()).py_err()
+    }
+
     /// This client restricted to `workers` (addresses or hosts) for what it computes or
     /// persists as a `scheduler=` (`client.persist(x, workers=...)` in
     /// `partita._futures` uses it): the same connection.
@@ -1896,6 +2008,54 @@ fn rejoin(py: Python<'_>) -> PyResult<()> {
 #[pyfunction]
 fn current_task() -> Option<String> {
     partita::distributed::current_task().map(|k| pycall::key_text(&k))
+}
+
+/// A wait in seconds: None for ever; a negative or NaN one is a ValueError.
+fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    timeout
+        .map(|t| {
+            Duration::try_from_secs_f64(t).map_err(|_| {
+                PyValueError::new_err(format!("timeout must be a number of seconds >= 0, got {t}"))
+            })
+        })
+        .transpose()
+}
+
+/// How a variable or queue is named in errors.
+fn item_name(name: &str, queue: bool) -> String {
+    match queue {
+        true => format!("queue {name:?}"),
+        false => format!("variable {name:?}"),
+    }
+}
+
+/// Run a coordination wait without the GIL, checking for Ctrl-C every 50 ms: a pending
+/// KeyboardInterrupt stops it (whatever was granted meanwhile is undone) and is raised.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    wait: impl FnOnce(&dyn Fn() -> bool) -> partita::Result<T> + Send,
+) -> PyResult<T> {
+    let pending: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+    let stop = || {
+        Python::attach(|py| match py.check_signals() {
+            Ok(()) => false,
+            Err(e) => {
+                *pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                true
+            }
+        })
+    };
+    let result = py.detach(|| wait(&stop));
+    let interrupt = pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match (result, interrupt) {
+        (Err(partita::Error::Cancelled), Some(e)) => Err(e),
+        (result, _) => result.py_err(),
+    }
 }
 
 /// A task run as `Client._task_stream` gives it: key, worker, start, stop, nbytes, erred.

@@ -491,3 +491,95 @@ def test_get_client_without_any_client_raises():
             pt.get_client()
     finally:
         futures._clients[:] = saved
+
+
+def test_locks_events_variables_and_queues_coordinate_tasks_as_in_dask(cluster_client, tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+
+    def locked_increment(path, lock):
+        # Read, pause, write: without the lock, overlapping runs lose updates.
+        with lock:
+            n = int(open(path).read())
+            time.sleep(0.02)
+            open(path, "w").write(str(n + 1))
+        return n + 1
+
+    lock = pt.Lock("py-counter-lock")
+    futures = [cluster_client.submit(locked_increment, str(counter), lock, pure=False) for _ in range(6)]
+    assert sorted(cluster_client.gather(futures)) == [1, 2, 3, 4, 5, 6]
+    assert counter.read_text() == "6" and not lock.locked()
+    assert lock.acquire(timeout=1) and lock.locked()
+    assert not pt.Lock("py-counter-lock").acquire(blocking=False)
+    lock.release()
+    with pytest.raises(RuntimeError, match="more often"):
+        lock.release()
+
+    # Tasks put arrays into a queue and wait for the client's event, giving their
+    # thread back meanwhile (two threads, three tasks).
+    def produce(i, queue, event):
+        queue.put({"i": i, "data": np.arange(i + 1.0)})
+        pt.secede()
+        return event.wait(timeout=60)
+
+    queue, go = pt.Queue("py-queue"), pt.Event("py-go")
+    waiting = [cluster_client.submit(produce, i, queue, go) for i in range(3)]
+    items = sorted((queue.get(timeout=30) for _ in range(3)), key=lambda d: d["i"])
+    for i, item in enumerate(items):
+        np.testing.assert_array_equal(item["data"], np.arange(i + 1.0))
+    with pytest.raises(TimeoutError):
+        queue.get(timeout=0.1)
+    assert not any(f.done() for f in waiting) and not go.is_set()
+    go.set()
+    assert cluster_client.gather(waiting) == [True, True, True]
+    assert go.wait(timeout=0)
+    go.clear()
+    assert not go.wait(timeout=0.05)
+
+    # A variable carries a future and a frame to a task; the data stays while it does.
+    var = pt.Variable("py-var")
+    with pytest.raises(TimeoutError):
+        var.get(timeout=0.05)
+    x = np.random.default_rng(3).normal(size=(40, 30))
+    frame = pl.DataFrame({"k": [1, 2, 1], "v": [1.0, 2.0, 3.0]})
+    f = cluster_client.compute(pt.from_numpy(x, chunks=(10, 10)).sum(axis=0))
+    var.set({"sums": f, "frame": frame, "note": "hello"})
+    del f
+    got = var.get()
+    assert got["note"] == "hello" and got["frame"].equals(frame)
+    np.testing.assert_allclose(got["sums"].result(timeout=60), x.sum(axis=0))
+
+    def read_var(v):
+        value = v.get(timeout=30)
+        return value["sums"].result().sum(), value["note"]
+
+    total, note = cluster_client.submit(read_var, var).result(timeout=60)
+    assert note == "hello" and total == pytest.approx(x.sum())
+    var.delete()
+    with pytest.raises(TimeoutError):
+        var.get(timeout=0.05)
+
+    # A semaphore of two: leases counted; a third waits out its timeout.
+    sem = pt.Semaphore(max_leases=2, name="py-sem")
+    assert sem.acquire() and sem.acquire() and not sem.acquire(timeout=0.05)
+    assert sem.get_value() == 2
+    with pytest.raises(pt.GraphError, match="has 2 leases"):
+        pt.Semaphore(max_leases=3, name="py-sem").acquire()
+    sem.release()
+    sem.release()
+    assert sem.get_value() == 0
+    with pytest.raises(NotImplementedError):
+        pt.Queue(maxsize=3)
+
+
+def test_ctrl_c_stops_waiting_on_a_lock(cluster_client):
+    lock = pt.Lock("py-ctrl-c-lock")
+    assert lock.acquire()
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pt.Lock("py-ctrl-c-lock").acquire(timeout=30)
+    assert time.monotonic() - start < 10
+    # The interrupted wait holds nothing: one release frees the lock.
+    lock.release()
+    assert not lock.locked()

@@ -14,8 +14,8 @@ use partita::{
     LocalScheduler, Op, OptimizeOptions, Scheduler, Value, compute_with,
 };
 use partita_tests::{
-    Blob, CurrentTask, Fail, FailTimes, Mix, Panic, ProcessId, SlowMix, Span, TaskFib, cluster,
-    test_worker_binary,
+    Blob, CurrentTask, Fail, FailTimes, LockedIncrement, Mix, Panic, ProcessId, QueueAndWait,
+    SlowMix, Span, TaskFib, cluster, test_worker_binary,
 };
 
 fn start(n_workers: usize, memory_limit: u64) -> LocalCluster {
@@ -1443,4 +1443,124 @@ fn tasks_that_submit_tasks_and_secede_do_not_deadlock() {
     assert!(partita::distributed::secede().is_err());
     assert!(partita::distributed::rejoin().is_err());
     assert_eq!(partita::distributed::current_task(), None);
+}
+
+/// Dask's coordination primitives across processes: tasks on two workers increment a
+/// file under one cluster lock (none lost), put values in a queue and wait on an event
+/// the client sets; a variable carries futures from one client to another; a lock held
+/// by a client that goes away is free again.
+#[test]
+fn locks_queues_events_and_variables_coordinate_clients_and_tasks() {
+    use partita::distributed::{Dataset, Event, Lock, Queue, Semaphore, Variable};
+    let client = cluster().expect("the test cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("counter");
+    std::fs::write(&file, "0").unwrap();
+    // Eight increments, four threads: without the lock, overlapping reads lose updates.
+    let futures: Vec<_> = (0..8)
+        .map(|i| {
+            let op = LockedIncrement {
+                file: file.clone(),
+                lock: "counter-lock".into(),
+                ms: 20,
+            };
+            client.submit_task(Key::new("locked-inc", [i]), Arc::new(op), &[])
+        })
+        .collect::<partita::Result<_>>()
+        .unwrap();
+    let mut seen: Vec<i64> = (client.gather(&futures).unwrap().iter())
+        .map(|v| *v.get::<i64>().unwrap())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "8");
+    assert!(!Lock::new(client, "counter-lock").locked().unwrap());
+
+    // Tasks put into a queue, then wait for the client's go.
+    let go = Event::new(client, "go-event");
+    let queue = Queue::new(client, "results-queue");
+    let roots: Vec<_> = (0..3)
+        .map(|i| {
+            client
+                .scatter(vec![Value::new(10 + i as i64)])
+                .unwrap()
+                .remove(0)
+        })
+        .collect();
+    let waiting: Vec<_> = (roots.iter().enumerate())
+        .map(|(i, root)| {
+            let op = QueueAndWait {
+                queue: "results-queue".into(),
+                go: "go-event".into(),
+            };
+            let key = Key::new("queue-and-wait", [i as u32]);
+            client
+                .submit_task(key, Arc::new(op), std::slice::from_ref(root))
+                .unwrap()
+        })
+        .collect();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        match queue.get(Some(Duration::from_secs(30))).unwrap() {
+            Some(Dataset::Opaque { bytes, .. }) => {
+                got.push(i64::from_le_bytes(bytes.try_into().unwrap()))
+            }
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, [10, 11, 12]);
+    assert!(
+        queue
+            .get(Some(Duration::from_millis(100)))
+            .unwrap()
+            .is_none()
+    );
+    assert!(waiting.iter().all(|f| !f.done()));
+    go.set().unwrap();
+    assert_eq!(i64s(&client.gather(&waiting).unwrap()), [10, 11, 12]);
+    assert!(go.is_set().unwrap() && go.wait(Some(Duration::ZERO)).unwrap());
+    go.clear().unwrap();
+    assert!(!go.wait(Some(Duration::from_millis(50))).unwrap());
+
+    // A variable hands futures to another client; the data outlives the setter's
+    // futures while the variable holds it.
+    let var = Variable::new(client, "shared-var");
+    assert!(var.get(Some(Duration::from_millis(50))).unwrap().is_none());
+    let (graph, key, expected) = small_graph("variable-held");
+    let f = client.submit(graph, &[key]).unwrap();
+    var.set(&Dataset::Futures(f)).unwrap();
+    let other = partita_tests::another_client().unwrap();
+    let Some(Dataset::Futures(mine)) = Variable::new(&other, "shared-var").get(None).unwrap()
+    else {
+        panic!("expected futures");
+    };
+    assert_eq!(i64s(&other.gather(&mine).unwrap()), [expected]);
+    var.delete().unwrap();
+
+    // A lock held by a client that leaves is free again; a semaphore's leases count.
+    let held = partita_tests::another_client().unwrap();
+    assert!(Lock::new(&held, "left-lock").acquire(None).unwrap());
+    let lock = Lock::new(client, "left-lock");
+    assert!(!lock.acquire(Some(Duration::from_millis(100))).unwrap());
+    drop(held);
+    assert!(lock.acquire(Some(Duration::from_secs(30))).unwrap());
+    lock.release().unwrap();
+    assert!(
+        lock.release()
+            .unwrap_err()
+            .to_string()
+            .contains("more often")
+    );
+    let sem = Semaphore::new(client, "two-leases", 2);
+    assert!(sem.acquire(None).unwrap() && sem.acquire(None).unwrap());
+    assert!(!sem.acquire(Some(Duration::from_millis(50))).unwrap());
+    assert_eq!(sem.leases().unwrap(), 2);
+    let err = Semaphore::new(client, "two-leases", 3)
+        .acquire(None)
+        .unwrap_err();
+    assert!(err.to_string().contains("has 2 leases"), "{err}");
+    sem.release().unwrap();
+    sem.release().unwrap();
+    assert_eq!(sem.leases().unwrap(), 0);
 }

@@ -268,6 +268,76 @@ impl Op for TaskFib {
     }
 }
 
+/// Adds one to the number in `file` under the cluster's lock `lock`: reads it, sleeps
+/// `ms`, writes it back plus one. Runs that overlap without the lock lose updates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockedIncrement {
+    pub file: PathBuf,
+    pub lock: String,
+    pub ms: u64,
+}
+
+#[typetag::serde(name = "test-locked-increment")]
+impl Op for LockedIncrement {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        let client = partita::distributed::get_client()?;
+        let lock = partita::distributed::Lock::new(&client, &self.lock);
+        lock.acquire(None)?;
+        let io = |e: std::io::Error| Error::Type(format!("{}: {e}", self.file.display()));
+        let result = (|| {
+            let text = std::fs::read_to_string(&self.file).map_err(io)?;
+            let n: i64 = text
+                .trim()
+                .parse()
+                .map_err(|e| Error::Type(format!("{e}")))?;
+            std::thread::sleep(std::time::Duration::from_millis(self.ms));
+            std::fs::write(&self.file, format!("{}", n + 1)).map_err(io)?;
+            Ok(n + 1)
+        })();
+        lock.release()?;
+        result.map(Value::new)
+    }
+    fn name(&self) -> &str {
+        "locked-increment"
+    }
+}
+
+/// Puts its input (an i64) into the cluster queue `queue` as the future of its input
+/// task, waits for the event `go`, and returns the input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueAndWait {
+    pub queue: String,
+    pub go: String,
+}
+
+#[typetag::serde(name = "test-queue-and-wait")]
+impl Op for QueueAndWait {
+    fn execute(&self, inputs: &[Value]) -> Result<Value> {
+        use partita::distributed::{Dataset, Event, Queue, current_task};
+        let client = partita::distributed::get_client()?;
+        let n = *inputs[0].get::<i64>()?;
+        let bytes = n.to_le_bytes().to_vec();
+        let data = Dataset::Opaque {
+            bytes,
+            futures: Vec::new(),
+        };
+        Queue::new(&client, &self.queue).put(&data)?;
+        partita::distributed::secede()?;
+        let set = Event::new(&client, &self.go).wait(Some(std::time::Duration::from_secs(60)))?;
+        partita::distributed::rejoin()?;
+        if !set {
+            return Err(Error::Type(format!(
+                "{:?}: event never set",
+                current_task()
+            )));
+        }
+        Ok(Value::new(n))
+    }
+    fn name(&self) -> &str {
+        "queue-and-wait"
+    }
+}
+
 /// The key of the task running this op, as the worker says (`current_task`), or "none".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CurrentTask;

@@ -27,8 +27,8 @@ use partita_core::{
     Error, Execution, ExecutionContext, ExecutionPlan, Key, Op, Result, RunStats, Scheduler, Value,
 };
 use partita_proto::messages::{
-    ClusterInfo, DatasetReply, FromClient, Peer, Resources, Restrictions, Role, TaskFailure,
-    TaskRecord, TaskSpec, ToClient, WorkerId, task_priority,
+    ClusterInfo, CoordReply, Coordinate, DatasetReply, FromClient, Peer, Resources, Restrictions,
+    Role, TaskFailure, TaskRecord, TaskSpec, ToClient, WorkerId, task_priority,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
@@ -538,6 +538,19 @@ fn unexpected_reply(reply: &DatasetReply) -> Error {
 /// How many failed gathers one computation tolerates (each followed by a `WhoHas`).
 const MAX_GATHER_RETRIES: u32 = 50;
 
+/// How a coordination wait ended ([`Client::coordinate`]).
+pub(crate) enum Answer {
+    Reply(CoordReply),
+    /// Withdrawn; the answer sent before the withdrawal arrived, if one was.
+    Stopped(Stopped, Option<CoordReply>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    TimedOut,
+    Interrupted,
+}
+
 fn scheduler_gone() -> Error {
     Error::Transport("lost the connection to the scheduler".into())
 }
@@ -598,7 +611,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::Retiring { .. }
         | ToClient::Dataset { .. }
         | ToClient::Restarting { .. }
-        | ToClient::TaskStream { .. } => {}
+        | ToClient::TaskStream { .. }
+        | ToClient::Coordinated { .. } => {}
     }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
@@ -615,7 +629,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::Retiring { .. }
         | ToClient::Dataset { .. }
         | ToClient::Restarting { .. }
-        | ToClient::TaskStream { .. } => None,
+        | ToClient::TaskStream { .. }
+        | ToClient::Coordinated { .. } => None,
     };
     match key {
         Some(k) => {
@@ -1723,6 +1738,80 @@ impl Client {
             DatasetReply::Names { names } => Ok(names),
             other => Err(unexpected_reply(&other)),
         }
+    }
+
+    /// Send a coordination operation and wait for its answer: at most `timeout` (then it
+    /// is withdrawn), polling `interrupted` every 50 ms (then too). A withdrawn operation
+    /// may have been answered meanwhile: that answer is the one returned, with what
+    /// stopped the wait.
+    pub(crate) fn coordinate(
+        &self,
+        op: Coordinate,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Answer> {
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (id, mut rx) = self.inner.register(&[]);
+        let result = (|| {
+            self.inner.send(&FromClient::Coordinate { request, op })?;
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let mut stopped: Option<Stopped> = None;
+            let mut give_up_at = None;
+            loop {
+                let slice = Duration::from_millis(50);
+                let wait = match deadline {
+                    Some(d) if stopped.is_none() => d.saturating_duration_since(Instant::now()),
+                    _ => slice,
+                }
+                .min(slice);
+                let msg = (self.inner.runtime)
+                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+                match msg {
+                    Ok(Some(ToClient::Coordinated { request: r, reply })) if r == request => {
+                        return Ok(match (stopped, reply) {
+                            (None, reply) => Answer::Reply(reply),
+                            (Some(how), CoordReply::Abandoned) => Answer::Stopped(how, None),
+                            (Some(how), reply) => Answer::Stopped(how, Some(reply)),
+                        });
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(scheduler_gone()),
+                    Err(_) => {}
+                }
+                if stopped.is_none() {
+                    let why = if interrupted() {
+                        Some(Stopped::Interrupted)
+                    } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                        Some(Stopped::TimedOut)
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        let op = Coordinate::Abandon;
+                        self.inner.send(&FromClient::Coordinate { request, op })?;
+                        stopped = Some(why);
+                        give_up_at = Some(Instant::now() + Duration::from_secs(60));
+                    }
+                } else if give_up_at.is_some_and(|t| Instant::now() >= t) {
+                    return Err(Error::Transport(
+                        "the scheduler did not answer a withdrawn coordination request in 60 s"
+                            .into(),
+                    ));
+                }
+            }
+        })();
+        self.inner.unregister(id);
+        result
+    }
+
+    /// Is `future` of this client's cluster (this connection)?
+    pub(crate) fn owns(&self, future: &Future) -> bool {
+        future.inner.same_cluster(&self.inner)
+    }
+
+    /// Futures of an item's keys, which the scheduler has this client want already.
+    pub(crate) fn item_futures(&self, keys: Vec<Key>) -> Result<Vec<Future>> {
+        self.submit_specs(Vec::new(), keys.clone(), &keys)
     }
 
     /// Send the dataset request `make(request number)` and wait for its answer.

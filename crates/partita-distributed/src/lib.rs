@@ -36,6 +36,7 @@ pub mod cluster_file;
 pub mod dataset;
 pub mod local_cluster;
 pub mod metrics;
+pub mod primitives;
 pub mod scheduler;
 pub mod spill_file;
 pub mod task_context;
@@ -49,6 +50,7 @@ pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
 pub use partita_proto::messages::{
     ClusterInfo, Resources, SchedulerStats, TaskCounts, TaskRecord, WorkerMetrics, WorkerStatus,
 };
+pub use primitives::{Event, Lock, Queue, Semaphore, Variable};
 pub use scheduler::{SchedulerOptions, SchedulerServer};
 pub use task_context::{current_task, get_client, rejoin, secede};
 pub use worker::{

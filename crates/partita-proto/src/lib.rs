@@ -44,6 +44,7 @@
 //! assert_eq!(sim.report().outcomes[&(ClientId(0), root)], Outcome::InMemory);
 //! ```
 
+pub mod coordination;
 pub mod messages;
 mod root_queue;
 pub mod scheduler;

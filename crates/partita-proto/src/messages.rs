@@ -459,6 +459,78 @@ pub enum FromClient {
     /// number `since` on (`u64::MAX`: none, just the next number); Dask's task stream.
     /// Answered with [`ToClient::TaskStream`].
     TaskStream { request: u64, since: u64 },
+    /// An operation on a named event, semaphore, variable or queue (Dask's coordination
+    /// primitives), answered with [`ToClient::Coordinated`] carrying `request`: at once,
+    /// or, for one that waits (an event to be set, a lease, a variable's first value, a
+    /// queue's next item), when it can go on. [`Coordinate::Abandon`] with the same
+    /// `request` withdraws a waiting operation.
+    Coordinate { request: u64, op: Coordinate },
+}
+
+/// A value kept by a coordination variable or queue: keys of values on the cluster, held
+/// while the item is (as a published dataset's), and bytes the scheduler does not read
+/// (how the client rebuilds the object around them).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Item {
+    pub keys: Vec<Key>,
+    pub payload: ByteBuf,
+}
+
+/// Operations on the scheduler's named coordination objects; each name space is its own
+/// (an event and a queue may share a name). See [`FromClient::Coordinate`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Coordinate {
+    /// Set the event: every waiter goes on, and later waits return at once.
+    EventSet { name: String },
+    /// Clear the event: waits block again.
+    EventClear { name: String },
+    /// Answered ([`CoordReply::Flag`] `true`) once the event is set.
+    EventWait { name: String },
+    /// [`CoordReply::Flag`]: is it set?
+    EventIsSet { name: String },
+    /// Take a lease of the semaphore `name` (a lock is one with a single lease): answered
+    /// once one is free. The first acquire sets `max_leases`; a later one asking for
+    /// another number is refused.
+    Acquire { name: String, max_leases: u32 },
+    /// Give back a lease this client holds (refused if it holds none).
+    Release { name: String },
+    /// [`CoordReply::Count`]: leases held now.
+    Leases { name: String },
+    /// Set the variable (the item replaces any earlier one). Refused, naming it, if a key
+    /// is not on the cluster.
+    VariableSet { name: String, item: Item },
+    /// [`CoordReply::Item`]: the variable's value, once it has one.
+    VariableGet { name: String },
+    /// Forget the variable (waiting gets go on waiting).
+    VariableDelete { name: String },
+    /// Append to the queue (unbounded).
+    QueuePut { name: String, item: Item },
+    /// [`CoordReply::Item`]: the queue's oldest item, once there is one; it leaves the
+    /// queue, its keys now wanted by the getter.
+    QueueGet { name: String },
+    /// [`CoordReply::Count`]: items in the queue.
+    QueueSize { name: String },
+    /// Withdraw this client's waiting operation numbered as this request: answered with
+    /// [`CoordReply::Abandoned`] if it still waited, not at all if it was answered
+    /// already (that answer was sent first).
+    Abandon,
+}
+
+/// The answer to a [`FromClient::Coordinate`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum CoordReply {
+    Done,
+    Flag(bool),
+    Count(u64),
+    /// A variable's value or a queue's item; its keys are wanted by the client from now
+    /// on (it submits them, as for a dataset, to hold futures of them).
+    Item(Item),
+    /// Not done, saying why (naming the object or key).
+    Refused {
+        error: String,
+    },
+    /// The waiting operation was withdrawn ([`Coordinate::Abandon`]).
+    Abandoned,
 }
 
 /// Task runs a scheduler remembers for [`FromClient::TaskStream`] (as Dask's task stream).
@@ -643,6 +715,8 @@ pub enum ToClient {
         next: u64,
         records: Vec<TaskRecord>,
     },
+    /// The answer to [`FromClient::Coordinate`] `request`.
+    Coordinated { request: u64, reply: CoordReply },
 }
 
 /// Counters of a scheduler's life so far.

@@ -45,10 +45,11 @@ use partita_core::Key;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_bytes::ByteBuf;
 
+use crate::coordination::{Coordination, Effects};
 use crate::messages::{
-    ClientId, DatasetReply, DepLocation, FromClient, FromWorker, Peer, Resources, Restrictions,
-    TASK_STREAM_LENGTH, TaskFailure, TaskRecord, TaskSpec, ToClient, ToWorker, WorkerId,
-    WorkerMetrics,
+    ClientId, CoordReply, Coordinate, DatasetReply, DepLocation, FromClient, FromWorker, Peer,
+    Resources, Restrictions, TASK_STREAM_LENGTH, TaskFailure, TaskRecord, TaskSpec, ToClient,
+    ToWorker, WorkerId, WorkerMetrics,
 };
 use crate::root_queue::RootQueue;
 use crate::{Time, moving_average};
@@ -382,6 +383,9 @@ pub struct SchedulerState {
     /// Published datasets by name: their keys (each counted in its task's `published`)
     /// and the payload their publisher attached.
     datasets: BTreeMap<String, (Vec<Key>, ByteBuf)>,
+    /// Named events, semaphores, variables and queues; their items' keys are counted in
+    /// their tasks' `published` too.
+    coordination: Coordination,
     /// Ready tasks (status `Queued`) that no open worker may run (their restrictions
     /// name none connected): Dask's "no-worker" state, by (priority, seq). Retried when
     /// a worker joins.
@@ -412,6 +416,7 @@ impl SchedulerState {
             addresses: FxHashMap::default(),
             now: Time::ZERO,
             datasets: BTreeMap::new(),
+            coordination: Coordination::default(),
             no_worker: BTreeMap::new(),
             no_worker_warned: FxHashSet::default(),
             out: Vec::new(),
@@ -543,6 +548,8 @@ impl SchedulerState {
                 self.clients.entry(client).or_default();
             }
             SchedulerEvent::ClientGone { client } => {
+                let fx = self.coordination.client_gone(client);
+                self.coordination_effects(fx);
                 let keys = self.clients.remove(&client).unwrap_or_default();
                 self.release_keys(client, keys.into_iter().collect());
             }
@@ -807,6 +814,7 @@ impl SchedulerState {
                 self.dataset_reply(client, request, DatasetReply::Names { names });
             }
             FromClient::Restart { request } => self.restart(client, request),
+            FromClient::Coordinate { request, op } => self.coordinate(client, request, op),
             FromClient::TaskStream { request, since } => {
                 let first = self
                     .task_stream
@@ -901,6 +909,16 @@ impl SchedulerState {
             let msg = ToClient::Replicated { request, holders };
             self.out.push(SchedulerAction::SendToClient(c, msg));
         }
+        let items = self.coordination.drop_items();
+        if !items.is_empty() {
+            self.log(
+                LogLevel::Warn,
+                format!(
+                    "restarting: {} emptied (their data is gone)",
+                    items.join(", ")
+                ),
+            );
+        }
         if !self.datasets.is_empty() {
             let names: Vec<String> = std::mem::take(&mut self.datasets).into_keys().collect();
             self.log(
@@ -926,6 +944,59 @@ impl SchedulerState {
         }
         self.out
             .push(reply(u32::try_from(n).unwrap_or(u32::MAX), None));
+    }
+
+    /// A coordination operation ([`crate::coordination`]): an item's keys must be known
+    /// (refused naming the first that is not) and are held while it is.
+    fn coordinate(&mut self, client: ClientId, request: u64, mut op: Coordinate) {
+        if let Coordinate::VariableSet { name, item } | Coordinate::QueuePut { name, item } =
+            &mut op
+        {
+            let keys: Vec<Key> = std::mem::take(&mut item.keys)
+                .into_iter()
+                .map(|k| self.canonical(k))
+                .collect();
+            if let Some(k) = keys.iter().find(|k| !self.tasks.contains_key(*k)) {
+                let error = format!(
+                    "cannot keep {k} in {name:?}: it is not on the cluster (no live future holds it)"
+                );
+                let msg = ToClient::Coordinated {
+                    request,
+                    reply: CoordReply::Refused { error },
+                };
+                self.out.push(SchedulerAction::SendToClient(client, msg));
+                return;
+            }
+            for k in &keys {
+                self.tasks.get_mut(k).expect("checked above").published += 1;
+            }
+            self.activate(keys.clone());
+            item.keys = keys;
+        }
+        let fx = self.coordination.apply(client, request, op);
+        self.coordination_effects(fx);
+    }
+
+    /// Send the answers (an item's keys wanted by its getter first), then let go of the
+    /// keys of items gone.
+    fn coordination_effects(&mut self, fx: Effects) {
+        for (client, request, reply) in fx.replies {
+            if let CoordReply::Item(item) = &reply
+                && self.clients.contains_key(&client)
+            {
+                for k in &item.keys {
+                    if let Some(t) = self.tasks.get_mut(k) {
+                        t.wanted_by.insert(client);
+                        self.clients.entry(client).or_default().insert(k.clone());
+                    }
+                }
+            }
+            let msg = ToClient::Coordinated { request, reply };
+            self.out.push(SchedulerAction::SendToClient(client, msg));
+        }
+        if !fx.released.is_empty() {
+            self.unpublish_keys(fx.released);
+        }
     }
 
     fn dataset_reply(&mut self, client: ClientId, request: u64, reply: DatasetReply) {
@@ -1648,6 +1719,12 @@ impl SchedulerState {
             }
         }
         let mut published: FxHashMap<&Key, u32> = FxHashMap::default();
+        for k in self.coordination.held_keys() {
+            if !self.tasks.contains_key(k) {
+                return Err(format!("a coordination item holds forgotten {k}"));
+            }
+            *published.entry(k).or_default() += 1;
+        }
         for (name, (keys, _)) in &self.datasets {
             for k in keys {
                 if !self.tasks.contains_key(k) {
@@ -2600,6 +2677,7 @@ impl SchedulerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::Item;
     use std::sync::Arc;
 
     fn spec(key: &Key, deps: &[&Key], priority: i64) -> TaskSpec {
@@ -3308,6 +3386,127 @@ mod tests {
             payload: ByteBuf::from(name.as_bytes().to_vec()),
             replace,
         }
+    }
+
+    #[test]
+    fn coordination_items_hold_their_keys_and_hand_them_to_getters() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 2);
+        let (x, y) = (Key::new("x", [0]), Key::new("y", [0]));
+        submit(
+            &mut s,
+            1,
+            vec![spec(&x, &[], 0), spec(&y, &[], 0)],
+            &[&x, &y],
+        );
+        finish(&mut s, 0, &x, 10);
+        finish(&mut s, 0, &y, 10);
+        let coordinate = |s: &mut SchedulerState, c: u32, request: u64, op: Coordinate| {
+            let msg = FromClient::Coordinate { request, op };
+            let acts = s.handle(
+                SchedulerEvent::FromClient {
+                    client: ClientId(c),
+                    msg,
+                },
+                Time::ZERO,
+            );
+            s.check_consistency().unwrap();
+            (acts.into_iter())
+                .filter_map(|a| match a {
+                    SchedulerAction::SendToClient(c, ToClient::Coordinated { request, reply }) => {
+                        Some((c.0, request, reply))
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let item = |keys: &[&Key]| Item {
+            keys: keys.iter().map(|k| (*k).clone()).collect(),
+            payload: ByteBuf::new(),
+        };
+        // An unknown key is refused, naming it.
+        let z = Key::new("z", [0]);
+        let set = |i| Coordinate::VariableSet {
+            name: "v".into(),
+            item: i,
+        };
+        let r = coordinate(&mut s, 1, 1, set(item(&[&z])));
+        assert!(matches!(&r[0].2, CoordReply::Refused { error } if error.contains("('z', 0)")));
+        // x in a variable, y in a queue: both outlive client 1's release.
+        assert_eq!(
+            coordinate(&mut s, 1, 2, set(item(&[&x]))),
+            [(1, 2, CoordReply::Done)]
+        );
+        let put = Coordinate::QueuePut {
+            name: "q".into(),
+            item: item(&[&y]),
+        };
+        assert_eq!(coordinate(&mut s, 1, 3, put), [(1, 3, CoordReply::Done)]);
+        let release = FromClient::ReleaseKeys {
+            keys: vec![x.clone(), y.clone()],
+        };
+        s.handle(
+            SchedulerEvent::FromClient {
+                client: ClientId(1),
+                msg: release,
+            },
+            Time::ZERO,
+        );
+        s.check_consistency().unwrap();
+        assert_eq!(s.task_status(&x), TaskStatus::Memory);
+        assert_eq!(s.task_status(&y), TaskStatus::Memory);
+        // Client 2 takes y from the queue: it wants y now, and the queue holds nothing.
+        s.handle(
+            SchedulerEvent::ClientConnected {
+                client: ClientId(2),
+            },
+            Time::ZERO,
+        );
+        let get = Coordinate::QueueGet { name: "q".into() };
+        assert_eq!(
+            coordinate(&mut s, 2, 1, get),
+            [(2, 1, CoordReply::Item(item(&[&y])))]
+        );
+        assert_eq!(s.task_status(&y), TaskStatus::Memory);
+        s.handle(
+            SchedulerEvent::ClientGone {
+                client: ClientId(2),
+            },
+            Time::ZERO,
+        );
+        assert_ne!(s.task_status(&y), TaskStatus::Memory);
+        // Deleting the variable lets x go.
+        coordinate(
+            &mut s,
+            1,
+            4,
+            Coordinate::VariableDelete { name: "v".into() },
+        );
+        assert_ne!(s.task_status(&x), TaskStatus::Memory);
+        // A lock held by a client that leaves goes to the next in line.
+        let lock = || Coordinate::Acquire {
+            name: "l".into(),
+            max_leases: 1,
+        };
+        assert_eq!(coordinate(&mut s, 3, 1, lock()), [(3, 1, CoordReply::Done)]);
+        assert!(coordinate(&mut s, 1, 5, lock()).is_empty());
+        let acts = s.handle(
+            SchedulerEvent::ClientGone {
+                client: ClientId(3),
+            },
+            Time::ZERO,
+        );
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            SchedulerAction::SendToClient(
+                ClientId(1),
+                ToClient::Coordinated {
+                    request: 5,
+                    reply: CoordReply::Done
+                }
+            )
+        )));
+        s.check_consistency().unwrap();
     }
 
     #[test]

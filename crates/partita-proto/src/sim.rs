@@ -443,7 +443,8 @@ impl Sim {
             | ToClient::Retiring { .. }
             | ToClient::Dataset { .. }
             | ToClient::Restarting { .. }
-            | ToClient::TaskStream { .. }) => {
+            | ToClient::TaskStream { .. }
+            | ToClient::Coordinated { .. }) => {
                 self.report.client_messages.push((c, other));
                 None
             }

@@ -1,0 +1,451 @@
+//! Dask's coordination primitives on a cluster: [`Event`], [`Lock`], [`Semaphore`],
+//! [`Variable`] and [`Queue`], named objects the scheduler keeps
+//! ([`partita_proto::coordination`]) for every client of the cluster, and so for tasks
+//! through [`crate::get_client`].
+//!
+//! Key decisions:
+//! - **Handles are names.** Making one sends nothing; two handles of the same name (in
+//!   two processes, say a client and a task) are the same object.
+//! - **Waits are the scheduler's answers**, bounded by a timeout on this side; a wait
+//!   that ends early (timeout, or the `interrupted` check the bindings use for Ctrl-C) is
+//!   withdrawn, and a grant that crossed the withdrawal is undone here (a lease given
+//!   back, a queue item put back at the end): nothing is held or lost for a caller that
+//!   stopped waiting.
+//! - **Values are datasets** ([`Dataset`]): futures, persisted arrays and frames, or a
+//!   binding's bytes with futures inside. The scheduler holds their keys while a variable
+//!   or queue holds the value; a getter receives futures it holds as its own.
+
+use std::time::Duration;
+
+use partita_core::{Error, Result};
+use partita_proto::messages::{CoordReply, Coordinate, Item};
+use serde_bytes::ByteBuf;
+
+use crate::client::{Answer, Stopped};
+use crate::{Client, Dataset};
+
+fn never() -> bool {
+    false
+}
+
+/// What an answer means when it should have been `Done`, `Flag` or `Count`.
+fn refused(reply: CoordReply) -> Error {
+    match reply {
+        CoordReply::Refused { error } => Error::Graph(error),
+        other => Error::Transport(format!(
+            "the scheduler answered a coordination request with {other:?}"
+        )),
+    }
+}
+
+/// The answer of an operation that never waits.
+fn now(client: &Client, op: Coordinate) -> Result<CoordReply> {
+    match client.coordinate(op, None, &never)? {
+        Answer::Reply(CoordReply::Refused { error }) => Err(Error::Graph(error)),
+        Answer::Reply(reply) => Ok(reply),
+        Answer::Stopped(..) => Err(Error::Internal(
+            "a coordination request that never waits was withdrawn".into(),
+        )),
+    }
+}
+
+fn done(client: &Client, op: Coordinate) -> Result<()> {
+    match now(client, op)? {
+        CoordReply::Done => Ok(()),
+        other => Err(refused(other)),
+    }
+}
+
+fn interrupted_error() -> Error {
+    Error::Cancelled
+}
+
+/// A named flag clients and tasks wait on (Dask's `distributed.Event`).
+#[derive(Clone, Debug)]
+pub struct Event {
+    client: Client,
+    name: String,
+}
+
+impl Event {
+    /// The event `name` of `client`'s cluster (not set until someone sets it).
+    pub fn new(client: &Client, name: impl Into<String>) -> Event {
+        Event {
+            client: client.clone(),
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Set it: every waiter goes on, and waits return at once until it is cleared.
+    pub fn set(&self) -> Result<()> {
+        done(
+            &self.client,
+            Coordinate::EventSet {
+                name: self.name.clone(),
+            },
+        )
+    }
+
+    /// Clear it: waits block again.
+    pub fn clear(&self) -> Result<()> {
+        done(
+            &self.client,
+            Coordinate::EventClear {
+                name: self.name.clone(),
+            },
+        )
+    }
+
+    pub fn is_set(&self) -> Result<bool> {
+        match now(
+            &self.client,
+            Coordinate::EventIsSet {
+                name: self.name.clone(),
+            },
+        )? {
+            CoordReply::Flag(set) => Ok(set),
+            other => Err(refused(other)),
+        }
+    }
+
+    /// Wait until it is set (`true`), or `timeout` passes (`false`).
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.wait_or_interrupt(timeout, &never)
+    }
+
+    /// [`Event::wait`], stopping with [`Error::Cancelled`] once `interrupted()` says so
+    /// (checked every 50 ms).
+    pub fn wait_or_interrupt(
+        &self,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<bool> {
+        let op = Coordinate::EventWait {
+            name: self.name.clone(),
+        };
+        match self.client.coordinate(op, timeout, interrupted)? {
+            Answer::Reply(CoordReply::Flag(set)) => Ok(set),
+            Answer::Reply(other) => Err(refused(other)),
+            Answer::Stopped(Stopped::TimedOut, reply) => Ok(reply.is_some()),
+            Answer::Stopped(Stopped::Interrupted, _) => Err(interrupted_error()),
+        }
+    }
+}
+
+/// A named semaphore: at most `max_leases` holders at once across the cluster (Dask's
+/// `distributed.Semaphore`). Leases are given in the order asked for, and belong to this
+/// client's connection: they are given back if it closes (or its worker process dies).
+#[derive(Clone, Debug)]
+pub struct Semaphore {
+    client: Client,
+    name: String,
+    max_leases: u32,
+}
+
+impl Semaphore {
+    /// The semaphore `name` with `max_leases` leases (the first process to acquire it
+    /// sets the number; acquiring it with another is an error).
+    pub fn new(client: &Client, name: impl Into<String>, max_leases: u32) -> Semaphore {
+        Semaphore {
+            client: client.clone(),
+            name: name.into(),
+            max_leases,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Take a lease: `true` once one is held, `false` if `timeout` passed first.
+    pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.acquire_or_interrupt(timeout, &never)
+    }
+
+    /// [`Semaphore::acquire`], stopping with [`Error::Cancelled`] once `interrupted()`
+    /// says so (checked every 50 ms); a lease granted meanwhile is given back.
+    pub fn acquire_or_interrupt(
+        &self,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<bool> {
+        let op = Coordinate::Acquire {
+            name: self.name.clone(),
+            max_leases: self.max_leases,
+        };
+        match self.client.coordinate(op, timeout, interrupted)? {
+            Answer::Reply(CoordReply::Done) => Ok(true),
+            Answer::Reply(other) => Err(refused(other)),
+            Answer::Stopped(how, Some(CoordReply::Done)) => {
+                if how == Stopped::TimedOut {
+                    // Granted as the wait ended: it counts.
+                    return Ok(true);
+                }
+                self.release()?;
+                Err(interrupted_error())
+            }
+            Answer::Stopped(_, Some(other)) => Err(refused(other)),
+            Answer::Stopped(Stopped::TimedOut, None) => Ok(false),
+            Answer::Stopped(Stopped::Interrupted, None) => Err(interrupted_error()),
+        }
+    }
+
+    /// Give back a lease this client holds (an error if it holds none).
+    pub fn release(&self) -> Result<()> {
+        done(
+            &self.client,
+            Coordinate::Release {
+                name: self.name.clone(),
+            },
+        )
+    }
+
+    /// Leases held now, by anyone.
+    pub fn leases(&self) -> Result<u32> {
+        match now(
+            &self.client,
+            Coordinate::Leases {
+                name: self.name.clone(),
+            },
+        )? {
+            CoordReply::Count(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+            other => Err(refused(other)),
+        }
+    }
+}
+
+/// A named lock across the cluster: a [`Semaphore`] of one lease (Dask's
+/// `distributed.Lock`). Not reentrant: a holder acquiring it again waits for itself.
+#[derive(Clone, Debug)]
+pub struct Lock(Semaphore);
+
+impl Lock {
+    pub fn new(client: &Client, name: impl Into<String>) -> Lock {
+        Lock(Semaphore::new(client, name, 1))
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// `true` once held, `false` if `timeout` passed first.
+    pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.0.acquire(timeout)
+    }
+
+    /// [`Lock::acquire`] stopping with [`Error::Cancelled`] once `interrupted()` says so.
+    pub fn acquire_or_interrupt(
+        &self,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<bool> {
+        self.0.acquire_or_interrupt(timeout, interrupted)
+    }
+
+    /// Release it (an error if this client does not hold it).
+    pub fn release(&self) -> Result<()> {
+        self.0.release()
+    }
+
+    /// Is it held now, by anyone?
+    pub fn locked(&self) -> Result<bool> {
+        Ok(self.0.leases()? > 0)
+    }
+}
+
+/// An item as it travels: the dataset's keys and payload.
+fn item_of(client: &Client, what: &str, value: &Dataset) -> Result<Item> {
+    let (futures, payload) = value.encode()?;
+    if let Some(f) = futures.iter().find(|f| !client.owns(f)) {
+        return Err(Error::Graph(format!(
+            "cannot keep {} in {what}: it belongs to another cluster",
+            f.key()
+        )));
+    }
+    Ok(Item {
+        keys: futures.iter().map(|f| f.key().clone()).collect(),
+        payload: ByteBuf::from(payload),
+    })
+}
+
+/// The value an item stands for, its futures now this client's.
+fn value_of(client: &Client, what: &str, item: Item) -> Result<Dataset> {
+    let futures = client.item_futures(item.keys)?;
+    Dataset::decode(what, &item.payload, futures)
+}
+
+/// A named value shared across the cluster (Dask's `distributed.Variable`): futures,
+/// persisted collections or a binding's bytes ([`Dataset`]); the data it refers to stays
+/// on the cluster while it holds it.
+#[derive(Clone, Debug)]
+pub struct Variable {
+    client: Client,
+    name: String,
+}
+
+impl Variable {
+    pub fn new(client: &Client, name: impl Into<String>) -> Variable {
+        Variable {
+            client: client.clone(),
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Set its value (replacing any; the old value's data goes once nothing holds it).
+    pub fn set(&self, value: &Dataset) -> Result<()> {
+        let item = item_of(&self.client, &format!("variable {:?}", self.name), value)?;
+        // The futures in `value` hold the keys until the scheduler counts the variable's.
+        done(
+            &self.client,
+            Coordinate::VariableSet {
+                name: self.name.clone(),
+                item,
+            },
+        )
+    }
+
+    /// Its value, waiting until it has one (`None` if `timeout` passes first).
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Option<Dataset>> {
+        self.get_or_interrupt(timeout, &never)
+    }
+
+    /// [`Variable::get`] stopping with [`Error::Cancelled`] once `interrupted()` says so.
+    pub fn get_or_interrupt(
+        &self,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<Dataset>> {
+        let what = format!("variable {:?}", self.name);
+        let op = Coordinate::VariableGet {
+            name: self.name.clone(),
+        };
+        match self.client.coordinate(op, timeout, interrupted)? {
+            Answer::Reply(CoordReply::Item(item))
+            | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Item(item))) => {
+                value_of(&self.client, &what, item).map(Some)
+            }
+            Answer::Reply(other) | Answer::Stopped(_, Some(other @ CoordReply::Refused { .. })) => {
+                Err(refused(other))
+            }
+            Answer::Stopped(Stopped::TimedOut, _) => Ok(None),
+            Answer::Stopped(Stopped::Interrupted, reply) => {
+                // The keys given with a value that crossed the interrupt: let them go.
+                if let Some(CoordReply::Item(item)) = reply {
+                    drop(self.client.item_futures(item.keys));
+                }
+                Err(interrupted_error())
+            }
+        }
+    }
+
+    /// Forget it (its data goes once nothing else holds it).
+    pub fn delete(&self) -> Result<()> {
+        done(
+            &self.client,
+            Coordinate::VariableDelete {
+                name: self.name.clone(),
+            },
+        )
+    }
+}
+
+/// A named first-in first-out queue shared across the cluster (Dask's
+/// `distributed.Queue`, unbounded): each item is taken by one getter.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    client: Client,
+    name: String,
+}
+
+impl Queue {
+    pub fn new(client: &Client, name: impl Into<String>) -> Queue {
+        Queue {
+            client: client.clone(),
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Append an item.
+    pub fn put(&self, value: &Dataset) -> Result<()> {
+        let item = item_of(&self.client, &format!("queue {:?}", self.name), value)?;
+        done(
+            &self.client,
+            Coordinate::QueuePut {
+                name: self.name.clone(),
+                item,
+            },
+        )
+    }
+
+    /// Take the oldest item, waiting for one (`None` if `timeout` passes first).
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Option<Dataset>> {
+        self.get_or_interrupt(timeout, &never)
+    }
+
+    /// [`Queue::get`] stopping with [`Error::Cancelled`] once `interrupted()` says so; an
+    /// item taken meanwhile is put back (at the end).
+    pub fn get_or_interrupt(
+        &self,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<Dataset>> {
+        let what = format!("queue {:?}", self.name);
+        let op = Coordinate::QueueGet {
+            name: self.name.clone(),
+        };
+        match self.client.coordinate(op, timeout, interrupted)? {
+            Answer::Reply(CoordReply::Item(item))
+            | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Item(item))) => {
+                value_of(&self.client, &what, item).map(Some)
+            }
+            Answer::Reply(other) | Answer::Stopped(_, Some(other @ CoordReply::Refused { .. })) => {
+                Err(refused(other))
+            }
+            Answer::Stopped(Stopped::TimedOut, _) => Ok(None),
+            Answer::Stopped(Stopped::Interrupted, reply) => {
+                if let Some(CoordReply::Item(item)) = reply {
+                    // Back in the queue, held by it before this client lets go.
+                    let futures = self.client.item_futures(item.keys.clone())?;
+                    done(
+                        &self.client,
+                        Coordinate::QueuePut {
+                            name: self.name.clone(),
+                            item,
+                        },
+                    )?;
+                    drop(futures);
+                }
+                Err(interrupted_error())
+            }
+        }
+    }
+
+    /// Items in it now.
+    pub fn len(&self) -> Result<u64> {
+        match now(
+            &self.client,
+            Coordinate::QueueSize {
+                name: self.name.clone(),
+            },
+        )? {
+            CoordReply::Count(n) => Ok(n),
+            other => Err(refused(other)),
+        }
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
