@@ -1699,8 +1699,8 @@ impl PyClient {
         }
     }
 
-    /// Take a lease of the semaphore `name` (`pt.Semaphore`, `pt.Lock`): whether one is
-    /// held before `timeout` seconds (None: for ever) pass.
+    /// Take a lease of the semaphore `name` (`pt.Semaphore`, `pt.Lock`): its number, or
+    /// None if `timeout` seconds (None: for ever) passed first.
     #[pyo3(signature = (name, max_leases, timeout = None))]
     fn _acquire(
         &self,
@@ -1708,16 +1708,16 @@ impl PyClient {
         name: &str,
         max_leases: u32,
         timeout: Option<f64>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<Option<u64>> {
         let sem = partita::distributed::Semaphore::new(&*self.client()?, name, max_leases);
         let timeout = seconds(timeout)?;
-        interruptible(py, |stop| sem.acquire_or_interrupt(timeout, stop))
+        interruptible(py, |stop| sem.acquire_lease(timeout, stop))
     }
 
-    /// Give back a lease of the semaphore `name` this client holds.
-    fn _release(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+    /// Give back lease `lease` of the semaphore `name` (RuntimeError unless held).
+    fn _release(&self, py: Python<'_>, name: &str, lease: u64) -> PyResult<()> {
         let sem = partita::distributed::Semaphore::new(&*self.client()?, name, 1);
-        py.detach(|| sem.release()).map_err(|e| match e {
+        py.detach(|| sem.release_lease(lease)).map_err(|e| match e {
             partita::Error::Graph(m) => pyo3::exceptions::PyRuntimeError::new_err(m),
             other => to_py(other),
         })

@@ -511,9 +511,20 @@ def test_locks_events_variables_and_queues_coordinate_tasks_as_in_dask(cluster_c
     assert counter.read_text() == "6" and not lock.locked()
     assert lock.acquire(timeout=1) and lock.locked()
     assert not pt.Lock("py-counter-lock").acquire(blocking=False)
+    with pytest.raises(ValueError, match="not held"):
+        pt.Lock("py-counter-lock").release()  # another handle does not hold it
     lock.release()
-    with pytest.raises(RuntimeError, match="more often"):
+    with pytest.raises(ValueError, match="not held"):
         lock.release()
+
+    # A task that raises while holding a lock (no `with`) gives it back as it ends.
+    def take_and_fail(lock):
+        lock.acquire()
+        raise RuntimeError("failed holding the lock")
+
+    with pytest.raises(pt.ComputeError, match="failed holding the lock"):
+        cluster_client.submit(take_and_fail, pt.Lock("py-dropped-lock")).result(timeout=60)
+    assert pt.Lock("py-dropped-lock").acquire(timeout=10)
 
     # Tasks put arrays into a queue and wait for the client's event, giving their
     # thread back meanwhile (two threads, three tasks).

@@ -14,8 +14,8 @@ use partita::{
     LocalScheduler, Op, OptimizeOptions, Scheduler, Value, compute_with,
 };
 use partita_tests::{
-    Blob, CurrentTask, Fail, FailTimes, LockedIncrement, Mix, Panic, ProcessId, QueueAndWait,
-    SlowMix, Span, TaskFib, cluster, test_worker_binary,
+    Blob, CurrentTask, Fail, FailTimes, LockedIncrement, MaybeAsk, Mix, Panic, ProcessId,
+    QueueAndWait, SlowMix, Span, TaskFib, cluster, test_worker_binary,
 };
 
 fn start(n_workers: usize, memory_limit: u64) -> LocalCluster {
@@ -1429,6 +1429,27 @@ fn tasks_that_submit_tasks_and_secede_do_not_deadlock() {
             .iter()
             .all(|w| w.metrics.executing == 0 || w.processing == 0)
     );
+    // A kind of task quick enough to run on the workers' event loops (many quick runs)
+    // that then asks for the client is run again on a thread, not failed.
+    let quick: Vec<_> = (0..60)
+        .map(|i| {
+            let op = Arc::new(MaybeAsk { n: i, ask: false });
+            client.submit_task(Key::new("maybe-ask", [i as u32]), op, &[])
+        })
+        .collect::<partita::Result<_>>()
+        .unwrap();
+    assert_eq!(
+        i64s(&client.gather(&quick).unwrap()),
+        (0..60).collect::<Vec<_>>()
+    );
+    let asks: Vec<_> = (0..4)
+        .map(|i| {
+            let op = Arc::new(MaybeAsk { n: 0, ask: true });
+            client.submit_task(Key::new("maybe-ask", [100 + i]), op, &[])
+        })
+        .collect::<partita::Result<_>>()
+        .unwrap();
+    assert_eq!(i64s(&client.gather(&asks).unwrap()), [2, 2, 2, 2]);
     // A task knows its key; outside a worker, the calls say where they work.
     let key = Key::named("which-task");
     let f = client

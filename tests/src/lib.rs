@@ -338,6 +338,29 @@ impl Op for QueueAndWait {
     }
 }
 
+/// Returns `n` at once, or, with `ask`, the number of workers its worker's client sees:
+/// quick runs teach a worker to run the kind on its event loop, where asking for the
+/// client must still work (the run moves to a thread).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaybeAsk {
+    pub n: i64,
+    pub ask: bool,
+}
+
+#[typetag::serde(name = "test-maybe-ask")]
+impl Op for MaybeAsk {
+    fn execute(&self, _inputs: &[Value]) -> Result<Value> {
+        if !self.ask {
+            return Ok(Value::new(self.n));
+        }
+        let client = partita::distributed::get_client()?;
+        Ok(Value::new(client.workers()?.len() as i64))
+    }
+    fn name(&self) -> &str {
+        "maybe-ask"
+    }
+}
+
 /// The key of the task running this op, as the worker says (`current_task`), or "none".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CurrentTask;

@@ -49,6 +49,9 @@ struct Routes {
     all: HashMap<u64, Inbox>,
     /// The keys each subscription listens to (to unsubscribe without a full scan).
     keys_of: HashMap<u64, Vec<Key>>,
+    /// Coordination requests waiting for their answer, by request number (an answer goes
+    /// to its requester only: many tasks of a worker may wait on one connection).
+    by_request: HashMap<u64, Inbox>,
     next: u64,
     /// Keys with live futures: how many futures, and what the scheduler last said.
     tracked: HashMap<Key, (usize, KeyState)>,
@@ -273,6 +276,7 @@ impl Client {
                             let mut r = lock(&routes);
                             r.by_key.clear();
                             r.all.clear();
+                            r.by_request.clear();
                             for (_, state) in r.tracked.values_mut() {
                                 if matches!(state, KeyState::Pending | KeyState::Finished(_)) {
                                     *state = KeyState::Lost;
@@ -632,6 +636,12 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::TaskStream { .. }
         | ToClient::Coordinated { .. } => None,
     };
+    if let ToClient::Coordinated { request, .. } = &msg {
+        if let Some(tx) = r.by_request.get(request) {
+            let _ = tx.send(msg);
+        }
+        return orphaned;
+    }
     match key {
         Some(k) => {
             for (_, tx) in r.by_key.get(k).into_iter().flatten() {
@@ -1126,7 +1136,7 @@ impl Drop for Future {
 impl Inner {
     /// Block until none of `keys` is pending, or `timeout` passes.
     fn wait_done(&self, keys: &[Key], timeout: Option<Duration>) -> Result<()> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let pending = |r: &Routes| {
             keys.iter().any(|k| {
                 r.tracked
@@ -1751,10 +1761,11 @@ impl Client {
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Answer> {
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
-        let (id, mut rx) = self.inner.register(&[]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        lock(&self.inner.routes).by_request.insert(request, tx);
         let result = (|| {
             self.inner.send(&FromClient::Coordinate { request, op })?;
-            let deadline = timeout.map(|t| Instant::now() + t);
+            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
             let mut stopped: Option<Stopped> = None;
             let mut give_up_at = None;
             loop {
@@ -1776,6 +1787,10 @@ impl Client {
                     }
                     Ok(Some(_)) => continue,
                     Ok(None) => return Err(scheduler_gone()),
+                    // Lost before this request was listed, nobody would say so.
+                    Err(_) if self.inner.conn.close_reason().is_some() => {
+                        return Err(scheduler_gone());
+                    }
                     Err(_) => {}
                 }
                 if stopped.is_none() {
@@ -1800,7 +1815,7 @@ impl Client {
                 }
             }
         })();
-        self.inner.unregister(id);
+        lock(&self.inner.routes).by_request.remove(&request);
         result
     }
 

@@ -15,6 +15,7 @@
 //!   binding's bytes with futures inside. The scheduler holds their keys while a variable
 //!   or queue holds the value; a getter receives futures it holds as its own.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use partita_core::{Error, Result};
@@ -22,7 +23,7 @@ use partita_proto::messages::{CoordReply, Coordinate, Item};
 use serde_bytes::ByteBuf;
 
 use crate::client::{Answer, Stopped};
-use crate::{Client, Dataset};
+use crate::{Client, Dataset, task_context};
 
 fn never() -> bool {
     false
@@ -137,13 +138,17 @@ impl Event {
 }
 
 /// A named semaphore: at most `max_leases` holders at once across the cluster (Dask's
-/// `distributed.Semaphore`). Leases are given in the order asked for, and belong to this
-/// client's connection: they are given back if it closes (or its worker process dies).
+/// `distributed.Semaphore`). Leases are given in the order asked for. Each is numbered and
+/// belongs to the handle that took it (and its clones): another handle of the same name
+/// cannot release it. A lease is given back if the client's connection closes (its worker
+/// process dies), and when the task that took it ends without releasing it.
 #[derive(Clone, Debug)]
 pub struct Semaphore {
     client: Client,
     name: String,
     max_leases: u32,
+    /// Leases this handle holds, last taken last.
+    leases: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Semaphore {
@@ -154,6 +159,7 @@ impl Semaphore {
             client: client.clone(),
             name: name.into(),
             max_leases,
+            leases: Arc::default(),
         }
     }
 
@@ -173,49 +179,82 @@ impl Semaphore {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<bool> {
+        let lease = self.acquire_lease(timeout, interrupted)?;
+        if let Some(lease) = lease {
+            locked(&self.leases).push(lease);
+        }
+        Ok(lease.is_some())
+    }
+
+    /// Take a lease and return its number, for [`Semaphore::release_lease`] (the handle
+    /// does not keep it): `None` if `timeout` passed first; for bindings that keep leases
+    /// themselves.
+    pub fn acquire_lease(
+        &self,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<u64>> {
         let op = Coordinate::Acquire {
             name: self.name.clone(),
             max_leases: self.max_leases,
         };
-        match self.client.coordinate(op, timeout, interrupted)? {
-            Answer::Reply(CoordReply::Done) => Ok(true),
-            Answer::Reply(other) => Err(refused(other)),
-            Answer::Stopped(how, Some(CoordReply::Done)) => {
-                if how == Stopped::TimedOut {
-                    // Granted as the wait ended: it counts.
-                    return Ok(true);
-                }
-                self.release()?;
-                Err(interrupted_error())
+        let lease = match self.client.coordinate(op, timeout, interrupted)? {
+            Answer::Reply(CoordReply::Leased { lease })
+            // Granted as the wait timed out: it counts.
+            | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Leased { lease })) => lease,
+            Answer::Reply(other) | Answer::Stopped(_, Some(other @ CoordReply::Refused { .. })) => {
+                return Err(refused(other));
             }
-            Answer::Stopped(_, Some(other)) => Err(refused(other)),
-            Answer::Stopped(Stopped::TimedOut, None) => Ok(false),
-            Answer::Stopped(Stopped::Interrupted, None) => Err(interrupted_error()),
-        }
+            Answer::Stopped(Stopped::Interrupted, Some(CoordReply::Leased { lease })) => {
+                release_lease(&self.client, &self.name, lease)?;
+                return Err(interrupted_error());
+            }
+            Answer::Stopped(Stopped::Interrupted, _) => return Err(interrupted_error()),
+            Answer::Stopped(Stopped::TimedOut, _) => return Ok(None),
+        };
+        task_context::took_lease(&self.client, &self.name, lease);
+        Ok(Some(lease))
     }
 
-    /// Give back a lease this client holds (an error if it holds none).
+    /// Give back the lease this handle took last (an error if it holds none).
     pub fn release(&self) -> Result<()> {
-        done(
-            &self.client,
-            Coordinate::Release {
-                name: self.name.clone(),
-            },
-        )
+        let Some(lease) = locked(&self.leases).pop() else {
+            return Err(Error::Graph(format!(
+                "released semaphore {:?} more often than it was acquired (this handle \
+                 holds none of its leases)",
+                self.name
+            )));
+        };
+        self.release_lease(lease)
+    }
+
+    /// Give back lease `lease` ([`Semaphore::acquire_lease`]): an error naming the
+    /// semaphore unless this client holds it.
+    pub fn release_lease(&self, lease: u64) -> Result<()> {
+        task_context::gave_back_lease(&self.name, lease);
+        release_lease(&self.client, &self.name, lease)
     }
 
     /// Leases held now, by anyone.
     pub fn leases(&self) -> Result<u32> {
-        match now(
-            &self.client,
-            Coordinate::Leases {
-                name: self.name.clone(),
-            },
-        )? {
+        let op = Coordinate::Leases {
+            name: self.name.clone(),
+        };
+        match now(&self.client, op)? {
             CoordReply::Count(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
             other => Err(refused(other)),
         }
     }
+}
+
+/// Give back lease `lease` of semaphore `name`, held through `client`.
+pub(crate) fn release_lease(client: &Client, name: &str, lease: u64) -> Result<()> {
+    let name = name.to_string();
+    done(client, Coordinate::Release { name, lease })
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A named lock across the cluster: a [`Semaphore`] of one lease (Dask's
@@ -278,6 +317,42 @@ fn value_of(client: &Client, what: &str, item: Item) -> Result<Dataset> {
     Dataset::decode(what, &item.payload, futures)
 }
 
+/// Wait for the item `op` asks for: its value, `None` if `timeout` passed first, or
+/// [`Error::Cancelled`] once `interrupted()` says so, after `undo` on an item that
+/// crossed the interrupt (or that this client cannot read).
+fn take_item(
+    client: &Client,
+    what: &str,
+    op: Coordinate,
+    timeout: Option<Duration>,
+    interrupted: &dyn Fn() -> bool,
+    undo: impl FnOnce(Item) -> Result<()>,
+) -> Result<Option<Dataset>> {
+    match client.coordinate(op, timeout, interrupted)? {
+        Answer::Reply(CoordReply::Item(item))
+        | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Item(item))) => {
+            match value_of(client, what, item.clone()) {
+                Ok(value) => Ok(Some(value)),
+                // Not readable here: left where it was for a getter that can.
+                Err(e) => {
+                    undo(item)?;
+                    Err(e)
+                }
+            }
+        }
+        Answer::Reply(other) | Answer::Stopped(_, Some(other @ CoordReply::Refused { .. })) => {
+            Err(refused(other))
+        }
+        Answer::Stopped(Stopped::TimedOut, _) => Ok(None),
+        Answer::Stopped(Stopped::Interrupted, reply) => {
+            if let Some(CoordReply::Item(item)) = reply {
+                undo(item)?;
+            }
+            Err(interrupted_error())
+        }
+    }
+}
+
 /// A named value shared across the cluster (Dask's `distributed.Variable`): futures,
 /// persisted collections or a binding's bytes ([`Dataset`]); the data it refers to stays
 /// on the cluster while it holds it.
@@ -323,27 +398,13 @@ impl Variable {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Option<Dataset>> {
-        let what = format!("variable {:?}", self.name);
         let op = Coordinate::VariableGet {
             name: self.name.clone(),
         };
-        match self.client.coordinate(op, timeout, interrupted)? {
-            Answer::Reply(CoordReply::Item(item))
-            | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Item(item))) => {
-                value_of(&self.client, &what, item).map(Some)
-            }
-            Answer::Reply(other) | Answer::Stopped(_, Some(other @ CoordReply::Refused { .. })) => {
-                Err(refused(other))
-            }
-            Answer::Stopped(Stopped::TimedOut, _) => Ok(None),
-            Answer::Stopped(Stopped::Interrupted, reply) => {
-                // The keys given with a value that crossed the interrupt: let them go.
-                if let Some(CoordReply::Item(item)) = reply {
-                    drop(self.client.item_futures(item.keys));
-                }
-                Err(interrupted_error())
-            }
-        }
+        let what = format!("variable {:?}", self.name);
+        // The keys given with a value that crossed the interrupt: let them go.
+        let undo = |item: Item| self.client.item_futures(item.keys).map(drop);
+        take_item(&self.client, &what, op, timeout, interrupted, undo)
     }
 
     /// Forget it (its data goes once nothing else holds it).
@@ -401,35 +462,19 @@ impl Queue {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Option<Dataset>> {
-        let what = format!("queue {:?}", self.name);
         let op = Coordinate::QueueGet {
             name: self.name.clone(),
         };
-        match self.client.coordinate(op, timeout, interrupted)? {
-            Answer::Reply(CoordReply::Item(item))
-            | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Item(item))) => {
-                value_of(&self.client, &what, item).map(Some)
-            }
-            Answer::Reply(other) | Answer::Stopped(_, Some(other @ CoordReply::Refused { .. })) => {
-                Err(refused(other))
-            }
-            Answer::Stopped(Stopped::TimedOut, _) => Ok(None),
-            Answer::Stopped(Stopped::Interrupted, reply) => {
-                if let Some(CoordReply::Item(item)) = reply {
-                    // Back in the queue, held by it before this client lets go.
-                    let futures = self.client.item_futures(item.keys.clone())?;
-                    done(
-                        &self.client,
-                        Coordinate::QueuePut {
-                            name: self.name.clone(),
-                            item,
-                        },
-                    )?;
-                    drop(futures);
-                }
-                Err(interrupted_error())
-            }
-        }
+        let what = format!("queue {:?}", self.name);
+        let undo = |item: Item| {
+            // Back in the queue, held by it before this client lets go.
+            let futures = self.client.item_futures(item.keys.clone())?;
+            let name = self.name.clone();
+            done(&self.client, Coordinate::QueuePut { name, item })?;
+            drop(futures);
+            Ok(())
+        };
+        take_item(&self.client, &what, op, timeout, interrupted, undo)
     }
 
     /// Items in it now.

@@ -12,11 +12,13 @@
 //!   has a thread for it again (ahead of queued tasks).
 //! - **What a task is, lives in a thread-local** set around each op the worker runs on its
 //!   blocking pool, so any op (Rust or Python) can call these without an argument. A quick
-//!   op run on the worker's event loop ([`crate::worker`]) holds no slot of its own, so
-//!   there secede and rejoin do nothing, and a client cannot be used at all (its calls
-//!   block, and the event loop must not): the op's kind is marked never to run there
-//!   again once a run of it asks for the client, which the first runs (always on the pool)
-//!   normally do.
+//!   op run on the worker's event loop ([`crate::worker`]) must not block, so a run there
+//!   that asks for the client or to secede stops with an error, its result is dropped, and
+//!   it runs again on a pool thread (Dask's `Reschedule`); its kind never runs on the loop
+//!   again.
+//! - **Leases end with their task**: a semaphore lease a task took and did not release
+//!   is given back when the task ends (with a warning), so a task that raised while
+//!   holding a lock does not hold it for the life of its worker process.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,13 +30,17 @@ use tokio::sync::mpsc;
 
 use crate::{Client, ClusterFile};
 
+/// Tasks waiting to rejoin, each woken through its channel.
+pub(crate) type Rejoining = HashMap<Key, std::sync::mpsc::SyncSender<()>>;
+
 /// What the worker running in this process lends its tasks.
 #[derive(Clone)]
 pub(crate) struct WorkerHandle {
     pub(crate) cluster: Arc<ClusterFile>,
     pub(crate) events: mpsc::UnboundedSender<WorkerEvent>,
-    /// Tasks blocked in [`rejoin`], woken by the worker's `Rejoined`.
-    pub(crate) rejoining: Arc<Mutex<HashMap<Key, std::sync::mpsc::SyncSender<()>>>>,
+    /// Tasks blocked in [`rejoin`], woken by the worker's `Rejoined`; `None` once the
+    /// worker stopped (then nobody waits: rejoining is an error).
+    pub(crate) rejoining: Arc<Mutex<Option<Rejoining>>>,
     /// Kinds of op (`Key::group`) that used the cluster: never run on the event loop.
     pub(crate) uses_cluster: Arc<Mutex<std::collections::HashSet<String>>>,
 }
@@ -46,6 +52,10 @@ struct Current {
     /// Run on the event loop's thread: no slot to give back, no blocking allowed.
     inline: bool,
     seceded: bool,
+    /// An inline run asked for something only a pool thread may do: run it again there.
+    rerun: bool,
+    /// Semaphore leases taken during the task and not given back (client, name, lease).
+    leases: Vec<(Client, String, u64)>,
 }
 
 thread_local! {
@@ -83,13 +93,16 @@ impl Drop for WorkerRegistration {
     }
 }
 
-/// Run `f` as task `key` of `worker` on this thread (`inline`: on the event loop's).
+/// Run `f` as task `key` of `worker` on this thread (`inline`: on the event loop's);
+/// also says whether an inline run must be done again on a pool thread (it asked for the
+/// client, or to secede: its result, an error saying so, is to be dropped). Leases the
+/// task took and did not give back are given back, with a warning.
 pub(crate) fn run_as<T>(
     key: &Key,
     worker: &WorkerHandle,
     inline: bool,
     f: impl FnOnce() -> T,
-) -> T {
+) -> (T, bool) {
     struct Reset(Option<Current>);
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -101,9 +114,52 @@ pub(crate) fn run_as<T>(
         worker: worker.clone(),
         inline,
         seceded: false,
+        rerun: false,
+        leases: Vec::new(),
     };
-    let _reset = Reset(CURRENT.with(|c| c.borrow_mut().replace(current)));
-    f()
+    let reset = Reset(CURRENT.with(|c| c.borrow_mut().replace(current)));
+    let out = f();
+    let (rerun, leases) = CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        let c = c.as_mut().expect("set above");
+        (c.rerun, std::mem::take(&mut c.leases))
+    });
+    drop(reset);
+    for (client, name, lease) in leases {
+        tracing::warn!(task = %key, "the task ended holding a lease of semaphore {name:?}: given back");
+        if let Err(e) = crate::primitives::release_lease(&client, &name, lease) {
+            tracing::warn!(task = %key, "giving back a lease of {name:?} failed: {e}");
+        }
+    }
+    (out, rerun)
+}
+
+/// Semaphore lease `lease` of `name` was taken through `client` (by the task running on
+/// this thread, if any): given back when the task ends, unless released before.
+pub(crate) fn took_lease(client: &Client, name: &str, lease: u64) {
+    CURRENT.with(|c| {
+        if let Some(c) = c.borrow_mut().as_mut() {
+            c.leases.push((client.clone(), name.to_string(), lease));
+        }
+    });
+}
+
+/// Lease `lease` of `name` is being given back.
+pub(crate) fn gave_back_lease(name: &str, lease: u64) {
+    CURRENT.with(|c| {
+        if let Some(c) = c.borrow_mut().as_mut() {
+            c.leases.retain(|(_, n, l)| !(n == name && *l == lease));
+        }
+    });
+}
+
+/// In an inline run: mark it to be run again on a pool thread, and say why it stops.
+fn needs_pool(c: &mut Current, what: &str) -> Error {
+    c.rerun = true;
+    locked(&c.worker.uses_cluster).insert(c.key.group().to_string());
+    Error::NotImplemented(format!(
+        "{what} in a task the worker ran on its event loop: it runs again on a thread"
+    ))
 }
 
 /// The key of the task running on this thread, if it runs on a worker (Dask's
@@ -115,23 +171,17 @@ pub fn current_task() -> Option<Key> {
 /// A client of the cluster this process's worker belongs to: inside a task, to submit
 /// more tasks, gather futures, publish datasets (Dask's `get_client`). One connection per
 /// worker process, made at the first call. A task that then waits on what it submitted
-/// should [`secede`] first. An error outside a worker process, or in a quick task the
-/// worker runs on its event loop (which must not block: such a kind of task runs on the
-/// worker's pool from then on).
+/// should [`secede`] first. An error outside a worker process.
 pub fn get_client() -> Result<Client> {
-    let inline = CURRENT.with(|c| {
-        let c = c.borrow();
-        let c = c.as_ref()?;
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(c) = c.as_mut() else { return Ok(()) };
+        if c.inline {
+            return Err(needs_pool(c, "get_client()"));
+        }
         locked(&c.worker.uses_cluster).insert(c.key.group().to_string());
-        Some(c.inline)
-    });
-    if inline == Some(true) {
-        return Err(Error::NotImplemented(
-            "get_client() in a task the worker ran on its event loop (it took under 50 us \
-             before): tasks of this kind run on its threads from now on; submit it again"
-                .into(),
-        ));
-    }
+        Ok(())
+    })?;
     let Some(worker) = locked(&WORKER).clone() else {
         return Err(Error::NotImplemented(
             "get_client() works in a task running on a worker; elsewhere connect with \
@@ -159,8 +209,7 @@ pub fn get_client() -> Result<Client> {
 /// Give this task's thread back to its worker while it waits (on futures of tasks it
 /// submitted, say): the worker starts the next ready task and the scheduler no longer
 /// counts this one as load (Dask's `secede`). Resources the task holds stay held. Does
-/// nothing if already seceded, or in a quick task run on the worker's event loop. An error
-/// outside a task on a worker.
+/// nothing if already seceded. An error outside a task on a worker.
 pub fn secede() -> Result<()> {
     CURRENT.with(|c| {
         let mut c = c.borrow_mut();
@@ -169,10 +218,13 @@ pub fn secede() -> Result<()> {
                 "secede() works in a task running on a worker".into(),
             ));
         };
-        if c.inline || c.seceded {
-            return Ok(());
+        if c.inline {
+            return Err(needs_pool(c, "secede()"));
         }
         locked(&c.worker.uses_cluster).insert(c.key.group().to_string());
+        if c.seceded {
+            return Ok(());
+        }
         let key = c.key.clone();
         c.worker
             .events
@@ -198,7 +250,10 @@ pub fn rejoin() -> Result<()> {
             return Ok(None);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        locked(&c.worker.rejoining).insert(c.key.clone(), tx);
+        let stopped = || Error::Transport("the worker stopped".into());
+        (locked(&c.worker.rejoining).as_mut())
+            .ok_or_else(stopped)?
+            .insert(c.key.clone(), tx);
         let key = c.key.clone();
         c.worker
             .events

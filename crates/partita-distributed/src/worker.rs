@@ -181,7 +181,7 @@ pub async fn run_worker_until(
     let handle = WorkerHandle {
         cluster: Arc::clone(&cluster),
         events: events_tx.clone(),
-        rejoining: Arc::default(),
+        rejoining: Arc::new(Mutex::new(Some(HashMap::new()))),
         uses_cluster: Arc::default(),
     };
     let _registration = task_context::register_worker(handle.clone());
@@ -298,7 +298,7 @@ pub async fn run_worker_until(
     conn.close(0u32.into(), b"worker stopping");
     endpoint.close(0u32.into(), b"worker stopping");
     // Tasks waiting to rejoin learn that no thread is coming.
-    locked(&shared.handle.rejoining).clear();
+    locked(&shared.handle.rejoining).take();
     result
 }
 
@@ -326,7 +326,16 @@ fn perform(
             } => {
                 if is_quick(shared, &key) {
                     let run = || run_task(shared, key.clone(), &payload, &inputs);
-                    inline.push(task_context::run_as(&key, &shared.handle, true, run));
+                    match task_context::run_as(&key, &shared.handle, true, run) {
+                        (event, false) => inline.push(event),
+                        // It needs a thread of its own: drop this run, do it there.
+                        (event, true) => {
+                            if matches!(event, WorkerEvent::ExecuteDone { .. }) {
+                                locked(&shared.store).remove(&key);
+                            }
+                            execute(shared, key, payload.into_vec(), inputs);
+                        }
+                    }
                 } else {
                     execute(shared, key, payload.into_vec(), inputs);
                 }
@@ -385,7 +394,8 @@ fn perform(
                 locked(&shared.store).remove(&key);
             }
             WorkerAction::Rejoined { key } => {
-                if let Some(wake) = locked(&shared.handle.rejoining).remove(&key) {
+                let wake = (locked(&shared.handle.rejoining).as_mut()).and_then(|r| r.remove(&key));
+                if let Some(wake) = wake {
                     let _ = wake.send(());
                 }
             }
@@ -457,7 +467,7 @@ fn execute(shared: &Arc<Shared>, key: Key, payload: Vec<u8>, inputs: Vec<Key>) {
     let shared = Arc::clone(shared);
     tokio::task::spawn_blocking(move || {
         let run = || run_task(&shared, key.clone(), &payload, &inputs);
-        let event = task_context::run_as(&key, &shared.handle, false, run);
+        let (event, _) = task_context::run_as(&key, &shared.handle, false, run);
         let _ = shared.events.send(event);
     });
 }

@@ -35,30 +35,33 @@ struct Waiter {
     request: u64,
 }
 
+/// Where a waiter waits (the index that makes withdrawing one a lookup).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Place {
+    Event(String),
+    Semaphore(String),
+    Variable(String),
+    Queue(String),
+}
+
 #[derive(Debug, Default)]
 struct Event {
     set: bool,
-    waiters: Vec<Waiter>,
+    waiters: VecDeque<Waiter>,
 }
 
 #[derive(Debug)]
 struct Semaphore {
     max_leases: u32,
-    /// Leases held per client.
-    held: BTreeMap<ClientId, u32>,
+    /// Leases held, by number, and their holders.
+    held: BTreeMap<u64, ClientId>,
     waiters: VecDeque<Waiter>,
-}
-
-impl Semaphore {
-    fn taken(&self) -> u32 {
-        self.held.values().sum()
-    }
 }
 
 #[derive(Debug, Default)]
 struct Variable {
     item: Option<Item>,
-    waiters: Vec<Waiter>,
+    waiters: VecDeque<Waiter>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +86,10 @@ pub struct Coordination {
     semaphores: BTreeMap<String, Semaphore>,
     variables: BTreeMap<String, Variable>,
     queues: BTreeMap<String, Queue>,
+    /// Every waiting operation and where it waits.
+    waiting: BTreeMap<(ClientId, u64), Place>,
+    /// The number of the next lease granted.
+    next_lease: u64,
 }
 
 impl Coordination {
@@ -91,16 +98,16 @@ impl Coordination {
     pub fn apply(&mut self, client: ClientId, request: u64, op: Coordinate) -> Effects {
         let me = Waiter { client, request };
         let mut fx = Effects::default();
-        let mut answer = |reply| fx.replies.push((client, request, reply));
+        let reply = |fx: &mut Effects, reply| fx.replies.push((client, request, reply));
         match op {
             Coordinate::EventSet { name } => {
                 let event = self.events.entry(name).or_default();
                 event.set = true;
-                for w in std::mem::take(&mut event.waiters) {
-                    fx.replies
-                        .push((w.client, w.request, CoordReply::Flag(true)));
+                let waiters = std::mem::take(&mut event.waiters);
+                for w in waiters {
+                    self.answered(w, &mut fx, CoordReply::Flag(true));
                 }
-                fx.replies.push((client, request, CoordReply::Done));
+                reply(&mut fx, CoordReply::Done);
             }
             Coordinate::EventClear { name } => {
                 if let Some(event) = self.events.get_mut(&name) {
@@ -109,24 +116,26 @@ impl Coordination {
                         self.events.remove(&name);
                     }
                 }
-                answer(CoordReply::Done);
+                reply(&mut fx, CoordReply::Done);
             }
             Coordinate::EventWait { name } => {
-                let event = self.events.entry(name).or_default();
+                let event = self.events.entry(name.clone()).or_default();
                 match event.set {
-                    true => answer(CoordReply::Flag(true)),
-                    false => event.waiters.push(me),
+                    true => reply(&mut fx, CoordReply::Flag(true)),
+                    false => {
+                        event.waiters.push_back(me);
+                        self.waiting.insert((client, request), Place::Event(name));
+                    }
                 }
             }
             Coordinate::EventIsSet { name } => {
                 let set = self.events.get(&name).is_some_and(|e| e.set);
-                answer(CoordReply::Flag(set));
+                reply(&mut fx, CoordReply::Flag(set));
             }
             Coordinate::Acquire { name, max_leases } => {
                 if max_leases == 0 {
-                    answer(CoordReply::Refused {
-                        error: format!("semaphore {name:?}: max_leases must be at least 1"),
-                    });
+                    let error = format!("semaphore {name:?}: max_leases must be at least 1");
+                    reply(&mut fx, CoordReply::Refused { error });
                     return fx;
                 }
                 let sem = self.semaphores.entry(name.clone()).or_insert(Semaphore {
@@ -140,52 +149,61 @@ impl Coordination {
                          acquire it set the number)",
                         sem.max_leases
                     );
-                    answer(CoordReply::Refused { error });
-                } else if sem.waiters.is_empty() && sem.taken() < sem.max_leases {
-                    *sem.held.entry(client).or_default() += 1;
-                    answer(CoordReply::Done);
+                    reply(&mut fx, CoordReply::Refused { error });
+                    if sem.held.is_empty() && sem.waiters.is_empty() {
+                        self.semaphores.remove(&name);
+                    }
                 } else {
                     sem.waiters.push_back(me);
+                    self.waiting
+                        .insert((client, request), Place::Semaphore(name.clone()));
+                    self.grant(&name, &mut fx);
                 }
             }
-            Coordinate::Release { name } => {
-                let held = (self.semaphores.get_mut(&name))
-                    .and_then(|s| s.held.get_mut(&client))
-                    .filter(|n| **n > 0);
-                match held {
-                    Some(n) => {
-                        *n -= 1;
-                        answer(CoordReply::Done);
+            Coordinate::Release { name, lease } => {
+                let sem = self.semaphores.get_mut(&name);
+                match sem.filter(|s| s.held.get(&lease) == Some(&client)) {
+                    Some(sem) => {
+                        sem.held.remove(&lease);
+                        reply(&mut fx, CoordReply::Done);
                         self.grant(&name, &mut fx);
                     }
-                    None => answer(CoordReply::Refused {
-                        error: format!(
+                    None => {
+                        let error = format!(
                             "released semaphore {name:?} more often than it was acquired \
-                             (this client holds none of its leases)"
-                        ),
-                    }),
+                             (lease {lease} is not held by this client)"
+                        );
+                        reply(&mut fx, CoordReply::Refused { error });
+                    }
                 }
             }
             Coordinate::Leases { name } => {
-                let taken = self.semaphores.get(&name).map_or(0, Semaphore::taken);
-                answer(CoordReply::Count(u64::from(taken)));
+                let taken = self.semaphores.get(&name).map_or(0, |s| s.held.len());
+                reply(&mut fx, CoordReply::Count(taken as u64));
             }
             Coordinate::VariableSet { name, item } => {
                 let var = self.variables.entry(name).or_default();
-                for w in std::mem::take(&mut var.waiters) {
-                    fx.replies
-                        .push((w.client, w.request, CoordReply::Item(item.clone())));
-                }
-                if let Some(old) = var.item.replace(item) {
+                let waiters = std::mem::take(&mut var.waiters);
+                if let Some(old) = var.item.replace(item.clone()) {
                     fx.released.extend(old.keys);
                 }
-                fx.replies.push((client, request, CoordReply::Done));
+                for w in waiters {
+                    self.answered(w, &mut fx, CoordReply::Item(item.clone()));
+                }
+                reply(&mut fx, CoordReply::Done);
             }
             Coordinate::VariableGet { name } => {
-                let var = self.variables.entry(name).or_default();
+                let var = self.variables.entry(name.clone()).or_default();
                 match &var.item {
-                    Some(item) => answer(CoordReply::Item(item.clone())),
-                    None => var.waiters.push(me),
+                    Some(item) => {
+                        let item = item.clone();
+                        reply(&mut fx, CoordReply::Item(item));
+                    }
+                    None => {
+                        var.waiters.push_back(me);
+                        self.waiting
+                            .insert((client, request), Place::Variable(name));
+                    }
                 }
             }
             Coordinate::VariableDelete { name } => {
@@ -197,41 +215,46 @@ impl Coordination {
                         self.variables.remove(&name);
                     }
                 }
-                fx.replies.push((client, request, CoordReply::Done));
+                reply(&mut fx, CoordReply::Done);
             }
             Coordinate::QueuePut { name, item } => {
-                let queue = self.queues.entry(name).or_default();
+                let queue = self.queues.entry(name.clone()).or_default();
                 match queue.waiters.pop_front() {
                     // Handed over at once: its keys go to the getter, then are let go.
                     Some(w) => {
+                        if queue.items.is_empty() && queue.waiters.is_empty() {
+                            self.queues.remove(&name);
+                        }
                         fx.released.extend(item.keys.iter().cloned());
-                        fx.replies
-                            .push((w.client, w.request, CoordReply::Item(item)));
+                        self.answered(w, &mut fx, CoordReply::Item(item));
                     }
                     None => queue.items.push_back(item),
                 }
-                fx.replies.push((client, request, CoordReply::Done));
+                reply(&mut fx, CoordReply::Done);
             }
             Coordinate::QueueGet { name } => {
                 let queue = self.queues.entry(name.clone()).or_default();
                 match queue.items.pop_front() {
                     Some(item) => {
                         fx.released.extend(item.keys.iter().cloned());
-                        answer(CoordReply::Item(item));
+                        reply(&mut fx, CoordReply::Item(item));
+                        if queue.items.is_empty() && queue.waiters.is_empty() {
+                            self.queues.remove(&name);
+                        }
                     }
-                    None => queue.waiters.push_back(me),
-                }
-                if queue.items.is_empty() && queue.waiters.is_empty() {
-                    self.queues.remove(&name);
+                    None => {
+                        queue.waiters.push_back(me);
+                        self.waiting.insert((client, request), Place::Queue(name));
+                    }
                 }
             }
             Coordinate::QueueSize { name } => {
                 let n = self.queues.get(&name).map_or(0, |q| q.items.len());
-                answer(CoordReply::Count(n as u64));
+                reply(&mut fx, CoordReply::Count(n as u64));
             }
             Coordinate::Abandon => {
-                if self.withdraw(|w| w == me) > 0 {
-                    answer(CoordReply::Abandoned);
+                if self.withdraw(me, &mut fx) {
+                    reply(&mut fx, CoordReply::Abandoned);
                 }
             }
         }
@@ -241,15 +264,20 @@ impl Coordination {
     /// `client` is gone: its waits are withdrawn (nobody to answer) and its leases given
     /// back to the next waiters.
     pub fn client_gone(&mut self, client: ClientId) -> Effects {
-        self.withdraw(|w| w.client == client);
         let mut fx = Effects::default();
+        let mine: Vec<(ClientId, u64)> = (self.waiting.range((client, 0)..=(client, u64::MAX)))
+            .map(|(k, _)| *k)
+            .collect();
+        for (client, request) in mine {
+            self.withdraw(Waiter { client, request }, &mut fx);
+        }
         let names: Vec<String> = (self.semaphores.iter())
-            .filter(|(_, s)| s.held.contains_key(&client))
+            .filter(|(_, s)| s.held.values().any(|c| *c == client))
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
             if let Some(sem) = self.semaphores.get_mut(&name) {
-                sem.held.remove(&client);
+                sem.held.retain(|_, c| *c != client);
             }
             self.grant(&name, &mut fx);
         }
@@ -284,65 +312,112 @@ impl Coordination {
         vars.chain(queued).flat_map(|item| item.keys.iter())
     }
 
-    /// Remove the waiters `which` picks; how many there were.
-    fn withdraw(&mut self, which: impl Fn(Waiter) -> bool) -> usize {
-        let mut n = 0;
-        let mut count = |before: usize, after: usize| n += before - after;
-        for e in self.events.values_mut() {
-            let before = e.waiters.len();
-            e.waiters.retain(|w| !which(*w));
-            count(before, e.waiters.len());
-        }
-        for s in self.semaphores.values_mut() {
-            let before = s.waiters.len();
-            s.waiters.retain(|w| !which(*w));
-            count(before, s.waiters.len());
-        }
-        for v in self.variables.values_mut() {
-            let before = v.waiters.len();
-            v.waiters.retain(|w| !which(*w));
-            count(before, v.waiters.len());
-        }
-        for q in self.queues.values_mut() {
-            let before = q.waiters.len();
-            q.waiters.retain(|w| !which(*w));
-            count(before, q.waiters.len());
-        }
-        self.events.retain(|_, e| e.set || !e.waiters.is_empty());
-        self.variables
-            .retain(|_, v| v.item.is_some() || !v.waiters.is_empty());
-        self.queues
-            .retain(|_, q| !q.items.is_empty() || !q.waiters.is_empty());
-        // A withdrawn head of a semaphore's queue may have held back the next.
-        let names: Vec<String> = self.semaphores.keys().cloned().collect();
-        for name in names {
-            let mut fx = Effects::default();
-            self.grant(&name, &mut fx);
-            debug_assert!(
-                fx.replies.is_empty(),
-                "nobody was waiting behind a free lease"
-            );
-        }
-        n
+    /// Answer a waiter taken off its object's list.
+    fn answered(&mut self, w: Waiter, fx: &mut Effects, reply: CoordReply) {
+        self.waiting.remove(&(w.client, w.request));
+        fx.replies.push((w.client, w.request, reply));
     }
 
-    /// Give free leases of semaphore `name` to its waiters, in order; forget it if no
-    /// lease is held or asked for.
+    /// Withdraw one waiting operation (found through the index); was it waiting?
+    fn withdraw(&mut self, w: Waiter, fx: &mut Effects) -> bool {
+        let Some(place) = self.waiting.remove(&(w.client, w.request)) else {
+            return false;
+        };
+        let drop_from = |waiters: &mut VecDeque<Waiter>| waiters.retain(|x| *x != w);
+        match place {
+            Place::Event(name) => {
+                if let Some(e) = self.events.get_mut(&name) {
+                    drop_from(&mut e.waiters);
+                    if !e.set && e.waiters.is_empty() {
+                        self.events.remove(&name);
+                    }
+                }
+            }
+            Place::Semaphore(name) => {
+                if let Some(s) = self.semaphores.get_mut(&name) {
+                    drop_from(&mut s.waiters);
+                }
+                // A withdrawn head of the line may have held back the next.
+                self.grant(&name, fx);
+            }
+            Place::Variable(name) => {
+                if let Some(v) = self.variables.get_mut(&name) {
+                    drop_from(&mut v.waiters);
+                    if v.item.is_none() && v.waiters.is_empty() {
+                        self.variables.remove(&name);
+                    }
+                }
+            }
+            Place::Queue(name) => {
+                if let Some(q) = self.queues.get_mut(&name) {
+                    drop_from(&mut q.waiters);
+                    if q.items.is_empty() && q.waiters.is_empty() {
+                        self.queues.remove(&name);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Give free leases of semaphore `name` to its waiters, in order, each a new number;
+    /// forget it if no lease is held or asked for.
     fn grant(&mut self, name: &str, fx: &mut Effects) {
         let Some(sem) = self.semaphores.get_mut(name) else {
             return;
         };
-        sem.held.retain(|_, n| *n > 0);
-        while sem.taken() < sem.max_leases {
+        let mut granted = Vec::new();
+        while sem.held.len() < sem.max_leases as usize {
             let Some(w) = sem.waiters.pop_front() else {
                 break;
             };
-            *sem.held.entry(w.client).or_default() += 1;
-            fx.replies.push((w.client, w.request, CoordReply::Done));
+            let lease = self.next_lease;
+            self.next_lease += 1;
+            sem.held.insert(lease, w.client);
+            granted.push((w, lease));
         }
         if sem.held.is_empty() && sem.waiters.is_empty() {
             self.semaphores.remove(name);
         }
+        for (w, lease) in granted {
+            self.answered(w, fx, CoordReply::Leased { lease });
+        }
+    }
+
+    /// Waiting operations, for consistency checks: every one indexed, and only those.
+    pub fn check(&self) -> Result<(), String> {
+        let mut listed = 0;
+        let mut check = |waiters: &VecDeque<Waiter>, place: Place| {
+            for w in waiters {
+                listed += 1;
+                if self.waiting.get(&(w.client, w.request)) != Some(&place) {
+                    return Err(format!("{w:?} waits at {place:?} but is not indexed there"));
+                }
+            }
+            Ok(())
+        };
+        for (n, e) in &self.events {
+            check(&e.waiters, Place::Event(n.clone()))?;
+        }
+        for (n, s) in &self.semaphores {
+            check(&s.waiters, Place::Semaphore(n.clone()))?;
+            if s.held.len() > s.max_leases as usize {
+                return Err(format!("semaphore {n:?} has more leases held than it has"));
+            }
+        }
+        for (n, v) in &self.variables {
+            check(&v.waiters, Place::Variable(n.clone()))?;
+        }
+        for (n, q) in &self.queues {
+            check(&q.waiters, Place::Queue(n.clone()))?;
+        }
+        if listed != self.waiting.len() {
+            return Err(format!(
+                "{} waiting operations indexed, {listed} waiting",
+                self.waiting.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -401,6 +476,13 @@ mod tests {
         );
     }
 
+    fn leased(reply: &CoordReply) -> u64 {
+        match reply {
+            CoordReply::Leased { lease } => *lease,
+            other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+
     #[test]
     fn semaphores_grant_leases_in_order_and_free_those_of_the_gone() {
         let mut co = Coordination::default();
@@ -408,18 +490,22 @@ mod tests {
             name: "s".into(),
             max_leases: n,
         };
-        let release = || Coordinate::Release { name: "s".into() };
-        assert_eq!(
-            replies(&co.apply(c(1), 1, acquire(2))),
-            [(1, 1, CoordReply::Done)]
-        );
-        assert_eq!(
-            replies(&co.apply(c(2), 1, acquire(2))),
-            [(2, 1, CoordReply::Done)]
-        );
+        let release = |lease| Coordinate::Release {
+            name: "s".into(),
+            lease,
+        };
+        let one = |fx: Effects| -> (u32, u64, u64) {
+            let r = replies(&fx);
+            assert_eq!(r.len(), 1, "{r:?}");
+            (r[0].0, r[0].1, leased(&r[0].2))
+        };
+        let (_, _, l1) = one(co.apply(c(1), 1, acquire(2)));
+        let (_, _, l2) = one(co.apply(c(2), 1, acquire(2)));
+        assert_ne!(l1, l2);
         // Full: c3 then c1 wait, in that order.
         assert!(co.apply(c(3), 1, acquire(2)).replies.is_empty());
         assert!(co.apply(c(1), 2, acquire(2)).replies.is_empty());
+        co.check().unwrap();
         // Another number of leases is refused, naming the semaphore.
         let r = replies(&co.apply(c(4), 1, acquire(3)));
         assert!(matches!(&r[0].2, CoordReply::Refused { error } if error.contains("\"s\"")));
@@ -428,21 +514,27 @@ mod tests {
             replies(&co.apply(c(4), 2, leases)),
             [(4, 2, CoordReply::Count(2))]
         );
-        // c2 releases: c3 gets it. c2 releasing again is refused.
-        let fx = co.apply(c(2), 2, release());
-        assert_eq!(
-            replies(&fx),
-            [(2, 2, CoordReply::Done), (3, 1, CoordReply::Done)]
-        );
-        let r = replies(&co.apply(c(2), 3, release()));
+        // Nobody releases a lease another client holds.
+        let r = replies(&co.apply(c(1), 3, release(l2)));
+        assert!(matches!(&r[0].2, CoordReply::Refused { error } if error.contains("more often")));
+        // c2 releases: c3 gets a fresh lease. c2 releasing it again is refused.
+        let fx = co.apply(c(2), 2, release(l2));
+        let r = replies(&fx);
+        assert_eq!(r[0], (2, 2, CoordReply::Done));
+        assert_eq!((r[1].0, r[1].1), (3, 1));
+        let l3 = leased(&r[1].2);
+        let r = replies(&co.apply(c(2), 3, release(l2)));
         assert!(matches!(&r[0].2, CoordReply::Refused { error } if error.contains("more often")));
         // c3 disconnects: its lease goes to c1's waiting acquire.
-        let fx = co.client_gone(c(3));
-        assert_eq!(replies(&fx), [(1, 2, CoordReply::Done)]);
+        let (who, request, l4) = one(co.client_gone(c(3)));
+        assert_eq!((who, request), (1, 2));
+        assert!(![l1, l2, l3].contains(&l4));
+        co.check().unwrap();
         // Everything released: forgotten.
-        co.apply(c(1), 3, release());
-        co.apply(c(1), 4, release());
+        co.apply(c(1), 4, release(l1));
+        co.apply(c(1), 5, release(l4));
         assert!(co.semaphores.is_empty());
+        co.check().unwrap();
     }
 
     #[test]
@@ -452,7 +544,7 @@ mod tests {
             name: "l".into(),
             max_leases: 1,
         };
-        co.apply(c(1), 1, lock());
+        let lease = leased(&co.apply(c(1), 1, lock()).replies[0].2);
         assert!(co.apply(c(2), 5, lock()).replies.is_empty());
         assert!(co.apply(c(3), 9, lock()).replies.is_empty());
         // c2 gives up waiting: told so; then c1 releases and c3 (not c2) gets the lock.
@@ -460,13 +552,26 @@ mod tests {
             replies(&co.apply(c(2), 5, Coordinate::Abandon)),
             [(2, 5, CoordReply::Abandoned)]
         );
-        let fx = co.apply(c(1), 2, Coordinate::Release { name: "l".into() });
-        assert_eq!(
-            replies(&fx),
-            [(1, 2, CoordReply::Done), (3, 9, CoordReply::Done)]
-        );
-        // Abandoning what was answered already says nothing (the answer went first).
+        co.check().unwrap();
+        let release = Coordinate::Release {
+            name: "l".into(),
+            lease,
+        };
+        let r = replies(&co.apply(c(1), 2, release));
+        assert_eq!(r[0], (1, 2, CoordReply::Done));
+        assert_eq!((r[1].0, r[1].1), (3, 9));
+        // Abandoning what was answered already (or never asked) says nothing.
         assert!(co.apply(c(3), 9, Coordinate::Abandon).replies.is_empty());
+        assert!(co.apply(c(7), 1, Coordinate::Abandon).replies.is_empty());
+        // Withdrawn waits leave nothing behind.
+        assert!(
+            co.apply(c(4), 1, Coordinate::EventWait { name: "e".into() })
+                .replies
+                .is_empty()
+        );
+        co.apply(c(4), 1, Coordinate::Abandon);
+        assert!(co.events.is_empty() && co.waiting.is_empty());
+        co.check().unwrap();
     }
 
     #[test]

@@ -489,11 +489,11 @@ pub enum Coordinate {
     /// [`CoordReply::Flag`]: is it set?
     EventIsSet { name: String },
     /// Take a lease of the semaphore `name` (a lock is one with a single lease): answered
-    /// once one is free. The first acquire sets `max_leases`; a later one asking for
-    /// another number is refused.
+    /// with its number ([`CoordReply::Leased`]) once one is free, in the order asked. The
+    /// first acquire sets `max_leases`; a later one asking for another number is refused.
     Acquire { name: String, max_leases: u32 },
-    /// Give back a lease this client holds (refused if it holds none).
-    Release { name: String },
+    /// Give back lease `lease` (refused unless this client holds it).
+    Release { name: String, lease: u64 },
     /// [`CoordReply::Count`]: leases held now.
     Leases { name: String },
     /// Set the variable (the item replaces any earlier one). Refused, naming it, if a key
@@ -520,6 +520,10 @@ pub enum Coordinate {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum CoordReply {
     Done,
+    /// A lease was granted: its number, for [`Coordinate::Release`].
+    Leased {
+        lease: u64,
+    },
     Flag(bool),
     Count(u64),
     /// A variable's value or a queue's item; its keys are wanted by the client from now

@@ -1718,6 +1718,7 @@ impl SchedulerState {
                 ));
             }
         }
+        self.coordination.check()?;
         let mut published: FxHashMap<&Key, u32> = FxHashMap::default();
         for k in self.coordination.held_keys() {
             if !self.tasks.contains_key(k) {
@@ -2394,11 +2395,16 @@ impl SchedulerState {
             self.free_on(worker, key);
             return;
         }
+        // A seceded task's time is mostly waiting on others: it teaches nothing about how
+        // long its kind computes.
+        let long_running =
+            (self.workers.get(&worker)).is_some_and(|w| w.long_running.contains(&key));
         self.unassign(&key);
         // A scattered value arriving is not a task run: it teaches nothing about durations.
         if !self.tasks[&key].scattered {
             self.record_run(&key, worker, micros, nbytes, false);
             match self.durations.get_mut(key.group()) {
+                _ if long_running => {}
                 Some(d) => {
                     *d = (
                         moving_average(d.0, micros),
@@ -3488,7 +3494,11 @@ mod tests {
             name: "l".into(),
             max_leases: 1,
         };
-        assert_eq!(coordinate(&mut s, 3, 1, lock()), [(3, 1, CoordReply::Done)]);
+        let r = coordinate(&mut s, 3, 1, lock());
+        assert!(
+            matches!(r[..], [(3, 1, CoordReply::Leased { .. })]),
+            "{r:?}"
+        );
         assert!(coordinate(&mut s, 1, 5, lock()).is_empty());
         let acts = s.handle(
             SchedulerEvent::ClientGone {
@@ -3502,7 +3512,7 @@ mod tests {
                 ClientId(1),
                 ToClient::Coordinated {
                     request: 5,
-                    reply: CoordReply::Done
+                    reply: CoordReply::Leased { .. }
                 }
             )
         )));

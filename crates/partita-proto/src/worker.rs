@@ -539,8 +539,12 @@ impl WorkerState {
         resources: Resources,
     ) {
         if let Some(t) = self.tasks.get_mut(&key) {
-            // Freed and sent again while still running: keep the run, report its result.
+            // Freed and sent again while still running: keep the run, report its result
+            // (and, to the scheduler that counts it afresh, that it holds no thread).
             t.released = false;
+            if t.seceded {
+                self.send(FromWorker::Seceded { key });
+            }
             return;
         }
         if let Some(s) = self.data.get(&key) {
@@ -1463,6 +1467,13 @@ mod tests {
         );
         w.handle(done(k(2)), Time::ZERO);
         assert_eq!(w.metrics().executing, 1);
+        // Freed and sent again while seceded: the scheduler hears it holds no thread.
+        w.handle(WorkerEvent::Secede { key: k(3) }, Time::ZERO);
+        let free = ToWorker::FreeKeys { keys: vec![k(3)] };
+        w.handle(WorkerEvent::FromScheduler(free), Time::ZERO);
+        let acts = w.handle(compute(k(3), 3, vec![]), Time::ZERO);
+        assert!(acts.iter().any(|a| matches!(a,
+            WorkerAction::SendToScheduler(FromWorker::Seceded { key }) if *key == k(3))));
         w.handle(done(k(3)), Time::ZERO);
         assert_eq!(w.metrics().executing, 0);
         // Rejoining what never seceded (or is gone) is answered at once.

@@ -57,20 +57,30 @@ class Semaphore(_Named):
     """At most `max_leases` holders at once, across the cluster (dask's
     `distributed.Semaphore`): `acquire(timeout=None)` returns whether a lease was taken,
     `release()` gives one back, `get_value()` counts those held; a `with` block holds one.
-    The first process to acquire it sets `max_leases`; another number is then an error."""
+    The first process to acquire it sets `max_leases`; another number is then an error.
+    A lease belongs to the handle that took it; one a task took and did not release is
+    given back when the task ends, and any is when its client's connection closes."""
 
     def __init__(self, max_leases=1, name=None, client=None):
         if not isinstance(max_leases, int) or max_leases < 1:
             raise ValueError(f"max_leases must be a positive int, got {max_leases!r}")
         super().__init__(name, client)
         self.max_leases = max_leases
+        # Leases this handle took, last taken last: only it releases them.
+        self._leases = []
 
     def acquire(self, timeout=None):
-        return self.client._acquire(self.name, self.max_leases, timeout)
+        lease = self.client._acquire(self.name, self.max_leases, timeout)
+        if lease is None:
+            return False
+        self._leases.append(lease)
+        return True
 
     def release(self):
-        """Give back a lease this client holds (RuntimeError if it holds none)."""
-        self.client._release(self.name)
+        """Give back the lease this handle took last (RuntimeError if it holds none)."""
+        if not self._leases:
+            raise RuntimeError(f"semaphore {self.name!r} released more often than this handle acquired it")
+        self.client._release(self.name, self._leases.pop())
         return True
 
     def get_value(self):
@@ -102,6 +112,12 @@ class Lock(Semaphore):
                 raise ValueError("a non-blocking acquire takes no timeout")
             timeout = 0
         return super().acquire(timeout)
+
+    def release(self):
+        """Release it (ValueError unless this handle holds it)."""
+        if not self._leases:
+            raise ValueError(f"lock {self.name!r} is not held by this handle")
+        return super().release()
 
     def locked(self):
         return self.get_value() > 0
