@@ -1318,6 +1318,34 @@ fn tasks_asking_for_resources_run_where_offered_and_no_more_at_once() {
     }
     // The others ran too, wherever.
     assert_eq!(client.gather(&plain).unwrap().len(), 4);
+    // Eight more queue on the one slot; a second worker offering one joins: the tasks
+    // waiting for the slot move there (the first has both threads idle but one slot).
+    let more: Vec<_> = (0..8)
+        .map(|i| {
+            let key = Key::new("slot-span-2", [i]);
+            let op = Arc::new(Span { ms: 300 });
+            client.submit_task_with(key, op, &[], &slot).unwrap()
+        })
+        .collect();
+    cluster.add_worker_offering(&one_slot).unwrap();
+    let ran: Vec<Vec<i64>> = (client.gather(&more).unwrap().iter())
+        .map(|v| v.get::<Vec<i64>>().unwrap().clone())
+        .collect();
+    let by_pid = ran
+        .iter()
+        .fold(std::collections::BTreeMap::new(), |mut m, r| {
+            m.entry(r[0]).or_insert_with(Vec::new).push((r[1], r[2]));
+            m
+        });
+    assert_eq!(by_pid.len(), 2, "all ran in one process: {ran:?}");
+    for spans in by_pid.values() {
+        let mut spans = spans.clone();
+        spans.sort_unstable();
+        assert!(
+            spans.windows(2).all(|p| p[1].0 >= p[0].1),
+            "overlap: {spans:?}"
+        );
+    }
 }
 
 /// Dask's `client.restart`: every worker process is replaced through its nanny, all work

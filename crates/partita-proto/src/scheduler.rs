@@ -559,6 +559,7 @@ impl SchedulerState {
         self.fill_slots();
         if self.config.work_stealing {
             self.balance();
+            self.balance_resources();
         }
         self.close_retired();
         if self.no_worker.is_empty() && !self.no_worker_warned.is_empty() {
@@ -2312,6 +2313,117 @@ impl SchedulerState {
         }
     }
 
+    /// Tasks asking for resources wait on their worker while its offer is held, however
+    /// many of its threads are idle, so [`SchedulerState::balance`] (which counts
+    /// threads) never moves them: ask such a worker to hand the tasks that would wait to
+    /// a worker with an idle thread and enough of the resource free. Looks only when a
+    /// worker offering resources has an idle thread.
+    fn balance_resources(&mut self) {
+        let idle = |w: &WorkerInfo| {
+            !w.resources.is_empty()
+                && !w.metrics.paused
+                && !w.retiring
+                && w.busy() < w.nthreads as usize
+        };
+        if !self.workers.values().any(idle) {
+            return;
+        }
+        // What each worker's processing tasks ask for, counted against its offer: the
+        // free amounts of possible thieves (steals in flight counted where they go).
+        let asks = |s: &Self, k: &Key| -> Option<Resources> {
+            let r = s.tasks.get(k)?.restrictions.as_ref()?;
+            (!r.resources.is_empty()).then(|| r.resources.clone())
+        };
+        let mut free: BTreeMap<WorkerId, Resources> = BTreeMap::new();
+        for (id, w) in &self.workers {
+            if !idle(w) {
+                continue;
+            }
+            let mut left = w.resources.clone();
+            for k in w
+                .processing
+                .iter()
+                .filter(|k| self.steals.get(*k).is_none_or(|(v, _)| v != id))
+            {
+                if let Some(need) = asks(self, k) {
+                    left.take(&need);
+                }
+            }
+            for (k, (_, thief)) in &self.steals {
+                if thief == id
+                    && let Some(need) = asks(self, k)
+                {
+                    left.take(&need);
+                }
+            }
+            free.insert(*id, left);
+        }
+        let mut incoming: BTreeMap<WorkerId, usize> = BTreeMap::new();
+        for (_, thief) in self.steals.values() {
+            *incoming.entry(*thief).or_default() += 1;
+        }
+        let victims: Vec<WorkerId> = (self.workers.iter())
+            .filter(|(_, w)| !w.resources.is_empty() && !w.retiring)
+            .map(|(id, _)| *id)
+            .collect();
+        for victim in victims {
+            // The worker runs them in priority order while its offer covers them: the
+            // rest would wait.
+            let w = &self.workers[&victim];
+            let mut mine: Vec<(i64, u64, Key, Resources)> = (w.processing.iter())
+                .filter(|k| !self.steals.contains_key(*k))
+                .filter_map(|k| {
+                    let t = self.tasks.get(k)?;
+                    Some((t.priority, t.seq, k.clone(), asks(self, k)?))
+                })
+                .collect();
+            if mine.len() < 2 {
+                continue;
+            }
+            mine.sort_by_key(|a| (a.0, a.1));
+            let mut left = w.resources.clone();
+            let mut waiting = Vec::new();
+            for (p, q, k, need) in mine {
+                match left.nearly_covers(&need) {
+                    true => left.take(&need),
+                    false => waiting.push((p, q, k, need)),
+                }
+            }
+            // The last to run first, each to the first worker that can take it now.
+            for (_, _, key, need) in waiting.into_iter().rev() {
+                let t = &self.tasks[&key];
+                if t.started {
+                    continue;
+                }
+                let restrictions = t.restrictions.as_deref();
+                let thief = (free.iter())
+                    .filter(|(id, _)| **id != victim)
+                    .filter(|(id, left)| {
+                        let w = &self.workers[*id];
+                        let load = w.busy() + incoming.get(*id).copied().unwrap_or(0);
+                        load < w.nthreads as usize
+                            && left.nearly_covers(&need)
+                            && restrictions.is_none_or(|r| r.allows(&w.address, &w.resources, true))
+                    })
+                    .map(|(id, _)| *id)
+                    .find(|id| self.transfer_cost(&key, *id) <= self.estimate(&key));
+                let Some(thief) = thief else {
+                    continue;
+                };
+                free.get_mut(&thief).expect("listed").take(&need);
+                *incoming.entry(thief).or_default() += 1;
+                self.steals.insert(key.clone(), (victim, thief));
+                self.stats.steal_requests += 1;
+                self.log(
+                    LogLevel::Debug,
+                    format!("asking {victim} to hand {key} (waiting for resources) to {thief}"),
+                );
+                let msg = ToWorker::StealRequest { key };
+                self.out.push(SchedulerAction::SendToWorker(victim, msg));
+            }
+        }
+    }
+
     /// A task processing on `worker` gave its thread back: it has started (so is never
     /// stolen) and no longer counts as the worker's load or occupancy.
     fn seceded(&mut self, worker: WorkerId, key: Key) {
@@ -3677,6 +3789,54 @@ mod tests {
         });
         r.resources = Resources::parse(resources).unwrap();
         spec
+    }
+
+    #[test]
+    fn tasks_waiting_for_a_resource_move_to_an_idle_worker_offering_it() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        let gpu = Resources::parse("GPU=1").unwrap();
+        join_offering(&mut s, 0, 4, "10.0.0.1:4000", gpu.clone());
+        let keys: Vec<Key> = (0..4).map(|i| Key::new("g", [i])).collect();
+        let specs = (keys.iter().enumerate())
+            .map(|(i, k)| asking(spec(k, &[], i as i64), "GPU=1"))
+            .collect();
+        let refs: Vec<&Key> = keys.iter().collect();
+        let acts = submit(&mut s, 1, specs, &refs);
+        // One GPU, four threads: all four go to worker 0, where three wait for the GPU.
+        assert_eq!(computes(&acts).len(), 4);
+        let steals = |acts: &[SchedulerAction]| -> Vec<(u32, Key)> {
+            (acts.iter())
+                .filter_map(|a| match a {
+                    SchedulerAction::SendToWorker(w, ToWorker::StealRequest { key }) => {
+                        Some((w.0, key.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // A worker without a GPU takes none; one offering a GPU takes the last to run,
+        // one at a time (its one GPU).
+        assert!(steals(&join_at(&mut s, 2, 4, "10.0.0.3:4000")).is_empty());
+        let acts = join_offering(&mut s, 1, 4, "10.0.0.2:4000", gpu);
+        assert_eq!(steals(&acts), [(0, keys[3].clone())]);
+        s.check_consistency().unwrap();
+        let handed = FromWorker::StealResponse {
+            key: keys[3].clone(),
+            stolen: true,
+        };
+        let acts = s.handle(
+            SchedulerEvent::FromWorker {
+                worker: WorkerId(0),
+                msg: handed,
+            },
+            Time::ZERO,
+        );
+        assert_eq!(computes(&acts), [(1, keys[3].clone())]);
+        assert!(steals(&acts).is_empty(), "{acts:?}");
+        // Done there: worker 1 takes the next that waits.
+        let acts = finish(&mut s, 1, &keys[3], 8);
+        assert_eq!(steals(&acts), [(0, keys[2].clone())]);
+        s.check_consistency().unwrap();
     }
 
     #[test]
