@@ -1830,16 +1830,11 @@ impl PyClient {
     }
 
     /// Forget the dataset `name` (Dask's `client.unpublish_dataset`); its data goes once
-    /// no client holds it. `KeyError` if nothing is published under that name.
-    fn unpublish_dataset(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+    /// no client holds it. Nothing published under that name: nothing to do (as Dask's);
+    /// returns whether there was.
+    fn unpublish_dataset(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
         let client = self.client()?;
-        if py.detach(|| client.unpublish_dataset(name)).py_err()? {
-            Ok(())
-        } else {
-            Err(pyo3::exceptions::PyKeyError::new_err(format!(
-                "no dataset named {name:?} is published"
-            )))
-        }
+        py.detach(|| client.unpublish_dataset(name)).py_err()
     }
 
     /// The names of the datasets published on the cluster now, sorted, as a tuple (Dask's

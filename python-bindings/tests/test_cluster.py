@@ -263,8 +263,11 @@ def test_published_datasets_outlive_their_publisher_and_compute_alike():
             with pytest.raises(KeyError, match="bundle"):
                 getter.get_dataset("bundle")
             assert getter.get_dataset("bundle", default=None) is None
+            # Unpublishing an unknown name does nothing, as Dask's; deleting it from the
+            # mapping is a KeyError, as for any mapping.
+            assert getter.unpublish_dataset("bundle") is False
             with pytest.raises(KeyError, match="bundle"):
-                getter.unpublish_dataset("bundle")
+                del getter.datasets["bundle"]
             # Unpublished, but still held by this client's objects.
             np.testing.assert_allclose(got["a"].compute(scheduler=getter), x * 2)
             assert got["df"].compute(scheduler=getter).equals(frame)

@@ -413,7 +413,8 @@ class _Datasets(collections.abc.MutableMapping):
         self._client.publish_dataset(value, name=name)
 
     def __delitem__(self, name):
-        self._client.unpublish_dataset(name)
+        if not self._client.unpublish_dataset(name):
+            raise KeyError(f"no dataset named {name!r} is published")
 
     def __contains__(self, name):
         return name in self._client.list_datasets()
