@@ -581,6 +581,11 @@ def test_locks_events_variables_and_queues_coordinate_tasks_as_in_dask(cluster_c
     assert sem.get_value() == 0
     with pytest.raises(NotImplementedError):
         pt.Queue(maxsize=3)
+    # Bad arguments are plain errors naming what is wrong.
+    with pytest.raises(ValueError, match="max_leases"):
+        pt.Semaphore(max_leases=0)
+    with pytest.raises(ValueError, match="timeout"):
+        pt.Event("py-go").wait(timeout=-1)
 
 
 def test_ctrl_c_stops_waiting_on_a_lock(cluster_client):

@@ -153,6 +153,14 @@ pub(crate) fn gave_back_lease(name: &str, lease: u64) {
     });
 }
 
+fn worker_stopped() -> Error {
+    Error::Transport("the worker stopped".into())
+}
+
+fn outside_a_task(what: &str) -> Error {
+    Error::NotImplemented(format!("{what} works in a task running on a worker"))
+}
+
 /// In an inline run: mark it to be run again on a pool thread, and say why it stops.
 fn needs_pool(c: &mut Current, what: &str) -> Error {
     c.rerun = true;
@@ -214,9 +222,7 @@ pub fn secede() -> Result<()> {
     CURRENT.with(|c| {
         let mut c = c.borrow_mut();
         let Some(c) = c.as_mut() else {
-            return Err(Error::NotImplemented(
-                "secede() works in a task running on a worker".into(),
-            ));
+            return Err(outside_a_task("secede()"));
         };
         if c.inline {
             return Err(needs_pool(c, "secede()"));
@@ -229,7 +235,7 @@ pub fn secede() -> Result<()> {
         c.worker
             .events
             .send(WorkerEvent::Secede { key })
-            .map_err(|_| Error::Transport("the worker stopped".into()))?;
+            .map_err(|_| worker_stopped())?;
         c.seceded = true;
         Ok(())
     })
@@ -242,23 +248,20 @@ pub fn rejoin() -> Result<()> {
     let wait = CURRENT.with(|c| {
         let mut c = c.borrow_mut();
         let Some(c) = c.as_mut() else {
-            return Err(Error::NotImplemented(
-                "rejoin() works in a task running on a worker".into(),
-            ));
+            return Err(outside_a_task("rejoin()"));
         };
         if !c.seceded {
             return Ok(None);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let stopped = || Error::Transport("the worker stopped".into());
         (locked(&c.worker.rejoining).as_mut())
-            .ok_or_else(stopped)?
+            .ok_or_else(worker_stopped)?
             .insert(c.key.clone(), tx);
         let key = c.key.clone();
         c.worker
             .events
             .send(WorkerEvent::Rejoin { key })
-            .map_err(|_| Error::Transport("the worker stopped".into()))?;
+            .map_err(|_| worker_stopped())?;
         c.seceded = false;
         Ok(Some(rx))
     })?;

@@ -506,7 +506,9 @@ mod tests {
         assert!(co.apply(c(3), 1, acquire(2)).replies.is_empty());
         assert!(co.apply(c(1), 2, acquire(2)).replies.is_empty());
         co.check().unwrap();
-        // Another number of leases is refused, naming the semaphore.
+        // Zero leases, or another number of them, is refused, naming the semaphore.
+        let r = replies(&co.apply(c(4), 9, acquire(0)));
+        assert!(matches!(&r[0].2, CoordReply::Refused { error } if error.contains("at least 1")));
         let r = replies(&co.apply(c(4), 1, acquire(3)));
         assert!(matches!(&r[0].2, CoordReply::Refused { error } if error.contains("\"s\"")));
         let leases = Coordinate::Leases { name: "s".into() };

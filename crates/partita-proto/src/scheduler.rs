@@ -2299,18 +2299,23 @@ impl SchedulerState {
                     exhausted.insert(victim);
                     continue;
                 };
-                self.steals.insert(key.clone(), (victim, thief));
                 *incoming.entry(thief).or_default() += 1;
                 *outgoing.entry(victim).or_default() += 1;
-                self.stats.steal_requests += 1;
-                self.log(
-                    LogLevel::Debug,
-                    format!("asking {victim} to hand {key} to {thief}"),
-                );
-                let msg = ToWorker::StealRequest { key };
-                self.out.push(SchedulerAction::SendToWorker(victim, msg));
+                self.request_steal(key, victim, thief, "");
             }
         }
+    }
+
+    /// Ask `victim` to hand `key` (not started there) to `thief`; `why` is for the log.
+    fn request_steal(&mut self, key: Key, victim: WorkerId, thief: WorkerId, why: &str) {
+        self.steals.insert(key.clone(), (victim, thief));
+        self.stats.steal_requests += 1;
+        self.log(
+            LogLevel::Debug,
+            format!("asking {victim} to hand {key}{why} to {thief}"),
+        );
+        let msg = ToWorker::StealRequest { key };
+        self.out.push(SchedulerAction::SendToWorker(victim, msg));
     }
 
     /// Tasks asking for resources wait on their worker while its offer is held, however
@@ -2412,14 +2417,7 @@ impl SchedulerState {
                 };
                 free.get_mut(&thief).expect("listed").take(&need);
                 *incoming.entry(thief).or_default() += 1;
-                self.steals.insert(key.clone(), (victim, thief));
-                self.stats.steal_requests += 1;
-                self.log(
-                    LogLevel::Debug,
-                    format!("asking {victim} to hand {key} (waiting for resources) to {thief}"),
-                );
-                let msg = ToWorker::StealRequest { key };
-                self.out.push(SchedulerAction::SendToWorker(victim, msg));
+                self.request_steal(key, victim, thief, " (waiting for resources)");
             }
         }
     }
