@@ -2016,6 +2016,36 @@ fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
         .transpose()
 }
 
+/// A duration argument: a number of seconds, or a string of a number and a unit (`"500ms"`,
+/// `"5s"`, `"2m"`, `"1h"`; Dask's spelling); ValueError naming `what` otherwise.
+fn duration_of(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
+    let bad = |detail: String| {
+        PyValueError::new_err(format!(
+            "{what} must be seconds (a number >= 0) or a string such as \"500ms\" or \"5s\": {detail}"
+        ))
+    };
+    let secs = if let Ok(text) = value.extract::<String>() {
+        let text = text.trim();
+        let split = (text.find(|c: char| c.is_ascii_alphabetic())).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = (number.trim().parse())
+            .map_err(|_| bad(format!("{text:?} does not start with a number")))?;
+        let scale = match unit.trim() {
+            "ms" => 1e-3,
+            "" | "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            other => return Err(bad(format!("unknown unit {other:?}"))),
+        };
+        number * scale
+    } else {
+        value
+            .extract::<f64>()
+            .map_err(|_| bad(format!("got {value}")))?
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| bad(format!("got {secs} seconds")))
+}
+
 /// How a variable or queue is named in errors.
 fn item_name(name: &str, queue: bool) -> String {
     match queue {
@@ -2127,6 +2157,74 @@ impl PyLocalCluster {
     fn log(&self, name: &str) -> PyResult<String> {
         let guard = self.cluster()?;
         Ok(guard.as_ref().expect("checked by cluster()").log(name))
+    }
+
+    /// Have `n` worker processes (Dask's `cluster.scale(n)`): start more, or retire the
+    /// least busy and emptiest workers gracefully, their values handed to the workers that
+    /// stay. Returns once the cluster has `n` workers (TransportError after `timeout`
+    /// seconds, or when values held leave nowhere to go for `n=0`). Stops `adapt`.
+    #[pyo3(signature = (n, timeout = 60.0))]
+    fn scale(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<()> {
+        let timeout = seconds(Some(timeout))?.unwrap_or_default();
+        let mut guard = self.cluster()?;
+        let c = guard.as_mut().expect("checked by cluster()");
+        py.detach(|| c.scale(n, timeout)).py_err()
+    }
+
+    /// Scale with the load (Dask's `cluster.adapt`): every `interval` ask the scheduler how
+    /// many workers would finish the work in sight in `target_duration`, start workers
+    /// at once when that (within `minimum`..`maximum`) is more than run, retire the idle
+    /// workers it names after `wait_count` answers in a row asked for fewer. Durations are
+    /// seconds or strings such as "500ms", "5s", "2m". Replaces an earlier `adapt`;
+    /// `scale`, `stop_adapting` or `close` stop it.
+    #[pyo3(signature = (minimum = 0, maximum = None, interval = None, target_duration = None, wait_count = 3))]
+    fn adapt(
+        &self,
+        py: Python<'_>,
+        minimum: usize,
+        maximum: Option<usize>,
+        interval: Option<&Bound<'_, PyAny>>,
+        target_duration: Option<&Bound<'_, PyAny>>,
+        wait_count: u32,
+    ) -> PyResult<()> {
+        let defaults = partita::distributed::AdaptOptions::default();
+        let options = partita::distributed::AdaptOptions {
+            minimum,
+            maximum: maximum.unwrap_or(usize::MAX),
+            interval: interval.map_or(Ok(defaults.interval), |d| duration_of(d, "interval"))?,
+            target_duration: (target_duration).map_or(Ok(defaults.target_duration), |d| {
+                duration_of(d, "target_duration")
+            })?,
+            wait_count: wait_count.max(1),
+        };
+        let mut guard = self.cluster()?;
+        let c = guard.as_mut().expect("checked by cluster()");
+        py.detach(|| c.adapt(options)).py_err()
+    }
+
+    /// Stop scaling with the load; the workers running stay.
+    fn stop_adapting(&self, py: Python<'_>) -> PyResult<()> {
+        let mut guard = self.cluster()?;
+        let c = guard.as_mut().expect("checked by cluster()");
+        py.detach(|| c.stop_adapting());
+        Ok(())
+    }
+
+    /// Whether `adapt` is on.
+    #[getter]
+    fn adaptive(&self) -> PyResult<bool> {
+        let guard = self.cluster()?;
+        Ok(guard.as_ref().expect("checked by cluster()").is_adaptive())
+    }
+
+    /// Worker processes running now (started and not exited).
+    #[getter]
+    fn n_workers(&self) -> PyResult<usize> {
+        let guard = self.cluster()?;
+        Ok(guard
+            .as_ref()
+            .expect("checked by cluster()")
+            .running_workers())
     }
 
     /// Stop every process of this cluster.

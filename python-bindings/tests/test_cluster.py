@@ -405,3 +405,49 @@ def test_priority_starts_urgent_work_before_queued_work_as_in_dask():
         x = np.random.default_rng(12).normal(size=(20, 20))
         total = client.compute(pt.from_numpy(x, chunks=10).sum(), priority=-3)
         np.testing.assert_allclose(total.result(timeout=60), x.sum())
+
+
+def test_scale_and_adapt_resize_the_cluster_as_in_dask():
+    import time
+
+    def settle(cluster, client, n):
+        deadline = time.monotonic() + 60
+        while cluster.n_workers != n or len(client.nthreads()) != n:
+            assert time.monotonic() < deadline, (cluster.n_workers, client.nthreads())
+            time.sleep(0.05)
+
+    with pt.LocalCluster(n_workers=1, nanny=False) as cluster, pt.Client(cluster) as client:
+        # scale: up, data on every worker, down to one holding all of it.
+        cluster.scale(3)
+        assert len(client.nthreads()) == 3 and cluster.n_workers == 3
+        arrays = [np.arange(10.0) * i for i in range(6)]
+        futures = client.scatter(arrays)
+        cluster.scale(1)
+        settle(cluster, client, 1)
+        for got, want in zip(client.gather(futures), arrays):
+            np.testing.assert_array_equal(got, want)
+        assert client.scheduler_info()["stats"]["lost_values"] == 0
+        with pytest.raises(pt.TransportError, match="hold values"):
+            cluster.scale(0)
+        # adapt: a backlog of 24 calls of 0.3 s (7 s on one thread) grows the cluster to its maximum, and once
+        # idle it shrinks back to the minimum, the results kept.
+        with pytest.raises(ValueError, match="interval"):
+            cluster.adapt(interval="soon")
+        cluster.adapt(minimum=1, maximum=3, interval="100ms", target_duration=1, wait_count=3)
+        assert cluster.adaptive
+        from udfs import nap
+
+        squares = client.map(nap, range(24), seconds=0.3)
+        peak = 1
+        while not all(f.done() for f in squares):
+            peak = max(peak, cluster.n_workers)
+            time.sleep(0.02)
+        assert client.gather(squares) == list(range(24))
+        assert peak == 3
+        settle(cluster, client, 1)
+        assert client.gather(squares) == list(range(24))
+        stats = client.scheduler_info()["stats"]
+        assert stats["lost_values"] == 0 and stats["recomputed"] == 0, stats
+        # scale stops adapting.
+        cluster.scale(2)
+        assert not cluster.adaptive and cluster.n_workers == 2

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use partita::distributed::{
-    Client, ClusterFile, ClusterInfo, FutureStatus, LocalCluster, LocalClusterOptions, Persisted,
-    TaskCounts,
+    AdaptOptions, Client, ClusterFile, ClusterInfo, FutureStatus, LocalCluster,
+    LocalClusterOptions, Persisted, TaskCounts,
 };
 use partita::{
     ComputeOptions, Error, ExecutionContext, ExecutionPlan, FnOp, Graph, GraphBuilder, Key,
@@ -1612,4 +1612,111 @@ fn locks_queues_events_and_variables_coordinate_clients_and_tasks() {
     sem.release().unwrap();
     sem.release().unwrap();
     assert_eq!(sem.leases().unwrap(), 0);
+}
+
+/// `(i, mix(i, []))` for the futures of [`slow_backlog`].
+fn check_backlog(client: &Client, futures: &[partita::distributed::Future]) {
+    let values = client.gather(futures).unwrap();
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(*v.get::<i64>().unwrap(), mix(i as i64, &[]), "task {i}");
+    }
+}
+
+/// `n` independent tasks of `ms` milliseconds each.
+fn slow_backlog(client: &Client, name: &str, n: i64, ms: u64) -> Vec<partita::distributed::Future> {
+    (0..n)
+        .map(|i| {
+            let op = Arc::new(SlowMix { salt: i, ms });
+            client
+                .submit_task(Key::new(name, [i as u32]), op, &[])
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Wait (at most 30 s) until `n` worker processes run and `n` workers are connected.
+fn settles_at(cluster: &LocalCluster, client: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.running_workers() != n || client.info().unwrap().workers.len() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} processes, {:?}",
+            cluster.running_workers(),
+            client.info()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Adaptive scaling with real processes: one worker and a backlog of 30 tasks of 300 ms
+/// (9 s on its one thread) grow the cluster up to the maximum of 3; every result is
+/// right; once idle the cluster shrinks back to its minimum of one worker, which the
+/// others handed their values to: nothing lost, nothing computed again.
+#[test]
+fn adapt_grows_for_a_backlog_and_shrinks_back_keeping_the_values() {
+    let mut cluster = start(1, 0);
+    let options = AdaptOptions {
+        minimum: 1,
+        maximum: 3,
+        interval: Duration::from_millis(100),
+        target_duration: Duration::from_secs(1),
+        wait_count: 3,
+    };
+    cluster.adapt(options).unwrap();
+    assert!(cluster.is_adaptive());
+    let client = cluster.client().unwrap();
+    let futures = slow_backlog(&client, "adapt-slow", 30, 300);
+    let mut peak = 1;
+    while !futures.iter().all(|f| f.done()) {
+        peak = peak.max(cluster.running_workers());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check_backlog(&client, &futures);
+    assert_eq!(peak, 3, "the cluster grew to {peak} worker processes only");
+    settles_at(&cluster, &client, 1);
+    check_backlog(&client, &futures);
+    let stats = client.info().unwrap().stats;
+    assert_eq!(
+        (stats.workers_lost, stats.lost_values, stats.recomputed),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert!(stats.workers_retired >= 2, "{stats:?}");
+}
+
+/// `scale(n)`: up starts processes, down retires the emptiest workers gracefully (the
+/// values they held move to the ones that stay), and an idle cluster holding nothing
+/// scales to zero and back.
+#[test]
+fn scale_up_and_down_keeps_the_values() {
+    let mut cluster = start(1, 0);
+    let client = cluster.client().unwrap();
+    cluster.scale(3, Duration::from_secs(30)).unwrap();
+    assert_eq!(client.info().unwrap().workers.len(), 3);
+    // Values on all three workers.
+    let futures = slow_backlog(&client, "scale-values", 6, 50);
+    check_backlog(&client, &futures);
+    cluster.scale(1, Duration::from_secs(30)).unwrap();
+    settles_at(&cluster, &client, 1);
+    check_backlog(&client, &futures);
+    let stats = client.info().unwrap().stats;
+    assert_eq!(
+        (stats.workers_retired, stats.lost_values),
+        (2, 0),
+        "{stats:?}"
+    );
+    // To zero: refused while values are held (the worker stays), done once they are gone.
+    let err = cluster
+        .scale(0, Duration::from_secs(30))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hold values"), "{err}");
+    assert_eq!(cluster.running_workers(), 1);
+    drop(futures);
+    nothing_held(&client);
+    cluster.scale(0, Duration::from_secs(30)).unwrap();
+    settles_at(&cluster, &client, 0);
+    cluster.scale(2, Duration::from_secs(30)).unwrap();
+    let again = slow_backlog(&client, "scale-again", 4, 10);
+    check_backlog(&client, &again);
 }

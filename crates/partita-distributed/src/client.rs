@@ -27,8 +27,8 @@ use partita_core::{
     Error, Execution, ExecutionContext, ExecutionPlan, Key, Op, Result, RunStats, Scheduler, Value,
 };
 use partita_proto::messages::{
-    ClusterInfo, CoordReply, Coordinate, DatasetReply, FromClient, Peer, Resources, Restrictions,
-    Role, TaskFailure, TaskRecord, TaskSpec, ToClient, WorkerId, task_priority,
+    AdaptiveTarget, ClusterInfo, CoordReply, Coordinate, DatasetReply, FromClient, Peer, Resources,
+    Restrictions, Role, TaskFailure, TaskRecord, TaskSpec, ToClient, WorkerId, task_priority,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
@@ -320,6 +320,11 @@ impl Client {
     /// The workers connected now, with their thread counts.
     pub fn workers(&self) -> Result<Vec<(Peer, u32)>> {
         self.inner.workers()
+    }
+
+    /// Whether the connection to the scheduler is still open.
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn.close_reason().is_none()
     }
 
     /// A snapshot of the cluster from the scheduler: every worker (address, threads,
@@ -616,7 +621,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::Dataset { .. }
         | ToClient::Restarting { .. }
         | ToClient::TaskStream { .. }
-        | ToClient::Coordinated { .. } => {}
+        | ToClient::Coordinated { .. }
+        | ToClient::AdaptiveTarget { .. } => {}
     }
     let key = match &msg {
         ToClient::KeyInMemory { key, .. }
@@ -634,7 +640,8 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::Dataset { .. }
         | ToClient::Restarting { .. }
         | ToClient::TaskStream { .. }
-        | ToClient::Coordinated { .. } => None,
+        | ToClient::Coordinated { .. }
+        | ToClient::AdaptiveTarget { .. } => None,
     };
     if let ToClient::Coordinated { request, .. } = &msg {
         if let Some(tx) = r.by_request.get(request) {
@@ -1701,6 +1708,41 @@ impl Client {
             DatasetReply::Refused { .. } => Ok(false),
             other => Err(unexpected_reply(&other)),
         }
+    }
+
+    /// How many open workers the scheduler recommends to finish the work in sight in
+    /// about `target_duration`, and, when that is fewer than now, which to retire (idle
+    /// ones, the emptiest first, leaving room for the values held): Dask's
+    /// `adaptive_target`. It changes nothing; [`crate::LocalCluster::adapt`] acts on it.
+    pub fn adaptive_target(&self, target_duration: Duration) -> Result<AdaptiveTarget> {
+        let target_micros = u64::try_from(target_duration.as_micros()).unwrap_or(u64::MAX);
+        self.adaptive_request(|request| FromClient::AdaptiveTarget {
+            request,
+            target_micros,
+        })
+    }
+
+    /// The `n` open workers to retire for a manual scale-down: the least busy, then those
+    /// holding the fewest bytes (fewer when fewer are open; never every worker while one
+    /// holds values). Dask's `workers_to_close`.
+    pub fn workers_to_close(&self, n: usize) -> Result<Vec<Peer>> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(self
+            .adaptive_request(|request| FromClient::WorkersToClose { request, n })?
+            .to_close)
+    }
+
+    fn adaptive_request(&self, msg: impl FnOnce(u64) -> FromClient) -> Result<AdaptiveTarget> {
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        self.inner.request(
+            &[msg(request)],
+            Duration::from_secs(30),
+            "answer how many workers it wants",
+            |msg| match msg {
+                ToClient::AdaptiveTarget { request: r, target } if r == request => Some(Ok(target)),
+                _ => None,
+            },
+        )
     }
 
     /// The task runs the scheduler remembers (its last 100,000) numbered `since` or later,

@@ -46,9 +46,10 @@ pub mod worker;
 pub use client::{AsCompleted, Client, Future, FutureStatus, Persisted, SubmitOptions};
 pub use cluster_file::ClusterFile;
 pub use dataset::Dataset;
-pub use local_cluster::{LocalCluster, LocalClusterOptions, find_binary};
+pub use local_cluster::{AdaptOptions, LocalCluster, LocalClusterOptions, find_binary};
 pub use partita_proto::messages::{
-    ClusterInfo, Resources, SchedulerStats, TaskCounts, TaskRecord, WorkerMetrics, WorkerStatus,
+    AdaptiveTarget, ClusterInfo, Peer, Resources, SchedulerStats, TaskCounts, TaskRecord,
+    WorkerMetrics, WorkerStatus,
 };
 pub use primitives::{Event, Lock, Queue, Semaphore, Variable};
 pub use scheduler::{SchedulerOptions, SchedulerServer};

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use partita_core::{Error, Result};
@@ -65,14 +66,66 @@ pub fn find_binary() -> PathBuf {
     PathBuf::from("partita")
 }
 
+/// How [`LocalCluster::adapt`] scales (Dask's `cluster.adapt` arguments).
+#[derive(Clone, Debug)]
+pub struct AdaptOptions {
+    /// Never fewer worker processes than this.
+    pub minimum: usize,
+    /// Never more than this.
+    pub maximum: usize,
+    /// How often to ask the scheduler.
+    pub interval: Duration,
+    /// How long the work in sight should take on the cluster wanted.
+    pub target_duration: Duration,
+    /// Retire workers only after this many answers in a row asked for fewer.
+    pub wait_count: u32,
+}
+
+impl Default for AdaptOptions {
+    fn default() -> Self {
+        AdaptOptions {
+            minimum: 0,
+            maximum: usize::MAX,
+            interval: Duration::from_secs(1),
+            target_duration: Duration::from_secs(5),
+            wait_count: 3,
+        }
+    }
+}
+
 /// A scheduler and workers running as child processes.
 #[derive(Debug)]
 pub struct LocalCluster {
     dir: tempfile::TempDir,
     scheduler: Child,
-    workers: Vec<Option<Child>>,
+    processes: Arc<Processes>,
+    adaptive: Option<Adaptive>,
+}
+
+/// The worker processes, shared with the thread of [`LocalCluster::adapt`].
+#[derive(Debug)]
+struct Processes {
     options: LocalClusterOptions,
     binary: PathBuf,
+    dir: PathBuf,
+    /// By worker number (its name is `local-{i}`); `None` once it is gone.
+    workers: Mutex<Vec<Option<Child>>>,
+}
+
+/// The thread of [`LocalCluster::adapt`] and how to stop it.
+#[derive(Debug)]
+struct Adaptive {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Adaptive {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl LocalCluster {
@@ -105,12 +158,17 @@ impl LocalCluster {
             &[],
             &dir.path().join("scheduler.log"),
         )?;
+        let processes = Arc::new(Processes {
+            options,
+            binary,
+            dir: dir.path().to_path_buf(),
+            workers: Mutex::new(Vec::new()),
+        });
         let mut cluster = LocalCluster {
             dir,
             scheduler,
-            workers: Vec::new(),
-            options,
-            binary,
+            processes,
+            adaptive: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !file.exists() {
@@ -127,11 +185,12 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        for _ in 0..cluster.options.n_workers {
+        let n = cluster.processes.options.n_workers;
+        for _ in 0..n {
             cluster.add_worker()?;
         }
         let client = cluster.client()?;
-        client.wait_for_workers(cluster.options.n_workers, Duration::from_secs(30))?;
+        client.wait_for_workers(n, Duration::from_secs(30))?;
         Ok(cluster)
     }
 
@@ -145,19 +204,189 @@ impl LocalCluster {
 
     /// Start one more worker process; returns its index.
     pub fn add_worker(&mut self) -> Result<usize> {
-        let resources = self.options.resources.clone();
-        self.add_worker_offering(&resources)
+        self.processes.start(None)
     }
 
     /// Start one more worker process offering `resources` instead of the options' (a
     /// cluster where some workers have what others lack); returns its index.
     pub fn add_worker_offering(&mut self, resources: &crate::Resources) -> Result<usize> {
-        let i = self.workers.len();
+        self.processes.start(Some(resources))
+    }
+
+    /// Worker processes running now (started and not exited; one still joining counts).
+    pub fn running_workers(&self) -> usize {
+        self.processes.running()
+    }
+
+    /// Have `n` worker processes (Dask's `cluster.scale(n)`): start more, or retire some
+    /// gracefully, the least busy and emptiest first as the scheduler picks them, their
+    /// values handed to the workers that stay; returns once the cluster has `n` workers
+    /// (an error after `timeout`). Stops [`LocalCluster::adapt`]. An error, with the
+    /// workers that could go gone, when values are held and `n` is 0.
+    pub fn scale(&mut self, n: usize, timeout: Duration) -> Result<()> {
+        self.adaptive = None;
+        let deadline = Instant::now() + timeout;
+        let running = self.processes.running();
+        let client = self.client()?;
+        if n > running {
+            for _ in running..n {
+                self.processes.start(None)?;
+            }
+            return client.wait_for_workers(n, timeout);
+        }
+        if n == running {
+            return Ok(());
+        }
+        // Every process joined first, so the scheduler chooses among all of them.
+        client.wait_for_workers(running, timeout)?;
+        let to_close = client.workers_to_close(running - n)?;
+        let addresses: Vec<&str> = to_close.iter().map(|p| p.address.as_str()).collect();
+        if !addresses.is_empty() {
+            client.retire_workers(&addresses)?;
+        }
+        let want = running - to_close.len();
+        while self.processes.running() > want {
+            if Instant::now() > deadline {
+                return Err(Error::Transport(format!(
+                    "{} worker processes still run {timeout:?} after being retired",
+                    self.processes.running() - want
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if want > n {
+            return Err(Error::Transport(format!(
+                "scaled to {want} workers, not {n}: the workers left hold values that would \
+                 have nowhere to go"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Scale with the load (Dask's `cluster.adapt`): a thread asks the scheduler every
+    /// `interval` how many workers would finish the work in sight in `target_duration`
+    /// ([`Client::adaptive_target`]), starts processes at once when that (within
+    /// `minimum..=maximum`) is more than run, and retires the idle workers it names once
+    /// `wait_count` answers in a row asked for fewer. Replaces an earlier `adapt`;
+    /// [`LocalCluster::scale`] or dropping the cluster stops it.
+    pub fn adapt(&mut self, options: AdaptOptions) -> Result<()> {
+        if options.minimum > options.maximum {
+            return Err(Error::Shape(format!(
+                "adapt: minimum {} is above maximum {}",
+                options.minimum, options.maximum
+            )));
+        }
+        if options.interval.is_zero() {
+            return Err(Error::Shape("adapt: the interval must be positive".into()));
+        }
+        self.adaptive = None;
+        let client = self.client()?;
+        let processes = Arc::clone(&self.processes);
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("partita-adapt".into())
+            .spawn(move || adapt_loop(&processes, &client, &options, &stopped))
+            .map_err(|e| Error::Internal(format!("cannot start the adaptive thread: {e}")))?;
+        self.adaptive = Some(Adaptive {
+            stop,
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// Stop scaling with the load; the workers running stay.
+    pub fn stop_adapting(&mut self) {
+        self.adaptive = None;
+    }
+
+    /// Whether [`LocalCluster::adapt`] is on.
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive.is_some()
+    }
+}
+
+/// The thread of [`LocalCluster::adapt`]: one step per `interval` until told to stop.
+fn adapt_loop(
+    processes: &Processes,
+    client: &Client,
+    options: &AdaptOptions,
+    stopped: &std::sync::mpsc::Receiver<()>,
+) {
+    let mut below = 0u32;
+    loop {
+        match stopped.recv_timeout(options.interval) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // Told to stop, or the cluster is gone.
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if let Err(e) = adapt_step(processes, client, options, &mut below) {
+            if !client.is_connected() {
+                tracing::warn!("adaptive scaling stops: {e}");
+                return;
+            }
+            tracing::warn!("adaptive scaling: {e}");
+        }
+    }
+}
+
+/// Ask once and act: start processes up to the target, or retire the workers named after
+/// `wait_count` answers in a row below the processes running.
+fn adapt_step(
+    processes: &Processes,
+    client: &Client,
+    options: &AdaptOptions,
+    below: &mut u32,
+) -> Result<()> {
+    let advice = client.adaptive_target(options.target_duration)?;
+    let running = processes.running();
+    let want = (advice.workers as usize).clamp(options.minimum, options.maximum);
+    if want > running {
+        *below = 0;
+        tracing::info!("adaptive scaling: {running} -> {want} workers");
+        for _ in running..want {
+            processes.start(None)?;
+        }
+    } else if want < running && !advice.to_close.is_empty() {
+        *below += 1;
+        if *below >= options.wait_count {
+            *below = 0;
+            let addresses: Vec<&str> = (advice.to_close.iter())
+                .take(running - want)
+                .map(|p| p.address.as_str())
+                .collect();
+            tracing::info!("adaptive scaling: retiring {addresses:?}");
+            client.retire_workers(&addresses)?;
+        }
+    } else {
+        *below = 0;
+    }
+    Ok(())
+}
+
+impl Processes {
+    /// Worker processes not exited (reaping those that did).
+    fn running(&self) -> usize {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in workers.iter_mut() {
+            if slot
+                .as_mut()
+                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+            {
+                let _ = slot.take().map(|mut c| c.wait());
+            }
+        }
+        workers.iter().flatten().count()
+    }
+
+    /// Start worker number `len`, offering `resources` or the options'; returns its index.
+    fn start(&self, resources: Option<&crate::Resources>) -> Result<usize> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let i = workers.len();
         let nthreads = self.options.threads_per_worker.to_string();
         let memory = self.options.memory_limit.to_string();
-        let file = self.cluster_file().display().to_string();
-        let (name, spill) = (format!("local-{i}"), self.dir.path().display().to_string());
-        let resources = resources.to_string();
+        let file = self.dir.join("cluster.json").display().to_string();
+        let (name, spill) = (format!("local-{i}"), self.dir.display().to_string());
+        let resources = resources.unwrap_or(&self.options.resources).to_string();
         let mut args = vec![
             "worker",
             "--cluster-file",
@@ -182,12 +411,14 @@ impl LocalCluster {
             &self.options.prefix_args,
             &args,
             &[(POLARS_THREADS, &nthreads), HOT_TABLE],
-            &self.dir.path().join(format!("worker-{i}.log")),
+            &self.dir.join(format!("worker-{i}.log")),
         )?;
-        self.workers.push(Some(child));
+        workers.push(Some(child));
         Ok(i)
     }
+}
 
+impl LocalCluster {
     /// The cluster file clients and workers join with.
     pub fn cluster_file(&self) -> PathBuf {
         self.dir.path().join("cluster.json")
@@ -206,11 +437,7 @@ impl LocalCluster {
     /// Kill worker `i` with SIGKILL (no goodbye), for chaos tests (with
     /// [`LocalClusterOptions::nanny`], the nanny and so its worker).
     pub fn kill_worker(&mut self, i: usize) -> Result<()> {
-        let child = self
-            .workers
-            .get_mut(i)
-            .and_then(Option::take)
-            .ok_or_else(|| Error::Internal(format!("no running worker {i}")))?;
+        let child = self.processes.take(i)?;
         kill(child);
         Ok(())
     }
@@ -221,11 +448,7 @@ impl LocalCluster {
     /// killed then), or exits with a failure.
     #[cfg(unix)]
     pub fn retire_worker(&mut self, i: usize, timeout: Duration) -> Result<()> {
-        let mut child = self
-            .workers
-            .get_mut(i)
-            .and_then(Option::take)
-            .ok_or_else(|| Error::Internal(format!("no running worker {i}")))?;
+        let mut child = self.processes.take(i)?;
         terminate(&child)?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -259,7 +482,9 @@ impl LocalCluster {
 
     /// The process ids of the running workers.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.workers.iter().flatten().map(Child::id).collect()
+        self.processes.running();
+        let workers = (self.processes.workers.lock()).unwrap_or_else(|e| e.into_inner());
+        workers.iter().flatten().map(Child::id).collect()
     }
 
     /// A process's log so far (`"scheduler"` or `"worker-3"`).
@@ -354,9 +579,24 @@ fn kill(mut child: Child) {
     let _ = child.wait();
 }
 
+impl Processes {
+    /// Worker `i`'s process, taken out of the list.
+    fn take(&self, i: usize) -> Result<Child> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        (workers.get_mut(i).and_then(Option::take))
+            .ok_or_else(|| Error::Internal(format!("no running worker {i}")))
+    }
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for child in self.workers.drain(..).flatten() {
+        // The adaptive thread first: it could start a worker after the others are killed.
+        self.adaptive = None;
+        let children: Vec<Child> = {
+            let mut workers = (self.processes.workers.lock()).unwrap_or_else(|e| e.into_inner());
+            workers.drain(..).flatten().collect()
+        };
+        for child in children {
             kill(child);
         }
         let _ = self.scheduler.kill();

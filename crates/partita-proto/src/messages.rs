@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 12;
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -424,8 +424,8 @@ pub enum FromClient {
     },
     /// Retire the workers at these addresses gracefully (Dask's `retire_workers`):
     /// answered at once with [`ToClient::Retiring`]; each is a [`ToClient::WorkerLeft`]
-    /// when gone. All or none: an unknown address, or retiring every open worker (the
-    /// values would have nowhere to go), refuses the request.
+    /// when gone. All or none: an unknown address, or retiring every open worker while
+    /// one holds values (they would have nowhere to go), refuses the request.
     RetireWorkers { addresses: Vec<String> },
     /// Keep `keys` on the cluster under `name`, with `payload` (what the client needs to
     /// rebuild the object: opaque here), for any client to get (Dask's `publish_dataset`):
@@ -465,6 +465,15 @@ pub enum FromClient {
     /// queue's next item), when it can go on. [`Coordinate::Abandon`] with the same
     /// `request` withdraws a waiting operation.
     Coordinate { request: u64, op: Coordinate },
+    /// How many workers would finish the work in sight in about `target_micros` (Dask's
+    /// `adaptive_target`), and, when that is fewer than now, which to close: answered
+    /// with [`ToClient::AdaptiveTarget`] carrying `request`. Nothing changes: whoever
+    /// starts worker processes acts on it.
+    AdaptiveTarget { request: u64, target_micros: u64 },
+    /// Which `n` open workers to close for a manual scale-down (Dask's
+    /// `workers_to_close`): the least busy, then the emptiest. Answered with
+    /// [`ToClient::AdaptiveTarget`] carrying `request` (`workers`: how many stay).
+    WorkersToClose { request: u64, n: u32 },
 }
 
 /// A value kept by a coordination variable or queue: keys of values on the cluster, held
@@ -721,6 +730,21 @@ pub enum ToClient {
     },
     /// The answer to [`FromClient::Coordinate`] `request`.
     Coordinated { request: u64, reply: CoordReply },
+    /// The answer to [`FromClient::AdaptiveTarget`] or [`FromClient::WorkersToClose`].
+    AdaptiveTarget {
+        request: u64,
+        target: AdaptiveTarget,
+    },
+}
+
+/// A recommended cluster size ([`FromClient::AdaptiveTarget`]).
+#[derive(Clone, Default, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AdaptiveTarget {
+    /// Open (not retiring) workers wanted.
+    pub workers: u32,
+    /// When that is fewer than are open: the workers to retire to get there (as many as
+    /// can go now; `workers` counts the rest as staying).
+    pub to_close: Vec<Peer>,
 }
 
 /// Counters of a scheduler's life so far.

@@ -68,6 +68,15 @@ impl RootQueue {
         self.tasks.is_empty()
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The queued tasks in queue order (priority, then arrival).
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.tasks.values()
+    }
+
     /// The run holding `pos`.
     fn run_mut(&mut self, pos: QueuePos) -> &mut Run {
         (self.runs.range_mut(..=pos).next_back())

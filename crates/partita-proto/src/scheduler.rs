@@ -47,9 +47,9 @@ use serde_bytes::ByteBuf;
 
 use crate::coordination::{Coordination, Effects};
 use crate::messages::{
-    ClientId, CoordReply, Coordinate, DatasetReply, DepLocation, FromClient, FromWorker, Peer,
-    Resources, Restrictions, TASK_STREAM_LENGTH, TaskFailure, TaskRecord, TaskSpec, ToClient,
-    ToWorker, WorkerId, WorkerMetrics,
+    AdaptiveTarget, ClientId, CoordReply, Coordinate, DatasetReply, DepLocation, FromClient,
+    FromWorker, Peer, Resources, Restrictions, TASK_STREAM_LENGTH, TaskFailure, TaskRecord,
+    TaskSpec, ToClient, ToWorker, WorkerId, WorkerMetrics,
 };
 use crate::root_queue::RootQueue;
 use crate::{Time, moving_average};
@@ -96,6 +96,10 @@ pub struct SchedulerConfig {
 /// (a worker address, the numbers and the names, with room to spare): far below
 /// [`crate::messages::MAX_CONTROL_MESSAGE_BYTES`].
 const TASK_STREAM_REPLY_BYTES: usize = 16 << 20;
+
+/// Queued tasks whose durations [`SchedulerState::adaptive_target`] adds up; the rest
+/// are taken to be like them (Dask's hundred).
+const ADAPTIVE_SAMPLE: usize = 100;
 
 /// Most root tasks in flight per worker thread, however quick they are.
 pub const MAX_ROOT_SLOTS: usize = 256;
@@ -296,6 +300,9 @@ struct WorkerInfo {
     retiring: bool,
     /// Acquisitions in flight that take values off it while it retires.
     handoffs: usize,
+    /// Keys it is acquiring (replicas, values handed to it): a retiring worker waits for
+    /// them, which then move on, instead of closing before they land.
+    acquisitions: usize,
     /// The nanny that started it ([`SchedulerEvent::WorkerJoined`]).
     nanny: Option<String>,
     /// The abstract resources it offers.
@@ -500,6 +507,122 @@ impl SchedulerState {
         }
     }
 
+    /// How many open workers would finish the work in sight in about `target` (Dask's
+    /// `adaptive_target`), and which to close when that is fewer than now; see
+    /// ARCHITECTURE.md, "Adaptive scaling". Changes nothing.
+    pub fn adaptive_target(&self, target: Duration) -> AdaptiveTarget {
+        let target = target.as_micros().max(1);
+        let open: Vec<&WorkerInfo> = self.workers.values().filter(|w| !w.retiring).collect();
+        // Ready tasks without a thread: queued roots and those no open worker may run,
+        // each with its share of the work waiting for it.
+        let waiting = self.queue.len() + self.no_worker.len();
+        let sample: Vec<u64> = (self.queue.keys().chain(self.no_worker.values()))
+            .take(ADAPTIVE_SAMPLE)
+            .map(|k| self.work_behind(k))
+            .collect();
+        let queued_micros = if sample.is_empty() {
+            0
+        } else {
+            // Dask's extrapolation from the first hundred.
+            sample.iter().map(|&m| u128::from(m)).sum::<u128>() * waiting as u128
+                / sample.len() as u128
+        };
+        let occupancy: u128 = open.iter().map(|w| u128::from(w.occupancy)).sum();
+        let ready = waiting + open.iter().map(|w| w.busy()).sum::<usize>();
+        // Threads for the work, but not more than there are tasks to run on them.
+        let threads = (occupancy + queued_micros)
+            .div_ceil(target)
+            .min(ready as u128);
+        let nthreads: u128 = open.iter().map(|w| u128::from(w.nthreads)).sum();
+        let mut workers = if nthreads == 0 {
+            threads
+        } else {
+            (threads * open.len() as u128).div_ceil(nthreads)
+        };
+        if ready > 0 {
+            workers = workers.max(1);
+        }
+        // Memory: more workers while managed bytes pass 60% of the limits.
+        let limit: u128 = open.iter().map(|w| u128::from(w.memory_limit)).sum();
+        let used: u128 = open
+            .iter()
+            .map(|w| u128::from(w.metrics.managed_bytes))
+            .sum();
+        if limit > 0 && used * 10 > limit * 6 {
+            workers = workers.max(2 * open.len() as u128);
+        }
+        let workers = usize::try_from(workers).unwrap_or(usize::MAX);
+        if workers >= open.len() {
+            return AdaptiveTarget {
+                workers: u32::try_from(workers).unwrap_or(u32::MAX),
+                to_close: Vec::new(),
+            };
+        }
+        let to_close = self.workers_to_close(open.len() - workers, true);
+        AdaptiveTarget {
+            workers: (open.len() - to_close.len()) as u32,
+            to_close,
+        }
+    }
+
+    /// Microseconds of work a ready task stands for: its own, plus its share of each
+    /// dependent waiting for it (a dependent of `k` inputs counts a `k`th). Root-task
+    /// queuing holds readers back while their consumers run, so the queue alone shows a
+    /// map over files as its quick reads and hides the work that follows them.
+    fn work_behind(&self, key: &Key) -> u64 {
+        let own = self.estimate(key);
+        let Some(t) = self.tasks.get(key) else {
+            return own;
+        };
+        let (mut seen, mut share) = (0u64, 0u64);
+        for d in t.dependents.iter().take(ADAPTIVE_SAMPLE) {
+            seen += 1;
+            if let Some(dt) = self.tasks.get(d)
+                && dt.status == TaskStatus::Waiting
+            {
+                share += self.estimate(d) / dt.deps.len().max(1) as u64;
+            }
+        }
+        // A value read by many: the dependents not looked at are taken to be alike.
+        let scaled = u128::from(share) * t.dependents.len() as u128 / u128::from(seen.max(1));
+        own.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
+    }
+
+    /// Up to `n` open workers to close: the least busy, then those holding the fewest
+    /// bytes. With `idle_only` (adaptive scaling), only workers running nothing, and only
+    /// as many as leave the workers kept room for every value held (their memory limits,
+    /// when all have one). Never every open worker while one holds values.
+    fn workers_to_close(&self, n: usize, idle_only: bool) -> Vec<Peer> {
+        let bytes = self.open_bytes();
+        let total: u64 = bytes.values().sum();
+        let mut candidates: Vec<(usize, u64, WorkerId)> = (bytes.iter())
+            .map(|(id, b)| (self.workers[id].processing.len(), *b, *id))
+            .collect();
+        candidates.sort_unstable();
+        let limited = (bytes.keys()).all(|id| self.workers[id].memory_limit > 0);
+        let mut kept_limit: u64 = (bytes.keys()).map(|id| self.workers[id].memory_limit).sum();
+        let mut kept = candidates.len();
+        let mut out = Vec::new();
+        for (busy, _, id) in candidates {
+            if out.len() == n || (idle_only && busy > 0) {
+                break;
+            }
+            let w = &self.workers[&id];
+            let limit_left = kept_limit - w.memory_limit;
+            let room = kept > 1 || total == 0;
+            if !room || (idle_only && limited && limit_left < total) {
+                break;
+            }
+            kept -= 1;
+            kept_limit = limit_left;
+            out.push(Peer {
+                id,
+                address: w.address.clone(),
+            });
+        }
+        out
+    }
+
     /// Counters.
     pub fn stats(&self) -> SchedulerStats {
         self.stats
@@ -611,6 +734,7 @@ impl SchedulerState {
                 full_of_roots_at: 0,
                 retiring: false,
                 handoffs: 0,
+                acquisitions: 0,
                 nanny: None,
                 resources,
             },
@@ -815,6 +939,24 @@ impl SchedulerState {
                 self.dataset_reply(client, request, DatasetReply::Names { names });
             }
             FromClient::Restart { request } => self.restart(client, request),
+            FromClient::AdaptiveTarget {
+                request,
+                target_micros,
+            } => {
+                let target = self.adaptive_target(Duration::from_micros(target_micros));
+                let reply = ToClient::AdaptiveTarget { request, target };
+                self.out.push(SchedulerAction::SendToClient(client, reply));
+            }
+            FromClient::WorkersToClose { request, n } => {
+                let to_close = self.workers_to_close(n as usize, false);
+                let open = self.open_workers().len() - to_close.len();
+                let target = AdaptiveTarget {
+                    workers: open as u32,
+                    to_close,
+                };
+                let reply = ToClient::AdaptiveTarget { request, target };
+                self.out.push(SchedulerAction::SendToClient(client, reply));
+            }
             FromClient::Coordinate { request, op } => self.coordinate(client, request, op),
             FromClient::TaskStream { request, since } => {
                 let first = self
@@ -1183,6 +1325,9 @@ impl SchedulerState {
                 .or_default();
             purposes.push(purpose);
             if purposes.len() == 1 {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.acquisitions += 1;
+                }
                 locations.push(DepLocation {
                     who_has: self.peers_holding(&key),
                     nbytes: self.tasks.get(&key).map_or(0, |t| t.nbytes),
@@ -1210,6 +1355,11 @@ impl SchedulerState {
         let purposes = by_worker.remove(&worker).unwrap_or_default();
         if by_worker.is_empty() {
             self.acquiring.remove(key);
+        }
+        if !purposes.is_empty()
+            && let Some(w) = self.workers.get_mut(&worker)
+        {
+            w.acquisitions = w.acquisitions.saturating_sub(1);
         }
         for purpose in purposes {
             match purpose {
@@ -1295,7 +1445,7 @@ impl SchedulerState {
     }
 
     /// A client asks these workers to retire: all of them, or none if an address is
-    /// unknown or no open worker would be left to take their values.
+    /// unknown or no open worker would be left to take the values they hold.
     fn retire_workers(&mut self, client: ClientId, addresses: Vec<String>) {
         let mut refused = Vec::new();
         let mut chosen = BTreeSet::new();
@@ -1310,7 +1460,11 @@ impl SchedulerState {
         let open_left = (self.open_workers().iter())
             .filter(|id| !chosen.contains(id))
             .count();
-        if refused.is_empty() && open_left == 0 && !chosen.is_empty() {
+        // Workers holding nothing may all go (an idle cluster scaled to zero).
+        let holding = chosen
+            .iter()
+            .any(|id| !self.workers[id].has_what.is_empty());
+        if refused.is_empty() && open_left == 0 && holding {
             for id in &chosen {
                 let why = "no open worker would be left to take its values".to_string();
                 refused.push((self.workers[id].address.clone(), why));
@@ -1318,13 +1472,13 @@ impl SchedulerState {
         }
         let mut workers = Vec::new();
         if refused.is_empty() {
-            for id in chosen {
-                workers.push(Peer {
-                    id,
-                    address: self.workers[&id].address.clone(),
-                });
-                self.retire(id);
-            }
+            workers = (chosen.iter())
+                .map(|id| Peer {
+                    id: *id,
+                    address: self.workers[id].address.clone(),
+                })
+                .collect();
+            self.retire_all(&chosen.into_iter().collect::<Vec<_>>());
         }
         let reply = ToClient::Retiring { workers, refused };
         self.out.push(SchedulerAction::SendToClient(client, reply));
@@ -1333,16 +1487,34 @@ impl SchedulerState {
     /// Start `id`'s retirement: no new work; its tasks not started are asked back (and
     /// placed elsewhere when handed over); the values only it holds are handed off.
     fn retire(&mut self, id: WorkerId) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        if w.retiring {
-            return;
+        self.retire_all(&[id]);
+    }
+
+    /// [`Self::retire`] several workers: all leave the open set before any hands values
+    /// off, so none hands them to another that is leaving too.
+    fn retire_all(&mut self, ids: &[WorkerId]) {
+        let mut leaving = Vec::new();
+        for &id in ids {
+            let Some(w) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            if w.retiring {
+                continue;
+            }
+            w.retiring = true;
+            self.retiring += 1;
+            self.queue.leave(id);
+            leaving.push(id);
         }
-        w.retiring = true;
+        for id in leaving {
+            self.hand_off_all(id);
+        }
+    }
+
+    /// A retiring worker's tasks not started are asked back; its values handed off.
+    fn hand_off_all(&mut self, id: WorkerId) {
+        let w = &self.workers[&id];
         let (processing, held) = (sorted(&w.processing), sorted(&w.has_what));
-        self.retiring += 1;
-        self.queue.leave(id);
         self.log(
             LogLevel::Info,
             format!("{id} retiring: handing {} values off", held.len()),
@@ -1400,7 +1572,9 @@ impl SchedulerState {
         let none_open = self.workers.values().all(|w| w.retiring);
         let done: Vec<WorkerId> = (self.workers.iter())
             .filter(|(_, w)| {
-                w.retiring && (none_open || (w.processing.is_empty() && w.handoffs == 0))
+                w.retiring
+                    && (none_open
+                        || (w.processing.is_empty() && w.handoffs == 0 && w.acquisitions == 0))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -1772,6 +1946,21 @@ impl SchedulerState {
             if let Some(k) = w.long_running.iter().find(|k| !w.processing.contains(*k)) {
                 return Err(format!(
                     "{k} is long-running on {id} but not processing there"
+                ));
+            }
+        }
+        let mut acquisitions: BTreeMap<WorkerId, usize> = BTreeMap::new();
+        for by_worker in self.acquiring.values() {
+            for to in by_worker.keys() {
+                *acquisitions.entry(*to).or_default() += 1;
+            }
+        }
+        for (id, w) in &self.workers {
+            let counted = acquisitions.get(id).copied().unwrap_or(0);
+            if w.acquisitions != counted {
+                return Err(format!(
+                    "{id} acquires {counted} keys but {} are counted",
+                    w.acquisitions
                 ));
             }
         }
@@ -4182,6 +4371,134 @@ mod tests {
         finish(&mut s, 0, &roots[0], 8);
         assert_eq!(s.task_status(&roots[0]), TaskStatus::Memory);
         s.check_consistency().unwrap();
+    }
+
+    fn roots(name: &str, n: u32) -> (Vec<TaskSpec>, Vec<Key>) {
+        let keys: Vec<Key> = (0..n).map(|i| Key::new(name, [i])).collect();
+        (keys.iter().map(|k| spec(k, &[], 0)).collect(), keys)
+    }
+
+    fn join_limited(s: &mut SchedulerState, id: u32, nthreads: u32, memory_limit: u64) {
+        let e = SchedulerEvent::WorkerJoined {
+            worker: WorkerId(id),
+            nthreads,
+            memory_limit,
+            address: format!("w{id}"),
+            nanny: None,
+            resources: Resources::default(),
+        };
+        s.handle(e, Time::ZERO);
+    }
+
+    /// Dask's policy: queued and processing work over the target duration gives threads,
+    /// capped by the tasks ready to run, turned into workers at the cluster's threads per
+    /// worker; at least one while anything is ready.
+    #[test]
+    fn adaptive_target_sizes_the_cluster_for_the_work_in_sight() {
+        let target = Duration::from_secs(5);
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        assert_eq!(s.adaptive_target(target), AdaptiveTarget::default());
+        // No worker: 10 roots at the default 500 ms are 5 s of work, one worker.
+        let (tasks, keys) = roots("a", 10);
+        submit(&mut s, 0, tasks, &keys.iter().collect::<Vec<_>>());
+        assert_eq!(s.adaptive_target(target).workers, 1);
+        // 30 more: 20 s of work, 4 threads, and with no worker to say how many threads
+        // one has, 4 workers.
+        let (tasks, keys) = roots("b", 30);
+        submit(&mut s, 0, tasks, &keys.iter().collect::<Vec<_>>());
+        assert_eq!(s.adaptive_target(target).workers, 4);
+        // Two-thread workers: 2 of them.
+        join(&mut s, 0, 2);
+        let advice = s.adaptive_target(target);
+        assert_eq!((advice.workers, advice.to_close.len()), (2, 0));
+        // A group learnt to take 100 s: 40 tasks would be 800 threads, but only the 40
+        // tasks ready can run at once: 20 two-thread workers.
+        let first = s
+            .processing_on(&Key::new("a", [0]))
+            .map(|_| Key::new("a", [0]));
+        let first = first.expect("a root was sent");
+        finish_in(&mut s, 0, &first, 1, 100_000_000);
+        let advice = s.adaptive_target(target);
+        assert_eq!(advice.workers, 20, "{advice:?}");
+        // Waiting dependents count too: a root quick to read, its consumer slow.
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join(&mut s, 0, 1);
+        let (mut tasks, inputs) = roots("in", 4);
+        let outs: Vec<Key> = (0..4).map(|i| Key::new("use", [i])).collect();
+        tasks.extend(outs.iter().zip(&inputs).map(|(o, i)| spec(o, &[i], 0)));
+        submit(&mut s, 0, tasks, &outs.iter().collect::<Vec<_>>());
+        finish_in(&mut s, 0, &inputs[0], 1, 1_000);
+        // One `use` processing (500 ms), two inputs queued or processing with their `use`
+        // waiting behind them: 2 s of work in 0.5 s is 4 threads, the 4 tasks ready cap it.
+        let advice = s.adaptive_target(Duration::from_millis(500));
+        assert!(advice.workers >= 3, "{advice:?}");
+    }
+
+    /// Idle workers close, the emptiest first; one stays while values are held, and with
+    /// memory limits only as many go as leave room for every value.
+    #[test]
+    fn adaptive_target_closes_idle_workers_keeping_room_for_the_values() {
+        let target = Duration::from_secs(5);
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        for id in 0..4 {
+            join_limited(&mut s, id, 1, 1_000);
+        }
+        // Nothing anywhere: all four may go.
+        let advice = s.adaptive_target(target);
+        assert_eq!((advice.workers, advice.to_close.len()), (0, 4));
+        // 4 values of 700 bytes, one per worker (idle now): 2,800 bytes need three workers'
+        // 1,000-byte limits.
+        let (tasks, keys) = roots("v", 4);
+        let acts = submit(&mut s, 0, tasks, &keys.iter().collect::<Vec<_>>());
+        for (w, k) in computes(&acts) {
+            finish(&mut s, w, &k, 700);
+        }
+        let advice = s.adaptive_target(target);
+        assert_eq!(
+            (advice.workers, advice.to_close.len()),
+            (3, 1),
+            "{advice:?}"
+        );
+        // Without limits, every worker but one holding values.
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        for id in 0..3 {
+            join(&mut s, id, 1);
+        }
+        let (tasks, keys) = roots("v", 2);
+        let acts = submit(&mut s, 0, tasks, &keys.iter().collect::<Vec<_>>());
+        let held_by: Vec<u32> = computes(&acts).iter().map(|(w, _)| *w).collect();
+        for (w, k) in computes(&acts) {
+            finish(&mut s, w, &k, 10);
+        }
+        let advice = s.adaptive_target(target);
+        assert_eq!(advice.workers, 1, "{advice:?}");
+        let closed: Vec<u32> = advice.to_close.iter().map(|p| p.id.0).collect();
+        // The empty worker goes first.
+        let empty = (0..3)
+            .find(|w| !held_by.contains(w))
+            .expect("one holds nothing");
+        assert_eq!(closed[0], empty, "{closed:?}");
+        // A busy worker is never named by the adaptive policy; a manual scale-down names
+        // it last.
+        let (tasks, keys) = roots("busy", 1);
+        let acts = submit(&mut s, 0, tasks, &keys.iter().collect::<Vec<_>>());
+        let busy = computes(&acts)[0].0;
+        let advice = s.adaptive_target(Duration::from_secs(3600));
+        assert!(advice.to_close.iter().all(|p| p.id.0 != busy), "{advice:?}");
+        let reply = s.handle(
+            SchedulerEvent::FromClient {
+                client: ClientId(0),
+                msg: FromClient::WorkersToClose { request: 7, n: 2 },
+            },
+            Time::ZERO,
+        );
+        let [SchedulerAction::SendToClient(_, ToClient::AdaptiveTarget { request: 7, target })] =
+            &reply[..]
+        else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(target.workers, 1);
+        assert!(target.to_close.iter().all(|p| p.id.0 != busy), "{target:?}");
     }
 
     #[test]

@@ -146,6 +146,8 @@ enum SimEvent {
 struct SimWorker {
     state: WorkerState,
     alive: bool,
+    /// Killed silently: requests to it hang instead of failing (no connection closes).
+    silent: bool,
     memory: Held,
     disk: Held,
 }
@@ -387,6 +389,7 @@ impl Sim {
                 let sw = SimWorker {
                     state: WorkerState::new(config, now),
                     alive: true,
+                    silent: false,
                     memory: Held::default(),
                     disk: Held::default(),
                 };
@@ -410,6 +413,7 @@ impl Sim {
             return;
         };
         sw.alive = false;
+        sw.silent = mode == KillMode::Silent;
         sw.memory.clear();
         sw.disk.clear();
         self.report
@@ -444,7 +448,8 @@ impl Sim {
             | ToClient::Dataset { .. }
             | ToClient::Restarting { .. }
             | ToClient::TaskStream { .. }
-            | ToClient::Coordinated { .. }) => {
+            | ToClient::Coordinated { .. }
+            | ToClient::AdaptiveTarget { .. }) => {
                 self.report.client_messages.push((c, other));
                 None
             }
@@ -482,6 +487,13 @@ impl Sim {
     fn worker_handles(&mut self, w: WorkerId, mut e: WorkerEvent) {
         let now = self.now;
         let Some(sw) = self.workers.get_mut(&w).filter(|sw| sw.alive) else {
+            // A peer whose connection closed (it stopped, or died loudly) fails the data
+            // requests that reach it, as a reset stream does.
+            if let WorkerEvent::PeerWantsData { request_id, .. } = e
+                && self.workers.get(&w).is_some_and(|sw| !sw.silent)
+            {
+                self.fail_request(request_id);
+            }
             return;
         };
         match &e {

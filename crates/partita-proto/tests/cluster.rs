@@ -917,3 +917,153 @@ fn a_published_value_lost_with_its_worker_is_recomputed_for_nobody_in_particular
     );
     sim.scheduler().check_consistency().unwrap();
 }
+
+/// Adaptive scaling on the simulator, the way `LocalCluster::adapt` acts on the scheduler's
+/// advice: every 100 ms ask `adaptive_target`, start workers when it wants more than are
+/// running, retire the workers it names after three answers in a row asked for fewer. A map
+/// of 200 tasks of 50 ms on one one-thread worker grows the cluster, finishes in a fraction
+/// of the 10 s one worker needs, and the cluster shrinks back to one worker holding every
+/// value: nothing lost, nothing computed twice.
+#[test]
+fn adaptive_scaling_grows_for_a_backlog_and_shrinks_back_without_losing_values() {
+    use std::collections::BTreeSet;
+    let mut sim = Sim::new(SimConfig {
+        workers: 1,
+        nthreads: 1,
+        ..SimConfig::default()
+    });
+    let (tasks, outs) = wide_map("m", 200);
+    for k in &outs {
+        let behavior = TaskBehavior {
+            duration: Duration::from_millis(50),
+            ..TaskBehavior::default()
+        };
+        sim.set_behavior(k.clone(), behavior);
+    }
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    let target = Duration::from_millis(500);
+    let (minimum, maximum) = (1, 8);
+    let mut running: BTreeSet<u32> = BTreeSet::from([0]);
+    let (mut next_id, mut below, mut peak) = (1, 0, 1);
+    let mut finished_at = None;
+    let mut t = Time::ZERO;
+    while t < Time::from_millis(30_000) {
+        t = t + Duration::from_millis(100);
+        sim.run_until(t);
+        running.retain(|id| sim.is_alive(WorkerId(*id)));
+        let advice = sim.scheduler().adaptive_target(target);
+        let want = (advice.workers as usize).clamp(minimum, maximum);
+        if want > running.len() {
+            below = 0;
+            for _ in running.len()..want {
+                sim.add_worker_at(t, WorkerId(next_id), 1);
+                running.insert(next_id);
+                next_id += 1;
+            }
+        } else if want < running.len() && !advice.to_close.is_empty() {
+            below += 1;
+            if below >= 3 {
+                below = 0;
+                let n = running.len() - want;
+                let addresses = (advice.to_close.iter().take(n))
+                    .map(|p| p.address.clone())
+                    .collect();
+                sim.client_sends_at(t, C, FromClient::RetireWorkers { addresses });
+            }
+        } else {
+            below = 0;
+        }
+        peak = peak.max(running.len());
+        let done = outs
+            .iter()
+            .all(|k| sim.report().outcomes.contains_key(&(C, k.clone())));
+        if done && finished_at.is_none() {
+            finished_at = Some(t);
+        }
+        if done && running.len() == 1 && sim.scheduler().workers().len() == 1 {
+            break;
+        }
+    }
+    let finished_at = finished_at.expect("the map finished");
+    assert_all_in_memory(&sim, &outs);
+    assert!(peak >= 4, "the cluster grew to {peak} workers only");
+    assert!(peak <= maximum);
+    assert!(
+        finished_at < Time::from_millis(5_000),
+        "finished at {finished_at}"
+    );
+    assert_eq!(sim.scheduler().workers().len(), 1, "shrank back to one");
+    let stats = sim.scheduler().stats();
+    assert_eq!(
+        (stats.recomputed, stats.lost_values, stats.workers_lost),
+        (0, 0, 0)
+    );
+    assert_eq!(stats.workers_retired as usize, peak - 1);
+    for k in &outs {
+        assert_eq!(sim.report().executions(k), 1, "{k}");
+    }
+    // Idle and holding values: it recommends keeping the one worker, and closing nobody.
+    let advice = sim.scheduler().adaptive_target(target);
+    assert_eq!((advice.workers, advice.to_close.len()), (1, 0));
+}
+
+/// Workers retiring one after the other while values move: the first hands its values to
+/// a worker that joined empty (the emptiest), which is asked to retire before they land.
+/// It closes only once they have landed and moved on to the worker that stays, so nothing
+/// is lost. Workers retired together never hand values to each other: each value moves
+/// once.
+#[test]
+fn workers_retiring_in_turn_pass_values_on_and_lose_nothing() {
+    use partita_proto::messages::ToClient;
+    for together in [false, true] {
+        let mut sim = Sim::new(SimConfig {
+            workers: 2,
+            nthreads: 1,
+            ..SimConfig::default()
+        });
+        let (tasks, outs) = wide_map("w", 30);
+        sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+        sim.run().unwrap();
+        let on_zero = holders(&sim, &outs)
+            .iter()
+            .filter(|h| h == &&[WorkerId(0)])
+            .count();
+        assert!(on_zero > 0);
+        sim.add_worker_at(sim.now(), WorkerId(2), 1);
+        sim.run_until(sim.now() + Duration::from_millis(1));
+        let retire = |addresses: &[&str]| FromClient::RetireWorkers {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        };
+        let at = sim.now() + Duration::from_millis(1);
+        if together {
+            sim.client_sends_at(at, C, retire(&["sim://worker-0", "sim://worker-2"]));
+        } else {
+            sim.client_sends_at(at, C, retire(&["sim://worker-0"]));
+            let soon = at + Duration::from_micros(50);
+            sim.client_sends_at(soon, C, retire(&["sim://worker-2"]));
+        }
+        let transfers = sim.report().transfers;
+        sim.run_until(at + Duration::from_millis(100));
+        let mut stopped = sim.report().stopped.clone();
+        stopped.sort();
+        assert_eq!(stopped, [WorkerId(0), WorkerId(2)], "together: {together}");
+        assert_all_in_memory(&sim, &outs);
+        assert!(holders(&sim, &outs).iter().all(|h| h == &[WorkerId(1)]));
+        let stats = sim.scheduler().stats();
+        assert_eq!(
+            (stats.lost_values, stats.recomputed),
+            (0, 0),
+            "together: {together}"
+        );
+        let refused = (sim.report().client_messages.iter())
+            .any(|(_, m)| matches!(m, ToClient::Retiring { refused, .. } if !refused.is_empty()));
+        assert!(!refused);
+        if together {
+            assert_eq!(
+                sim.report().transfers - transfers,
+                on_zero as u64,
+                "each moved once"
+            );
+        }
+    }
+}
