@@ -1730,6 +1730,8 @@ impl PyClient {
     }
 
     /// Put a pickle and its parts in the variable (`queue=False`) or queue `name`.
+    #[pyo3(signature = (name, queue, pickle, parts, maxsize = 0, timeout = None))]
+    #[allow(clippy::too_many_arguments)]
     fn _put_item(
         &self,
         py: Python<'_>,
@@ -1737,16 +1739,23 @@ impl PyClient {
         queue: bool,
         pickle: Vec<u8>,
         parts: Vec<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
+        maxsize: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
         use partita::distributed::{Queue, Variable};
         let client = self.client()?;
         let what = item_name(name, queue);
         let value = datasets::parts_dataset(&what, pickle, parts)?;
+        let timeout = seconds(timeout)?;
         match queue {
-            true => py.detach(|| Queue::new(&client, name).put(&value)).py_err(),
+            true => {
+                let q = Queue::new(&client, name).with_maxsize(maxsize);
+                interruptible(py, |stop| q.put_or_interrupt(&value, timeout, stop))
+            }
             false => py
                 .detach(|| Variable::new(&client, name).set(&value))
-                .py_err(),
+                .py_err()
+                .map(|()| true),
         }
     }
 
@@ -2026,15 +2035,17 @@ fn duration_of(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
     };
     let secs = if let Ok(text) = value.extract::<String>() {
         let text = text.trim();
-        let split = (text.find(|c: char| c.is_ascii_alphabetic())).unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
+        // The unit is the trailing letters ("1e3ms": 1e3 and "ms").
+        let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = text[number.len()..].to_ascii_lowercase();
         let number: f64 = (number.trim().parse())
             .map_err(|_| bad(format!("{text:?} does not start with a number")))?;
-        let scale = match unit.trim() {
-            "ms" => 1e-3,
-            "" | "s" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
+        let scale = match unit.as_str() {
+            "us" | "microseconds" => 1e-6,
+            "ms" | "milliseconds" => 1e-3,
+            "" | "s" | "seconds" | "second" => 1.0,
+            "m" | "min" | "minutes" | "minute" => 60.0,
+            "h" | "hours" | "hour" => 3600.0,
             other => return Err(bad(format!("unknown unit {other:?}"))),
         };
         number * scale
@@ -2174,8 +2185,9 @@ impl PyLocalCluster {
     /// Scale with the load (Dask's `cluster.adapt`): every `interval` ask the scheduler how
     /// many workers would finish the work in sight in `target_duration`, start workers
     /// at once when that (within `minimum`..`maximum`) is more than run, retire the idle
-    /// workers it names after `wait_count` answers in a row asked for fewer. Durations are
-    /// seconds or strings such as "500ms", "5s", "2m". Replaces an earlier `adapt`;
+    /// workers it names after `wait_count` answers in a row asked for fewer. `maximum`
+    /// defaults to this machine's cores over `threads_per_worker`. Durations are seconds
+    /// or strings such as "500ms", "5s", "2 minutes". Replaces an earlier `adapt`;
     /// `scale`, `stop_adapting` or `close` stop it.
     #[pyo3(signature = (minimum = 0, maximum = None, interval = None, target_duration = None, wait_count = 3))]
     fn adapt(
@@ -2190,7 +2202,7 @@ impl PyLocalCluster {
         let defaults = partita::distributed::AdaptOptions::default();
         let options = partita::distributed::AdaptOptions {
             minimum,
-            maximum: maximum.unwrap_or(usize::MAX),
+            maximum,
             interval: interval.map_or(Ok(defaults.interval), |d| duration_of(d, "interval"))?,
             target_duration: (target_duration).map_or(Ok(defaults.target_duration), |d| {
                 duration_of(d, "target_duration")
@@ -2212,19 +2224,24 @@ impl PyLocalCluster {
 
     /// Whether `adapt` is on.
     #[getter]
-    fn adaptive(&self) -> PyResult<bool> {
-        let guard = self.cluster()?;
-        Ok(guard.as_ref().expect("checked by cluster()").is_adaptive())
+    fn adaptive(&self, py: Python<'_>) -> PyResult<bool> {
+        // Without the GIL: `scale` may hold the cluster for a while.
+        py.detach(|| {
+            let guard = self.cluster()?;
+            Ok(guard.as_ref().expect("checked by cluster()").is_adaptive())
+        })
     }
 
     /// Worker processes running now (started and not exited).
     #[getter]
-    fn n_workers(&self) -> PyResult<usize> {
-        let guard = self.cluster()?;
-        Ok(guard
-            .as_ref()
-            .expect("checked by cluster()")
-            .running_workers())
+    fn n_workers(&self, py: Python<'_>) -> PyResult<usize> {
+        py.detach(|| {
+            let guard = self.cluster()?;
+            Ok(guard
+                .as_ref()
+                .expect("checked by cluster()")
+                .running_workers())
+        })
     }
 
     /// Stop every process of this cluster.

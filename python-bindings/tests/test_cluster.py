@@ -433,7 +433,11 @@ def test_scale_and_adapt_resize_the_cluster_as_in_dask():
         # idle it shrinks back to the minimum, the results kept.
         with pytest.raises(ValueError, match="interval"):
             cluster.adapt(interval="soon")
-        cluster.adapt(minimum=1, maximum=3, interval="100ms", target_duration=1, wait_count=3)
+        with pytest.raises(pt.ShapeError, match="at least 10ms"):
+            cluster.adapt(interval="1e3us")
+        with pytest.raises(pt.ShapeError, match="minimum 5 is above maximum 2"):
+            cluster.adapt(minimum=5, maximum=2)
+        cluster.adapt(minimum=1, maximum=3, interval="0.1 seconds", target_duration=1, wait_count=3)
         assert cluster.adaptive
         from udfs import nap
 

@@ -579,8 +579,8 @@ def test_locks_events_variables_and_queues_coordinate_tasks_as_in_dask(cluster_c
     sem.release()
     sem.release()
     assert sem.get_value() == 0
-    with pytest.raises(NotImplementedError):
-        pt.Queue(maxsize=3)
+    with pytest.raises(ValueError, match="maxsize"):
+        pt.Queue(maxsize=-1)
     # Bad arguments are plain errors naming what is wrong.
     with pytest.raises(ValueError, match="max_leases"):
         pt.Semaphore(max_leases=0)
@@ -599,3 +599,41 @@ def test_ctrl_c_stops_waiting_on_a_lock(cluster_client):
     # The interrupted wait holds nothing: one release frees the lock.
     lock.release()
     assert not lock.locked()
+
+
+def _fill(queue, n):
+    for i in range(n):
+        queue.put(np.full(3, float(i)))
+    return n
+
+
+def test_a_bounded_queue_makes_producers_wait_for_consumers(cluster_client):
+    # A task puts 6 arrays into a queue of 2: it waits for room while the client takes
+    # them, and every item arrives in order.
+    q = pt.Queue("py-bounded", maxsize=2)
+    producer = cluster_client.submit(_fill, q, 6)
+    deadline = time.monotonic() + 30
+    while q.qsize() < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert q.qsize() == 2 and not producer.done()
+    got = [q.get(timeout=30) for _ in range(6)]
+    assert producer.result(timeout=30) == 6
+    for i, a in enumerate(got):
+        np.testing.assert_array_equal(a, np.full(3, float(i)))
+    # Full, a put with a timeout raises TimeoutError and puts nothing; its future's data
+    # is not kept.
+    q.put(1)
+    q.put(2)
+    future = cluster_client.scatter([np.ones(4)])[0]
+    with pytest.raises(TimeoutError, match="no room"):
+        q.put({"f": future}, timeout=0.1)
+    assert q.qsize() == 2
+    assert q.get(batch=True) == [1, 2]
+    # An unbounded handle of the same queue never waits.
+    unbounded = pt.Queue("py-bounded")
+    for i in range(5):
+        unbounded.put(i)
+    assert q.qsize() == 5
+    assert unbounded.get(batch=True) == list(range(5))

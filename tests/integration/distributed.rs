@@ -1657,7 +1657,7 @@ fn adapt_grows_for_a_backlog_and_shrinks_back_keeping_the_values() {
     let mut cluster = start(1, 0);
     let options = AdaptOptions {
         minimum: 1,
-        maximum: 3,
+        maximum: Some(3),
         interval: Duration::from_millis(100),
         target_duration: Duration::from_secs(1),
         wait_count: 3,

@@ -1567,11 +1567,24 @@ impl Client {
     /// stop. Returns the retired workers once they are gone. All or none: an error naming
     /// the address if one is unknown, or if no worker would be left to take their values.
     pub fn retire_workers(&self, addresses: &[&str]) -> Result<Vec<Peer>> {
+        self.retire_workers_within(addresses, None)
+    }
+
+    /// [`Client::retire_workers`] waiting at most `timeout` for them to be gone: an
+    /// error after it (they go on retiring: running tasks finish first).
+    pub fn retire_workers_within(
+        &self,
+        addresses: &[&str],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Peer>> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let inner = &self.inner;
         let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
         let (id, mut rx) = inner.register(&[]);
         let result = (|| {
-            inner.send(&FromClient::RetireWorkers { addresses })?;
+            inner.send(&FromClient::RetireWorkers {
+                addresses: addresses.clone(),
+            })?;
             let mut retiring: Option<Vec<Peer>> = None;
             let mut gone: HashSet<WorkerId> = HashSet::new();
             loop {
@@ -1580,7 +1593,19 @@ impl Client {
                 {
                     return Ok(workers.clone());
                 }
-                let msg = inner.runtime.block_on(rx.recv());
+                let msg = match deadline {
+                    None => inner.runtime.block_on(rx.recv()),
+                    Some(at) => {
+                        // Made inside the runtime: a timer needs its reactor.
+                        let wait = async { tokio::time::timeout_at(at, rx.recv()).await };
+                        inner.runtime.block_on(wait).map_err(|_| {
+                            Error::Transport(format!(
+                                "workers {addresses:?} still retiring after {:?}",
+                                timeout.unwrap_or_default()
+                            ))
+                        })?
+                    }
+                };
                 match msg {
                     None => return Err(scheduler_gone()),
                     Some(ToClient::Retiring { workers, refused }) if retiring.is_none() => {

@@ -71,9 +71,11 @@ pub fn find_binary() -> PathBuf {
 pub struct AdaptOptions {
     /// Never fewer worker processes than this.
     pub minimum: usize,
-    /// Never more than this.
-    pub maximum: usize,
-    /// How often to ask the scheduler.
+    /// Never more than this; `None`: as many as this machine's cores give workers of
+    /// `threads_per_worker` threads (at least `minimum`), so a burst of work cannot start
+    /// hundreds of processes.
+    pub maximum: Option<usize>,
+    /// How often to ask the scheduler (at least 10 ms).
     pub interval: Duration,
     /// How long the work in sight should take on the cluster wanted.
     pub target_duration: Duration,
@@ -85,7 +87,7 @@ impl Default for AdaptOptions {
     fn default() -> Self {
         AdaptOptions {
             minimum: 0,
-            maximum: usize::MAX,
+            maximum: None,
             interval: Duration::from_secs(1),
             target_duration: Duration::from_secs(5),
             wait_count: 3,
@@ -242,7 +244,8 @@ impl LocalCluster {
         let to_close = client.workers_to_close(running - n)?;
         let addresses: Vec<&str> = to_close.iter().map(|p| p.address.as_str()).collect();
         if !addresses.is_empty() {
-            client.retire_workers(&addresses)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            client.retire_workers_within(&addresses, Some(left))?;
         }
         let want = running - to_close.len();
         while self.processes.running() > want {
@@ -269,15 +272,24 @@ impl LocalCluster {
     /// `minimum..=maximum`) is more than run, and retires the idle workers it names once
     /// `wait_count` answers in a row asked for fewer. Replaces an earlier `adapt`;
     /// [`LocalCluster::scale`] or dropping the cluster stops it.
-    pub fn adapt(&mut self, options: AdaptOptions) -> Result<()> {
-        if options.minimum > options.maximum {
+    pub fn adapt(&mut self, mut options: AdaptOptions) -> Result<()> {
+        let maximum = options.maximum.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            let threads = self.processes.options.threads_per_worker.max(1) as usize;
+            (cores / threads).max(1).max(options.minimum)
+        });
+        if options.minimum > maximum {
             return Err(Error::Shape(format!(
-                "adapt: minimum {} is above maximum {}",
-                options.minimum, options.maximum
+                "adapt: minimum {} is above maximum {maximum}",
+                options.minimum
             )));
         }
-        if options.interval.is_zero() {
-            return Err(Error::Shape("adapt: the interval must be positive".into()));
+        options.maximum = Some(maximum);
+        if options.interval < MIN_ADAPT_INTERVAL {
+            return Err(Error::Shape(format!(
+                "adapt: the interval must be at least {MIN_ADAPT_INTERVAL:?}, got {:?}",
+                options.interval
+            )));
         }
         self.adaptive = None;
         let client = self.client()?;
@@ -304,6 +316,13 @@ impl LocalCluster {
         self.adaptive.is_some()
     }
 }
+
+/// The shortest [`AdaptOptions::interval`]: each step is a request to the scheduler.
+const MIN_ADAPT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long the adaptive thread waits for idle workers to retire before it goes on (they
+/// go on retiring); bounds how long stopping it can take.
+const ADAPT_RETIRE_WAIT: Duration = Duration::from_secs(10);
 
 /// The thread of [`LocalCluster::adapt`]: one step per `interval` until told to stop.
 fn adapt_loop(
@@ -339,7 +358,8 @@ fn adapt_step(
 ) -> Result<()> {
     let advice = client.adaptive_target(options.target_duration)?;
     let running = processes.running();
-    let want = (advice.workers as usize).clamp(options.minimum, options.maximum);
+    let maximum = options.maximum.unwrap_or(usize::MAX);
+    let want = (advice.workers as usize).clamp(options.minimum, maximum);
     if want > running {
         *below = 0;
         tracing::info!("adaptive scaling: {running} -> {want} workers");
@@ -350,12 +370,17 @@ fn adapt_step(
         *below += 1;
         if *below >= options.wait_count {
             *below = 0;
+            // Counted against the open workers the advice is about, not the processes
+            // (some may be starting or leaving): never below the minimum.
+            let open = advice.workers as usize + advice.to_close.len();
             let addresses: Vec<&str> = (advice.to_close.iter())
-                .take(running - want)
+                .take(open.saturating_sub(want))
                 .map(|p| p.address.as_str())
                 .collect();
-            tracing::info!("adaptive scaling: retiring {addresses:?}");
-            client.retire_workers(&addresses)?;
+            if !addresses.is_empty() {
+                tracing::info!("adaptive scaling: retiring {addresses:?}");
+                client.retire_workers_within(&addresses, Some(ADAPT_RETIRE_WAIT))?;
+            }
         }
     } else {
         *below = 0;

@@ -419,11 +419,13 @@ impl Variable {
 }
 
 /// A named first-in first-out queue shared across the cluster (Dask's
-/// `distributed.Queue`, unbounded): each item is taken by one getter.
+/// `distributed.Queue`): each item is taken by one getter. Unbounded, or, through this
+/// handle, bounded ([`Queue::with_maxsize`]): a put waits while the queue is full.
 #[derive(Clone, Debug)]
 pub struct Queue {
     client: Client,
     name: String,
+    maxsize: u64,
 }
 
 impl Queue {
@@ -431,23 +433,54 @@ impl Queue {
         Queue {
             client: client.clone(),
             name: name.into(),
+            maxsize: 0,
         }
+    }
+
+    /// This handle's puts wait while the queue holds `maxsize` items or more, or earlier
+    /// puts wait (Dask's `Queue(maxsize=)`; 0: unbounded). The bound belongs to the put:
+    /// handles of one queue may differ.
+    pub fn with_maxsize(mut self, maxsize: u64) -> Queue {
+        self.maxsize = maxsize;
+        self
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Append an item.
+    /// Append an item, waiting for room in a bounded queue.
     pub fn put(&self, value: &Dataset) -> Result<()> {
+        self.put_or_interrupt(value, None, &never).map(drop)
+    }
+
+    /// [`Queue::put`] waiting at most `timeout` for room: `false` (nothing put, the
+    /// item's data let go) if it passed first.
+    pub fn put_timeout(&self, value: &Dataset, timeout: Option<Duration>) -> Result<bool> {
+        self.put_or_interrupt(value, timeout, &never)
+    }
+
+    /// [`Queue::put_timeout`] stopping with [`Error::Cancelled`] once `interrupted()` says
+    /// so (an item that got in meanwhile stays in).
+    pub fn put_or_interrupt(
+        &self,
+        value: &Dataset,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<bool> {
         let item = item_of(&self.client, &format!("queue {:?}", self.name), value)?;
-        done(
-            &self.client,
-            Coordinate::QueuePut {
-                name: self.name.clone(),
-                item,
-            },
-        )
+        let op = Coordinate::QueuePut {
+            name: self.name.clone(),
+            item,
+            maxsize: self.maxsize,
+        };
+        match self.client.coordinate(op, timeout, interrupted)? {
+            Answer::Reply(CoordReply::Done) => Ok(true),
+            Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Done)) => Ok(true),
+            Answer::Stopped(Stopped::TimedOut, None) => Ok(false),
+            Answer::Stopped(Stopped::Interrupted, _) => Err(interrupted_error()),
+            Answer::Reply(other) | Answer::Stopped(_, Some(other)) => Err(refused(other)),
+        }
     }
 
     /// Take the oldest item, waiting for one (`None` if `timeout` passes first).
@@ -470,7 +503,13 @@ impl Queue {
             // Back in the queue, held by it before this client lets go.
             let futures = self.client.item_futures(item.keys.clone())?;
             let name = self.name.clone();
-            done(&self.client, Coordinate::QueuePut { name, item })?;
+            // Put back whatever the bound: it was in the queue already.
+            let op = Coordinate::QueuePut {
+                name,
+                item,
+                maxsize: 0,
+            };
+            done(&self.client, op)?;
             drop(futures);
             Ok(())
         };

@@ -42,6 +42,8 @@ enum Place {
     Semaphore(String),
     Variable(String),
     Queue(String),
+    /// A put waiting for room in a bounded queue.
+    QueuePut(String),
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +69,17 @@ struct Variable {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Item>,
+    /// Getters waiting for an item.
     waiters: VecDeque<Waiter>,
+    /// Puts waiting for room, with their items (keys held) and bounds.
+    putters: VecDeque<(Waiter, Item, u64)>,
+}
+
+impl Queue {
+    /// Nothing in it and nobody waiting: forgotten.
+    fn is_idle(&self) -> bool {
+        self.items.is_empty() && self.waiters.is_empty() && self.putters.is_empty()
+    }
 }
 
 /// What an operation leads to, for the scheduler to carry out.
@@ -217,20 +229,34 @@ impl Coordination {
                 }
                 reply(&mut fx, CoordReply::Done);
             }
-            Coordinate::QueuePut { name, item } => {
+            Coordinate::QueuePut {
+                name,
+                item,
+                maxsize,
+            } => {
                 let queue = self.queues.entry(name.clone()).or_default();
+                let full = maxsize > 0
+                    && (queue.items.len() as u64 >= maxsize || !queue.putters.is_empty());
                 match queue.waiters.pop_front() {
                     // Handed over at once: its keys go to the getter, then are let go.
                     Some(w) => {
-                        if queue.items.is_empty() && queue.waiters.is_empty() {
+                        if queue.is_idle() {
                             self.queues.remove(&name);
                         }
                         fx.released.extend(item.keys.iter().cloned());
                         self.answered(w, &mut fx, CoordReply::Item(item));
+                        reply(&mut fx, CoordReply::Done);
                     }
-                    None => queue.items.push_back(item),
+                    None if full => {
+                        queue.putters.push_back((me, item, maxsize));
+                        self.waiting
+                            .insert((client, request), Place::QueuePut(name));
+                    }
+                    None => {
+                        queue.items.push_back(item);
+                        reply(&mut fx, CoordReply::Done);
+                    }
                 }
-                reply(&mut fx, CoordReply::Done);
             }
             Coordinate::QueueGet { name } => {
                 let queue = self.queues.entry(name.clone()).or_default();
@@ -238,9 +264,7 @@ impl Coordination {
                     Some(item) => {
                         fx.released.extend(item.keys.iter().cloned());
                         reply(&mut fx, CoordReply::Item(item));
-                        if queue.items.is_empty() && queue.waiters.is_empty() {
-                            self.queues.remove(&name);
-                        }
+                        self.admit(&name, &mut fx);
                     }
                     None => {
                         queue.waiters.push_back(me);
@@ -284,10 +308,25 @@ impl Coordination {
         fx
     }
 
-    /// Drop every variable and queue item (their data is gone: a restart); answers
-    /// nothing, releases nothing (the tasks are forgotten anyway). Events, semaphores and
-    /// waiters stay.
-    pub fn drop_items(&mut self) -> Vec<String> {
+    /// Drop every variable and queue item (their data is gone: a restart), and refuse
+    /// the puts waiting for room (their items' data is gone too); releases nothing (the
+    /// tasks are forgotten anyway). Events, semaphores and other waiters stay. Returns
+    /// the names emptied and the refusals to send.
+    pub fn drop_items(&mut self) -> (Vec<String>, Effects) {
+        let mut fx = Effects::default();
+        let mut refused = Vec::new();
+        for (name, q) in &mut self.queues {
+            for (w, ..) in std::mem::take(&mut q.putters) {
+                let error = format!(
+                    "queue {name:?}: the cluster restarted before there was room for the item; \
+                     it was dropped"
+                );
+                refused.push((w, error));
+            }
+        }
+        for (w, error) in refused {
+            self.answered(w, &mut fx, CoordReply::Refused { error });
+        }
         let mut names = Vec::new();
         for (name, var) in &mut self.variables {
             if var.item.take().is_some() {
@@ -302,14 +341,17 @@ impl Coordination {
         }
         self.variables.retain(|_, v| !v.waiters.is_empty());
         self.queues.retain(|_, q| !q.waiters.is_empty());
-        names
+        (names, fx)
     }
 
     /// Every key the items hold, once per item holding it.
     pub fn held_keys(&self) -> impl Iterator<Item = &Key> {
         let vars = (self.variables.values()).filter_map(|v| v.item.as_ref());
         let queued = self.queues.values().flat_map(|q| q.items.iter());
-        vars.chain(queued).flat_map(|item| item.keys.iter())
+        let waiting = (self.queues.values()).flat_map(|q| q.putters.iter().map(|(_, i, _)| i));
+        vars.chain(queued)
+            .chain(waiting)
+            .flat_map(|item| item.keys.iter())
     }
 
     /// Answer a waiter taken off its object's list.
@@ -351,13 +393,46 @@ impl Coordination {
             Place::Queue(name) => {
                 if let Some(q) = self.queues.get_mut(&name) {
                     drop_from(&mut q.waiters);
-                    if q.items.is_empty() && q.waiters.is_empty() {
+                    if q.is_idle() {
                         self.queues.remove(&name);
                     }
                 }
             }
+            Place::QueuePut(name) => {
+                if let Some(q) = self.queues.get_mut(&name)
+                    && let Some(at) = q.putters.iter().position(|(x, ..)| *x == w)
+                    && let Some((_, item, _)) = q.putters.remove(at)
+                {
+                    // Never put: its keys are let go.
+                    fx.released.extend(item.keys);
+                }
+                // A withdrawn head of the line may have held back the next.
+                self.admit(&name, fx);
+            }
         }
         true
+    }
+
+    /// Move waiting puts of queue `name` in, in order, while each finds room; forget the
+    /// queue when nothing is left in or waiting on it.
+    fn admit(&mut self, name: &str, fx: &mut Effects) {
+        let Some(q) = self.queues.get_mut(name) else {
+            return;
+        };
+        let mut done = Vec::new();
+        while let Some((_, _, maxsize)) = q.putters.front()
+            && (q.items.len() as u64) < *maxsize
+        {
+            let (w, item, _) = q.putters.pop_front().expect("looked at the front");
+            q.items.push_back(item);
+            done.push(w);
+        }
+        if q.is_idle() {
+            self.queues.remove(name);
+        }
+        for w in done {
+            self.answered(w, fx, CoordReply::Done);
+        }
     }
 
     /// Give free leases of semaphore `name` to its waiters, in order, each a new number;
@@ -410,6 +485,13 @@ impl Coordination {
         }
         for (n, q) in &self.queues {
             check(&q.waiters, Place::Queue(n.clone()))?;
+            let putters: VecDeque<Waiter> = q.putters.iter().map(|(w, ..)| *w).collect();
+            check(&putters, Place::QueuePut(n.clone()))?;
+            if let Some((_, _, maxsize)) = q.putters.front()
+                && (q.items.len() as u64) < *maxsize
+            {
+                return Err(format!("queue {n:?} has room but a put waits"));
+            }
         }
         if listed != self.waiting.len() {
             return Err(format!(
@@ -608,6 +690,7 @@ mod tests {
         let put = |i| Coordinate::QueuePut {
             name: "q".into(),
             item: i,
+            maxsize: 0,
         };
         let get = || Coordinate::QueueGet { name: "q".into() };
         co.apply(c(1), 4, put(item(&["x"], "x")));
@@ -636,7 +719,84 @@ mod tests {
         // A restart drops items, keeping waiters.
         co.apply(c(1), 8, put(item(&["w"], "w")));
         co.apply(c(1), 9, set(item(&["v"], "v")));
-        assert_eq!(co.drop_items().len(), 2);
+        assert_eq!(co.drop_items().0.len(), 2);
         assert_eq!(co.held_keys().count(), 0);
+    }
+
+    /// Dask's `Queue(maxsize=)`: a put waits while the queue is full (its keys held),
+    /// in order; a get lets the first waiting put in; a put withdrawn (timeout) or of a
+    /// client gone lets its keys go and the next put in; a restart refuses waiting puts.
+    #[test]
+    fn bounded_queue_puts_wait_for_room_in_order() {
+        let mut co = Coordination::default();
+        let co = &mut co;
+        let put = |i, maxsize| Coordinate::QueuePut {
+            name: "q".into(),
+            item: i,
+            maxsize,
+        };
+        let get = || Coordinate::QueueGet { name: "q".into() };
+        assert_eq!(
+            replies(&co.apply(c(1), 1, put(item(&["a"], "a"), 2))),
+            [(1, 1, CoordReply::Done)]
+        );
+        assert_eq!(
+            replies(&co.apply(c(1), 2, put(item(&["b"], "b"), 2))).len(),
+            1
+        );
+        // Full: c1's third and c2's put wait, keys held.
+        assert!(
+            co.apply(c(1), 3, put(item(&["c"], "c"), 2))
+                .replies
+                .is_empty()
+        );
+        assert!(
+            co.apply(c(2), 1, put(item(&["d"], "d"), 2))
+                .replies
+                .is_empty()
+        );
+        assert_eq!(co.held_keys().count(), 4);
+        co.check().unwrap();
+        // An unbounded put does not wait.
+        assert_eq!(replies(&co.apply(c(3), 1, put(item(&[], "e"), 0))).len(), 1);
+        // Two gets (3 items): the second lets c1's waiting put in (2 left, then 3 >= 2).
+        let fx = co.apply(c(3), 2, get());
+        assert_eq!(replies(&fx), [(3, 2, CoordReply::Item(item(&["a"], "a")))]);
+        let fx = co.apply(c(3), 3, get());
+        assert_eq!(
+            replies(&fx),
+            [
+                (3, 3, CoordReply::Item(item(&["b"], "b"))),
+                (1, 3, CoordReply::Done)
+            ]
+        );
+        co.check().unwrap();
+        // c2's put times out: withdrawn, answered once, its key let go.
+        let fx = co.apply(c(2), 1, Coordinate::Abandon);
+        assert_eq!(replies(&fx), [(2, 1, CoordReply::Abandoned)]);
+        assert_eq!(fx.released, [Key::named("d")]);
+        co.check().unwrap();
+        // Full again (e, c): a put of a client that goes lets its key go.
+        assert!(
+            co.apply(c(4), 1, put(item(&["f"], "f"), 2))
+                .replies
+                .is_empty()
+        );
+        let fx = co.client_gone(c(4));
+        assert_eq!(fx.released, [Key::named("f")]);
+        assert!(fx.replies.is_empty());
+        // A restart refuses a waiting put.
+        assert!(
+            co.apply(c(5), 1, put(item(&["g"], "g"), 1))
+                .replies
+                .is_empty()
+        );
+        let (_, fx) = co.drop_items();
+        assert!(
+            matches!(&replies(&fx)[..], [(5, 1, CoordReply::Refused { error })] if error.contains("restarted"))
+        );
+        assert!(co.queues.is_empty());
+        assert_eq!(co.held_keys().count(), 0);
+        co.check().unwrap();
     }
 }

@@ -387,6 +387,10 @@ pub enum FromWorker {
     Seceded { key: Key },
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Client to scheduler.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum FromClient {
@@ -512,8 +516,15 @@ pub enum Coordinate {
     VariableGet { name: String },
     /// Forget the variable (waiting gets go on waiting).
     VariableDelete { name: String },
-    /// Append to the queue (unbounded).
-    QueuePut { name: String, item: Item },
+    /// Append to the queue; [`CoordReply::Done`] once it is in. With `maxsize` (0:
+    /// unbounded), it waits while the queue holds that many items or more, or earlier
+    /// puts wait (Dask's `Queue(maxsize=)`), its keys held meanwhile.
+    QueuePut {
+        name: String,
+        item: Item,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        maxsize: u64,
+    },
     /// [`CoordReply::Item`]: the queue's oldest item, once there is one; it leaves the
     /// queue, its keys now wanted by the getter.
     QueueGet { name: String },

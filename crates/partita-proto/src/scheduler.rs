@@ -590,17 +590,22 @@ impl SchedulerState {
 
     /// Up to `n` open workers to close: the least busy, then those holding the fewest
     /// bytes. With `idle_only` (adaptive scaling), only workers running nothing, and only
-    /// as many as leave the workers kept room for every value held (their memory limits,
-    /// when all have one). Never every open worker while one holds values.
+    /// as many as leave the workers kept at most half full of the values held (their
+    /// memory limits, when all have one: Dask's `memory_ratio` of 2, below the 60% that
+    /// asks for more workers, so the size does not swing). Never every open worker while
+    /// values are held or moving ([`Self::values_held`]).
     fn workers_to_close(&self, n: usize, idle_only: bool) -> Vec<Peer> {
         let bytes = self.open_bytes();
-        let total: u64 = bytes.values().sum();
+        let total: u128 = bytes.values().map(|b| u128::from(*b)).sum();
         let mut candidates: Vec<(usize, u64, WorkerId)> = (bytes.iter())
             .map(|(id, b)| (self.workers[id].processing.len(), *b, *id))
             .collect();
         candidates.sort_unstable();
         let limited = (bytes.keys()).all(|id| self.workers[id].memory_limit > 0);
-        let mut kept_limit: u64 = (bytes.keys()).map(|id| self.workers[id].memory_limit).sum();
+        let mut kept_limit: u128 = (bytes.keys())
+            .map(|id| u128::from(self.workers[id].memory_limit))
+            .sum();
+        let held = self.values_held();
         let mut kept = candidates.len();
         let mut out = Vec::new();
         for (busy, _, id) in candidates {
@@ -608,9 +613,9 @@ impl SchedulerState {
                 break;
             }
             let w = &self.workers[&id];
-            let limit_left = kept_limit - w.memory_limit;
-            let room = kept > 1 || total == 0;
-            if !room || (idle_only && limited && limit_left < total) {
+            let limit_left = kept_limit - u128::from(w.memory_limit);
+            let room = kept > 1 || !held;
+            if !room || (idle_only && limited && limit_left < 2 * total) {
                 break;
             }
             kept -= 1;
@@ -621,6 +626,12 @@ impl SchedulerState {
             });
         }
         out
+    }
+
+    /// Whether any worker holds a value or one is moving between workers: the last open
+    /// workers must not all go then.
+    fn values_held(&self) -> bool {
+        !self.acquiring.is_empty() || self.workers.values().any(|w| !w.has_what.is_empty())
     }
 
     /// Counters.
@@ -1052,7 +1063,11 @@ impl SchedulerState {
             let msg = ToClient::Replicated { request, holders };
             self.out.push(SchedulerAction::SendToClient(c, msg));
         }
-        let items = self.coordination.drop_items();
+        let (items, refusals) = self.coordination.drop_items();
+        for (client, request, reply) in refusals.replies {
+            let msg = ToClient::Coordinated { request, reply };
+            self.out.push(SchedulerAction::SendToClient(client, msg));
+        }
         if !items.is_empty() {
             self.log(
                 LogLevel::Warn,
@@ -1092,7 +1107,7 @@ impl SchedulerState {
     /// A coordination operation ([`crate::coordination`]): an item's keys must be known
     /// (refused naming the first that is not) and are held while it is.
     fn coordinate(&mut self, client: ClientId, request: u64, mut op: Coordinate) {
-        if let Coordinate::VariableSet { name, item } | Coordinate::QueuePut { name, item } =
+        if let Coordinate::VariableSet { name, item } | Coordinate::QueuePut { name, item, .. } =
             &mut op
         {
             let keys: Vec<Key> = std::mem::take(&mut item.keys)
@@ -1460,11 +1475,9 @@ impl SchedulerState {
         let open_left = (self.open_workers().iter())
             .filter(|id| !chosen.contains(id))
             .count();
-        // Workers holding nothing may all go (an idle cluster scaled to zero).
-        let holding = chosen
-            .iter()
-            .any(|id| !self.workers[id].has_what.is_empty());
-        if refused.is_empty() && open_left == 0 && holding {
+        // With nothing held or moving anywhere, every worker may go (an idle cluster
+        // scaled to zero).
+        if refused.is_empty() && open_left == 0 && !chosen.is_empty() && self.values_held() {
             for id in &chosen {
                 let why = "no open worker would be left to take its values".to_string();
                 refused.push((self.workers[id].address.clone(), why));
@@ -3745,6 +3758,7 @@ mod tests {
         let put = Coordinate::QueuePut {
             name: "q".into(),
             item: item(&[&y]),
+            maxsize: 0,
         };
         assert_eq!(coordinate(&mut s, 1, 3, put), [(1, 3, CoordReply::Done)]);
         let release = FromClient::ReleaseKeys {
@@ -4446,12 +4460,12 @@ mod tests {
         // Nothing anywhere: all four may go.
         let advice = s.adaptive_target(target);
         assert_eq!((advice.workers, advice.to_close.len()), (0, 4));
-        // 4 values of 700 bytes, one per worker (idle now): 2,800 bytes need three workers'
-        // 1,000-byte limits.
+        // 4 values of 300 bytes, one per worker (idle now): 1,200 bytes keep three workers'
+        // 1,000-byte limits at most half full (Dask's memory ratio), not two.
         let (tasks, keys) = roots("v", 4);
         let acts = submit(&mut s, 0, tasks, &keys.iter().collect::<Vec<_>>());
         for (w, k) in computes(&acts) {
-            finish(&mut s, w, &k, 700);
+            finish(&mut s, w, &k, 300);
         }
         let advice = s.adaptive_target(target);
         assert_eq!(

@@ -416,6 +416,9 @@ impl Sim {
         sw.silent = mode == KillMode::Silent;
         sw.memory.clear();
         sw.disk.clear();
+        if mode == KillMode::Disconnect {
+            self.fail_requests_to(w);
+        }
         self.report
             .logs
             .push(format!("{} killed {w} ({mode:?})", self.now));
@@ -678,10 +681,23 @@ impl Sim {
                 sw.memory.clear();
                 sw.disk.clear();
                 self.report.stopped.push(w);
+                self.fail_requests_to(w);
                 self.report
                     .logs
                     .push(format!("{now} {w} stopped: {reason}"));
             }
+        }
+    }
+
+    /// Requests to `w`, which stopped or whose connection closed, fail: even those it had
+    /// received and not answered yet (waiting for a value to be read back from disk).
+    fn fail_requests_to(&mut self, w: WorkerId) {
+        let ids: Vec<u64> = (self.requests.iter())
+            .filter(|(_, (_, _, from))| *from == w)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_request(id);
         }
     }
 

@@ -1067,3 +1067,46 @@ fn workers_retiring_in_turn_pass_values_on_and_lose_nothing() {
         }
     }
 }
+
+/// Retiring the last open worker while values move to it is refused (they would have
+/// nowhere to go), even though it holds nothing yet; once they landed and nothing else
+/// is held, an idle worker holding nothing may go.
+#[test]
+fn the_last_open_worker_is_not_retired_while_values_move_to_it() {
+    use partita_proto::messages::ToClient;
+    let mut sim = Sim::new(SimConfig {
+        workers: 1,
+        nthreads: 1,
+        ..SimConfig::default()
+    });
+    let (tasks, outs) = wide_map("w", 10);
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    sim.run().unwrap();
+    sim.add_worker_at(sim.now(), WorkerId(1), 1);
+    sim.run_until(sim.now() + Duration::from_millis(1));
+    let retire = |address: &str| FromClient::RetireWorkers {
+        addresses: vec![address.to_string()],
+    };
+    let at = sim.now() + Duration::from_millis(1);
+    sim.client_sends_at(at, C, retire("sim://worker-0"));
+    sim.client_sends_at(at + Duration::from_micros(50), C, retire("sim://worker-1"));
+    sim.run_until(at + Duration::from_millis(100));
+    let replies: Vec<&Vec<(String, String)>> = (sim.report().client_messages.iter())
+        .filter_map(|(_, m)| match m {
+            ToClient::Retiring { refused, .. } => Some(refused),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 2);
+    assert!(replies[0].is_empty());
+    assert!(replies[1][0].1.contains("no open worker"), "{replies:?}");
+    assert_eq!(sim.report().stopped, [WorkerId(0)]);
+    assert_all_in_memory(&sim, &outs);
+    assert!(holders(&sim, &outs).iter().all(|h| h == &[WorkerId(1)]));
+    // Released, nothing is held: the last worker may retire.
+    sim.client_sends_at(sim.now(), C, FromClient::ReleaseKeys { keys: outs });
+    sim.run_until(sim.now() + Duration::from_millis(10));
+    sim.client_sends_at(sim.now(), C, retire("sim://worker-1"));
+    sim.run_until(sim.now() + Duration::from_millis(10));
+    assert_eq!(sim.report().stopped, [WorkerId(0), WorkerId(1)]);
+}

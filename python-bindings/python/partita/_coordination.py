@@ -153,19 +153,23 @@ class Variable(_Named):
 
 
 class Queue(_Named):
-    """A named first-in first-out queue across the cluster (dask's `distributed.Queue`,
-    unbounded): `put(value)`, `get(timeout=None, batch=False)` (waits for an item;
-    TimeoutError after `timeout` seconds; `batch=True` takes everything there now, an
-    int that many, waiting for each), `qsize()`. Each item goes to one getter."""
+    """A named first-in first-out queue across the cluster (dask's `distributed.Queue`):
+    `put(value, timeout=None)` (with `maxsize`, waits while the queue holds that many
+    items; TimeoutError after `timeout` seconds, nothing put), `get(timeout=None,
+    batch=False)` (waits for an item; TimeoutError after `timeout` seconds; `batch=True`
+    takes everything there now, an int that many, waiting for each), `qsize()`. Each item
+    goes to one getter. `maxsize` bounds this handle's puts (0: unbounded)."""
 
     def __init__(self, name=None, client=None, maxsize=0):
-        if maxsize:
-            raise NotImplementedError("partita's queues are unbounded (maxsize=0)")
+        if not isinstance(maxsize, int) or maxsize < 0:
+            raise ValueError(f"maxsize must be an int >= 0, got {maxsize!r}")
         super().__init__(name, client)
+        self.maxsize = maxsize
 
     def put(self, value, timeout=None):
         pickled, parts = _pickle_dataset(value)
-        self.client._put_item(self.name, True, pickled, parts)
+        if not self.client._put_item(self.name, True, pickled, parts, self.maxsize, timeout):
+            raise TimeoutError(f"queue {self.name!r} had no room within {timeout} s")
 
     def get(self, timeout=None, batch=False):
         client = self.client
@@ -190,4 +194,4 @@ class Queue(_Named):
         return self.client._queue_size(self.name)
 
     def __reduce__(self):
-        return (Queue, (self.name,))
+        return (Queue, (self.name, None, self.maxsize))
