@@ -1730,6 +1730,33 @@ impl PyClient {
     }
 
     /// Put a pickle and its parts in the variable (`queue=False`) or queue `name`.
+    /// Publish a message to topic `name`: how many subscriptions it reached.
+    fn _publish(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        pickle: Vec<u8>,
+        parts: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
+        let client = self.client()?;
+        let what = format!("topic {name:?}");
+        let value = datasets::parts_dataset(&what, pickle, parts)?;
+        py.detach(|| partita::distributed::Pub::new(&client, name).put(&value))
+            .py_err()
+    }
+
+    /// A subscription to topic `name`, from now on.
+    fn _subscribe(&self, py: Python<'_>, name: &str) -> PyResult<Subscription> {
+        let client = self.client()?;
+        let sub = py
+            .detach(|| partita::distributed::Sub::new(&client, name))
+            .py_err()?;
+        Ok(Subscription {
+            sub: std::sync::Mutex::new(Some(sub)),
+            client,
+        })
+    }
+
     #[pyo3(signature = (name, queue, pickle, parts, maxsize = 0, timeout = None))]
     #[allow(clippy::too_many_arguments)]
     fn _put_item(
@@ -2023,6 +2050,38 @@ fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
             })
         })
         .transpose()
+}
+
+/// A subscription to a topic (`pt.Sub`'s): ends when closed or collected.
+#[pyclass(module = "partita._partita", frozen)]
+struct Subscription {
+    sub: std::sync::Mutex<Option<partita::distributed::Sub>>,
+    client: std::sync::Arc<Client>,
+}
+
+#[pymethods]
+impl Subscription {
+    /// The next message as `(pickle, parts)`, waiting at most `timeout` seconds (None:
+    /// for ever); None if it passed.
+    #[pyo3(signature = (timeout = None))]
+    fn get(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<datasets::Parts>> {
+        let timeout = seconds(timeout)?;
+        let guard = self.sub.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sub) = guard.as_ref() else {
+            return Err(PyValueError::new_err("this subscription is closed"));
+        };
+        let what = format!("topic {:?}", sub.name());
+        let value = interruptible(py, |stop| sub.get_or_interrupt(timeout, stop))?;
+        value
+            .map(|d| datasets::dataset_parts(py, &self.client, &what, d))
+            .transpose()
+    }
+
+    /// End it (messages not taken go).
+    fn close(&self, py: Python<'_>) {
+        let taken = self.sub.lock().unwrap_or_else(|e| e.into_inner()).take();
+        py.detach(|| drop(taken));
+    }
 }
 
 /// A duration argument: a number of seconds, or a string of a number and a unit (`"500ms"`,
@@ -2326,6 +2385,7 @@ fn _partita(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pycall::encode_value, m)?)?;
     m.add_function(wrap_pyfunction!(pycall::decode_value, m)?)?;
     m.add_class::<PyLocalCluster>()?;
+    m.add_class::<Subscription>()?;
     m.add("PartitaError", py.get_type::<PartitaError>())?;
     m.add("GraphError", py.get_type::<GraphError>())?;
     m.add("ShapeError", py.get_type::<ShapeError>())?;

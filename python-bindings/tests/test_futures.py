@@ -637,3 +637,35 @@ def test_a_bounded_queue_makes_producers_wait_for_consumers(cluster_client):
         unbounded.put(i)
     assert q.qsize() == 5
     assert unbounded.get(batch=True) == list(range(5))
+
+
+def _shout(topic, words):
+    pub = pt.Pub(topic)
+    for w in words:
+        pub.put({"word": w.upper(), "array": np.arange(3.0)})
+    return len(words)
+
+
+def test_pub_sub_fans_messages_out_as_in_dask(cluster_client):
+    # Two subscriptions (one iterated), a publishing task: each gets every message, in
+    # order; a message published before subscribing, or to nobody, is not seen.
+    pt.Pub("py-news").put("too early")
+    first, second = pt.Sub("py-news"), pt.Sub("py-news")
+    assert cluster_client.submit(_shout, "py-news", ["a", "b", "c"]).result(timeout=60) == 3
+    got = [first.get(timeout=30) for _ in range(3)]
+    assert [m["word"] for m in got] == ["A", "B", "C"]
+    np.testing.assert_array_equal(got[0]["array"], np.arange(3.0))
+    it = iter(second)
+    assert [next(it)["word"] for _ in range(3)] == ["A", "B", "C"]
+    with pytest.raises(TimeoutError, match="py-news"):
+        first.get(timeout=0.05)
+    # Futures do not travel by topic (a Queue or Variable carries them).
+    future = cluster_client.scatter([np.ones(2)])[0]
+    with pytest.raises(pt.GraphError, match="plain values"):
+        pt.Pub("py-news").put(future)
+    # A closed subscription gets nothing more and says so.
+    second.close()
+    pt.Pub("py-news").put("late")
+    assert first.get(timeout=30) == "late"
+    with pytest.raises(ValueError, match="closed"):
+        second.get(timeout=0)

@@ -1720,3 +1720,67 @@ fn scale_up_and_down_keeps_the_values() {
     let again = slow_backlog(&client, "scale-again", 4, 10);
     check_backlog(&client, &again);
 }
+
+/// Dask's `Pub`/`Sub` across clients: each subscription gets every message published
+/// after it began, in order; a message published to nobody is dropped, one holding
+/// futures is refused naming the topic; a dropped subscription ends. And a bounded
+/// queue makes its producer wait for room.
+#[test]
+fn topics_reach_every_subscriber_and_bounded_queues_wait_for_room() {
+    use partita::distributed::{Dataset, Pub, Queue, Sub};
+    let client = cluster().expect("the test cluster");
+    let other = partita_tests::another_client().unwrap();
+    let bytes = |b: &[u8]| Dataset::Opaque {
+        bytes: b.to_vec(),
+        futures: Vec::new(),
+    };
+    let text = |d: Option<Dataset>| match d {
+        Some(Dataset::Opaque { bytes, .. }) => String::from_utf8(bytes).unwrap(),
+        other => panic!("expected a message, got {other:?}"),
+    };
+    let topic = Pub::new(client, "news");
+    assert_eq!(topic.put(&bytes(b"nobody hears this")).unwrap(), 0);
+    let mine = Sub::new(client, "news").unwrap();
+    let theirs = Sub::new(&other, "news").unwrap();
+    assert_eq!(topic.put(&bytes(b"one")).unwrap(), 2);
+    assert_eq!(Pub::new(&other, "news").put(&bytes(b"two")).unwrap(), 2);
+    for sub in [&mine, &theirs] {
+        assert_eq!(text(sub.get(Some(Duration::from_secs(30))).unwrap()), "one");
+        assert_eq!(text(sub.get(Some(Duration::from_secs(30))).unwrap()), "two");
+        assert!(sub.get(Some(Duration::from_millis(50))).unwrap().is_none());
+    }
+    let f = client.scatter(vec![Value::new(1i64)]).unwrap();
+    let err = topic.put(&Dataset::Futures(f)).unwrap_err().to_string();
+    assert!(
+        err.contains("news") && err.contains("plain values"),
+        "{err}"
+    );
+    drop(theirs);
+    assert_eq!(topic.put(&bytes(b"three")).unwrap(), 1);
+    assert_eq!(text(mine.get(None).unwrap()), "three");
+
+    // A queue of 2: the third put waits until a get makes room, or times out.
+    let q = Queue::new(client, "bounded").with_maxsize(2);
+    assert!(q.put_timeout(&bytes(b"a"), None).unwrap());
+    assert!(q.put_timeout(&bytes(b"b"), None).unwrap());
+    assert!(
+        !q.put_timeout(&bytes(b"c"), Some(Duration::from_millis(50)))
+            .unwrap()
+    );
+    assert_eq!(q.len().unwrap(), 2);
+    let producer = {
+        let q = Queue::new(&other, "bounded").with_maxsize(2);
+        std::thread::spawn(move || {
+            q.put(&Dataset::Opaque {
+                bytes: b"d".to_vec(),
+                futures: Vec::new(),
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!producer.is_finished());
+    assert_eq!(text(q.get(None).unwrap()), "a");
+    producer.join().unwrap().unwrap();
+    let rest: Vec<String> = (0..2).map(|_| text(q.get(None).unwrap())).collect();
+    assert_eq!(rest, ["b", "d"]);
+}

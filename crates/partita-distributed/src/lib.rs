@@ -51,7 +51,7 @@ pub use partita_proto::messages::{
     AdaptiveTarget, ClusterInfo, Peer, Resources, SchedulerStats, TaskCounts, TaskRecord,
     WorkerMetrics, WorkerStatus,
 };
-pub use primitives::{Event, Lock, Queue, Semaphore, Variable};
+pub use primitives::{Event, Lock, Pub, Queue, Semaphore, Sub, Variable};
 pub use scheduler::{SchedulerOptions, SchedulerServer};
 pub use task_context::{current_task, get_client, rejoin, secede};
 pub use worker::{

@@ -1,7 +1,7 @@
 //! Dask's coordination primitives on a cluster: [`Event`], [`Lock`], [`Semaphore`],
-//! [`Variable`] and [`Queue`], named objects the scheduler keeps
-//! ([`partita_proto::coordination`]) for every client of the cluster, and so for tasks
-//! through [`crate::get_client`].
+//! [`Variable`], [`Queue`] and pub/sub topics ([`Pub`], [`Sub`]), named objects the
+//! scheduler keeps ([`partita_proto::coordination`]) for every client of the cluster, and
+//! so for tasks through [`crate::get_client`].
 //!
 //! Key decisions:
 //! - **Handles are names.** Making one sends nothing; two handles of the same name (in
@@ -531,5 +531,118 @@ impl Queue {
 
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
+    }
+}
+
+/// Publishes to a named topic (Dask's `distributed.Pub`): every subscription of the topic
+/// at that moment ([`Sub`], in any process of the cluster) gets each message; with none,
+/// it is dropped. Messages are plain values ([`Dataset`] bytes without futures): a queue
+/// or a variable carries data on the cluster.
+#[derive(Clone, Debug)]
+pub struct Pub {
+    client: Client,
+    name: String,
+}
+
+impl Pub {
+    pub fn new(client: &Client, name: impl Into<String>) -> Pub {
+        Pub {
+            client: client.clone(),
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Send a message; returns how many subscriptions it reached.
+    pub fn put(&self, value: &Dataset) -> Result<u64> {
+        let item = item_of(&self.client, &format!("topic {:?}", self.name), value)?;
+        let op = Coordinate::Publish {
+            name: self.name.clone(),
+            item,
+        };
+        match now(&self.client, op)? {
+            CoordReply::Count(n) => Ok(n),
+            other => Err(refused(other)),
+        }
+    }
+}
+
+/// A subscription to a named topic (Dask's `distributed.Sub`): the messages published
+/// from its start on, in order, each taken once ([`Sub::get`]). It ends when dropped (or
+/// with its client's connection).
+#[derive(Debug)]
+pub struct Sub {
+    client: Client,
+    name: String,
+    id: u64,
+    /// A message that arrived as a wait was interrupted: the next `get` returns it.
+    kept: Mutex<Option<Dataset>>,
+}
+
+impl Sub {
+    /// Subscribe to `name` now.
+    pub fn new(client: &Client, name: impl Into<String>) -> Result<Sub> {
+        let name = name.into();
+        let op = Coordinate::Subscribe { name: name.clone() };
+        match now(client, op)? {
+            CoordReply::Subscribed { id } => Ok(Sub {
+                client: client.clone(),
+                name,
+                id,
+                kept: Mutex::new(None),
+            }),
+            other => Err(refused(other)),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next message, waiting for one (`None` if `timeout` passes first).
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Option<Dataset>> {
+        self.get_or_interrupt(timeout, &never)
+    }
+
+    /// [`Sub::get`] stopping with [`Error::Cancelled`] once `interrupted()` says so; a
+    /// message that arrived meanwhile is kept for the next `get`.
+    pub fn get_or_interrupt(
+        &self,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<Dataset>> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(value) = kept.take() {
+            return Ok(Some(value));
+        }
+        let what = format!("topic {:?}", self.name);
+        let op = Coordinate::Next {
+            name: self.name.clone(),
+            id: self.id,
+        };
+        let mut crossed = None;
+        let got = take_item(&self.client, &what, op, timeout, interrupted, |item| {
+            crossed = Some(item);
+            Ok(())
+        });
+        if let Some(item) = crossed {
+            // Interrupted as it came (or unreadable here): not lost for this subscriber.
+            *kept = value_of(&self.client, &what, item).ok();
+        }
+        got
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let op = Coordinate::Unsubscribe {
+            name: std::mem::take(&mut self.name),
+            id: self.id,
+        };
+        // Best effort: a closed connection ended it already.
+        let _ = now(&self.client, op);
     }
 }

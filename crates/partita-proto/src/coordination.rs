@@ -1,6 +1,6 @@
 //! Dask's coordination primitives, kept by the scheduler: named events, semaphores (a
-//! lock is a semaphore of one lease), variables and queues, shared by every client of the
-//! cluster and so by tasks through their workers' clients.
+//! lock is a semaphore of one lease), variables, queues and pub/sub topics, shared by
+//! every client of the cluster and so by tasks through their workers' clients.
 //!
 //! Key decisions:
 //! - **The scheduler holds the state, clients wait on answers.** An operation that must
@@ -17,7 +17,12 @@
 //!   keys as needed while the item exists ([`crate::scheduler`]), and hands them to the
 //!   client that gets the item as wanted by it before any are let go.
 //! - **Nothing is kept for nothing**: an event cleared with no waiter, a semaphore with no
-//!   lease held or asked for, an empty queue nobody waits on are forgotten.
+//!   lease held or asked for, an empty queue nobody waits on, a topic without subscribers
+//!   are forgotten.
+//! - **Topics fan out bytes** (Dask's `Pub` and `Sub`): each subscription keeps the
+//!   messages published since it began until its client takes them, and ends with its
+//!   client. A message holding keys is refused: copies of one item for every subscriber
+//!   would each hold its data, for as long as a slow subscriber leaves them.
 //!
 //! Pure state: [`Coordination::apply`] returns what to answer and which items' keys are
 //! no longer held; the scheduler does the rest.
@@ -44,6 +49,8 @@ enum Place {
     Queue(String),
     /// A put waiting for room in a bounded queue.
     QueuePut(String),
+    /// A `Next` waiting for a message of a subscription.
+    Subscription(String, u64),
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +89,14 @@ impl Queue {
     }
 }
 
+/// One subscriber of a topic: its messages not taken yet and its waiting `Next`s.
+#[derive(Debug)]
+struct Subscription {
+    client: ClientId,
+    messages: VecDeque<Item>,
+    waiters: VecDeque<Waiter>,
+}
+
 /// What an operation leads to, for the scheduler to carry out.
 #[derive(Debug, Default, PartialEq)]
 pub struct Effects {
@@ -98,6 +113,10 @@ pub struct Coordination {
     semaphores: BTreeMap<String, Semaphore>,
     variables: BTreeMap<String, Variable>,
     queues: BTreeMap<String, Queue>,
+    /// Pub/sub topics: subscriptions by number (a topic without any is forgotten).
+    topics: BTreeMap<String, BTreeMap<u64, Subscription>>,
+    /// The number of the next subscription.
+    next_subscription: u64,
     /// Every waiting operation and where it waits.
     waiting: BTreeMap<(ClientId, u64), Place>,
     /// The number of the next lease granted.
@@ -276,6 +295,70 @@ impl Coordination {
                 let n = self.queues.get(&name).map_or(0, |q| q.items.len());
                 reply(&mut fx, CoordReply::Count(n as u64));
             }
+            Coordinate::Subscribe { name } => {
+                let id = self.next_subscription;
+                self.next_subscription += 1;
+                let sub = Subscription {
+                    client,
+                    messages: VecDeque::new(),
+                    waiters: VecDeque::new(),
+                };
+                self.topics.entry(name).or_default().insert(id, sub);
+                reply(&mut fx, CoordReply::Subscribed { id });
+            }
+            Coordinate::Unsubscribe { name, id } => {
+                let mine = (self.topics.get(&name).and_then(|t| t.get(&id)))
+                    .is_some_and(|s| s.client == client);
+                if mine {
+                    self.unsubscribe(&name, id, &mut fx);
+                    reply(&mut fx, CoordReply::Done);
+                } else {
+                    let error = format!("no subscription {id} of this client to topic {name:?}");
+                    reply(&mut fx, CoordReply::Refused { error });
+                }
+            }
+            Coordinate::Publish { name, item } => {
+                if let Some(k) = item.keys.first() {
+                    let error = format!(
+                        "a message published to topic {name:?} holds {k} (data on the \
+                         cluster): publish plain values; a Queue or Variable carries futures"
+                    );
+                    reply(&mut fx, CoordReply::Refused { error });
+                    return fx;
+                }
+                let mut handed = Vec::new();
+                let subs = self.topics.get_mut(&name);
+                let count = subs.as_ref().map_or(0, |s| s.len());
+                for sub in subs.into_iter().flat_map(|s| s.values_mut()) {
+                    match sub.waiters.pop_front() {
+                        Some(w) => handed.push(w),
+                        None => sub.messages.push_back(item.clone()),
+                    }
+                }
+                for w in handed {
+                    self.answered(w, &mut fx, CoordReply::Item(item.clone()));
+                }
+                reply(&mut fx, CoordReply::Count(count as u64));
+            }
+            Coordinate::Next { name, id } => {
+                let sub = (self.topics.get_mut(&name).and_then(|t| t.get_mut(&id)))
+                    .filter(|s| s.client == client);
+                match sub {
+                    None => {
+                        let error =
+                            format!("no subscription {id} of this client to topic {name:?}");
+                        reply(&mut fx, CoordReply::Refused { error });
+                    }
+                    Some(sub) => match sub.messages.pop_front() {
+                        Some(item) => reply(&mut fx, CoordReply::Item(item)),
+                        None => {
+                            sub.waiters.push_back(me);
+                            let place = Place::Subscription(name, id);
+                            self.waiting.insert((client, request), place);
+                        }
+                    },
+                }
+            }
             Coordinate::Abandon => {
                 if self.withdraw(me, &mut fx) {
                     reply(&mut fx, CoordReply::Abandoned);
@@ -285,8 +368,25 @@ impl Coordination {
         fx
     }
 
-    /// `client` is gone: its waits are withdrawn (nobody to answer) and its leases given
-    /// back to the next waiters.
+    /// End subscription `id` to `name`: its messages go, its waiting `Next`s are refused.
+    fn unsubscribe(&mut self, name: &str, id: u64, fx: &mut Effects) {
+        let Some(topic) = self.topics.get_mut(name) else {
+            return;
+        };
+        let Some(sub) = topic.remove(&id) else {
+            return;
+        };
+        if topic.is_empty() {
+            self.topics.remove(name);
+        }
+        for w in sub.waiters {
+            let error = format!("subscription {id} to topic {name:?} ended");
+            self.answered(w, fx, CoordReply::Refused { error });
+        }
+    }
+
+    /// `client` is gone: its waits are withdrawn (nobody to answer), its subscriptions
+    /// end, and its leases go back to the next waiters.
     pub fn client_gone(&mut self, client: ClientId) -> Effects {
         let mut fx = Effects::default();
         let mine: Vec<(ClientId, u64)> = (self.waiting.range((client, 0)..=(client, u64::MAX)))
@@ -294,6 +394,16 @@ impl Coordination {
             .collect();
         for (client, request) in mine {
             self.withdraw(Waiter { client, request }, &mut fx);
+        }
+        let subscriptions: Vec<(String, u64)> = (self.topics.iter())
+            .flat_map(|(name, subs)| {
+                (subs.iter())
+                    .filter(|(_, s)| s.client == client)
+                    .map(|(id, _)| (name.clone(), *id))
+            })
+            .collect();
+        for (name, id) in subscriptions {
+            self.unsubscribe(&name, id, &mut fx);
         }
         let names: Vec<String> = (self.semaphores.iter())
             .filter(|(_, s)| s.held.values().any(|c| *c == client))
@@ -409,6 +519,11 @@ impl Coordination {
                 // A withdrawn head of the line may have held back the next.
                 self.admit(&name, fx);
             }
+            Place::Subscription(name, id) => {
+                if let Some(sub) = self.topics.get_mut(&name).and_then(|t| t.get_mut(&id)) {
+                    drop_from(&mut sub.waiters);
+                }
+            }
         }
         true
     }
@@ -482,6 +597,16 @@ impl Coordination {
         }
         for (n, v) in &self.variables {
             check(&v.waiters, Place::Variable(n.clone()))?;
+        }
+        for (n, subs) in &self.topics {
+            for (id, sub) in subs {
+                check(&sub.waiters, Place::Subscription(n.clone(), *id))?;
+                if !sub.waiters.is_empty() && !sub.messages.is_empty() {
+                    return Err(format!(
+                        "subscription {id} to {n:?} waits with messages kept"
+                    ));
+                }
+            }
         }
         for (n, q) in &self.queues {
             check(&q.waiters, Place::Queue(n.clone()))?;
@@ -797,6 +922,79 @@ mod tests {
         );
         assert!(co.queues.is_empty());
         assert_eq!(co.held_keys().count(), 0);
+        co.check().unwrap();
+    }
+
+    /// Dask's `Pub` and `Sub`: every subscription gets each message published after it
+    /// began, in order, kept until taken; a `Next` waits for one; nobody takes another
+    /// client's messages; an ended subscription refuses its waiting `Next`.
+    #[test]
+    fn topics_fan_messages_out_to_each_subscription() {
+        let mut co = Coordination::default();
+        let subscribe = |name: &str| Coordinate::Subscribe { name: name.into() };
+        let publish = |i| Coordinate::Publish {
+            name: "t".into(),
+            item: i,
+        };
+        let next = |id| Coordinate::Next {
+            name: "t".into(),
+            id,
+        };
+        let id = |fx: &Effects| match &fx.replies[..] {
+            [(_, _, CoordReply::Subscribed { id })] => *id,
+            other => panic!("{other:?}"),
+        };
+        // Published before anyone subscribed: dropped.
+        let r = replies(&co.apply(c(3), 1, publish(item(&[], "early"))));
+        assert_eq!(r, [(3, 1, CoordReply::Count(0))]);
+        let a = id(&co.apply(c(1), 1, subscribe("t")));
+        let b = id(&co.apply(c(2), 1, subscribe("t")));
+        assert_ne!(a, b);
+        let r = replies(&co.apply(c(3), 2, publish(item(&[], "m1"))));
+        assert_eq!(r, [(3, 2, CoordReply::Count(2))]);
+        let r = replies(&co.apply(c(1), 2, next(a)));
+        assert_eq!(r, [(1, 2, CoordReply::Item(item(&[], "m1")))]);
+        // c1 waits; the next message goes straight to it, and is kept for c2.
+        assert!(co.apply(c(1), 3, next(a)).replies.is_empty());
+        co.check().unwrap();
+        let r = replies(&co.apply(c(3), 3, publish(item(&[], "m2"))));
+        assert_eq!(
+            r,
+            [
+                (1, 3, CoordReply::Item(item(&[], "m2"))),
+                (3, 3, CoordReply::Count(2))
+            ]
+        );
+        for (request, want) in [(2, "m1"), (3, "m2")] {
+            let r = replies(&co.apply(c(2), request, next(b)));
+            assert_eq!(r, [(2, request, CoordReply::Item(item(&[], want)))]);
+        }
+        // Not c2's subscription; a message holding data; both refused.
+        let r = replies(&co.apply(c(2), 4, next(a)));
+        assert!(
+            matches!(&r[0].2, CoordReply::Refused { error } if error.contains("no subscription"))
+        );
+        let r = replies(&co.apply(c(3), 4, publish(item(&["x"], "data"))));
+        assert!(matches!(&r[0].2, CoordReply::Refused { error } if error.contains("plain values")));
+        // A wait withdrawn, then one ended by its unsubscribe.
+        assert!(co.apply(c(1), 5, next(a)).replies.is_empty());
+        assert_eq!(
+            replies(&co.apply(c(1), 5, Coordinate::Abandon)),
+            [(1, 5, CoordReply::Abandoned)]
+        );
+        assert!(co.apply(c(1), 6, next(a)).replies.is_empty());
+        let unsubscribe = Coordinate::Unsubscribe {
+            name: "t".into(),
+            id: a,
+        };
+        let r = replies(&co.apply(c(1), 7, unsubscribe));
+        assert!(matches!(&r[0], (1, 6, CoordReply::Refused { error }) if error.contains("ended")));
+        assert_eq!(r[1], (1, 7, CoordReply::Done));
+        co.check().unwrap();
+        // c2 goes: the topic is forgotten.
+        co.apply(c(3), 5, publish(item(&[], "m3")));
+        co.client_gone(c(2));
+        assert!(co.topics.is_empty());
         co.check().unwrap();
     }
 }

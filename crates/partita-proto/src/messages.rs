@@ -530,6 +530,18 @@ pub enum Coordinate {
     QueueGet { name: String },
     /// [`CoordReply::Count`]: items in the queue.
     QueueSize { name: String },
+    /// Subscribe to the topic `name` (Dask's `Sub`): answered with the subscription's
+    /// number ([`CoordReply::Subscribed`]); messages published from now on are kept for
+    /// it until taken ([`Coordinate::Next`]) or it ends.
+    Subscribe { name: String },
+    /// End this client's subscription `id` to `name`; a `Next` waiting on it is refused.
+    Unsubscribe { name: String, id: u64 },
+    /// Send a message to every subscription of the topic `name` now (Dask's `Pub.put`),
+    /// answered with how many ([`CoordReply::Count`]); with none it is dropped. A message
+    /// is bytes only: an item holding keys is refused (a queue or variable carries data).
+    Publish { name: String, item: Item },
+    /// [`CoordReply::Item`]: the oldest message of subscription `id`, once there is one.
+    Next { name: String, id: u64 },
     /// Withdraw this client's waiting operation numbered as this request: answered with
     /// [`CoordReply::Abandoned`] if it still waited, not at all if it was answered
     /// already (that answer was sent first).
@@ -555,6 +567,10 @@ pub enum CoordReply {
     },
     /// The waiting operation was withdrawn ([`Coordinate::Abandon`]).
     Abandoned,
+    /// A subscription's number, for [`Coordinate::Next`] and [`Coordinate::Unsubscribe`].
+    Subscribed {
+        id: u64,
+    },
 }
 
 /// Task runs a scheduler remembers for [`FromClient::TaskStream`] (as Dask's task stream).

@@ -116,7 +116,7 @@ from ._futures import (
     wait,
     worker_client,
 )
-from ._coordination import Event, Lock, Queue, Semaphore, Variable
+from ._coordination import Event, Lock, Pub, Queue, Semaphore, Sub, Variable
 from .diagnostics import GraphPicture, ProgressBar
 from .frame import DataFrame, GroupBy, concat, from_polars, read_csv, read_ipc, read_parquet
 
