@@ -1729,7 +1729,6 @@ impl PyClient {
         py.detach(|| sem.leases()).py_err()
     }
 
-    /// Put a pickle and its parts in the variable (`queue=False`) or queue `name`.
     /// Publish a message to topic `name`: how many subscriptions it reached.
     fn _publish(
         &self,
@@ -1752,11 +1751,13 @@ impl PyClient {
             .detach(|| partita::distributed::Sub::new(&client, name))
             .py_err()?;
         Ok(Subscription {
-            sub: std::sync::Mutex::new(Some(sub)),
+            sub: std::sync::Mutex::new(Some(std::sync::Arc::new(sub))),
             client,
         })
     }
 
+    /// Put a pickle and its parts in the variable (`queue=False`) or queue `name`; for a
+    /// queue with `maxsize`, wait at most `timeout` seconds for room (false if it passed).
     #[pyo3(signature = (name, queue, pickle, parts, maxsize = 0, timeout = None))]
     #[allow(clippy::too_many_arguments)]
     fn _put_item(
@@ -2055,7 +2056,8 @@ fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
 /// A subscription to a topic (`pt.Sub`'s): ends when closed or collected.
 #[pyclass(module = "partita._partita", frozen)]
 struct Subscription {
-    sub: std::sync::Mutex<Option<partita::distributed::Sub>>,
+    /// Shared with a `get` waiting, so `close` never waits for it (it ends it).
+    sub: std::sync::Mutex<Option<std::sync::Arc<partita::distributed::Sub>>>,
     client: std::sync::Arc<Client>,
 }
 
@@ -2066,8 +2068,9 @@ impl Subscription {
     #[pyo3(signature = (timeout = None))]
     fn get(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<datasets::Parts>> {
         let timeout = seconds(timeout)?;
-        let guard = self.sub.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(sub) = guard.as_ref() else {
+        // The lock only to share the subscription, and without the GIL.
+        let sub = py.detach(|| self.sub.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let Some(sub) = sub else {
             return Err(PyValueError::new_err("this subscription is closed"));
         };
         let what = format!("topic {:?}", sub.name());
@@ -2077,10 +2080,12 @@ impl Subscription {
             .transpose()
     }
 
-    /// End it (messages not taken go).
+    /// End it (messages not taken go; a `get` waiting in another thread raises).
     fn close(&self, py: Python<'_>) {
-        let taken = self.sub.lock().unwrap_or_else(|e| e.into_inner()).take();
-        py.detach(|| drop(taken));
+        let taken = py.detach(|| self.sub.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(sub) = taken {
+            sub.close();
+        }
     }
 }
 

@@ -580,7 +580,7 @@ def test_locks_events_variables_and_queues_coordinate_tasks_as_in_dask(cluster_c
     sem.release()
     assert sem.get_value() == 0
     with pytest.raises(ValueError, match="maxsize"):
-        pt.Queue(maxsize=-1)
+        pt.Queue(maxsize="3")
     # Bad arguments are plain errors naming what is wrong.
     with pytest.raises(ValueError, match="max_leases"):
         pt.Semaphore(max_leases=0)
@@ -630,12 +630,17 @@ def test_a_bounded_queue_makes_producers_wait_for_consumers(cluster_client):
     with pytest.raises(TimeoutError, match="no room"):
         q.put({"f": future}, timeout=0.1)
     assert q.qsize() == 2
+    # The bound is the queue's: a handle naming none waits too, one naming another is
+    # refused.
+    with pytest.raises(TimeoutError):
+        pt.Queue("py-bounded").put(3, timeout=0.05)
+    with pytest.raises(pt.GraphError, match="at most 2"):
+        pt.Queue("py-bounded", maxsize=5).put(3)
     assert q.get(batch=True) == [1, 2]
-    # An unbounded handle of the same queue never waits.
+    # Emptied, the queue is forgotten with its bound.
     unbounded = pt.Queue("py-bounded")
     for i in range(5):
         unbounded.put(i)
-    assert q.qsize() == 5
     assert unbounded.get(batch=True) == list(range(5))
 
 
@@ -669,3 +674,19 @@ def test_pub_sub_fans_messages_out_as_in_dask(cluster_client):
     assert first.get(timeout=30) == "late"
     with pytest.raises(ValueError, match="closed"):
         second.get(timeout=0)
+    # close() from another thread ends a get waiting for ever, and nothing hangs.
+    quiet = pt.Sub("py-quiet")
+    errors = []
+
+    def wait():
+        try:
+            quiet.get()
+        except Exception as e:  # noqa: BLE001 - the test looks at it
+            errors.append(e)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.2)
+    quiet.close()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and "ended" in str(errors[0]), errors

@@ -1821,6 +1821,13 @@ impl Client {
     /// is withdrawn), polling `interrupted` every 50 ms (then too). A withdrawn operation
     /// may have been answered meanwhile: that answer is the one returned, with what
     /// stopped the wait.
+    /// Send a coordination operation without waiting for its answer (dropped when it
+    /// comes): for ends that must not block, such as a subscription dropped.
+    pub(crate) fn coordinate_nowait(&self, op: Coordinate) -> Result<()> {
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        self.inner.send(&FromClient::Coordinate { request, op })
+    }
+
     pub(crate) fn coordinate(
         &self,
         op: Coordinate,

@@ -419,8 +419,8 @@ impl Variable {
 }
 
 /// A named first-in first-out queue shared across the cluster (Dask's
-/// `distributed.Queue`): each item is taken by one getter. Unbounded, or, through this
-/// handle, bounded ([`Queue::with_maxsize`]): a put waits while the queue is full.
+/// `distributed.Queue`): each item is taken by one getter. Unbounded, or bounded
+/// ([`Queue::with_maxsize`]): a put waits while the queue is full.
 #[derive(Clone, Debug)]
 pub struct Queue {
     client: Client,
@@ -437,9 +437,10 @@ impl Queue {
         }
     }
 
-    /// This handle's puts wait while the queue holds `maxsize` items or more, or earlier
-    /// puts wait (Dask's `Queue(maxsize=)`; 0: unbounded). The bound belongs to the put:
-    /// handles of one queue may differ.
+    /// Bound the queue to `maxsize` items (Dask's `Queue(maxsize=)`; 0 names no bound):
+    /// the first put naming a bound sets it for as long as the queue exists, a put naming
+    /// another is refused, and every put, through any handle, waits while the queue is
+    /// full or earlier puts wait.
     pub fn with_maxsize(mut self, maxsize: u64) -> Queue {
         self.maxsize = maxsize;
         self
@@ -473,6 +474,7 @@ impl Queue {
             name: self.name.clone(),
             item,
             maxsize: self.maxsize,
+            back: false,
         };
         match self.client.coordinate(op, timeout, interrupted)? {
             Answer::Reply(CoordReply::Done) => Ok(true),
@@ -489,7 +491,7 @@ impl Queue {
     }
 
     /// [`Queue::get`] stopping with [`Error::Cancelled`] once `interrupted()` says so; an
-    /// item taken meanwhile is put back (at the end).
+    /// item taken meanwhile is put back (at the front).
     pub fn get_or_interrupt(
         &self,
         timeout: Option<Duration>,
@@ -503,11 +505,12 @@ impl Queue {
             // Back in the queue, held by it before this client lets go.
             let futures = self.client.item_futures(item.keys.clone())?;
             let name = self.name.clone();
-            // Put back whatever the bound: it was in the queue already.
+            // Back at the front, whatever the bound: it was first in the queue.
             let op = Coordinate::QueuePut {
                 name,
                 item,
                 maxsize: 0,
+                back: true,
             };
             done(&self.client, op)?;
             drop(futures);
@@ -580,6 +583,8 @@ pub struct Sub {
     id: u64,
     /// A message that arrived as a wait was interrupted: the next `get` returns it.
     kept: Mutex<Option<Dataset>>,
+    /// Unsubscribed ([`Sub::close`]).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Sub {
@@ -593,6 +598,7 @@ impl Sub {
                 name,
                 id,
                 kept: Mutex::new(None),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
             other => Err(refused(other)),
         }
@@ -614,8 +620,10 @@ impl Sub {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Option<Dataset>> {
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(value) = kept.take() {
+        // The lock is not held while waiting: a `get` of another thread keeps its own
+        // timeout, and `close` ends this wait.
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(value) = kept {
             return Ok(Some(value));
         }
         let what = format!("topic {:?}", self.name);
@@ -630,19 +638,29 @@ impl Sub {
         });
         if let Some(item) = crossed {
             // Interrupted as it came (or unreadable here): not lost for this subscriber.
-            *kept = value_of(&self.client, &what, item).ok();
+            let value = value_of(&self.client, &what, item).ok();
+            *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = value;
         }
         got
+    }
+
+    /// End the subscription now, without waiting for the scheduler: its messages not
+    /// taken go, and a `get` waiting on it (in another thread) ends with an error.
+    pub fn close(&self) {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let op = Coordinate::Unsubscribe {
+            name: self.name.clone(),
+            id: self.id,
+        };
+        // Best effort: a closed connection ended it already.
+        let _ = self.client.coordinate_nowait(op);
     }
 }
 
 impl Drop for Sub {
     fn drop(&mut self) {
-        let op = Coordinate::Unsubscribe {
-            name: std::mem::take(&mut self.name),
-            id: self.id,
-        };
-        // Best effort: a closed connection ended it already.
-        let _ = now(&self.client, op);
+        self.close();
     }
 }

@@ -78,8 +78,11 @@ struct Queue {
     items: VecDeque<Item>,
     /// Getters waiting for an item.
     waiters: VecDeque<Waiter>,
-    /// Puts waiting for room, with their items (keys held) and bounds.
-    putters: VecDeque<(Waiter, Item, u64)>,
+    /// Puts waiting for room, with their items (keys held).
+    putters: VecDeque<(Waiter, Item)>,
+    /// Most items it holds (0: unbounded); set by the first put naming one, kept while
+    /// the queue exists.
+    bound: u64,
 }
 
 impl Queue {
@@ -88,6 +91,10 @@ impl Queue {
         self.items.is_empty() && self.waiters.is_empty() && self.putters.is_empty()
     }
 }
+
+/// Messages a subscription keeps untaken; beyond, the oldest go (a subscription its
+/// process forgot to close must not grow the scheduler without end).
+pub const MAX_KEPT_MESSAGES: usize = 100_000;
 
 /// One subscriber of a topic: its messages not taken yet and its waiting `Next`s.
 #[derive(Debug)]
@@ -252,10 +259,27 @@ impl Coordination {
                 name,
                 item,
                 maxsize,
+                back,
             } => {
                 let queue = self.queues.entry(name.clone()).or_default();
-                let full = maxsize > 0
-                    && (queue.items.len() as u64 >= maxsize || !queue.putters.is_empty());
+                if maxsize > 0 && queue.bound == 0 {
+                    queue.bound = maxsize;
+                } else if maxsize > 0 && queue.bound != maxsize {
+                    let error = format!(
+                        "queue {name:?} holds at most {} items, not {maxsize} (the first \
+                         bounded put set it)",
+                        queue.bound
+                    );
+                    if queue.is_idle() {
+                        self.queues.remove(&name);
+                    }
+                    fx.released.extend(item.keys);
+                    reply(&mut fx, CoordReply::Refused { error });
+                    return fx;
+                }
+                let full = !back
+                    && queue.bound > 0
+                    && (queue.items.len() as u64 >= queue.bound || !queue.putters.is_empty());
                 match queue.waiters.pop_front() {
                     // Handed over at once: its keys go to the getter, then are let go.
                     Some(w) => {
@@ -267,9 +291,13 @@ impl Coordination {
                         reply(&mut fx, CoordReply::Done);
                     }
                     None if full => {
-                        queue.putters.push_back((me, item, maxsize));
+                        queue.putters.push_back((me, item));
                         self.waiting
                             .insert((client, request), Place::QueuePut(name));
+                    }
+                    None if back => {
+                        queue.items.push_front(item);
+                        reply(&mut fx, CoordReply::Done);
                     }
                     None => {
                         queue.items.push_back(item);
@@ -332,7 +360,12 @@ impl Coordination {
                 for sub in subs.into_iter().flat_map(|s| s.values_mut()) {
                     match sub.waiters.pop_front() {
                         Some(w) => handed.push(w),
-                        None => sub.messages.push_back(item.clone()),
+                        None => {
+                            if sub.messages.len() >= MAX_KEPT_MESSAGES {
+                                sub.messages.pop_front();
+                            }
+                            sub.messages.push_back(item.clone());
+                        }
                     }
                 }
                 for w in handed {
@@ -458,7 +491,7 @@ impl Coordination {
     pub fn held_keys(&self) -> impl Iterator<Item = &Key> {
         let vars = (self.variables.values()).filter_map(|v| v.item.as_ref());
         let queued = self.queues.values().flat_map(|q| q.items.iter());
-        let waiting = (self.queues.values()).flat_map(|q| q.putters.iter().map(|(_, i, _)| i));
+        let waiting = (self.queues.values()).flat_map(|q| q.putters.iter().map(|(_, i)| i));
         vars.chain(queued)
             .chain(waiting)
             .flat_map(|item| item.keys.iter())
@@ -511,7 +544,7 @@ impl Coordination {
             Place::QueuePut(name) => {
                 if let Some(q) = self.queues.get_mut(&name)
                     && let Some(at) = q.putters.iter().position(|(x, ..)| *x == w)
-                    && let Some((_, item, _)) = q.putters.remove(at)
+                    && let Some((_, item)) = q.putters.remove(at)
                 {
                     // Never put: its keys are let go.
                     fx.released.extend(item.keys);
@@ -535,10 +568,8 @@ impl Coordination {
             return;
         };
         let mut done = Vec::new();
-        while let Some((_, _, maxsize)) = q.putters.front()
-            && (q.items.len() as u64) < *maxsize
-        {
-            let (w, item, _) = q.putters.pop_front().expect("looked at the front");
+        while !q.putters.is_empty() && (q.items.len() as u64) < q.bound {
+            let (w, item) = q.putters.pop_front().expect("not empty");
             q.items.push_back(item);
             done.push(w);
         }
@@ -612,9 +643,7 @@ impl Coordination {
             check(&q.waiters, Place::Queue(n.clone()))?;
             let putters: VecDeque<Waiter> = q.putters.iter().map(|(w, ..)| *w).collect();
             check(&putters, Place::QueuePut(n.clone()))?;
-            if let Some((_, _, maxsize)) = q.putters.front()
-                && (q.items.len() as u64) < *maxsize
-            {
+            if !q.putters.is_empty() && (q.items.len() as u64) < q.bound {
                 return Err(format!("queue {n:?} has room but a put waits"));
             }
         }
@@ -816,6 +845,7 @@ mod tests {
             name: "q".into(),
             item: i,
             maxsize: 0,
+            back: false,
         };
         let get = || Coordinate::QueueGet { name: "q".into() };
         co.apply(c(1), 4, put(item(&["x"], "x")));
@@ -848,60 +878,77 @@ mod tests {
         assert_eq!(co.held_keys().count(), 0);
     }
 
-    /// Dask's `Queue(maxsize=)`: a put waits while the queue is full (its keys held),
-    /// in order; a get lets the first waiting put in; a put withdrawn (timeout) or of a
-    /// client gone lets its keys go and the next put in; a restart refuses waiting puts.
+    /// Dask's `Queue(maxsize=)`: the first bounded put sets the queue's bound; every put
+    /// then waits while it is full or earlier puts wait (its keys held), in order; a get
+    /// lets the first waiting put in; another bound is refused; a put withdrawn (timeout)
+    /// or of a client gone lets its keys go; a put-back goes first without waiting; a
+    /// restart refuses waiting puts.
     #[test]
     fn bounded_queue_puts_wait_for_room_in_order() {
         let mut co = Coordination::default();
-        let co = &mut co;
         let put = |i, maxsize| Coordinate::QueuePut {
             name: "q".into(),
             item: i,
             maxsize,
+            back: false,
         };
         let get = || Coordinate::QueueGet { name: "q".into() };
-        assert_eq!(
-            replies(&co.apply(c(1), 1, put(item(&["a"], "a"), 2))),
-            [(1, 1, CoordReply::Done)]
-        );
-        assert_eq!(
-            replies(&co.apply(c(1), 2, put(item(&["b"], "b"), 2))).len(),
-            1
-        );
-        // Full: c1's third and c2's put wait, keys held.
+        let done =
+            |fx: Effects, c: u32, r: u64| assert_eq!(replies(&fx), [(c, r, CoordReply::Done)]);
+        done(co.apply(c(1), 1, put(item(&["a"], "a"), 2)), 1, 1);
+        // A handle naming no bound is bounded all the same.
+        done(co.apply(c(2), 1, put(item(&["b"], "b"), 0)), 2, 1);
         assert!(
-            co.apply(c(1), 3, put(item(&["c"], "c"), 2))
+            co.apply(c(1), 2, put(item(&["c"], "c"), 2))
                 .replies
                 .is_empty()
         );
         assert!(
-            co.apply(c(2), 1, put(item(&["d"], "d"), 2))
+            co.apply(c(2), 2, put(item(&["d"], "d"), 0))
                 .replies
                 .is_empty()
         );
         assert_eq!(co.held_keys().count(), 4);
         co.check().unwrap();
-        // An unbounded put does not wait.
-        assert_eq!(replies(&co.apply(c(3), 1, put(item(&[], "e"), 0))).len(), 1);
-        // Two gets (3 items): the second lets c1's waiting put in (2 left, then 3 >= 2).
-        let fx = co.apply(c(3), 2, get());
-        assert_eq!(replies(&fx), [(3, 2, CoordReply::Item(item(&["a"], "a")))]);
-        let fx = co.apply(c(3), 3, get());
-        assert_eq!(
-            replies(&fx),
-            [
-                (3, 3, CoordReply::Item(item(&["b"], "b"))),
-                (1, 3, CoordReply::Done)
-            ]
+        let fx = co.apply(c(3), 1, put(item(&["x"], "x"), 3));
+        assert!(
+            matches!(&replies(&fx)[..], [(3, 1, CoordReply::Refused { error })] if error.contains("at most 2"))
         );
+        assert_eq!(fx.released, [Key::named("x")]);
+        // Each get lets the next waiting put in, in order.
+        let fx = co.apply(c(3), 2, get());
+        let want = [
+            (3, 2, CoordReply::Item(item(&["a"], "a"))),
+            (1, 2, CoordReply::Done),
+        ];
+        assert_eq!(replies(&fx), want);
+        let fx = co.apply(c(3), 3, get());
+        let want = [
+            (3, 3, CoordReply::Item(item(&["b"], "b"))),
+            (2, 2, CoordReply::Done),
+        ];
+        assert_eq!(replies(&fx), want);
         co.check().unwrap();
-        // c2's put times out: withdrawn, answered once, its key let go.
-        let fx = co.apply(c(2), 1, Coordinate::Abandon);
-        assert_eq!(replies(&fx), [(2, 1, CoordReply::Abandoned)]);
-        assert_eq!(fx.released, [Key::named("d")]);
-        co.check().unwrap();
-        // Full again (e, c): a put of a client that goes lets its key go.
+        // A put that times out: withdrawn, answered once, its key let go.
+        assert!(
+            co.apply(c(2), 3, put(item(&["e"], "e"), 0))
+                .replies
+                .is_empty()
+        );
+        let fx = co.apply(c(2), 3, Coordinate::Abandon);
+        assert_eq!(replies(&fx), [(2, 3, CoordReply::Abandoned)]);
+        assert_eq!(fx.released, [Key::named("e")]);
+        // A put-back goes first, full or not.
+        let back = Coordinate::QueuePut {
+            name: "q".into(),
+            item: item(&["z"], "z"),
+            maxsize: 0,
+            back: true,
+        };
+        done(co.apply(c(3), 4, back), 3, 4);
+        let fx = co.apply(c(3), 5, get());
+        assert_eq!(replies(&fx), [(3, 5, CoordReply::Item(item(&["z"], "z")))]);
+        // Full (c, d): a put of a client that goes lets its key go.
         assert!(
             co.apply(c(4), 1, put(item(&["f"], "f"), 2))
                 .replies
@@ -910,15 +957,16 @@ mod tests {
         let fx = co.client_gone(c(4));
         assert_eq!(fx.released, [Key::named("f")]);
         assert!(fx.replies.is_empty());
-        // A restart refuses a waiting put.
+        // A restart refuses a waiting put and forgets the queue, bound and all.
         assert!(
-            co.apply(c(5), 1, put(item(&["g"], "g"), 1))
+            co.apply(c(5), 1, put(item(&["g"], "g"), 0))
                 .replies
                 .is_empty()
         );
         let (_, fx) = co.drop_items();
+        let refused = replies(&fx);
         assert!(
-            matches!(&replies(&fx)[..], [(5, 1, CoordReply::Refused { error })] if error.contains("restarted"))
+            matches!(&refused[..], [(5, 1, CoordReply::Refused { error })] if error.contains("restarted"))
         );
         assert!(co.queues.is_empty());
         assert_eq!(co.held_keys().count(), 0);

@@ -516,14 +516,18 @@ pub enum Coordinate {
     VariableGet { name: String },
     /// Forget the variable (waiting gets go on waiting).
     VariableDelete { name: String },
-    /// Append to the queue; [`CoordReply::Done`] once it is in. With `maxsize` (0:
-    /// unbounded), it waits while the queue holds that many items or more, or earlier
-    /// puts wait (Dask's `Queue(maxsize=)`), its keys held meanwhile.
+    /// Append to the queue; [`CoordReply::Done`] once it is in. A queue given a
+    /// `maxsize` (by the first put naming one while it exists; another bound is refused;
+    /// 0 names none) holds at most that many items (Dask's `Queue(maxsize=)`): every put
+    /// waits while it is full or earlier puts wait, its keys held meanwhile. `back` puts
+    /// an item a getter could not keep back at the front, never waiting.
     QueuePut {
         name: String,
         item: Item,
         #[serde(default, skip_serializing_if = "is_zero")]
         maxsize: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        back: bool,
     },
     /// [`CoordReply::Item`]: the queue's oldest item, once there is one; it leaves the
     /// queue, its keys now wanted by the getter.

@@ -3759,6 +3759,7 @@ mod tests {
             name: "q".into(),
             item: item(&[&y]),
             maxsize: 0,
+            back: false,
         };
         assert_eq!(coordinate(&mut s, 1, 3, put), [(1, 3, CoordReply::Done)]);
         let release = FromClient::ReleaseKeys {

@@ -158,13 +158,14 @@ class Queue(_Named):
     items; TimeoutError after `timeout` seconds, nothing put), `get(timeout=None,
     batch=False)` (waits for an item; TimeoutError after `timeout` seconds; `batch=True`
     takes everything there now, an int that many, waiting for each), `qsize()`. Each item
-    goes to one getter. `maxsize` bounds this handle's puts (0: unbounded)."""
+    goes to one getter. The first put with a `maxsize` (> 0) bounds the queue while it
+    exists; a put with another is refused."""
 
     def __init__(self, name=None, client=None, maxsize=0):
-        if not isinstance(maxsize, int) or maxsize < 0:
-            raise ValueError(f"maxsize must be an int >= 0, got {maxsize!r}")
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+            raise ValueError(f"maxsize must be an int, got {maxsize!r}")
         super().__init__(name, client)
-        self.maxsize = maxsize
+        self.maxsize = max(maxsize, 0)
 
     def put(self, value, timeout=None):
         pickled, parts = _pickle_dataset(value)
