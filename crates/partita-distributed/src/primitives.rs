@@ -574,8 +574,10 @@ impl Pub {
 }
 
 /// A subscription to a named topic (Dask's `distributed.Sub`): the messages published
-/// from its start on, in order, each taken once ([`Sub::get`]). It ends when dropped (or
-/// with its client's connection).
+/// from its start on, in order, each taken once ([`Sub::get`]). It ends when closed or
+/// dropped (or with its client's connection); the end is sent without waiting, so it
+/// reaches the scheduler before this client's later requests, not necessarily before
+/// other clients'.
 #[derive(Debug)]
 pub struct Sub {
     client: Client,
