@@ -198,18 +198,13 @@ class Queue(_Named):
         return (Queue, (self.name, None, self.maxsize))
 
 
-class Pub:
+class Pub(_Named):
     """Publishes to a named topic (dask's `distributed.Pub`): `put(value)` sends a message
     to every subscription of the topic at that moment (none: dropped). Messages are plain
     values (no futures or persisted collections: a Queue or Variable carries those)."""
 
     def __init__(self, name, client=None):
-        self.name = name
-        self._client = client
-
-    @property
-    def client(self):
-        return self._client if self._client is not None else get_client()
+        super().__init__(name, client)
 
     def put(self, value):
         pickled, parts = _pickle_dataset(value)
@@ -218,20 +213,16 @@ class Pub:
     def __reduce__(self):
         return (Pub, (self.name,))
 
-    def __repr__(self):
-        return f"<Pub: {self.name}>"
 
-
-class Sub:
+class Sub(_Named):
     """A subscription to a named topic (dask's `distributed.Sub`), from its creation on:
     `get(timeout=None)` takes the next message (TimeoutError after `timeout` seconds), and
     iterating yields messages as they come. It ends with `close()` (or when collected);
     pickled into a task, it subscribes afresh there."""
 
     def __init__(self, name, client=None):
-        self.name = name
-        client = client if client is not None else get_client()
-        self._subscription = client._subscribe(name)
+        super().__init__(name, client)
+        self._subscription = self.client._subscribe(name)
 
     def get(self, timeout=None):
         got = self._subscription.get(timeout)
@@ -248,6 +239,3 @@ class Sub:
 
     def __reduce__(self):
         return (Sub, (self.name,))
-
-    def __repr__(self):
-        return f"<Sub: {self.name}>"
