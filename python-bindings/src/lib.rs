@@ -1639,6 +1639,29 @@ impl PyClient {
         Ok(())
     }
 
+    /// Even out the bytes the workers hold (Dask's `client.rebalance`; `client.rebalance`
+    /// in `partita._futures` wraps it): values of `futures` (all when `None`) move from
+    /// workers above the mean to those below, among the workers at `workers` (all when
+    /// empty). Returns `{"moved": keys moved, "nbytes": their bytes}`.
+    #[pyo3(signature = (futures = None, workers = Vec::new()))]
+    fn _rebalance<'py>(
+        &self,
+        py: Python<'py>,
+        futures: Option<Vec<Py<futures::PyFuture>>>,
+        workers: Vec<String>,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let client = self.client()?;
+        let all = futures.map(|f| futures::every_key(&f));
+        let addresses: Vec<&str> = workers.iter().map(String::as_str).collect();
+        let moved = py
+            .detach(|| client.rebalance(all.as_deref(), &addresses))
+            .py_err()?;
+        let out = pyo3::types::PyDict::new(py);
+        out.set_item("moved", moved.moved.len())?;
+        out.set_item("nbytes", moved.nbytes)?;
+        Ok(out)
+    }
+
     /// Retire the workers at `addresses` gracefully (Dask's `client.retire_workers`):
     /// their values move to the other workers, then they stop. Returns `{address: {"id":
     /// id}}` for each once gone. All or none: an unknown address, or retiring every

@@ -171,6 +171,27 @@ def test_metrics_link_serves_prometheus_text_when_asked():
         pt.LocalCluster(n_workers=1, metrics_address="localhost")
 
 
+def test_rebalance_evens_out_data_scattered_onto_one_worker():
+    with pt.LocalCluster(n_workers=2, threads_per_worker=1) as cluster, pt.Client(cluster) as client:
+        first, second = sorted(client.nthreads())
+        arrays = [np.full(1000, float(i)) for i in range(6)]
+        futures = client.scatter(arrays, workers=first)
+        client.wait(futures)
+        assert all(on == [first] for on in client.who_has(futures).values())
+        moved = client.rebalance(futures)
+        assert moved["moved"] == 3 and moved["nbytes"] >= 3 * 8000, moved
+        on = [tuple(w) for w in client.who_has(futures).values()]
+        assert sorted(on) == [(first,)] * 3 + [(second,)] * 3
+        for got, want in zip(client.gather(futures), arrays):
+            np.testing.assert_array_equal(got, want)
+        # Even already: nothing moves; an unknown worker is refused, naming it.
+        assert client.rebalance()["moved"] == 0
+        with pytest.raises(pt.TransportError, match="127.0.0.1:1"):
+            client.rebalance(workers=["127.0.0.1:1"])
+        # Tasks read the moved data where it is now.
+        assert client.gather(client.map(np.sum, futures)) == [a.sum() for a in arrays]
+
+
 def test_replicate_and_retire_workers_keep_data_on_the_cluster():
     with pt.LocalCluster(n_workers=2, threads_per_worker=1) as cluster, pt.Client(cluster) as client:
         rng = np.random.default_rng(11)

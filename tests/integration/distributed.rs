@@ -668,6 +668,65 @@ fn a_worker_asked_to_stop_retires_gracefully() {
 }
 
 #[test]
+fn rebalance_evens_out_values_scattered_onto_one_worker() {
+    use std::collections::BTreeMap;
+    let cluster = start(2, 0);
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(2, Duration::from_secs(20)).unwrap();
+    let workers = client.workers().unwrap();
+    let a = workers[0].0.address.clone();
+    let numbers: Vec<i64> = (0..8).map(|i| 1000 + i).collect();
+    let values = numbers.iter().map(|&n| Value::new(n)).collect();
+    let futures = client.scatter_on(values, std::slice::from_ref(&a)).unwrap();
+    client
+        .wait(&futures, Some(Duration::from_secs(30)))
+        .unwrap();
+    let on = |client: &Client| -> BTreeMap<String, usize> {
+        let mut on = BTreeMap::new();
+        for (key, peers) in client.who_has(&futures).unwrap() {
+            assert_eq!(peers.len(), 1, "{key}: {peers:?}");
+            *on.entry(peers[0].address.clone()).or_default() += 1;
+        }
+        on
+    };
+    assert_eq!(on(&client).get(&a), Some(&8));
+    let moved = client.rebalance(None, &[]).unwrap();
+    assert_eq!(
+        moved.moved.len(),
+        4,
+        "{moved:?}\n{}",
+        cluster.log("scheduler")
+    );
+    assert!(moved.nbytes > 0);
+    let counts: Vec<usize> = on(&client).into_values().collect();
+    assert_eq!(counts, [4, 4]);
+    // Four each now; the values come back whole.
+    let held: Vec<u64> = client
+        .info()
+        .unwrap()
+        .workers
+        .iter()
+        .map(|w| w.held)
+        .collect();
+    assert_eq!(held, [4, 4]);
+    assert_eq!(i64s(&client.gather(&futures).unwrap()), numbers);
+    // Even already: nothing moves. An unknown address is refused, naming it.
+    let again = client.rebalance(Some(&futures), &[]).unwrap();
+    assert!(again.moved.is_empty(), "{again:?}");
+    let err = client
+        .rebalance(None, &["nowhere:1"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nowhere:1"), "{err}");
+    assert_eq!(
+        mix_on(&client, "after-rebalance", &futures),
+        mix(1, &numbers)
+    );
+    drop(futures);
+    nothing_held(&client);
+}
+
+#[test]
 fn replicate_copies_values_worker_to_worker() {
     let cluster = start(2, 0);
     let client = cluster.client().unwrap();

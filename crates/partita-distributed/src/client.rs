@@ -585,7 +585,9 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
                 *state = KeyState::Cancelled;
             }
         }
-        ToClient::WhoHasReply { holders } | ToClient::Replicated { holders, .. } => {
+        ToClient::WhoHasReply { holders }
+        | ToClient::Replicated { holders, .. }
+        | ToClient::Rebalanced { holders, .. } => {
             for (key, workers) in holders {
                 if let Some((_, state)) = r.tracked.get_mut(key)
                     && matches!(state, KeyState::Pending | KeyState::Finished(_))
@@ -636,6 +638,7 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
         | ToClient::ScatterRefused { .. }
         | ToClient::WorkerLeft { .. }
         | ToClient::Replicated { .. }
+        | ToClient::Rebalanced { .. }
         | ToClient::Retiring { .. }
         | ToClient::Dataset { .. }
         | ToClient::Restarting { .. }
@@ -847,6 +850,14 @@ fn observers_not_supported() -> Error {
          callback"
             .into(),
     )
+}
+
+/// What [`Client::rebalance`] moved: each key with the workers holding it now, and the
+/// bytes moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rebalanced {
+    pub moved: Vec<(Key, Vec<Peer>)>,
+    pub nbytes: u64,
 }
 
 /// A value persisted on a cluster ([`Scheduler::persist`] of a [`Client`]): the task
@@ -1559,6 +1570,56 @@ impl Client {
             },
         )?;
         Ok(holders)
+    }
+
+    /// Even out the bytes the workers hold (Dask's `client.rebalance`): values move from
+    /// workers holding more than the mean to the emptiest holding less, each copy kept by
+    /// its recipient before the sender drops its own, until the senders are down to the
+    /// mean or no move would leave the recipient at most there. `futures`: only their
+    /// values (after waiting for them; an error if one failed), all values when `None`;
+    /// `workers`: only among the workers at these addresses (an error naming an unknown
+    /// one), all when empty. Returns what moved and where it is now.
+    pub fn rebalance(&self, futures: Option<&[Future]>, workers: &[&str]) -> Result<Rebalanced> {
+        let keys = match futures {
+            Some(futures) => {
+                let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+                self.inner.wait_done(&keys, None)?;
+                for f in futures {
+                    if let Some(e) = f.state().error(&f.key) {
+                        return Err(e);
+                    }
+                }
+                Some(keys)
+            }
+            None => None,
+        };
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let workers = workers.iter().map(|w| w.to_string()).collect();
+        let msg = FromClient::Rebalance {
+            request,
+            keys,
+            workers,
+        };
+        self.inner.request(
+            &[msg],
+            Duration::from_secs(3600),
+            "finish rebalancing",
+            |msg| match msg {
+                ToClient::Rebalanced {
+                    request: r,
+                    holders,
+                    nbytes,
+                    refused,
+                } if r == request => Some(match refused {
+                    Some(why) => Err(Error::Transport(format!("rebalance refused: {why}"))),
+                    None => Ok(Rebalanced {
+                        moved: holders,
+                        nbytes,
+                    }),
+                }),
+                _ => None,
+            },
+        )
     }
 
     /// Retire the workers at `addresses` gracefully (Dask's `client.retire_workers`): they

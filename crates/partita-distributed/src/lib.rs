@@ -43,7 +43,7 @@ pub mod task_context;
 pub mod wire;
 pub mod worker;
 
-pub use client::{AsCompleted, Client, Future, FutureStatus, Persisted, SubmitOptions};
+pub use client::{AsCompleted, Client, Future, FutureStatus, Persisted, Rebalanced, SubmitOptions};
 pub use cluster_file::ClusterFile;
 pub use dataset::Dataset;
 pub use local_cluster::{AdaptOptions, LocalCluster, LocalClusterOptions, find_binary};

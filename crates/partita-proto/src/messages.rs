@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of this vocabulary; a [`Hello`] with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 13;
+pub const PROTOCOL_VERSION: u32 = 14;
 
 /// Largest encoded control message (64 MiB): a graph of about a million small tasks.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 20;
@@ -478,6 +478,19 @@ pub enum FromClient {
     /// `workers_to_close`): the least busy, then the emptiest. Answered with
     /// [`ToClient::AdaptiveTarget`] carrying `request` (`workers`: how many stay).
     WorkersToClose { request: u64, n: u32 },
+    /// Even out the bytes workers hold (Dask's `rebalance`): values move from workers
+    /// holding more than the mean to the emptiest holding less, each copy kept by its
+    /// recipient before the sender drops its own; a move that would take the recipient
+    /// past the mean is not made, nor one of an input of a task running on the sender.
+    /// `keys`: only these (every value when `None`); `workers`: only among the workers at
+    /// these addresses (every open worker when empty). Answered with
+    /// [`ToClient::Rebalanced`] carrying `request` once every move settled.
+    Rebalance {
+        request: u64,
+        keys: Option<Vec<Key>>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        workers: Vec<String>,
+    },
 }
 
 /// A value kept by a coordination variable or queue: keys of values on the cluster, held
@@ -765,6 +778,15 @@ pub enum ToClient {
     AdaptiveTarget {
         request: u64,
         target: AdaptiveTarget,
+    },
+    /// The answer to [`FromClient::Rebalance`]: each key moved with its holders now and
+    /// the bytes moved, or, when the request was refused (an unknown or retiring address,
+    /// a restart meanwhile), why.
+    Rebalanced {
+        request: u64,
+        holders: Vec<(Key, Vec<Peer>)>,
+        nbytes: u64,
+        refused: Option<String>,
     },
 }
 

@@ -339,6 +339,18 @@ enum Purpose {
     Handoff(WorkerId),
     /// A client's [`FromClient::Replicate`] request.
     Replica(ClientId, u64),
+    /// A client's [`FromClient::Rebalance`] request, moving the value off this worker.
+    Rebalance(ClientId, u64, WorkerId),
+}
+
+/// A rebalance in flight ([`FromClient::Rebalance`]).
+#[derive(Debug, Default)]
+struct Rebalancing {
+    /// Moves not settled yet.
+    left: usize,
+    /// Keys whose sender dropped its copy, and their bytes.
+    moved: Vec<Key>,
+    nbytes: u64,
 }
 
 /// What of a task's dependencies each worker lacks: (microseconds to move their bytes at
@@ -378,6 +390,8 @@ pub struct SchedulerState {
     acquiring: FxHashMap<Key, BTreeMap<WorkerId, Vec<Purpose>>>,
     /// Replicate requests in flight: (client, request) -> (their keys, acquisitions left).
     replications: BTreeMap<(ClientId, u64), (Vec<Key>, usize)>,
+    /// Rebalance requests in flight.
+    rebalances: BTreeMap<(ClientId, u64), Rebalancing>,
     /// Workers retiring now: with none, closing retired workers costs nothing per event.
     retiring: usize,
     /// The last runs of tasks, for [`FromClient::TaskStream`], and the next one's number.
@@ -417,6 +431,7 @@ impl SchedulerState {
             stats: SchedulerStats::default(),
             acquiring: FxHashMap::default(),
             replications: BTreeMap::new(),
+            rebalances: BTreeMap::new(),
             retiring: 0,
             task_stream: VecDeque::new(),
             task_stream_next: 0,
@@ -911,6 +926,11 @@ impl SchedulerState {
             FromClient::Scatter { keys, workers } => self.scatter(client, keys, workers),
             FromClient::Replicate { request, keys, n } => self.replicate(client, request, keys, n),
             FromClient::RetireWorkers { addresses } => self.retire_workers(client, addresses),
+            FromClient::Rebalance {
+                request,
+                keys,
+                workers,
+            } => self.rebalance(client, request, keys, workers),
             FromClient::PublishDataset {
                 request,
                 name,
@@ -1061,6 +1081,15 @@ impl SchedulerState {
         for ((c, request), (keys, _)) in std::mem::take(&mut self.replications) {
             let holders = keys.into_iter().map(|k| (k, Vec::new())).collect();
             let msg = ToClient::Replicated { request, holders };
+            self.out.push(SchedulerAction::SendToClient(c, msg));
+        }
+        for (c, request) in std::mem::take(&mut self.rebalances).into_keys() {
+            let msg = ToClient::Rebalanced {
+                request,
+                holders: Vec::new(),
+                nbytes: 0,
+                refused: Some("the cluster restarted meanwhile".into()),
+            };
             self.out.push(SchedulerAction::SendToClient(c, msg));
         }
         let (items, refusals) = self.coordination.drop_items();
@@ -1394,6 +1423,21 @@ impl SchedulerState {
                         self.replicated(client, request, &keys);
                     }
                 }
+                Purpose::Rebalance(client, request, from) => {
+                    let moved = self.finish_move(key, worker, from);
+                    let Some(r) = self.rebalances.get_mut(&(client, request)) else {
+                        continue;
+                    };
+                    if let Some(nbytes) = moved {
+                        r.moved.push(key.clone());
+                        r.nbytes += nbytes;
+                    }
+                    r.left -= 1;
+                    if r.left == 0 {
+                        let r = (self.rebalances.remove(&(client, request))).expect("found above");
+                        self.rebalanced(client, request, r, None);
+                    }
+                }
             }
         }
     }
@@ -1457,6 +1501,152 @@ impl SchedulerState {
         } else {
             self.replications.insert((client, request), (keys, pending));
         }
+    }
+
+    /// Even out the bytes open workers hold ([`FromClient::Rebalance`]): for each worker
+    /// above the mean, fullest first, its largest values go to the emptiest worker lacking
+    /// them while it stays above the mean and the recipient would not pass it. Each move
+    /// is an acquisition; the sender drops its copy once the recipient reports its own
+    /// ([`Self::finish_move`]).
+    fn rebalance(
+        &mut self,
+        client: ClientId,
+        request: u64,
+        keys: Option<Vec<Key>>,
+        addresses: Vec<String>,
+    ) {
+        let mut scope: BTreeSet<WorkerId> = self.open_workers().into_iter().collect();
+        if !addresses.is_empty() {
+            let mut chosen = BTreeSet::new();
+            for a in &addresses {
+                let why = match self.workers.iter().find(|(_, w)| &w.address == a) {
+                    Some((id, w)) if !w.retiring => {
+                        chosen.insert(*id);
+                        continue;
+                    }
+                    Some(_) => format!("worker {a} is retiring"),
+                    None => format!("no worker has the address {a}"),
+                };
+                let r = Rebalancing::default();
+                return self.rebalanced(client, request, r, Some(why));
+            }
+            scope = chosen;
+        }
+        let mut bytes: BTreeMap<WorkerId, u64> = (self.open_bytes().into_iter())
+            .filter(|(w, _)| scope.contains(w))
+            .collect();
+        let only: Option<FxHashSet<Key>> =
+            keys.map(|ks| ks.into_iter().map(|k| self.canonical(k)).collect());
+        let mut plan: BTreeMap<(WorkerId, WorkerId), Vec<Key>> = BTreeMap::new();
+        if bytes.len() >= 2 {
+            let mean = bytes.values().sum::<u64>() / bytes.len() as u64;
+            let mut senders: Vec<(u64, WorkerId)> = (bytes.iter())
+                .filter(|(_, b)| **b > mean)
+                .map(|(w, b)| (*b, *w))
+                .collect();
+            senders.sort_by(|a, b| b.cmp(a));
+            for (_, from) in senders {
+                let pinned = self.inputs_running_on(from);
+                let mut candidates: Vec<(u64, &Key)> = (self.workers[&from].has_what.iter())
+                    .filter_map(|k| {
+                        let t = self.tasks.get(k)?;
+                        let movable = t.status == TaskStatus::Memory
+                            && t.nbytes > 0
+                            && !pinned.contains(k)
+                            && !self.acquiring.contains_key(k)
+                            && only.as_ref().is_none_or(|o| o.contains(k));
+                        movable.then_some((t.nbytes, k))
+                    })
+                    .collect();
+                // Largest first (ties by key, for a plan that does not depend on hashing).
+                candidates.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+                for (nbytes, key) in candidates {
+                    if bytes[&from] <= mean {
+                        break;
+                    }
+                    let holders = &self.tasks[key].who_has;
+                    let Some((&to, &has)) = (bytes.iter())
+                        .filter(|(w, _)| !holders.contains(w))
+                        .min_by_key(|(w, b)| (**b, **w))
+                    else {
+                        continue;
+                    };
+                    if has + nbytes > mean {
+                        continue; // a smaller value may fit
+                    }
+                    *bytes.get_mut(&to).expect("chosen from the map") += nbytes;
+                    *bytes.get_mut(&from).expect("a sender") -= nbytes;
+                    plan.entry((to, from)).or_default().push(key.clone());
+                }
+            }
+        }
+        let left: usize = plan.values().map(Vec::len).sum();
+        if left == 0 {
+            return self.rebalanced(client, request, Rebalancing::default(), None);
+        }
+        self.rebalances.insert(
+            (client, request),
+            Rebalancing {
+                left,
+                ..Rebalancing::default()
+            },
+        );
+        for ((to, from), keys) in plan {
+            self.acquire(to, keys, Purpose::Rebalance(client, request, from));
+        }
+    }
+
+    /// Inputs of the tasks processing on `worker`: values it must keep.
+    fn inputs_running_on(&self, worker: WorkerId) -> FxHashSet<Key> {
+        let Some(w) = self.workers.get(&worker) else {
+            return FxHashSet::default();
+        };
+        (w.processing.iter())
+            .filter_map(|k| self.tasks.get(k))
+            .flat_map(|t| t.deps.iter().cloned())
+            .collect()
+    }
+
+    /// A rebalancing copy of `key` settled at `to`: if `to` (still here) holds it now and
+    /// `from` still does too, without a task running there that reads it, `from` drops
+    /// its copy. The bytes moved, if it did.
+    fn finish_move(&mut self, key: &Key, to: WorkerId, from: WorkerId) -> Option<u64> {
+        let t = self.tasks.get(key)?;
+        let moved = t.status == TaskStatus::Memory
+            && to != from
+            && self.workers.contains_key(&to)
+            && t.who_has.contains(&to)
+            && t.who_has.contains(&from)
+            && !self.inputs_running_on(from).contains(key);
+        if !moved {
+            return None;
+        }
+        let nbytes = t.nbytes;
+        (self.tasks.get_mut(key)?).who_has.remove(&from);
+        if let Some(w) = self.workers.get_mut(&from) {
+            w.has_what.remove(key);
+        }
+        self.free_on(from, key.clone());
+        Some(nbytes)
+    }
+
+    fn rebalanced(
+        &mut self,
+        client: ClientId,
+        request: u64,
+        r: Rebalancing,
+        refused: Option<String>,
+    ) {
+        let holders = (r.moved.iter())
+            .map(|k| (k.clone(), self.peers_holding(k)))
+            .collect();
+        let msg = ToClient::Rebalanced {
+            request,
+            holders,
+            nbytes: r.nbytes,
+            refused,
+        };
+        self.out.push(SchedulerAction::SendToClient(client, msg));
     }
 
     /// A client asks these workers to retire: all of them, or none if an address is
@@ -3191,6 +3381,120 @@ mod tests {
         assert_eq!(s.task_status(&a), TaskStatus::Released);
         release(&mut s, vec![d.clone()]);
         assert_eq!(s.task_status(&a), TaskStatus::Forgotten);
+        s.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn rebalance_moves_the_largest_values_that_fit_and_keeps_running_inputs() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        for id in 0..3 {
+            join(&mut s, id, 1);
+        }
+        // Four values on w0 (1,000 bytes), none elsewhere: the mean is 333.
+        let v: Vec<Key> = (0..4).map(|i| Key::new("v", [i])).collect();
+        let sizes = [400, 300, 200, 100];
+        let sized: Vec<(&Key, u64)> = v.iter().zip(sizes).collect();
+        scatter_on(&mut s, 0, &sized, &["w0"]);
+        for (k, n) in v.iter().zip(sizes) {
+            finish_in(&mut s, 0, k, n, 0);
+        }
+        // A task reading v3 runs on w0: v3 stays there.
+        let t = Key::named("t");
+        let ran = computes(&submit(&mut s, 0, vec![spec(&t, &[&v[3]], 0)], &[&t]));
+        assert_eq!(ran, [(0, t.clone())]);
+        let rebalance =
+            |s: &mut SchedulerState, request, keys: Option<Vec<Key>>, workers: &[&str]| {
+                let workers = workers.iter().map(|w| w.to_string()).collect();
+                let msg = FromClient::Rebalance {
+                    request,
+                    keys,
+                    workers,
+                };
+                client_says(s, 0, msg)
+            };
+        let actions = rebalance(&mut s, 7, None, &[]);
+        assert!(
+            to_client(&actions).is_empty(),
+            "answered once the moves settle: {actions:?}"
+        );
+        let acquired: Vec<(u32, Vec<Key>)> = (actions.iter())
+            .filter_map(|a| match a {
+                SchedulerAction::SendToWorker(w, ToWorker::AcquireReplicas { keys }) => {
+                    Some((w.0, keys.iter().map(|d| d.key.clone()).collect()))
+                }
+                _ => None,
+            })
+            .collect();
+        // 400 bytes would take an empty worker past the mean; 300 and 200 fit, one each.
+        assert_eq!(acquired, [(1, vec![v[1].clone()]), (2, vec![v[2].clone()])]);
+        s.check_consistency().unwrap();
+        // w1 keeps its copy: w0 drops its own.
+        let msg = FromWorker::AddKeys {
+            keys: vec![(v[1].clone(), 300)],
+        };
+        let actions = s.handle(
+            SchedulerEvent::FromWorker {
+                worker: WorkerId(1),
+                msg,
+            },
+            Time::ZERO,
+        );
+        assert!(actions.iter().any(|a| matches!(a,
+            SchedulerAction::SendToWorker(WorkerId(0), ToWorker::FreeKeys { keys }) if keys == &[v[1].clone()])));
+        assert_eq!(s.who_has(&v[1]), [WorkerId(1)]);
+        assert!(to_client(&actions).is_empty());
+        // w2 dies before its copy arrives: w0 keeps v2, and the answer lists the one move.
+        let lost = SchedulerEvent::WorkerLost {
+            worker: WorkerId(2),
+            reason: "test".into(),
+        };
+        let told = to_client(&s.handle(lost, Time::ZERO));
+        let answer = told
+            .iter()
+            .find(|m| matches!(m, ToClient::Rebalanced { .. }));
+        match answer {
+            Some(ToClient::Rebalanced {
+                request: 7,
+                holders,
+                nbytes: 300,
+                refused: None,
+            }) => {
+                assert_eq!(holders.len(), 1);
+                assert_eq!(holders[0].0, v[1]);
+                assert_eq!(
+                    holders[0].1.iter().map(|p| p.id).collect::<Vec<_>>(),
+                    [WorkerId(1)]
+                );
+            }
+            other => panic!("{other:?} in {told:?}"),
+        }
+        assert_eq!(s.who_has(&v[2]), [WorkerId(0)]);
+        assert_eq!(s.stats().lost_values, 0);
+        s.check_consistency().unwrap();
+        // Balanced enough among w0 and w1 for these keys (w0 700, w1 300, mean 500: v0's
+        // 400 would take w1 past it), and an unknown address is refused, naming it.
+        let told = to_client(&rebalance(&mut s, 8, Some(vec![v[0].clone()]), &[]));
+        assert!(
+            matches!(&told[..], [ToClient::Rebalanced { request: 8, holders, nbytes: 0, refused: None }] if holders.is_empty()),
+            "{told:?}"
+        );
+        let told = to_client(&rebalance(&mut s, 9, None, &["w0", "nowhere"]));
+        assert!(
+            matches!(&told[..], [ToClient::Rebalanced { request: 9, refused: Some(why), .. }] if why.contains("nowhere")),
+            "{told:?}"
+        );
+        // Once t is done, v3 may go too (w0 708 bytes with t's output, w1 300).
+        finish(&mut s, 0, &t, 8);
+        let actions = rebalance(&mut s, 10, Some(vec![v[3].clone()]), &["w0", "w1"]);
+        let acquired: Vec<(u32, Vec<Key>)> = (actions.iter())
+            .filter_map(|a| match a {
+                SchedulerAction::SendToWorker(w, ToWorker::AcquireReplicas { keys }) => {
+                    Some((w.0, keys.iter().map(|d| d.key.clone()).collect()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acquired, [(1, vec![v[3].clone()])], "{actions:?}");
         s.check_consistency().unwrap();
     }
 

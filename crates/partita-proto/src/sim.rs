@@ -452,7 +452,8 @@ impl Sim {
             | ToClient::Restarting { .. }
             | ToClient::TaskStream { .. }
             | ToClient::Coordinated { .. }
-            | ToClient::AdaptiveTarget { .. }) => {
+            | ToClient::AdaptiveTarget { .. }
+            | ToClient::Rebalanced { .. }) => {
                 self.report.client_messages.push((c, other));
                 None
             }

@@ -821,6 +821,59 @@ fn replicate_copies_values_to_the_workers_asked_for() {
 }
 
 #[test]
+fn rebalance_spreads_values_to_workers_that_joined_later_and_loses_nothing() {
+    let mut sim = Sim::new(SimConfig {
+        workers: 1,
+        ..SimConfig::default()
+    });
+    let (tasks, outs) = wide_map("b", 40);
+    sim.submit_at(Time::ZERO, C, tasks, outs.clone());
+    sim.run().unwrap();
+    // The inputs' frees arrive.
+    sim.run_until(sim.now() + Duration::from_millis(10));
+    assert_eq!(sim.held_bytes(WorkerId(0)).0, 40 * 1024);
+    let at = sim.now();
+    for id in 1..4 {
+        sim.add_worker_at(at, WorkerId(id), 2);
+    }
+    let rebalance = FromClient::Rebalance {
+        request: 5,
+        keys: None,
+        workers: Vec::new(),
+    };
+    sim.client_sends_at(at + Duration::from_millis(1), C, rebalance);
+    sim.run_until(at + Duration::from_millis(200));
+    // Ten values each (the mean exactly), every one held once, none computed again.
+    for w in 0..4 {
+        assert_eq!(sim.held_bytes(WorkerId(w)).0, 10 * 1024, "worker {w}");
+    }
+    assert!(holders(&sim, &outs).iter().all(|h| h.len() == 1));
+    assert_all_in_memory(&sim, &outs);
+    for k in &outs {
+        assert_eq!(sim.report().executions(k), 1, "{k} computed again");
+    }
+    let answers: Vec<(u64, usize, u64)> = (sim.report().client_messages.iter())
+        .filter_map(|(_, m)| match m {
+            partita_proto::messages::ToClient::Rebalanced {
+                request,
+                holders,
+                nbytes,
+                refused: None,
+            } => Some((*request, holders.len(), *nbytes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [(5, 30, 30 * 1024)]);
+    sim.scheduler().check_consistency().unwrap();
+    // Released, every copy goes: the senders dropped theirs.
+    sim.client_sends_at(sim.now(), C, FromClient::ReleaseKeys { keys: outs });
+    sim.run_until(sim.now() + Duration::from_millis(100));
+    for w in 0..4 {
+        assert_eq!(sim.held_bytes(WorkerId(w)), (0, 0), "worker {w}");
+    }
+}
+
+#[test]
 fn client_retirement_is_all_or_nothing_and_the_last_worker_goes_at_once() {
     use partita_proto::messages::ToClient;
     let mut sim = Sim::new(SimConfig {

@@ -593,6 +593,18 @@ class Client(_partita.Client):
             futures = [futures]
         self._replicate(list(futures), n)
 
+    def rebalance(self, futures=None, workers=None):
+        """Even out the memory the workers hold, as dask's `client.rebalance`: values move
+        worker to worker from those holding more bytes than the mean to the emptiest
+        holding less, each kept by its recipient before its sender drops it, as long as a
+        move leaves the recipient at most at the mean (inputs of tasks running on the
+        sender stay). `futures`: only their data (a future or a list; all data by
+        default, after waiting for them); `workers`: only among the workers at these
+        addresses (all by default). Returns `{"moved": values moved, "nbytes": bytes}`."""
+        if isinstance(futures, Future):
+            futures = [futures]
+        return self._rebalance(None if futures is None else list(futures), _workers(workers))
+
     def publish_dataset(self, *args, name=None, override=False, **kwargs):
         """Publish data on the cluster under a name for any client to get, as dask's
         `client.publish_dataset`: `client.publish_dataset(df=frame)` or
