@@ -1639,6 +1639,38 @@ impl PyClient {
         Ok(())
     }
 
+    /// How many workers would finish the work in sight in about `target_duration`
+    /// (seconds or a string such as "5s"; Dask's `adaptive_target`), and, when that is
+    /// fewer than are open, which to retire: `{"workers": n, "to_close": [address, ...]}`.
+    /// Nothing changes; a deployer starting its own worker processes acts on it.
+    #[pyo3(signature = (target_duration = None))]
+    fn adaptive_target<'py>(
+        &self,
+        py: Python<'py>,
+        target_duration: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let client = self.client()?;
+        let defaults = partita::distributed::AdaptOptions::default();
+        let target = (target_duration).map_or(Ok(defaults.target_duration), |d| {
+            duration_of(d, "target_duration")
+        })?;
+        let answer = py.detach(|| client.adaptive_target(target)).py_err()?;
+        let out = pyo3::types::PyDict::new(py);
+        out.set_item("workers", answer.workers)?;
+        let to_close: Vec<String> = answer.to_close.into_iter().map(|p| p.address).collect();
+        out.set_item("to_close", to_close)?;
+        Ok(out)
+    }
+
+    /// The addresses of `n` open workers to retire for a manual scale-down (Dask's
+    /// `workers_to_close`): the least busy, then those holding the fewest bytes (fewer
+    /// when fewer are open; never every worker while one holds data).
+    fn workers_to_close(&self, py: Python<'_>, n: usize) -> PyResult<Vec<String>> {
+        let client = self.client()?;
+        let peers = py.detach(|| client.workers_to_close(n)).py_err()?;
+        Ok(peers.into_iter().map(|p| p.address).collect())
+    }
+
     /// Even out the bytes the workers hold (Dask's `client.rebalance`; `client.rebalance`
     /// in `partita._futures` wraps it): values of `futures` (all when `None`) move from
     /// workers above the mean to those below, among the workers at `workers` (all when

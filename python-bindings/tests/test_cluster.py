@@ -428,6 +428,30 @@ def test_priority_starts_urgent_work_before_queued_work_as_in_dask():
         np.testing.assert_allclose(total.result(timeout=60), x.sum())
 
 
+def test_adaptive_target_and_workers_to_close_answer_without_changing_anything():
+    from udfs import nap
+
+    with pt.LocalCluster(n_workers=2, threads_per_worker=1, nanny=False) as cluster, pt.Client(cluster) as client:
+        workers = sorted(client.nthreads())
+        # Idle and empty: none wanted, both may go; nothing changes.
+        idle = client.adaptive_target("5s")
+        assert idle["workers"] == 0 and sorted(idle["to_close"]) == workers, idle
+        # Holding data: never every worker; the empty one goes first.
+        futures = client.scatter([np.arange(5.0)], workers=workers[1])
+        client.wait(futures)
+        assert client.workers_to_close(2) == [workers[0]]
+        assert client.adaptive_target(5)["to_close"] == [workers[0]]
+        # A backlog of 8 x 0.5 s on two threads: more workers for a 1 s target.
+        slow = client.map(nap, range(8), seconds=0.5)
+        slow[0].result()
+        busy = client.adaptive_target("1s")
+        assert busy["workers"] > 2 and busy["to_close"] == [], busy
+        with pytest.raises(ValueError, match="target_duration"):
+            client.adaptive_target("soon")
+        assert client.gather(slow) == list(range(8))
+        assert sorted(client.nthreads()) == workers and cluster.n_workers == 2
+
+
 def test_scale_and_adapt_resize_the_cluster_as_in_dask():
     import time
 
