@@ -1400,6 +1400,8 @@ impl SchedulerState {
         if by_worker.is_empty() {
             self.acquiring.remove(key);
         }
+        // A copy that also serves a replicate request adds a holder: no sender drops its.
+        let replicating = (purposes.iter()).any(|p| matches!(p, Purpose::Replica(..)));
         if !purposes.is_empty()
             && let Some(w) = self.workers.get_mut(&worker)
         {
@@ -1424,7 +1426,10 @@ impl SchedulerState {
                     }
                 }
                 Purpose::Rebalance(client, request, from) => {
-                    let moved = self.finish_move(key, worker, from);
+                    let moved = match replicating {
+                        true => None,
+                        false => self.finish_move(key, worker, from),
+                    };
                     let Some(r) = self.rebalances.get_mut(&(client, request)) else {
                         continue;
                     };
@@ -1538,6 +1543,8 @@ impl SchedulerState {
         let only: Option<FxHashSet<Key>> =
             keys.map(|ks| ks.into_iter().map(|k| self.canonical(k)).collect());
         let mut plan: BTreeMap<(WorkerId, WorkerId), Vec<Key>> = BTreeMap::new();
+        // A key two senders hold moves once (both would drop their copies otherwise).
+        let mut planned: FxHashSet<Key> = FxHashSet::default();
         if bytes.len() >= 2 {
             let mean = bytes.values().sum::<u64>() / bytes.len() as u64;
             let mut senders: Vec<(u64, WorkerId)> = (bytes.iter())
@@ -1553,6 +1560,7 @@ impl SchedulerState {
                         let movable = t.status == TaskStatus::Memory
                             && t.nbytes > 0
                             && !pinned.contains(k)
+                            && !planned.contains(k)
                             && !self.acquiring.contains_key(k)
                             && only.as_ref().is_none_or(|o| o.contains(k));
                         movable.then_some((t.nbytes, k))
@@ -1576,6 +1584,7 @@ impl SchedulerState {
                     }
                     *bytes.get_mut(&to).expect("chosen from the map") += nbytes;
                     *bytes.get_mut(&from).expect("a sender") -= nbytes;
+                    planned.insert(key.clone());
                     plan.entry((to, from)).or_default().push(key.clone());
                 }
             }
@@ -1596,7 +1605,8 @@ impl SchedulerState {
         }
     }
 
-    /// Inputs of the tasks processing on `worker`: values it must keep.
+    /// Inputs of the tasks processing on `worker`: values it must keep (all at once, for
+    /// planning; [`Self::finish_move`] asks about one key).
     fn inputs_running_on(&self, worker: WorkerId) -> FxHashSet<Key> {
         let Some(w) = self.workers.get(&worker) else {
             return FxHashSet::default();
@@ -1607,17 +1617,19 @@ impl SchedulerState {
             .collect()
     }
 
-    /// A rebalancing copy of `key` settled at `to`: if `to` (still here) holds it now and
-    /// `from` still does too, without a task running there that reads it, `from` drops
-    /// its copy. The bytes moved, if it did.
+    /// A rebalancing copy of `key` settled at `to`: if `to` (still here and open) holds it
+    /// now and `from` still does too, without a task running there that reads it, `from`
+    /// drops its copy. The bytes moved, if it did.
     fn finish_move(&mut self, key: &Key, to: WorkerId, from: WorkerId) -> Option<u64> {
         let t = self.tasks.get(key)?;
+        let read_on_sender = (t.dependents.iter())
+            .any(|d| (self.tasks.get(d)).is_some_and(|dt| dt.processing_on == Some(from)));
         let moved = t.status == TaskStatus::Memory
             && to != from
-            && self.workers.contains_key(&to)
+            && self.workers.get(&to).is_some_and(|w| !w.retiring)
             && t.who_has.contains(&to)
             && t.who_has.contains(&from)
-            && !self.inputs_running_on(from).contains(key);
+            && !read_on_sender;
         if !moved {
             return None;
         }
@@ -1625,6 +1637,8 @@ impl SchedulerState {
         (self.tasks.get_mut(key)?).who_has.remove(&from);
         if let Some(w) = self.workers.get_mut(&from) {
             w.has_what.remove(key);
+            // Until its next heartbeat says so: a rebalance right after sees it lighter.
+            w.metrics.managed_bytes = w.metrics.managed_bytes.saturating_sub(nbytes);
         }
         self.free_on(from, key.clone());
         Some(nbytes)
@@ -3495,6 +3509,66 @@ mod tests {
             })
             .collect();
         assert_eq!(acquired, [(1, vec![v[3].clone()])], "{actions:?}");
+        s.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn rebalance_moves_a_value_two_senders_hold_once() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        for id in 0..3 {
+            join(&mut s, id, 1);
+        }
+        let (v, a, b) = (Key::named("v"), Key::named("a"), Key::named("b"));
+        scatter_on(&mut s, 0, &[(&v, 10), (&a, 90)], &["w0"]);
+        finish_in(&mut s, 0, &v, 10, 0);
+        finish_in(&mut s, 0, &a, 90, 0);
+        scatter_on(&mut s, 0, &[(&b, 90)], &["w1"]);
+        finish_in(&mut s, 1, &b, 90, 0);
+        // w1 holds a copy of v too: 100 bytes each on w0 and w1, none on w2.
+        let msg = FromWorker::AddKeys {
+            keys: vec![(v.clone(), 10)],
+        };
+        s.handle(
+            SchedulerEvent::FromWorker {
+                worker: WorkerId(1),
+                msg,
+            },
+            Time::ZERO,
+        );
+        assert_eq!(s.who_has(&v), [WorkerId(0), WorkerId(1)]);
+        let msg = FromClient::Rebalance {
+            request: 1,
+            keys: None,
+            workers: Vec::new(),
+        };
+        let actions = client_says(&mut s, 0, msg);
+        let acquired: Vec<(u32, Vec<Key>)> = (actions.iter())
+            .filter_map(|a| match a {
+                SchedulerAction::SendToWorker(w, ToWorker::AcquireReplicas { keys }) => {
+                    Some((w.0, keys.iter().map(|d| d.key.clone()).collect()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acquired, [(2, vec![v.clone()])]);
+        let msg = FromWorker::AddKeys {
+            keys: vec![(v.clone(), 10)],
+        };
+        let actions = s.handle(
+            SchedulerEvent::FromWorker {
+                worker: WorkerId(2),
+                msg,
+            },
+            Time::ZERO,
+        );
+        let freed: Vec<u32> = (actions.iter())
+            .filter_map(|a| match a {
+                SchedulerAction::SendToWorker(w, ToWorker::FreeKeys { .. }) => Some(w.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(freed.len(), 1, "one sender drops its copy: {actions:?}");
+        assert_eq!(s.who_has(&v).len(), 2);
         s.check_consistency().unwrap();
     }
 

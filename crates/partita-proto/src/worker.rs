@@ -487,7 +487,10 @@ impl WorkerState {
     /// Fetch `dep` to keep it (a replica or a hand-off); one held already is reported
     /// at once, so the scheduler's acquisition settles.
     fn acquire(&mut self, dep: DepLocation) {
-        if let Some(s) = self.data.get(&dep.key) {
+        if let Some(s) = self.data.get_mut(&dep.key) {
+            // Being freed (a spill or unspill in flight when FreeKeys came): kept after
+            // all, so the scheduler may count on this copy.
+            s.free_when_settled = false;
             let keys = vec![(dep.key, s.nbytes)];
             self.send(FromWorker::AddKeys { keys });
             return;
@@ -547,8 +550,8 @@ impl WorkerState {
             }
             return;
         }
-        if let Some(s) = self.data.get(&key) {
-            let nbytes = s.nbytes;
+        if self.keep_held(&key) {
+            let nbytes = self.data[&key].nbytes;
             self.send(FromWorker::TaskFinished {
                 key,
                 nbytes,
@@ -560,7 +563,7 @@ impl WorkerState {
         let seq = self.clock;
         let mut missing = false;
         for dep in &deps {
-            if self.data.contains_key(&dep.key) {
+            if self.keep_held(&dep.key) {
                 continue;
             }
             missing = true;
@@ -593,6 +596,21 @@ impl WorkerState {
         if !missing {
             self.enqueue(key);
         }
+    }
+
+    /// Whether `key`'s value is here to stay. One being freed (a spill or unspill in flight
+    /// when FreeKeys came, as for a copy rebalanced away) is kept after all, and the
+    /// scheduler told this worker holds it again, so it is freed with the key.
+    fn keep_held(&mut self, key: &Key) -> bool {
+        let Some(s) = self.data.get_mut(key) else {
+            return false;
+        };
+        if s.free_when_settled {
+            s.free_when_settled = false;
+            let keys = vec![(key.clone(), s.nbytes)];
+            self.send(FromWorker::AddKeys { keys });
+        }
+        true
     }
 
     /// A task whose inputs are here waits for a thread (and its resources).
@@ -1586,6 +1604,57 @@ mod tests {
             (m.managed_bytes, m.spilled_bytes, w.holds(&k(0))),
             (0, 0, false)
         );
+    }
+
+    #[test]
+    fn a_value_being_freed_and_needed_again_is_kept_and_reported() {
+        let mut w = worker(1, 2 * MIB);
+        produce(&mut w, k(0), MIB);
+        let acts = produce(&mut w, k(1), MIB);
+        assert!(acts.contains(&WorkerAction::Spill { key: k(0) }));
+        // Freed mid-spill (a copy rebalanced away), then asked to keep it again: it says
+        // it holds it, and the spill settling keeps it.
+        let free = WorkerEvent::FromScheduler(ToWorker::FreeKeys { keys: vec![k(0)] });
+        w.handle(free, Time::ZERO);
+        let acquire = ToWorker::AcquireReplicas {
+            keys: vec![DepLocation {
+                key: k(0),
+                who_has: vec![peer(3)],
+                nbytes: MIB,
+            }],
+        };
+        let acts = w.handle(WorkerEvent::FromScheduler(acquire), Time::ZERO);
+        assert!(matches!(&acts[..],
+            [WorkerAction::SendToScheduler(FromWorker::AddKeys { keys })] if keys == &[(k(0), MIB)]));
+        let acts = w.handle(WorkerEvent::Spilled { key: k(0) }, Time::ZERO);
+        assert!(acts.is_empty(), "{acts:?}");
+        assert!(w.holds(&k(0)) && w.is_spilled(&k(0)));
+        // The same for a task's input: kept (no fetch), and the scheduler told.
+        let acts = produce(&mut w, k(2), MIB);
+        assert!(
+            acts.contains(&WorkerAction::Spill { key: k(1) }),
+            "{acts:?}"
+        );
+        w.handle(
+            WorkerEvent::FromScheduler(ToWorker::FreeKeys { keys: vec![k(1)] }),
+            Time::ZERO,
+        );
+        let acts = w.handle(compute(k(5), 0, vec![(k(1), vec![3])]), Time::ZERO);
+        assert!(
+            acts.iter().any(|a| matches!(a,
+            WorkerAction::SendToScheduler(FromWorker::AddKeys { keys }) if keys == &[(k(1), MIB)])),
+            "{acts:?}"
+        );
+        assert!(
+            !acts.iter().any(|a| matches!(a, WorkerAction::Fetch { .. })),
+            "{acts:?}"
+        );
+        let acts = w.handle(WorkerEvent::Spilled { key: k(1) }, Time::ZERO);
+        assert!(
+            !acts.contains(&WorkerAction::DeleteSpilled { key: k(1) }),
+            "{acts:?}"
+        );
+        assert!(w.holds(&k(1)));
     }
 
     #[test]
