@@ -2256,6 +2256,7 @@ impl PyLocalCluster {
             metrics,
             nanny,
             resources: resources_of(resources)?,
+            worker_args: Vec::new(),
         };
         let cluster = py.detach(|| LocalCluster::start(options)).py_err()?;
         Ok(PyLocalCluster(std::sync::Mutex::new(Some(cluster))))

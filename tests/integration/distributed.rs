@@ -849,6 +849,60 @@ fn a_nanny_starts_a_new_worker_when_its_worker_is_killed() {
 }
 
 #[test]
+fn a_nanny_restarts_a_worker_whose_event_loop_stops_turning() {
+    // Two threads: the stuck task, run again on the new process (on a thread of its own
+    // there, the kind not known as quick yet), keeps one busy.
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        n_workers: 1,
+        threads_per_worker: 2,
+        binary: Some(test_worker_binary()),
+        nanny: true,
+        worker_args: vec!["--liveness-timeout".into(), "2".into()],
+        ..LocalClusterOptions::default()
+    })
+    .expect("the cluster starts");
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(1, Duration::from_secs(20)).unwrap();
+    let first = client.workers().unwrap()[0].0.clone();
+    let child = nanny_child(&cluster, 0).unwrap_or_else(|| panic!("{}", cluster.log("worker-0")));
+    // Quick tasks of one kind: the worker runs the next of that kind on its event loop,
+    // and this one sleeps there for ten minutes.
+    for i in 0..16 {
+        let key = Key::new("loop-quick", [i]);
+        let f = client
+            .submit_task(key, Arc::new(Mix { salt: 1 }), &[])
+            .unwrap();
+        f.result().unwrap();
+    }
+    let stuck = Arc::new(SlowMix {
+        salt: 1,
+        ms: 600_000,
+    });
+    let blocking = client
+        .submit_task(Key::new("loop-quick", [99]), stuck, &[])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let workers = client.workers().unwrap();
+        if workers.len() == 1 && workers[0].0.id != first.id {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{workers:?}\n{}",
+            cluster.log("worker-0")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = cluster.log("worker-0");
+    assert!(log.contains("event loop has not turned"), "{log}");
+    assert_ne!(nanny_child(&cluster, 0), Some(child), "{log}");
+    client.cancel(&[blocking]).unwrap();
+    let (graph, out, expected) = small_graph("after-the-stuck-loop");
+    assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
+}
+
+#[test]
 fn a_nanny_kills_a_worker_past_its_memory_limit_and_the_task_errs() {
     let cluster = start_with_nanny(200 << 20);
     let client = cluster.client().unwrap();

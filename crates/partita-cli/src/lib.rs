@@ -126,6 +126,12 @@ enum Command {
         /// resident memory passes this fraction of the limit. 0 disables.
         #[arg(long, default_value = "0.95", value_parser = parse_fraction)]
         memory_terminate: f64,
+        /// Seconds the worker's event loop may go without turning before its nanny kills
+        /// and restarts it: a task that blocks the loop forever (one run there because
+        /// its kind was quick so far) or a deadlock. The scheduler has given such a worker
+        /// up after its heartbeat timeout already; this gets the process back. 0 disables.
+        #[arg(long, default_value = "60", value_parser = parse_seconds)]
+        liveness_timeout: std::time::Duration,
         /// Abstract resources this worker offers, as NAME=AMOUNT pairs separated by spaces
         /// or commas: "GPU=2 MEMORY=10e9" (Dask's --resources). A task submitted asking
         /// for resources runs only on a worker offering at least that much, and a worker
@@ -232,6 +238,7 @@ where
         memory_limit,
         memory_terminate,
         retire_timeout,
+        liveness_timeout,
         ..
     } = &cli.command
         && cfg!(unix)
@@ -241,6 +248,7 @@ where
             terminate: *memory_terminate,
             watch_stdin: cli.exit_on_stdin_close,
             retire_timeout: *retire_timeout,
+            liveness_timeout: *liveness_timeout,
         };
         return match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -410,6 +418,7 @@ async fn work(
         match partita_distributed::run_worker_until(cluster, options, asked).await? {
             WorkerExit::Restart => Ok(nanny::RESTART_EXIT_CODE),
             WorkerExit::Stopped => Ok(0),
+            WorkerExit::SchedulerLost => Ok(nanny::SCHEDULER_LOST_EXIT_CODE),
         }
     };
     let mut worker = std::pin::pin!(worker);
@@ -577,6 +586,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
                 options.name = n;
             }
             options.nanny = std::env::var(nanny::NANNY_ID).ok();
+            options.liveness = std::env::var(nanny::NANNY_LIVENESS).ok();
             work(cluster, options, watch_stdin, retire_timeout).await
         }
     }

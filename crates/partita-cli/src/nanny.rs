@@ -19,6 +19,17 @@
 //!   through everything, and the machine should not swap or kill something else.
 //! - **Signals go to the worker as a retirement**: SIGINT/SIGTERM become SIGTERM for the
 //!   child, which hands its values off and exits; a second signal kills it.
+//! - **A worker whose event loop stops turning is killed and started again**: the
+//!   child's loop sends a datagram to the nanny's socket every second it runs
+//!   (`WorkerOptions::liveness`); past `--liveness-timeout` without one (a task run on
+//!   the loop that never returns, a deadlock) the nanny kills it. The check starts with
+//!   the first beat, so a slow start (imports, reaching the scheduler) is not judged;
+//!   the scheduler has written such a worker off already (its heartbeats stopped too),
+//!   but only the nanny can give the machine's share of the cluster back.
+//! - **A worker that lost its scheduler comes back**: the connection broke without the
+//!   scheduler closing it (it wrote the worker off, a network fault), so the child exits
+//!   with [`SCHEDULER_LOST_EXIT_CODE`] and is started again after the usual pause; if the
+//!   scheduler is gone for good, the new child cannot join and that error ends the nanny.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +45,9 @@ pub(crate) struct NannyOptions {
     pub watch_stdin: bool,
     /// How long the worker may take to retire after a signal before it is killed.
     pub retire_timeout: Duration,
+    /// How long the worker's event loop may go without a beat before it is killed
+    /// (zero: never).
+    pub liveness_timeout: Duration,
 }
 
 /// The environment variable naming the nanny's pid for its child.
@@ -42,9 +56,19 @@ pub(crate) const NANNY_PID: &str = "PARTITA_NANNY_PID";
 /// scheduler: a new worker from the same nanny replaces the old one at once.
 pub(crate) const NANNY_ID: &str = "PARTITA_NANNY_ID";
 
+/// The environment variable naming the nanny's socket for the child's beats.
+pub(crate) const NANNY_LIVENESS: &str = "PARTITA_NANNY_LIVENESS";
+
 /// The worker's exit code when the scheduler restarts it (`Client::restart`): started
 /// again at once (EX_TEMPFAIL).
 pub(crate) const RESTART_EXIT_CODE: i32 = 75;
+
+/// The worker's exit code when its connection to the scheduler broke without the
+/// scheduler closing it: started again after a pause, as after a crash (EX_UNAVAILABLE).
+pub(crate) const SCHEDULER_LOST_EXIT_CODE: i32 = 69;
+
+/// How often the nanny looks at the time since the last beat.
+const LIVENESS_CHECK: Duration = Duration::from_millis(250);
 
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const LONGEST_PAUSE: Duration = Duration::from_secs(30);
@@ -70,9 +94,13 @@ pub(crate) async fn run(options: NannyOptions) -> i32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let id = format!("{}-{}", std::process::id(), since.as_nanos());
+    let beats = match options.liveness_timeout.is_zero() {
+        true => None,
+        false => Beats::bind(&id),
+    };
     loop {
         let started = Instant::now();
-        let status = match supervise_once(&options, &id, stdin.as_mut()).await {
+        let status = match supervise_once(&options, &id, beats.as_ref(), stdin.as_mut()).await {
             Ok(Ended::Exited(status)) => status,
             Ok(Ended::Stopped(code)) => return code,
             Err(e) => {
@@ -108,7 +136,8 @@ pub(crate) async fn run(options: NannyOptions) -> i32 {
     }
 }
 
-/// Died of a signal or a panic (exit code 101): worth starting again.
+/// Died of a signal or a panic (exit code 101), or lost its scheduler: worth starting
+/// again.
 fn crashed(status: &ExitStatus) -> bool {
     #[cfg(unix)]
     {
@@ -117,13 +146,97 @@ fn crashed(status: &ExitStatus) -> bool {
             return true;
         }
     }
-    status.code() == Some(101)
+    matches!(status.code(), Some(101 | SCHEDULER_LOST_EXIT_CODE))
+}
+
+/// The nanny's datagram socket for its children's beats: in Linux's abstract namespace
+/// (nothing on disk, gone with the process however it ends), elsewhere a file in the
+/// temporary folder removed when dropped.
+struct Beats {
+    socket: tokio::net::UnixDatagram,
+    /// What the child is told: `@name` (abstract) or a path.
+    address: String,
+    /// The file to remove, if any.
+    file: Option<std::path::PathBuf>,
+}
+
+impl Beats {
+    /// A socket named by the nanny's `id`; `None` (with a warning: the worker then runs
+    /// unwatched) if it cannot be made.
+    fn bind(id: &str) -> Option<Beats> {
+        match Self::try_bind(id) {
+            Ok(beats) => Some(beats),
+            Err(e) => {
+                tracing::warn!(
+                    "nanny: cannot make a socket for the worker's beats ({e}); its event \
+                     loop is not watched"
+                );
+                None
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn try_bind(id: &str) -> std::io::Result<Beats> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("partita-nanny-{id}");
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(&name)?;
+        let socket = std::os::unix::net::UnixDatagram::bind_addr(&address)?;
+        socket.set_nonblocking(true)?;
+        Ok(Beats {
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            address: format!("@{name}"),
+            file: None,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn try_bind(id: &str) -> std::io::Result<Beats> {
+        let path = std::env::temp_dir().join(format!("partita-nanny-{id}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let socket = tokio::net::UnixDatagram::bind(&path)?;
+        Ok(Beats {
+            socket,
+            address: path.display().to_string(),
+            file: Some(path),
+        })
+    }
+
+    /// Drop beats still queued (from a child that is gone).
+    fn drain(&self) {
+        let mut buf = [0u8; 16];
+        while self.socket.try_recv(&mut buf).is_ok() {}
+    }
+
+    /// The next beat from the process `pid` (others are ignored); never, without `beats`.
+    async fn from(beats: Option<&Beats>, pid: u32) {
+        let Some(beats) = beats else {
+            return std::future::pending().await;
+        };
+        let mut buf = [0u8; 16];
+        loop {
+            if let Ok(4) = beats.socket.recv(&mut buf).await
+                && buf[..4] == pid.to_le_bytes()
+            {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Beats {
+    fn drop(&mut self) {
+        if let Some(file) = &self.file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
 
 /// Start one worker process and watch it until it ends or the nanny is told to stop.
 async fn supervise_once(
     options: &NannyOptions,
     id: &str,
+    beats: Option<&Beats>,
     mut stdin: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> std::io::Result<Ended> {
     // The program as it was invoked, not `current_exe` (which resolves symbolic links): a
@@ -132,7 +245,12 @@ async fn supervise_once(
         Some(program) if !program.is_empty() => std::path::PathBuf::from(program),
         _ => std::env::current_exe()?,
     };
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    if let Some(beats) = beats {
+        beats.drain();
+        command.env(NANNY_LIVENESS, &beats.address);
+    }
+    let mut child = command
         .args(std::env::args_os().skip(1))
         .arg("--no-nanny")
         .env(NANNY_PID, std::process::id().to_string())
@@ -148,11 +266,27 @@ async fn supervise_once(
     let limit = options.memory_limit as f64 * options.terminate;
     let watch_memory = options.memory_limit > 0 && options.terminate > 0.0;
     let mut sample = tokio::time::interval(SAMPLE_EVERY);
+    let mut check = tokio::time::interval(LIVENESS_CHECK);
+    // Judged from the first beat on: starting (imports, joining) is not.
+    let mut last_beat: Option<Instant> = None;
     // One listener for the whole run: none is missed between turns of the loop.
     let mut stop = std::pin::pin!(crate::signal());
     loop {
         tokio::select! {
             status = child.wait() => return Ok(Ended::Exited(status?)),
+            () = Beats::from(beats, pid) => last_beat = Some(Instant::now()),
+            _ = check.tick(), if last_beat.is_some() => {
+                let silent = last_beat.map_or(Duration::ZERO, |t| t.elapsed());
+                if silent > options.liveness_timeout {
+                    tracing::warn!(
+                        "nanny: worker process {pid}'s event loop has not turned for {:.1} s \
+                         (a task blocking it, or a deadlock); killing it",
+                        silent.as_secs_f64()
+                    );
+                    let _ = child.start_kill();
+                    return Ok(Ended::Exited(child.wait().await?));
+                }
+            }
             _ = sample.tick(), if watch_memory => {
                 let rss = partita_distributed::rss_of(pid);
                 if rss as f64 > limit {
@@ -259,6 +393,9 @@ mod tests {
         assert!(crashed(&ExitStatus::from_raw(9)));
         assert!(crashed(&ExitStatus::from_raw(11)));
         assert!(crashed(&ExitStatus::from_raw(101 << 8)));
+        assert!(crashed(&ExitStatus::from_raw(
+            super::SCHEDULER_LOST_EXIT_CODE << 8
+        )));
         assert!(!crashed(&ExitStatus::from_raw(0)));
         assert!(!crashed(&ExitStatus::from_raw(1 << 8)));
     }

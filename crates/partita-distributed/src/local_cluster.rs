@@ -32,6 +32,8 @@ pub struct LocalClusterOptions {
     pub nanny: bool,
     /// Abstract resources every worker offers (`--resources`; Dask's `LocalCluster(resources=)`).
     pub resources: crate::Resources,
+    /// More `partita worker` arguments for every worker (`--liveness-timeout 5`, say).
+    pub worker_args: Vec<String>,
 }
 
 impl Default for LocalClusterOptions {
@@ -45,6 +47,7 @@ impl Default for LocalClusterOptions {
             metrics: None,
             nanny: false,
             resources: crate::Resources::default(),
+            worker_args: Vec::new(),
         }
     }
 }
@@ -431,6 +434,7 @@ impl Processes {
         if !resources.is_empty() {
             args.extend(["--resources", &resources]);
         }
+        args.extend(self.options.worker_args.iter().map(String::as_str));
         let child = spawn(
             &self.binary,
             &self.options.prefix_args,

@@ -44,6 +44,12 @@ pub struct WorkerOptions {
     pub nanny: Option<String>,
     /// Abstract resources it offers to tasks that ask for them (Dask's `--resources`).
     pub resources: Resources,
+    /// A nanny's datagram socket (Unix) to tell that this worker's event loop turns: one
+    /// datagram (this process's id) at most every second while it does. A task blocking
+    /// the loop (one run inline because its kind was quick) or a deadlock stops them, and
+    /// the nanny restarts the process. `@name` is a socket in Linux's abstract namespace
+    /// (no file to clean up); anything else a path.
+    pub liveness: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -56,7 +62,61 @@ impl Default for WorkerOptions {
             spill_dir: None,
             nanny: None,
             resources: Resources::default(),
+            liveness: None,
         }
+    }
+}
+
+/// The event loop's beats to its nanny ([`WorkerOptions::liveness`]): a non-blocking
+/// datagram at most every [`Liveness::EVERY`]; a full or missing socket is not the
+/// worker's problem (the nanny, if any, judges).
+struct Liveness {
+    #[cfg(unix)]
+    socket: std::os::unix::net::UnixDatagram,
+    last: Option<Instant>,
+}
+
+impl Liveness {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    #[cfg(unix)]
+    fn connect(to: &str) -> Option<Liveness> {
+        use std::os::unix::net::UnixDatagram;
+        let connect = |s: UnixDatagram| -> std::io::Result<UnixDatagram> {
+            #[cfg(target_os = "linux")]
+            if let Some(name) = to.strip_prefix('@') {
+                use std::os::linux::net::SocketAddrExt;
+                let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                s.connect_addr(&address)?;
+                return Ok(s);
+            }
+            s.connect(to)?;
+            Ok(s)
+        };
+        let socket = UnixDatagram::unbound()
+            .and_then(connect)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s));
+        match socket {
+            Ok(socket) => Some(Liveness { socket, last: None }),
+            Err(e) => {
+                tracing::warn!("cannot reach the nanny at {to}: {e}");
+                None
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn connect(_to: &str) -> Option<Liveness> {
+        None
+    }
+
+    fn beat(&mut self) {
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        #[cfg(unix)]
+        let _ = self.socket.send(&std::process::id().to_le_bytes());
     }
 }
 
@@ -131,9 +191,14 @@ pub enum WorkerExit {
     /// The scheduler told it to exit for its nanny to start a fresh process
     /// ([`crate::Client::restart`]).
     Restart,
+    /// The connection to the scheduler broke without the scheduler closing this worker
+    /// (it gave the worker up after missed heartbeats, the network failed, the scheduler
+    /// died): a fresh process may join again, if the scheduler is there.
+    SchedulerLost,
 }
 
-/// Join the cluster and work until the scheduler goes away (an error saying so) .
+/// Join the cluster and work until the scheduler closes this worker or the connection to
+/// it breaks ([`WorkerExit`] says which); an error if it cannot join.
 pub async fn run_worker(cluster: ClusterFile, options: WorkerOptions) -> Result<WorkerExit> {
     run_worker_until(cluster, options, std::future::pending()).await
 }
@@ -249,7 +314,12 @@ pub async fn run_worker_until(
     let mut retire = std::pin::pin!(retire);
     let mut retire_asked = false;
     let mut stop = None;
+    let mut liveness = options.liveness.as_deref().and_then(Liveness::connect);
     let result = loop {
+        // Here, not on a timer of its own: a pass that never ends stops the beats.
+        if let Some(l) = &mut liveness {
+            l.beat();
+        }
         let wake = state
             .poll_timeout()
             .map(|t| t.since(now()))
@@ -265,7 +335,8 @@ pub async fn run_worker_until(
             }
             reason = &mut lost => {
                 let reason = reason.unwrap_or_else(|_| "reader stopped".into());
-                break Err(Error::Transport(format!("lost the scheduler: {reason}")));
+                tracing::error!(worker = %id, "lost the scheduler: {reason}");
+                break Ok(WorkerExit::SchedulerLost);
             }
         };
         // Results of tasks run inline come first, then whatever else arrived; what this
