@@ -857,7 +857,7 @@ fn a_nanny_restarts_a_worker_whose_event_loop_stops_turning() {
         threads_per_worker: 2,
         binary: Some(test_worker_binary()),
         nanny: true,
-        worker_args: vec!["--liveness-timeout".into(), "2".into()],
+        worker_args: vec!["--liveness-timeout".into(), "3".into()],
         ..LocalClusterOptions::default()
     })
     .expect("the cluster starts");
@@ -899,6 +899,60 @@ fn a_nanny_restarts_a_worker_whose_event_loop_stops_turning() {
     assert_ne!(nanny_child(&cluster, 0), Some(child), "{log}");
     client.cancel(&[blocking]).unwrap();
     let (graph, out, expected) = small_graph("after-the-stuck-loop");
+    assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
+}
+
+#[test]
+fn a_worker_the_scheduler_gave_up_on_rejoins_through_its_nanny() {
+    // No liveness check: the worker's loop, blocked 12 s by a task run on it, misses the
+    // scheduler's 10 s heartbeat timeout; the scheduler closes it, and once the loop turns
+    // again the worker exits for its nanny to start a fresh one.
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        n_workers: 1,
+        threads_per_worker: 2,
+        binary: Some(test_worker_binary()),
+        nanny: true,
+        worker_args: vec!["--liveness-timeout".into(), "0".into()],
+        ..LocalClusterOptions::default()
+    })
+    .expect("the cluster starts");
+    let client = cluster.client().unwrap();
+    client.wait_for_workers(1, Duration::from_secs(20)).unwrap();
+    let first = client.workers().unwrap()[0].0.clone();
+    for i in 0..16 {
+        let key = Key::new("written-off", [i]);
+        let f = client
+            .submit_task(key, Arc::new(Mix { salt: 1 }), &[])
+            .unwrap();
+        f.result().unwrap();
+    }
+    let slow = Arc::new(SlowMix {
+        salt: 1,
+        ms: 12_000,
+    });
+    let blocking = client
+        .submit_task(Key::new("written-off", [99]), slow, &[])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let workers = client.workers().unwrap();
+        if workers.len() == 1 && workers[0].0.id != first.id {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{workers:?}\n{}\n{}",
+            cluster.log("worker-0"),
+            cluster.log("scheduler")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = cluster.log("worker-0");
+    assert!(log.contains("lost the scheduler"), "{log}");
+    assert!(log.contains("starting a new one"), "{log}");
+    assert_eq!(client.info().unwrap().stats.workers_lost, 1);
+    client.cancel(&[blocking]).unwrap();
+    let (graph, out, expected) = small_graph("after-the-write-off");
     assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
 }
 

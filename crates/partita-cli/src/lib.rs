@@ -130,7 +130,7 @@ enum Command {
         /// and restarts it: a task that blocks the loop forever (one run there because
         /// its kind was quick so far) or a deadlock. The scheduler has given such a worker
         /// up after its heartbeat timeout already; this gets the process back. 0 disables.
-        #[arg(long, default_value = "60", value_parser = parse_seconds)]
+        #[arg(long, default_value = "60", value_parser = parse_liveness)]
         liveness_timeout: std::time::Duration,
         /// Abstract resources this worker offers, as NAME=AMOUNT pairs separated by spaces
         /// or commas: "GPU=2 MEMORY=10e9" (Dask's --resources). A task submitted asking
@@ -165,6 +165,17 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
         .map_err(|_| format!("{text:?} is not a number of seconds"))
 }
 
+/// `--liveness-timeout`: 0 (off) or at least 3 s, as beats come about every second.
+fn parse_liveness(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_seconds(text)?;
+    if !d.is_zero() && d < std::time::Duration::from_secs(3) {
+        return Err(format!(
+            "{text:?}: at least 3 seconds (the worker beats about every second), or 0 for off"
+        ));
+    }
+    Ok(d)
+}
+
 /// `512MB`, `8GiB`, `2e9`, `1000`: a byte count.
 fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -195,8 +206,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parse the command line and run the scheduler or worker it asks for.
 pub fn main() -> ExitCode {
-    // The code itself, not just failure: a nanny restarts a worker ending in 101 (a panic)
-    // or 75 (a cluster restart).
+    // The code itself, not just failure: a nanny restarts a worker ending in 101 (a panic),
+    // 75 (a cluster restart) or 69 (the connection to the scheduler broke).
     match u8::try_from(main_from(std::env::args_os())) {
         Ok(code) => ExitCode::from(code),
         Err(_) => ExitCode::FAILURE,
@@ -401,7 +412,8 @@ async fn stop_signal(watch_stdin: bool) -> &'static str {
 /// Run a worker until the scheduler closes it; a signal retires it gracefully first
 /// (bounded by `retire_timeout`; a second signal stops it at once), stdin closing (its
 /// `LocalCluster` is gone) stops it at once. `Ok` carries the exit code (75 when the
-/// scheduler restarts the cluster, for the nanny).
+/// scheduler restarts the cluster, 69 when the connection to it broke: both for the nanny
+/// to start a fresh process).
 async fn work(
     cluster: ClusterFile,
     options: WorkerOptions,
@@ -595,7 +607,8 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Cli, Command, Resources, describe, human_bytes, parse_fraction, parse_seconds, parse_size,
+        Cli, Command, Resources, describe, human_bytes, parse_fraction, parse_liveness,
+        parse_seconds, parse_size,
     };
     use clap::Parser;
     use partita_distributed::{ClusterInfo, TaskCounts, WorkerMetrics, WorkerStatus};
@@ -677,6 +690,9 @@ mod tests {
         assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
         assert!(parse_seconds("soon").unwrap_err().contains("seconds"));
         assert!(parse_seconds("-1").is_err());
+        assert_eq!(parse_liveness("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_liveness("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_liveness("1").unwrap_err().contains("at least 3"));
     }
 
     #[test]

@@ -27,9 +27,12 @@
 //!   the scheduler has written such a worker off already (its heartbeats stopped too),
 //!   but only the nanny can give the machine's share of the cluster back.
 //! - **A worker that lost its scheduler comes back**: the connection broke without the
-//!   scheduler closing it (it wrote the worker off, a network fault), so the child exits
-//!   with [`SCHEDULER_LOST_EXIT_CODE`] and is started again after the usual pause; if the
-//!   scheduler is gone for good, the new child cannot join and that error ends the nanny.
+//!   scheduler closing it on purpose (it wrote the worker off, a network fault, a crash),
+//!   so the child exits with [`SCHEDULER_LOST_EXIT_CODE`] and is started again after the
+//!   usual pause. That new child gets one try: if the scheduler is not there (within the
+//!   connection's 5 s timeout), that error ends the nanny. A scheduler shutting down,
+//!   retiring the worker or refusing its messages closes the connection on purpose: the
+//!   worker ends with an error, as before, and so does the nanny.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -208,6 +211,16 @@ impl Beats {
         while self.socket.try_recv(&mut buf).is_ok() {}
     }
 
+    /// Whether a beat from `pid` is queued now (reading what is queued).
+    fn queued_from(&self, pid: u32) -> bool {
+        let mut buf = [0u8; 16];
+        let mut found = false;
+        while let Ok(n) = self.socket.try_recv(&mut buf) {
+            found |= n == 4 && buf[..4] == pid.to_le_bytes();
+        }
+        found
+    }
+
     /// The next beat from the process `pid` (others are ignored); never, without `beats`.
     async fn from(beats: Option<&Beats>, pid: u32) {
         let Some(beats) = beats else {
@@ -267,8 +280,10 @@ async fn supervise_once(
     let watch_memory = options.memory_limit > 0 && options.terminate > 0.0;
     let mut sample = tokio::time::interval(SAMPLE_EVERY);
     let mut check = tokio::time::interval(LIVENESS_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Judged from the first beat on: starting (imports, joining) is not.
     let mut last_beat: Option<Instant> = None;
+    let mut last_check = Instant::now();
     // One listener for the whole run: none is missed between turns of the loop.
     let mut stop = std::pin::pin!(crate::signal());
     loop {
@@ -276,6 +291,15 @@ async fn supervise_once(
             status = child.wait() => return Ok(Ended::Exited(status?)),
             () = Beats::from(beats, pid) => last_beat = Some(Instant::now()),
             _ = check.tick(), if last_beat.is_some() => {
+                // The nanny itself was stopped (SIGSTOP, a paused machine): the child gets
+                // a fresh period, not the blame.
+                if last_check.elapsed() > 4 * LIVENESS_CHECK {
+                    last_beat = Some(Instant::now());
+                }
+                last_check = Instant::now();
+                if beats.is_some_and(|b| b.queued_from(pid)) {
+                    last_beat = Some(Instant::now());
+                }
                 let silent = last_beat.map_or(Duration::ZERO, |t| t.elapsed());
                 if silent > options.liveness_timeout {
                     tracing::warn!(

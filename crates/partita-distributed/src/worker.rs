@@ -335,6 +335,17 @@ pub async fn run_worker_until(
             }
             reason = &mut lost => {
                 let reason = reason.unwrap_or_else(|_| "reader stopped".into());
+                // Closed on purpose (shutting down, retired, a message refused): over.
+                // Written off (code 2: missed heartbeats) or broken (a timeout, a reset):
+                // a fresh process may join again.
+                let why = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                if let Ok(quinn::ConnectionError::ApplicationClosed(close)) = &why
+                    && close.error_code != quinn::VarInt::from_u32(2)
+                {
+                    break Err(Error::Transport(format!(
+                        "the scheduler closed the connection: {reason}"
+                    )));
+                }
                 tracing::error!(worker = %id, "lost the scheduler: {reason}");
                 break Ok(WorkerExit::SchedulerLost);
             }
@@ -347,6 +358,11 @@ pub async fn run_worker_until(
             .or_else(|| inline.pop())
             .or_else(|| events.try_recv().ok())
         {
+            // A long run of events handled still counts as turning; one that never
+            // returns does not.
+            if let Some(l) = &mut liveness {
+                l.beat();
+            }
             let actions = state.handle(event, now());
             perform(
                 &shared,

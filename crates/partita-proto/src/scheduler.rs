@@ -2188,6 +2188,74 @@ impl SchedulerState {
                 self.retiring
             ));
         }
+        self.check_holders()?;
+        self.check_purposes()
+    }
+
+    /// Each task's holders and each worker's values agree.
+    fn check_holders(&self) -> std::result::Result<(), String> {
+        for (k, t) in &self.tasks {
+            for w in &t.who_has {
+                match self.workers.get(w) {
+                    Some(info) if info.has_what.contains(k) => {}
+                    Some(_) => return Err(format!("{k} is held by {w}, which does not list it")),
+                    None => return Err(format!("{k} is held by {w}, which is gone")),
+                }
+            }
+        }
+        for (id, w) in &self.workers {
+            for k in &w.has_what {
+                if !self.tasks.get(k).is_some_and(|t| t.who_has.contains(id)) {
+                    return Err(format!(
+                        "{id} lists {k}, which does not name it as a holder"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What each acquisition in flight serves matches the counts kept for it: hand-offs
+    /// per retiring worker, moves left per replicate and rebalance request.
+    fn check_purposes(&self) -> std::result::Result<(), String> {
+        let mut handoffs: BTreeMap<WorkerId, usize> = BTreeMap::new();
+        let mut replicas: BTreeMap<(ClientId, u64), usize> = BTreeMap::new();
+        let mut moves: BTreeMap<(ClientId, u64), usize> = BTreeMap::new();
+        for purposes in self.acquiring.values().flat_map(|m| m.values()) {
+            for p in purposes {
+                match *p {
+                    Purpose::Handoff(from) => *handoffs.entry(from).or_default() += 1,
+                    Purpose::Replica(c, r) => *replicas.entry((c, r)).or_default() += 1,
+                    Purpose::Rebalance(c, r, _) => *moves.entry((c, r)).or_default() += 1,
+                }
+            }
+        }
+        for (id, w) in &self.workers {
+            let counted = handoffs.get(id).copied().unwrap_or(0);
+            if w.handoffs != counted {
+                return Err(format!(
+                    "{id} hands off {counted} keys but {} are counted",
+                    w.handoffs
+                ));
+            }
+        }
+        for (request, (_, left)) in &self.replications {
+            let counted = replicas.get(request).copied().unwrap_or(0);
+            if *left != counted {
+                return Err(format!(
+                    "replicate request {request:?} waits for {counted} copies but counts {left}"
+                ));
+            }
+        }
+        for (request, r) in &self.rebalances {
+            let counted = moves.get(request).copied().unwrap_or(0);
+            if r.left != counted {
+                return Err(format!(
+                    "rebalance request {request:?} waits for {counted} moves but counts {}",
+                    r.left
+                ));
+            }
+        }
         Ok(())
     }
 
