@@ -514,21 +514,22 @@ fn rebuild_error(failure: TaskFailure) -> Error {
 
 impl Inner {
     /// Gather `key` into `values`; when no holder answers (it died after the scheduler
-    /// said so), ask the scheduler again where the key is, a bounded number of times.
+    /// said so, or the value moved), ask the scheduler again where the key is, a bounded
+    /// number of times per key.
     fn gather_or_ask(
         &self,
         key: Key,
         holders: &[Peer],
         values: &mut HashMap<Key, Value>,
-        failures: &mut u32,
+        failures: &mut HashMap<Key, u32>,
     ) -> Result<()> {
         match self.gather_one(&key, holders) {
             Ok(value) => {
                 values.insert(key, value);
                 Ok(())
             }
-            Err(e) if *failures < MAX_GATHER_RETRIES => {
-                *failures += 1;
+            Err(e) if failures.get(&key).copied().unwrap_or(0) < MAX_GATHER_RETRIES => {
+                *failures.entry(key.clone()).or_default() += 1;
                 tracing::warn!("gathering {key} failed ({e}); asking the scheduler again");
                 std::thread::sleep(Duration::from_millis(200));
                 self.send(&FromClient::WhoHas { keys: vec![key] })
@@ -544,7 +545,9 @@ fn unexpected_reply(reply: &DatasetReply) -> Error {
     ))
 }
 
-/// How many failed gathers one computation tolerates (each followed by a `WhoHas`).
+/// How many failed gathers of one key a computation tolerates (each followed by a
+/// `WhoHas`): per key, so values moved by a rebalance (each costing one retry) cannot use
+/// up a budget the computation's other keys share.
 const MAX_GATHER_RETRIES: u32 = 50;
 
 /// How a coordination wait ended ([`Client::coordinate`]).
@@ -956,7 +959,7 @@ impl Inner {
             })?;
             let total = wanted.len();
             let mut values: HashMap<Key, Value> = HashMap::with_capacity(total);
-            let mut failed_gathers = 0u32;
+            let mut failed_gathers: HashMap<Key, u32> = HashMap::new();
             while values.len() < total {
                 if ctx.cancel.is_cancelled() {
                     let _ = self.send(&FromClient::Cancel {
