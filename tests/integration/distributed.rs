@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use partita::distributed::{
     AdaptOptions, Client, ClusterFile, ClusterInfo, FutureStatus, LocalCluster,
-    LocalClusterOptions, Persisted, TaskCounts,
+    LocalClusterOptions, Peer, Persisted, TaskCounts,
 };
 use partita::{
     ComputeOptions, Error, ExecutionContext, ExecutionPlan, FnOp, Graph, GraphBuilder, Key,
@@ -848,52 +848,66 @@ fn a_nanny_starts_a_new_worker_when_its_worker_is_killed() {
     );
 }
 
-#[test]
-fn a_nanny_restarts_a_worker_whose_event_loop_stops_turning() {
-    // Two threads: the stuck task, run again on the new process (on a thread of its own
-    // there, the kind not known as quick yet), keeps one busy.
+/// A one-worker cluster under a nanny with `--liveness-timeout liveness`, two threads
+/// (a task stuck on one, run again on the next process, keeps it), a client, and the
+/// worker there first.
+fn nanny_cluster_with_liveness(liveness: &str) -> (LocalCluster, Client, Peer) {
     let cluster = LocalCluster::start(LocalClusterOptions {
         n_workers: 1,
         threads_per_worker: 2,
         binary: Some(test_worker_binary()),
         nanny: true,
-        worker_args: vec!["--liveness-timeout".into(), "3".into()],
+        worker_args: vec!["--liveness-timeout".into(), liveness.into()],
         ..LocalClusterOptions::default()
     })
     .expect("the cluster starts");
     let client = cluster.client().unwrap();
     client.wait_for_workers(1, Duration::from_secs(20)).unwrap();
     let first = client.workers().unwrap()[0].0.clone();
-    let child = nanny_child(&cluster, 0).unwrap_or_else(|| panic!("{}", cluster.log("worker-0")));
-    // Quick tasks of one kind: the worker runs the next of that kind on its event loop,
-    // and this one sleeps there for ten minutes.
+    (cluster, client, first)
+}
+
+/// Run 16 quick tasks of kind `group`, so the worker runs the next of that kind on its
+/// event loop, then that next one sleeping `ms` there; returns its future.
+fn block_the_event_loop(client: &Client, group: &str, ms: u64) -> partita::distributed::Future {
     for i in 0..16 {
-        let key = Key::new("loop-quick", [i]);
+        let key = Key::new(group, [i]);
         let f = client
             .submit_task(key, Arc::new(Mix { salt: 1 }), &[])
             .unwrap();
         f.result().unwrap();
     }
-    let stuck = Arc::new(SlowMix {
-        salt: 1,
-        ms: 600_000,
-    });
-    let blocking = client
-        .submit_task(Key::new("loop-quick", [99]), stuck, &[])
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let stuck = Arc::new(SlowMix { salt: 1, ms });
+    client
+        .submit_task(Key::new(group, [99]), stuck, &[])
+        .unwrap()
+}
+
+/// Wait (at most `within`) until the one worker connected is not `first`.
+fn wait_for_replacement(cluster: &LocalCluster, client: &Client, first: &Peer, within: Duration) {
+    let deadline = Instant::now() + within;
     loop {
         let workers = client.workers().unwrap();
         if workers.len() == 1 && workers[0].0.id != first.id {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "{workers:?}\n{}",
-            cluster.log("worker-0")
+            "{workers:?}\n{}\n{}",
+            cluster.log("worker-0"),
+            cluster.log("scheduler")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_nanny_restarts_a_worker_whose_event_loop_stops_turning() {
+    let (cluster, client, first) = nanny_cluster_with_liveness("3");
+    let child = nanny_child(&cluster, 0).unwrap_or_else(|| panic!("{}", cluster.log("worker-0")));
+    // Ten minutes on the event loop: the nanny kills it after 3 s without a beat.
+    let blocking = block_the_event_loop(&client, "loop-quick", 600_000);
+    wait_for_replacement(&cluster, &client, &first, Duration::from_secs(60));
     let log = cluster.log("worker-0");
     assert!(log.contains("event loop has not turned"), "{log}");
     assert_ne!(nanny_child(&cluster, 0), Some(child), "{log}");
@@ -907,46 +921,9 @@ fn a_worker_the_scheduler_gave_up_on_rejoins_through_its_nanny() {
     // No liveness check: the worker's loop, blocked 12 s by a task run on it, misses the
     // scheduler's 10 s heartbeat timeout; the scheduler closes it, and once the loop turns
     // again the worker exits for its nanny to start a fresh one.
-    let cluster = LocalCluster::start(LocalClusterOptions {
-        n_workers: 1,
-        threads_per_worker: 2,
-        binary: Some(test_worker_binary()),
-        nanny: true,
-        worker_args: vec!["--liveness-timeout".into(), "0".into()],
-        ..LocalClusterOptions::default()
-    })
-    .expect("the cluster starts");
-    let client = cluster.client().unwrap();
-    client.wait_for_workers(1, Duration::from_secs(20)).unwrap();
-    let first = client.workers().unwrap()[0].0.clone();
-    for i in 0..16 {
-        let key = Key::new("written-off", [i]);
-        let f = client
-            .submit_task(key, Arc::new(Mix { salt: 1 }), &[])
-            .unwrap();
-        f.result().unwrap();
-    }
-    let slow = Arc::new(SlowMix {
-        salt: 1,
-        ms: 12_000,
-    });
-    let blocking = client
-        .submit_task(Key::new("written-off", [99]), slow, &[])
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let workers = client.workers().unwrap();
-        if workers.len() == 1 && workers[0].0.id != first.id {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{workers:?}\n{}\n{}",
-            cluster.log("worker-0"),
-            cluster.log("scheduler")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (cluster, client, first) = nanny_cluster_with_liveness("0");
+    let blocking = block_the_event_loop(&client, "written-off", 12_000);
+    wait_for_replacement(&cluster, &client, &first, Duration::from_secs(90));
     let log = cluster.log("worker-0");
     assert!(log.contains("lost the scheduler"), "{log}");
     assert!(log.contains("starting a new one"), "{log}");

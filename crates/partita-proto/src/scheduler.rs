@@ -3466,6 +3466,18 @@ mod tests {
         s.check_consistency().unwrap();
     }
 
+    /// Each worker asked to acquire keys, with those keys.
+    fn acquisitions(actions: &[SchedulerAction]) -> Vec<(u32, Vec<Key>)> {
+        (actions.iter())
+            .filter_map(|a| match a {
+                SchedulerAction::SendToWorker(w, ToWorker::AcquireReplicas { keys }) => {
+                    Some((w.0, keys.iter().map(|d| d.key.clone()).collect()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn rebalance_moves_the_largest_values_that_fit_and_keeps_running_inputs() {
         let mut s = SchedulerState::new(SchedulerConfig::default());
@@ -3499,14 +3511,7 @@ mod tests {
             to_client(&actions).is_empty(),
             "answered once the moves settle: {actions:?}"
         );
-        let acquired: Vec<(u32, Vec<Key>)> = (actions.iter())
-            .filter_map(|a| match a {
-                SchedulerAction::SendToWorker(w, ToWorker::AcquireReplicas { keys }) => {
-                    Some((w.0, keys.iter().map(|d| d.key.clone()).collect()))
-                }
-                _ => None,
-            })
-            .collect();
+        let acquired = acquisitions(&actions);
         // 400 bytes would take an empty worker past the mean; 300 and 200 fit, one each.
         assert_eq!(acquired, [(1, vec![v[1].clone()]), (2, vec![v[2].clone()])]);
         s.check_consistency().unwrap();
@@ -3568,14 +3573,7 @@ mod tests {
         // Once t is done, v3 may go too (w0 708 bytes with t's output, w1 300).
         finish(&mut s, 0, &t, 8);
         let actions = rebalance(&mut s, 10, Some(vec![v[3].clone()]), &["w0", "w1"]);
-        let acquired: Vec<(u32, Vec<Key>)> = (actions.iter())
-            .filter_map(|a| match a {
-                SchedulerAction::SendToWorker(w, ToWorker::AcquireReplicas { keys }) => {
-                    Some((w.0, keys.iter().map(|d| d.key.clone()).collect()))
-                }
-                _ => None,
-            })
-            .collect();
+        let acquired = acquisitions(&actions);
         assert_eq!(acquired, [(1, vec![v[3].clone()])], "{actions:?}");
         s.check_consistency().unwrap();
     }
@@ -3610,14 +3608,7 @@ mod tests {
             workers: Vec::new(),
         };
         let actions = client_says(&mut s, 0, msg);
-        let acquired: Vec<(u32, Vec<Key>)> = (actions.iter())
-            .filter_map(|a| match a {
-                SchedulerAction::SendToWorker(w, ToWorker::AcquireReplicas { keys }) => {
-                    Some((w.0, keys.iter().map(|d| d.key.clone()).collect()))
-                }
-                _ => None,
-            })
-            .collect();
+        let acquired = acquisitions(&actions);
         assert_eq!(acquired, [(2, vec![v.clone()])]);
         let msg = FromWorker::AddKeys {
             keys: vec![(v.clone(), 10)],
