@@ -132,6 +132,12 @@ enum Command {
         /// up after its heartbeat timeout already; this gets the process back. 0 disables.
         #[arg(long, default_value = "60", value_parser = parse_liveness)]
         liveness_timeout: std::time::Duration,
+        /// Seconds to keep trying to reach a scheduler that does not answer (Dask's
+        /// --death-timeout), pausing up to 5 s between tries: a worker started before its
+        /// scheduler, or started again by its nanny after losing it, waits this long for
+        /// it. A scheduler that refuses the worker (a wrong token) is not tried again.
+        #[arg(long, default_value = "60", value_parser = parse_seconds)]
+        death_timeout: std::time::Duration,
         /// Abstract resources this worker offers, as NAME=AMOUNT pairs separated by spaces
         /// or commas: "GPU=2 MEMORY=10e9" (Dask's --resources). A task submitted asking
         /// for resources runs only on a worker offering at least that much, and a worker
@@ -581,6 +587,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
             spill_dir,
             retire_timeout,
             resources,
+            death_timeout,
             ..
         } => {
             let cluster = ClusterFile::read(&cluster_file)?;
@@ -589,6 +596,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
                 host,
                 spill_dir,
                 resources,
+                death_timeout,
                 ..WorkerOptions::default()
             };
             if let Some(n) = nthreads {

@@ -50,6 +50,11 @@ pub struct WorkerOptions {
     /// the nanny restarts the process. `@name` is a socket in Linux's abstract namespace
     /// (no file to clean up); anything else a path.
     pub liveness: Option<String>,
+    /// How long to keep trying to join a scheduler that cannot be reached (Dask's
+    /// `death_timeout`): a worker started before its scheduler, or started again by its
+    /// nanny while the scheduler restarts. Zero: one try. A scheduler that refuses the
+    /// worker (a wrong token, another protocol version) is never tried again.
+    pub death_timeout: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -63,6 +68,7 @@ impl Default for WorkerOptions {
             nanny: None,
             resources: Resources::default(),
             liveness: None,
+            death_timeout: Duration::ZERO,
         }
     }
 }
@@ -229,7 +235,14 @@ pub async fn run_worker_until(
         nanny: options.nanny.clone(),
         resources: options.resources.clone(),
     };
-    let (conn, send, mut recv, id) = join(&endpoint, &cluster, role, &options.name).await?;
+    let (conn, send, mut recv, id) = join_patiently(
+        &endpoint,
+        &cluster,
+        role,
+        &options.name,
+        options.death_timeout,
+    )
+    .await?;
     let id = WorkerId(id);
     tracing::info!(worker = %id, %address, "joined the scheduler at {}", cluster.address);
 
@@ -387,6 +400,29 @@ pub async fn run_worker_until(
     // Tasks waiting to rejoin learn that no thread is coming.
     locked(&shared.handle.rejoining).take();
     result
+}
+
+/// [`join`], tried again while the scheduler cannot be reached (not when it refuses this
+/// worker), pausing 100 ms, doubling to 5 s, for up to `patience`.
+async fn join_patiently(
+    endpoint: &quinn::Endpoint,
+    cluster: &ClusterFile,
+    role: Role,
+    name: &str,
+    patience: Duration,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, u32)> {
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match join(endpoint, cluster, role.clone(), name).await {
+            Err(Error::Transport(e)) if Instant::now() + pause < deadline => {
+                tracing::warn!("{e}; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Carry out the state machine's actions; quick tasks run here and their results go to
