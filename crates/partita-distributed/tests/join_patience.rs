@@ -8,11 +8,7 @@ use partita_distributed::{SchedulerOptions, SchedulerServer, WorkerOptions, run_
 
 #[test]
 fn a_worker_waits_for_a_scheduler_that_answers_late() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let options = SchedulerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().join("c.json"));
     // Bound but not serving: connections wait unanswered until they time out.
