@@ -205,18 +205,13 @@ impl Beats {
         })
     }
 
-    /// Drop beats still queued (from a child that is gone).
-    fn drain(&self) {
-        let mut buf = [0u8; 16];
-        while self.socket.try_recv(&mut buf).is_ok() {}
-    }
-
-    /// Whether a beat from `pid` is queued now (reading what is queued).
+    /// Whether a beat from `pid` is queued now, reading all that is queued (with a pid
+    /// no child has, 0: dropping beats of children that are gone).
     fn queued_from(&self, pid: u32) -> bool {
         let mut buf = [0u8; 16];
         let mut found = false;
         while let Ok(n) = self.socket.try_recv(&mut buf) {
-            found |= n == 4 && buf[..4] == pid.to_le_bytes();
+            found |= is_beat_of(&buf[..n], pid);
         }
         found
     }
@@ -228,13 +223,18 @@ impl Beats {
         };
         let mut buf = [0u8; 16];
         loop {
-            if let Ok(4) = beats.socket.recv(&mut buf).await
-                && buf[..4] == pid.to_le_bytes()
+            if let Ok(n) = beats.socket.recv(&mut buf).await
+                && is_beat_of(&buf[..n], pid)
             {
                 return;
             }
         }
     }
+}
+
+/// A child's beat is its pid, four bytes little-endian.
+fn is_beat_of(datagram: &[u8], pid: u32) -> bool {
+    datagram == pid.to_le_bytes()
 }
 
 impl Drop for Beats {
@@ -260,7 +260,7 @@ async fn supervise_once(
     };
     let mut command = tokio::process::Command::new(exe);
     if let Some(beats) = beats {
-        beats.drain();
+        beats.queued_from(0);
         command.env(NANNY_LIVENESS, &beats.address);
     }
     let mut child = command

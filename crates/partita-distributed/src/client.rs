@@ -1536,6 +1536,16 @@ impl Client {
             .collect())
     }
 
+    /// Wait until every future is done; the error of the first that failed, if any.
+    fn wait_finished(&self, futures: &[Future]) -> Result<()> {
+        let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
+        self.inner.wait_done(&keys, None)?;
+        match futures.iter().find_map(|f| f.state().error(&f.key)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Copy each future's value to at least `n` workers (every worker if `None`; never
     /// more than there are), worker to worker, the workers holding the fewest bytes
     /// first; Dask's `client.replicate`. Waits for the futures to finish (an error if one
@@ -1552,12 +1562,7 @@ impl Client {
                 "replicate to 0 workers: n must be at least 1".into(),
             ));
         }
-        self.inner.wait_done(&keys, None)?;
-        for f in futures {
-            if let Some(e) = f.state().error(&f.key) {
-                return Err(e);
-            }
-        }
+        self.wait_finished(futures)?;
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let n = n.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let holders = self.inner.request(
@@ -1585,14 +1590,8 @@ impl Client {
     pub fn rebalance(&self, futures: Option<&[Future]>, workers: &[&str]) -> Result<Rebalanced> {
         let keys = match futures {
             Some(futures) => {
-                let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
-                self.inner.wait_done(&keys, None)?;
-                for f in futures {
-                    if let Some(e) = f.state().error(&f.key) {
-                        return Err(e);
-                    }
-                }
-                Some(keys)
+                self.wait_finished(futures)?;
+                Some(futures.iter().map(|f| f.key.clone()).collect())
             }
             None => None,
         };

@@ -329,10 +329,6 @@ pub async fn run_worker_until(
     let mut stop = None;
     let mut liveness = options.liveness.as_deref().and_then(Liveness::connect);
     let result = loop {
-        // Here, not on a timer of its own: a pass that never ends stops the beats.
-        if let Some(l) = &mut liveness {
-            l.beat();
-        }
         let wake = state
             .poll_timeout()
             .map(|t| t.since(now()))
@@ -371,8 +367,8 @@ pub async fn run_worker_until(
             .or_else(|| inline.pop())
             .or_else(|| events.try_recv().ok())
         {
-            // A long run of events handled still counts as turning; one that never
-            // returns does not.
+            // Here, not on a timer of its own: a long run of events handled counts as
+            // turning, one that never returns stops the beats.
             if let Some(l) = &mut liveness {
                 l.beat();
             }

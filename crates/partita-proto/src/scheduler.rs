@@ -1553,13 +1553,12 @@ impl SchedulerState {
                 .collect();
             senders.sort_by(|a, b| b.cmp(a));
             for (_, from) in senders {
-                let pinned = self.inputs_running_on(from);
                 let mut candidates: Vec<(u64, &Key)> = (self.workers[&from].has_what.iter())
                     .filter_map(|k| {
                         let t = self.tasks.get(k)?;
                         let movable = t.status == TaskStatus::Memory
                             && t.nbytes > 0
-                            && !pinned.contains(k)
+                            && !self.read_on(k, from)
                             && !planned.contains(k)
                             && !self.acquiring.contains_key(k)
                             && only.as_ref().is_none_or(|o| o.contains(k));
@@ -1605,16 +1604,12 @@ impl SchedulerState {
         }
     }
 
-    /// Inputs of the tasks processing on `worker`: values it must keep (all at once, for
-    /// planning; [`Self::finish_move`] asks about one key).
-    fn inputs_running_on(&self, worker: WorkerId) -> FxHashSet<Key> {
-        let Some(w) = self.workers.get(&worker) else {
-            return FxHashSet::default();
-        };
-        (w.processing.iter())
-            .filter_map(|k| self.tasks.get(k))
-            .flat_map(|t| t.deps.iter().cloned())
-            .collect()
+    /// Whether a task processing on `worker` reads `key` (a value it must keep there).
+    fn read_on(&self, key: &Key, worker: WorkerId) -> bool {
+        (self.tasks.get(key)).is_some_and(|t| {
+            (t.dependents.iter())
+                .any(|d| (self.tasks.get(d)).is_some_and(|dt| dt.processing_on == Some(worker)))
+        })
     }
 
     /// A rebalancing copy of `key` settled at `to`: if `to` (still here and open) holds it
@@ -1622,14 +1617,12 @@ impl SchedulerState {
     /// drops its copy. The bytes moved, if it did.
     fn finish_move(&mut self, key: &Key, to: WorkerId, from: WorkerId) -> Option<u64> {
         let t = self.tasks.get(key)?;
-        let read_on_sender = (t.dependents.iter())
-            .any(|d| (self.tasks.get(d)).is_some_and(|dt| dt.processing_on == Some(from)));
         let moved = t.status == TaskStatus::Memory
             && to != from
             && self.workers.get(&to).is_some_and(|w| !w.retiring)
             && t.who_has.contains(&to)
             && t.who_has.contains(&from)
-            && !read_on_sender;
+            && !self.read_on(key, from);
         if !moved {
             return None;
         }
