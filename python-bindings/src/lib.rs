@@ -2030,7 +2030,8 @@ impl PyClient {
 /// under a nanny process by default, as Dask's do: a crashed or killed worker is started
 /// again, one past `memory_limit`'s terminate fraction is killed and restarted, and
 /// `client.restart()` works; `nanny=False` saves the extra process (about 80 MB and
-/// 0.2 s of start-up per worker).
+/// 0.2 s of start-up per worker). `worker_args` adds `partita worker` flags for every
+/// worker (`["--liveness-timeout", "10", "--death-timeout", "120"]`).
 #[pyclass(name = "LocalCluster", module = "partita._partita", frozen)]
 struct PyLocalCluster(std::sync::Mutex<Option<LocalCluster>>);
 
@@ -2227,7 +2228,8 @@ fn resources_of(
 #[pymethods]
 impl PyLocalCluster {
     #[new]
-    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None, nanny = true, resources = None))]
+    #[pyo3(signature = (n_workers = 2, threads_per_worker = 1, memory_limit = 0, metrics_address = None, nanny = true, resources = None, worker_args = None))]
+    #[allow(clippy::too_many_arguments)] // Python keywords, as Dask's LocalCluster has them
     fn new(
         py: Python<'_>,
         n_workers: usize,
@@ -2236,6 +2238,7 @@ impl PyLocalCluster {
         metrics_address: Option<String>,
         nanny: bool,
         resources: Option<std::collections::BTreeMap<String, f64>>,
+        worker_args: Option<Vec<String>>,
     ) -> PyResult<PyLocalCluster> {
         let python: std::path::PathBuf = py.import("sys")?.getattr("executable")?.extract()?;
         let metrics = match metrics_address {
@@ -2256,7 +2259,7 @@ impl PyLocalCluster {
             metrics,
             nanny,
             resources: resources_of(resources)?,
-            worker_args: Vec::new(),
+            worker_args: worker_args.unwrap_or_default(),
         };
         let cluster = py.detach(|| LocalCluster::start(options)).py_err()?;
         Ok(PyLocalCluster(std::sync::Mutex::new(Some(cluster))))
@@ -2275,6 +2278,16 @@ impl PyLocalCluster {
         let guard = self.cluster()?;
         let c = guard.as_ref().expect("checked by cluster()");
         Ok(c.metrics_address().map(|a| format!("http://{a}/metrics")))
+    }
+
+    /// Kill the scheduler (SIGKILL) and start it again with the same credentials on a new
+    /// port, for chaos tests. Workers notice when their connection times out (5 s); those
+    /// with a nanny rejoin the new scheduler, the others exit. Clients must connect again:
+    /// what the old scheduler knew is lost.
+    fn restart_scheduler(&self, py: Python<'_>) -> PyResult<()> {
+        let mut guard = self.cluster()?;
+        let c = guard.as_mut().expect("checked by cluster()");
+        py.detach(|| c.restart_scheduler()).py_err()
     }
 
     /// Process ids: `(scheduler, [workers])`.

@@ -246,6 +246,24 @@ def test_a_nanny_starts_a_new_worker_process_when_one_is_killed():
         assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=client) == x.sum()
 
 
+def test_workers_rejoin_a_restarted_scheduler_and_bad_worker_args_say_so():
+    x = np.arange(12.0)
+    # Worker flags pass through (here: how long a worker tries to reach its scheduler).
+    with pt.LocalCluster(n_workers=1, worker_args=["--death-timeout", "30"]) as cluster:
+        with pt.Client(cluster) as client:
+            assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=client) == x.sum()
+        scheduler_pid, _ = cluster.pids()
+        cluster.restart_scheduler()
+        assert cluster.pids()[0] != scheduler_pid
+        with pt.Client(cluster) as client:
+            client.wait_for_workers(1, timeout=60)
+            assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=client) == x.sum()
+        assert "lost the scheduler" in cluster.log("worker-0")
+    # A flag the worker does not know: an error quoting the worker's own complaint.
+    with pytest.raises(pt.TransportError, match="--no-such-flag"):
+        pt.LocalCluster(n_workers=1, nanny=False, worker_args=["--no-such-flag"])
+
+
 def test_published_datasets_outlive_their_publisher_and_compute_alike():
     x = np.random.default_rng(5).normal(size=(60, 40))
     frame = pl.DataFrame({"k": [i % 7 for i in range(50)], "v": [float(i) for i in range(50)]})

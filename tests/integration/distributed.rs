@@ -934,6 +934,37 @@ fn a_worker_the_scheduler_gave_up_on_rejoins_through_its_nanny() {
 }
 
 #[test]
+fn workers_rejoin_a_scheduler_started_again() {
+    // SIGKILL the scheduler and start it again on a new port with the same credentials:
+    // the worker notices (its connection times out), its nanny starts a fresh one, and
+    // that one finds the new address in the cluster file.
+    let mut cluster = start_with_nanny(0);
+    let old = cluster.client().unwrap();
+    let (graph, out, expected) = small_graph("before-the-restart");
+    assert_eq!(i64s(&run(graph, &[out], &old).unwrap()), [expected]);
+    let address = partita::distributed::ClusterFile::read(&cluster.cluster_file())
+        .unwrap()
+        .address;
+    cluster.restart_scheduler().unwrap();
+    let file = partita::distributed::ClusterFile::read(&cluster.cluster_file()).unwrap();
+    assert_ne!(file.address, address, "a new port");
+    // The old client's scheduler is gone: an error, not a hang.
+    let (graph, out, _) = small_graph("on-the-old-client");
+    let err = run(graph, &[out], &old)
+        .expect_err("its scheduler died")
+        .to_string();
+    assert!(err.contains("scheduler"), "{err}");
+    let client = cluster.client().unwrap();
+    client
+        .wait_for_workers(1, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("worker-0")));
+    let log = cluster.log("worker-0");
+    assert!(log.contains("lost the scheduler"), "{log}");
+    let (graph, out, expected) = small_graph("after-the-restart");
+    assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
+}
+
+#[test]
 fn a_nanny_kills_a_worker_past_its_memory_limit_and_the_task_errs() {
     let cluster = start_with_nanny(200 << 20);
     let client = cluster.client().unwrap();

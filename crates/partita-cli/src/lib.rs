@@ -72,6 +72,14 @@ enum Command {
         /// a trusted network. Off unless given.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Keep the certificate, key and token of the cluster file when it exists (a
+        /// scheduler started again after a crash or an upgrade): workers and clients
+        /// holding a copy of the file join without a new one, and with a fixed --listen
+        /// port workers started with --death-timeout rejoin on their own. Without it,
+        /// every start makes new credentials (workers started with this cluster file's
+        /// path read it again and join them too).
+        #[arg(long)]
+        reuse_credentials: bool,
     },
     /// Print what the scheduler knows of the cluster now: its workers (threads, memory
     /// limit, memory in use, values held and spilled, tasks running and assigned), tasks by
@@ -565,10 +573,12 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
             cluster_file,
             advertise,
             metrics,
+            reuse_credentials,
         } => {
             let mut options = SchedulerOptions::new(listen, cluster_file);
             options.advertise = advertise;
             options.metrics = metrics;
+            options.reuse_credentials = reuse_credentials;
             let server = SchedulerServer::bind(options).await?;
             let stop = server.shutdown_handle();
             tokio::spawn(async move {
@@ -592,6 +602,7 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
         } => {
             let cluster = ClusterFile::read(&cluster_file)?;
             let mut options = WorkerOptions {
+                cluster_file: Some(cluster_file),
                 memory_limit,
                 host,
                 spill_dir,

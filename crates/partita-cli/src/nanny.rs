@@ -29,8 +29,10 @@
 //! - **A worker that lost its scheduler comes back**: the connection broke without the
 //!   scheduler closing it on purpose (it wrote the worker off, a network fault, a crash),
 //!   so the child exits with [`SCHEDULER_LOST_EXIT_CODE`] and is started again after the
-//!   usual pause. That new child tries to join for `--death-timeout`: if the scheduler
-//!   never answers, that error ends the nanny. A scheduler shutting down,
+//!   usual pause. That new child tries to join for `--death-timeout`, reading the
+//!   cluster file again before each try (a scheduler started again may listen on another
+//!   port, with new credentials unless `--reuse-credentials`): if no scheduler answers,
+//!   that error ends the nanny. A scheduler shutting down,
 //!   retiring the worker or refusing its messages closes the connection on purpose: the
 //!   worker ends with an error, as before, and so does the nanny.
 

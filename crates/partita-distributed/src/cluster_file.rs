@@ -174,6 +174,11 @@ impl ClusterFile {
         })
     }
 
+    /// Whether `other` holds the same certificate, key and token (its address may differ).
+    pub fn same_credentials(&self, other: &ClusterFile) -> bool {
+        self.certificate == other.certificate && self.key == other.key && self.token == other.token
+    }
+
     /// Read and check a cluster file.
     pub fn read(path: &Path) -> Result<ClusterFile> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {

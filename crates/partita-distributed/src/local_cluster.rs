@@ -103,6 +103,8 @@ impl Default for AdaptOptions {
 pub struct LocalCluster {
     dir: tempfile::TempDir,
     scheduler: Child,
+    /// How the scheduler was started, to start it again.
+    scheduler_args: Vec<String>,
     processes: Arc<Processes>,
     adaptive: Option<Adaptive>,
 }
@@ -145,24 +147,20 @@ impl LocalCluster {
                 source,
             })?;
         let file = dir.path().join("cluster.json");
-        let mut args = vec![
+        // Credentials kept: the first start makes them, `restart_scheduler` reuses them.
+        let mut scheduler_args = vec![
             "scheduler".to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--cluster-file".into(),
             file.display().to_string(),
+            "--reuse-credentials".into(),
         ];
         if let Some(addr) = options.metrics {
-            args.extend(["--metrics".into(), addr.to_string()]);
+            scheduler_args.extend(["--metrics".into(), addr.to_string()]);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let scheduler = spawn(
-            &binary,
-            &options.prefix_args,
-            &args,
-            &[],
-            &dir.path().join("scheduler.log"),
-        )?;
+        let scheduler =
+            spawn_scheduler(&binary, &options.prefix_args, &scheduler_args, dir.path())?;
         let processes = Arc::new(Processes {
             options,
             binary,
@@ -172,15 +170,58 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             dir,
             scheduler,
+            scheduler_args,
             processes,
             adaptive: None,
         };
+        cluster.wait_for_cluster_file(None)?;
+        let n = cluster.processes.options.n_workers;
+        for _ in 0..n {
+            cluster.add_worker()?;
+        }
+        cluster.wait_for_workers(n)?;
+        Ok(cluster)
+    }
+
+    /// Wait (at most 30 s) until `n` workers have joined; a worker process that exits first
+    /// (bad arguments, say) is an error with its log.
+    fn wait_for_workers(&self, n: usize) -> Result<()> {
+        let client = self.client()?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !file.exists() {
-            if let Ok(Some(status)) = cluster.scheduler.try_wait() {
+        loop {
+            let have = client.workers()?.len();
+            if have >= n {
+                return Ok(());
+            }
+            if let Some((i, status)) = self.processes.exited() {
+                return Err(Error::Transport(format!(
+                    "worker {i} exited ({status}) before joining: {}",
+                    self.log(&format!("worker-{i}"))
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Transport(format!(
+                    "only {have} of {n} workers joined within 30 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait (at most 30 s) until the scheduler has written the cluster file: a file other
+    /// than `before` (the one it replaces, if any).
+    fn wait_for_cluster_file(&mut self, before: Option<FileIdentity>) -> Result<()> {
+        let file = self.cluster_file();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = file_identity(&file);
+            if now.is_some() && now != before {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.scheduler.try_wait() {
                 return Err(Error::Transport(format!(
                     "the scheduler exited ({status}) before writing its cluster file: {}",
-                    cluster.log("scheduler")
+                    self.log("scheduler")
                 )));
             }
             if Instant::now() > deadline {
@@ -190,13 +231,26 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let n = cluster.processes.options.n_workers;
-        for _ in 0..n {
-            cluster.add_worker()?;
-        }
-        let client = cluster.client()?;
-        client.wait_for_workers(n, Duration::from_secs(30))?;
-        Ok(cluster)
+    }
+
+    /// Kill the scheduler (SIGKILL, no goodbye) and start it again with the same
+    /// credentials, for chaos tests; returns once it has written the cluster file (a new
+    /// port). Workers notice the loss when their connection times out (5 s) and exit; those
+    /// with a nanny ([`LocalClusterOptions::nanny`]) are started again and join the new
+    /// scheduler, the others are gone. Clients connect again; what the old scheduler knew
+    /// (tasks, results, data on the workers) is lost with it.
+    pub fn restart_scheduler(&mut self) -> Result<()> {
+        let before = file_identity(&self.cluster_file());
+        let _ = self.scheduler.kill();
+        let _ = self.scheduler.wait();
+        let options = &self.processes.options;
+        self.scheduler = spawn_scheduler(
+            &self.processes.binary,
+            &options.prefix_args,
+            &self.scheduler_args,
+            self.dir.path(),
+        )?;
+        self.wait_for_cluster_file(before)
     }
 
     /// Where the scheduler serves `/metrics` and `/info` (`host:port`), when
@@ -554,7 +608,9 @@ fn spawn(
         path: log.display().to_string(),
         source,
     };
-    let out = std::fs::File::create(log).map_err(io)?;
+    let out = (std::fs::OpenOptions::new().create(true).append(true))
+        .open(log)
+        .map_err(io)?;
     let err = out.try_clone().map_err(io)?;
     // A pipe on stdin that only this process holds: the child exits when it closes, so
     // no scheduler or worker outlives the program that started it, even one killed hard.
@@ -586,6 +642,26 @@ fn spawn(
         })
 }
 
+/// The scheduler process, logging to `scheduler.log` in `dir` (appended to, so a
+/// scheduler started again keeps the first one's log).
+fn spawn_scheduler(binary: &Path, prefix: &[String], args: &[String], dir: &Path) -> Result<Child> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(binary, prefix, &args, &[], &dir.join("scheduler.log"))
+}
+
+/// What tells one cluster file from the one that replaced it: each write renames a new
+/// file into place (a new inode on Unix), and its modification time.
+type FileIdentity = (u64, std::time::SystemTime);
+
+fn file_identity(path: &Path) -> Option<FileIdentity> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((inode, meta.modified().ok()?))
+}
+
 /// Send SIGTERM to `child`.
 #[cfg(unix)]
 #[allow(unsafe_code)]
@@ -609,6 +685,12 @@ fn kill(mut child: Child) {
 }
 
 impl Processes {
+    /// The first worker process that has exited, and how (it stays in the list).
+    fn exited(&self) -> Option<(usize, std::process::ExitStatus)> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        (workers.iter_mut().enumerate()).find_map(|(i, c)| Some((i, c.as_mut()?.try_wait().ok()??)))
+    }
+
     /// Worker `i`'s process, taken out of the list.
     fn take(&self, i: usize) -> Result<Child> {
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());

@@ -38,6 +38,9 @@ pub struct SchedulerOptions {
     /// Where to serve `/metrics` (Prometheus text) and `/info` (JSON) over plain HTTP;
     /// `None` (the default) serves nothing. See the `metrics` module.
     pub metrics: Option<SocketAddr>,
+    /// Keep the certificate, key and token of `cluster_file` when it exists, rather than
+    /// make new ones: peers holding a copy of the file join a scheduler started again.
+    pub reuse_credentials: bool,
 }
 
 impl SchedulerOptions {
@@ -53,6 +56,7 @@ impl SchedulerOptions {
                 ..SchedulerConfig::default()
             },
             metrics: None,
+            reuse_credentials: false,
         }
     }
 }
@@ -79,10 +83,29 @@ struct Registry {
 }
 
 impl SchedulerServer {
-    /// Bind, make credentials and write the cluster file (mode 0600).
+    /// Bind, make credentials (or reuse the cluster file's, see
+    /// [`SchedulerOptions::reuse_credentials`]) and write the cluster file (mode 0600).
     pub async fn bind(options: SchedulerOptions) -> Result<SchedulerServer> {
         // Credentials first: the server presents the certificate it also writes out.
-        let provisional = ClusterFile::generate(String::new())?;
+        let provisional = match options.reuse_credentials && options.cluster_file.exists() {
+            true => {
+                let kept = ClusterFile::read(&options.cluster_file).map_err(|e| {
+                    Error::Codec(format!(
+                        "cannot reuse the credentials of {}: {e}",
+                        options.cluster_file.display()
+                    ))
+                })?;
+                tracing::info!(
+                    "keeping the credentials of {}",
+                    options.cluster_file.display()
+                );
+                ClusterFile {
+                    metrics: None,
+                    ..kept
+                }
+            }
+            false => ClusterFile::generate(String::new())?,
+        };
         let servers = provisional.server_configs()?;
         let endpoint = crate::cluster_file::endpoint(options.listen, Some(&servers))
             .map_err(|e| Error::Transport(format!("cannot listen on {}: {e}", options.listen)))?;

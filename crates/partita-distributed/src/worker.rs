@@ -55,6 +55,10 @@ pub struct WorkerOptions {
     /// nanny while the scheduler restarts. Zero: one try. A scheduler that refuses the
     /// worker (a wrong token, another protocol version) is never tried again.
     pub death_timeout: Duration,
+    /// The cluster file the worker was started with, read again before each further try
+    /// to join (see `death_timeout`): a scheduler started again on another port or with new
+    /// credentials is joined. `None`: the credentials given are the only ones tried.
+    pub cluster_file: Option<PathBuf>,
 }
 
 impl Default for WorkerOptions {
@@ -69,6 +73,7 @@ impl Default for WorkerOptions {
             resources: Resources::default(),
             liveness: None,
             death_timeout: Duration::ZERO,
+            cluster_file: None,
         }
     }
 }
@@ -218,31 +223,17 @@ pub async fn run_worker_until(
     options: WorkerOptions,
     retire: impl std::future::Future<Output = ()>,
 ) -> Result<WorkerExit> {
+    let Joined {
+        cluster,
+        endpoint,
+        servers,
+        address,
+        conn,
+        send,
+        mut recv,
+        id,
+    } = join_patiently(cluster, &options).await?;
     let cluster = Arc::new(cluster);
-    let bind = crate::wire::resolve(&format!("{}:0", options.host))?;
-    let servers = cluster.server_configs()?;
-    let endpoint = crate::cluster_file::endpoint(bind, Some(&servers))
-        .map_err(|e| Error::Transport(format!("cannot bind the data server on {bind}: {e}")))?;
-    let port = endpoint
-        .local_addr()
-        .map_err(|e| Error::Transport(format!("no local address: {e}")))?
-        .port();
-    let address = format!("{}:{port}", options.host);
-    let role = Role::Worker {
-        nthreads: options.nthreads,
-        memory_limit: options.memory_limit,
-        address: address.clone(),
-        nanny: options.nanny.clone(),
-        resources: options.resources.clone(),
-    };
-    let (conn, send, mut recv, id) = join_patiently(
-        &endpoint,
-        &cluster,
-        role,
-        &options.name,
-        options.death_timeout,
-    )
-    .await?;
     let id = WorkerId(id);
     tracing::info!(worker = %id, %address, "joined the scheduler at {}", cluster.address);
 
@@ -398,25 +389,87 @@ pub async fn run_worker_until(
     result
 }
 
-/// [`join`], tried again while the scheduler cannot be reached (not when it refuses this
-/// worker), pausing 100 ms, doubling to 5 s, for up to `patience`.
-async fn join_patiently(
-    endpoint: &quinn::Endpoint,
+/// A worker that has joined: the credentials and data server it joined with and its
+/// connection to the scheduler.
+struct Joined {
+    cluster: ClusterFile,
+    endpoint: quinn::Endpoint,
+    servers: ServerConfigs,
+    address: String,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    id: u32,
+}
+
+/// Bind the data server for `cluster`'s credentials on `host`; its address (`host:port`).
+fn bind_data_server(
     cluster: &ClusterFile,
-    role: Role,
-    name: &str,
-    patience: Duration,
-) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, u32)> {
-    let deadline = Instant::now() + patience;
+    host: &str,
+) -> Result<(quinn::Endpoint, ServerConfigs, String)> {
+    let bind = crate::wire::resolve(&format!("{host}:0"))?;
+    let servers = cluster.server_configs()?;
+    let endpoint = crate::cluster_file::endpoint(bind, Some(&servers))
+        .map_err(|e| Error::Transport(format!("cannot bind the data server on {bind}: {e}")))?;
+    let port = endpoint
+        .local_addr()
+        .map_err(|e| Error::Transport(format!("no local address: {e}")))?
+        .port();
+    Ok((endpoint, servers, format!("{host}:{port}")))
+}
+
+/// [`join`], tried again while the scheduler cannot be reached (not when it refuses this
+/// worker), pausing 100 ms, doubling to 5 s, for up to [`WorkerOptions::death_timeout`].
+/// Before each new try the cluster file ([`WorkerOptions::cluster_file`]) is read again: a
+/// scheduler started again is found at its new address, and with new credentials the
+/// data server is bound again with them.
+async fn join_patiently(mut cluster: ClusterFile, options: &WorkerOptions) -> Result<Joined> {
+    let deadline = Instant::now() + options.death_timeout;
     let mut pause = Duration::from_millis(100);
+    let (mut endpoint, mut servers, mut address) = bind_data_server(&cluster, &options.host)?;
     loop {
-        match join(endpoint, cluster, role.clone(), name).await {
+        let role = Role::Worker {
+            nthreads: options.nthreads,
+            memory_limit: options.memory_limit,
+            address: address.clone(),
+            nanny: options.nanny.clone(),
+            resources: options.resources.clone(),
+        };
+        match join(&endpoint, &cluster, role, &options.name).await {
+            Ok((conn, send, recv, id)) => {
+                return Ok(Joined {
+                    cluster,
+                    endpoint,
+                    servers,
+                    address,
+                    conn,
+                    send,
+                    recv,
+                    id,
+                });
+            }
             Err(Error::Transport(e)) if Instant::now() + pause < deadline => {
                 tracing::warn!("{e}; trying again in {pause:?}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            other => return other,
+            Err(e) => return Err(e),
+        }
+        let Some(path) = &options.cluster_file else {
+            continue;
+        };
+        match ClusterFile::read(path) {
+            Ok(fresh) if fresh.same_credentials(&cluster) => cluster = fresh,
+            Ok(fresh) => {
+                tracing::info!(
+                    "{} holds new credentials (a scheduler started again): joining with them",
+                    path.display()
+                );
+                endpoint.close(0u32.into(), b"new credentials");
+                (endpoint, servers, address) = bind_data_server(&fresh, &options.host)?;
+                cluster = fresh;
+            }
+            Err(e) => tracing::warn!("cannot read the cluster file again ({e}); trying as before"),
         }
     }
 }
