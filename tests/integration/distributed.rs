@@ -935,33 +935,42 @@ fn a_worker_the_scheduler_gave_up_on_rejoins_through_its_nanny() {
 
 #[test]
 fn workers_rejoin_a_scheduler_started_again() {
-    // SIGKILL the scheduler and start it again on a new port with the same credentials:
-    // the worker notices (its connection times out), its nanny starts a fresh one, and
-    // that one finds the new address in the cluster file.
+    // SIGKILL the scheduler; the worker notices (its connection times out) and its nanny
+    // starts a fresh one, which waits for a scheduler. Only then is the scheduler started
+    // again (same credentials, a new port): the waiting worker finds the new address by
+    // reading the cluster file again.
     let mut cluster = start_with_nanny(0);
     let old = cluster.client().unwrap();
     let (graph, out, expected) = small_graph("before-the-restart");
     assert_eq!(i64s(&run(graph, &[out], &old).unwrap()), [expected]);
-    let address = partita::distributed::ClusterFile::read(&cluster.cluster_file())
-        .unwrap()
-        .address;
-    cluster.restart_scheduler().unwrap();
-    let file = partita::distributed::ClusterFile::read(&cluster.cluster_file()).unwrap();
-    assert_ne!(file.address, address, "a new port");
+    cluster.kill_scheduler();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = cluster.log("worker-0");
+        let waiting = log
+            .split_once("lost the scheduler")
+            .is_some_and(|(_, after)| after.contains("trying again in"));
+        if waiting {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The old client's scheduler is gone: an error, not a hang.
     let (graph, out, _) = small_graph("on-the-old-client");
     let err = run(graph, &[out], &old)
         .expect_err("its scheduler died")
         .to_string();
     assert!(err.contains("scheduler"), "{err}");
+    cluster.start_scheduler().unwrap();
     let client = cluster.client().unwrap();
     client
         .wait_for_workers(1, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("worker-0")));
-    let log = cluster.log("worker-0");
-    assert!(log.contains("lost the scheduler"), "{log}");
     let (graph, out, expected) = small_graph("after-the-restart");
     assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
+    // The first scheduler's log is kept.
+    assert!(std::fs::exists(cluster.dir().join("scheduler.1.log")).unwrap());
 }
 
 #[test]
@@ -1141,7 +1150,7 @@ fn local_workers_get_polars_settings_for_their_work() {
     );
     // A larger pre-aggregation table for partial group-bys (see local_cluster.rs).
     if std::env::var_os("POLARS_HOT_TABLE_SIZE").is_none() {
-        assert!(has(&worker, b"POLARS_HOT_TABLE_SIZE=8192"));
+        assert!(has(&worker, b"POLARS_HOT_TABLE_SIZE=131072"));
     }
     let scheduler = env(cluster.scheduler_pid());
     for name in [&b"POLARS_MAX_THREADS"[..], b"POLARS_HOT_TABLE_SIZE"] {

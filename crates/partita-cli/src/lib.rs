@@ -100,7 +100,7 @@ enum Command {
         /// Threads running tasks (default: one per core). Polars inside the worker uses
         /// POLARS_MAX_THREADS threads (default: one per core); with several workers on one
         /// machine, set it to this (LocalCluster does; it also sets
-        /// POLARS_HOT_TABLE_SIZE=8192, quicker on group-bys of thousands of groups).
+        /// POLARS_HOT_TABLE_SIZE=131072, quicker on group-bys of many groups).
         #[arg(long)]
         nthreads: Option<u32>,
         /// Memory limit: values spill to disk above 60% of it and new tasks pause above

@@ -55,6 +55,9 @@ struct Routes {
     next: u64,
     /// Keys with live futures: how many futures, and what the scheduler last said.
     tracked: HashMap<Key, (usize, KeyState)>,
+    /// The connection to the scheduler is gone: nothing will be routed any more, so a
+    /// computation registering now is told at once, and a new future is lost.
+    closed: bool,
 }
 
 /// What the client knows of a key it holds futures for.
@@ -274,6 +277,7 @@ impl Client {
                         Ok(None) | Err(_) => {
                             // Wake every waiter: the scheduler is gone.
                             let mut r = lock(&routes);
+                            r.closed = true;
                             r.by_key.clear();
                             r.all.clear();
                             r.by_request.clear();
@@ -486,6 +490,10 @@ fn register_locked(r: &mut Routes, keys: &[Key]) -> (u64, mpsc::UnboundedReceive
     let (tx, rx) = mpsc::unbounded_channel();
     r.next += 1;
     let id = r.next;
+    if r.closed {
+        // No sender left: the receiver ends at once, as if the scheduler had just gone.
+        return (id, rx);
+    }
     for k in keys {
         r.by_key
             .entry(k.clone())
@@ -1063,11 +1071,13 @@ impl std::fmt::Debug for Future {
 
 impl Future {
     fn new(inner: &Arc<Inner>, key: Key) -> Future {
-        lock(&inner.routes)
-            .tracked
-            .entry(key.clone())
-            .or_insert((0, KeyState::Pending))
-            .0 += 1;
+        let mut routes = lock(&inner.routes);
+        let state = match routes.closed {
+            true => KeyState::Lost,
+            false => KeyState::Pending,
+        };
+        routes.tracked.entry(key.clone()).or_insert((0, state)).0 += 1;
+        drop(routes);
         inner.hold(std::slice::from_ref(&key));
         Future {
             key,
@@ -2231,6 +2241,24 @@ mod tests {
             KeyState::Pending => None,
             other => panic!("{key} is {other:?}"),
         }
+    }
+
+    #[test]
+    fn computations_registering_after_the_scheduler_went_are_told_at_once() {
+        let routes = Mutex::new(Routes::default());
+        let (_id, mut before) = register_locked(&mut lock(&routes), &[Key::named("a")]);
+        lock(&routes).closed = true;
+        let (_id, mut after) = register_locked(&mut lock(&routes), &[Key::named("a")]);
+        assert!(matches!(
+            after.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        // One registered before stays registered: the reader's clearing ends it.
+        assert!(matches!(
+            before.try_recv(),
+            Err(mpsc::error::TryRecvError::Empty)
+        ));
+        assert!(lock(&routes).all.len() == 1);
     }
 
     #[test]

@@ -102,9 +102,12 @@ impl Default for AdaptOptions {
 #[derive(Debug)]
 pub struct LocalCluster {
     dir: tempfile::TempDir,
-    scheduler: Child,
+    /// `None` after [`LocalCluster::kill_scheduler`].
+    scheduler: Option<Child>,
     /// How the scheduler was started, to start it again.
     scheduler_args: Vec<String>,
+    /// Scheduler processes started so far (earlier ones' logs are `scheduler.N.log`).
+    scheduler_starts: usize,
     processes: Arc<Processes>,
     adaptive: Option<Adaptive>,
 }
@@ -122,6 +125,7 @@ struct Processes {
 /// The thread of [`LocalCluster::adapt`] and how to stop it.
 #[derive(Debug)]
 struct Adaptive {
+    options: AdaptOptions,
     stop: std::sync::mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -147,14 +151,12 @@ impl LocalCluster {
                 source,
             })?;
         let file = dir.path().join("cluster.json");
-        // Credentials kept: the first start makes them, `restart_scheduler` reuses them.
         let mut scheduler_args = vec![
             "scheduler".to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--cluster-file".into(),
             file.display().to_string(),
-            "--reuse-credentials".into(),
         ];
         if let Some(addr) = options.metrics {
             scheduler_args.extend(["--metrics".into(), addr.to_string()]);
@@ -169,8 +171,9 @@ impl LocalCluster {
         });
         let mut cluster = LocalCluster {
             dir,
-            scheduler,
+            scheduler: Some(scheduler),
             scheduler_args,
+            scheduler_starts: 1,
             processes,
             adaptive: None,
         };
@@ -218,7 +221,7 @@ impl LocalCluster {
             if now.is_some() && now != before {
                 return Ok(());
             }
-            if let Ok(Some(status)) = self.scheduler.try_wait() {
+            if let Some(Ok(Some(status))) = self.scheduler.as_mut().map(Child::try_wait) {
                 return Err(Error::Transport(format!(
                     "the scheduler exited ({status}) before writing its cluster file: {}",
                     self.log("scheduler")
@@ -233,24 +236,62 @@ impl LocalCluster {
         }
     }
 
-    /// Kill the scheduler (SIGKILL, no goodbye) and start it again with the same
-    /// credentials, for chaos tests; returns once it has written the cluster file (a new
-    /// port). Workers notice the loss when their connection times out (5 s) and exit; those
-    /// with a nanny ([`LocalClusterOptions::nanny`]) are started again and join the new
-    /// scheduler, the others are gone. Clients connect again; what the old scheduler knew
-    /// (tasks, results, data on the workers) is lost with it.
+    /// Kill the scheduler and start it again with the same credentials
+    /// ([`LocalCluster::kill_scheduler`], then [`LocalCluster::start_scheduler`]), for chaos
+    /// tests.
     pub fn restart_scheduler(&mut self) -> Result<()> {
+        self.kill_scheduler();
+        self.start_scheduler()
+    }
+
+    /// Kill the scheduler (SIGKILL, no goodbye), for chaos tests. Workers notice when
+    /// their connection times out (5 s) and exit; those with a nanny
+    /// ([`LocalClusterOptions::nanny`]) are started again and wait for a scheduler for
+    /// their `--death-timeout` (60 s), reading the cluster file again before each try.
+    /// Clients connected to it are of no use any more: what it knew (tasks, results, data
+    /// on the workers) is lost.
+    pub fn kill_scheduler(&mut self) {
+        if let Some(child) = self.scheduler.take() {
+            kill(child);
+        }
+    }
+
+    /// Start the scheduler again after [`LocalCluster::kill_scheduler`], with the cluster
+    /// file's credentials (`--reuse-credentials`) on a new port; returns once it has
+    /// written the cluster file. Waiting workers join it; connect new clients. Adaptive
+    /// scaling, if on, goes on with the new scheduler.
+    pub fn start_scheduler(&mut self) -> Result<()> {
+        if self.scheduler.is_some() {
+            return Err(Error::Internal(
+                "the scheduler is running: kill it first (or restart_scheduler)".into(),
+            ));
+        }
+        let log = self.dir.path().join("scheduler.log");
+        let earlier = self
+            .dir
+            .path()
+            .join(format!("scheduler.{}.log", self.scheduler_starts));
+        std::fs::rename(&log, &earlier).map_err(|source| Error::Io {
+            path: log.display().to_string(),
+            source,
+        })?;
         let before = file_identity(&self.cluster_file());
-        let _ = self.scheduler.kill();
-        let _ = self.scheduler.wait();
+        let mut args = self.scheduler_args.clone();
+        args.push("--reuse-credentials".into());
         let options = &self.processes.options;
-        self.scheduler = spawn_scheduler(
+        self.scheduler = Some(spawn_scheduler(
             &self.processes.binary,
             &options.prefix_args,
-            &self.scheduler_args,
+            &args,
             self.dir.path(),
-        )?;
-        self.wait_for_cluster_file(before)
+        )?);
+        self.scheduler_starts += 1;
+        self.wait_for_cluster_file(before)?;
+        if let Some(options) = self.adaptive.as_ref().map(|a| a.options.clone()) {
+            // Its client was the old scheduler's.
+            self.adapt(options)?;
+        }
+        Ok(())
     }
 
     /// Where the scheduler serves `/metrics` and `/info` (`host:port`), when
@@ -352,11 +393,13 @@ impl LocalCluster {
         let client = self.client()?;
         let processes = Arc::clone(&self.processes);
         let (stop, stopped) = std::sync::mpsc::channel();
+        let kept = options.clone();
         let thread = std::thread::Builder::new()
             .name("partita-adapt".into())
             .spawn(move || adapt_loop(&processes, &client, &options, &stopped))
             .map_err(|e| Error::Internal(format!("cannot start the adaptive thread: {e}")))?;
         self.adaptive = Some(Adaptive {
+            options: kept,
             stop,
             thread: Some(thread),
         });
@@ -368,9 +411,11 @@ impl LocalCluster {
         self.adaptive = None;
     }
 
-    /// Whether [`LocalCluster::adapt`] is on.
+    /// Whether [`LocalCluster::adapt`] is on (its thread stops by itself when its
+    /// scheduler is gone).
     pub fn is_adaptive(&self) -> bool {
-        self.adaptive.is_some()
+        (self.adaptive.as_ref())
+            .is_some_and(|a| a.thread.as_ref().is_some_and(|t| !t.is_finished()))
     }
 }
 
@@ -560,7 +605,7 @@ impl LocalCluster {
 
     /// The scheduler's process id.
     pub fn scheduler_pid(&self) -> u32 {
-        self.scheduler.id()
+        self.scheduler.as_ref().map_or(0, Child::id)
     }
 
     /// The process ids of the running workers.
@@ -584,16 +629,17 @@ impl LocalCluster {
 const POLARS_THREADS: &str = "POLARS_MAX_THREADS";
 
 /// Slots of the table in which polars 0.55's streaming group-by pre-aggregates each thread's
-/// rows (default 4,096; a key that finds no slot evicts another to a second pass). A
-/// partial group-by of 5,000-10,000 groups per partition (H2O q2: 10,000) evicted all the
-/// time: per file 48 ms, 40 ms with 8,192 slots, as polars 2.1 (whose table grows with the
-/// groups) 21-25 ms. On `LocalCluster(2, 1)`, three alternated rounds of H2O q1-q5: q2
-/// 0.275-0.281 s -> 0.220-0.230 s, q4 0.148-0.166 -> 0.135-0.144, q1 and q3 within noise,
-/// q5 (100,000 groups) 0.273-0.288 -> 0.287-0.289; 16,384 slots took q2 to 0.20-0.23 s
-/// but q3 from 0.42-0.47 to 0.49-0.53 s and q5 up 5-18% (a table that no longer fits the
-/// cache). Only the worker processes get it: in a user's own process Python polars reads
-/// the same variable.
-const HOT_TABLE: (&str, &str) = ("POLARS_HOT_TABLE_SIZE", "8192");
+/// rows (default 4,096; a key that finds no slot evicts another to a second pass). With
+/// fewer slots than a partition has groups, most rows take that second pass; 131,072 slots
+/// hold H2O's 100,000-group partials (q3, q5, q7) and q9's 10,000 without evictions. On
+/// `LocalCluster(2, 1)` on an Intel Xeon VM, three alternated rounds against 8,192 slots
+/// (medians of 7, s; BENCHMARKS.md): q2 0.215-0.230 (from 0.248-0.257), q5 0.296-0.318
+/// (0.361-0.365), q7 0.423-0.436 (0.443-0.455), q9 0.343-0.354 (0.424-0.440); q3 and q4
+/// within noise, q1 0.097-0.111 (0.093-0.101: the bigger table is allocated per
+/// partial). Sizes between (16,384-32,768) were slower than both on q3 and q5: a table too
+/// big for the cache that still evicts. Only the worker processes get it: in a user's own
+/// process Python polars reads the same variable.
+const HOT_TABLE: (&str, &str) = ("POLARS_HOT_TABLE_SIZE", "131072");
 
 /// Start `binary` with `args`, output to `log`, and `env` set where this process's own
 /// environment does not set the variable already (the user's choice wins).
@@ -608,9 +654,7 @@ fn spawn(
         path: log.display().to_string(),
         source,
     };
-    let out = (std::fs::OpenOptions::new().create(true).append(true))
-        .open(log)
-        .map_err(io)?;
+    let out = std::fs::File::create(log).map_err(io)?;
     let err = out.try_clone().map_err(io)?;
     // A pipe on stdin that only this process holds: the child exits when it closes, so
     // no scheduler or worker outlives the program that started it, even one killed hard.
@@ -642,8 +686,7 @@ fn spawn(
         })
 }
 
-/// The scheduler process, logging to `scheduler.log` in `dir` (appended to, so a
-/// scheduler started again keeps the first one's log).
+/// The scheduler process, logging to `scheduler.log` in `dir`.
 fn spawn_scheduler(binary: &Path, prefix: &[String], args: &[String], dir: &Path) -> Result<Child> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     spawn(binary, prefix, &args, &[], &dir.join("scheduler.log"))
@@ -710,7 +753,6 @@ impl Drop for LocalCluster {
         for child in children {
             kill(child);
         }
-        let _ = self.scheduler.kill();
-        let _ = self.scheduler.wait();
+        self.kill_scheduler();
     }
 }

@@ -460,15 +460,21 @@ async fn join_patiently(mut cluster: ClusterFile, options: &WorkerOptions) -> Re
         };
         match ClusterFile::read(path) {
             Ok(fresh) if fresh.same_credentials(&cluster) => cluster = fresh,
-            Ok(fresh) => {
-                tracing::info!(
-                    "{} holds new credentials (a scheduler started again): joining with them",
+            Ok(fresh) => match bind_data_server(&fresh, &options.host) {
+                Ok(bound) => {
+                    tracing::info!(
+                        "{} holds new credentials (a scheduler started again): joining with them",
+                        path.display()
+                    );
+                    endpoint.close(0u32.into(), b"new credentials");
+                    (endpoint, servers, address) = bound;
+                    cluster = fresh;
+                }
+                Err(e) => tracing::warn!(
+                    "cannot serve data with the new credentials of {} ({e}); trying as before",
                     path.display()
-                );
-                endpoint.close(0u32.into(), b"new credentials");
-                (endpoint, servers, address) = bind_data_server(&fresh, &options.host)?;
-                cluster = fresh;
-            }
+                ),
+            },
             Err(e) => tracing::warn!("cannot read the cluster file again ({e}); trying as before"),
         }
     }

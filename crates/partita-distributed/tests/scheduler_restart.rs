@@ -29,7 +29,6 @@ fn reused_credentials_are_the_files_and_a_bad_file_is_named() {
         .block_on(SchedulerServer::bind(options(&file, true)))
         .unwrap();
     assert!(again.cluster().same_credentials(&before));
-    assert_ne!(again.cluster().address, before.address, "a new port");
     assert!(ClusterFile::read(&file).unwrap().same_credentials(&before));
     drop(again);
     // Without reuse: new ones.

@@ -239,6 +239,23 @@ impl DataFrame {
         }
     }
 
+    /// What a sample of the first partition's `keys` reads, as text, when that partition
+    /// is read from a file: the scan, the file's size and modification time, the pending
+    /// steps and the keys. `None` for other inputs or a file that cannot be examined.
+    pub(crate) fn sample_identity(&self, keys: &[String]) -> Option<String> {
+        let Input::Scans(scans) = &self.0.input else {
+            return None;
+        };
+        let first = scans.first()?;
+        let meta = std::fs::metadata(first.path()).ok()?;
+        Some(format!(
+            "{first:?} {} {:?} {:?} {keys:?}",
+            meta.len(),
+            meta.modified().ok()?,
+            self.0.steps
+        ))
+    }
+
     /// A frame with one more pending per-partition step.
     pub(crate) fn with_step(&self, step: Step, doing: &str) -> Result<DataFrame> {
         let schema = output_schema(&self.0.schema, std::slice::from_ref(&step), doing)?;

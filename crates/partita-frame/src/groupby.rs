@@ -257,6 +257,39 @@ struct KeySample {
     rows: usize,
 }
 
+/// Key samples of first partitions read from files, by [`DataFrame::sample_identity`]:
+/// what was read (the scan, the file's size and modification time, the pending steps, the
+/// keys). A file written again misses. Only the plan chosen depends on a sample, never a
+/// result, so a stale entry (a file rewritten within the clock's resolution at the same
+/// size) costs at most speed. At most [`SampleCache::ENTRIES`] are kept (all dropped when
+/// full).
+struct SampleCache;
+
+impl SampleCache {
+    const ENTRIES: usize = 256;
+
+    fn map() -> std::sync::MutexGuard<'static, std::collections::HashMap<String, KeySample>> {
+        static MAP: std::sync::OnceLock<
+            std::sync::Mutex<std::collections::HashMap<String, KeySample>>,
+        > = std::sync::OnceLock::new();
+        MAP.get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(identity: &String) -> Option<KeySample> {
+        Self::map().get(identity).copied()
+    }
+
+    fn put(identity: String, sample: KeySample) {
+        let mut map = Self::map();
+        if map.len() >= Self::ENTRIES {
+            map.clear();
+        }
+        map.insert(identity, sample);
+    }
+}
+
 /// Below this many rows in the first partition, partials are always computed (their cost
 /// does not matter and the sample says little).
 const MIN_SAMPLE_ROWS: usize = 10_000;
@@ -317,10 +350,26 @@ impl DataFrame {
     /// first [`SAMPLE_ROWS`] rows are read; when the partition is longer, its distinct keys
     /// are predicted from how they grow between the first half of the sample and the whole
     /// (see [`predict_distinct`]), and its length is counted (from metadata for parquet).
+    ///
+    /// Samples of files are kept (see [`SampleCache`]): a group-by asked again of the same
+    /// files, steps and keys (a notebook, a benchmark) does not read the sample again.
     fn sample_groups(&self, keys: &[String]) -> Result<Option<KeySample>> {
         if !self.first_partition_is_cheap() {
             return Ok(None);
         }
+        let cached = self.sample_identity(keys);
+        if let Some(sample) = cached.as_ref().and_then(SampleCache::get) {
+            return Ok(Some(sample));
+        }
+        let sample = self.read_sample(keys)?;
+        if let Some(identity) = cached {
+            SampleCache::put(identity, sample);
+        }
+        Ok(Some(sample))
+    }
+
+    /// Count the keys of the first partition (see [`DataFrame::sample_groups`]).
+    fn read_sample(&self, keys: &[String]) -> Result<KeySample> {
         let first = |frame: DataFrame| -> Result<PlFrame> {
             let graph = Layer::materialize(&[Arc::clone(frame.layer())])?;
             let mut values = partita_core::compute(
@@ -349,10 +398,10 @@ impl DataFrame {
         if sample.height() < SAMPLE_ROWS {
             // The whole partition.
             let rows = sample.height();
-            return Ok(Some(KeySample {
+            return Ok(KeySample {
                 distinct: distinct(&sample)?,
                 rows,
-            }));
+            });
         }
         let whole = distinct(&sample)?;
         let half = distinct(&sample.slice(0, SAMPLE_ROWS / 2))?;
@@ -365,10 +414,10 @@ impl DataFrame {
             .ok()
             .and_then(|c| c.get(0))
             .unwrap_or(SAMPLE_ROWS as u64) as usize;
-        Ok(Some(KeySample {
+        Ok(KeySample {
             distinct: predict_distinct(half, whole, SAMPLE_ROWS, rows),
             rows,
-        }))
+        })
     }
 
     /// Keep one row per distinct value of `subset` (of whole rows when `None`), which row
@@ -790,6 +839,39 @@ mod tests {
         fn remote_handle(&self) -> Option<&dyn std::any::Any> {
             Some(self)
         }
+    }
+
+    #[test]
+    fn samples_of_files_are_kept_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.parquet");
+        let write = |groups: i64| {
+            let k: Vec<i64> = (0..3000).map(|i| i % groups).collect();
+            let mut frame = polars::prelude::df!("k" => k.clone(), "v" => k).unwrap();
+            crate::io::parquet::write(&mut frame, &path).unwrap();
+        };
+        let read = || crate::read_parquet(&path, &Default::default()).unwrap();
+        let keys = ["k".to_string()];
+        write(10);
+        let first = read();
+        assert_eq!(first.estimate_groups(&keys).unwrap(), Some(10));
+        // The same file, steps and keys: the same identity, so the kept sample.
+        let identity = first.sample_identity(&keys).unwrap();
+        assert_eq!(read().sample_identity(&keys), Some(identity.clone()));
+        let filtered = read().filter(col("v").gt(lit(3))).unwrap();
+        assert_ne!(filtered.sample_identity(&keys), Some(identity.clone()));
+        assert_ne!(
+            first.sample_identity(&["v".to_string()]),
+            Some(identity.clone())
+        );
+        // Written again (another size): read again, not the stale count.
+        write(700);
+        let again = read();
+        assert_ne!(again.sample_identity(&keys), Some(identity));
+        assert_eq!(again.estimate_groups(&keys).unwrap(), Some(700));
+        // In-memory frames are not kept (their sample is cheap).
+        let memory = DataFrame::from_polars(polars::prelude::df!("k" => [1i64]).unwrap(), 1);
+        assert_eq!(memory.unwrap().sample_identity(&keys), None);
     }
 
     #[test]

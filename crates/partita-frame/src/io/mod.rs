@@ -44,6 +44,14 @@ pub enum Scan {
 }
 
 impl Scan {
+    /// The file it reads.
+    pub fn path(&self) -> &str {
+        match self {
+            Scan::Parquet { path, .. } | Scan::Ipc { path } => path,
+            Scan::Csv(range) => &range.path,
+        }
+    }
+
     /// The scan as the root of a polars plan.
     pub fn lazy(&self) -> Result<LazyFrame> {
         match self {
