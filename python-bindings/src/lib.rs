@@ -2290,8 +2290,8 @@ impl PyLocalCluster {
         py.detach(|| c.restart_scheduler()).py_err()
     }
 
-    /// Process ids: `(scheduler, [workers])`.
-    fn pids(&self) -> PyResult<(u32, Vec<u32>)> {
+    /// Process ids: `(scheduler, [workers])`; the scheduler's is None while it is killed.
+    fn pids(&self) -> PyResult<(Option<u32>, Vec<u32>)> {
         let guard = self.cluster()?;
         let c = guard.as_ref().expect("checked by cluster()");
         Ok((c.scheduler_pid(), c.worker_pids()))

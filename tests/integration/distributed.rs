@@ -1109,7 +1109,7 @@ fn cluster_processes_run_without_transparent_huge_pages() {
     }
     let cluster = start(1, 0);
     let mut pids = cluster.worker_pids();
-    pids.push(cluster.scheduler_pid());
+    pids.push(cluster.scheduler_pid().unwrap());
     for pid in pids {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         // Kernels before 5.0 do not report it.
@@ -1152,7 +1152,7 @@ fn local_workers_get_polars_settings_for_their_work() {
     if std::env::var_os("POLARS_HOT_TABLE_SIZE").is_none() {
         assert!(has(&worker, b"POLARS_HOT_TABLE_SIZE=131072"));
     }
-    let scheduler = env(cluster.scheduler_pid());
+    let scheduler = env(cluster.scheduler_pid().unwrap());
     for name in [&b"POLARS_MAX_THREADS"[..], b"POLARS_HOT_TABLE_SIZE"] {
         assert!(!scheduler.windows(name.len()).any(|w| w == name));
     }
@@ -1163,7 +1163,7 @@ fn dropping_a_local_cluster_ends_its_processes() {
     let cluster = start(2, 0);
     let mut pids = cluster.worker_pids();
     assert_eq!(pids.len(), 2);
-    pids.push(cluster.scheduler_pid());
+    pids.push(cluster.scheduler_pid().unwrap());
     drop(cluster);
     for pid in pids {
         assert!(

@@ -618,9 +618,24 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
             }
             options.nanny = std::env::var(nanny::NANNY_ID).ok();
             options.liveness = std::env::var(nanny::NANNY_LIVENESS).ok();
+            options.liveness_secret = std::env::var(nanny::NANNY_SECRET)
+                .ok()
+                .and_then(|hex| parse_hex(&hex))
+                .unwrap_or_default();
             work(cluster, options, watch_stdin, retire_timeout).await
         }
     }
+}
+
+/// Bytes from hex digits (the nanny's secret); `None` if `text` is not that.
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

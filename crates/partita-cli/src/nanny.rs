@@ -20,8 +20,8 @@
 //! - **Signals go to the worker as a retirement**: SIGINT/SIGTERM become SIGTERM for the
 //!   child, which hands its values off and exits; a second signal kills it.
 //! - **A worker whose event loop stops turning is killed and started again**: the
-//!   child's loop sends a datagram to the nanny's socket every second it runs
-//!   (`WorkerOptions::liveness`); past `--liveness-timeout` without one (a task run on
+//!   child's loop sends a datagram (its pid and a secret the nanny gave it) to the
+//!   nanny's socket every second it runs (`WorkerOptions::liveness`); past `--liveness-timeout` without one (a task run on
 //!   the loop that never returns, a deadlock) the nanny kills it. The check starts with
 //!   the first beat, so a slow start (imports, reaching the scheduler) is not judged;
 //!   the scheduler has written such a worker off already (its heartbeats stopped too),
@@ -63,6 +63,8 @@ pub(crate) const NANNY_ID: &str = "PARTITA_NANNY_ID";
 
 /// The environment variable naming the nanny's socket for the child's beats.
 pub(crate) const NANNY_LIVENESS: &str = "PARTITA_NANNY_LIVENESS";
+/// The environment variable giving the child the secret its beats carry (hex).
+pub(crate) const NANNY_SECRET: &str = "PARTITA_NANNY_SECRET";
 
 /// The worker's exit code when the scheduler restarts it (`Client::restart`): started
 /// again at once (EX_TEMPFAIL).
@@ -161,6 +163,10 @@ struct Beats {
     socket: tokio::net::UnixDatagram,
     /// What the child is told: `@name` (abstract) or a path.
     address: String,
+    /// Random bytes only the nanny and its child know, which a beat must carry after the
+    /// pid: anyone may send to the socket (an abstract name has no file permissions), so
+    /// without them another user's process could keep a stuck worker alive.
+    secret: [u8; SECRET_BYTES],
     /// The file to remove, if any.
     file: Option<std::path::PathBuf>,
 }
@@ -169,7 +175,11 @@ impl Beats {
     /// A socket named by the nanny's `id`; `None` (with a warning: the worker then runs
     /// unwatched) if it cannot be made.
     fn bind(id: &str) -> Option<Beats> {
-        match Self::try_bind(id) {
+        let bound = Self::try_bind(id).and_then(|mut beats| {
+            getrandom::fill(&mut beats.secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(beats)
+        });
+        match bound {
             Ok(beats) => Some(beats),
             Err(e) => {
                 tracing::warn!(
@@ -191,6 +201,7 @@ impl Beats {
         Ok(Beats {
             socket: tokio::net::UnixDatagram::from_std(socket)?,
             address: format!("@{name}"),
+            secret: [0; SECRET_BYTES],
             file: None,
         })
     }
@@ -203,6 +214,7 @@ impl Beats {
         Ok(Beats {
             socket,
             address: path.display().to_string(),
+            secret: [0; SECRET_BYTES],
             file: Some(path),
         })
     }
@@ -210,12 +222,19 @@ impl Beats {
     /// Whether a beat from `pid` is queued now, reading all that is queued (with a pid
     /// no child has, 0: dropping beats of children that are gone).
     fn queued_from(&self, pid: u32) -> bool {
-        let mut buf = [0u8; 16];
+        let mut buf = [0u8; 64];
         let mut found = false;
         while let Ok(n) = self.socket.try_recv(&mut buf) {
-            found |= is_beat_of(&buf[..n], pid);
+            found |= self.is_beat_of(&buf[..n], pid);
         }
         found
+    }
+
+    /// A child's beat is its pid, four bytes little-endian, then the secret.
+    fn is_beat_of(&self, datagram: &[u8], pid: u32) -> bool {
+        datagram.len() == 4 + SECRET_BYTES
+            && datagram[..4] == pid.to_le_bytes()
+            && datagram[4..] == self.secret
     }
 
     /// The next beat from the process `pid` (others are ignored); never, without `beats`.
@@ -223,10 +242,10 @@ impl Beats {
         let Some(beats) = beats else {
             return std::future::pending().await;
         };
-        let mut buf = [0u8; 16];
+        let mut buf = [0u8; 64];
         loop {
             if let Ok(n) = beats.socket.recv(&mut buf).await
-                && is_beat_of(&buf[..n], pid)
+                && beats.is_beat_of(&buf[..n], pid)
             {
                 return;
             }
@@ -234,10 +253,8 @@ impl Beats {
     }
 }
 
-/// A child's beat is its pid, four bytes little-endian.
-fn is_beat_of(datagram: &[u8], pid: u32) -> bool {
-    datagram == pid.to_le_bytes()
-}
+/// Bytes of the secret a beat carries.
+const SECRET_BYTES: usize = 16;
 
 impl Drop for Beats {
     fn drop(&mut self) {
@@ -264,6 +281,8 @@ async fn supervise_once(
     if let Some(beats) = beats {
         beats.queued_from(0);
         command.env(NANNY_LIVENESS, &beats.address);
+        let secret: String = beats.secret.iter().map(|b| format!("{b:02x}")).collect();
+        command.env(NANNY_SECRET, secret);
     }
     let mut child = command
         .args(std::env::args_os().skip(1))
@@ -409,6 +428,39 @@ pub(crate) fn follow_nanny() {
 #[cfg(test)]
 mod tests {
     use super::crashed;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn only_beats_carrying_the_secret_count() {
+        use std::os::linux::net::SocketAddrExt;
+        let id = format!("test-{}", std::process::id());
+        let beats = super::Beats::bind(&id).expect("an abstract socket");
+        assert_ne!(beats.secret, [0; super::SECRET_BYTES], "a random secret");
+        let name = beats.address.strip_prefix('@').unwrap();
+        let to = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let pid = 4242u32.to_le_bytes();
+        let send = |bytes: &[u8]| {
+            sender.send_to_addr(bytes, &to).unwrap();
+        };
+        let beat = || {
+            let wait = super::Beats::from(Some(&beats), 4242);
+            tokio::time::timeout(std::time::Duration::from_millis(300), wait)
+        };
+        send(&pid); // the pid alone, as anyone could send it
+        send(&[&pid[..], &[7; super::SECRET_BYTES]].concat()); // a wrong secret
+        assert!(beat().await.is_err(), "not beats");
+        send(&[&pid[..], &beats.secret[..]].concat());
+        assert!(beat().await.is_ok(), "a beat");
+        let secret = super::super::parse_hex(
+            &(beats.secret.iter())
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        );
+        assert_eq!(secret.as_deref(), Some(&beats.secret[..]));
+        assert_eq!(super::super::parse_hex("abc"), None);
+        assert_eq!(super::super::parse_hex("zz"), None);
+    }
 
     #[cfg(unix)]
     #[test]

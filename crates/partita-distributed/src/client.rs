@@ -257,6 +257,7 @@ impl Client {
             let routes = Arc::clone(&routes);
             let peers = Arc::new(Peers::new(endpoint.clone(), Arc::clone(&cluster), name));
             let reader_peers = Arc::clone(&peers);
+            let reader_conn = conn.clone();
             tokio::spawn(async move {
                 loop {
                     match read_msg::<ToClient>(&mut recv).await {
@@ -275,7 +276,9 @@ impl Client {
                             }
                         }
                         Ok(None) | Err(_) => {
-                            // Wake every waiter: the scheduler is gone.
+                            // Nothing more can be read (the scheduler went, or sent
+                            // something unreadable): close, and wake every waiter.
+                            reader_conn.close(0u32.into(), b"client stopped reading");
                             let mut r = lock(&routes);
                             r.closed = true;
                             r.by_key.clear();
@@ -328,7 +331,7 @@ impl Client {
 
     /// Whether the connection to the scheduler is still open.
     pub fn is_connected(&self) -> bool {
-        self.inner.conn.close_reason().is_none()
+        self.inner.conn.close_reason().is_none() && !lock(&self.inner.routes).closed
     }
 
     /// A snapshot of the cluster from the scheduler: every worker (address, threads,
@@ -1072,11 +1075,12 @@ impl std::fmt::Debug for Future {
 impl Future {
     fn new(inner: &Arc<Inner>, key: Key) -> Future {
         let mut routes = lock(&inner.routes);
-        let state = match routes.closed {
-            true => KeyState::Lost,
-            false => KeyState::Pending,
-        };
-        routes.tracked.entry(key.clone()).or_insert((0, state)).0 += 1;
+        let closed = routes.closed;
+        let entry = (routes.tracked.entry(key.clone())).or_insert((0, KeyState::Pending));
+        entry.0 += 1;
+        if closed && matches!(entry.1, KeyState::Pending) {
+            entry.1 = KeyState::Lost;
+        }
         drop(routes);
         inner.hold(std::slice::from_ref(&key));
         Future {
@@ -1372,9 +1376,12 @@ impl Client {
             .map(|key| {
                 let key = key.clone();
                 let mut r = lock(&inner.routes);
-                // A key that erred or was cancelled before starts over with this graph.
+                // A key that erred or was cancelled before starts over with this graph
+                // (unless the scheduler is gone: then nothing would ever finish it).
+                let closed = r.closed;
                 if let Some((_, s)) = r.tracked.get_mut(&key)
                     && matches!(s, KeyState::Erred(_) | KeyState::Cancelled)
+                    && !closed
                 {
                     *s = KeyState::Pending;
                 }
@@ -1909,7 +1916,13 @@ impl Client {
     ) -> Result<Answer> {
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        lock(&self.inner.routes).by_request.insert(request, tx);
+        {
+            let mut routes = lock(&self.inner.routes);
+            if routes.closed {
+                return Err(scheduler_gone());
+            }
+            routes.by_request.insert(request, tx);
+        }
         let result = (|| {
             self.inner.send(&FromClient::Coordinate { request, op })?;
             let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -2168,6 +2181,7 @@ impl AsCompleted {
             let r = lock(&self.inner.routes);
             let is_done =
                 |k: &Key| (r.tracked.get(k)).is_none_or(|(_, s)| !matches!(s, KeyState::Pending));
+            let gone = msg.is_none();
             let done: Vec<Key> = match msg {
                 Some(
                     ToClient::KeyInMemory { key, .. }
@@ -2178,10 +2192,14 @@ impl AsCompleted {
                     holders.into_iter().map(|(k, _)| k).collect()
                 }
                 Some(_) => continue,
-                // The scheduler is gone: every remaining future is done (lost).
+                // The scheduler is gone: every remaining future is done (lost), whatever
+                // its state says, since no more news can come.
                 None => self.remaining.keys().cloned().collect(),
             };
-            let done: Vec<Key> = done.into_iter().filter(|k| is_done(k)).collect();
+            let done: Vec<Key> = match gone {
+                true => done,
+                false => done.into_iter().filter(|k| is_done(k)).collect(),
+            };
             drop(r);
             for k in done {
                 self.ready

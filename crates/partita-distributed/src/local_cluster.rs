@@ -106,7 +106,7 @@ pub struct LocalCluster {
     scheduler: Option<Child>,
     /// How the scheduler was started, to start it again.
     scheduler_args: Vec<String>,
-    /// Scheduler processes started so far (earlier ones' logs are `scheduler.N.log`).
+    /// Logs of earlier scheduler processes kept so far (`scheduler.1.log`, ...).
     scheduler_starts: usize,
     processes: Arc<Processes>,
     adaptive: Option<Adaptive>,
@@ -173,7 +173,7 @@ impl LocalCluster {
             dir,
             scheduler: Some(scheduler),
             scheduler_args,
-            scheduler_starts: 1,
+            scheduler_starts: 0,
             processes,
             adaptive: None,
         };
@@ -270,11 +270,18 @@ impl LocalCluster {
         let earlier = self
             .dir
             .path()
-            .join(format!("scheduler.{}.log", self.scheduler_starts));
-        std::fs::rename(&log, &earlier).map_err(|source| Error::Io {
-            path: log.display().to_string(),
-            source,
-        })?;
+            .join(format!("scheduler.{}.log", self.scheduler_starts + 1));
+        match std::fs::rename(&log, &earlier) {
+            // Numbered now, so a start that fails keeps the earlier log too.
+            Ok(()) => self.scheduler_starts += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: log.display().to_string(),
+                    source,
+                });
+            }
+        }
         let before = file_identity(&self.cluster_file());
         let mut args = self.scheduler_args.clone();
         args.push("--reuse-credentials".into());
@@ -285,7 +292,6 @@ impl LocalCluster {
             &args,
             self.dir.path(),
         )?);
-        self.scheduler_starts += 1;
         self.wait_for_cluster_file(before)?;
         if let Some(options) = self.adaptive.as_ref().map(|a| a.options.clone()) {
             // Its client was the old scheduler's.
@@ -603,9 +609,9 @@ impl LocalCluster {
         }
     }
 
-    /// The scheduler's process id.
-    pub fn scheduler_pid(&self) -> u32 {
-        self.scheduler.as_ref().map_or(0, Child::id)
+    /// The scheduler's process id; `None` after [`LocalCluster::kill_scheduler`].
+    pub fn scheduler_pid(&self) -> Option<u32> {
+        self.scheduler.as_ref().map(Child::id)
     }
 
     /// The process ids of the running workers.

@@ -50,6 +50,9 @@ pub struct WorkerOptions {
     /// the nanny restarts the process. `@name` is a socket in Linux's abstract namespace
     /// (no file to clean up); anything else a path.
     pub liveness: Option<String>,
+    /// Bytes each beat carries after this process's id: the nanny's secret (from
+    /// `PARTITA_NANNY_SECRET`), without which it ignores a beat.
+    pub liveness_secret: Vec<u8>,
     /// How long to keep trying to join a scheduler that cannot be reached (Dask's
     /// `death_timeout`): a worker started before its scheduler, or started again by its
     /// nanny while the scheduler restarts. Zero: one try. A scheduler that refuses the
@@ -72,6 +75,7 @@ impl Default for WorkerOptions {
             nanny: None,
             resources: Resources::default(),
             liveness: None,
+            liveness_secret: Vec::new(),
             death_timeout: Duration::ZERO,
             cluster_file: None,
         }
@@ -84,6 +88,9 @@ impl Default for WorkerOptions {
 struct Liveness {
     #[cfg(unix)]
     socket: std::os::unix::net::UnixDatagram,
+    /// What each beat sends: this process's id (little-endian) and the nanny's secret.
+    #[cfg(unix)]
+    beat: Vec<u8>,
     last: Option<Instant>,
 }
 
@@ -91,7 +98,7 @@ impl Liveness {
     const EVERY: Duration = Duration::from_secs(1);
 
     #[cfg(unix)]
-    fn connect(to: &str) -> Option<Liveness> {
+    fn connect(to: &str, secret: &[u8]) -> Option<Liveness> {
         use std::os::unix::net::UnixDatagram;
         let connect = |s: UnixDatagram| -> std::io::Result<UnixDatagram> {
             #[cfg(target_os = "linux")]
@@ -108,7 +115,11 @@ impl Liveness {
             .and_then(connect)
             .and_then(|s| s.set_nonblocking(true).map(|()| s));
         match socket {
-            Ok(socket) => Some(Liveness { socket, last: None }),
+            Ok(socket) => Some(Liveness {
+                socket,
+                beat: [&std::process::id().to_le_bytes()[..], secret].concat(),
+                last: None,
+            }),
             Err(e) => {
                 tracing::warn!("cannot reach the nanny at {to}: {e}");
                 None
@@ -117,7 +128,7 @@ impl Liveness {
     }
 
     #[cfg(not(unix))]
-    fn connect(_to: &str) -> Option<Liveness> {
+    fn connect(_to: &str, _secret: &[u8]) -> Option<Liveness> {
         None
     }
 
@@ -127,7 +138,7 @@ impl Liveness {
         }
         self.last = Some(Instant::now());
         #[cfg(unix)]
-        let _ = self.socket.send(&std::process::id().to_le_bytes());
+        let _ = self.socket.send(&self.beat);
     }
 }
 
@@ -318,7 +329,8 @@ pub async fn run_worker_until(
     let mut retire = std::pin::pin!(retire);
     let mut retire_asked = false;
     let mut stop = None;
-    let mut liveness = options.liveness.as_deref().and_then(Liveness::connect);
+    let mut liveness = (options.liveness.as_deref())
+        .and_then(|to| Liveness::connect(to, &options.liveness_secret));
     let result = loop {
         let wake = state
             .poll_timeout()

@@ -240,19 +240,26 @@ impl DataFrame {
     }
 
     /// What a sample of the first partition's `keys` reads, as text, when that partition
-    /// is read from a file: the scan, the file's size and modification time, the pending
-    /// steps and the keys. `None` for other inputs or a file that cannot be examined.
+    /// is read from a file: the scan, the file's size and modification time, a hash of
+    /// the pending steps' encoding (not their `Debug` text, which leaves out literal
+    /// series and function arguments) and the keys. `None` for other inputs, a file that
+    /// cannot be examined or steps that cannot be encoded.
     pub(crate) fn sample_identity(&self, keys: &[String]) -> Option<String> {
+        use std::hash::{Hash, Hasher};
         let Input::Scans(scans) = &self.0.input else {
             return None;
         };
         let first = scans.first()?;
         let meta = std::fs::metadata(first.path()).ok()?;
+        let steps = rmp_serde::to_vec(&*self.0.steps).ok()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        steps.hash(&mut hasher);
         Some(format!(
-            "{first:?} {} {:?} {:?} {keys:?}",
+            "{first:?} {} {:?} {}:{:x} {keys:?}",
             meta.len(),
             meta.modified().ok()?,
-            self.0.steps
+            steps.len(),
+            hasher.finish()
         ))
     }
 
