@@ -622,6 +622,14 @@ async fn run(command: Command, watch_stdin: bool) -> partita_core::Result<i32> {
                 .ok()
                 .and_then(|hex| parse_hex(&hex))
                 .unwrap_or_default();
+            if options.liveness.is_some() && options.liveness_secret.is_empty() {
+                tracing::warn!(
+                    "{} is set but {} is missing or not hex: the nanny will ignore this \
+                     worker's beats and not watch its event loop",
+                    nanny::NANNY_LIVENESS,
+                    nanny::NANNY_SECRET
+                );
+            }
             work(cluster, options, watch_stdin, retire_timeout).await
         }
     }

@@ -433,7 +433,11 @@ mod tests {
     #[tokio::test]
     async fn only_beats_carrying_the_secret_count() {
         use std::os::linux::net::SocketAddrExt;
-        let id = format!("test-{}", std::process::id());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let id = format!("test-{}-{nanos}", std::process::id());
         let beats = super::Beats::bind(&id).expect("an abstract socket");
         assert_ne!(beats.secret, [0; super::SECRET_BYTES], "a random secret");
         let name = beats.address.strip_prefix('@').unwrap();

@@ -275,10 +275,17 @@ impl Client {
                                 let _ = reader_out.send(frame);
                             }
                         }
-                        Ok(None) | Err(_) => {
+                        end => {
                             // Nothing more can be read (the scheduler went, or sent
                             // something unreadable): close, and wake every waiter.
-                            reader_conn.close(0u32.into(), b"client stopped reading");
+                            if let Err(e) = end
+                                && reader_conn.close_reason().is_none()
+                            {
+                                tracing::warn!("unreadable message from the scheduler: {e}");
+                                reader_conn.close(3u32.into(), b"unreadable message");
+                            } else {
+                                reader_conn.close(0u32.into(), b"client stopped reading");
+                            }
                             let mut r = lock(&routes);
                             r.closed = true;
                             r.by_key.clear();
