@@ -820,19 +820,7 @@ fn a_nanny_starts_a_new_worker_when_its_worker_is_killed() {
         .unwrap();
     assert!(killed.success());
     // The scheduler loses the old worker and a new process joins as a new worker.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let workers = client.workers().unwrap();
-        if workers.len() == 1 && workers[0].0.id != first.id {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{workers:?}\n{}",
-            cluster.log("worker-0")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_replacement(&cluster, &client, &first, Duration::from_secs(60));
     assert_eq!(cluster.worker_pids(), [nanny], "the nanny itself lives on");
     assert_ne!(nanny_child(&cluster, 0), Some(child));
     let (graph, out, expected) = small_graph("nanny-after");
@@ -943,6 +931,11 @@ fn workers_rejoin_a_scheduler_started_again() {
     let old = cluster.client().unwrap();
     let (graph, out, expected) = small_graph("before-the-restart");
     assert_eq!(i64s(&run(graph, &[out], &old).unwrap()), [expected]);
+    let err = cluster
+        .start_scheduler()
+        .expect_err("one is running")
+        .to_string();
+    assert!(err.contains("the scheduler is running"), "{err}");
     cluster.kill_scheduler();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

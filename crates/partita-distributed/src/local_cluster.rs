@@ -642,9 +642,9 @@ const POLARS_THREADS: &str = "POLARS_MAX_THREADS";
 /// (medians of 7, s; BENCHMARKS.md): q2 0.215-0.230 (from 0.248-0.257), q5 0.296-0.318
 /// (0.361-0.365), q7 0.423-0.436 (0.443-0.455), q9 0.343-0.354 (0.424-0.440); q3 and q4
 /// within noise, q1 0.097-0.111 (0.093-0.101: the bigger table is allocated per
-/// partial). Sizes between (16,384-32,768) were slower than both on q3 and q5: a table too
-/// big for the cache that still evicts. Only the worker processes get it: in a user's own
-/// process Python polars reads the same variable.
+/// partial). 32,768 slots slowed q5 (a table too big for the cache that still evicts).
+/// Only the worker processes get it: in a user's own process Python polars reads the same
+/// variable.
 const HOT_TABLE: (&str, &str) = ("POLARS_HOT_TABLE_SIZE", "131072");
 
 /// Start `binary` with `args`, output to `log`, and `env` set where this process's own

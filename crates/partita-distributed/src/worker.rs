@@ -239,10 +239,7 @@ pub async fn run_worker_until(
         endpoint,
         servers,
         address,
-        conn,
-        send,
-        mut recv,
-        id,
+        link: (conn, send, mut recv, id),
     } = join_patiently(cluster, &options).await?;
     let cluster = Arc::new(cluster);
     let id = WorkerId(id);
@@ -408,10 +405,8 @@ struct Joined {
     endpoint: quinn::Endpoint,
     servers: ServerConfigs,
     address: String,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    id: u32,
+    /// What [`join`] gave: the connection, its control stream and the worker's id.
+    link: (quinn::Connection, quinn::SendStream, quinn::RecvStream, u32),
 }
 
 /// Bind the data server for `cluster`'s credentials on `host`; its address (`host:port`).
@@ -448,16 +443,13 @@ async fn join_patiently(mut cluster: ClusterFile, options: &WorkerOptions) -> Re
             resources: options.resources.clone(),
         };
         match join(&endpoint, &cluster, role, &options.name).await {
-            Ok((conn, send, recv, id)) => {
+            Ok(link) => {
                 return Ok(Joined {
                     cluster,
                     endpoint,
                     servers,
                     address,
-                    conn,
-                    send,
-                    recv,
-                    id,
+                    link,
                 });
             }
             Err(Error::Transport(e)) if Instant::now() + pause < deadline => {

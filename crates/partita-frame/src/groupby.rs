@@ -261,34 +261,13 @@ struct KeySample {
 /// what was read (the scan, the file's size and modification time, the pending steps, the
 /// keys). A file written again misses. Only the plan chosen depends on a sample, never a
 /// result, so a stale entry (a file rewritten within the clock's resolution at the same
-/// size) costs at most speed. At most [`SampleCache::ENTRIES`] are kept (all dropped when
-/// full).
-struct SampleCache;
+/// size) costs at most speed. At most [`KEPT_SAMPLES`] are kept (all dropped when full).
+static SAMPLES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, KeySample>>,
+> = std::sync::LazyLock::new(Default::default);
 
-impl SampleCache {
-    const ENTRIES: usize = 256;
-
-    fn map() -> std::sync::MutexGuard<'static, std::collections::HashMap<String, KeySample>> {
-        static MAP: std::sync::OnceLock<
-            std::sync::Mutex<std::collections::HashMap<String, KeySample>>,
-        > = std::sync::OnceLock::new();
-        MAP.get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn get(identity: &String) -> Option<KeySample> {
-        Self::map().get(identity).copied()
-    }
-
-    fn put(identity: String, sample: KeySample) {
-        let mut map = Self::map();
-        if map.len() >= Self::ENTRIES {
-            map.clear();
-        }
-        map.insert(identity, sample);
-    }
-}
+/// The most entries of [`SAMPLES`].
+const KEPT_SAMPLES: usize = 256;
 
 /// Below this many rows in the first partition, partials are always computed (their cost
 /// does not matter and the sample says little).
@@ -351,19 +330,28 @@ impl DataFrame {
     /// are predicted from how they grow between the first half of the sample and the whole
     /// (see [`predict_distinct`]), and its length is counted (from metadata for parquet).
     ///
-    /// Samples of files are kept (see [`SampleCache`]): a group-by asked again of the same
+    /// Samples of files are kept (see [`SAMPLES`]): a group-by asked again of the same
     /// files, steps and keys (a notebook, a benchmark) does not read the sample again.
     fn sample_groups(&self, keys: &[String]) -> Result<Option<KeySample>> {
         if !self.first_partition_is_cheap() {
             return Ok(None);
         }
-        let cached = self.sample_identity(keys);
-        if let Some(sample) = cached.as_ref().and_then(SampleCache::get) {
+        let samples = || {
+            SAMPLES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let identity = self.sample_identity(keys);
+        if let Some(sample) = identity.as_ref().and_then(|i| samples().get(i).copied()) {
             return Ok(Some(sample));
         }
         let sample = self.read_sample(keys)?;
-        if let Some(identity) = cached {
-            SampleCache::put(identity, sample);
+        if let Some(identity) = identity {
+            let mut kept = samples();
+            if kept.len() >= KEPT_SAMPLES {
+                kept.clear();
+            }
+            kept.insert(identity, sample);
         }
         Ok(Some(sample))
     }
