@@ -1526,10 +1526,40 @@ impl PyClient {
         py.detach(|| client.wait_for_workers(n, timeout)).py_err()
     }
 
+    /// Connect again if the scheduler went away (one started again where the cluster file
+    /// says, or at the same address), trying for up to `timeout` seconds. Computes,
+    /// submits and requests do this by themselves for `reconnect_timeout` seconds. Futures
+    /// and persisted collections from before the loss stay lost.
+    #[pyo3(signature = (timeout = 10.0))]
+    fn reconnect(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let client = self.client()?;
+        let timeout = seconds(Some(timeout))?.unwrap_or_default();
+        py.detach(|| client.reconnect(timeout)).py_err()
+    }
+
+    /// Seconds a call on a client whose scheduler went away keeps trying to connect again
+    /// (default 10; 0 never connects again).
+    #[getter]
+    fn get_reconnect_timeout(&self) -> PyResult<f64> {
+        Ok(self.client()?.reconnect_timeout().as_secs_f64())
+    }
+
+    #[setter]
+    fn set_reconnect_timeout(&self, timeout: f64) -> PyResult<()> {
+        let timeout = seconds(Some(timeout))?.unwrap_or_default();
+        self.client()?.set_reconnect_timeout(timeout);
+        Ok(())
+    }
+
+    /// Whether the connection to the scheduler is open.
+    fn is_connected(&self) -> PyResult<bool> {
+        Ok(self.client()?.is_connected())
+    }
+
     /// The scheduler's address.
     #[getter]
     fn scheduler_address(&self) -> PyResult<String> {
-        Ok(self.client()?.scheduler_address().to_string())
+        Ok(self.client()?.scheduler_address())
     }
 
     /// Start computing collections on the cluster and return at once: a `Future` per

@@ -253,11 +253,23 @@ def test_workers_rejoin_a_restarted_scheduler_and_bad_worker_args_say_so():
         with pt.Client(cluster) as client:
             assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=client) == x.sum()
         scheduler_pid, _ = cluster.pids()
-        cluster.restart_scheduler()
-        assert cluster.pids()[0] != scheduler_pid
-        with pt.Client(cluster) as client:
-            client.wait_for_workers(1, timeout=60)
-            assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=client) == x.sum()
+        with pt.Client(cluster) as old:
+            kept = old.submit(sum, [1, 2, 3])
+            assert kept.result() == 6
+            cluster.restart_scheduler()
+            assert cluster.pids()[0] != scheduler_pid
+            with pt.Client(cluster) as client:
+                client.wait_for_workers(1, timeout=60)
+                assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=client) == x.sum()
+            # The client from before connects again by itself at its next call; its
+            # futures from before are lost.
+            assert old.reconnect_timeout == 10.0
+            old.reconnect_timeout = 30
+            assert pt.from_numpy(x, chunks=4).sum().compute(scheduler=old) == x.sum()
+            assert old.is_connected()
+            assert kept.status == "lost"
+            with pytest.raises(ValueError, match="seconds"):
+                old.reconnect_timeout = -1
         assert "lost the scheduler" in cluster.log("worker-0")
     # A flag the worker does not know: an error quoting the worker's own complaint.
     with pytest.raises(pt.TransportError, match="--no-such-flag"):

@@ -446,7 +446,7 @@ fn a_local_cluster_serves_metrics_when_asked() {
         "{addr}"
     );
     let client = cluster.client().unwrap();
-    assert_eq!(client.metrics_address(), Some(addr.as_str()));
+    assert_eq!(client.metrics_address().as_deref(), Some(addr.as_str()));
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -922,15 +922,21 @@ fn a_worker_the_scheduler_gave_up_on_rejoins_through_its_nanny() {
 }
 
 #[test]
-fn workers_rejoin_a_scheduler_started_again() {
+fn workers_and_clients_rejoin_a_scheduler_started_again() {
     // SIGKILL the scheduler; the worker notices (its connection times out) and its nanny
     // starts a fresh one, which waits for a scheduler. Only then is the scheduler started
     // again (same credentials, a new port): the waiting worker finds the new address by
-    // reading the cluster file again.
+    // reading the cluster file again, and so does the client from before.
     let mut cluster = start_with_nanny(0);
     let old = cluster.client().unwrap();
     let (graph, out, expected) = small_graph("before-the-restart");
     assert_eq!(i64s(&run(graph, &[out], &old).unwrap()), [expected]);
+    let (graph, kept_key, kept_value) = small_graph("kept-across-the-restart");
+    let kept = old.submit(graph, std::slice::from_ref(&kept_key)).unwrap();
+    assert_eq!(
+        kept[0].result().unwrap().get::<i64>().ok(),
+        Some(&kept_value)
+    );
     let err = cluster
         .start_scheduler()
         .expect_err("one is running")
@@ -949,18 +955,56 @@ fn workers_rejoin_a_scheduler_started_again() {
         assert!(Instant::now() < deadline, "{log}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The old client's scheduler is gone: an error, not a hang.
+    // No scheduler to connect to again: an error within the client's reconnect time,
+    // not a hang; its futures are lost.
+    assert!(!old.is_connected());
+    old.set_reconnect_timeout(Duration::from_millis(500));
     let (graph, out, _) = small_graph("on-the-old-client");
+    let started = Instant::now();
     let err = run(graph, &[out], &old)
         .expect_err("its scheduler died")
         .to_string();
-    assert!(err.contains("scheduler"), "{err}");
+    assert!(err.contains("could not connect again"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+    assert_eq!(kept[0].status(), FutureStatus::Lost);
     cluster.start_scheduler().unwrap();
-    let client = cluster.client().unwrap();
-    client
-        .wait_for_workers(1, Duration::from_secs(60))
+    // The old client connects again by itself, at its next call.
+    old.set_reconnect_timeout(Duration::from_secs(30));
+    old.wait_for_workers(1, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log("worker-0")));
+    assert!(old.is_connected());
     let (graph, out, expected) = small_graph("after-the-restart");
+    assert_eq!(i64s(&run(graph, &[out], &old).unwrap()), [expected]);
+    // A future from before stays lost until its key is submitted again.
+    assert_eq!(kept[0].status(), FutureStatus::Lost);
+    let err = kept[0].result().unwrap_err().to_string();
+    assert!(err.contains("lost the connection"), "{err}");
+    // A graph reading it as a persisted value says to persist it again.
+    let mut b = GraphBuilder::new();
+    let (input, sum) = (Key::named("persisted-input"), Key::named("persisted-sum"));
+    b.add_task(
+        input.clone(),
+        Arc::new(Persisted::new(kept[0].clone())),
+        &[],
+    );
+    b.add_task(sum.clone(), Arc::new(Mix { salt: 4 }), &[input]);
+    let err = run(b.build().unwrap(), &[sum], &old)
+        .expect_err("the value is gone")
+        .to_string();
+    assert!(err.contains("persist it again"), "{err}");
+    let (graph, _, _) = small_graph("kept-across-the-restart");
+    let again = old.submit(graph, std::slice::from_ref(&kept_key)).unwrap();
+    assert_eq!(
+        again[0].result().unwrap().get::<i64>().ok(),
+        Some(&kept_value)
+    );
+    assert_eq!(
+        kept[0].result().unwrap().get::<i64>().ok(),
+        Some(&kept_value)
+    );
+    // A new client works too.
+    let client = cluster.client().unwrap();
+    let (graph, out, expected) = small_graph("on-a-new-client");
     assert_eq!(i64s(&run(graph, &[out], &client).unwrap()), [expected]);
     // The first scheduler's log is kept.
     assert!(std::fs::exists(cluster.dir().join("scheduler.1.log")).unwrap());

@@ -486,7 +486,7 @@ fn print_info(cluster_file: &std::path::Path, json: bool) -> partita_core::Resul
             .map_err(|e| partita_core::Error::Codec(format!("cluster info as JSON: {e}")))?;
         println!("{text}");
     } else {
-        print!("{}", describe(client.scheduler_address(), &info));
+        print!("{}", describe(&client.scheduler_address(), &info));
     }
     Ok(())
 }

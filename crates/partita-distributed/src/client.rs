@@ -17,7 +17,7 @@
 //!   graph was accepted, and a refusal arrives before it (an error from `submit` itself).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -58,6 +58,9 @@ struct Routes {
     /// The connection to the scheduler is gone: nothing will be routed any more, so a
     /// computation registering now is told at once, and a new future is lost.
     closed: bool,
+    /// Which connection routes here: bumped when the client connects again, so a reader
+    /// of an older connection neither routes nor closes anything any more.
+    generation: u64,
 }
 
 /// What the client knows of a key it holds futures for.
@@ -187,12 +190,19 @@ pub struct Client {
 
 struct Inner {
     runtime: tokio::runtime::Runtime,
-    cluster: Arc<ClusterFile>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    routes: Arc<Mutex<Routes>>,
-    peers: Arc<Peers>,
-    conn: quinn::Connection,
     endpoint: quinn::Endpoint,
+    /// The cluster file this client was connected with, read again before connecting
+    /// again (a scheduler started again may listen on another port, with other
+    /// credentials); `None` when the credentials were handed over ([`Client::connect_with`]).
+    cluster_file: Option<PathBuf>,
+    /// The connection now: replaced when the client connects again ([`Client::reconnect`]).
+    session: Mutex<Arc<Session>>,
+    /// Held while connecting again, so one thread does it and the others wait for it.
+    reconnecting: Mutex<()>,
+    /// How long a call on a client whose scheduler is gone keeps trying to connect again,
+    /// in milliseconds ([`Client::set_reconnect_timeout`]).
+    reconnect_timeout_ms: AtomicU64,
+    routes: Arc<Mutex<Routes>>,
     /// How many running computations and futures of this client want each key: the
     /// scheduler keeps one "wanted" mark per client, released when the last is done.
     held: Mutex<HashMap<Key, usize>>,
@@ -202,10 +212,22 @@ struct Inner {
     next_request: AtomicU64,
 }
 
+/// One connection to a scheduler: what it was made with, and how to reach it and its
+/// workers.
+struct Session {
+    cluster: Arc<ClusterFile>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    peers: Arc<Peers>,
+    conn: quinn::Connection,
+}
+
+/// How long a client whose scheduler went away tries to connect again, by default.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("scheduler", &self.inner.cluster.address)
+            .field("scheduler", &self.inner.session().cluster.address)
             .finish_non_exhaustive()
     }
 }
@@ -215,9 +237,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Client {
-    /// Connect with the cluster file the scheduler wrote.
+    /// Connect with the cluster file the scheduler wrote. If the scheduler goes away, the
+    /// next call reads the file again and connects to whatever scheduler it names then
+    /// (see [`Client::reconnect`]).
     pub fn connect(cluster_file: impl AsRef<Path>) -> Result<Client> {
-        Client::connect_with(ClusterFile::read(cluster_file.as_ref())?)
+        let path = cluster_file.as_ref();
+        Client::open(ClusterFile::read(path)?, Some(path.to_path_buf()))
     }
 
     /// Run a task whose op fails again, up to `n` times, before its error counts (Dask's
@@ -234,85 +259,37 @@ impl Client {
         self.inner.retries.load(Ordering::Relaxed)
     }
 
-    /// Connect with credentials in hand.
+    /// Connect with credentials in hand. Connecting again (see [`Client::reconnect`]) uses
+    /// the same ones: a scheduler started again with `--reuse-credentials` on a fixed
+    /// `--listen` address.
     pub fn connect_with(cluster: ClusterFile) -> Result<Client> {
+        Client::open(cluster, None)
+    }
+
+    fn open(cluster: ClusterFile, cluster_file: Option<PathBuf>) -> Result<Client> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("partita-client")
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the client runtime: {e}")))?;
-        let cluster = Arc::new(cluster);
         let routes = Arc::new(Mutex::new(Routes::default()));
-        let (endpoint, conn, out, peers) = runtime.block_on(async {
+        let endpoint = runtime.block_on(async {
             let bind = crate::wire::resolve("0.0.0.0:0")?;
-            let endpoint = crate::cluster_file::endpoint(bind, None)
-                .map_err(|e| Error::Transport(format!("cannot open a UDP socket: {e}")))?;
-            let name = format!("client-{}", std::process::id());
-            let (conn, send, mut recv, _id) =
-                join(&endpoint, &cluster, Role::Client, &name).await?;
-            let (out, rx) = mpsc::unbounded_channel();
-            spawn_writer(send, rx);
-            let reader_out = out.clone();
-            let routes = Arc::clone(&routes);
-            let peers = Arc::new(Peers::new(endpoint.clone(), Arc::clone(&cluster), name));
-            let reader_peers = Arc::clone(&peers);
-            let reader_conn = conn.clone();
-            tokio::spawn(async move {
-                loop {
-                    match read_msg::<ToClient>(&mut recv).await {
-                        Ok(Some(msg)) => {
-                            if let ToClient::WorkerLeft { peer } = &msg {
-                                // Fetches from it fail now rather than at its timeout.
-                                reader_peers.forget(&peer.address);
-                            }
-                            let orphaned = route(&routes, msg);
-                            // Keys it alone held (as far as we heard): moved to another
-                            // worker (it retired), or lost and being recomputed. Ask.
-                            if !orphaned.is_empty()
-                                && let Ok(frame) = framed(&FromClient::WhoHas { keys: orphaned })
-                            {
-                                let _ = reader_out.send(frame);
-                            }
-                        }
-                        end => {
-                            // Nothing more can be read (the scheduler went, or sent
-                            // something unreadable): close, and wake every waiter.
-                            if let Err(e) = end
-                                && reader_conn.close_reason().is_none()
-                            {
-                                tracing::warn!("unreadable message from the scheduler: {e}");
-                                reader_conn.close(3u32.into(), b"unreadable message");
-                            } else {
-                                reader_conn.close(0u32.into(), b"client stopped reading");
-                            }
-                            let mut r = lock(&routes);
-                            r.closed = true;
-                            r.by_key.clear();
-                            r.all.clear();
-                            r.by_request.clear();
-                            for (_, state) in r.tracked.values_mut() {
-                                if matches!(state, KeyState::Pending | KeyState::Finished(_)) {
-                                    *state = KeyState::Lost;
-                                }
-                            }
-                            break;
-                        }
-                    }
-                }
-            });
-            Ok::<_, Error>((endpoint, conn, out, peers))
+            crate::cluster_file::endpoint(bind, None)
+                .map_err(|e| Error::Transport(format!("cannot open a UDP socket: {e}")))
         })?;
+        let session = runtime.block_on(Session::open(&endpoint, cluster, &routes, 0))?;
         Ok(Client {
             options: SubmitOptions::default(),
             inner: Arc::new(Inner {
                 runtime,
-                cluster,
-                out,
-                routes,
-                peers,
-                conn,
                 endpoint,
+                cluster_file,
+                session: Mutex::new(Arc::new(session)),
+                reconnecting: Mutex::new(()),
+                reconnect_timeout_ms: AtomicU64::new(RECONNECT_TIMEOUT.as_millis() as u64),
+                routes,
                 held: Mutex::new(HashMap::new()),
                 retries: AtomicU32::new(0),
                 next_request: AtomicU64::new(1),
@@ -320,15 +297,40 @@ impl Client {
         })
     }
 
+    /// How long a call keeps trying to connect again once the scheduler has gone away
+    /// (default 10 s); zero never connects again, so every call fails at once with "lost
+    /// the connection to the scheduler".
+    pub fn set_reconnect_timeout(&self, timeout: Duration) {
+        (self.inner.reconnect_timeout_ms).store(
+            timeout.as_millis().min(u64::MAX.into()) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// See [`Client::set_reconnect_timeout`].
+    pub fn reconnect_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.reconnect_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Connect again to the scheduler if the connection is gone, trying for up to
+    /// `timeout` (the cluster file is read again before each try). Calls that start work
+    /// (computes, submits, scatters, requests) do this by themselves, for the
+    /// [`Client::set_reconnect_timeout`] time. The new scheduler knows nothing of the old
+    /// one's keys: futures from before stay lost (submitting their keys again computes
+    /// them again), persisted values must be persisted again. Does nothing when connected.
+    pub fn reconnect(&self, timeout: Duration) -> Result<()> {
+        self.inner.reconnect(timeout)
+    }
+
     /// The scheduler's address.
-    pub fn scheduler_address(&self) -> &str {
-        &self.inner.cluster.address
+    pub fn scheduler_address(&self) -> String {
+        self.inner.session().cluster.address.clone()
     }
 
     /// Where the scheduler serves `/metrics` and `/info` (`host:port`, from the cluster
     /// file), if it was started with `--metrics`; Dask's `client.dashboard_link`.
-    pub fn metrics_address(&self) -> Option<&str> {
-        self.inner.cluster.metrics.as_deref()
+    pub fn metrics_address(&self) -> Option<String> {
+        self.inner.session().cluster.metrics.clone()
     }
 
     /// The workers connected now, with their thread counts.
@@ -336,11 +338,10 @@ impl Client {
         self.inner.workers()
     }
 
-    /// Whether the connection to the scheduler is still open.
+    /// Whether the connection to the scheduler is open.
     pub fn is_connected(&self) -> bool {
-        self.inner.conn.close_reason().is_none() && !lock(&self.inner.routes).closed
+        self.inner.connected()
     }
-
     /// A snapshot of the cluster from the scheduler: every worker (address, threads,
     /// memory limit, tasks assigned, values held, and its last report of memory in use,
     /// spilled bytes, running tasks and whether it is paused), the tasks by state, and
@@ -387,12 +388,177 @@ impl Client {
     }
 }
 
+impl Session {
+    /// Join the scheduler `cluster` names, and start reading what it sends into `routes`
+    /// as connection number `generation` (see [`Routes::generation`]).
+    async fn open(
+        endpoint: &quinn::Endpoint,
+        cluster: ClusterFile,
+        routes: &Arc<Mutex<Routes>>,
+        generation: u64,
+    ) -> Result<Session> {
+        let cluster = Arc::new(cluster);
+        let name = format!("client-{}", std::process::id());
+        let (conn, send, mut recv, _id) = join(endpoint, &cluster, Role::Client, &name).await?;
+        let (out, rx) = mpsc::unbounded_channel();
+        spawn_writer(send, rx);
+        let reader_out = out.clone();
+        let routes = Arc::clone(routes);
+        let peers = Arc::new(Peers::new(endpoint.clone(), Arc::clone(&cluster), name));
+        let reader_peers = Arc::clone(&peers);
+        let reader_conn = conn.clone();
+        tokio::spawn(async move {
+            loop {
+                match read_msg::<ToClient>(&mut recv).await {
+                    Ok(Some(msg)) => {
+                        if let ToClient::WorkerLeft { peer } = &msg {
+                            // Fetches from it fail now rather than at its timeout.
+                            reader_peers.forget(&peer.address);
+                        }
+                        let orphaned = route(&routes, msg, generation);
+                        // Keys it alone held (as far as we heard): moved to another
+                        // worker (it retired), or lost and being recomputed. Ask.
+                        if !orphaned.is_empty()
+                            && let Ok(frame) = framed(&FromClient::WhoHas { keys: orphaned })
+                        {
+                            let _ = reader_out.send(frame);
+                        }
+                    }
+                    end => {
+                        // Nothing more can be read (the scheduler went, or sent
+                        // something unreadable): close, and wake every waiter.
+                        if let Err(e) = end
+                            && reader_conn.close_reason().is_none()
+                        {
+                            tracing::warn!("unreadable message from the scheduler: {e}");
+                            reader_conn.close(3u32.into(), b"unreadable message");
+                        } else {
+                            reader_conn.close(0u32.into(), b"client stopped reading");
+                        }
+                        let mut r = lock(&routes);
+                        // Unless the client has connected again meanwhile.
+                        if r.generation == generation {
+                            close_routes(&mut r);
+                        }
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Session {
+            cluster,
+            out,
+            peers,
+            conn,
+        })
+    }
+}
+
+/// The connection is gone: wake every waiter (their receivers end), fail whatever
+/// registers from now on, and mark every key not known to be final as lost.
+fn close_routes(r: &mut Routes) {
+    r.closed = true;
+    r.by_key.clear();
+    r.all.clear();
+    r.by_request.clear();
+    for (_, state) in r.tracked.values_mut() {
+        if matches!(state, KeyState::Pending | KeyState::Finished(_)) {
+            *state = KeyState::Lost;
+        }
+    }
+}
+
+impl Inner {
+    /// The connection now.
+    fn session(&self) -> Arc<Session> {
+        Arc::clone(&lock(&self.session))
+    }
+
+    fn connected(&self) -> bool {
+        self.session().conn.close_reason().is_none() && !lock(&self.routes).closed
+    }
+
+    /// Before a call that starts work: connected, or connected again within the
+    /// [`Client::set_reconnect_timeout`] time, or the error saying the scheduler is gone.
+    fn ensure_connected(&self) -> Result<()> {
+        if self.connected() {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.reconnect_timeout_ms.load(Ordering::Relaxed));
+        if timeout.is_zero() {
+            return Err(scheduler_gone());
+        }
+        self.reconnect(timeout)
+    }
+
+    /// See [`Client::reconnect`].
+    fn reconnect(&self, timeout: Duration) -> Result<()> {
+        let _one = lock(&self.reconnecting);
+        if self.connected() {
+            // Connected, or another thread connected again while this one waited.
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(50);
+        let generation = lock(&self.routes).generation + 1;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let cluster = match &self.cluster_file {
+                Some(path) => ClusterFile::read(path),
+                None => Ok(ClusterFile::clone(&self.session().cluster)),
+            };
+            // A try that hangs (a scheduler that never answers) ends with the deadline.
+            let attempt = cluster.and_then(|cluster| {
+                let address = cluster.address.clone();
+                let open = Session::open(&self.endpoint, cluster, &self.routes, generation);
+                let patience = left.max(Duration::from_millis(100));
+                (self.runtime)
+                    .block_on(async { tokio::time::timeout(patience, open).await })
+                    .unwrap_or_else(|_| {
+                        Err(Error::Transport(format!(
+                            "the scheduler at {address} did not answer"
+                        )))
+                    })
+            });
+            match attempt {
+                Ok(session) => {
+                    let old = std::mem::replace(&mut *lock(&self.session), Arc::new(session));
+                    old.conn.close(0u32.into(), b"client connected again");
+                    let mut r = lock(&self.routes);
+                    // Waiters on the old connection end (its reader may not have noticed
+                    // yet); keys from before stay lost until submitted again.
+                    close_routes(&mut r);
+                    r.closed = false;
+                    r.generation = generation;
+                    drop(r);
+                    tracing::info!(
+                        "connected again to the scheduler at {}",
+                        self.session().cluster.address
+                    );
+                    return Ok(());
+                }
+                Err(e) if Instant::now() + pause < deadline => {
+                    tracing::debug!("connecting again to the scheduler failed: {e}");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(Error::Transport(format!(
+                        "lost the connection to the scheduler, and could not connect again \
+                         within {timeout:?}: {e}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
 impl Inner {
     /// Push each value to its worker, concurrently; the first failure is the error.
     fn push_all(&self, pushes: Vec<(Peer, Key, Value)>, copy: bool) -> Result<()> {
         let mut running = tokio::task::JoinSet::new();
         for (peer, key, value) in pushes {
-            let peers = Arc::clone(&self.peers);
+            let peers = Arc::clone(&self.session().peers);
             running.spawn_on(
                 async move { peers.push(&peer.address, &key, &value, copy).await },
                 self.runtime.handle(),
@@ -407,7 +573,7 @@ impl Inner {
     }
 
     fn send(&self, msg: &FromClient) -> Result<()> {
-        self.out
+        (self.session().out)
             .send(framed(msg)?)
             .map_err(|_| Error::Transport("the connection to the scheduler is closed".into()))
     }
@@ -451,6 +617,7 @@ impl Inner {
         what: &str,
         mut pick: impl FnMut(ToClient) -> Option<Result<T>>,
     ) -> Result<T> {
+        self.ensure_connected()?;
         let (id, mut rx) = self.register(&[]);
         let result = (|| {
             for msg in msgs {
@@ -485,7 +652,7 @@ impl Inner {
     fn gather_one(&self, key: &Key, holders: &[Peer]) -> Result<Value> {
         let mut last = None;
         for peer in holders {
-            match self.runtime.block_on(self.peers.fetch(&peer.address, key)) {
+            match (self.runtime).block_on(self.session().peers.fetch(&peer.address, key)) {
                 Ok(v) => return Ok(v),
                 Err(e) => last = Some(e),
             }
@@ -587,9 +754,12 @@ fn scheduler_gone() -> Error {
 
 /// Record what `msg` says of tracked keys and hand it to the computations waiting for
 /// it. Returns the keys a `WorkerLeft` left without a known holder.
-fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
+fn route(routes: &Mutex<Routes>, msg: ToClient, generation: u64) -> Vec<Key> {
     let mut orphaned = Vec::new();
     let mut r = lock(routes);
+    if r.generation != generation {
+        return orphaned;
+    }
     match &msg {
         ToClient::KeyInMemory { key, workers, .. } => {
             if let Some((_, state)) = r.tracked.get_mut(key) {
@@ -690,7 +860,7 @@ fn route(routes: &Mutex<Routes>, msg: ToClient) -> Vec<Key> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.conn.close(0u32.into(), b"client closing");
+        self.session().conn.close(0u32.into(), b"client closing");
         self.endpoint.close(0u32.into(), b"client closing");
         // Let the close frame leave before the runtime stops: without it the scheduler
         // noticed the client gone only at the idle timeout, and kept every key it wanted
@@ -726,6 +896,13 @@ fn task_specs(
         if let Some(p) = Persisted::of(op.as_ref())
             && p.future.inner.same_cluster(inner)
         {
+            if p.future.status() == FutureStatus::Lost {
+                return Err(Error::Transport(format!(
+                    "{} was persisted on a scheduler this client lost the connection to \
+                     (restarted or gone): persist it again",
+                    p.future.key
+                )));
+            }
             on_cluster.insert(key, p.future.key.clone());
             continue;
         }
@@ -771,9 +948,11 @@ impl Inner {
     /// Whether `other` is a client of the same cluster (the same scheduler and token):
     /// keys one of them keeps there, the other can name in its graphs.
     fn same_cluster(&self, other: &Inner) -> bool {
-        std::ptr::eq(self, other)
-            || (self.cluster.address == other.cluster.address
-                && self.cluster.token == other.cluster.token)
+        std::ptr::eq(self, other) || {
+            let (ours, theirs) = (self.session(), other.session());
+            ours.cluster.address == theirs.cluster.address
+                && ours.cluster.token == theirs.cluster.token
+        }
     }
 
     /// One more holder of each key in `keys`.
@@ -960,6 +1139,7 @@ impl Inner {
         if ctx.observer.is_some() {
             return Err(observers_not_supported());
         }
+        self.ensure_connected()?;
         let retries = (options.retries).unwrap_or_else(|| self.retries.load(Ordering::Relaxed));
         let Specs {
             tasks,
@@ -1379,15 +1559,17 @@ impl Client {
         outputs: &[Key],
     ) -> Result<Vec<Future>> {
         let inner = &self.inner;
+        inner.ensure_connected()?;
         let futures: Vec<Future> = (outputs.iter())
             .map(|key| {
                 let key = key.clone();
                 let mut r = lock(&inner.routes);
-                // A key that erred or was cancelled before starts over with this graph
-                // (unless the scheduler is gone: then nothing would ever finish it).
+                // A key that erred, was cancelled or lost with an earlier scheduler
+                // starts over with this graph (unless the scheduler is gone: then
+                // nothing would ever finish it).
                 let closed = r.closed;
                 if let Some((_, s)) = r.tracked.get_mut(&key)
-                    && matches!(s, KeyState::Erred(_) | KeyState::Cancelled)
+                    && matches!(s, KeyState::Erred(_) | KeyState::Cancelled | KeyState::Lost)
                     && !closed
                 {
                     *s = KeyState::Pending;
@@ -1436,6 +1618,7 @@ impl Client {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
+        inner.ensure_connected()?;
         // Names no other client makes (a random token per call), like Dask's
         // `ndarray-<token>`: `scatter-<token>-<i>`.
         let mut token = [0u8; 8];
@@ -1530,11 +1713,15 @@ impl Client {
         let payload = Arc::new(encode_op(&key, &op)?);
         let workers = self.workers()?;
         let inner = &self.inner;
+        let session = inner.session();
         let results = inner.runtime.block_on(async {
             let mut set = tokio::task::JoinSet::new();
             for (i, (peer, _)) in workers.iter().enumerate() {
-                let (peers, payload, key) =
-                    (Arc::clone(&inner.peers), Arc::clone(&payload), key.clone());
+                let (peers, payload, key) = (
+                    Arc::clone(&session.peers),
+                    Arc::clone(&payload),
+                    key.clone(),
+                );
                 let address = peer.address.clone();
                 set.spawn(async move { (i, peers.run(&address, &key, &payload).await) });
             }
@@ -1921,6 +2108,7 @@ impl Client {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Answer> {
+        self.inner.ensure_connected()?;
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         {
@@ -1955,7 +2143,7 @@ impl Client {
                     Ok(Some(_)) => continue,
                     Ok(None) => return Err(scheduler_gone()),
                     // Lost before this request was listed, nobody would say so.
-                    Err(_) if self.inner.conn.close_reason().is_some() => {
+                    Err(_) if self.inner.session().conn.close_reason().is_some() => {
                         return Err(scheduler_gone());
                     }
                     Err(_) => {}
@@ -2056,13 +2244,14 @@ impl Client {
                 by_holder.entry(&peer.address).or_default().push(i);
             }
         }
+        let session = inner.session();
         let fetched: Vec<Option<Value>> = inner.runtime.block_on(async {
             let mut set = tokio::task::JoinSet::new();
             for (address, indices) in by_holder {
                 for batch in indices.chunks(GATHER_BATCH) {
                     let batch = batch.to_vec();
                     let wanted: Vec<Key> = batch.iter().map(|&i| keys[i].clone()).collect();
-                    let (peers, address) = (Arc::clone(&inner.peers), address.to_string());
+                    let (peers, address) = (Arc::clone(&session.peers), address.to_string());
                     set.spawn(async move {
                         let values = peers.fetch_many(&address, &wanted).await;
                         (batch, values)
@@ -2287,6 +2476,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_of_an_earlier_connection_routes_nothing() {
+        let routes = Mutex::new(Routes::default());
+        let a = Key::named("a");
+        lock(&routes)
+            .tracked
+            .insert(a.clone(), (1, KeyState::Pending));
+        let (_id, mut rx) = register_locked(&mut lock(&routes), std::slice::from_ref(&a));
+        // The client connected again: connection 1 routes, connection 0 no longer does.
+        lock(&routes).generation = 1;
+        route(&routes, in_memory(&a, &[1]), 0);
+        assert_eq!(holders(&routes, &a), None);
+        assert!(rx.try_recv().is_err());
+        route(&routes, in_memory(&a, &[2]), 1);
+        assert_eq!(holders(&routes, &a), Some(vec![2]));
+        assert!(matches!(rx.try_recv(), Ok(ToClient::KeyInMemory { .. })));
+    }
+
+    #[test]
     fn a_worker_that_left_is_no_longer_asked_for_values() {
         let routes = Mutex::new(Routes::default());
         let (a, b, c) = (Key::named("a"), Key::named("b"), Key::named("c"));
@@ -2296,10 +2503,10 @@ mod tests {
                 .insert(k.clone(), (1, KeyState::Pending));
         }
         let (_id, mut rx) = register_locked(&mut lock(&routes), &[]);
-        route(&routes, in_memory(&a, &[1, 2]));
-        route(&routes, in_memory(&b, &[1]));
-        route(&routes, in_memory(&c, &[2]));
-        let orphaned = route(&routes, ToClient::WorkerLeft { peer: peer(1) });
+        route(&routes, in_memory(&a, &[1, 2]), 0);
+        route(&routes, in_memory(&b, &[1]), 0);
+        route(&routes, in_memory(&c, &[2]), 0);
+        let orphaned = route(&routes, ToClient::WorkerLeft { peer: peer(1) }, 0);
         // `a` is still on worker 2; `b`'s only copy is gone (the client asks where it is
         // now: moved off a retiring worker, or being recomputed); `c` is untouched.
         assert_eq!(holders(&routes, &a), Some(vec![2]));
@@ -2309,9 +2516,9 @@ mod tests {
         let reply = ToClient::WhoHasReply {
             holders: vec![(b.clone(), vec![peer(3)])],
         };
-        assert!(route(&routes, reply).is_empty());
+        assert!(route(&routes, reply, 0).is_empty());
         assert_eq!(holders(&routes, &b), Some(vec![3]));
-        route(&routes, in_memory(&b, &[2]));
+        route(&routes, in_memory(&b, &[2]), 0);
         assert_eq!(holders(&routes, &b), Some(vec![2]));
         // Waiting computations hear of it too (to drop their own holder lists).
         assert!(matches!(rx.try_recv(), Ok(ToClient::WorkerLeft { peer }) if peer.id.0 == 1));
