@@ -923,6 +923,7 @@ fn a_worker_the_scheduler_gave_up_on_rejoins_through_its_nanny() {
 
 #[test]
 fn workers_and_clients_rejoin_a_scheduler_started_again() {
+    use partita::distributed::{Dataset, Lock, Pub, Sub};
     // SIGKILL the scheduler; the worker notices (its connection times out) and its nanny
     // starts a fresh one, which waits for a scheduler. Only then is the scheduler started
     // again (same credentials, a new port): the waiting worker finds the new address by
@@ -937,6 +938,10 @@ fn workers_and_clients_rejoin_a_scheduler_started_again() {
         kept[0].result().unwrap().get::<i64>().ok(),
         Some(&kept_value)
     );
+    // A lock and a subscription taken from the first scheduler.
+    let held = Lock::new(&old, "across-the-restart");
+    assert!(held.acquire(None).unwrap());
+    let sub = Sub::new(&old, "news").unwrap();
     let err = cluster
         .start_scheduler()
         .expect_err("one is running")
@@ -975,6 +980,28 @@ fn workers_and_clients_rejoin_a_scheduler_started_again() {
     assert!(old.is_connected());
     let (graph, out, expected) = small_graph("after-the-restart");
     assert_eq!(i64s(&run(graph, &[out], &old).unwrap()), [expected]);
+    // The lock went with the old scheduler: the new one grants it (numbering its leases
+    // from 1 again), and releasing the old lease gives back nothing of the new one's.
+    let again = Lock::new(&old, "across-the-restart");
+    assert!(again.acquire(Some(Duration::from_secs(10))).unwrap());
+    held.release().unwrap();
+    assert!(again.locked().unwrap());
+    again.release().unwrap();
+    assert!(!again.locked().unwrap());
+    // So did the subscription: an error, not another one's messages; a new one works.
+    let err = sub
+        .get(Some(Duration::from_millis(10)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ended with the connection"), "{err}");
+    drop(sub);
+    let fresh = Sub::new(&old, "news").unwrap();
+    let hello = Dataset::Opaque {
+        bytes: b"hello".to_vec(),
+        futures: Vec::new(),
+    };
+    assert_eq!(Pub::new(&old, "news").put(&hello).unwrap(), 1);
+    assert!(fresh.get(Some(Duration::from_secs(10))).unwrap().is_some());
     // A future from before stays lost until its key is submitted again.
     assert_eq!(kept[0].status(), FutureStatus::Lost);
     let err = kept[0].result().unwrap_err().to_string();

@@ -224,6 +224,10 @@ struct Session {
 /// How long a client whose scheduler went away tries to connect again, by default.
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest one try to connect again may take before the next (which reads the
+/// cluster file again).
+const RECONNECT_TRY: Duration = Duration::from_secs(2);
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -242,7 +246,9 @@ impl Client {
     /// (see [`Client::reconnect`]).
     pub fn connect(cluster_file: impl AsRef<Path>) -> Result<Client> {
         let path = cluster_file.as_ref();
-        Client::open(ClusterFile::read(path)?, Some(path.to_path_buf()))
+        // Read again from wherever the process is by then.
+        let again = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Client::open(ClusterFile::read(path)?, Some(again))
     }
 
     /// Run a task whose op fails again, up to `n` times, before its error counts (Dask's
@@ -313,11 +319,15 @@ impl Client {
     }
 
     /// Connect again to the scheduler if the connection is gone, trying for up to
-    /// `timeout` (the cluster file is read again before each try). Calls that start work
-    /// (computes, submits, scatters, requests) do this by themselves, for the
-    /// [`Client::set_reconnect_timeout`] time. The new scheduler knows nothing of the old
-    /// one's keys: futures from before stay lost (submitting their keys again computes
-    /// them again), persisted values must be persisted again. Does nothing when connected.
+    /// `timeout` (the cluster file is read again before each try; a refusal, such as a
+    /// wrong token, ends it). Calls that start work (computes, submits, scatters,
+    /// requests) do this by themselves, for the [`Client::set_reconnect_timeout`] time,
+    /// once the loss is known: at once when the scheduler closed the connection, after the
+    /// 5 s idle timeout when it was killed (a call in between fails with "lost the
+    /// connection to the scheduler"). The new scheduler knows nothing of the old one's
+    /// keys: futures from before are lost until a computation produces their keys again,
+    /// persisted values must be persisted again, and leases and subscriptions went with
+    /// the old scheduler. Does nothing when connected.
     pub fn reconnect(&self, timeout: Duration) -> Result<()> {
         self.inner.reconnect(timeout)
     }
@@ -491,27 +501,40 @@ impl Inner {
         self.reconnect(timeout)
     }
 
-    /// See [`Client::reconnect`].
+    /// See [`Client::reconnect`]. Bounded by `timeout` from the call, whoever else is
+    /// connecting meanwhile: a thread that waited for another's try does not start a
+    /// full one of its own.
     fn reconnect(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        let deadline = start.checked_add(timeout);
         let _one = lock(&self.reconnecting);
         if self.connected() {
             // Connected, or another thread connected again while this one waited.
             return Ok(());
         }
-        let deadline = Instant::now() + timeout;
+        // From here on the old connection routes nothing (its reader may not have seen
+        // the end yet) and whoever registers is told at once; keys from before are lost.
+        let generation = {
+            let mut r = lock(&self.routes);
+            close_routes(&mut r);
+            r.generation += 1;
+            r.generation
+        };
         let mut pause = Duration::from_millis(50);
-        let generation = lock(&self.routes).generation + 1;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             let cluster = match &self.cluster_file {
                 Some(path) => ClusterFile::read(path),
                 None => Ok(ClusterFile::clone(&self.session().cluster)),
             };
-            // A try that hangs (a scheduler that never answers) ends with the deadline.
+            // A try that hangs (a scheduler that never answers) is cut short, so the
+            // cluster file is read again for the next one.
             let attempt = cluster.and_then(|cluster| {
                 let address = cluster.address.clone();
                 let open = Session::open(&self.endpoint, cluster, &self.routes, generation);
-                let patience = left.max(Duration::from_millis(100));
+                let patience = left.clamp(Duration::from_millis(100), RECONNECT_TRY);
                 (self.runtime)
                     .block_on(async { tokio::time::timeout(patience, open).await })
                     .unwrap_or_else(|_| {
@@ -520,35 +543,38 @@ impl Inner {
                         )))
                     })
             });
-            match attempt {
+            let e = match attempt {
                 Ok(session) => {
-                    let old = std::mem::replace(&mut *lock(&self.session), Arc::new(session));
+                    let session = Arc::new(session);
+                    let old = std::mem::replace(&mut *lock(&self.session), Arc::clone(&session));
                     old.conn.close(0u32.into(), b"client connected again");
                     let mut r = lock(&self.routes);
-                    // Waiters on the old connection end (its reader may not have noticed
-                    // yet); keys from before stay lost until submitted again.
-                    close_routes(&mut r);
-                    r.closed = false;
-                    r.generation = generation;
+                    // Open for new work, unless the new connection ended already (its
+                    // reader closed the routes then).
+                    if r.generation == generation && session.conn.close_reason().is_none() {
+                        r.closed = false;
+                    }
                     drop(r);
                     tracing::info!(
                         "connected again to the scheduler at {}",
-                        self.session().cluster.address
+                        session.cluster.address
                     );
                     return Ok(());
                 }
-                Err(e) if Instant::now() + pause < deadline => {
-                    tracing::debug!("connecting again to the scheduler failed: {e}");
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    return Err(Error::Transport(format!(
-                        "lost the connection to the scheduler, and could not connect again \
-                         within {timeout:?}: {e}"
-                    )));
-                }
+                Err(e) => e,
+            };
+            // A refusal (a wrong token) is not retried; anything else until the deadline.
+            let out_of_time = deadline.is_some_and(|d| Instant::now() + pause >= d);
+            if matches!(e, Error::Auth(_)) || out_of_time {
+                return Err(Error::Transport(format!(
+                    "lost the connection to the scheduler, and could not connect again \
+                     within {:?}: {e}",
+                    start.elapsed()
+                )));
             }
+            tracing::debug!("connecting again to the scheduler failed: {e}");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 }
@@ -615,9 +641,22 @@ impl Inner {
         msgs: &[FromClient],
         timeout: Duration,
         what: &str,
-        mut pick: impl FnMut(ToClient) -> Option<Result<T>>,
+        pick: impl FnMut(ToClient) -> Option<Result<T>>,
     ) -> Result<T> {
         self.ensure_connected()?;
+        self.request_here(msgs, timeout, what, pick)
+    }
+
+    /// [`Inner::request`] on the connection there is, without connecting again: for a
+    /// call that checked the connection itself before making futures, which a reconnect
+    /// in between would leave lost while the new scheduler computed their keys.
+    fn request_here<T>(
+        &self,
+        msgs: &[FromClient],
+        timeout: Duration,
+        what: &str,
+        mut pick: impl FnMut(ToClient) -> Option<Result<T>>,
+    ) -> Result<T> {
         let (id, mut rx) = self.register(&[]);
         let result = (|| {
             for msg in msgs {
@@ -1579,7 +1618,7 @@ impl Client {
             })
             .collect();
         // A ListWorkers answered after the graph means the scheduler accepted it.
-        inner.request(
+        inner.request_here(
             &[
                 FromClient::SubmitGraph { tasks, wanted },
                 FromClient::ListWorkers,
@@ -1633,7 +1672,7 @@ impl Client {
             .map(|(k, v)| (k.clone(), v.nbytes() as u64))
             .collect();
         let first = keys[0].clone();
-        let placements = inner.request(
+        let placements = inner.request_here(
             &[FromClient::Scatter {
                 keys: sized,
                 workers: workers.to_vec(),
@@ -1796,8 +1835,9 @@ impl Client {
     /// its recipient before the sender drops its own, until the senders are down to the
     /// mean or no move would leave the recipient at most there. `futures`: only their
     /// values (after waiting for them; an error if one failed), all values when `None`;
-    /// `workers`: only among the workers at these addresses (an error naming an unknown
-    /// one), all when empty. Returns what moved and where it is now.
+    /// `workers`: only among the workers at these addresses or on these hosts (an error
+    /// naming one no worker matches), all when empty. Returns what moved and where it is
+    /// now.
     pub fn rebalance(&self, futures: Option<&[Future]>, workers: &[&str]) -> Result<Rebalanced> {
         let keys = match futures {
             Some(futures) => {
@@ -2108,16 +2148,38 @@ impl Client {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Answer> {
+        self.coordinate_on(op, timeout, interrupted)
+            .map(|(answer, _)| answer)
+    }
+
+    /// Which connection this client is on: a number bumped each time it connects again.
+    /// Leases and subscriptions are the scheduler's of their connection; one from an
+    /// earlier connection went with its scheduler.
+    pub(crate) fn generation(&self) -> u64 {
+        lock(&self.inner.routes).generation
+    }
+
+    /// [`Client::coordinate`], also saying on which connection it was answered (see
+    /// [`Client::generation`]).
+    pub(crate) fn coordinate_on(
+        &self,
+        op: Coordinate,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<(Answer, u64)> {
         self.inner.ensure_connected()?;
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        {
+        // A reconnect clears the requests waiting (ending this one's receiver), so an
+        // answer that comes is from this connection.
+        let generation = {
             let mut routes = lock(&self.inner.routes);
             if routes.closed {
                 return Err(scheduler_gone());
             }
             routes.by_request.insert(request, tx);
-        }
+            routes.generation
+        };
         let result = (|| {
             self.inner.send(&FromClient::Coordinate { request, op })?;
             let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -2134,11 +2196,12 @@ impl Client {
                     .block_on(async { tokio::time::timeout(wait, rx.recv()).await });
                 match msg {
                     Ok(Some(ToClient::Coordinated { request: r, reply })) if r == request => {
-                        return Ok(match (stopped, reply) {
+                        let answer = match (stopped, reply) {
                             (None, reply) => Answer::Reply(reply),
                             (Some(how), CoordReply::Abandoned) => Answer::Stopped(how, None),
                             (Some(how), reply) => Answer::Stopped(how, Some(reply)),
-                        });
+                        };
+                        return Ok((answer, generation));
                     }
                     Ok(Some(_)) => continue,
                     Ok(None) => return Err(scheduler_gone()),

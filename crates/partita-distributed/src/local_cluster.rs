@@ -248,8 +248,8 @@ impl LocalCluster {
     /// their connection times out (5 s) and exit; those with a nanny
     /// ([`LocalClusterOptions::nanny`]) are started again and wait for a scheduler for
     /// their `--death-timeout` (60 s), reading the cluster file again before each try.
-    /// Clients connected to it are of no use any more: what it knew (tasks, results, data
-    /// on the workers) is lost.
+    /// What it knew (tasks, results, data on the workers) is lost; clients connect again
+    /// at their next call once it is started again (see [`Client::reconnect`]).
     pub fn kill_scheduler(&mut self) {
         if let Some(child) = self.scheduler.take() {
             kill(child);
@@ -258,8 +258,8 @@ impl LocalCluster {
 
     /// Start the scheduler again after [`LocalCluster::kill_scheduler`], with the cluster
     /// file's credentials (`--reuse-credentials`) on a new port; returns once it has
-    /// written the cluster file. Waiting workers join it; connect new clients. Adaptive
-    /// scaling, if on, goes on with the new scheduler.
+    /// written the cluster file. Waiting workers join it, and clients connect again at
+    /// their next call. Adaptive scaling, if on, goes on with the new scheduler.
     pub fn start_scheduler(&mut self) -> Result<()> {
         if self.scheduler.is_some() {
             return Err(Error::Internal(
@@ -397,6 +397,9 @@ impl LocalCluster {
         }
         self.adaptive = None;
         let client = self.client()?;
+        // Its scheduler gone, the thread stops (start_scheduler starts another with a
+        // client of its own) rather than keep whoever stops it waiting.
+        client.set_reconnect_timeout(Duration::ZERO);
         let processes = Arc::clone(&self.processes);
         let (stop, stopped) = std::sync::mpsc::channel();
         let kept = options.clone();

@@ -41,10 +41,15 @@ fn refused(reply: CoordReply) -> Error {
 
 /// The answer of an operation that never waits.
 fn now(client: &Client, op: Coordinate) -> Result<CoordReply> {
-    match client.coordinate(op, None, &never)? {
-        Answer::Reply(CoordReply::Refused { error }) => Err(Error::Graph(error)),
-        Answer::Reply(reply) => Ok(reply),
-        Answer::Stopped(..) => Err(Error::Internal(
+    now_on(client, op).map(|(reply, _)| reply)
+}
+
+/// [`now`], and the client's connection that answered ([`Client::generation`]).
+fn now_on(client: &Client, op: Coordinate) -> Result<(CoordReply, u64)> {
+    match client.coordinate_on(op, None, &never)? {
+        (Answer::Reply(CoordReply::Refused { error }), _) => Err(Error::Graph(error)),
+        (Answer::Reply(reply), generation) => Ok((reply, generation)),
+        (Answer::Stopped(..), _) => Err(Error::Internal(
             "a coordination request that never waits was withdrawn".into(),
         )),
     }
@@ -198,15 +203,18 @@ impl Semaphore {
             name: self.name.clone(),
             max_leases: self.max_leases,
         };
-        let lease = match self.client.coordinate(op, timeout, interrupted)? {
+        let (answer, generation) = self.client.coordinate_on(op, timeout, interrupted)?;
+        let lease = match answer {
             Answer::Reply(CoordReply::Leased { lease })
             // Granted as the wait timed out: it counts.
-            | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Leased { lease })) => lease,
+            | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Leased { lease })) => {
+                tag_lease(generation, lease)?
+            }
             Answer::Reply(other) | Answer::Stopped(_, Some(other @ CoordReply::Refused { .. })) => {
                 return Err(refused(other));
             }
             Answer::Stopped(Stopped::Interrupted, Some(CoordReply::Leased { lease })) => {
-                release_lease(&self.client, &self.name, lease)?;
+                release_lease(&self.client, &self.name, tag_lease(generation, lease)?)?;
                 return Err(interrupted_error());
             }
             Answer::Stopped(Stopped::Interrupted, _) => return Err(interrupted_error()),
@@ -247,9 +255,30 @@ impl Semaphore {
     }
 }
 
-/// Give back lease `lease` of semaphore `name`, held through `client`.
+/// Bits of a lease number the scheduler's own number takes; the bits above say which
+/// connection of the client took it ([`Client::generation`]).
+const LEASE_BITS: u32 = 40;
+
+/// The lease number handed out: the scheduler's, tagged with the connection it came on,
+/// so a lease taken from a scheduler since lost is not given back to its successor
+/// (which numbers its own leases from 1 again).
+fn tag_lease(generation: u64, lease: u64) -> Result<u64> {
+    if lease >> LEASE_BITS != 0 || generation >> (64 - LEASE_BITS) != 0 {
+        return Err(Error::Internal(format!(
+            "lease {lease} of connection {generation} does not fit a lease number"
+        )));
+    }
+    Ok(generation << LEASE_BITS | lease)
+}
+
+/// Give back lease `lease` (as [`tag_lease`] made it) of semaphore `name`, held through
+/// `client`. One from a connection before the last is gone with its scheduler already.
 pub(crate) fn release_lease(client: &Client, name: &str, lease: u64) -> Result<()> {
+    if lease >> LEASE_BITS != client.generation() {
+        return Ok(());
+    }
     let name = name.to_string();
+    let lease = lease & ((1 << LEASE_BITS) - 1);
     done(client, Coordinate::Release { name, lease })
 }
 
@@ -583,6 +612,9 @@ pub struct Sub {
     client: Client,
     name: String,
     id: u64,
+    /// The client's connection it was made on ([`Client::generation`]): the scheduler
+    /// numbers subscriptions, and a later one's would not know this one.
+    generation: u64,
     /// A message that arrived as a wait was interrupted: the next `get` returns it.
     kept: Mutex<Option<Dataset>>,
     /// Unsubscribed ([`Sub::close`]).
@@ -594,11 +626,13 @@ impl Sub {
     pub fn new(client: &Client, name: impl Into<String>) -> Result<Sub> {
         let name = name.into();
         let op = Coordinate::Subscribe { name: name.clone() };
-        match now(client, op)? {
+        let (reply, generation) = now_on(client, op)?;
+        match reply {
             CoordReply::Subscribed { id } => Ok(Sub {
                 client: client.clone(),
                 name,
                 id,
+                generation,
                 kept: Mutex::new(None),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -628,6 +662,12 @@ impl Sub {
         if let Some(value) = kept {
             return Ok(Some(value));
         }
+        if self.client.generation() != self.generation {
+            return Err(Error::Transport(format!(
+                "the subscription to topic {:?} ended with the connection to its scheduler",
+                self.name
+            )));
+        }
         let what = format!("topic {:?}", self.name);
         let op = Coordinate::Next {
             name: self.name.clone(),
@@ -649,7 +689,9 @@ impl Sub {
     /// End the subscription now, without waiting for the scheduler: its messages not
     /// taken go, and a `get` waiting on it (in another thread) ends with an error.
     pub fn close(&self) {
-        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel)
+            || self.client.generation() != self.generation
+        {
             return;
         }
         let op = Coordinate::Unsubscribe {

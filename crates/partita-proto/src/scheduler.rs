@@ -1522,15 +1522,31 @@ impl SchedulerState {
     ) {
         let mut scope: BTreeSet<WorkerId> = self.open_workers().into_iter().collect();
         if !addresses.is_empty() {
+            // Each entry is a worker's address, or a host naming every worker on it (as
+            // in restrictions).
             let mut chosen = BTreeSet::new();
             for a in &addresses {
-                let why = match self.workers.iter().find(|(_, w)| &w.address == a) {
-                    Some((id, w)) if !w.retiring => {
-                        chosen.insert(*id);
+                let entry = Restrictions {
+                    workers: vec![a.clone()],
+                    loose: false,
+                    resources: Resources::default(),
+                };
+                let matching: Vec<(WorkerId, bool)> = (self.workers.iter())
+                    .filter(|(_, w)| entry.lists(&w.address))
+                    .map(|(id, w)| (*id, w.retiring))
+                    .collect();
+                let open: Vec<WorkerId> = (matching.iter())
+                    .filter(|(_, retiring)| !retiring)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let why = match (matching.len(), open.len()) {
+                    (_, 1..) => {
+                        chosen.extend(open);
                         continue;
                     }
-                    Some(_) => format!("worker {a} is retiring"),
-                    None => format!("no worker has the address {a}"),
+                    (0, _) => format!("no worker has the address or host {a}"),
+                    (1, _) => format!("worker {a} is retiring"),
+                    (_, _) => format!("every worker on {a} is retiring"),
                 };
                 let r = Rebalancing::default();
                 return self.rebalanced(client, request, r, Some(why));
@@ -3569,6 +3585,40 @@ mod tests {
         let acquired = acquisitions(&actions);
         assert_eq!(acquired, [(1, vec![v[3].clone()])], "{actions:?}");
         s.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn rebalance_takes_hosts_as_well_as_addresses() {
+        let mut s = SchedulerState::new(SchedulerConfig::default());
+        join_at(&mut s, 0, 1, "10.0.0.1:4000");
+        join_at(&mut s, 1, 1, "10.0.0.1:4001");
+        join_at(&mut s, 2, 1, "10.0.0.2:4000");
+        let (a, b) = (Key::named("a"), Key::named("b"));
+        scatter_on(&mut s, 0, &[(&a, 100), (&b, 100)], &["10.0.0.1:4000"]);
+        finish_in(&mut s, 0, &a, 100, 0);
+        finish_in(&mut s, 0, &b, 100, 0);
+        let rebalance = |s: &mut SchedulerState, request, workers: &[&str]| {
+            let workers = workers.iter().map(|w| w.to_string()).collect();
+            let msg = FromClient::Rebalance {
+                request,
+                keys: None,
+                workers,
+            };
+            client_says(s, 0, msg)
+        };
+        // The host 10.0.0.1 is its two workers: one value moves to the other one there,
+        // none to 10.0.0.2.
+        let actions = rebalance(&mut s, 1, &["tcp://10.0.0.1"]);
+        let acquired = acquisitions(&actions);
+        assert_eq!(acquired.len(), 1, "{actions:?}");
+        assert_eq!(acquired[0].0, 1, "{actions:?}");
+        s.check_consistency().unwrap();
+        // A host no worker is on is refused, naming it.
+        let told = to_client(&rebalance(&mut s, 2, &["10.0.0.9"]));
+        assert!(
+            matches!(&told[..], [ToClient::Rebalanced { request: 2, refused: Some(why), .. }] if why.contains("10.0.0.9")),
+            "{told:?}"
+        );
     }
 
     #[test]

@@ -600,7 +600,7 @@ class Client(_partita.Client):
         move leaves the recipient at most at the mean (inputs of tasks running on the
         sender stay). `futures`: only their data (a future or a list; all data by
         default, after waiting for them); `workers`: only among the workers at these
-        addresses (all by default). Returns `{"moved": values moved, "nbytes": bytes}`."""
+        addresses or on these hosts (all by default). Returns `{"moved": values moved, "nbytes": bytes}`."""
         if isinstance(futures, Future):
             futures = [futures]
         return self._rebalance(None if futures is None else list(futures), _workers(workers))
