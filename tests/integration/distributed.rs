@@ -941,6 +941,8 @@ fn workers_and_clients_rejoin_a_scheduler_started_again() {
     // A lock and a subscription taken from the first scheduler.
     let held = Lock::new(&old, "across-the-restart");
     assert!(held.acquire(None).unwrap());
+    let other = Lock::new(&old, "released-first-thing");
+    assert!(other.acquire(None).unwrap());
     let sub = Sub::new(&old, "news").unwrap();
     let err = cluster
         .start_scheduler()
@@ -973,6 +975,10 @@ fn workers_and_clients_rejoin_a_scheduler_started_again() {
     assert!(started.elapsed() < Duration::from_secs(10), "{err}");
     assert_eq!(kept[0].status(), FutureStatus::Lost);
     cluster.start_scheduler().unwrap();
+    // Giving back a lease of the lost scheduler as the first call: nothing to give back,
+    // no reconnecting for it.
+    other.release().unwrap();
+    assert!(!old.is_connected());
     // The old client connects again by itself, at its next call.
     old.set_reconnect_timeout(Duration::from_secs(30));
     old.wait_for_workers(1, Duration::from_secs(60))

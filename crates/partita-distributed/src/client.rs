@@ -599,13 +599,23 @@ impl Inner {
     }
 
     fn send(&self, msg: &FromClient) -> Result<()> {
-        (self.session().out)
-            .send(framed(msg)?)
-            .map_err(|_| Error::Transport("the connection to the scheduler is closed".into()))
+        send_on(&self.session(), msg)
     }
 
-    fn register(&self, keys: &[Key]) -> (u64, mpsc::UnboundedReceiver<ToClient>) {
-        register_locked(&mut lock(&self.routes), keys)
+    /// Subscribe to messages about `keys`, and the connection they come on: send what
+    /// they answer on it, not on whatever connection there is by then (a reconnect in
+    /// between ends the receiver, and the new scheduler must not get the message).
+    /// `None` once the connection is gone (the receiver has ended then).
+    fn register(
+        &self,
+        keys: &[Key],
+    ) -> (u64, mpsc::UnboundedReceiver<ToClient>, Option<Arc<Session>>) {
+        let mut r = lock(&self.routes);
+        let (id, rx) = register_locked(&mut r, keys);
+        // Routes open: the session is this generation's (a reconnect closes the routes
+        // before it replaces the session, and opens them after).
+        let session = (!r.closed).then(|| self.session());
+        (id, rx, session)
     }
 
     fn unregister(&self, id: u64) {
@@ -657,10 +667,11 @@ impl Inner {
         what: &str,
         mut pick: impl FnMut(ToClient) -> Option<Result<T>>,
     ) -> Result<T> {
-        let (id, mut rx) = self.register(&[]);
+        let (id, mut rx, session) = self.register(&[]);
         let result = (|| {
+            let session = session.ok_or_else(scheduler_gone)?;
             for msg in msgs {
-                self.send(msg)?;
+                send_on(&session, msg)?;
             }
             let deadline = Instant::now() + timeout;
             loop {
@@ -789,6 +800,22 @@ pub(crate) enum Stopped {
 
 fn scheduler_gone() -> Error {
     Error::Transport("lost the connection to the scheduler".into())
+}
+
+/// Bits of a connection's number ([`Routes::generation`]) that leases carry: numbers
+/// are compared on these bits only.
+pub(crate) const GENERATION_BITS: u32 = 24;
+
+/// Are these the same connection's numbers (on their [`GENERATION_BITS`])?
+pub(crate) fn same_generation(a: u64, b: u64) -> bool {
+    let mask = (1u64 << GENERATION_BITS) - 1;
+    a & mask == b & mask
+}
+
+fn send_on(session: &Session, msg: &FromClient) -> Result<()> {
+    (session.out)
+        .send(framed(msg)?)
+        .map_err(|_| Error::Transport("the connection to the scheduler is closed".into()))
 }
 
 /// Record what `msg` says of tracked keys and hand it to the computations waiting for
@@ -1188,12 +1215,15 @@ impl Inner {
         let seen: HashSet<Key> = wanted.iter().cloned().collect();
         let tasks_sent = tasks.len();
         self.hold(&wanted);
-        let (route_id, mut rx) = self.register(&wanted);
+        let (route_id, mut rx, session) = self.register(&wanted);
         let result = (|| {
-            self.send(&FromClient::SubmitGraph {
-                tasks,
-                wanted: wanted.clone(),
-            })?;
+            send_on(
+                session.as_deref().ok_or_else(scheduler_gone)?,
+                &FromClient::SubmitGraph {
+                    tasks,
+                    wanted: wanted.clone(),
+                },
+            )?;
             let total = wanted.len();
             let mut values: HashMap<Key, Value> = HashMap::with_capacity(total);
             let mut failed_gathers: HashMap<Key, u32> = HashMap::new();
@@ -1894,11 +1924,16 @@ impl Client {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let inner = &self.inner;
         let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
-        let (id, mut rx) = inner.register(&[]);
+        inner.ensure_connected()?;
+        let (id, mut rx, session) = inner.register(&[]);
         let result = (|| {
-            inner.send(&FromClient::RetireWorkers {
-                addresses: addresses.clone(),
-            })?;
+            let session = session.ok_or_else(scheduler_gone)?;
+            send_on(
+                &session,
+                &FromClient::RetireWorkers {
+                    addresses: addresses.clone(),
+                },
+            )?;
             let mut retiring: Option<Vec<Peer>> = None;
             let mut gone: HashSet<WorkerId> = HashSet::new();
             loop {
@@ -2137,9 +2172,18 @@ impl Client {
     /// stopped the wait.
     /// Send a coordination operation without waiting for its answer (dropped when it
     /// comes): for ends that must not block, such as a subscription dropped.
-    pub(crate) fn coordinate_nowait(&self, op: Coordinate) -> Result<()> {
+    /// Only on connection `generation` ([`Routes::generation`]): nothing is sent once
+    /// that connection is gone.
+    pub(crate) fn coordinate_nowait(&self, op: Coordinate, generation: u64) -> Result<()> {
+        let session = {
+            let r = lock(&self.inner.routes);
+            if r.closed || !same_generation(r.generation, generation) {
+                return Ok(());
+            }
+            self.inner.session()
+        };
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
-        self.inner.send(&FromClient::Coordinate { request, op })
+        send_on(&session, &FromClient::Coordinate { request, op })
     }
 
     pub(crate) fn coordinate(
@@ -2152,36 +2196,64 @@ impl Client {
             .map(|(answer, _)| answer)
     }
 
-    /// Which connection this client is on: a number bumped each time it connects again.
-    /// Leases and subscriptions are the scheduler's of their connection; one from an
-    /// earlier connection went with its scheduler.
-    pub(crate) fn generation(&self) -> u64 {
-        lock(&self.inner.routes).generation
+    /// [`Client::coordinate`] on connection `generation` only, for what belongs to the
+    /// scheduler of that connection (a lease, a subscription): `None`, with nothing sent,
+    /// once that connection is gone, and no reconnecting for it.
+    pub(crate) fn coordinate_in(
+        &self,
+        generation: u64,
+        op: Coordinate,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<Answer>> {
+        Ok(self
+            .coordinate_at(Some(generation), op, timeout, interrupted)?
+            .map(|(answer, _)| answer))
     }
 
-    /// [`Client::coordinate`], also saying on which connection it was answered (see
-    /// [`Client::generation`]).
+    /// [`Client::coordinate`], also saying on which connection it was answered (a number
+    /// bumped each time the client connects again, [`Routes::generation`]): leases and
+    /// subscriptions are the scheduler's of their connection, and went with it.
     pub(crate) fn coordinate_on(
         &self,
         op: Coordinate,
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<(Answer, u64)> {
-        self.inner.ensure_connected()?;
+        self.coordinate_at(None, op, timeout, interrupted)?
+            .ok_or_else(scheduler_gone)
+    }
+
+    /// A coordination request on the connection there is (connecting again if it is
+    /// gone), or only on connection `expected` (`None` once that is gone).
+    fn coordinate_at(
+        &self,
+        expected: Option<u64>,
+        op: Coordinate,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<(Answer, u64)>> {
+        if expected.is_none() {
+            self.inner.ensure_connected()?;
+        }
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         // A reconnect clears the requests waiting (ending this one's receiver), so an
-        // answer that comes is from this connection.
-        let generation = {
+        // answer that comes is from this connection; the request and its withdrawal go
+        // on this connection's session.
+        let (generation, session) = {
             let mut routes = lock(&self.inner.routes);
-            if routes.closed {
-                return Err(scheduler_gone());
+            let elsewhere = expected.is_some_and(|g| !same_generation(routes.generation, g));
+            match (routes.closed || elsewhere, expected) {
+                (true, Some(_)) => return Ok(None),
+                (true, None) => return Err(scheduler_gone()),
+                (false, _) => {}
             }
             routes.by_request.insert(request, tx);
-            routes.generation
+            (routes.generation, self.inner.session())
         };
         let result = (|| {
-            self.inner.send(&FromClient::Coordinate { request, op })?;
+            send_on(&session, &FromClient::Coordinate { request, op })?;
             let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
             let mut stopped: Option<Stopped> = None;
             let mut give_up_at = None;
@@ -2201,12 +2273,12 @@ impl Client {
                             (Some(how), CoordReply::Abandoned) => Answer::Stopped(how, None),
                             (Some(how), reply) => Answer::Stopped(how, Some(reply)),
                         };
-                        return Ok((answer, generation));
+                        return Ok(Some((answer, generation)));
                     }
                     Ok(Some(_)) => continue,
                     Ok(None) => return Err(scheduler_gone()),
                     // Lost before this request was listed, nobody would say so.
-                    Err(_) if self.inner.session().conn.close_reason().is_some() => {
+                    Err(_) if session.conn.close_reason().is_some() => {
                         return Err(scheduler_gone());
                     }
                     Err(_) => {}
@@ -2221,7 +2293,7 @@ impl Client {
                     };
                     if let Some(why) = why {
                         let op = Coordinate::Abandon;
-                        self.inner.send(&FromClient::Coordinate { request, op })?;
+                        send_on(&session, &FromClient::Coordinate { request, op })?;
                         stopped = Some(why);
                         give_up_at = Some(Instant::now() + Duration::from_secs(60));
                     }

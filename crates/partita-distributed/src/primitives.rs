@@ -22,7 +22,7 @@ use partita_core::{Error, Result};
 use partita_proto::messages::{CoordReply, Coordinate, Item};
 use serde_bytes::ByteBuf;
 
-use crate::client::{Answer, Stopped};
+use crate::client::{Answer, GENERATION_BITS, Stopped};
 use crate::{Client, Dataset, task_context};
 
 fn never() -> bool {
@@ -44,7 +44,7 @@ fn now(client: &Client, op: Coordinate) -> Result<CoordReply> {
     now_on(client, op).map(|(reply, _)| reply)
 }
 
-/// [`now`], and the client's connection that answered ([`Client::generation`]).
+/// [`now`], and the client's connection that answered (see `Client::coordinate_on`).
 fn now_on(client: &Client, op: Coordinate) -> Result<(CoordReply, u64)> {
     match client.coordinate_on(op, None, &never)? {
         (Answer::Reply(CoordReply::Refused { error }), _) => Err(Error::Graph(error)),
@@ -256,30 +256,37 @@ impl Semaphore {
 }
 
 /// Bits of a lease number the scheduler's own number takes; the bits above say which
-/// connection of the client took it ([`Client::generation`]).
-const LEASE_BITS: u32 = 40;
+/// connection of the client took it (the low [`GENERATION_BITS`] of
+/// the client's connection number (see `Client::coordinate_on`)).
+const LEASE_BITS: u32 = 64 - GENERATION_BITS;
 
 /// The lease number handed out: the scheduler's, tagged with the connection it came on,
 /// so a lease taken from a scheduler since lost is not given back to its successor
 /// (which numbers its own leases from 1 again).
 fn tag_lease(generation: u64, lease: u64) -> Result<u64> {
-    if lease >> LEASE_BITS != 0 || generation >> (64 - LEASE_BITS) != 0 {
+    if lease >> LEASE_BITS != 0 {
         return Err(Error::Internal(format!(
-            "lease {lease} of connection {generation} does not fit a lease number"
+            "the scheduler's lease number {lease} does not fit {LEASE_BITS} bits"
         )));
     }
     Ok(generation << LEASE_BITS | lease)
 }
 
 /// Give back lease `lease` (as [`tag_lease`] made it) of semaphore `name`, held through
-/// `client`. One from a connection before the last is gone with its scheduler already.
+/// `client`: on the connection it was taken on only. One whose connection is gone went
+/// with its scheduler (nothing to give back, and nothing sent to the next scheduler).
 pub(crate) fn release_lease(client: &Client, name: &str, lease: u64) -> Result<()> {
-    if lease >> LEASE_BITS != client.generation() {
-        return Ok(());
+    let op = Coordinate::Release {
+        name: name.to_string(),
+        lease: lease & ((1 << LEASE_BITS) - 1),
+    };
+    match client.coordinate_in(lease >> LEASE_BITS, op, None, &never)? {
+        None | Some(Answer::Reply(CoordReply::Done)) => Ok(()),
+        Some(Answer::Reply(other)) => Err(refused(other)),
+        Some(Answer::Stopped(..)) => Err(Error::Internal(
+            "a coordination request that never waits was withdrawn".into(),
+        )),
     }
-    let name = name.to_string();
-    let lease = lease & ((1 << LEASE_BITS) - 1);
-    done(client, Coordinate::Release { name, lease })
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -349,15 +356,26 @@ fn value_of(client: &Client, what: &str, item: Item) -> Result<Dataset> {
 /// Wait for the item `op` asks for: its value, `None` if `timeout` passed first, or
 /// [`Error::Cancelled`] once `interrupted()` says so, after `undo` on an item that
 /// crossed the interrupt (or that this client cannot read).
+/// `on`: only on that connection of the client (see `Client::coordinate_on`), for what is
+/// its scheduler's (a subscription); an error naming `what` once it is gone.
 fn take_item(
     client: &Client,
     what: &str,
     op: Coordinate,
-    timeout: Option<Duration>,
+    (timeout, on): (Option<Duration>, Option<u64>),
     interrupted: &dyn Fn() -> bool,
     undo: impl FnOnce(Item) -> Result<()>,
 ) -> Result<Option<Dataset>> {
-    match client.coordinate(op, timeout, interrupted)? {
+    let answer = match on {
+        None => client.coordinate(op, timeout, interrupted)?,
+        Some(generation) => (client.coordinate_in(generation, op, timeout, interrupted)?)
+            .ok_or_else(|| {
+                Error::Transport(format!(
+                    "{what}: the subscription ended with the connection to its scheduler"
+                ))
+            })?,
+    };
+    match answer {
         Answer::Reply(CoordReply::Item(item))
         | Answer::Stopped(Stopped::TimedOut, Some(CoordReply::Item(item))) => {
             match value_of(client, what, item.clone()) {
@@ -433,7 +451,7 @@ impl Variable {
         let what = format!("variable {:?}", self.name);
         // The keys given with a value that crossed the interrupt: let them go.
         let undo = |item: Item| self.client.item_futures(item.keys).map(drop);
-        take_item(&self.client, &what, op, timeout, interrupted, undo)
+        take_item(&self.client, &what, op, (timeout, None), interrupted, undo)
     }
 
     /// Forget it (its data goes once nothing else holds it).
@@ -545,7 +563,7 @@ impl Queue {
             drop(futures);
             Ok(())
         };
-        take_item(&self.client, &what, op, timeout, interrupted, undo)
+        take_item(&self.client, &what, op, (timeout, None), interrupted, undo)
     }
 
     /// Items in it now.
@@ -612,7 +630,7 @@ pub struct Sub {
     client: Client,
     name: String,
     id: u64,
-    /// The client's connection it was made on ([`Client::generation`]): the scheduler
+    /// The client's connection it was made on (see `Client::coordinate_on`): the scheduler
     /// numbers subscriptions, and a later one's would not know this one.
     generation: u64,
     /// A message that arrived as a wait was interrupted: the next `get` returns it.
@@ -662,19 +680,14 @@ impl Sub {
         if let Some(value) = kept {
             return Ok(Some(value));
         }
-        if self.client.generation() != self.generation {
-            return Err(Error::Transport(format!(
-                "the subscription to topic {:?} ended with the connection to its scheduler",
-                self.name
-            )));
-        }
         let what = format!("topic {:?}", self.name);
         let op = Coordinate::Next {
             name: self.name.clone(),
             id: self.id,
         };
         let mut crossed = None;
-        let got = take_item(&self.client, &what, op, timeout, interrupted, |item| {
+        let on = (timeout, Some(self.generation));
+        let got = take_item(&self.client, &what, op, on, interrupted, |item| {
             crossed = Some(item);
             Ok(())
         });
@@ -689,9 +702,7 @@ impl Sub {
     /// End the subscription now, without waiting for the scheduler: its messages not
     /// taken go, and a `get` waiting on it (in another thread) ends with an error.
     pub fn close(&self) {
-        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel)
-            || self.client.generation() != self.generation
-        {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
         let op = Coordinate::Unsubscribe {
@@ -699,7 +710,7 @@ impl Sub {
             id: self.id,
         };
         // Best effort: a closed connection ended it already.
-        let _ = self.client.coordinate_nowait(op);
+        let _ = self.client.coordinate_nowait(op, self.generation);
     }
 }
 

@@ -1545,7 +1545,7 @@ impl SchedulerState {
                         continue;
                     }
                     (0, _) => format!("no worker has the address or host {a}"),
-                    (1, _) => format!("worker {a} is retiring"),
+                    (1, _) => format!("the worker at {a} is retiring"),
                     (_, _) => format!("every worker on {a} is retiring"),
                 };
                 let r = Rebalancing::default();
