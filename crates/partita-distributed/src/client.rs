@@ -753,10 +753,10 @@ impl Inner {
     /// number of times per key.
     fn gather_or_ask(
         &self,
+        session: &Session,
         key: Key,
         holders: &[Peer],
-        values: &mut HashMap<Key, Value>,
-        failures: &mut HashMap<Key, u32>,
+        (values, failures): (&mut HashMap<Key, Value>, &mut HashMap<Key, u32>),
     ) -> Result<()> {
         match self.gather_one(&key, holders) {
             Ok(value) => {
@@ -767,7 +767,7 @@ impl Inner {
                 *failures.entry(key.clone()).or_default() += 1;
                 tracing::warn!("gathering {key} failed ({e}); asking the scheduler again");
                 std::thread::sleep(Duration::from_millis(200));
-                self.send(&FromClient::WhoHas { keys: vec![key] })
+                send_on(session, &FromClient::WhoHas { keys: vec![key] })
             }
             Err(e) => Err(e),
         }
@@ -1217,8 +1217,10 @@ impl Inner {
         self.hold(&wanted);
         let (route_id, mut rx, session) = self.register(&wanted);
         let result = (|| {
+            // Everything this computation says goes to the scheduler it submitted to.
+            let session = session.ok_or_else(scheduler_gone)?;
             send_on(
-                session.as_deref().ok_or_else(scheduler_gone)?,
+                &session,
                 &FromClient::SubmitGraph {
                     tasks,
                     wanted: wanted.clone(),
@@ -1229,9 +1231,12 @@ impl Inner {
             let mut failed_gathers: HashMap<Key, u32> = HashMap::new();
             while values.len() < total {
                 if ctx.cancel.is_cancelled() {
-                    let _ = self.send(&FromClient::Cancel {
-                        keys: wanted.clone(),
-                    });
+                    let _ = send_on(
+                        &session,
+                        &FromClient::Cancel {
+                            keys: wanted.clone(),
+                        },
+                    );
                     return Err(Error::Cancelled);
                 }
                 let msg = self.runtime.block_on(async {
@@ -1244,7 +1249,8 @@ impl Inner {
                         if values.contains_key(&key) || !seen.contains(&key) {
                             continue;
                         }
-                        self.gather_or_ask(key, &workers, &mut values, &mut failed_gathers)?;
+                        let got = (&mut values, &mut failed_gathers);
+                        self.gather_or_ask(&session, key, &workers, got)?;
                         if let Some(p) = &ctx.progress {
                             p.advanced(values.len(), total);
                         }
@@ -1257,12 +1263,8 @@ impl Inner {
                                 && seen.contains(&key)
                                 && !workers.is_empty()
                             {
-                                self.gather_or_ask(
-                                    key,
-                                    &workers,
-                                    &mut values,
-                                    &mut failed_gathers,
-                                )?;
+                                let got = (&mut values, &mut failed_gathers);
+                                self.gather_or_ask(&session, key, &workers, got)?;
                             }
                         }
                         if let Some(p) = &ctx.progress {
@@ -2166,10 +2168,6 @@ impl Client {
         }
     }
 
-    /// Send a coordination operation and wait for its answer: at most `timeout` (then it
-    /// is withdrawn), polling `interrupted` every 50 ms (then too). A withdrawn operation
-    /// may have been answered meanwhile: that answer is the one returned, with what
-    /// stopped the wait.
     /// Send a coordination operation without waiting for its answer (dropped when it
     /// comes): for ends that must not block, such as a subscription dropped.
     /// Only on connection `generation` ([`Routes::generation`]): nothing is sent once
@@ -2186,6 +2184,10 @@ impl Client {
         send_on(&session, &FromClient::Coordinate { request, op })
     }
 
+    /// Send a coordination operation and wait for its answer: at most `timeout` (then it
+    /// is withdrawn), polling `interrupted` every 50 ms (then too). A withdrawn operation
+    /// may have been answered meanwhile: that answer is the one returned, with what
+    /// stopped the wait.
     pub(crate) fn coordinate(
         &self,
         op: Coordinate,
@@ -2305,8 +2307,18 @@ impl Client {
                 }
             }
         })();
-        lock(&self.inner.routes).by_request.remove(&request);
-        result
+        let mut routes = lock(&self.inner.routes);
+        routes.by_request.remove(&request);
+        // For what belongs to that connection, its loss meanwhile is not an error: the
+        // connection is gone, as if it had been before the call.
+        let gone = routes.closed
+            || routes.generation != generation
+            || session.conn.close_reason().is_some();
+        drop(routes);
+        match result {
+            Err(_) if expected.is_some() && gone => Ok(None),
+            other => other,
+        }
     }
 
     /// Is `future` of this client's cluster (this connection)?
