@@ -484,6 +484,15 @@ impl Inner {
         Arc::clone(&lock(&self.session))
     }
 
+    /// The session requests registered in `r` go out on: the current one while the
+    /// routes are open (a reconnect closes them before it replaces the session, and opens
+    /// them after), and only if it is connection `on` when one is named; `None` once that
+    /// connection is gone.
+    fn live_session(&self, r: &Routes, on: Option<u64>) -> Option<Arc<Session>> {
+        let elsewhere = on.is_some_and(|g| !same_generation(r.generation, g));
+        (!r.closed && !elsewhere).then(|| self.session())
+    }
+
     fn connected(&self) -> bool {
         self.session().conn.close_reason().is_none() && !lock(&self.routes).closed
     }
@@ -612,9 +621,7 @@ impl Inner {
     ) -> (u64, mpsc::UnboundedReceiver<ToClient>, Option<Arc<Session>>) {
         let mut r = lock(&self.routes);
         let (id, rx) = register_locked(&mut r, keys);
-        // Routes open: the session is this generation's (a reconnect closes the routes
-        // before it replaces the session, and opens them after).
-        let session = (!r.closed).then(|| self.session());
+        let session = self.live_session(&r, None);
         (id, rx, session)
     }
 
@@ -756,7 +763,8 @@ impl Inner {
         session: &Session,
         key: Key,
         holders: &[Peer],
-        (values, failures): (&mut HashMap<Key, Value>, &mut HashMap<Key, u32>),
+        values: &mut HashMap<Key, Value>,
+        failures: &mut HashMap<Key, u32>,
     ) -> Result<()> {
         match self.gather_one(&key, holders) {
             Ok(value) => {
@@ -1249,8 +1257,13 @@ impl Inner {
                         if values.contains_key(&key) || !seen.contains(&key) {
                             continue;
                         }
-                        let got = (&mut values, &mut failed_gathers);
-                        self.gather_or_ask(&session, key, &workers, got)?;
+                        self.gather_or_ask(
+                            &session,
+                            key,
+                            &workers,
+                            &mut values,
+                            &mut failed_gathers,
+                        )?;
                         if let Some(p) = &ctx.progress {
                             p.advanced(values.len(), total);
                         }
@@ -1263,8 +1276,13 @@ impl Inner {
                                 && seen.contains(&key)
                                 && !workers.is_empty()
                             {
-                                let got = (&mut values, &mut failed_gathers);
-                                self.gather_or_ask(&session, key, &workers, got)?;
+                                self.gather_or_ask(
+                                    &session,
+                                    key,
+                                    &workers,
+                                    &mut values,
+                                    &mut failed_gathers,
+                                )?;
                             }
                         }
                         if let Some(p) = &ctx.progress {
@@ -2173,12 +2191,11 @@ impl Client {
     /// Only on connection `generation` ([`Routes::generation`]): nothing is sent once
     /// that connection is gone.
     pub(crate) fn coordinate_nowait(&self, op: Coordinate, generation: u64) -> Result<()> {
-        let session = {
-            let r = lock(&self.inner.routes);
-            if r.closed || !same_generation(r.generation, generation) {
-                return Ok(());
-            }
-            self.inner.session()
+        let session = self
+            .inner
+            .live_session(&lock(&self.inner.routes), Some(generation));
+        let Some(session) = session else {
+            return Ok(());
         };
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         send_on(&session, &FromClient::Coordinate { request, op })
@@ -2245,14 +2262,13 @@ impl Client {
         // on this connection's session.
         let (generation, session) = {
             let mut routes = lock(&self.inner.routes);
-            let elsewhere = expected.is_some_and(|g| !same_generation(routes.generation, g));
-            match (routes.closed || elsewhere, expected) {
-                (true, Some(_)) => return Ok(None),
-                (true, None) => return Err(scheduler_gone()),
-                (false, _) => {}
-            }
+            let session = match (self.inner.live_session(&routes, expected), expected) {
+                (Some(session), _) => session,
+                (None, Some(_)) => return Ok(None),
+                (None, None) => return Err(scheduler_gone()),
+            };
             routes.by_request.insert(request, tx);
-            (routes.generation, self.inner.session())
+            (routes.generation, session)
         };
         let result = (|| {
             send_on(&session, &FromClient::Coordinate { request, op })?;

@@ -255,9 +255,8 @@ impl Semaphore {
     }
 }
 
-/// Bits of a lease number the scheduler's own number takes; the bits above say which
-/// connection of the client took it (the low [`GENERATION_BITS`] of
-/// the client's connection number (see `Client::coordinate_on`)).
+/// Bits of a lease number the scheduler's own number takes; the [`GENERATION_BITS`] above
+/// say which of the client's connections took it (see `Client::coordinate_on`).
 const LEASE_BITS: u32 = 64 - GENERATION_BITS;
 
 /// The lease number handed out: the scheduler's, tagged with the connection it came on,
@@ -362,7 +361,8 @@ fn take_item(
     client: &Client,
     what: &str,
     op: Coordinate,
-    (timeout, on): (Option<Duration>, Option<u64>),
+    timeout: Option<Duration>,
+    on: Option<u64>,
     interrupted: &dyn Fn() -> bool,
     undo: impl FnOnce(Item) -> Result<()>,
 ) -> Result<Option<Dataset>> {
@@ -451,7 +451,7 @@ impl Variable {
         let what = format!("variable {:?}", self.name);
         // The keys given with a value that crossed the interrupt: let them go.
         let undo = |item: Item| self.client.item_futures(item.keys).map(drop);
-        take_item(&self.client, &what, op, (timeout, None), interrupted, undo)
+        take_item(&self.client, &what, op, timeout, None, interrupted, undo)
     }
 
     /// Forget it (its data goes once nothing else holds it).
@@ -563,7 +563,7 @@ impl Queue {
             drop(futures);
             Ok(())
         };
-        take_item(&self.client, &what, op, (timeout, None), interrupted, undo)
+        take_item(&self.client, &what, op, timeout, None, interrupted, undo)
     }
 
     /// Items in it now.
@@ -686,8 +686,8 @@ impl Sub {
             id: self.id,
         };
         let mut crossed = None;
-        let on = (timeout, Some(self.generation));
-        let got = take_item(&self.client, &what, op, on, interrupted, |item| {
+        let on = Some(self.generation);
+        let got = take_item(&self.client, &what, op, timeout, on, interrupted, |item| {
             crossed = Some(item);
             Ok(())
         });
