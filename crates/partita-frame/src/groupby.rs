@@ -443,6 +443,20 @@ pub(crate) fn group_by_lazy(lf: LazyFrame, keys: &[String], aggs: &[Expr]) -> La
         .agg(aggs)
 }
 
+/// `group_by(keys).agg(aggs)` on an in-memory frame: the direct path of
+/// [`crate::hashagg`] when it computes these aggregations, polars otherwise. Group order is
+/// unspecified.
+pub fn aggregate(
+    frame: &PlFrame,
+    keys: &[String],
+    aggs: &[Expr],
+) -> polars::prelude::PolarsResult<PlFrame> {
+    match crate::hashagg::group_by(frame, keys, aggs) {
+        Some(out) => out,
+        None => crate::plan::collect(group_by_lazy(frame.clone().lazy(), keys, aggs)),
+    }
+}
+
 /// Concatenate partials and aggregate them again.
 #[derive(Debug, Serialize, Deserialize)]
 struct Combine {
@@ -468,9 +482,9 @@ impl Op for Combine {
             .iter()
             .map(|(n, t)| col(n.as_str()).cast(t.clone()))
             .collect();
-        let out =
-            crate::plan::collect(group_by_lazy(all.lazy(), &self.keys, &self.aggs).select(casts))
-                .map_err(|e| from_polars(e, "combining group-by partials"))?;
+        let out = aggregate(&all, &self.keys, &self.aggs)
+            .and_then(|out| crate::plan::collect(out.lazy().select(casts)))
+            .map_err(|e| from_polars(e, "combining group-by partials"))?;
         Ok(Partition::value(out))
     }
     fn name(&self) -> &str {

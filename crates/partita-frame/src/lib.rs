@@ -38,6 +38,7 @@ mod columns;
 pub mod describe;
 pub mod frame;
 pub mod groupby;
+mod hashagg;
 pub mod io;
 pub mod join;
 pub mod partition;

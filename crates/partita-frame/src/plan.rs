@@ -172,10 +172,42 @@ impl PartitionPlan {
                 ));
             }
         };
-        for step in self.steps.iter() {
+        // The last group-by, when the direct path computes it, runs on the rows it reads,
+        // collected; the steps after it run on its result.
+        let direct = self
+            .steps
+            .iter()
+            .rposition(|s| matches!(s, Step::GroupBy { .. }));
+        let direct = direct.and_then(|at| match &self.steps[at] {
+            Step::GroupBy { keys, aggs } => {
+                crate::hashagg::needed_columns(keys, aggs).map(|needed| (at, keys, aggs, needed))
+            }
+            _ => None,
+        });
+        let before = direct.as_ref().map_or(self.steps.len(), |d| d.0);
+        for step in &self.steps[..before] {
             lf = step.apply(lf);
         }
-        collect(lf).map_err(|e| match &self.scan {
+        let collected = match direct {
+            Some((at, keys, aggs, needed)) => collect(
+                lf.select(
+                    needed
+                        .iter()
+                        .map(|c| polars::prelude::col(c.as_str()))
+                        .collect::<Vec<_>>(),
+                ),
+            )
+            .and_then(|rows| crate::groupby::aggregate(&rows, keys, aggs))
+            .and_then(|grouped| {
+                let after = &self.steps[at + 1..];
+                if after.is_empty() {
+                    return Ok(grouped);
+                }
+                collect(after.iter().fold(grouped.lazy(), |lf, step| step.apply(lf)))
+            }),
+            None => collect(lf),
+        };
+        collected.map_err(|e| match &self.scan {
             Some(scan) => from_polars(e, &format!("reading {scan}")),
             None => from_polars(e, "running a partition's plan"),
         })
