@@ -16,7 +16,11 @@
 //!   key of its own, densified the same way, so no step needs more than 64 bits.
 //! - **Aggregations** scatter each value column into per-group accumulators. Integer sums
 //!   wrap in 64 bits and are truncated to the output type, which is what polars' wrapping
-//!   sums in that type give; nulls are skipped (a group of nulls sums to 0).
+//!   sums in that type give; nulls are skipped (a group of nulls sums to 0). Float sums
+//!   add in row order, so they equal polars' up to the order of summation (which in
+//!   polars' streaming engine depends on its threads and morsels too).
+//! - **Only on the streaming engine**: `PARTITA_POLARS_ENGINE=in-memory` (whose float sums
+//!   are compensated) or `PARTITA_GROUP_BY=polars` leaves every group-by to polars.
 //! - **The output schema is polars' own**, found by planning the same group-by on an empty
 //!   frame; an output type this module does not produce exactly (a `Float32` sum, a sum of
 //!   booleans) makes it decline, and polars runs the group-by.
@@ -28,7 +32,8 @@ use foldhash::quality::FixedState;
 use hashbrown::HashTable;
 use polars::prelude::{
     AggExpr, ChunkedArray, Column, DataFrame as PlFrame, DataType, DataTypeExpr, Expr, IDX_DTYPE,
-    IdxCa, IdxSize, IntoColumn, IntoLazy, NamedFrom, PolarsNumericType, PolarsResult, Series,
+    IdxCa, IdxSize, IntoColumn, IntoLazy, NamedFrom, PolarsNumericType, PolarsResult, Schema,
+    Series, polars_bail, polars_err,
 };
 use polars_arrow::array::{Array, View};
 use polars_arrow::bitmap::Bitmap;
@@ -106,89 +111,133 @@ pub(crate) fn needed_columns(keys: &[String], aggs: &[Expr]) -> Option<Vec<Strin
     Some(names)
 }
 
-/// `group_by(keys).agg(aggs)` on `frame`, or `None` when the keys, the aggregations or
-/// their types are not ones this module computes (see the module docs); polars' schema
-/// and errors (a missing column) come from polars planning the same group-by.
+/// What [`group_by`] computes for one output column.
+enum Output {
+    Len,
+    Count(String),
+    Sum(String, SumKind),
+}
+
+/// The columns the direct path writes after the keys, checked against a schema.
+struct Plan {
+    outputs: Vec<(String, Output)>,
+}
+
+/// A plan for `group_by(keys).agg(aggs)` on frames of `schema`, or `None` when the keys,
+/// the aggregations or their types are not ones this module computes (see the module
+/// docs). Polars' own planning of the same group-by gives the output names and types, and
+/// its errors (a missing column, named).
+fn plan(schema: &Schema, keys: &[String], aggs: &[Expr]) -> Option<PolarsResult<Plan>> {
+    let parsed = parse_aggs(aggs)?;
+    if keys.is_empty() || parsed.is_empty() || !crate::plan::direct_group_by() {
+        return None;
+    }
+    let out =
+        match crate::groupby::group_by_lazy(PlFrame::empty_with_schema(schema).lazy(), keys, aggs)
+            .collect_schema()
+        {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+    if out.len() != keys.len() + parsed.len() {
+        return None;
+    }
+    for key in keys {
+        if !groupable(schema.get(key)?) {
+            return None;
+        }
+    }
+    let mut outputs = Vec::with_capacity(parsed.len());
+    for (agg, (name, dtype)) in parsed.into_iter().zip(out.iter().skip(keys.len())) {
+        let output = match agg {
+            Agg::Len if *dtype == IDX_DTYPE => Output::Len,
+            Agg::Count(input) if *dtype == IDX_DTYPE => Output::Count(input),
+            Agg::Sum { input, to_f64 } => {
+                let kind = sum_kind(schema.get(&input)?, to_f64, dtype)?;
+                Output::Sum(input, kind)
+            }
+            _ => return None,
+        };
+        outputs.push((name.to_string(), output));
+    }
+    Some(Ok(Plan { outputs }))
+}
+
+/// Whether [`group_by`] computes `group_by(keys).agg(aggs)` on frames of `schema` (a
+/// planning error counts as yes: the direct path reports it as polars would).
+pub(crate) fn accepts(schema: &Schema, keys: &[String], aggs: &[Expr]) -> bool {
+    plan(schema, keys, aggs).is_some()
+}
+
+/// `group_by(keys).agg(aggs)` on `frame`, or `None` when [`accepts`] says no.
 pub(crate) fn group_by(
     frame: &PlFrame,
     keys: &[String],
     aggs: &[Expr],
 ) -> Option<PolarsResult<PlFrame>> {
-    let parsed = parse_aggs(aggs)?;
-    if keys.is_empty() || parsed.is_empty() {
-        return None;
-    }
-    let schema = match crate::groupby::group_by_lazy(
-        PlFrame::empty_with_schema(frame.schema()).lazy(),
-        keys,
-        aggs,
-    )
-    .collect_schema()
-    {
-        Ok(s) => s,
+    let plan = match plan(frame.schema(), keys, aggs)? {
+        Ok(plan) => plan,
         Err(e) => return Some(Err(e)),
     };
-    if schema.len() != keys.len() + parsed.len() {
-        return None;
-    }
-    let outputs: Vec<(String, DataType)> = schema
-        .iter()
-        .skip(keys.len())
-        .map(|(n, t)| (n.to_string(), t.clone()))
-        .collect();
-    // Every input and output type must be one computed exactly, before any work.
-    for (agg, (_, out)) in parsed.iter().zip(&outputs) {
-        let ok = match agg {
-            Agg::Len | Agg::Count(_) => *out == IDX_DTYPE,
-            Agg::Sum { input, to_f64 } => {
-                let dtype = frame.column(input).ok()?.dtype();
-                sum_kind(dtype, *to_f64, out).is_some()
-            }
-        };
-        if !ok {
-            return None;
-        }
-    }
+    Some(run(frame, keys, &plan))
+}
+
+fn run(frame: &PlFrame, keys: &[String], plan: &Plan) -> PolarsResult<PlFrame> {
     let mut groups: Option<Groups> = None;
     for key in keys {
-        let column = frame.column(key).ok()?;
-        let next = key_groups(column)?;
+        let next = key_groups(frame.column(key)?)?;
         groups = Some(match groups {
             None => next,
             Some(prev) => prev.combine(&next),
         });
     }
-    let groups = groups?;
+    let groups = groups.ok_or_else(|| polars_err!(ComputeError: "a group-by needs a key"))?;
     let firsts = IdxCa::from_vec("".into(), groups.first.clone());
-    let mut columns: Vec<Column> = Vec::with_capacity(schema.len());
+    let mut columns: Vec<Column> = Vec::with_capacity(keys.len() + plan.outputs.len());
     for key in keys {
-        match frame.column(key).and_then(|c| c.take(&firsts)) {
-            Ok(c) => columns.push(c),
-            Err(e) => return Some(Err(e)),
-        }
+        columns.push(frame.column(key)?.take(&firsts)?);
     }
-    for (agg, (name, out)) in parsed.iter().zip(&outputs) {
-        let column = match agg {
-            Agg::Len => {
+    for (name, output) in &plan.outputs {
+        columns.push(match output {
+            Output::Len => {
                 let mut counts = vec![0 as IdxSize; groups.len()];
                 for &g in &groups.ids {
                     counts[g as usize] += 1;
                 }
                 IdxCa::from_vec(name.as_str().into(), counts).into_column()
             }
-            Agg::Count(input) => {
-                let values = frame.column(input).ok()?.as_materialized_series();
-                count_non_null(values, &groups, name)
+            Output::Count(input) => {
+                count_non_null(frame.column(input)?.as_materialized_series(), &groups, name)
             }
-            Agg::Sum { input, to_f64 } => {
-                let values = frame.column(input).ok()?.as_materialized_series();
-                let kind = sum_kind(values.dtype(), *to_f64, out)?;
-                sum(values, kind, &groups, name)?
-            }
-        };
-        columns.push(column);
+            Output::Sum(input, kind) => sum(
+                frame.column(input)?.as_materialized_series(),
+                *kind,
+                &groups,
+                name,
+            )?,
+        });
     }
-    Some(PlFrame::new(groups.len(), columns))
+    PlFrame::new(groups.len(), columns)
+}
+
+/// The integer types the direct path groups and sums (8 to 64 bits).
+fn plain_integer(dtype: &DataType) -> bool {
+    matches!(
+        dtype,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
+/// Key types the direct path groups.
+fn groupable(dtype: &DataType) -> bool {
+    plain_integer(dtype) || *dtype == DataType::String
 }
 
 /// How a sum is accumulated and what it is written as.
@@ -213,7 +262,7 @@ enum IntOut {
 /// The sum of a `dtype` column (cast to `Float64` first when `to_f64`) as polars types it
 /// `out`, or `None` when the direct path would not give polars' result exactly.
 fn sum_kind(dtype: &DataType, to_f64: bool, out: &DataType) -> Option<SumKind> {
-    let numeric = dtype.is_integer() || matches!(dtype, DataType::Float32 | DataType::Float64);
+    let numeric = plain_integer(dtype) || matches!(dtype, DataType::Float32 | DataType::Float64);
     if to_f64 {
         return (numeric && *out == DataType::Float64).then_some(SumKind::Float);
     }
@@ -225,7 +274,9 @@ fn sum_kind(dtype: &DataType, to_f64: bool, out: &DataType) -> Option<SumKind> {
         DataType::Float64 if *dtype == DataType::Float64 => return Some(SumKind::Float),
         _ => return None,
     };
-    if dtype.is_signed_integer() {
+    if !plain_integer(dtype) {
+        None
+    } else if dtype.is_signed_integer() {
         Some(SumKind::Signed(int_out))
     } else if dtype.is_unsigned_integer() {
         Some(SumKind::Unsigned(int_out))
@@ -276,29 +327,29 @@ impl Groups {
     }
 }
 
-/// Group ids for one key column, or `None` for a type this module does not group.
-fn key_groups(column: &Column) -> Option<Groups> {
+/// Group ids for one key column (of a type [`groupable`] accepts).
+fn key_groups(column: &Column) -> PolarsResult<Groups> {
     let series = column.as_materialized_series();
     // Signed values map to u64 in order (the sign bit flipped), so one range works.
     macro_rules! ints {
         ($ca:expr, $to:expr) => {{
             let (values, nulls) = int_keys($ca, $to);
             let (lo, hi) = int_range(&values, nulls.as_deref());
-            Some(int_groups(&values, nulls.as_deref(), lo, hi))
+            Ok(int_groups(&values, nulls.as_deref(), lo, hi))
         }};
     }
     let signed = |v: i64| (v as u64) ^ (1 << 63);
     match series.dtype() {
-        DataType::Int8 => ints!(series.i8().ok()?, |v: i8| signed(v as i64)),
-        DataType::Int16 => ints!(series.i16().ok()?, |v: i16| signed(v as i64)),
-        DataType::Int32 => ints!(series.i32().ok()?, |v: i32| signed(v as i64)),
-        DataType::Int64 => ints!(series.i64().ok()?, signed),
-        DataType::UInt8 => ints!(series.u8().ok()?, |v: u8| v as u64),
-        DataType::UInt16 => ints!(series.u16().ok()?, |v: u16| v as u64),
-        DataType::UInt32 => ints!(series.u32().ok()?, |v: u32| v as u64),
-        DataType::UInt64 => ints!(series.u64().ok()?, |v: u64| v),
-        DataType::String => Some(string_groups(series.str().ok()?)),
-        _ => None,
+        DataType::Int8 => ints!(series.i8()?, |v: i8| signed(v as i64)),
+        DataType::Int16 => ints!(series.i16()?, |v: i16| signed(v as i64)),
+        DataType::Int32 => ints!(series.i32()?, |v: i32| signed(v as i64)),
+        DataType::Int64 => ints!(series.i64()?, signed),
+        DataType::UInt8 => ints!(series.u8()?, |v: u8| v as u64),
+        DataType::UInt16 => ints!(series.u16()?, |v: u16| v as u64),
+        DataType::UInt32 => ints!(series.u32()?, |v: u32| v as u64),
+        DataType::UInt64 => ints!(series.u64()?, |v: u64| v),
+        DataType::String => Ok(string_groups(series.str()?)),
+        other => polars_bail!(ComputeError: "partita's direct group-by cannot group {other} keys"),
     }
 }
 
@@ -537,23 +588,23 @@ fn scatter<T: PolarsNumericType, A: Copy>(
 }
 
 /// Per-group sums of `values` as `kind` says, named `name`.
-fn sum(values: &Series, kind: SumKind, groups: &Groups, name: &str) -> Option<Column> {
+fn sum(values: &Series, kind: SumKind, groups: &Groups, name: &str) -> PolarsResult<Column> {
     let n = groups.len();
     macro_rules! each_int {
         ($series:expr, $acc:expr, $to:ty, $add:expr) => {{
             let s = $series;
             match s.dtype() {
-                DataType::Int8 => scatter(s.i8().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::Int16 => scatter(s.i16().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::Int32 => scatter(s.i32().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::Int64 => scatter(s.i64().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::UInt8 => scatter(s.u8().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::UInt16 => scatter(s.u16().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::UInt32 => scatter(s.u32().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::UInt64 => scatter(s.u64().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::Float32 => scatter(s.f32().ok()?, groups, $acc, |v| v as $to, $add),
-                DataType::Float64 => scatter(s.f64().ok()?, groups, $acc, |v| v as $to, $add),
-                _ => return None,
+                DataType::Int8 => scatter(s.i8()?, groups, $acc, |v| v as $to, $add),
+                DataType::Int16 => scatter(s.i16()?, groups, $acc, |v| v as $to, $add),
+                DataType::Int32 => scatter(s.i32()?, groups, $acc, |v| v as $to, $add),
+                DataType::Int64 => scatter(s.i64()?, groups, $acc, |v| v as $to, $add),
+                DataType::UInt8 => scatter(s.u8()?, groups, $acc, |v| v as $to, $add),
+                DataType::UInt16 => scatter(s.u16()?, groups, $acc, |v| v as $to, $add),
+                DataType::UInt32 => scatter(s.u32()?, groups, $acc, |v| v as $to, $add),
+                DataType::UInt64 => scatter(s.u64()?, groups, $acc, |v| v as $to, $add),
+                DataType::Float32 => scatter(s.f32()?, groups, $acc, |v| v as $to, $add),
+                DataType::Float64 => scatter(s.f64()?, groups, $acc, |v| v as $to, $add),
+                other => polars_bail!(ComputeError: "partita's direct group-by cannot sum {other}"),
             }
         }};
     }
@@ -574,7 +625,7 @@ fn sum(values: &Series, kind: SumKind, groups: &Groups, name: &str) -> Option<Co
             int_output(name, acc.into_iter(), out)
         }
     };
-    Some(series.into_column())
+    Ok(series.into_column())
 }
 
 /// 64-bit wrapped sums written as `out` (truncated, as a wrapping sum in that type gives).
@@ -703,6 +754,36 @@ mod tests {
             check(&frame, &["s"], &aggs());
             check(&frame, &["s", "k"], &aggs());
             check(&frame, &["k", "s", "b"], &aggs());
+            // Keys in one chunk, values in two: group ids are by row, not by chunk.
+            let mut keys_whole = frame.clone();
+            for key in ["k", "s"] {
+                let whole = frame.column(key).unwrap().as_materialized_series().rechunk();
+                keys_whole.with_column(whole.into_column()).unwrap();
+            }
+            check(&keys_whole, &["k"], &aggs());
+            check(&keys_whole, &["s", "k"], &aggs());
+        }
+
+        #[test]
+        fn float_sums_agree_with_polars_up_to_summation_order(
+            rows in proptest::collection::vec((0i64..20, -1e6f64..1e6), 0..300),
+        ) {
+            let k: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let v: Vec<f64> = rows.iter().map(|r| r.1).collect();
+            let scale: f64 = v.iter().map(|x| x.abs()).sum::<f64>().max(1.0);
+            let frame = polars::prelude::df!("k" => k, "v" => v).unwrap();
+            let keys = ["k".to_string()];
+            let aggs = [col("v").sum().alias("s"), col("v").cast(DataType::Float64).sum().alias("f")];
+            let direct = sorted(group_by(&frame, &keys, &aggs).unwrap().unwrap(), &keys);
+            let expected = sorted(reference(&frame, &keys, &aggs), &keys);
+            prop_assert_eq!(direct.schema(), expected.schema());
+            prop_assert_eq!(direct.column("k").unwrap(), expected.column("k").unwrap());
+            for name in ["s", "f"] {
+                let (a, b) = (direct.column(name).unwrap().f64().unwrap(), expected.column(name).unwrap().f64().unwrap());
+                for (x, y) in a.into_no_null_iter().zip(b.into_no_null_iter()) {
+                    prop_assert!((x - y).abs() <= 1e-12 * scale, "{} vs {}", x, y);
+                }
+            }
         }
     }
 
@@ -743,6 +824,95 @@ mod tests {
     }
 
     #[test]
+    fn sums_of_every_numeric_type_and_empty_frames() {
+        let base = Series::new(
+            "v".into(),
+            vec![Some(1i64), None, Some(3), Some(4), Some(5)],
+        );
+        let k = Series::new("k".into(), vec!["a", "b", "a", "b", "a"]);
+        for dtype in [
+            DataType::Int8,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt8,
+            DataType::UInt16,
+            DataType::UInt32,
+            DataType::UInt64,
+            DataType::Float64,
+        ] {
+            let v = base.cast(&dtype).unwrap();
+            let frame = PlFrame::new(5, vec![k.clone().into_column(), v.into_column()]).unwrap();
+            check(
+                &frame,
+                &["k"],
+                &[
+                    col("v").sum().alias("s"),
+                    col("v").cast(DataType::Float64).sum().alias("f"),
+                    col("v").count().alias("n"),
+                ],
+            );
+        }
+        // A Float32 column: its own sum is polars', its sum as Float64 the direct path's.
+        let v = base.cast(&DataType::Float32).unwrap();
+        let frame = PlFrame::new(5, vec![k.clone().into_column(), v.into_column()]).unwrap();
+        check(&frame, &["k"], &[col("v").cast(DataType::Float64).sum()]);
+        // A column of nulls only.
+        let v = Series::new_null("v".into(), 5)
+            .cast(&DataType::Int32)
+            .unwrap();
+        let frame = PlFrame::new(5, vec![k.into_column(), v.into_column()]).unwrap();
+        check(
+            &frame,
+            &["k"],
+            &[col("v").sum().alias("s"), col("v").count()],
+        );
+        // No rows, several keys.
+        let frame = frame_of(&[]);
+        check(&frame, &["s", "k"], &aggs());
+    }
+
+    #[test]
+    fn a_plan_runs_the_steps_around_a_direct_group_by() {
+        let frame = frame_of(&[
+            (Some(1), Some("x".into()), 5, Some(2), 0.5),
+            (Some(2), Some("y".into()), 6, None, 1.5),
+            (Some(1), Some("x".into()), 7, Some(4), 2.5),
+            (None, None, 8, Some(6), 3.5),
+        ]);
+        let keys = vec!["s".to_string()];
+        let steps: Vec<crate::plan::Step> = vec![
+            crate::plan::Step::Filter(col("a").gt(polars::prelude::lit(5))),
+            crate::plan::Step::GroupBy {
+                keys: keys.clone(),
+                aggs: vec![col("b").sum().alias("t"), len()],
+            },
+            crate::plan::Step::Select(vec![col("s"), (col("t") * col("len")).alias("w")]),
+            crate::plan::Step::Sort {
+                by: keys.clone(),
+                descending: vec![false],
+                nulls_last: true,
+            },
+        ];
+        // The direct path takes this group-by (so the test covers the split plan).
+        let aggs = [col("b").sum().alias("t"), len()];
+        assert!(accepts(frame.schema(), &keys, &aggs));
+        let plan = crate::plan::PartitionPlan {
+            scan: None,
+            steps: steps.clone().into(),
+        };
+        let out = plan.run(Some(&frame)).unwrap();
+        let expected = crate::plan::collect(
+            steps
+                .iter()
+                .fold(frame.clone().lazy(), |lf, step| step.apply(lf)),
+        )
+        .unwrap();
+        assert!(out.equals_missing(&expected), "{out}\n{expected}");
+        assert_eq!(out.height(), 3);
+    }
+
+    #[test]
     fn integer_sums_wrap_in_their_type_as_polars_does() {
         // Polars' release build wraps (`2^31 - 1 + 5` sums to `-2^31 + 4` as Int32); its
         // debug build panics, so the expected sums are written out.
@@ -775,6 +945,7 @@ mod tests {
             "w" => [i64::MIN, 0]
         )
         .unwrap();
+        assert_eq!(out.schema(), expected.schema());
         assert!(out.equals_missing(&expected), "{out}");
     }
 
