@@ -451,7 +451,10 @@ pub fn aggregate(
     keys: &[String],
     aggs: &[Expr],
 ) -> polars::prelude::PolarsResult<PlFrame> {
-    match crate::hashagg::group_by(frame, keys, aggs) {
+    let direct = crate::plan::direct_group_by()
+        .then(|| crate::hashagg::group_by(frame, keys, aggs))
+        .flatten();
+    match direct {
         Some(out) => out,
         None => crate::plan::collect(group_by_lazy(frame.clone().lazy(), keys, aggs)),
     }

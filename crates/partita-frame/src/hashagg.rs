@@ -8,7 +8,7 @@
 //! everything else to polars:
 //!
 //! - **Group ids.** Each key column gets a dense group id per row, in order of first
-//!   appearance. Integer keys whose range is small (at most twice the rows, as in "perfect
+//!   appearance. Integer keys whose range is small (at most twice the rows plus 1,024, as in "perfect
 //!   hash" aggregation) index a table directly; wider integers hash into a table of their
 //!   values. Strings hash their 16-byte view when inline (at most 12 bytes, the common key)
 //!   and their bytes otherwise, and compare views before bytes. A null key is a group of
@@ -129,7 +129,7 @@ struct Plan {
 /// its errors (a missing column, named).
 fn plan(schema: &Schema, keys: &[String], aggs: &[Expr]) -> Option<PolarsResult<Plan>> {
     let parsed = parse_aggs(aggs)?;
-    if keys.is_empty() || parsed.is_empty() || !crate::plan::direct_group_by() {
+    if keys.is_empty() || parsed.is_empty() {
         return None;
     }
     let out =
@@ -163,10 +163,23 @@ fn plan(schema: &Schema, keys: &[String], aggs: &[Expr]) -> Option<PolarsResult<
     Some(Ok(Plan { outputs }))
 }
 
-/// Whether [`group_by`] computes `group_by(keys).agg(aggs)` on frames of `schema` (a
-/// planning error counts as yes: the direct path reports it as polars would).
+/// Whether [`group_by`] computes `group_by(keys).agg(aggs)` on frames of `schema` (only
+/// the columns it reads matter). A group-by polars would refuse to plan is not accepted:
+/// polars then reports it before reading anything.
 pub(crate) fn accepts(schema: &Schema, keys: &[String], aggs: &[Expr]) -> bool {
-    plan(schema, keys, aggs).is_some()
+    let Some(needed) = needed_columns(keys, aggs) else {
+        return false;
+    };
+    let mut read = Schema::with_capacity(needed.len());
+    for name in &needed {
+        match schema.get(name) {
+            Some(dtype) => {
+                read.insert(name.as_str().into(), dtype.clone());
+            }
+            None => return false,
+        }
+    }
+    matches!(plan(&read, keys, aggs), Some(Ok(_)))
 }
 
 /// `group_by(keys).agg(aggs)` on `frame`, or `None` when [`accepts`] says no.
@@ -182,7 +195,15 @@ pub(crate) fn group_by(
     Some(run(frame, keys, &plan))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Group-bys the direct path ran on this thread (tests see which path a plan took).
+    pub(crate) static RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn run(frame: &PlFrame, keys: &[String], plan: &Plan) -> PolarsResult<PlFrame> {
+    #[cfg(test)]
+    RUNS.with(|r| r.set(r.get() + 1));
     let mut groups: Option<Groups> = None;
     for key in keys {
         let next = key_groups(frame.column(key)?)?;
@@ -881,8 +902,10 @@ mod tests {
             (None, None, 8, Some(6), 3.5),
         ]);
         let keys = vec!["s".to_string()];
+        // Steps before the group-by that change the answer if run twice or not at all.
         let steps: Vec<crate::plan::Step> = vec![
             crate::plan::Step::Filter(col("a").gt(polars::prelude::lit(5))),
+            crate::plan::Step::WithColumns(vec![(col("b") * polars::prelude::lit(3)).alias("b")]),
             crate::plan::Step::GroupBy {
                 keys: keys.clone(),
                 aggs: vec![col("b").sum().alias("t"), len()],
@@ -901,7 +924,18 @@ mod tests {
             scan: None,
             steps: steps.clone().into(),
         };
-        let out = plan.run(Some(&frame)).unwrap();
+        let before = RUNS.with(|r| r.get());
+        let out = if crate::plan::direct_group_by() {
+            let out = plan.run(Some(&frame)).unwrap();
+            assert_eq!(
+                RUNS.with(|r| r.get()),
+                before + 1,
+                "the direct path ran once"
+            );
+            out
+        } else {
+            plan.run(Some(&frame)).unwrap()
+        };
         let expected = crate::plan::collect(
             steps
                 .iter()

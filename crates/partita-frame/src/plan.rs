@@ -12,11 +12,12 @@
 //! as the in-memory engine (its hash tables keep row-encoded keys) and it holds less at once.
 //! `PARTITA_POLARS_ENGINE=in-memory` switches back, for comparison.
 //!
-//! A plan whose last step is a group-by partita's own kernel computes (sums, counts and
-//! means by integer or string keys, see `hashagg`) collects the columns that group-by reads
-//! and groups them directly, 4-5x quicker than polars' group-by; the steps after it (a
-//! combine's finish) run in polars on its result. `PARTITA_GROUP_BY=polars` leaves every
-//! group-by to polars, for comparison.
+//! When a plan's last group-by is one partita's own kernel computes (every aggregation a
+//! `len`, `count`, `sum` or `sum` of a cast to `Float64`, as partials of sums, counts and
+//! means are, by 8-64-bit integer or string keys; see `hashagg`), the plan collects the
+//! columns that group-by reads and groups them directly, 4-5x quicker than polars'
+//! group-by on one thread; the steps after it (a combine's finish) run in polars on its
+//! result. `PARTITA_GROUP_BY=polars` leaves every group-by to polars, for comparison.
 //!
 //! The same steps applied to an empty frame with the input's schema give the output schema
 //! without reading any data: that is how a missing column or a type error is reported when
@@ -189,7 +190,7 @@ impl PartitionPlan {
             lf = step.apply(lf);
         }
         let direct = match last.map(|at| (at, &self.steps[at])) {
-            Some((at, Step::GroupBy { keys, aggs })) => {
+            Some((at, Step::GroupBy { keys, aggs })) if direct_group_by() => {
                 match crate::hashagg::needed_columns(keys, aggs) {
                     Some(needed)
                         if lf
