@@ -2,10 +2,11 @@
 //!
 //! Key decision: most of a decomposed group-by's time is its per-partition partial (H2O q3:
 //! 60% of every partition's task is polars' generic hash group-by, the rest is reading the
-//! file). The partials and combines [`crate::groupby`] writes use only `len`, `count`, `sum`
-//! and `sum` of a cast to `Float64` (the two halves of a mean), grouped by integer or string
-//! columns. This module computes exactly those, in one pass per column, and leaves
-//! everything else to polars:
+//! file). The partials and combines [`crate::groupby`] writes for sums, counts and means
+//! use only `len`, `count`, `sum` and `sum` of a cast to `Float64` (the two halves of a
+//! mean), grouped by integer or string columns, and those of extremes `min` and `max`. This
+//! module computes exactly those (extremes of integer columns only), in one pass per
+//! column, and leaves everything else to polars:
 //!
 //! - **Group ids.** Each key column gets a dense group id per row, in order of first
 //!   appearance. Integer keys whose range is small (at most twice the rows plus 1,024, as in "perfect
@@ -16,7 +17,8 @@
 //!   key of its own, densified the same way, so no step needs more than 64 bits.
 //! - **Aggregations** scatter each value column into per-group accumulators. Integer sums
 //!   wrap in 64 bits and are truncated to the output type, which is what polars' wrapping
-//!   sums in that type give; nulls are skipped (a group of nulls sums to 0). Float sums
+//!   sums in that type give; nulls are skipped (a group of nulls sums to 0, and its
+//!   `min`/`max` is null). Float sums
 //!   add in row order, so they equal polars' up to the order of summation (which in
 //!   polars' streaming engine depends on its threads and morsels too).
 //! - **Only on the streaming engine**: `PARTITA_POLARS_ENGINE=in-memory` (whose float sums
@@ -49,6 +51,8 @@ enum Agg {
     /// Sum of a column's non-null values; `to_f64` when the column is cast to `Float64`
     /// first.
     Sum { input: String, to_f64: bool },
+    /// Smallest (`max` false) or largest non-null value of an integer column.
+    Extreme { input: String, max: bool },
 }
 
 /// The aggregations, when every one is of a kind this module computes.
@@ -77,6 +81,12 @@ fn parse_agg(e: &Expr) -> Option<Agg> {
             input,
             include_nulls: false,
         }) => column_name(input).map(Agg::Count),
+        Expr::Agg(AggExpr::Min { input, .. }) => {
+            column_name(input).map(|input| Agg::Extreme { input, max: false })
+        }
+        Expr::Agg(AggExpr::Max { input, .. }) => {
+            column_name(input).map(|input| Agg::Extreme { input, max: true })
+        }
         Expr::Agg(AggExpr::Sum(input)) => match strip_alias(input) {
             Expr::Column(name) => Some(Agg::Sum {
                 input: name.to_string(),
@@ -102,7 +112,7 @@ pub(crate) fn needed_columns(keys: &[String], aggs: &[Expr]) -> Option<Vec<Strin
     for agg in parse_aggs(aggs)? {
         let name = match agg {
             Agg::Len => continue,
-            Agg::Count(c) | Agg::Sum { input: c, .. } => c,
+            Agg::Count(c) | Agg::Sum { input: c, .. } | Agg::Extreme { input: c, .. } => c,
         };
         if !names.contains(&name) {
             names.push(name);
@@ -116,6 +126,8 @@ enum Output {
     Len,
     Count(String),
     Sum(String, SumKind),
+    /// The column's own integer type.
+    Extreme(String, bool),
 }
 
 /// The columns the direct path writes after the keys, checked against a schema.
@@ -155,6 +167,14 @@ fn plan(schema: &Schema, keys: &[String], aggs: &[Expr]) -> Option<PolarsResult<
             Agg::Sum { input, to_f64 } => {
                 let kind = sum_kind(schema.get(&input)?, to_f64, dtype)?;
                 Output::Sum(input, kind)
+            }
+            // Integers only: float extremes have NaN rules of their own.
+            Agg::Extreme { input, max } => {
+                let from = schema.get(&input)?;
+                if !plain_integer(from) || from != dtype {
+                    return None;
+                }
+                Output::Extreme(input, max)
             }
             _ => return None,
         };
@@ -230,6 +250,12 @@ fn run(frame: &PlFrame, keys: &[String], plan: &Plan) -> PolarsResult<PlFrame> {
             Output::Count(input) => {
                 count_non_null(frame.column(input)?.as_materialized_series(), &groups, name)
             }
+            Output::Extreme(input, max) => extreme(
+                frame.column(input)?.as_materialized_series(),
+                *max,
+                &groups,
+                name,
+            )?,
             Output::Sum(input, kind) => sum(
                 frame.column(input)?.as_materialized_series(),
                 *kind,
@@ -649,6 +675,53 @@ fn sum(values: &Series, kind: SumKind, groups: &Groups, name: &str) -> PolarsRes
     Ok(series.into_column())
 }
 
+/// Per-group smallest or largest non-null value of an integer column, in its own type
+/// (null for a group with none), named `name`.
+fn extreme(values: &Series, max: bool, groups: &Groups, name: &str) -> PolarsResult<Column> {
+    fn fold<T: PolarsNumericType>(
+        ca: &ChunkedArray<T>,
+        groups: &Groups,
+        max: bool,
+    ) -> Vec<Option<T::Native>>
+    where
+        T::Native: Ord,
+    {
+        let mut acc: Vec<Option<T::Native>> = vec![None; groups.len()];
+        let mut row = 0usize;
+        for arr in ca.downcast_iter() {
+            let n = arr.len();
+            let ids = &groups.ids[row..row + n];
+            for (&g, v) in ids.iter().zip(arr.iter()) {
+                if let Some(&v) = v {
+                    let a = &mut acc[g as usize];
+                    *a = Some(match *a {
+                        None => v,
+                        Some(a) if max => a.max(v),
+                        Some(a) => a.min(v),
+                    });
+                }
+            }
+            row += n;
+        }
+        acc
+    }
+    let name = name.into();
+    let series = match values.dtype() {
+        DataType::Int8 => Series::new(name, fold(values.i8()?, groups, max)),
+        DataType::Int16 => Series::new(name, fold(values.i16()?, groups, max)),
+        DataType::Int32 => Series::new(name, fold(values.i32()?, groups, max)),
+        DataType::Int64 => Series::new(name, fold(values.i64()?, groups, max)),
+        DataType::UInt8 => Series::new(name, fold(values.u8()?, groups, max)),
+        DataType::UInt16 => Series::new(name, fold(values.u16()?, groups, max)),
+        DataType::UInt32 => Series::new(name, fold(values.u32()?, groups, max)),
+        DataType::UInt64 => Series::new(name, fold(values.u64()?, groups, max)),
+        other => {
+            polars_bail!(ComputeError: "partita's direct group-by cannot take extremes of {other}")
+        }
+    };
+    Ok(series.into_column())
+}
+
 /// 64-bit wrapped sums written as `out` (truncated, as a wrapping sum in that type gives).
 fn int_output(name: &str, sums: impl Iterator<Item = u64>, out: IntOut) -> Series {
     let name = name.into();
@@ -708,6 +781,8 @@ mod tests {
             col("b").cast(DataType::Float64).sum().alias("fb"),
             col("b").count().alias("nb"),
             col("c").sum(),
+            col("a").min().alias("mina"),
+            col("b").max().alias("maxb"),
             len(),
         ]
     }
@@ -873,6 +948,13 @@ mod tests {
                     col("v").count().alias("n"),
                 ],
             );
+            if dtype != DataType::Float64 {
+                check(
+                    &frame,
+                    &["k"],
+                    &[col("v").min().alias("lo"), col("v").max().alias("hi")],
+                );
+            }
         }
         // A Float32 column: its own sum is polars', its sum as Float64 the direct path's.
         let v = base.cast(&DataType::Float32).unwrap();
@@ -990,6 +1072,8 @@ mod tests {
         )
         .unwrap();
         let keys = |k: &str| vec![k.to_string()];
+        // Float extremes (NaN rules) are polars'.
+        assert!(group_by(&frame, &keys("k"), &[col("f").max()]).is_none());
         // A Float32 sum, a sum of booleans, a mean, a float key.
         assert!(group_by(&frame, &keys("k"), &[col("f").sum()]).is_none());
         assert!(group_by(&frame, &keys("k"), &[col("b").sum()]).is_none());
