@@ -883,12 +883,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_integer_key_type_and_wide_ranges() {
-        let values: Vec<Option<i64>> = vec![Some(5), None, Some(-7), Some(5), Some(100), None];
-        let base = Series::new("k".into(), values);
-        let v = Series::new("v".into(), vec![1i64, 2, 3, 4, 5, 6]);
-        for dtype in [
+    /// The integer types the direct path groups and sums.
+    fn integer_types() -> [DataType; 8] {
+        [
             DataType::Int8,
             DataType::Int16,
             DataType::Int32,
@@ -897,7 +894,15 @@ mod tests {
             DataType::UInt16,
             DataType::UInt32,
             DataType::UInt64,
-        ] {
+        ]
+    }
+
+    #[test]
+    fn every_integer_key_type_and_wide_ranges() {
+        let values: Vec<Option<i64>> = vec![Some(5), None, Some(-7), Some(5), Some(100), None];
+        let base = Series::new("k".into(), values);
+        let v = Series::new("v".into(), vec![1i64, 2, 3, 4, 5, 6]);
+        for dtype in integer_types() {
             // Unsigned types cannot hold -7: a non-strict cast makes it null.
             let k = base.cast(&dtype).unwrap();
             let frame = PlFrame::new(6, vec![k.into_column(), v.clone().into_column()]).unwrap();
@@ -921,22 +926,13 @@ mod tests {
 
     #[test]
     fn sums_of_every_numeric_type_and_empty_frames() {
+        // Negative values too (unsigned casts make them null): sign extension matters.
         let base = Series::new(
             "v".into(),
-            vec![Some(1i64), None, Some(3), Some(4), Some(5)],
+            vec![Some(-1i64), None, Some(3), Some(-4), Some(5)],
         );
         let k = Series::new("k".into(), vec!["a", "b", "a", "b", "a"]);
-        for dtype in [
-            DataType::Int8,
-            DataType::Int16,
-            DataType::Int32,
-            DataType::Int64,
-            DataType::UInt8,
-            DataType::UInt16,
-            DataType::UInt32,
-            DataType::UInt64,
-            DataType::Float64,
-        ] {
+        for dtype in integer_types().into_iter().chain([DataType::Float64]) {
             let v = base.cast(&dtype).unwrap();
             let frame = PlFrame::new(5, vec![k.clone().into_column(), v.into_column()]).unwrap();
             check(
