@@ -713,11 +713,41 @@ fn decompose(agg: &Expr, names: &mut dyn FnMut() -> String, dtype: &DataType) ->
             AggExpr::Count { input, .. } if row_wise(input) => {
                 Some(same(names(), strip_alias(agg).clone(), |c| c.sum()))
             }
-            AggExpr::Min { input, .. } if row_wise(input) => {
-                Some(same(names(), strip_alias(agg).clone(), |c| c.min()))
+            // The combine keeps the partial's NaN rule (`nan_min` propagates NaN, `min`
+            // skips it).
+            AggExpr::Min {
+                input,
+                propagate_nans,
+            } if row_wise(input) => {
+                let c = names();
+                Some(One {
+                    chunk: vec![strip_alias(agg).clone().alias(c.as_str())],
+                    combine: vec![
+                        Expr::Agg(AggExpr::Min {
+                            input: Arc::new(col(c.as_str())),
+                            propagate_nans: *propagate_nans,
+                        })
+                        .alias(c.as_str()),
+                    ],
+                    finish: col(c.as_str()),
+                })
             }
-            AggExpr::Max { input, .. } if row_wise(input) => {
-                Some(same(names(), strip_alias(agg).clone(), |c| c.max()))
+            AggExpr::Max {
+                input,
+                propagate_nans,
+            } if row_wise(input) => {
+                let c = names();
+                Some(One {
+                    chunk: vec![strip_alias(agg).clone().alias(c.as_str())],
+                    combine: vec![
+                        Expr::Agg(AggExpr::Max {
+                            input: Arc::new(col(c.as_str())),
+                            propagate_nans: *propagate_nans,
+                        })
+                        .alias(c.as_str()),
+                    ],
+                    finish: col(c.as_str()),
+                })
             }
             AggExpr::First(x) if row_wise(x) => {
                 Some(same(names(), strip_alias(agg).clone(), |c| c.first()))

@@ -5,8 +5,9 @@
 //! file). The partials and combines [`crate::groupby`] writes for sums, counts and means
 //! use only `len`, `count`, `sum` and `sum` of a cast to `Float64` (the two halves of a
 //! mean), grouped by integer or string columns, and those of extremes `min` and `max`. This
-//! module computes exactly those (extremes of integer columns only), in one pass per
-//! column, and leaves everything else to polars:
+//! module computes exactly those, of bare columns (`sum` of a cast to `Float64` aside),
+//! extremes of 8-64-bit integer columns only, in one pass per column, and leaves
+//! everything else to polars:
 //!
 //! - **Group ids.** Each key column gets a dense group id per row, in order of first
 //!   appearance. Integer keys whose range is small (at most twice the rows plus 1,024, as in "perfect
@@ -168,7 +169,8 @@ fn plan(schema: &Schema, keys: &[String], aggs: &[Expr]) -> Option<PolarsResult<
                 let kind = sum_kind(schema.get(&input)?, to_f64, dtype)?;
                 Output::Sum(input, kind)
             }
-            // Integers only: float extremes have NaN rules of their own.
+            // Integers only: float extremes have NaN rules of their own (which is also why
+            // `propagate_nans`, parsed away above, does not matter here).
             Agg::Extreme { input, max } => {
                 let from = schema.get(&input)?;
                 if !plain_integer(from) || from != dtype {
@@ -1022,6 +1024,46 @@ mod tests {
         .unwrap();
         assert!(out.equals_missing(&expected), "{out}\n{expected}");
         assert_eq!(out.height(), 3);
+    }
+
+    #[test]
+    fn extremes_at_the_bounds_of_every_integer_type() {
+        let k = Series::new("k".into(), vec!["lo", "hi", "lo", "hi", "none", "none"]);
+        // Each type's smallest and largest value; the group "none" holds only nulls.
+        macro_rules! bounds {
+            ($t:ty) => {
+                Series::new(
+                    "v".into(),
+                    vec![
+                        Some(<$t>::MIN),
+                        Some(<$t>::MAX),
+                        Some(0 as $t),
+                        Some(<$t>::MIN),
+                        None,
+                        None,
+                    ],
+                )
+            };
+        }
+        let columns = [
+            bounds!(i8),
+            bounds!(i16),
+            bounds!(i32),
+            bounds!(i64),
+            bounds!(u8),
+            bounds!(u16),
+            bounds!(u32),
+            bounds!(u64),
+        ];
+        for v in columns {
+            assert!(plain_integer(v.dtype()));
+            let frame = PlFrame::new(6, vec![k.clone().into_column(), v.into_column()]).unwrap();
+            check(
+                &frame,
+                &["k"],
+                &[col("v").min().alias("lo"), col("v").max().alias("hi")],
+            );
+        }
     }
 
     #[test]

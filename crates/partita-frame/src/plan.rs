@@ -14,10 +14,11 @@
 //!
 //! When a plan's last group-by is one partita's own kernel computes (every aggregation a
 //! `len`, `count`, `sum` or `sum` of a cast to `Float64`, as partials of sums, counts and
-//! means are, or `min`/`max` of an integer column, by 8-64-bit integer or string keys; see `hashagg`), the plan collects the
-//! columns that group-by reads and groups them directly, 4-5x quicker than polars'
-//! group-by on one thread; the steps after it (a combine's finish) run in polars on its
-//! result. `PARTITA_GROUP_BY=polars` leaves every group-by to polars, for comparison.
+//! means are, or `min`/`max` of an integer column, by 8-64-bit integer or string keys; see
+//! `hashagg`), the plan collects the columns that group-by reads and groups them
+//! directly (sums and means: 4-5x quicker than polars' group-by on one thread); the steps
+//! after it (a combine's finish) run in polars on its result. `PARTITA_GROUP_BY=polars`
+//! leaves every group-by to polars, for comparison.
 //!
 //! The same steps applied to an empty frame with the input's schema give the output schema
 //! without reading any data: that is how a missing column or a type error is reported when

@@ -63,6 +63,41 @@ fn decomposable_aggregations_match_polars_as_trees() {
     }
 }
 
+/// What partita's own group-by kernel computes (sums, counts, means, integer extremes and
+/// an expression of them): partials, combines and split_out shuffles through it, against
+/// polars on every scheduler.
+#[test]
+fn kernel_aggregations_match_polars_as_trees_and_shuffles() {
+    let aggs = || {
+        vec![
+            col("v").sum().alias("sum"),
+            col("n").sum().alias("nsum"),
+            col("v").mean().alias("mean"),
+            col("n").mean().alias("nmean"),
+            col("n").min().alias("min"),
+            col("g").max().alias("max"),
+            col("v").count().alias("count"),
+            len(),
+            (col("n").max() - col("n").min()).alias("range"),
+        ]
+    };
+    for (data, frame) in partitioned(60, 13) {
+        for keys in [vec!["k"], vec!["g"], vec!["k", "g"]] {
+            let expected = polars_agg(&data, &keys, &aggs());
+            for (split_every, split_out) in [(2, 1), (8, 1), (2, 3)] {
+                let got = frame
+                    .group_by(&keys)
+                    .unwrap()
+                    .split_every(split_every)
+                    .split_out(split_out)
+                    .agg(aggs())
+                    .unwrap();
+                assert_frame_eq(&got, &expected, &keys, 1e-9);
+            }
+        }
+    }
+}
+
 #[test]
 fn first_and_last_follow_row_order() {
     // first/last depend on order, so compare exactly with an order-preserving frame.
