@@ -698,62 +698,46 @@ fn row_wise(e: &Expr) -> bool {
 /// Decompose one aggregation whose result has `dtype`; `names` gives fresh column names
 /// for its partial columns.
 fn decompose(agg: &Expr, names: &mut dyn FnMut() -> String, dtype: &DataType) -> Option<One> {
-    let same = |c: String, chunk: Expr, combine: fn(Expr) -> Expr| One {
+    let same = |c: String, chunk: Expr, combine: &dyn Fn(Expr) -> Expr| One {
         chunk: vec![chunk.alias(c.as_str())],
         combine: vec![combine(col(c.as_str())).alias(c.as_str())],
         finish: col(c.as_str()),
     };
     let f64 = |x: &Expr| x.clone().cast(DataType::Float64);
     match strip_alias(agg) {
-        Expr::Len => Some(same(names(), len(), |c| c.sum())),
+        Expr::Len => Some(same(names(), len(), &|c| c.sum())),
         Expr::Agg(a) => match a {
             AggExpr::Sum(x) if row_wise(x) => {
-                Some(same(names(), x.as_ref().clone().sum(), |c| c.sum()))
+                Some(same(names(), x.as_ref().clone().sum(), &|c| c.sum()))
             }
             AggExpr::Count { input, .. } if row_wise(input) => {
-                Some(same(names(), strip_alias(agg).clone(), |c| c.sum()))
+                Some(same(names(), strip_alias(agg).clone(), &|c| c.sum()))
             }
             // The combine keeps the partial's NaN rule (`nan_min` propagates NaN, `min`
             // skips it).
             AggExpr::Min {
                 input,
-                propagate_nans,
-            } if row_wise(input) => {
-                let c = names();
-                Some(One {
-                    chunk: vec![strip_alias(agg).clone().alias(c.as_str())],
-                    combine: vec![
-                        Expr::Agg(AggExpr::Min {
-                            input: Arc::new(col(c.as_str())),
-                            propagate_nans: *propagate_nans,
-                        })
-                        .alias(c.as_str()),
-                    ],
-                    finish: col(c.as_str()),
+                propagate_nans: p,
+            } if row_wise(input) => Some(same(names(), strip_alias(agg).clone(), &|c| {
+                Expr::Agg(AggExpr::Min {
+                    input: Arc::new(c),
+                    propagate_nans: *p,
                 })
-            }
+            })),
             AggExpr::Max {
                 input,
-                propagate_nans,
-            } if row_wise(input) => {
-                let c = names();
-                Some(One {
-                    chunk: vec![strip_alias(agg).clone().alias(c.as_str())],
-                    combine: vec![
-                        Expr::Agg(AggExpr::Max {
-                            input: Arc::new(col(c.as_str())),
-                            propagate_nans: *propagate_nans,
-                        })
-                        .alias(c.as_str()),
-                    ],
-                    finish: col(c.as_str()),
+                propagate_nans: p,
+            } if row_wise(input) => Some(same(names(), strip_alias(agg).clone(), &|c| {
+                Expr::Agg(AggExpr::Max {
+                    input: Arc::new(c),
+                    propagate_nans: *p,
                 })
-            }
+            })),
             AggExpr::First(x) if row_wise(x) => {
-                Some(same(names(), strip_alias(agg).clone(), |c| c.first()))
+                Some(same(names(), strip_alias(agg).clone(), &|c| c.first()))
             }
             AggExpr::Last(x) if row_wise(x) => {
-                Some(same(names(), strip_alias(agg).clone(), |c| c.last()))
+                Some(same(names(), strip_alias(agg).clone(), &|c| c.last()))
             }
             AggExpr::Mean(x) if row_wise(x) && dtype.is_float() => {
                 let (s, n) = (names(), names());
