@@ -1250,45 +1250,16 @@ impl Inner {
                 let msg = self.runtime.block_on(async {
                     tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
                 });
-                match msg {
+                let found = match msg {
                     Err(_) => continue,
                     Ok(None) => return Err(scheduler_gone()),
-                    Ok(Some(ToClient::KeyInMemory { key, workers, .. })) => {
-                        if values.contains_key(&key) || !seen.contains(&key) {
-                            continue;
-                        }
-                        self.gather_or_ask(
-                            &session,
-                            key,
-                            &workers,
-                            &mut values,
-                            &mut failed_gathers,
-                        )?;
-                        if let Some(p) = &ctx.progress {
-                            p.advanced(values.len(), total);
-                        }
-                    }
-                    Ok(Some(ToClient::WhoHasReply { holders })) => {
-                        // Where a key we could not gather lives now; no holder means it is
-                        // being recomputed and a KeyInMemory will follow.
-                        for (key, workers) in holders {
-                            if !values.contains_key(&key)
-                                && seen.contains(&key)
-                                && !workers.is_empty()
-                            {
-                                self.gather_or_ask(
-                                    &session,
-                                    key,
-                                    &workers,
-                                    &mut values,
-                                    &mut failed_gathers,
-                                )?;
-                            }
-                        }
-                        if let Some(p) = &ctx.progress {
-                            p.advanced(values.len(), total);
-                        }
-                    }
+                    Ok(Some(ToClient::KeyInMemory { key, workers, .. })) => vec![(key, workers)],
+                    // Where a key we could not gather lives now; no holder means it is
+                    // being recomputed and a KeyInMemory will follow.
+                    Ok(Some(ToClient::WhoHasReply { holders })) => holders
+                        .into_iter()
+                        .filter(|(_, workers)| !workers.is_empty())
+                        .collect(),
                     Ok(Some(ToClient::KeyErred { error, .. })) => {
                         // The failure that stopped this key (maybe a dependency's), rebuilt
                         // as the local schedulers report it.
@@ -1305,7 +1276,21 @@ impl Inner {
                             source: Box::new(Error::Cancelled),
                         });
                     }
-                    Ok(Some(_)) => {}
+                    Ok(Some(_)) => continue,
+                };
+                for (key, workers) in found {
+                    if !values.contains_key(&key) && seen.contains(&key) {
+                        self.gather_or_ask(
+                            &session,
+                            key,
+                            &workers,
+                            &mut values,
+                            &mut failed_gathers,
+                        )?;
+                    }
+                }
+                if let Some(p) = &ctx.progress {
+                    p.advanced(values.len(), total);
                 }
             }
             Ok(values)
